@@ -1,0 +1,3 @@
+from stubdom.cli.main import main
+
+main()

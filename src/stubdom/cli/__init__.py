@@ -1,0 +1,1 @@
+"""The ``stubdom`` command line."""

@@ -1,0 +1,24 @@
+"""Entry point of the ``stubdom`` command: one click group, one module per verb family."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from stubdom import __version__
+
+
+@click.group()
+@click.version_option(__version__, prog_name="stubdom")
+@click.option("-v", "--verbose", count=True, help="More log output (repeatable).")
+def cli(verbose: int) -> None:
+    """stubdom: the Xen toolstack <-> device-model stubdomain protocol."""
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(name)s: %(message)s")
+
+
+def main() -> None:
+    from stubdom.cli import xenstored as _xenstored  # noqa: F401  (registers the verb)
+
+    cli()

@@ -1,0 +1,183 @@
+"""The 16-byte header codec, an incremental decoder and payload helpers.
+
+The header is four host-order ``uint32`` (type, req_id, tx_id, len) with no
+conversion, exactly as libxenstore and the daemons read and write the raw struct.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from stubdom.wire.constants import HEADER_SIZE, PAYLOAD_MAX, TYPE_COUNT, Op
+
+_HEADER = struct.Struct("=4I")
+
+
+class WireError(Exception):
+    """Base class of every error raised by the wire layer."""
+
+
+class DecodeError(WireError):
+    """The byte stream cannot be decoded any further; the connection is unusable."""
+
+
+class PayloadTooLong(DecodeError):
+    """A header announced more than ``PAYLOAD_MAX`` bytes of payload."""
+
+    def __init__(self, length: int) -> None:
+        super().__init__(f"payload length {length} exceeds the limit of {PAYLOAD_MAX} bytes")
+        self.length = length
+
+
+class UnknownType(WireError):
+    """A message type outside ``xs_wire.h`` 4.17."""
+
+    def __init__(self, op: int) -> None:
+        super().__init__(f"unknown message type {op}")
+        self.op = op
+
+
+class MissingTerminator(WireError):
+    """A string argument was not terminated by NUL."""
+
+    def __init__(self, payload: bytes) -> None:
+        super().__init__(f"payload {payload[:40]!r} does not end in NUL")
+        self.payload = payload
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    """One xenstore message, request or reply.
+
+    ``op`` is a plain int so that types unknown to 4.17 can still be carried (a server
+    must answer them with ENOSYS rather than fail to decode them).
+    """
+
+    op: int
+    payload: bytes = b""
+    req_id: int = 0
+    tx_id: int = 0
+
+    @property
+    def type_name(self) -> str:
+        try:
+            return Op(self.op).name
+        except ValueError:
+            return str(self.op)
+
+    def args(self) -> list[bytes]:
+        """The NUL-separated strings of the payload (the last one need not be empty)."""
+        return self.payload.split(b"\0")
+
+    def __repr__(self) -> str:
+        return (
+            f"Packet({self.type_name}, {self.payload!r}, req_id={self.req_id}, "
+            f"tx_id={self.tx_id})"
+        )
+
+
+def encode(packet: Packet) -> bytes:
+    """Header plus payload, ready for the wire."""
+    if len(packet.payload) > PAYLOAD_MAX:
+        raise PayloadTooLong(len(packet.payload))
+    return (
+        _HEADER.pack(packet.op, packet.req_id, packet.tx_id, len(packet.payload))
+        + packet.payload
+    )
+
+
+def decode_header(data: bytes) -> tuple[int, int, int, int]:
+    """(type, req_id, tx_id, len) from the first 16 bytes of ``data``."""
+    op, req_id, tx_id, length = _HEADER.unpack_from(data)
+    return op, req_id, tx_id, length
+
+
+def validate_type(op: int) -> Op:
+    """The ``Op`` for ``op``, or `UnknownType` if 4.17 does not define it."""
+    if op >= TYPE_COUNT:
+        raise UnknownType(op)
+    return Op(op)
+
+
+class PacketDecoder:
+    """Accepts bytes split anywhere and yields whole packets.
+
+    After a `DecodeError` the stream is desynchronised and the decoder refuses more
+    input, as cxenstored stops reading a connection that sent an over-long header.
+    """
+
+    def __init__(self, max_payload: int = PAYLOAD_MAX) -> None:
+        self._buf = bytearray()
+        self._ready: deque[Packet] = deque()
+        self._max = max_payload
+        self._broken: DecodeError | None = None
+
+    def feed(self, data: bytes) -> None:
+        if self._broken is not None:
+            raise self._broken
+        self._buf += data
+        buf = self._buf
+        pos = 0
+        while len(buf) - pos >= HEADER_SIZE:
+            op, req_id, tx_id, length = _HEADER.unpack_from(buf, pos)
+            if length > self._max:
+                self._broken = PayloadTooLong(length)
+                del buf[:pos]
+                raise self._broken
+            end = pos + HEADER_SIZE + length
+            if len(buf) < end:
+                break
+            self._ready.append(Packet(op, bytes(buf[pos + HEADER_SIZE : end]), req_id, tx_id))
+            pos = end
+        if pos:
+            del buf[:pos]
+
+    def next_packet(self) -> Packet | None:
+        """The oldest complete packet, or None if more bytes are needed."""
+        return self._ready.popleft() if self._ready else None
+
+    def __iter__(self) -> Iterator[Packet]:
+        while self._ready:
+            yield self._ready.popleft()
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes received that do not yet form a whole packet."""
+        return len(self._buf)
+
+
+def join_args(*args: str | bytes) -> bytes:
+    """Each argument NUL-terminated, the way requests carry strings."""
+    out = bytearray()
+    for a in args:
+        out += a.encode() if isinstance(a, str) else a
+        out += b"\0"
+    return bytes(out)
+
+
+def split_args(payload: bytes, count: int | None = None) -> list[bytes]:
+    """The NUL-terminated strings of a request.
+
+    With ``count`` the payload must hold exactly that many strings (the strictness of
+    cxenstored); `MissingTerminator` if the last one is not NUL-terminated and
+    `ValueError` if the count is wrong.
+    """
+    if not payload.endswith(b"\0"):
+        raise MissingTerminator(payload)
+    parts = payload[:-1].split(b"\0")
+    if count is not None and len(parts) != count:
+        raise ValueError(f"expected {count} strings, got {len(parts)}")
+    return parts
+
+
+def error_packet(request: Packet, name: str) -> Packet:
+    """The ERROR reply to ``request`` carrying the errno name."""
+    return Packet(Op.ERROR, name.encode() + b"\0", request.req_id, request.tx_id)
+
+
+def watch_event(path: bytes, token: bytes) -> Packet:
+    """A WATCH_EVENT (req_id and tx_id are always 0)."""
+    return Packet(Op.WATCH_EVENT, path + b"\0" + token + b"\0")
