@@ -1,0 +1,35 @@
+"""Fixtures shared by every test package: daemons to talk to."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.daemons import Daemon, have_cx, have_ox, need_peer, start_cx, start_ours, start_ox
+
+
+@pytest.fixture
+def ours() -> Iterator[Daemon]:
+    """A fresh ``stubdom xenstored`` for one test."""
+    d = start_ours()
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def cx() -> Iterator[Daemon]:
+    """A fresh real cxenstored 4.17 (oracle kit) for one test."""
+    need_peer(have_cx(), "cxenstored (Debian xen-utils-4.17) and gcc")
+    d = start_cx()
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def ox() -> Iterator[Daemon]:
+    """A fresh real oxenstored 4.17 (oracle kit) for one test."""
+    need_peer(have_ox(), "oxenstored (Debian xen-utils-4.17) and gcc")
+    d = start_ox()
+    yield d
+    d.stop()
