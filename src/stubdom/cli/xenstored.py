@@ -1,0 +1,140 @@
+"""``stubdom xenstored``: run the embedded xenstore daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from stubdom.cli.main import cli
+from stubdom.xenstored import persist
+from stubdom.xenstored.core import XenStored
+from stubdom.xenstored.quota import QuotaError, Quotas
+from stubdom.xenstored.server import XenStoreServer
+from stubdom.xenstored.trace import PacketTrace
+
+log = logging.getLogger(__name__)
+
+
+def _quota_pairs(values: tuple[str, ...], option: str) -> list[tuple[str, int]]:
+    pairs = []
+    for v in values:
+        name, sep, num = v.partition("=")
+        if not sep or not num.strip().lstrip("-").isdigit():
+            raise click.BadParameter(f"{v!r}: expected NAME=NUMBER, e.g. outstanding=20",
+                                     param_hint=option)
+        pairs.append((name, int(num)))
+    return pairs
+
+
+@cli.command("xenstored")
+@click.option("--socket", "socket_path", type=click.Path(dir_okay=False), required=True,
+              help="Unix socket for dom0 clients (set XENSTORED_PATH to it).")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Keep the tree here across restarts.")
+@click.option("--trace", "trace_file", type=click.Path(dir_okay=False),
+              help="Append one JSON line per packet in and out to this file.")
+@click.option("--daemon", is_flag=True, help="Detach, print the daemon's pid, and return.")
+@click.option("-E", "--entry-nb", type=int, help="Nodes per domain (cx -E; default 1000).")
+@click.option("-S", "--entry-size", type=int, help="Max. node size (cx -S; default 2048).")
+@click.option("-W", "--watch-nb", type=int, help="Watches per domain (cx -W; default 128).")
+@click.option("-t", "--transaction", type=int, help="Transactions per domain (cx -t; default 10).")
+@click.option("-A", "--perm-nb", type=int, help="Permissions per node (cx -A; default 5).")
+@click.option("-M", "--path-max", type=int, help="Max. relative path length (cx -M; default 2048).")
+@click.option("-Q", "--quota", "quota", multiple=True, metavar="NAME=VAL",
+              help="Any quota by its CONTROL name, e.g. -Q transaction-nodes=1024.")
+@click.option("-q", "--quota-soft", "quota_soft", multiple=True, metavar="memory=VAL",
+              help="Soft (warning) quota, e.g. -q memory=2097152.")
+def xenstored(
+    socket_path: str, state_dir: Path | None, trace_file: str | None, daemon: bool,
+    entry_nb: int | None, entry_size: int | None, watch_nb: int | None,
+    transaction: int | None, perm_nb: int | None, path_max: int | None,
+    quota: tuple[str, ...], quota_soft: tuple[str, ...],
+) -> None:
+    """Run a xenstored compatible with cxenstored 4.17, in the foreground.
+
+    Connections on SOCKET are dom0.  After dom0 INTRODUCEs domain D, connections on
+    SOCKET.d/D act as domain D.  Point Xen's tools at it with XENSTORED_PATH=SOCKET.
+    """
+    if len(os.fsencode(socket_path)) >= 108:
+        raise click.BadParameter(f"{socket_path!r} is {len(socket_path)} bytes; unix socket "
+                                 "paths must be shorter than 108", param_hint="--socket")
+    quotas = Quotas()
+    try:
+        for name, value in (("nodes", entry_nb), ("node-size", entry_size),
+                            ("watches", watch_nb), ("transactions", transaction),
+                            ("permissions", perm_nb), ("path-max", path_max)):
+            if value is not None:
+                quotas.set(name, value)
+        for name, value in _quota_pairs(quota, "-Q"):
+            quotas.set(name, value)
+        for name, value in _quota_pairs(quota_soft, "-q"):
+            if name != "memory":
+                raise QuotaError(f"unknown soft quota {name!r}; only 'memory' exists")
+            quotas.memory_soft = value
+    except QuotaError as e:
+        raise click.BadParameter(str(e)) from None
+
+    core = XenStored(quotas)
+    if state_dir is not None:
+        try:
+            if persist.load(core, state_dir):
+                log.info("tree restored from %s", state_dir)
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
+
+    if daemon:
+        _daemonize()
+    trace = PacketTrace(open(trace_file, "a", encoding="utf-8")) if trace_file else None  # noqa: SIM115
+    server = XenStoreServer(socket_path, core, trace)
+    try:
+        asyncio.run(_serve(server))
+    finally:
+        if state_dir is not None:
+            persist.save(core, state_dir)
+        if trace is not None:
+            trace.close()
+
+
+async def _serve(server: XenStoreServer) -> None:
+    loop = asyncio.get_running_loop()
+    await server.start()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if _READY_FD is not None:
+        os.write(_READY_FD, b"1")
+        os.close(_READY_FD)
+    await stop.wait()
+    await server.close()
+
+
+_READY_FD: int | None = None
+
+
+def _daemonize() -> None:
+    """Fork; the parent waits until the child listens, prints its pid and exits."""
+    global _READY_FD
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(wfd)
+        ok = os.read(rfd, 1)
+        if ok != b"1":
+            click.echo("stubdom xenstored: the daemon failed to start", err=True)
+            sys.exit(1)
+        click.echo(pid)
+        sys.exit(0)
+    os.close(rfd)
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        with contextlib.suppress(OSError):
+            os.dup2(devnull, fd)
+    _READY_FD = wfd

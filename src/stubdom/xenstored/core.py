@@ -1,0 +1,1065 @@
+"""The daemon's logic as a sans-IO object: packets in, packets queued per connection.
+
+Everything here follows cxenstored 4.17 (``xenstored_core.c``, ``_domain.c``,
+``_transaction.c``, ``_watch.c``) as observed through the oracle kit; deliberate
+departures are marked "Deliberate:".  The asyncio shell in `server` owns the sockets and
+only moves bytes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from stubdom.wire.constants import DOMID_FIRST_RESERVED, DOMID_SELF, OK, PAYLOAD_MAX, Op
+from stubdom.wire.packet import Packet, error_packet, watch_event
+from stubdom.wire.paths import (
+    canonicalize,
+    domain_path,
+    is_valid_path,
+    join,
+    parent_of,
+)
+from stubdom.wire.perms import Access, InvalidPermission, Perm, c_strtol, parse_perm
+from stubdom.xenstored.domains import Domain
+from stubdom.xenstored.quota import QuotaError, Quotas
+from stubdom.xenstored.store import NO_GENERATION, Node, Store
+from stubdom.xenstored.transaction import Accessed, Transaction
+from stubdom.xenstored.watches import Watch, WatchIndex
+
+log = logging.getLogger(__name__)
+
+ALL = Access.READ | Access.WRITE | Access.OWNER
+SPECIAL_PATHS = ("@introduceDomain", "@releaseDomain")
+
+
+class XsError(Exception):
+    """A request failed; the reply is ERROR with this errno name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+@dataclass(frozen=True)
+class DomainIntroduced:
+    domid: int
+
+
+@dataclass(frozen=True)
+class DomainReleased:
+    domid: int
+
+
+Notification = DomainIntroduced | DomainReleased
+
+
+class Connection:
+    """One client: the dom0 socket, or a domain's connection."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, domid: int, privileged: bool) -> None:
+        self.cid = next(Connection._ids)
+        self.domid = domid
+        self.privileged = privileged
+        self.watches: dict[tuple[str, bytes], Watch] = {}
+        self.transactions: dict[int, Transaction] = {}
+        self.next_tx_id = 1
+        self.outbox: deque[Packet] = deque()
+        self._queued_events: set[bytes] = set()
+        self.closed = False
+        #: Requests from this connection whose replies or events are still queued.
+        self.outstanding = 0
+
+    @property
+    def implicit_path(self) -> str:
+        return domain_path(self.domid)
+
+    def queue(self, packet: Packet) -> None:
+        self.outbox.append(packet)
+
+    def queue_event(self, path: str, token: bytes) -> None:
+        payload = path.encode() + b"\0" + token + b"\0"
+        if len(payload) > PAYLOAD_MAX:
+            return  # XSA-324: an over-long event is dropped, never sent
+        if not path.startswith("@"):
+            # cx drops an event identical to one still queued (XSA-326).
+            if payload in self._queued_events:
+                return
+            self._queued_events.add(payload)
+        self.outbox.append(watch_event(path.encode(), token))
+
+    def take_output(self) -> list[Packet]:
+        out = list(self.outbox)
+        self.outbox.clear()
+        self._queued_events.clear()
+        return out
+
+    def __repr__(self) -> str:
+        kind = "priv" if self.privileged else "unpriv"
+        return f"<Connection #{self.cid} dom{self.domid} {kind}>"
+
+
+#: A handler returns the reply payload, or None when it queued its reply itself.
+Handler = Callable[["XenStored", Connection, Packet, "View"], bytes | None]
+PRIV = 1
+NOTID = 2
+
+
+@dataclass
+class _Op:
+    handler: Handler
+    flags: int = 0
+
+
+class View:
+    """The tree as one request sees it: committed, or through its transaction."""
+
+    def __init__(self, xs: XenStored, conn: Connection, tx: Transaction | None) -> None:
+        self.xs = xs
+        self.conn = conn
+        self.tx = tx
+        #: Events of this request, fired after it succeeds (or at commit).
+        self.events: list[tuple[str, bool, Node | None, tuple[Perm, ...] | None]] = []
+
+    # -- access recording (transactions) ---------------------------------------------
+
+    def _accessed(self, path: str, node: Node | None) -> Accessed:
+        assert self.tx is not None
+        acc = self.tx.accessed.get(path)
+        if acc is None:
+            if (
+                not self.conn.privileged
+                and len(self.tx.accessed) >= self.xs.quotas.transaction_nodes
+            ):
+                self.tx.failed = True
+                raise XsError("ENOSPC")
+            acc = Accessed()
+            if node is not None:
+                acc.perms = node.perms
+            self.tx.accessed[path] = acc
+        return acc
+
+    def read(self, path: str) -> Node | None:
+        if self.tx is None:
+            return self.xs.store.get(path)
+        if path in self.tx.overlay:
+            return self.tx.overlay[path]
+        node = self.tx.snapshot.get(path)
+        if node is not None:
+            return node
+        node = self.xs.store.get(path)
+        if path not in self.tx.accessed:
+            acc = self._accessed(path, node)
+            acc.generation = node.generation if node is not None else NO_GENERATION
+            acc.check_generation = True
+            if node is not None:
+                self.tx.snapshot[path] = node
+        return node
+
+    def write(self, path: str, node: Node) -> None:
+        node.generation = self.xs.store.next_generation()
+        if self.tx is None:
+            self.xs.store.put(path, node)
+            return
+        self._accessed(path, node)
+        self.tx.overlay[path] = node
+
+    def delete(self, path: str, node: Node) -> None:
+        if self.tx is None:
+            self.xs.store.delete(path)
+            return
+        self._accessed(path, node)
+        self.tx.overlay[path] = None
+
+    def count_entry(self, owner: int, delta: int) -> None:
+        if self.tx is not None:
+            self.tx.count_entry(owner, delta)
+
+    def entries(self, domid: int) -> int:
+        n = self.xs.store.count_owned(domid)
+        if self.tx is not None:
+            n += self.tx.entry_delta.get(domid, 0)
+        return n
+
+    def fire(
+        self,
+        path: str,
+        exact: bool,
+        node: Node | None,
+        old_perms: tuple[Perm, ...] | None = None,
+    ) -> None:
+        if self.tx is not None:
+            acc = self.tx.accessed.get(path)
+            if acc is None:
+                self.tx.failed = True
+                return
+            if not acc.fire_watch:
+                acc.fire_watch = True
+                acc.watch_exact = exact
+            elif not exact:
+                acc.watch_exact = False
+            return
+        self.events.append((path, exact, node, old_perms))
+
+
+class XenStored:
+    """The whole daemon state; `handle` one packet at a time."""
+
+    def __init__(
+        self,
+        quotas: Quotas | None = None,
+        domain_exists: Callable[[int], bool] | None = None,
+        priv_domid: int = 0,
+    ) -> None:
+        self.quotas = quotas or Quotas()
+        self._domain_exists = domain_exists or (lambda d: 0 <= d < DOMID_FIRST_RESERVED)
+        self.priv_domid = priv_domid
+        self.store = Store()
+        self.connections: dict[int, Connection] = {}
+        self.watches = WatchIndex()
+        self.domains: dict[int, Domain] = {}
+        self.special_perms: dict[str, tuple[Perm, ...]] = {
+            p: (Perm(Access.NONE, 0),) for p in SPECIAL_PATHS
+        }
+        self.notifications: deque[Notification] = deque()
+        self._dirty: set[Connection] = set()
+        self._setup_structure()
+
+    # -- start-up -------------------------------------------------------------------
+
+    def _setup_structure(self) -> None:
+        """cx's tree once dom0 is introduced: ``/``, ``/tool``, ``/tool/xenstored``."""
+        dom0 = Domain(0, birth=0, introduced=True)
+        self.domains[0] = dom0
+        root_perms = (Perm(Access.NONE, 0),)
+        root = Node(b"", root_perms)
+        root.add_child("tool")
+        tool = Node(b"", root_perms)
+        tool.add_child("xenstored")
+        for path, node in (("/", root), ("/tool", tool), ("/tool/xenstored", Node(b"", root_perms))):
+            node.generation = self.store.next_generation()
+            self.store.put(path, node)
+
+    # -- connections ------------------------------------------------------------------
+
+    def connect(self, domid: int = 0, privileged: bool | None = None) -> Connection:
+        """A new connection acting as ``domid`` (the socket is dom0, privileged)."""
+        if privileged is None:
+            privileged = domid == self.priv_domid
+        conn = Connection(domid, privileged)
+        self.connections[conn.cid] = conn
+        return conn
+
+    def disconnect(self, conn: Connection) -> None:
+        """The client went away: its watches and transactions go with it."""
+        if conn.closed:
+            return
+        self._reset_connection(conn)
+        conn.closed = True
+        self.connections.pop(conn.cid, None)
+        self._dirty.discard(conn)
+
+    def _reset_connection(self, conn: Connection) -> None:
+        for w in conn.watches.values():
+            self.watches.remove(w)
+        dom = self.domains.get(conn.domid)
+        if dom is not None:
+            dom.watches -= len(conn.watches)
+            dom.transactions -= len(conn.transactions)
+        conn.watches.clear()
+        conn.transactions.clear()
+
+    def domain_connections(self, domid: int) -> list[Connection]:
+        return [c for c in self.connections.values() if c.domid == domid and not c.privileged]
+
+    def pending(self) -> Iterator[Connection]:
+        """Connections with queued output since the last call."""
+        dirty, self._dirty = self._dirty, set()
+        for c in dirty:
+            if c.outbox and not c.closed:
+                yield c
+
+    def _send(self, conn: Connection, packet: Packet) -> None:
+        conn.queue(packet)
+        self._dirty.add(conn)
+
+    # -- request dispatch -------------------------------------------------------------
+
+    def handle(self, conn: Connection, packet: Packet) -> None:
+        """Process one request and queue its reply (and any events) for delivery."""
+        op = _OPS.get(packet.op)
+        if op is None:
+            self._send(conn, error_packet(packet, "ENOSYS"))
+            return
+        if op.flags & PRIV and not conn.privileged:
+            self._send(conn, error_packet(packet, "EACCES"))
+            return
+        tx: Transaction | None = None
+        if not op.flags & NOTID and packet.tx_id:
+            tx = conn.transactions.get(packet.tx_id)
+            if tx is None:
+                self._send(conn, error_packet(packet, "ENOENT"))
+                return
+        view = View(self, conn, tx)
+        try:
+            payload = op.handler(self, conn, packet, view)
+        except XsError as e:
+            self._send(conn, error_packet(packet, e.name))
+            return
+        # cx fires a request's watches before it queues the reply.
+        for path, exact, node, perms in view.events:
+            self.fire_watches(path, exact, node, perms)
+        if payload is None:
+            return
+        if len(payload) > PAYLOAD_MAX:
+            self._send(conn, error_packet(packet, "E2BIG"))
+        else:
+            self._send(conn, Packet(packet.op, payload, packet.req_id, packet.tx_id))
+
+    # -- permissions --------------------------------------------------------------------
+
+    def _ignored(self, node: Node, index: int) -> bool:
+        if index in node.ignored:
+            return True
+        dom = self.domains.get(node.perms[index].domid)
+        return dom is None or dom.birth > node.generation
+
+    def perm_for(self, conn: Connection, perms: tuple[Perm, ...], node: Node | None = None) -> Access:
+        """cx ``perm_for_conn``: privilege, ownership or target first, then the ACL."""
+        if conn.privileged:
+            return ALL
+        target = self._target_of(conn)
+        owner = perms[0].domid
+        if owner == conn.domid or (target is not None and owner == target):
+            return ALL
+        for i in range(1, len(perms)):
+            p = perms[i]
+            if p.domid == conn.domid or (target is not None and p.domid == target):
+                if node is not None and self._ignored(node, i):
+                    continue
+                return p.access
+        return perms[0].access
+
+    def _target_of(self, conn: Connection) -> int | None:
+        dom = self.domains.get(conn.domid)
+        return dom.target if dom is not None else None
+
+    def node_perm(self, conn: Connection, node: Node) -> Access:
+        return self.perm_for(conn, node.perms, node)
+
+    def visible_perms(self, node: Node) -> list[Perm]:
+        """GET_PERMS shows the vector without the entries cx marks ignored."""
+        return [p for i, p in enumerate(node.perms) if i == 0 or not self._ignored(node, i)]
+
+    # -- node access helpers --------------------------------------------------------
+
+    def canonical(self, conn: Connection, raw: bytes, allow_special: bool = False) -> str:
+        try:
+            path = raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise XsError("EINVAL") from None
+        path = canonicalize(path, conn.domid)
+        if not is_valid_path(path, self.quotas.path_max, allow_special):
+            raise XsError("EINVAL")
+        return path
+
+    def errno_from_parents(self, view: View, path: str, errnum: str, perm: Access) -> str:
+        """What a caller may learn about a missing or forbidden node (cx hides existence)."""
+        if errnum == "ENOMEM":
+            return errnum
+        p = path
+        node = None
+        while p != "/":
+            p = parent_of(p)
+            node = view.read(p)
+            if node is not None:
+                break
+        if node is None:
+            return "EACCES"
+        if self.node_perm(view.conn, node) & perm:
+            return errnum
+        return "EACCES"
+
+    def get_node(self, view: View, path: str, perm: Access) -> Node:
+        """The node if the caller has ``perm`` on it; else the error cx would give."""
+        node = view.read(path)
+        if node is not None:
+            if (self.node_perm(view.conn, node) & perm) == perm:
+                return node
+            errnum = "EACCES"
+        else:
+            errnum = "ENOENT"
+        raise XsError(self.errno_from_parents(view, path, errnum, perm))
+
+    # -- node creation and removal ---------------------------------------------------
+
+    def _check_node_size(self, conn: Connection, node: Node) -> None:
+        if not conn.privileged and node.record_size() >= self.quotas.node_size:
+            raise XsError("ENOSPC")
+
+    def _write_node(self, view: View, path: str, node: Node) -> None:
+        try:
+            self._check_node_size(view.conn, node)
+        except XsError:
+            if view.tx is not None:
+                view.tx.failed = True
+            raise
+        view.write(path, node)
+
+    def create_node(self, view: View, path: str, value: bytes) -> Node:
+        """Create ``path`` and any missing parents (cx ``construct_node``/``create_node``)."""
+        conn = view.conn
+        # Find the nearest existing ancestor, collecting the names to create.
+        missing = [path]
+        parent_path = parent_of(path)
+        parent = view.read(parent_path)
+        while parent is None:
+            missing.append(parent_path)
+            parent_path = parent_of(parent_path)
+            parent = view.read(parent_path)
+        perms = parent.perms
+        ignored = parent.ignored
+        if not conn.privileged:
+            # Unprivileged domains own what they create.
+            perms = (Perm(perms[0].access, conn.domid), *perms[1:])
+        created: list[tuple[str, Node]] = []
+        for p in reversed(missing):
+            created.append((p, Node(value if p == path else b"", perms, ignored=ignored)))
+        if not conn.privileged and view.entries(conn.domid) + len(created) > self.quotas.nodes:
+            raise XsError("ENOSPC")
+        # Check sizes before changing anything: no half-written state on failure.
+        new_parent = parent.copy()
+        new_parent.add_child(created[0][0].rsplit("/", 1)[1])
+        self._check_node_size(conn, new_parent)
+        for i, (p, n) in enumerate(created):
+            if i + 1 < len(created):
+                n.add_child(created[i + 1][0].rsplit("/", 1)[1])
+            self._check_node_size(conn, n)
+        for p, n in reversed(created):
+            view.write(p, n)
+            view.count_entry(n.owner, 1)
+        view.write(parent_path, new_parent)
+        return created[-1][1]
+
+    def remove_subtree(self, view: View, path: str, node: Node, conn_fires: bool = True) -> None:
+        """Delete ``path`` and everything below it, post-order, firing cx's watches."""
+        order: list[tuple[str, Node]] = []
+        stack: list[tuple[str, Node, bool]] = [(path, node, False)]
+        while stack:
+            p, n, expanded = stack.pop()
+            if expanded:
+                order.append((p, n))
+                continue
+            stack.append((p, n, True))
+            for name in reversed(list(n.children)):
+                cp = join(p, name)
+                child = view.read(cp)
+                if child is not None:
+                    stack.append((cp, child, False))
+        parents: dict[str, Node] = {p: n for p, n in order}
+        for p, n in order:
+            view.delete(p, n)
+            view.count_entry(n.owner, -1)
+            if conn_fires:
+                parent = parents.get(parent_of(p))
+                view.fire(p, p != path, n, parent.perms if parent is not None else None)
+        parent_path = parent_of(path)
+        parent = view.read(parent_path)
+        if parent is not None:
+            new_parent = parent.copy()
+            new_parent.remove_child(path.rsplit("/", 1)[1])
+            view.write(parent_path, new_parent)
+
+    # -- watches ------------------------------------------------------------------------
+
+    def _watch_permitted(
+        self, conn: Connection, path: str, node: Node | None, extra: tuple[Perm, ...] | None
+    ) -> bool:
+        if conn.privileged:
+            return True
+        if extra is not None and self.perm_for(conn, extra) & Access.READ:
+            return True
+        if node is None:
+            node = self.store.get(path)
+            if node is None:
+                return False
+        if self.node_perm(conn, node) & Access.READ:
+            return True
+        if path == "/":
+            return False
+        parent = self.store.get(parent_of(path))
+        return parent is not None and bool(self.node_perm(conn, parent) & Access.READ)
+
+    def fire_watches(
+        self,
+        path: str,
+        exact: bool,
+        node: Node | None,
+        extra_perms: tuple[Perm, ...] | None = None,
+    ) -> None:
+        """Queue the events of a change at ``path`` (subtree match unless ``exact``)."""
+        watches = WatchIndex.ordered(self.watches.exact(path)) if exact else self.watches.covering(path)
+        for w in watches:
+            if self._watch_permitted(w.conn, path, node, extra_perms):
+                w.conn.queue_event(w.event_path(path), w.token)
+                self._dirty.add(w.conn)
+
+    def fire_special(self, name: str) -> None:
+        perms = self.special_perms[name]
+        for w in WatchIndex.ordered(self.watches.exact(name)):
+            if w.conn.privileged or self.perm_for(w.conn, perms) & Access.READ:
+                w.conn.queue_event(name, w.token)
+                self._dirty.add(w.conn)
+
+    # -- domains ---------------------------------------------------------------------------
+
+    def domain_exists(self, domid: int) -> bool:
+        return domid in self.domains or self._domain_exists(domid)
+
+    def _domain_record(self, domid: int) -> Domain:
+        dom = self.domains.get(domid)
+        if dom is None:
+            dom = Domain(domid, birth=self.store.generation)
+            self.domains[domid] = dom
+        return dom
+
+    def introduced(self, domid: int) -> Domain | None:
+        dom = self.domains.get(domid)
+        return dom if dom is not None and dom.introduced else None
+
+    def destroy_domain(self, domid: int) -> None:
+        """The domain is gone: close its connections, remove what it owns, tell watchers."""
+        dom = self.domains.get(domid)
+        if dom is None or domid == 0:
+            return
+        for conn in self.domain_connections(domid):
+            self.disconnect(conn)
+        self._remove_owned(domid)
+        for name in SPECIAL_PATHS:
+            perms = self.special_perms[name]
+            self.special_perms[name] = (perms[0], *(p for p in perms[1:] if p.domid != domid))
+        del self.domains[domid]
+        for other in self.domains.values():
+            if other.target == domid:
+                other.target = None
+        if dom.introduced:
+            if dom.target is not None:
+                tdom = self.domains.get(dom.target)
+                if tdom is not None and tdom.target_refs:
+                    tdom.target_refs -= 1
+            self.notifications.append(DomainReleased(domid))
+            self.fire_special("@releaseDomain")
+
+    def _remove_owned(self, domid: int) -> None:
+        """cx ``domain_tree_remove``: pre-order walk, remove each owned subtree."""
+        if not self.store.count_owned(domid):
+            return
+        root_conn = Connection(0, True)  # the daemon acting on its own behalf
+        view = View(self, root_conn, None)
+        stack = ["/"]
+        while stack and self.store.count_owned(domid):
+            path = stack.pop()
+            node = self.store.get(path)
+            if node is None:
+                continue
+            if node.owner == domid and path != "/":
+                self.remove_subtree(view, path, node)
+                continue
+            stack.extend(join(path, c) for c in reversed(node.children))
+        for path, exact, n, perms in view.events:
+            self.fire_watches(path, exact, n, perms)
+
+    def domain_shutdown(self, domid: int) -> None:
+        """The hypervisor reports the domain shut down or crashed (fires once until RESUME)."""
+        dom = self.introduced(domid)
+        if dom is not None and not dom.shutdown:
+            dom.shutdown = True
+            self.fire_special("@releaseDomain")
+
+    def domain_died(self, domid: int) -> None:
+        """The hypervisor reports the domain dying or gone."""
+        self.destroy_domain(domid)
+
+
+# ---------------------------------------------------------------------------------------
+# Request handlers.  Each returns the reply payload or raises XsError.
+# ---------------------------------------------------------------------------------------
+
+
+def _onearg(packet: Packet) -> bytes:
+    """Exactly one NUL-terminated string.
+
+    Deliberate: where cx answers a stale errno (or aborts, §1.3 of the reference) for a
+    missing terminator, we answer EINVAL.
+    """
+    p = packet.payload
+    if not p.endswith(b"\0") or p.find(b"\0") != len(p) - 1:
+        raise XsError("EINVAL")
+    return p[:-1]
+
+
+def _strings(packet: Packet) -> list[bytes]:
+    """All NUL-terminated strings (a final unterminated piece is ignored, like cx)."""
+    return packet.payload.split(b"\0")[:-1]
+
+
+def _atoi(raw: bytes) -> int:
+    value, _ = c_strtol(raw.decode("latin-1"))
+    value &= 0xFFFFFFFF
+    return value
+
+
+def _atoi_signed(raw: bytes) -> int:
+    value, _ = c_strtol(raw.decode("latin-1"))
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def op_read(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+    path = xs.canonical(conn, _onearg(packet))
+    return xs.get_node(view, path, Access.READ).value
+
+
+def op_directory(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+    path = xs.canonical(conn, _onearg(packet))
+    return xs.get_node(view, path, Access.READ).child_list()
+
+
+def op_directory_part(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+    args = _strings(packet)
+    if len(args) != 2 or not packet.payload.endswith(b"\0"):
+        raise XsError("EINVAL")
+    path = xs.canonical(conn, args[0])
+    offset = _atoi_signed(args[1])
+    node = xs.get_node(view, path, Access.READ)
+    children = node.child_list()
+    gen = f"{node.generation}".encode() + b"\0"
+    if offset < 0:
+        offset = 0
+    if offset >= len(children):
+        return gen + b"\0"
+    room = PAYLOAD_MAX - len(gen) - 1
+    chunk_end = offset
+    pos = offset
+    while pos < len(children):
+        nul = children.index(b"\0", pos)
+        if nul + 1 - offset > room:
+            break
+        pos = nul + 1
+        chunk_end = pos
+    body = children[offset:chunk_end]
+    if chunk_end >= len(children):
+        body += b"\0"
+    return gen + body
+
+
+def op_get_perms(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+    path = xs.canonical(conn, _onearg(packet))
+    node = xs.get_node(view, path, Access.READ)
+    return b"".join(str(p).encode() + b"\0" for p in xs.visible_perms(node))
+
+
+def op_write(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+    payload = packet.payload
+    nul = payload.find(b"\0")
+    if nul < 0:
+        raise XsError("EINVAL")
+    path = xs.canonical(conn, payload[:nul])
+    value = payload[nul + 1 :]
+    try:
+        node = xs.get_node(view, path, Access.WRITE)
+    except XsError as e:
+        if e.name != "ENOENT":
+            raise
+        node = xs.create_node(view, path, value)
+    else:
+        node = node.copy()
+        node.value = value
+        xs._write_node(view, path, node)
+    view.fire(path, False, node)
+    return OK
+
+
+def op_mkdir(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+    path = xs.canonical(conn, _onearg(packet))
+    try:
+        xs.get_node(view, path, Access.WRITE)
+    except XsError as e:
+        if e.name != "ENOENT":
+            raise
+        node = xs.create_node(view, path, b"")
+        view.fire(path, False, node)
+    return OK
+
+
+def op_rm(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+    path = xs.canonical(conn, _onearg(packet))
+    try:
+        node = xs.get_node(view, path, Access.WRITE)
+    except XsError as e:
+        if e.name != "ENOENT":
+            raise
+        if view.read(parent_of(path)) is not None:
+            return OK
+        raise
+    if path == "/":
+        raise XsError("EINVAL")
+    xs.remove_subtree(view, path, node)
+    return OK
+
+
+def op_set_perms(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+    args = _strings(packet)
+    if len(args) < 2:
+        raise XsError("EINVAL")
+    try:
+        perms = tuple(parse_perm(a.decode("latin-1")) for a in args[1:])
+    except InvalidPermission:
+        raise XsError("EINVAL") from None
+    if not conn.privileged and len(perms) > xs.quotas.permissions:
+        raise XsError("ENOSPC")
+    raw_path = args[0]
+    if raw_path.startswith(b"@"):
+        return _set_perms_special(xs, conn, raw_path, perms)
+    path = xs.canonical(conn, raw_path)
+    # Entries naming domains that do not exist are ignored; an ignored owner is ENOENT.
+    ignored: set[int] = set()
+    for i, p in enumerate(perms):
+        if p.domid in xs.domains:
+            continue
+        if xs.domain_exists(p.domid):
+            xs._domain_record(p.domid)
+        else:
+            if i == 0:
+                raise XsError("ENOENT")
+            ignored.add(i)
+    node = xs.get_node(view, path, Access.WRITE | Access.OWNER)
+    # Only the privileged may change the owner (XSA-352).
+    if not conn.privileged and perms[0].domid != node.owner:
+        raise XsError("EPERM")
+    old = node.perms
+    new = node.copy()
+    new.perms = perms
+    new.ignored = frozenset(ignored)
+    old_owner = node.owner
+    xs._write_node(view, path, new)
+    if old_owner != new.owner:
+        view.count_entry(old_owner, -1)
+        view.count_entry(new.owner, 1)
+    view.fire(path, False, new, old)
+    return OK
+
+
+def _set_perms_special(
+    xs: XenStored, conn: Connection, raw_path: bytes, perms: tuple[Perm, ...]
+) -> bytes:
+    name = raw_path.decode("latin-1")
+    if name not in xs.special_perms:
+        # cx returns a stale errno here; the observed answer is ENOENT.
+        raise XsError("ENOENT")
+    current = xs.special_perms[name]
+    if (xs.perm_for(conn, current) & (Access.WRITE | Access.OWNER)) != (
+        Access.WRITE | Access.OWNER
+    ):
+        raise XsError("EACCES")
+    for p in perms:
+        if p.domid not in xs.domains and xs.domain_exists(p.domid):
+            xs._domain_record(p.domid)
+    xs.special_perms[name] = perms
+    return OK
+
+
+def op_watch(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+    args = _strings(packet)
+    if len(args) != 2 or not packet.payload.endswith(b"\0"):
+        raise XsError("EINVAL")
+    raw, token = args
+    relative = False
+    if raw.startswith(b"@"):
+        if len(raw) > xs.quotas.path_max:
+            raise XsError("EINVAL")
+        path = raw.decode("latin-1")
+    else:
+        relative = not raw.startswith(b"/")
+        path = xs.canonical(conn, raw)
+    if (path, token) in conn.watches:
+        raise XsError("EEXIST")
+    dom = xs.domains.get(conn.domid)
+    if not conn.privileged and dom is not None and dom.watches > xs.quotas.watches:
+        raise XsError("E2BIG")
+    w = Watch(conn, path, token, conn.implicit_path if relative else None)
+    conn.watches[(path, token)] = w
+    xs.watches.add(w)
+    if dom is not None:
+        dom.watches += 1
+    # The reply goes first, then the initial event with the path as the client gave it.
+    xs._send(conn, Packet(packet.op, OK, packet.req_id, packet.tx_id))
+    conn.queue_event(raw.decode("latin-1"), token)
+    return None
+
+
+def op_unwatch(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+    args = _strings(packet)
+    if len(args) != 2 or not packet.payload.endswith(b"\0"):
+        raise XsError("EINVAL")
+    raw, token = args
+    if raw.startswith(b"@"):
+        path = raw.decode("latin-1")
+    else:
+        path = xs.canonical(conn, raw)
+    w = conn.watches.pop((path, token), None)
+    if w is None:
+        raise XsError("ENOENT")
+    xs.watches.remove(w)
+    dom = xs.domains.get(conn.domid)
+    if dom is not None:
+        dom.watches -= 1
+    return OK
+
+
+def op_transaction_start(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+    if view.tx is not None:
+        raise XsError("EBUSY")
+    dom = xs.domains.get(conn.domid)
+    if not conn.privileged and len(conn.transactions) > xs.quotas.transactions:
+        raise XsError("ENOSPC")
+    tx_id = conn.next_tx_id
+    while tx_id == 0 or tx_id in conn.transactions:
+        tx_id = (tx_id + 1) & 0xFFFFFFFF
+    conn.next_tx_id = (tx_id + 1) & 0xFFFFFFFF
+    conn.transactions[tx_id] = Transaction(tx_id)
+    if dom is not None:
+        dom.transactions += 1
+    return str(tx_id).encode() + b"\0"
+
+
+def op_transaction_end(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+    arg = _onearg(packet)
+    if arg not in (b"T", b"F"):
+        raise XsError("EINVAL")
+    tx = view.tx
+    if tx is None:
+        raise XsError("ENOENT")
+    del conn.transactions[tx.tx_id]
+    dom = xs.domains.get(conn.domid)
+    if dom is not None:
+        dom.transactions -= 1
+    if arg == b"F":
+        return OK
+    if tx.failed:
+        raise XsError("ENOMEM")
+    _commit(xs, conn, tx)
+    return OK
+
+
+def _commit(xs: XenStored, conn: Connection, tx: Transaction) -> None:
+    store = xs.store
+    for path, acc in tx.accessed.items():
+        if not acc.check_generation:
+            continue
+        node = store.get(path)
+        gen = node.generation if node is not None else NO_GENERATION
+        if gen != acc.generation:
+            raise XsError("EAGAIN")
+    if not conn.privileged:
+        for owner, delta in tx.entry_delta.items():
+            if owner == conn.domid and delta > 0:
+                if store.count_owned(owner) + delta > xs.quotas.nodes:
+                    raise XsError("ENOSPC")
+    for path, node in tx.overlay.items():
+        if node is None:
+            store.delete(path)
+        else:
+            node.generation = store.next_generation()
+            store.put(path, node)
+    for path, acc in tx.accessed.items():
+        if acc.fire_watch:
+            xs.fire_watches(path, acc.watch_exact, None, acc.perms)
+
+
+def op_introduce(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+    args = _strings(packet)
+    if len(args) < 3:
+        raise XsError("EINVAL")
+    domid = _atoi(args[0])
+    port = _atoi_signed(args[2])
+    if port <= 0:
+        raise XsError("EINVAL")
+    if domid >= DOMID_FIRST_RESERVED or not xs.domain_exists(domid):
+        raise XsError("EINVAL")
+    dom = xs._domain_record(domid)
+    dom.port = port
+    if not dom.introduced:
+        dom.introduced = True
+        dom.shutdown = False
+        if domid != xs.priv_domid:
+            xs.notifications.append(DomainIntroduced(domid))
+            xs.fire_special("@introduceDomain")
+    else:
+        # Every INTRODUCE resets the domain's connection (cx ``domain_conn_reset``).
+        for c in xs.domain_connections(domid):
+            xs._reset_connection(c)
+    return OK
+
+
+def op_release(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+    domid = _atoi(_onearg(packet))
+    if domid == 0:
+        raise XsError("EINVAL")
+    dom = xs.introduced(domid)
+    if dom is None:
+        raise XsError("ENOENT")
+    if dom.target_refs:
+        # cx quirk: a stubdomain's reference absorbs the first RELEASE of its target.
+        dom.target_refs -= 1
+        return OK
+    # The reply goes before the events of the domain's destruction (as observed in cx).
+    xs._send(conn, Packet(packet.op, OK, packet.req_id, packet.tx_id))
+    xs.destroy_domain(domid)
+    return None
+
+
+def op_get_domain_path(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+    domid = _atoi(_onearg(packet))
+    return domain_path(domid).encode() + b"\0"
+
+
+def op_is_domain_introduced(
+    xs: XenStored, conn: Connection, packet: Packet, view: View
+) -> bytes | None:
+    domid = _atoi(_onearg(packet))
+    yes = domid == DOMID_SELF or xs.introduced(domid) is not None
+    return b"T\0" if yes else b"F\0"
+
+
+def op_resume(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+    domid = _atoi(_onearg(packet))
+    if domid == 0:
+        raise XsError("EINVAL")
+    dom = xs.introduced(domid)
+    if dom is None:
+        raise XsError("ENOENT")
+    dom.shutdown = False
+    return OK
+
+
+def op_set_target(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+    args = _strings(packet)
+    if len(args) != 2 or not packet.payload.endswith(b"\0"):
+        raise XsError("EINVAL")
+    domid, tdomid = _atoi(args[0]), _atoi(args[1])
+    dom = xs.introduced(domid)
+    if dom is None:
+        raise XsError("ENOENT")
+    tdom = xs.introduced(tdomid)
+    if tdom is None:
+        raise XsError("ENOENT")
+    if dom.target is not None and dom.target != tdomid:
+        old = xs.domains.get(dom.target)
+        if old is not None and old.target_refs:
+            old.target_refs -= 1
+    if dom.target != tdomid:
+        tdom.target_refs += 1
+    dom.target = tdomid
+    return OK
+
+
+def op_reset_watches(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+    xs._reset_connection(conn)
+    return OK
+
+
+def op_control(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+    args = [a.decode("latin-1") for a in _strings(packet)]
+    if not args:
+        raise XsError("EINVAL")
+    cmd, rest = args[0], args[1:]
+    if cmd == "help" and not rest:
+        return _CONTROL_HELP.encode() + b"\0"
+    if cmd == "check" and not rest:
+        return OK
+    if cmd == "log" and len(rest) == 1 and rest[0] in ("on", "off"):
+        return OK
+    if cmd == "print" and len(rest) == 1:
+        log.info("control print: %s", rest[0])
+        return OK
+    if cmd == "quota":
+        if not rest:
+            return xs.quotas.report().encode() + b"\0"
+        if rest[0] == "set" and len(rest) == 3:
+            try:
+                xs.quotas.set(rest[1], _atoi_signed(rest[2].encode()))
+            except QuotaError:
+                raise XsError("EINVAL") from None
+            return OK
+        if len(rest) == 1:
+            return _domain_quota_report(xs, _atoi(rest[0].encode())).encode() + b"\0"
+        raise XsError("EINVAL")
+    if cmd == "quota-soft":
+        if not rest:
+            return xs.quotas.soft_report().encode() + b"\0"
+        if rest[0] == "set" and len(rest) == 3 and rest[1] == "memory":
+            xs.quotas.memory_soft = _atoi_signed(rest[2].encode())
+            return OK
+        raise XsError("EINVAL")
+    raise XsError("EINVAL")
+
+
+_CONTROL_HELP = (
+    "check\t\n"
+    "log\ton|off\n"
+    "live-update\t[-c <cmdline>] [-F] [-t <timeout>] <file>\n"
+    "    Default timeout is 60 seconds.\n"
+    "logfile\t<file>\n"
+    "memreport\t[<file>]\n"
+    "print\t<string>\n"
+    "quota\t[set <name> <val>|<domid>]\n"
+    "quota-soft\t[set <name> <val>]\n"
+    "help\t\n"
+)
+
+
+def _domain_quota_report(xs: XenStored, domid: int) -> str:
+    dom = xs.domains.get(domid)
+    if dom is None:
+        raise XsError("ENOENT")
+    conns = [c for c in xs.connections.values() if c.domid == domid]
+    memory = sum(n.record_size() for n in xs.store.nodes.values() if n.owner == domid)
+    memory += sum(w.memory for c in conns for w in c.watches.values())
+    rows = (
+        ("nodes", xs.store.count_owned(domid)),
+        ("watches", dom.watches),
+        ("transactions", dom.transactions),
+        ("outstanding", 0),
+        ("memory", memory),
+    )
+    return f"Domain {domid}:\n" + "".join(f"{k:<16}: {v:>8}\n" for k, v in rows)
+
+
+_OPS: dict[int, _Op] = {
+    Op.CONTROL: _Op(op_control, PRIV),
+    Op.DIRECTORY: _Op(op_directory),
+    Op.READ: _Op(op_read),
+    Op.GET_PERMS: _Op(op_get_perms),
+    Op.WATCH: _Op(op_watch, NOTID),
+    Op.UNWATCH: _Op(op_unwatch, NOTID),
+    Op.TRANSACTION_START: _Op(op_transaction_start),
+    Op.TRANSACTION_END: _Op(op_transaction_end),
+    Op.INTRODUCE: _Op(op_introduce, PRIV),
+    Op.RELEASE: _Op(op_release, PRIV),
+    Op.GET_DOMAIN_PATH: _Op(op_get_domain_path),
+    Op.WRITE: _Op(op_write),
+    Op.MKDIR: _Op(op_mkdir),
+    Op.RM: _Op(op_rm),
+    Op.SET_PERMS: _Op(op_set_perms),
+    Op.IS_DOMAIN_INTRODUCED: _Op(op_is_domain_introduced, PRIV),
+    Op.RESUME: _Op(op_resume, PRIV),
+    Op.SET_TARGET: _Op(op_set_target, PRIV),
+    Op.RESET_WATCHES: _Op(op_reset_watches),
+    Op.DIRECTORY_PART: _Op(op_directory_part),
+}

@@ -1,0 +1,112 @@
+"""The node tree: values, ordered children, permission vectors and generations.
+
+Nodes live in a dict keyed by absolute path, which makes lookups O(1) and keeps the
+tree walk explicit (and iterative: XSA-418 taught that recursion over a guest-built
+tree is a stack-exhaustion bug).  Every write stamps the node with a fresh value of a
+global generation counter; transactions compare generations to detect conflicts, and
+DIRECTORY_PART hands the generation to clients to detect a list that changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from stubdom.wire.paths import join
+from stubdom.wire.perms import Perm
+
+#: Generation of a node that does not exist (cx ``NO_GENERATION``).
+NO_GENERATION = -1
+
+#: Size of cx's TDB record header; part of the node-size quota arithmetic.
+RECORD_HEADER = 24
+PERM_SIZE = 8
+
+
+@dataclass(slots=True)
+class Node:
+    value: bytes
+    perms: tuple[Perm, ...]
+    #: Child names in insertion order (cx appends and deletes in place).
+    children: dict[str, None] = field(default_factory=dict)
+    generation: int = 0
+    #: Bytes of the NUL-separated child list (kept to make size checks O(1)).
+    childlen: int = 0
+    #: Indexes of ACL entries naming a domain that did not exist (cx XS_PERM_IGNORE).
+    ignored: frozenset[int] = frozenset()
+
+    def copy(self) -> Node:
+        return Node(self.value, self.perms, dict(self.children), self.generation,
+                    self.childlen, self.ignored)
+
+    @property
+    def owner(self) -> int:
+        return self.perms[0].domid
+
+    def record_size(self) -> int:
+        """The size cx's node-size quota limits: header, perms, value and child list."""
+        return RECORD_HEADER + PERM_SIZE * len(self.perms) + len(self.value) + self.childlen
+
+    def add_child(self, name: str) -> None:
+        if name not in self.children:
+            self.children[name] = None
+            self.childlen += len(name) + 1
+
+    def remove_child(self, name: str) -> None:
+        if name in self.children:
+            del self.children[name]
+            self.childlen -= len(name) + 1
+
+    def child_list(self) -> bytes:
+        """``name\\0`` per child, the DIRECTORY reply."""
+        return b"".join(n.encode() + b"\0" for n in self.children)
+
+
+class Store:
+    """The committed tree plus the generation counter and per-owner node counts."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, Node] = {}
+        self.generation = 0
+        self.owned: dict[int, int] = {}
+
+    def next_generation(self) -> int:
+        self.generation += 1
+        return self.generation
+
+    def get(self, path: str) -> Node | None:
+        return self.nodes.get(path)
+
+    def put(self, path: str, node: Node) -> None:
+        old = self.nodes.get(path)
+        if old is not None:
+            self._count(old.owner, -1)
+        self.nodes[path] = node
+        self._count(node.owner, 1)
+
+    def delete(self, path: str) -> Node | None:
+        old = self.nodes.pop(path, None)
+        if old is not None:
+            self._count(old.owner, -1)
+        return old
+
+    def _count(self, domid: int, delta: int) -> None:
+        n = self.owned.get(domid, 0) + delta
+        if n:
+            self.owned[domid] = n
+        else:
+            self.owned.pop(domid, None)
+
+    def count_owned(self, domid: int) -> int:
+        return self.owned.get(domid, 0)
+
+    def walk(self, top: str) -> Iterator[tuple[str, Node]]:
+        """Pre-order walk below and including ``top``, children in list order."""
+        stack = [top]
+        while stack:
+            path = stack.pop()
+            node = self.nodes.get(path)
+            if node is None:
+                continue
+            yield path, node
+            stack.extend(join(path, c) for c in reversed(node.children))
