@@ -1,0 +1,738 @@
+"""The asyncio xenstore client: a thin I/O shell around `ClientProtocol`.
+
+One reader task per connection feeds received bytes to the sans-IO protocol and
+hands out what comes back: replies complete the future of their request, watch
+events go to the `Watch` registered for their token.  Many requests may be in
+flight at once; see `stubdom.xenstore.protocol` for how replies are matched, which
+also copes with servers that echo ``req_id`` 0 or answer strictly in order.
+
+Usage::
+
+    async with await Client.connect() as xs:           # libxenstore's path lookup
+        await xs.write("/local/domain/0/x", b"1")
+        async with xs.watch("/local/domain/0/x") as w:
+            async for ev in w:                          # the initial event comes first
+                ...
+        async with xs.transaction() as t:               # commit on exit, abort on error
+            await t.write("/a", await t.read("/b"))
+
+Every request has a timeout (`Client.timeout`, default 10 s, or ``timeout=`` per
+call; None waits for ever) and raises `XenStoreTimeout` when it expires.  The
+request stays on the wire; its late reply is recognised and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import logging
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+from stubdom.wire.constants import PAYLOAD_MAX, Op
+from stubdom.wire.paths import check_client_path
+from stubdom.wire.perms import Perm
+from stubdom.xenstore.errors import (
+    ConnectionClosed,
+    NoEntry,
+    NotSupported,
+    ProtocolError,
+    TooBig,
+    TransactionConflict,
+    XenStoreError,
+    XenStoreTimeout,
+    error_from_name,
+)
+from stubdom.xenstore.protocol import (
+    DEFAULT_MAX_REPLY,
+    ClientProtocol,
+    DirectoryPager,
+    DirectoryPart,
+    Reply,
+    WatchEvent,
+    args_payload,
+    parse_bool,
+    parse_perms,
+    parse_single,
+    parse_strings,
+    parse_tx_id,
+    perms_payload,
+    write_payload,
+)
+from stubdom.xenstore.transport import Transport, open_transport
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Default per-request timeout in seconds.
+DEFAULT_TIMEOUT = 10.0
+
+
+class _Default(enum.Enum):
+    TOKEN = 0
+
+
+#: "Use the client's timeout" (as opposed to None, "no timeout").
+DEFAULT = _Default.TOKEN
+TimeoutArg = float | None | _Default
+
+# Aliases so that annotations inside classes with a ``list`` method stay unambiguous.
+Names = list[str]
+Perms = list[Perm]
+
+
+def _value(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
+def _op_name(op: int) -> str:
+    try:
+        return Op(op).name
+    except ValueError:
+        return str(op)
+
+
+class _NodeOps:
+    """The node requests, shared by `Client` (no transaction) and `Transaction`."""
+
+    _client: Client
+    _tx_id: int
+
+    async def _rpc(self, op: Op, payload: bytes, what: str | None, timeout: TimeoutArg) -> bytes:
+        return await self._client.request(
+            op, payload, tx_id=self._tx_id, timeout=timeout, what=what
+        )
+
+    def _path(self, path: str) -> bytes:
+        if self._client.check_paths:
+            check_client_path(path)
+        return args_payload(path)
+
+    async def read(self, path: str, *, timeout: TimeoutArg = DEFAULT) -> bytes:
+        """The node's value (raw bytes, NULs allowed)."""
+        return await self._rpc(Op.READ, self._path(path), path, timeout)
+
+    async def exists(self, path: str, *, timeout: TimeoutArg = DEFAULT) -> bool:
+        """Whether READ finds the node (ENOENT -> False; other errors propagate)."""
+        try:
+            await self.read(path, timeout=timeout)
+        except NoEntry:
+            return False
+        return True
+
+    async def write(self, path: str, value: bytes | str, *, timeout: TimeoutArg = DEFAULT) -> None:
+        """Set the value, creating the node and missing parents; str is sent as UTF-8."""
+        self._path(path)
+        await self._rpc(Op.WRITE, write_payload(path, _value(value)), path, timeout)
+
+    async def mkdir(self, path: str, *, timeout: TimeoutArg = DEFAULT) -> None:
+        """Create the node (empty value) if missing; an existing node is left alone."""
+        await self._rpc(Op.MKDIR, self._path(path), path, timeout)
+
+    async def rm(self, path: str, *, timeout: TimeoutArg = DEFAULT) -> None:
+        """Remove the node and everything below it."""
+        await self._rpc(Op.RM, self._path(path), path, timeout)
+
+    async def directory(self, path: str, *, timeout: TimeoutArg = DEFAULT) -> Names:
+        """Raw DIRECTORY: the child names, or `TooBig` if they exceed one reply."""
+        return parse_strings(await self._rpc(Op.DIRECTORY, self._path(path), path, timeout))
+
+    async def directory_part(
+        self, path: str, offset: int = 0, *, timeout: TimeoutArg = DEFAULT
+    ) -> DirectoryPart:
+        """Raw DIRECTORY_PART: the generation and child-list bytes from byte ``offset``."""
+        self._path(path)
+        payload = args_payload(path, str(offset))
+        return DirectoryPart.parse(await self._rpc(Op.DIRECTORY_PART, payload, path, timeout))
+
+    async def list(self, path: str, *, timeout: TimeoutArg = DEFAULT) -> Names:
+        """The child names, however many (libxenstore ``xs_directory``).
+
+        DIRECTORY first; on E2BIG the list is paged with DIRECTORY_PART, restarting
+        whenever the node's generation changes.  A server without DIRECTORY_PART
+        (ENOSYS, e.g. oxenstored) leaves the E2BIG standing.
+        """
+        try:
+            return await self.directory(path, timeout=timeout)
+        except TooBig:
+            log.debug("DIRECTORY %s: E2BIG, paging with DIRECTORY_PART", path)
+        pager = DirectoryPager()
+        while True:
+            payload = args_payload(path, str(pager.offset))
+            try:
+                reply = await self._rpc(Op.DIRECTORY_PART, payload, path, timeout)
+            except NotSupported as exc:
+                raise TooBig(
+                    op="DIRECTORY", path=path, message="child list too long and no DIRECTORY_PART"
+                ) from exc
+            if pager.feed(reply):
+                return pager.names
+
+    async def get_perms(self, path: str, *, timeout: TimeoutArg = DEFAULT) -> Perms:
+        """The permission vector; entry 0 is the owner and the default access."""
+        return parse_perms(await self._rpc(Op.GET_PERMS, self._path(path), path, timeout))
+
+    async def set_perms(
+        self, path: str, perms: Sequence[Perm | str], *, timeout: TimeoutArg = DEFAULT
+    ) -> None:
+        """Replace the permission vector (`Perm` objects or strings like ``"r5"``)."""
+        if not perms:
+            raise ValueError("set_perms needs at least the owner entry")
+        self._path(path)
+        await self._rpc(Op.SET_PERMS, perms_payload(path, perms), path, timeout)
+
+
+class Client(_NodeOps):
+    """One connection to a xenstore server; construct inside a running event loop.
+
+    ``check_paths`` validates paths locally (`stubdom.wire.paths.check_client_path`)
+    before sending, for clearer errors; turn it off to send anything.
+    ``max_reply`` bounds the reply payloads accepted (ox's socket may exceed 4096).
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        check_paths: bool = True,
+        max_reply: int = DEFAULT_MAX_REPLY,
+    ) -> None:
+        self.timeout = timeout
+        self.check_paths = check_paths
+        self._client = self
+        self._tx_id = 0
+        self._transport = transport
+        self._proto = ClientProtocol(max_reply=max_reply)
+        self._waiters: dict[int, asyncio.Future[Reply]] = {}
+        self._watches: dict[str, Watch] = {}
+        self._tokens = itertools.count(1)
+        self._token_prefix = f"stubdom-{id(self):x}-"
+        self._closed: ConnectionClosed | None = None
+        self._reader = asyncio.get_running_loop().create_task(
+            self._read_loop(), name=f"xenstore-reader {transport.description}"
+        )
+
+    @classmethod
+    async def connect(
+        cls,
+        path: str | None = None,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        check_paths: bool = True,
+        max_reply: int = DEFAULT_MAX_REPLY,
+    ) -> Client:
+        """Connect like libxenstore ``xs_open``: ``path``, else socket, else xenbus."""
+        transport = await open_transport(path)
+        log.debug("connected to %s", transport.description)
+        return cls(transport, timeout=timeout, check_paths=check_paths, max_reply=max_reply)
+
+    @property
+    def description(self) -> str:
+        return self._transport.description
+
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
+
+    async def close(self) -> None:
+        """Close the connection; pending requests and watches get `ConnectionClosed`."""
+        self._shutdown(ConnectionClosed(f"xenstore connection {self.description} closed"))
+        if not self._reader.done():
+            self._reader.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
+        await self._transport.wait_closed()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- the reader task -------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        reason = ConnectionClosed(f"xenstore connection {self.description} closed by the server")
+        try:
+            while True:
+                data = await self._transport.read()
+                if not data:
+                    break
+                self._proto.receive_data(data)
+                for event in self._proto.events():
+                    self._dispatch(event)
+        except asyncio.CancelledError:
+            reason = ConnectionClosed(f"xenstore connection {self.description} closed")
+            raise
+        except (OSError, ProtocolError) as exc:
+            log.warning("xenstore connection %s failed: %s", self.description, exc)
+            reason = ConnectionClosed(f"xenstore connection {self.description} failed: {exc}")
+            reason.__cause__ = exc
+        finally:
+            self._shutdown(reason)
+
+    def _dispatch(self, event: Reply | WatchEvent) -> None:
+        if isinstance(event, WatchEvent):
+            watch = self._watches.get(event.token)
+            if watch is None:
+                log.debug("dropping event %s for unknown token %r", event.path, event.token)
+            else:
+                watch._deliver(event)
+            return
+        fut = self._waiters.pop(event.request.req_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(event)
+
+    def _shutdown(self, reason: ConnectionClosed) -> None:
+        if self._closed is not None:
+            return
+        self._closed = reason
+        self._transport.close()
+        self._proto.clear()
+        waiters, self._waiters = self._waiters, {}
+        for fut in waiters.values():
+            if not fut.done():
+                fut.set_exception(reason)
+                fut.exception()  # mark retrieved: the waiter may have gone
+        for watch in list(self._watches.values()):
+            watch._lost(reason)
+        self._watches.clear()
+
+    # -- requests --------------------------------------------------------------
+
+    def _raise_closed(self) -> None:
+        if self._closed is not None:
+            raise ConnectionClosed(str(self._closed)) from self._closed
+
+    async def roundtrip(
+        self,
+        op: int,
+        payload: bytes,
+        *,
+        tx_id: int = 0,
+        timeout: TimeoutArg = DEFAULT,
+        what: str | None = None,
+    ) -> Reply:
+        """Send one request and return its reply, ERROR replies included."""
+        self._raise_closed()
+        op_name = _op_name(op)
+        if len(payload) > PAYLOAD_MAX:
+            raise TooBig(
+                op=op_name,
+                path=what,
+                message=f"request of {len(payload)} bytes exceeds {PAYLOAD_MAX}",
+            )
+        req, data = self._proto.send(op, payload, tx_id)
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._waiters[req.req_id] = fut
+        limit = self.timeout if timeout is DEFAULT else timeout
+        try:
+            self._transport.write(data)
+            async with asyncio.timeout(limit):
+                await self._transport.drain()
+                return await fut
+        except TimeoutError:
+            where = " ".join(x for x in ("xenstore", op_name, what) if x)
+            raise XenStoreTimeout(f"{where}: no reply within {limit:g} s") from None
+        finally:
+            if not fut.done():
+                self._proto.abandon(req)
+                self._waiters.pop(req.req_id, None)
+                fut.cancel()
+
+    async def request(
+        self,
+        op: int,
+        payload: bytes,
+        *,
+        tx_id: int = 0,
+        timeout: TimeoutArg = DEFAULT,
+        what: str | None = None,
+    ) -> bytes:
+        """Send one request; the reply payload, or the ERROR as `XenStoreError`.
+
+        ``what`` (a path, a domid) only makes error messages clearer.
+        """
+        reply = await self.roundtrip(op, payload, tx_id=tx_id, timeout=timeout, what=what)
+        op_name = reply.request.op_name
+        if reply.is_error:
+            raise error_from_name(reply.error_name or "EINVAL", op=op_name, path=what)
+        if reply.packet.op != op:
+            raise ProtocolError(
+                f"xenstore {op_name} {what or ''}: reply of type {reply.packet.type_name}"
+            )
+        return reply.payload
+
+    # -- watches ---------------------------------------------------------------
+
+    def watch(self, path: str, token: str | None = None) -> Watch:
+        """A watch on ``path``, not yet sent: use ``async with`` or ``await``.
+
+        Without ``token`` a unique one is generated.  Tokens route events, so a token
+        may only be in use once per client at a time.
+        """
+        if self.check_paths:
+            check_client_path(path)
+        if token is None:
+            token = f"{self._token_prefix}{next(self._tokens)}"
+        return Watch(self, path, token)
+
+    async def unwatch(self, path: str, token: str, *, timeout: TimeoutArg = DEFAULT) -> None:
+        """Raw UNWATCH; also stops routing events for ``token`` to its `Watch`."""
+        await self.request(Op.UNWATCH, args_payload(path, token), timeout=timeout, what=path)
+        watch = self._watches.get(token)
+        if watch is not None and watch.path == path:
+            watch._stopped()
+
+    def _register_watch(self, watch: Watch) -> None:
+        self._raise_closed()
+        if watch.token in self._watches:
+            raise ValueError(f"watch token {watch.token!r} is already in use on this client")
+        self._watches[watch.token] = watch
+
+    def _unregister_watch(self, watch: Watch) -> None:
+        if self._watches.get(watch.token) is watch:
+            del self._watches[watch.token]
+
+    async def reset_watches(self, *, timeout: TimeoutArg = DEFAULT) -> None:
+        """RESET_WATCHES: the server drops all our watches *and transactions*.
+
+        Local `Watch` objects are stopped too (their iterators end).
+        """
+        await self.request(Op.RESET_WATCHES, b"\0", timeout=timeout)
+        for watch in list(self._watches.values()):
+            watch._stopped()
+
+    # -- transactions ----------------------------------------------------------
+
+    def transaction(self) -> Transaction:
+        """A new transaction: ``async with client.transaction() as t``."""
+        return Transaction(self)
+
+    def bind(self, tx_id: int) -> Transaction:
+        """A `Transaction` for an id already started (e.g. by `transaction_start`)."""
+        return Transaction(self, tx_id)
+
+    async def transaction_start(self, *, timeout: TimeoutArg = DEFAULT) -> int:
+        """Raw TRANSACTION_START: the new tx_id."""
+        return parse_tx_id(await self.request(Op.TRANSACTION_START, b"\0", timeout=timeout))
+
+    async def transaction_end(
+        self, tx_id: int, commit: bool = True, *, timeout: TimeoutArg = DEFAULT
+    ) -> None:
+        """Raw TRANSACTION_END: commit ("T") or abort ("F").
+
+        A commit that conflicts raises `TransactionConflict`.
+        """
+        await self.request(
+            Op.TRANSACTION_END,
+            b"T\0" if commit else b"F\0",
+            tx_id=tx_id,
+            timeout=timeout,
+            what=f"transaction {tx_id}",
+        )
+
+    async def retry_transaction(
+        self, fn: Callable[[Transaction], Awaitable[T]], attempts: int = 10
+    ) -> T:
+        """Run ``await fn(t)`` in a fresh transaction until it commits.
+
+        On `TransactionConflict` the whole block runs again, at most ``attempts``
+        times in all; then the last conflict is raised.  ``fn`` must therefore be
+        safe to repeat: do all reads through ``t``.  Returns what ``fn`` returned.
+        """
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        for attempt in range(1, attempts + 1):
+            try:
+                async with self.transaction() as t:
+                    return await fn(t)
+            except TransactionConflict:
+                if attempt == attempts:
+                    raise
+                log.debug("transaction conflict, attempt %d of %d", attempt, attempts)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- domains and control ---------------------------------------------------
+
+    async def introduce(
+        self, domid: int, gfn: int, port: int, *, timeout: TimeoutArg = DEFAULT
+    ) -> None:
+        """INTRODUCE a domain's ring (``gfn``) and event channel (``port``) to the server."""
+        payload = args_payload(str(domid), str(gfn), str(port))
+        await self.request(Op.INTRODUCE, payload, timeout=timeout, what=f"domain {domid}")
+
+    async def release(self, domid: int, *, timeout: TimeoutArg = DEFAULT) -> None:
+        """RELEASE: the server forgets the domain and fires ``@releaseDomain``."""
+        await self._domain_op(Op.RELEASE, domid, timeout)
+
+    async def get_domain_path(self, domid: int, *, timeout: TimeoutArg = DEFAULT) -> str:
+        """``/local/domain/<domid>`` as the server computes it."""
+        return parse_single(await self._domain_op(Op.GET_DOMAIN_PATH, domid, timeout))
+
+    async def is_domain_introduced(self, domid: int, *, timeout: TimeoutArg = DEFAULT) -> bool:
+        return parse_bool(await self._domain_op(Op.IS_DOMAIN_INTRODUCED, domid, timeout))
+
+    async def resume(self, domid: int, *, timeout: TimeoutArg = DEFAULT) -> None:
+        """RESUME: re-arm ``@releaseDomain`` for a domain that shut down."""
+        await self._domain_op(Op.RESUME, domid, timeout)
+
+    async def set_target(self, domid: int, target: int, *, timeout: TimeoutArg = DEFAULT) -> None:
+        """SET_TARGET: give ``domid`` (a stubdom) privilege over ``target``."""
+        payload = args_payload(str(domid), str(target))
+        await self.request(Op.SET_TARGET, payload, timeout=timeout, what=f"domain {domid}")
+
+    async def _domain_op(self, op: Op, domid: int, timeout: TimeoutArg) -> bytes:
+        return await self.request(
+            op, args_payload(str(domid)), timeout=timeout, what=f"domain {domid}"
+        )
+
+    async def control(self, *args: str | bytes, timeout: TimeoutArg = DEFAULT) -> bytes:
+        """CONTROL (XS_DEBUG) with the given strings; the reply without its final NUL."""
+        what = " ".join(a if isinstance(a, str) else a.decode("utf-8", "replace") for a in args)
+        reply = await self.request(Op.CONTROL, args_payload(*args), timeout=timeout, what=what)
+        return reply[:-1] if reply.endswith(b"\0") else reply
+
+
+class _End(enum.Enum):
+    STOPPED = 0
+
+
+class Watch:
+    """One registered watch and its queue of events; an async iterator.
+
+    Events are queued without bound: servers already limit what they send, and a
+    dropped event would be a silent correctness bug.  A consumer that stops reading
+    while the watch is active lets the queue grow; leave the context to stop it.
+    """
+
+    def __init__(self, client: Client, path: str, token: str) -> None:
+        self.client = client
+        self.path = path
+        self.token = token
+        self._queue: asyncio.Queue[WatchEvent | _End | ConnectionClosed] = asyncio.Queue()
+        self._active = False
+        self._ended = False
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    @property
+    def pending(self) -> int:
+        """Events received and not yet consumed."""
+        return self._queue.qsize()
+
+    async def start(self, *, timeout: TimeoutArg = DEFAULT) -> Watch:
+        """Send WATCH; events (the initial one first) are queued from now on."""
+        if self._active:
+            return self
+        if self._ended:
+            raise RuntimeError(f"watch on {self.path} has already ended")
+        # Route events before sending: the initial event follows the reply at once.
+        self.client._register_watch(self)
+        self._active = True
+        try:
+            await self.client.request(
+                Op.WATCH, args_payload(self.path, self.token), timeout=timeout, what=self.path
+            )
+        except BaseException:
+            self._active = False
+            self.client._unregister_watch(self)
+            raise
+        return self
+
+    async def stop(self, *, timeout: TimeoutArg = DEFAULT) -> None:
+        """Send UNWATCH; iteration ends once the queued events are consumed."""
+        if not self._active:
+            return
+        try:
+            if not self.client.closed:
+                await self.client.request(
+                    Op.UNWATCH,
+                    args_payload(self.path, self.token),
+                    timeout=timeout,
+                    what=self.path,
+                )
+        finally:
+            self._stopped()
+
+    def __await__(self) -> Generator[Any, None, Watch]:
+        return self.start().__await__()
+
+    async def __aenter__(self) -> Watch:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            await self.stop()
+            return
+        try:
+            await self.stop()
+        except (XenStoreError, ConnectionClosed, XenStoreTimeout) as err:
+            log.debug("UNWATCH %s after an error failed: %s", self.path, err)
+
+    def _deliver(self, event: WatchEvent) -> None:
+        self._queue.put_nowait(event)
+
+    def _stopped(self) -> None:
+        if self._active:
+            self._active = False
+            self.client._unregister_watch(self)
+            self._queue.put_nowait(_End.STOPPED)
+
+    def _lost(self, reason: ConnectionClosed) -> None:
+        self._active = False
+        self._queue.put_nowait(reason)
+
+    async def next_event(self, timeout: float | None = None) -> WatchEvent | None:
+        """The next event, or None once the watch has stopped and drained."""
+        if not self._active and not self._ended and self._queue.empty():
+            raise RuntimeError(f"watch on {self.path} was never started")
+        try:
+            async with asyncio.timeout(timeout):
+                item = await self._queue.get()
+        except TimeoutError:
+            raise XenStoreTimeout(
+                f"xenstore watch {self.path}: no event within {timeout:g} s"
+            ) from None
+        if isinstance(item, WatchEvent):
+            return item
+        self._ended = True
+        self._queue.put_nowait(item)  # keep the end marker for later calls
+        if isinstance(item, ConnectionClosed):
+            raise ConnectionClosed(str(item)) from item
+        return None
+
+    async def get(self, timeout: float | None = None) -> WatchEvent:
+        """The next event, waiting at most ``timeout`` seconds (None: for ever).
+
+        Raises `XenStoreTimeout`, `ConnectionClosed`, or RuntimeError once stopped.
+        """
+        event = await self.next_event(timeout)
+        if event is None:
+            raise RuntimeError(f"watch on {self.path} is stopped")
+        return event
+
+    def __aiter__(self) -> Watch:
+        return self
+
+    async def __anext__(self) -> WatchEvent:
+        event = await self.next_event(None)
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+    def __repr__(self) -> str:
+        state = "active" if self._active else "inactive"
+        return f"<Watch {self.path!r} token={self.token!r} {state}>"
+
+
+class Transaction(_NodeOps):
+    """A transaction: the node requests of `Client`, bound to one tx_id.
+
+    As a context manager it starts on entry, commits on normal exit (raising
+    `TransactionConflict` on EAGAIN) and aborts when the block raises.  Watch events
+    for its changes are delivered only after the commit.
+    """
+
+    def __init__(self, client: Client, tx_id: int | None = None) -> None:
+        self._client = client
+        self._tx_id = tx_id or 0
+        self._open = tx_id is not None
+
+    @property
+    def tx_id(self) -> int:
+        return self._tx_id
+
+    @property
+    def open(self) -> bool:
+        return self._open
+
+    async def start(self, *, timeout: TimeoutArg = DEFAULT) -> Transaction:
+        if self._open:
+            raise RuntimeError(f"transaction {self._tx_id} is already open")
+        self._tx_id = await self._client.transaction_start(timeout=timeout)
+        self._open = True
+        return self
+
+    async def commit(self, *, timeout: TimeoutArg = DEFAULT) -> None:
+        """END "T": raises `TransactionConflict` if another change got in first."""
+        self._check_open()
+        self._open = False
+        await self._client.transaction_end(self._tx_id, True, timeout=timeout)
+
+    async def abort(self, *, timeout: TimeoutArg = DEFAULT) -> None:
+        """END "F": discard every change made in the transaction."""
+        self._check_open()
+        self._open = False
+        await self._client.transaction_end(self._tx_id, False, timeout=timeout)
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise RuntimeError(f"transaction {self._tx_id or '(not started)'} is not open")
+
+    async def _rpc(self, op: Op, payload: bytes, what: str | None, timeout: TimeoutArg) -> bytes:
+        self._check_open()
+        return await super()._rpc(op, payload, what, timeout)
+
+    async def __aenter__(self) -> Transaction:
+        if not self._open:
+            await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._open:
+            return
+        if exc_type is None:
+            await self.commit()
+            return
+        try:
+            await self.abort()
+        except (XenStoreError, ConnectionClosed, XenStoreTimeout) as err:
+            log.debug("aborting transaction %d failed: %s", self._tx_id, err)
+
+    def __repr__(self) -> str:
+        return f"<Transaction {self._tx_id} {'open' if self._open else 'closed'}>"
+
+
+async def open_client(
+    path: str | None = None,
+    *,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    check_paths: bool = True,
+    max_reply: int = DEFAULT_MAX_REPLY,
+) -> Client:
+    """Shorthand for `Client.connect`."""
+    return await Client.connect(
+        path, timeout=timeout, check_paths=check_paths, max_reply=max_reply
+    )
+
+
+__all__ = [
+    "DEFAULT",
+    "DEFAULT_TIMEOUT",
+    "Client",
+    "TimeoutArg",
+    "Transaction",
+    "Watch",
+    "open_client",
+]

@@ -1,0 +1,319 @@
+"""The client side of the xenstore protocol, sans I/O (after h11).
+
+`ClientProtocol` turns requests into bytes and received bytes into `Reply` and
+`WatchEvent` objects; it never touches a socket, a clock or an event loop, so every
+rule about matching replies can be tested with plain byte strings.
+
+Matching replies to requests: each request gets a fresh non-zero ``req_id`` and is
+kept, oldest first, until its reply arrives.  A reply whose ``req_id`` names an
+outstanding request completes that request (servers may answer out of order).  A
+reply whose ``req_id`` names none - libxenstore always sends 0, and some servers echo
+0 or answer strictly in order - completes the *oldest* outstanding request.  A request
+given up on (timeout, cancellation) stays in the queue as *abandoned* until its reply
+arrives and is then dropped, so the FIFO fallback stays in step with the server.
+
+`DirectoryPager` is libxenstore's ``xs_directory_part()`` loop as a state machine.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from stubdom.wire.constants import Op
+from stubdom.wire.packet import DecodeError, Packet, PacketDecoder, encode, join_args
+from stubdom.wire.perms import InvalidPermission, Perm, parse_perm
+from stubdom.xenstore.errors import ProtocolError
+
+log = logging.getLogger(__name__)
+
+#: Largest reply payload accepted.  Servers limit replies to 4096 bytes on rings, but
+#: oxenstored sends larger DIRECTORY replies on its Unix socket, so be generous.
+DEFAULT_MAX_REPLY = 1 << 20
+
+_REQ_ID_LIMIT = 1 << 32
+
+
+def _text(raw: bytes) -> str:
+    """Wire strings as ``str``, losslessly (paths are ASCII; tokens may be anything)."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _raw(text: str | bytes) -> bytes:
+    return text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """A WATCH_EVENT: ``path`` changed (as the server spells it), for watch ``token``."""
+
+    path: str
+    token: str
+
+
+@dataclass(eq=False, slots=True)
+class Request:
+    """One request sent and not yet answered (identity matters, not value)."""
+
+    op: int
+    payload: bytes
+    req_id: int
+    tx_id: int = 0
+    abandoned: bool = False
+
+    @property
+    def op_name(self) -> str:
+        try:
+            return Op(self.op).name
+        except ValueError:
+            return str(self.op)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The server's answer to ``request``: either the same type or ERROR."""
+
+    request: Request
+    packet: Packet
+
+    @property
+    def is_error(self) -> bool:
+        return self.packet.op == Op.ERROR
+
+    @property
+    def error_name(self) -> str | None:
+        """The errno name of an ERROR reply (``"ENOENT"``), else None."""
+        if not self.is_error:
+            return None
+        return _text(self.packet.payload.split(b"\0", 1)[0]) or "EINVAL"
+
+    @property
+    def payload(self) -> bytes:
+        return self.packet.payload
+
+
+class ClientProtocol:
+    """Request/reply bookkeeping and framing for one xenstore connection."""
+
+    def __init__(self, *, max_reply: int = DEFAULT_MAX_REPLY) -> None:
+        self._decoder = PacketDecoder(max_payload=max_reply)
+        self._pending: OrderedDict[int, Request] = OrderedDict()
+        self._events: deque[Reply | WatchEvent] = deque()
+        self._next_id = 1
+
+    # -- sending ---------------------------------------------------------------
+
+    def _allocate_id(self) -> int:
+        for _ in range(len(self._pending) + 1):
+            req_id = self._next_id
+            self._next_id = req_id + 1 if req_id + 1 < _REQ_ID_LIMIT else 1
+            if req_id not in self._pending:
+                return req_id
+        raise RuntimeError("no free req_id")  # pragma: no cover - needs 2**32 requests
+
+    def send(self, op: int, payload: bytes, tx_id: int = 0) -> tuple[Request, bytes]:
+        """Record a request; return it and the bytes to write, as one message.
+
+        Raises `stubdom.wire.PayloadTooLong` (nothing is recorded) if the payload
+        exceeds ``PAYLOAD_MAX``.
+        """
+        req = Request(op, payload, self._allocate_id(), tx_id)
+        data = encode(Packet(op, payload, req.req_id, tx_id))
+        self._pending[req.req_id] = req
+        return req, data
+
+    def abandon(self, request: Request) -> None:
+        """Nobody waits for this reply any more; drop it when it comes."""
+        if self._pending.get(request.req_id) is request:
+            request.abandoned = True
+
+    @property
+    def outstanding(self) -> list[Request]:
+        """Requests sent and not answered, oldest first (abandoned ones included)."""
+        return list(self._pending.values())
+
+    def clear(self) -> list[Request]:
+        """Forget every outstanding request (the connection is gone); return them."""
+        out = list(self._pending.values())
+        self._pending.clear()
+        return out
+
+    # -- receiving -------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the server, split anywhere; raises `ProtocolError`."""
+        try:
+            self._decoder.feed(data)
+        except DecodeError as exc:
+            raise ProtocolError(f"undecodable data from the xenstore server: {exc}") from exc
+        for packet in self._decoder:
+            self._handle(packet)
+
+    def _handle(self, packet: Packet) -> None:
+        if packet.op == Op.WATCH_EVENT:
+            path, _, rest = packet.payload.partition(b"\0")
+            token = rest[:-1] if rest.endswith(b"\0") else rest
+            self._events.append(WatchEvent(_text(path), _text(token)))
+            return
+        req = self._pending.pop(packet.req_id, None)
+        if req is None:
+            if not self._pending:
+                log.warning("dropping reply with no outstanding request: %r", packet)
+                return
+            _, req = self._pending.popitem(last=False)
+        if req.abandoned:
+            log.debug("dropping reply to abandoned %s req_id=%d", req.op_name, req.req_id)
+            return
+        self._events.append(Reply(req, packet))
+
+    def next_event(self) -> Reply | WatchEvent | None:
+        """The oldest reply or watch event decoded so far, or None."""
+        return self._events.popleft() if self._events else None
+
+    def events(self) -> Iterator[Reply | WatchEvent]:
+        """Drain every decoded reply and watch event, in arrival order."""
+        while self._events:
+            yield self._events.popleft()
+
+
+# -- payloads ------------------------------------------------------------------
+
+
+def args_payload(*args: str | bytes) -> bytes:
+    """NUL-terminated strings; never empty, since oxenstored stalls on ``len == 0``."""
+    return join_args(*(_raw(a) for a in args)) if args else b"\0"
+
+
+def write_payload(path: str, value: bytes) -> bytes:
+    """WRITE carries the path NUL-terminated and then the raw value."""
+    return _raw(path) + b"\0" + value
+
+
+def perms_payload(path: str, perms: Sequence[Perm | str]) -> bytes:
+    return args_payload(path, *(str(p) for p in perms))
+
+
+def parse_strings(payload: bytes) -> list[str]:
+    """``a\\0b\\0`` -> ``["a", "b"]``; an empty payload is an empty list."""
+    if not payload:
+        return []
+    body = payload[:-1] if payload.endswith(b"\0") else payload
+    return [_text(p) for p in body.split(b"\0")]
+
+
+def parse_single(payload: bytes) -> str:
+    """A reply holding one NUL-terminated string (GET_DOMAIN_PATH, TRANSACTION_START)."""
+    return _text(payload.split(b"\0", 1)[0])
+
+
+def parse_perms(payload: bytes) -> list[Perm]:
+    try:
+        return [parse_perm(p) for p in parse_strings(payload)]
+    except InvalidPermission as exc:
+        raise ProtocolError(f"bad permission in GET_PERMS reply {payload!r}: {exc}") from exc
+
+
+def parse_tx_id(payload: bytes) -> int:
+    text = parse_single(payload)
+    try:
+        tx_id = int(text, 10)
+    except ValueError:
+        raise ProtocolError(f"TRANSACTION_START reply {payload!r} is not a number") from None
+    if not 0 < tx_id < _REQ_ID_LIMIT:
+        raise ProtocolError(f"TRANSACTION_START reply {payload!r} is not a valid tx_id")
+    return tx_id
+
+
+def parse_bool(payload: bytes) -> bool:
+    text = parse_single(payload)
+    if text not in ("T", "F"):
+        raise ProtocolError(f"expected T or F, got {payload!r}")
+    return text == "T"
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryPart:
+    """A DIRECTORY_PART reply: the node's generation and the raw child-list bytes."""
+
+    generation: str
+    data: bytes
+
+    @classmethod
+    def parse(cls, payload: bytes) -> DirectoryPart:
+        gen, sep, data = payload.partition(b"\0")
+        if not sep:
+            raise ProtocolError(f"DIRECTORY_PART reply {payload[:40]!r} has no generation")
+        return cls(_text(gen), data)
+
+
+class DirectoryPager:
+    """libxenstore ``xs_directory_part()``: assemble a child list from chunks.
+
+    Ask for `offset`, `feed` the reply payload, repeat until `done`; then `names`.
+    A change of generation between chunks means the list changed: start over at 0.
+    """
+
+    def __init__(self, max_restarts: int = 100) -> None:
+        self.offset = 0
+        self.done = False
+        self.restarts = 0
+        self._max_restarts = max_restarts
+        self._gen: str | None = None
+        self._buf = bytearray()
+
+    def feed(self, payload: bytes) -> bool:
+        """Take one reply; True when the list is complete."""
+        if self.done:
+            raise RuntimeError("DirectoryPager is already done")
+        part = DirectoryPart.parse(payload)
+        if self.offset:
+            if part.generation != self._gen:
+                self.restarts += 1
+                if self.restarts > self._max_restarts:
+                    raise ProtocolError(
+                        f"directory changed {self.restarts} times while being listed"
+                    )
+                log.debug("generation %s -> %s: restarting listing", self._gen, part.generation)
+                self.offset = 0
+                self._buf.clear()
+                return False
+            if not part.data:
+                raise ProtocolError(f"empty DIRECTORY_PART chunk at offset {self.offset}")
+        else:
+            self._gen = part.generation
+            self._buf.clear()
+        self._buf += part.data
+        self.offset += len(part.data)
+        if self.offset <= 1 or self._buf[self.offset - 2] == 0:
+            self.done = True
+        return self.done
+
+    @property
+    def names(self) -> list[str]:
+        if not self.done:
+            raise RuntimeError("DirectoryPager is not done yet")
+        if self.offset <= 1:
+            return []
+        # The list ends with an extra NUL (an empty last name): drop it.
+        return parse_strings(bytes(self._buf[:-1]))
+
+
+__all__ = [
+    "DEFAULT_MAX_REPLY",
+    "ClientProtocol",
+    "DirectoryPager",
+    "DirectoryPart",
+    "Reply",
+    "Request",
+    "WatchEvent",
+    "args_payload",
+    "parse_bool",
+    "parse_perms",
+    "parse_single",
+    "parse_strings",
+    "parse_tx_id",
+    "perms_payload",
+    "write_payload",
+]

@@ -1,0 +1,303 @@
+"""Byte transports under the client: the daemon's Unix socket and the xenbus device.
+
+Both carry the same wire format.  A transport takes *whole messages* in `write`:
+the Linux xenbus driver (``xenbus_file_write``) parses one message per ``write()``
+and discards bytes after it, so `FdTransport` never lets one system call span two
+messages.  `write` never blocks and never fails half-way (a cancelled request can
+therefore not leave half a message on the wire); `drain` waits for the bytes to go.
+
+Which transport to use follows libxenstore (``xs_open``/``get_handle`` in
+``tools/libs/store/xs.c``): first the daemon socket (``$XENSTORED_PATH``, else
+``$XENSTORED_RUNDIR/socket``, else ``/var/run/xenstored/socket``), then the domain
+device (``$XENSTORED_PATH``, else ``/dev/xen/xenbus`` if it exists, else
+``/proc/xen/xenbus``).  Whatever the path, ``stat()`` decides: a socket is connected,
+anything else is opened ``O_RDWR`` as the xenbus device.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+import stat
+from collections import deque
+from collections.abc import Mapping
+
+from stubdom.xenstore.errors import ConnectionClosed
+
+log = logging.getLogger(__name__)
+
+#: ``XEN_RUN_STORED`` as compiled into Debian's libxenstore.
+DEFAULT_RUN_DIR = "/var/run/xenstored"
+XENBUS_DEVICES = ("/dev/xen/xenbus", "/proc/xen/xenbus")
+
+_READ_SIZE = 65536
+
+
+def daemon_socket_path(environ: Mapping[str, str] | None = None) -> str:
+    """libxenstore ``xs_daemon_socket()``."""
+    env = os.environ if environ is None else environ
+    if env.get("XENSTORED_PATH"):
+        return env["XENSTORED_PATH"]
+    run_dir = env.get("XENSTORED_RUNDIR") or DEFAULT_RUN_DIR
+    return os.path.join(run_dir, "socket")
+
+
+def domain_dev_path(environ: Mapping[str, str] | None = None) -> str:
+    """libxenstore ``xs_domain_dev()`` on Linux."""
+    env = os.environ if environ is None else environ
+    if env.get("XENSTORED_PATH"):
+        return env["XENSTORED_PATH"]
+    if os.path.exists(XENBUS_DEVICES[0]):
+        return XENBUS_DEVICES[0]
+    return XENBUS_DEVICES[1]
+
+
+class Transport(abc.ABC):
+    """A bidirectional byte pipe to a xenstore server."""
+
+    #: Human-readable peer, for log and error messages.
+    description: str = "xenstore"
+
+    @abc.abstractmethod
+    def write(self, message: bytes) -> None:
+        """Queue one whole encoded message; raises `ConnectionClosed` if closed."""
+
+    @abc.abstractmethod
+    async def drain(self) -> None:
+        """Wait until queued messages are handed to the kernel (flow control)."""
+
+    @abc.abstractmethod
+    async def read(self) -> bytes:
+        """Some bytes from the server; ``b""`` at end of stream."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the connection; pending `read`/`drain` calls end."""
+
+    async def wait_closed(self) -> None:  # noqa: B027 - optional hook, default no-op
+        """Wait until `close` has finished (default: nothing to wait for)."""
+
+
+class StreamTransport(Transport):
+    """A connected stream socket (the daemon's Unix socket), via asyncio streams."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, description: str
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self.description = description
+
+    @classmethod
+    async def connect_unix(cls, path: str) -> StreamTransport:
+        reader, writer = await asyncio.open_unix_connection(path)
+        return cls(reader, writer, f"unix:{path}")
+
+    @classmethod
+    async def from_socket(cls, sock: socket.socket, description: str = "socket") -> StreamTransport:
+        """Wrap an already connected socket (e.g. one end of a socketpair)."""
+        reader, writer = await asyncio.open_connection(sock=sock)
+        return cls(reader, writer, description)
+
+    def write(self, message: bytes) -> None:
+        if self._writer.is_closing():
+            raise ConnectionClosed(f"{self.description}: connection closed")
+        self._writer.write(message)
+
+    async def drain(self) -> None:
+        try:
+            await self._writer.drain()
+        except (ConnectionError, BrokenPipeError) as exc:
+            raise ConnectionClosed(f"{self.description}: {exc}") from exc
+
+    async def read(self) -> bytes:
+        try:
+            return await self._reader.read(_READ_SIZE)
+        except ConnectionResetError:
+            return b""
+
+    def close(self) -> None:
+        self._writer.close()
+
+    async def wait_closed(self) -> None:
+        with contextlib.suppress(OSError):
+            await self._writer.wait_closed()
+
+
+class FdTransport(Transport):
+    """A non-blocking file descriptor: the xenbus character device, or a test pipe.
+
+    Uses ``loop.add_reader``/``add_writer``, so the fd must be pollable (character
+    devices, sockets, pipes and ptys are; regular files are not).
+    """
+
+    def __init__(self, fd: int, description: str = "fd", *, own: bool = True) -> None:
+        os.set_blocking(fd, False)
+        self._fd = fd
+        self._own = own
+        self.description = description
+        self._loop = asyncio.get_running_loop()
+        self._out: deque[memoryview] = deque()
+        self._writer_armed = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._error: OSError | None = None
+        self._closed = False
+
+    @classmethod
+    async def open_device(cls, path: str) -> FdTransport:
+        """Open the xenbus device (or anything else) ``O_RDWR``, like libxenstore."""
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            return cls(fd, f"device:{path}")
+        except BaseException:
+            os.close(fd)
+            raise
+
+    # -- writing ---------------------------------------------------------------
+
+    def write(self, message: bytes) -> None:
+        if self._closed or self._error is not None:
+            raise ConnectionClosed(f"{self.description}: connection closed")
+        if not message:
+            return
+        self._out.append(memoryview(message))
+        if not self._writer_armed:
+            self._flush()
+
+    def _flush(self) -> None:
+        while self._out:
+            head = self._out[0]
+            try:
+                n = os.write(self._fd, head)  # one message at most per system call
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._fail(exc)
+                return
+            if n == len(head):
+                self._out.popleft()
+            else:
+                self._out[0] = head[n:]
+        if self._out and not self._writer_armed:
+            self._loop.add_writer(self._fd, self._flush)
+            self._writer_armed = True
+        elif not self._out:
+            if self._writer_armed:
+                self._loop.remove_writer(self._fd)
+                self._writer_armed = False
+            self._wake_drainers()
+
+    def _wake_drainers(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def _fail(self, exc: OSError) -> None:
+        log.debug("%s: I/O error %s", self.description, exc)
+        self._error = exc
+        self._out.clear()
+        if self._writer_armed:
+            self._loop.remove_writer(self._fd)
+            self._writer_armed = False
+        self._wake_drainers()
+
+    async def drain(self) -> None:
+        if self._out and self._error is None and not self._closed:
+            fut: asyncio.Future[None] = self._loop.create_future()
+            self._drain_waiters.append(fut)
+            await fut
+        if self._error is not None:
+            raise ConnectionClosed(f"{self.description}: {self._error}") from self._error
+        if self._closed:
+            raise ConnectionClosed(f"{self.description}: connection closed")
+
+    # -- reading ---------------------------------------------------------------
+
+    async def read(self) -> bytes:
+        while not self._closed:
+            try:
+                return os.read(self._fd, _READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError as exc:
+                if exc.errno == errno.EIO:  # a pty whose other side hung up
+                    return b""
+                raise
+            fut: asyncio.Future[None] = self._loop.create_future()
+            self._read_waiter = fut
+            self._loop.add_reader(self._fd, _set_once, fut)
+            try:
+                await fut
+            finally:
+                self._read_waiter = None
+                if not self._closed:
+                    self._loop.remove_reader(self._fd)
+        return b""
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.remove_reader(self._fd)
+        if self._writer_armed:
+            self._loop.remove_writer(self._fd)
+            self._writer_armed = False
+        self._out.clear()
+        self._wake_drainers()
+        if self._read_waiter is not None:
+            _set_once(self._read_waiter)
+        if self._own:
+            os.close(self._fd)
+
+
+def _set_once(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+async def open_path(path: str) -> Transport:
+    """libxenstore ``get_handle()``: connect a socket, else open as the xenbus device."""
+    st = os.stat(path)
+    if stat.S_ISSOCK(st.st_mode):
+        return await StreamTransport.connect_unix(path)
+    return await FdTransport.open_device(path)
+
+
+async def open_transport(path: str | None = None) -> Transport:
+    """The transport libxenstore's ``xs_open(0)`` would pick (or ``path`` if given)."""
+    if path is not None:
+        return await open_path(path)
+    sock = daemon_socket_path()
+    try:
+        return await open_path(sock)
+    except OSError as first:
+        dev = domain_dev_path()
+        log.debug("xenstore socket %s unusable (%s); trying %s", sock, first, dev)
+        try:
+            return await open_path(dev)
+        except OSError as second:
+            raise OSError(
+                second.errno,
+                f"cannot reach xenstore: {sock}: {first.strerror or first}; "
+                f"{dev}: {second.strerror or second}",
+            ) from second
+
+
+__all__ = [
+    "DEFAULT_RUN_DIR",
+    "XENBUS_DEVICES",
+    "FdTransport",
+    "StreamTransport",
+    "Transport",
+    "daemon_socket_path",
+    "domain_dev_path",
+    "open_path",
+    "open_transport",
+]
