@@ -27,19 +27,32 @@ def _quota_pairs(values: tuple[str, ...], option: str) -> list[tuple[str, int]]:
     for v in values:
         name, sep, num = v.partition("=")
         if not sep or not num.strip().lstrip("-").isdigit():
-            raise click.BadParameter(f"{v!r}: expected NAME=NUMBER, e.g. outstanding=20",
-                                     param_hint=option)
+            raise click.BadParameter(
+                f"{v!r}: expected NAME=NUMBER, e.g. outstanding=20", param_hint=option
+            )
         pairs.append((name, int(num)))
     return pairs
 
 
 @cli.command("xenstored")
-@click.option("--socket", "socket_path", type=click.Path(dir_okay=False), required=True,
-              help="Unix socket for dom0 clients (set XENSTORED_PATH to it).")
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Keep the tree here across restarts.")
-@click.option("--trace", "trace_file", type=click.Path(dir_okay=False),
-              help="Append one JSON line per packet in and out to this file.")
+@click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(dir_okay=False),
+    required=True,
+    help="Unix socket for dom0 clients (set XENSTORED_PATH to it).",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the tree here across restarts.",
+)
+@click.option(
+    "--trace",
+    "trace_file",
+    type=click.Path(dir_okay=False),
+    help="Append one JSON line per packet in and out to this file.",
+)
 @click.option("--daemon", is_flag=True, help="Detach, print the daemon's pid, and return.")
 @click.option("-E", "--entry-nb", type=int, help="Nodes per domain (cx -E; default 1000).")
 @click.option("-S", "--entry-size", type=int, help="Max. node size (cx -S; default 2048).")
@@ -47,15 +60,35 @@ def _quota_pairs(values: tuple[str, ...], option: str) -> list[tuple[str, int]]:
 @click.option("-t", "--transaction", type=int, help="Transactions per domain (cx -t; default 10).")
 @click.option("-A", "--perm-nb", type=int, help="Permissions per node (cx -A; default 5).")
 @click.option("-M", "--path-max", type=int, help="Max. relative path length (cx -M; default 2048).")
-@click.option("-Q", "--quota", "quota", multiple=True, metavar="NAME=VAL",
-              help="Any quota by its CONTROL name, e.g. -Q transaction-nodes=1024.")
-@click.option("-q", "--quota-soft", "quota_soft", multiple=True, metavar="memory=VAL",
-              help="Soft (warning) quota, e.g. -q memory=2097152.")
+@click.option(
+    "-Q",
+    "--quota",
+    "quota",
+    multiple=True,
+    metavar="NAME=VAL",
+    help="Any quota by its CONTROL name, e.g. -Q transaction-nodes=1024.",
+)
+@click.option(
+    "-q",
+    "--quota-soft",
+    "quota_soft",
+    multiple=True,
+    metavar="memory=VAL",
+    help="Soft (warning) quota, e.g. -q memory=2097152.",
+)
 def xenstored(
-    socket_path: str, state_dir: Path | None, trace_file: str | None, daemon: bool,
-    entry_nb: int | None, entry_size: int | None, watch_nb: int | None,
-    transaction: int | None, perm_nb: int | None, path_max: int | None,
-    quota: tuple[str, ...], quota_soft: tuple[str, ...],
+    socket_path: str,
+    state_dir: Path | None,
+    trace_file: str | None,
+    daemon: bool,
+    entry_nb: int | None,
+    entry_size: int | None,
+    watch_nb: int | None,
+    transaction: int | None,
+    perm_nb: int | None,
+    path_max: int | None,
+    quota: tuple[str, ...],
+    quota_soft: tuple[str, ...],
 ) -> None:
     """Run a xenstored compatible with cxenstored 4.17, in the foreground.
 
@@ -63,13 +96,21 @@ def xenstored(
     SOCKET.d/D act as domain D.  Point Xen's tools at it with XENSTORED_PATH=SOCKET.
     """
     if len(os.fsencode(socket_path)) >= 108:
-        raise click.BadParameter(f"{socket_path!r} is {len(socket_path)} bytes; unix socket "
-                                 "paths must be shorter than 108", param_hint="--socket")
+        raise click.BadParameter(
+            f"{socket_path!r} is {len(socket_path)} bytes; unix socket "
+            "paths must be shorter than 108",
+            param_hint="--socket",
+        )
     quotas = Quotas()
     try:
-        for name, value in (("nodes", entry_nb), ("node-size", entry_size),
-                            ("watches", watch_nb), ("transactions", transaction),
-                            ("permissions", perm_nb), ("path-max", path_max)):
+        for name, value in (
+            ("nodes", entry_nb),
+            ("node-size", entry_size),
+            ("watches", watch_nb),
+            ("transactions", transaction),
+            ("permissions", perm_nb),
+            ("path-max", path_max),
+        ):
             if value is not None:
                 quotas.set(name, value)
         for name, value in _quota_pairs(quota, "-Q"):

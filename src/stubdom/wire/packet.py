@@ -74,8 +74,7 @@ class Packet:
 
     def __repr__(self) -> str:
         return (
-            f"Packet({self.type_name}, {self.payload!r}, req_id={self.req_id}, "
-            f"tx_id={self.tx_id})"
+            f"Packet({self.type_name}, {self.payload!r}, req_id={self.req_id}, tx_id={self.tx_id})"
         )
 
 
@@ -84,8 +83,7 @@ def encode(packet: Packet) -> bytes:
     if len(packet.payload) > PAYLOAD_MAX:
         raise PayloadTooLong(len(packet.payload))
     return (
-        _HEADER.pack(packet.op, packet.req_id, packet.tx_id, len(packet.payload))
-        + packet.payload
+        _HEADER.pack(packet.op, packet.req_id, packet.tx_id, len(packet.payload)) + packet.payload
     )
 
 

@@ -12,7 +12,7 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from stubdom.wire.constants import DOMID_FIRST_RESERVED, DOMID_SELF, OK, PAYLOAD_MAX, Op
 from stubdom.wire.packet import Packet, error_packet, watch_event
@@ -241,7 +241,11 @@ class XenStored:
         root.add_child("tool")
         tool = Node(b"", root_perms)
         tool.add_child("xenstored")
-        for path, node in (("/", root), ("/tool", tool), ("/tool/xenstored", Node(b"", root_perms))):
+        for path, node in (
+            ("/", root),
+            ("/tool", tool),
+            ("/tool/xenstored", Node(b"", root_perms)),
+        ):
             node.generation = self.store.next_generation()
             self.store.put(path, node)
 
@@ -329,7 +333,9 @@ class XenStored:
         dom = self.domains.get(node.perms[index].domid)
         return dom is None or dom.birth > node.generation
 
-    def perm_for(self, conn: Connection, perms: tuple[Perm, ...], node: Node | None = None) -> Access:
+    def perm_for(
+        self, conn: Connection, perms: tuple[Perm, ...], node: Node | None = None
+    ) -> Access:
         """cx ``perm_for_conn``: privilege, ownership or target first, then the ACL."""
         if conn.privileged:
             return ALL
@@ -436,7 +442,7 @@ class XenStored:
         new_parent = parent.copy()
         new_parent.add_child(created[0][0].rsplit("/", 1)[1])
         self._check_node_size(conn, new_parent)
-        for i, (p, n) in enumerate(created):
+        for i, (_, n) in enumerate(created):
             if i + 1 < len(created):
                 n.add_child(created[i + 1][0].rsplit("/", 1)[1])
             self._check_node_size(conn, n)
@@ -503,7 +509,9 @@ class XenStored:
         extra_perms: tuple[Perm, ...] | None = None,
     ) -> None:
         """Queue the events of a change at ``path`` (subtree match unless ``exact``)."""
-        watches = WatchIndex.ordered(self.watches.exact(path)) if exact else self.watches.covering(path)
+        watches = (
+            WatchIndex.ordered(self.watches.exact(path)) if exact else self.watches.covering(path)
+        )
         for w in watches:
             if self._watch_permitted(w.conn, path, node, extra_perms):
                 w.conn.queue_event(w.event_path(path), w.token)
@@ -808,10 +816,7 @@ def op_unwatch(xs: XenStored, conn: Connection, packet: Packet, view: View) -> b
     if len(args) != 2 or not packet.payload.endswith(b"\0"):
         raise XsError("EINVAL")
     raw, token = args
-    if raw.startswith(b"@"):
-        path = raw.decode("latin-1")
-    else:
-        path = xs.canonical(conn, raw)
+    path = raw.decode("latin-1") if raw.startswith(b"@") else xs.canonical(conn, raw)
     w = conn.watches.pop((path, token), None)
     if w is None:
         raise XsError("ENOENT")
@@ -822,7 +827,9 @@ def op_unwatch(xs: XenStored, conn: Connection, packet: Packet, view: View) -> b
     return OK
 
 
-def op_transaction_start(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+def op_transaction_start(
+    xs: XenStored, conn: Connection, packet: Packet, view: View
+) -> bytes | None:
     if view.tx is not None:
         raise XsError("EBUSY")
     dom = xs.domains.get(conn.domid)
@@ -867,10 +874,9 @@ def _commit(xs: XenStored, conn: Connection, tx: Transaction) -> None:
         if gen != acc.generation:
             raise XsError("EAGAIN")
     if not conn.privileged:
-        for owner, delta in tx.entry_delta.items():
-            if owner == conn.domid and delta > 0:
-                if store.count_owned(owner) + delta > xs.quotas.nodes:
-                    raise XsError("ENOSPC")
+        delta = tx.entry_delta.get(conn.domid, 0)
+        if delta > 0 and store.count_owned(conn.domid) + delta > xs.quotas.nodes:
+            raise XsError("ENOSPC")
     for path, node in tx.overlay.items():
         if node is None:
             store.delete(path)

@@ -59,7 +59,8 @@ class Quotas:
     def soft_report(self) -> str:
         return (
             "Quota settings:\n"
-            f"{'memory:':<18}{self.memory_soft:>9} Total Xenstore memory per domain (warning level)\n"
+            f"{'memory:':<18}{self.memory_soft:>9} "
+            "Total Xenstore memory per domain (warning level)\n"
         )
 
     @staticmethod

@@ -28,7 +28,9 @@ _UNPRIV_HIGH_WATER = 64 * 1024
 
 class XenStoreServer:
     def __init__(
-        self, socket_path: str | os.PathLike[str], core: XenStored | None = None,
+        self,
+        socket_path: str | os.PathLike[str],
+        core: XenStored | None = None,
         trace: PacketTrace | None = None,
     ) -> None:
         self.socket_path = Path(socket_path)
@@ -82,7 +84,9 @@ class XenStoreServer:
 
     # -- clients --------------------------------------------------------------------
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, domid: int) -> None:
+    async def _client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, domid: int
+    ) -> None:
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
@@ -171,9 +175,7 @@ class XenStoreServer:
         task.add_done_callback(self._tasks.discard)
 
     async def _serve_domain(self, domid: int, sock: socket.socket) -> None:
-        server = await asyncio.start_unix_server(
-            lambda r, w: self._client(r, w, domid), sock=sock
-        )
+        server = await asyncio.start_unix_server(lambda r, w: self._client(r, w, domid), sock=sock)
         if self._domain_servers.get(domid) is not sock:  # released meanwhile
             server.close()
             return

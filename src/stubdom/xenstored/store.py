@@ -36,8 +36,14 @@ class Node:
     ignored: frozenset[int] = frozenset()
 
     def copy(self) -> Node:
-        return Node(self.value, self.perms, dict(self.children), self.generation,
-                    self.childlen, self.ignored)
+        return Node(
+            self.value,
+            self.perms,
+            dict(self.children),
+            self.generation,
+            self.childlen,
+            self.ignored,
+        )
 
     @property
     def owner(self) -> int:
