@@ -418,7 +418,18 @@ class XenStored:
         view.write(path, node)
 
     def create_node(self, view: View, path: str, value: bytes) -> Node:
-        """Create ``path`` and any missing parents (cx ``construct_node``/``create_node``)."""
+        """Create ``path`` and any missing parents (cx ``construct_node``/``create_node``).
+
+        A failure inside a transaction fails the transaction (XSA-415).
+        """
+        try:
+            return self._create_node(view, path, value)
+        except XsError:
+            if view.tx is not None:
+                view.tx.failed = True
+            raise
+
+    def _create_node(self, view: View, path: str, value: bytes) -> Node:
         conn = view.conn
         # Find the nearest existing ancestor, collecting the names to create.
         missing = [path]
@@ -643,12 +654,10 @@ def op_directory_part(xs: XenStored, conn: Connection, packet: Packet, view: Vie
     if len(args) != 2 or not packet.payload.endswith(b"\0"):
         raise XsError("EINVAL")
     path = xs.canonical(conn, args[0])
-    offset = _atoi_signed(args[1])
+    offset = _atoi(args[1])
     node = xs.get_node(view, path, Access.READ)
     children = node.child_list()
     gen = f"{node.generation}".encode() + b"\0"
-    if offset < 0:
-        offset = 0
     if offset >= len(children):
         return gen + b"\0"
     room = PAYLOAD_MAX - len(gen) - 1

@@ -53,13 +53,13 @@ class Quotas:
     def report(self) -> str:
         lines = ["Quota settings:"]
         for cname, attr, desc in _TABLE:
-            lines.append(f"{cname + ':':<18}{getattr(self, attr):>9} {desc}")
+            lines.append(f"{cname:<17}:{getattr(self, attr):>9} {desc}")
         return "\n".join(lines) + "\n"
 
     def soft_report(self) -> str:
         return (
             "Quota settings:\n"
-            f"{'memory:':<18}{self.memory_soft:>9} "
+            f"{'memory':<17}:{self.memory_soft:>9} "
             "Total Xenstore memory per domain (warning level)\n"
         )
 
