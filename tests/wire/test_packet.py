@@ -27,11 +27,29 @@ from stubdom.wire.packet import error_packet, validate_type, watch_event
 
 def test_message_type_numbers_match_xs_wire_h() -> None:
     expected = {
-        "CONTROL": 0, "DIRECTORY": 1, "READ": 2, "GET_PERMS": 3, "WATCH": 4, "UNWATCH": 5,
-        "TRANSACTION_START": 6, "TRANSACTION_END": 7, "INTRODUCE": 8, "RELEASE": 9,
-        "GET_DOMAIN_PATH": 10, "WRITE": 11, "MKDIR": 12, "RM": 13, "SET_PERMS": 14,
-        "WATCH_EVENT": 15, "ERROR": 16, "IS_DOMAIN_INTRODUCED": 17, "RESUME": 18,
-        "SET_TARGET": 19, "RESTRICT": 20, "RESET_WATCHES": 21, "DIRECTORY_PART": 22,
+        "CONTROL": 0,
+        "DIRECTORY": 1,
+        "READ": 2,
+        "GET_PERMS": 3,
+        "WATCH": 4,
+        "UNWATCH": 5,
+        "TRANSACTION_START": 6,
+        "TRANSACTION_END": 7,
+        "INTRODUCE": 8,
+        "RELEASE": 9,
+        "GET_DOMAIN_PATH": 10,
+        "WRITE": 11,
+        "MKDIR": 12,
+        "RM": 13,
+        "SET_PERMS": 14,
+        "WATCH_EVENT": 15,
+        "ERROR": 16,
+        "IS_DOMAIN_INTRODUCED": 17,
+        "RESUME": 18,
+        "SET_TARGET": 19,
+        "RESTRICT": 20,
+        "RESET_WATCHES": 21,
+        "DIRECTORY_PART": 22,
     }
     assert {op.name: op.value for op in Op} == expected
     assert TYPE_COUNT == 23

@@ -26,7 +26,7 @@ class Harness:
         payload = raw if raw is not None else join_args(*args)
         self.xs.handle(conn, Packet(op, payload, 42, tx))
         reply: tuple[str, bytes] | None = None
-        for c in list(self.xs.pending()) + [conn]:
+        for c in [*list(self.xs.pending()), conn]:
             for p in c.take_output():
                 if p.op == Op.WATCH_EVENT:
                     path, token = p.payload.split(b"\0")[:2]
@@ -38,7 +38,9 @@ class Harness:
         assert reply is not None, "no reply"
         return reply
 
-    def write(self, conn: Connection, path: str, value: bytes | str, tx: int = 0) -> tuple[str, bytes]:
+    def write(
+        self, conn: Connection, path: str, value: bytes | str, tx: int = 0
+    ) -> tuple[str, bytes]:
         v = value.encode() if isinstance(value, str) else value
         return self.rq(conn, Op.WRITE, raw=path.encode() + b"\0" + v, tx=tx)
 

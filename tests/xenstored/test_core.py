@@ -75,8 +75,12 @@ def test_owner_change_needs_privilege(h: Harness) -> None:
     h.write(g5, "data", "")
     assert h.err(g5, Op.SET_PERMS, "data", "n0") == "EPERM"
     h.ok(g5, Op.SET_PERMS, "data", "n5", "r6")
-    for op, args in ((Op.WRITE, ("/", "x")), (Op.SET_PERMS, ("/", "n5")),
-                     (Op.RM, ("/",)), (Op.MKDIR, ("/",))):
+    for op, args in (
+        (Op.WRITE, ("/", "x")),
+        (Op.SET_PERMS, ("/", "n5")),
+        (Op.RM, ("/",)),
+        (Op.MKDIR, ("/",)),
+    ):
         assert h.err(g5, op, *args) == "EACCES"
 
 
@@ -97,7 +101,7 @@ def test_permission_vector_rules(h: Harness) -> None:
 
 
 def test_set_target_gives_the_stubdomain_its_guest_s_rights(h: Harness) -> None:
-    g5, g6 = h.guest(5), h.guest(6)
+    _g5, g6 = h.guest(5), h.guest(6)
     h.write(h.dom0, "/local/domain/5/only5", "secret")
     h.ok(h.dom0, Op.SET_PERMS, "/local/domain/5/only5", "n0", "r5")
     assert h.err(g6, Op.READ, "/local/domain/5/only5") == "EACCES"
@@ -258,7 +262,10 @@ def _tx_case(h: Harness, inside: list[tuple[str, str]], outside: list[tuple[str,
     ],
 )
 def test_conflict_table(
-    h: Harness, case: str, inside: list[tuple[str, str]], outside: list[tuple[str, str]],
+    h: Harness,
+    case: str,
+    inside: list[tuple[str, str]],
+    outside: list[tuple[str, str]],
     result: str,
 ) -> None:
     assert _tx_case(h, inside, outside) == result, case
@@ -389,8 +396,12 @@ def test_domain_requests(h: Harness) -> None:
     assert h.err(d, Op.RESUME, "5") == "ENOENT"
     assert h.err(d, Op.SET_TARGET, "5", "6") == "ENOENT"
     g5 = h.guest(5)
-    for op, args in ((Op.IS_DOMAIN_INTRODUCED, ("5",)), (Op.CONTROL, ("print", "x")),
-                     (Op.INTRODUCE, ("6", "0", "1")), (Op.RELEASE, ("5",))):
+    for op, args in (
+        (Op.IS_DOMAIN_INTRODUCED, ("5",)),
+        (Op.CONTROL, ("print", "x")),
+        (Op.INTRODUCE, ("6", "0", "1")),
+        (Op.RELEASE, ("5",)),
+    ):
         assert h.err(g5, op, *args) == "EACCES"
     assert h.ok(g5, Op.GET_DOMAIN_PATH, "5") == b"/local/domain/5\0"
 
