@@ -422,3 +422,14 @@ def test_control(h: Harness) -> None:
     assert h.xs.quotas.nodes == 7
     assert h.err(d, Op.CONTROL, "quota", "set", "bogus", "7") == "EINVAL"
     assert h.ok(d, Op.CONTROL, "help").startswith(b"check\t\nlog\ton|off\n")
+
+
+def test_memory_quota_is_enomem() -> None:
+    h = Harness(XenStored(Quotas(memory=4000)))
+    g5 = h.guest(5)
+    assert h.write(g5, "a", b"x" * 1500)[0] == "WRITE"
+    assert h.write(g5, "b", b"x" * 1500)[0] == "WRITE"
+    assert h.write(g5, "c", b"x" * 1500) == ("ERROR", b"ENOMEM\0")
+    assert h.err(g5, Op.WATCH, "w" * 1000, "t" * 1000) == "ENOMEM"
+    h.ok(g5, Op.RM, "a")
+    assert h.write(g5, "c", b"x" * 1500)[0] == "WRITE"

@@ -26,7 +26,7 @@ from stubdom.wire.paths import (
 from stubdom.wire.perms import Access, InvalidPermission, Perm, c_strtol, parse_perm
 from stubdom.xenstored.domains import Domain
 from stubdom.xenstored.quota import QuotaError, Quotas
-from stubdom.xenstored.store import NO_GENERATION, Node, Store
+from stubdom.xenstored.store import NO_GENERATION, Node, Store, node_memory
 from stubdom.xenstored.transaction import Accessed, Transaction
 from stubdom.xenstored.watches import Watch, WatchIndex
 
@@ -408,9 +408,22 @@ class XenStored:
         if not conn.privileged and node.record_size() >= self.quotas.node_size:
             raise XsError("ENOSPC")
 
+    def memory_used(self, domid: int) -> int:
+        """Approximates cx's per-domain accounting: owned nodes plus watches."""
+        used = self.store.memory_owned(domid)
+        for c in self.connections.values():
+            if c.domid == domid:
+                used += sum(w.memory for w in c.watches.values())
+        return used
+
+    def _check_memory(self, conn: Connection, extra: int) -> None:
+        if not conn.privileged and self.memory_used(conn.domid) + extra > self.quotas.memory:
+            raise XsError("ENOMEM")
+
     def _write_node(self, view: View, path: str, node: Node) -> None:
         try:
             self._check_node_size(view.conn, node)
+            self._check_memory(view.conn, len(node.value))
         except XsError:
             if view.tx is not None:
                 view.tx.failed = True
@@ -457,6 +470,7 @@ class XenStored:
             if i + 1 < len(created):
                 n.add_child(created[i + 1][0].rsplit("/", 1)[1])
             self._check_node_size(conn, n)
+        self._check_memory(conn, sum(node_memory(p, n) for p, n in created))
         for p, n in reversed(created):
             view.write(p, n)
             view.count_entry(n.owner, 1)
@@ -810,6 +824,7 @@ def op_watch(xs: XenStored, conn: Connection, packet: Packet, view: View) -> byt
     if not conn.privileged and dom is not None and dom.watches > xs.quotas.watches:
         raise XsError("E2BIG")
     w = Watch(conn, path, token, conn.implicit_path if relative else None)
+    xs._check_memory(conn, w.memory)
     conn.watches[(path, token)] = w
     xs.watches.add(w)
     if dom is not None:
@@ -1043,9 +1058,7 @@ def _domain_quota_report(xs: XenStored, domid: int) -> str:
     dom = xs.domains.get(domid)
     if dom is None:
         raise XsError("ENOENT")
-    conns = [c for c in xs.connections.values() if c.domid == domid]
-    memory = sum(n.record_size() for n in xs.store.nodes.values() if n.owner == domid)
-    memory += sum(w.memory for c in conns for w in c.watches.values())
+    memory = xs.memory_used(domid)
     rows = (
         ("nodes", xs.store.count_owned(domid)),
         ("watches", dom.watches),

@@ -68,6 +68,11 @@ class Node:
         return b"".join(n.encode() + b"\0" for n in self.children)
 
 
+def node_memory(path: str, node: Node) -> int:
+    """What a node costs its owner against the memory quota: key plus record."""
+    return len(path) + 1 + node.record_size()
+
+
 class Store:
     """The committed tree plus the generation counter and per-owner node counts."""
 
@@ -75,6 +80,8 @@ class Store:
         self.nodes: dict[str, Node] = {}
         self.generation = 0
         self.owned: dict[int, int] = {}
+        #: Bytes of node records (path included) per owner, for the memory quota.
+        self.owned_bytes: dict[int, int] = {}
 
     def next_generation(self) -> int:
         self.generation += 1
@@ -86,22 +93,27 @@ class Store:
     def put(self, path: str, node: Node) -> None:
         old = self.nodes.get(path)
         if old is not None:
-            self._count(old.owner, -1)
+            self._count(old.owner, -1, -node_memory(path, old))
         self.nodes[path] = node
-        self._count(node.owner, 1)
+        self._count(node.owner, 1, node_memory(path, node))
 
     def delete(self, path: str) -> Node | None:
         old = self.nodes.pop(path, None)
         if old is not None:
-            self._count(old.owner, -1)
+            self._count(old.owner, -1, -node_memory(path, old))
         return old
 
-    def _count(self, domid: int, delta: int) -> None:
+    def _count(self, domid: int, delta: int, nbytes: int) -> None:
         n = self.owned.get(domid, 0) + delta
         if n:
             self.owned[domid] = n
+            self.owned_bytes[domid] = self.owned_bytes.get(domid, 0) + nbytes
         else:
             self.owned.pop(domid, None)
+            self.owned_bytes.pop(domid, None)
+
+    def memory_owned(self, domid: int) -> int:
+        return self.owned_bytes.get(domid, 0)
 
     def count_owned(self, domid: int) -> int:
         return self.owned.get(domid, 0)
