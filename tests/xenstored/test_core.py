@@ -433,3 +433,21 @@ def test_memory_quota_is_enomem() -> None:
     assert h.err(g5, Op.WATCH, "w" * 1000, "t" * 1000) == "ENOMEM"
     h.ok(g5, Op.RM, "a")
     assert h.write(g5, "c", b"x" * 1500)[0] == "WRITE"
+
+
+def test_domain_state_control_plays_the_hypervisor(h: Harness) -> None:
+    h.guest(5)
+    h.ok(h.dom0, Op.WATCH, "@releaseDomain", "r")
+    h.events(h.dom0)
+    h.ok(h.dom0, Op.CONTROL, "domain-state", "5", "shutdown")
+    h.ok(h.dom0, Op.CONTROL, "domain-state", "5", "shutdown")
+    assert h.events(h.dom0) == [("@releaseDomain", "r")]  # once until RESUME
+    h.ok(h.dom0, Op.RESUME, "5")
+    h.ok(h.dom0, Op.CONTROL, "domain-state", "5", "crashed")
+    assert h.events(h.dom0) == [("@releaseDomain", "r")]
+    h.ok(h.dom0, Op.CONTROL, "domain-state", "5", "gone")
+    assert h.events(h.dom0) == [("@releaseDomain", "r")]
+    assert h.ok(h.dom0, Op.IS_DOMAIN_INTRODUCED, "5") == b"F\0"
+    h.write(h.dom0, "/n", "")
+    assert h.err(h.dom0, Op.SET_PERMS, "/n", "n5") == "ENOENT"
+    assert h.err(h.dom0, Op.CONTROL, "domain-state", "5", "bogus") == "EINVAL"

@@ -34,15 +34,17 @@ class Perm:
     domid: int
 
     def __str__(self) -> str:
-        return f"{_ACCESS_LETTER[self.access & Access.BOTH]}{self.domid}"
+        # cx prints the domid with %i: 4294967295 reads back as -1.
+        domid = self.domid - (1 << 32) if self.domid >= 1 << 31 else self.domid
+        return f"{_ACCESS_LETTER[self.access & Access.BOTH]}{domid}"
 
     @property
     def letter(self) -> str:
         return _ACCESS_LETTER[self.access & Access.BOTH]
 
 
-def c_strtol(text: str) -> tuple[int, str]:
-    """C ``strtol(text, &end, 0)`` on a 64-bit ``long``: (value, rest of the string).
+def c_strtol(text: str, base: int = 0) -> tuple[int, str]:
+    """C ``strtol(text, &end, base)`` on a 64-bit ``long``: (value, rest of the string).
 
     Leading white space and a sign are accepted, ``0x`` means hex and a leading ``0``
     octal; overflow saturates.  A string with no digits gives (0, text).
@@ -55,11 +57,12 @@ def c_strtol(text: str) -> tuple[int, str]:
     if i < n and text[i] in "+-":
         neg = text[i] == "-"
         i += 1
-    base = 10
-    if text[i : i + 2].lower() == "0x" and i + 2 < n and text[i + 2] in "0123456789abcdefABCDEF":
-        base, i = 16, i + 2
-    elif text[i : i + 1] == "0":
-        base = 8
+    if base == 0:
+        base = 10
+        if text[i : i + 2].lower() == "0x" and i + 2 < n and text[i + 2] in "0123456789abcdefABCDEF":
+            base, i = 16, i + 2
+        elif text[i : i + 1] == "0":
+            base = 8
     digits = "0123456789abcdef"[:base]
     start = i
     while i < n and text[i].lower() in digits:

@@ -44,6 +44,10 @@ class XsError(Exception):
         self.name = name
 
 
+class NodeQuotaExceeded(XsError):
+    """The node-count quota; unlike other failures it does not fail a transaction."""
+
+
 @dataclass(frozen=True)
 class DomainIntroduced:
     domid: int
@@ -179,11 +183,15 @@ class View:
     def count_entry(self, owner: int, delta: int) -> None:
         if self.tx is not None:
             self.tx.count_entry(owner, delta)
+            if delta > 0:
+                self.tx.created[owner] = self.tx.created.get(owner, 0) + delta
 
     def entries(self, domid: int) -> int:
+        """Nodes ``domid`` owns as the node quota sees them: removals inside a
+        transaction only count once it commits (as observed in cx)."""
         n = self.xs.store.count_owned(domid)
         if self.tx is not None:
-            n += self.tx.entry_delta.get(domid, 0)
+            n += self.tx.created.get(domid, 0)
         return n
 
     def fire(
@@ -227,6 +235,8 @@ class XenStored:
             p: (Perm(Access.NONE, 0),) for p in SPECIAL_PATHS
         }
         self.notifications: deque[Notification] = deque()
+        #: Domains the host reported gone: permissions may no longer name them.
+        self.gone: set[int] = set()
         self._dirty: set[Connection] = set()
         self._setup_structure()
 
@@ -358,9 +368,6 @@ class XenStored:
     def node_perm(self, conn: Connection, node: Node) -> Access:
         return self.perm_for(conn, node.perms, node)
 
-    def visible_perms(self, node: Node) -> list[Perm]:
-        """GET_PERMS shows the vector without the entries cx marks ignored."""
-        return [p for i, p in enumerate(node.perms) if i == 0 or not self._ignored(node, i)]
 
     # -- node access helpers --------------------------------------------------------
 
@@ -437,9 +444,11 @@ class XenStored:
         """
         try:
             return self._create_node(view, path, value)
+        except NodeQuotaExceeded:
+            raise  # checked before anything is written: the transaction lives on
         except XsError:
             if view.tx is not None:
-                view.tx.failed = True
+                view.tx.failed = True  # a node could not be written (XSA-415)
             raise
 
     def _create_node(self, view: View, path: str, value: bytes) -> Node:
@@ -461,7 +470,7 @@ class XenStored:
         for p in reversed(missing):
             created.append((p, Node(value if p == path else b"", perms, ignored=ignored)))
         if not conn.privileged and view.entries(conn.domid) + len(created) > self.quotas.nodes:
-            raise XsError("ENOSPC")
+            raise NodeQuotaExceeded("ENOSPC")
         # Check sizes before changing anything: no half-written state on failure.
         new_parent = parent.copy()
         new_parent.add_child(created[0][0].rsplit("/", 1)[1])
@@ -511,8 +520,9 @@ class XenStored:
     def _watch_permitted(
         self, conn: Connection, path: str, node: Node | None, extra: tuple[Perm, ...] | None
     ) -> bool:
-        if conn.privileged:
-            return True
+        # Privileged watchers are filtered too: a node gone by commit time whose
+        # permissions were never seen (created and deleted in one transaction) fires
+        # nothing, as in cx.
         if extra is not None and self.perm_for(conn, extra) & Access.READ:
             return True
         if node is None:
@@ -552,6 +562,8 @@ class XenStored:
     # -- domains ---------------------------------------------------------------------------
 
     def domain_exists(self, domid: int) -> bool:
+        if domid in self.gone:
+            return False
         return domid in self.domains or self._domain_exists(domid)
 
     def _domain_record(self, domid: int) -> Domain:
@@ -641,16 +653,16 @@ def _strings(packet: Packet) -> list[bytes]:
     return packet.payload.split(b"\0")[:-1]
 
 
-def _atoi(raw: bytes) -> int:
-    value, _ = c_strtol(raw.decode("latin-1"))
-    value &= 0xFFFFFFFF
-    return value
-
-
 def _atoi_signed(raw: bytes) -> int:
-    value, _ = c_strtol(raw.decode("latin-1"))
+    """C ``atoi``: decimal only (``0x10`` is 0, ``010`` is 10), as a 32-bit int."""
+    value, _ = c_strtol(raw.decode("latin-1"), base=10)
     value &= 0xFFFFFFFF
     return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def _atoi(raw: bytes) -> int:
+    """``atoi`` stored in an ``unsigned int`` (domids, ports, offsets)."""
+    return _atoi_signed(raw) & 0xFFFFFFFF
 
 
 def op_read(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
@@ -692,7 +704,8 @@ def op_directory_part(xs: XenStored, conn: Connection, packet: Packet, view: Vie
 def op_get_perms(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
     path = xs.canonical(conn, _onearg(packet))
     node = xs.get_node(view, path, Access.READ)
-    return b"".join(str(p).encode() + b"\0" for p in xs.visible_perms(node))
+    # cx lists ignored entries too; they only stop granting access.
+    return b"".join(str(p).encode() + b"\0" for p in node.perms)
 
 
 def op_write(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
@@ -917,9 +930,10 @@ def op_introduce(xs: XenStored, conn: Connection, packet: Packet, view: View) ->
     if len(args) < 3:
         raise XsError("EINVAL")
     domid = _atoi(args[0])
-    port = _atoi_signed(args[2])
-    if port <= 0:
+    port = _atoi(args[2])  # evtchn_port_t is unsigned: only 0 is refused
+    if port == 0:
         raise XsError("EINVAL")
+    xs.gone.discard(domid)
     if domid >= DOMID_FIRST_RESERVED or not xs.domain_exists(domid):
         raise XsError("EINVAL")
     dom = xs._domain_record(domid)
@@ -980,7 +994,7 @@ def op_resume(xs: XenStored, conn: Connection, packet: Packet, view: View) -> by
 
 def op_set_target(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
     args = _strings(packet)
-    if len(args) != 2 or not packet.payload.endswith(b"\0"):
+    if len(args) < 2:
         raise XsError("EINVAL")
     domid, tdomid = _atoi(args[0]), _atoi(args[1])
     dom = xs.introduced(domid)
@@ -1018,6 +1032,8 @@ def op_control(xs: XenStored, conn: Connection, packet: Packet, view: View) -> b
     if cmd == "print" and len(rest) == 1:
         log.info("control print: %s", rest[0])
         return OK
+    if cmd == "domain-state" and len(rest) == 2:
+        return _control_domain_state(xs, _atoi(rest[0].encode()), rest[1])
     if cmd == "quota":
         if not rest:
             return xs.quotas.report().encode() + b"\0"
@@ -1038,6 +1054,24 @@ def op_control(xs: XenStored, conn: Connection, packet: Packet, view: View) -> b
             return OK
         raise XsError("EINVAL")
     raise XsError("EINVAL")
+
+
+def _control_domain_state(xs: XenStored, domid: int, state: str) -> bytes:
+    """Our extension, dom0 only: the host reports what the hypervisor would signal
+    with VIRQ_DOM_EXC (there is no hypervisor to ask)."""
+    if domid == 0:
+        raise XsError("EINVAL")
+    if state in ("shutdown", "crashed"):
+        xs.domain_shutdown(domid)
+    elif state in ("dying", "gone"):
+        if state == "gone":
+            xs.gone.add(domid)
+        xs.domain_died(domid)
+    elif state == "running":
+        xs.gone.discard(domid)
+    else:
+        raise XsError("EINVAL")
+    return OK
 
 
 _CONTROL_HELP = (

@@ -70,7 +70,7 @@ class Node:
 
 def node_memory(path: str, node: Node) -> int:
     """What a node costs its owner against the memory quota: key plus record."""
-    return len(path) + 1 + node.record_size()
+    return len(path) + node.record_size()
 
 
 class Store:

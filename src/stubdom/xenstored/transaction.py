@@ -39,6 +39,8 @@ class Transaction:
     failed: bool = False
     #: Net nodes created per owner, settled against the node quota at commit.
     entry_delta: dict[int, int] = field(default_factory=dict)
+    #: Nodes created per owner (what the node quota sees before commit).
+    created: dict[int, int] = field(default_factory=dict)
 
     def count_entry(self, owner: int, delta: int) -> None:
         self.entry_delta[owner] = self.entry_delta.get(owner, 0) + delta
