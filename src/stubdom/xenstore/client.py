@@ -153,7 +153,8 @@ class _NodeOps:
 
         DIRECTORY first; on E2BIG the list is paged with DIRECTORY_PART, restarting
         whenever the node's generation changes.  A server without DIRECTORY_PART
-        (ENOSYS, e.g. oxenstored) leaves the E2BIG standing.
+        (ENOSYS, e.g. oxenstored) leaves the E2BIG standing.  ``timeout`` applies to
+        each request, not to the whole listing.
         """
         try:
             return await self.directory(path, timeout=timeout)
@@ -331,6 +332,14 @@ class Client(_NodeOps):
                 message=f"request of {len(payload)} bytes exceeds {PAYLOAD_MAX}",
             )
         req, data = self._proto.send(op, payload, tx_id)
+        log.debug(
+            "%s: -> %s req_id=%d tx_id=%d %s",
+            self.description,
+            op_name,
+            req.req_id,
+            tx_id,
+            what or "",
+        )
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._waiters[req.req_id] = fut
         limit = self.timeout if timeout is DEFAULT else timeout
@@ -722,9 +731,7 @@ async def open_client(
     max_reply: int = DEFAULT_MAX_REPLY,
 ) -> Client:
     """Shorthand for `Client.connect`."""
-    return await Client.connect(
-        path, timeout=timeout, check_paths=check_paths, max_reply=max_reply
-    )
+    return await Client.connect(path, timeout=timeout, check_paths=check_paths, max_reply=max_reply)
 
 
 __all__ = [
