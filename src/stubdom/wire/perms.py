@@ -59,7 +59,8 @@ def c_strtol(text: str, base: int = 0) -> tuple[int, str]:
         i += 1
     if base == 0:
         base = 10
-        if text[i : i + 2].lower() == "0x" and i + 2 < n and text[i + 2] in "0123456789abcdefABCDEF":
+        hexdigit = i + 2 < n and text[i + 2] in "0123456789abcdefABCDEF"
+        if text[i : i + 2].lower() == "0x" and hexdigit:
             base, i = 16, i + 2
         elif text[i : i + 1] == "0":
             base = 8
