@@ -61,7 +61,10 @@ def describe(step: Step) -> str:
 
 
 def encode(op: str | int, args: Iterable[str | bytes]) -> bytes:
-    bs = [a.encode() if isinstance(a, str) else a for a in args]
+    """NUL-terminate each argument (WRITE: the value stays raw). No arguments means one
+    empty string, ``"\\0"``, as real clients send it: ox stalls on zero-length payloads.
+    A step that wants a truly empty payload says ``raw=b""``."""
+    bs = [a.encode() if isinstance(a, str) else a for a in args] or [b""]
     if op == "WRITE" and bs:
         return b"".join(a + b"\0" for a in bs[:-1]) + bs[-1]
     return b"".join(a + b"\0" for a in bs)
@@ -313,7 +316,7 @@ def restore(target: Target, admin: Channel) -> None:
                 _rpc(admin, "RELEASE", str(d))
                 if _rpc(admin, "IS_DOMAIN_INTRODUCED", str(d))[1] == b"F\0":
                     target.introduced.discard(d)
-        target.clear_markers()
+        target.clear_markers(admin)
         for special in ("@releaseDomain", "@introduceDomain"):
             _rpc(admin, "SET_PERMS", special, "n0")
         base = target.baseline

@@ -13,13 +13,14 @@ so malformed requests can be sent) and parks watch events that arrive before a r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from tests.support.daemons import KIT, Daemon, start_cx, start_ours, start_ox
 
@@ -109,10 +110,8 @@ class Channel:
         return ev
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError, BufferError):
             self.conn.close()
-        except (OSError, BufferError):
-            pass
 
 
 class Target(ABC):
@@ -125,6 +124,7 @@ class Target(ABC):
         self.daemon: Daemon | None = None
         self.introduced: set[int] = set()  # domids we introduced and did not yet release
         self.introductions = 0  # INTRODUCE requests since the daemon started
+        self.marked: set[int] = set()  # domains whose state kill_domain changed
         self.start()
 
     # -- life cycle ------------------------------------------------------------------------
@@ -136,6 +136,7 @@ class Target(ABC):
         self.baseline: Any = None  # the tree right after start-up (runner.snapshot)
         self.introduced.clear()
         self.introductions = 0
+        self.marked.clear()
 
     def stop(self) -> None:
         if self.daemon is not None:
@@ -185,7 +186,7 @@ class Target(ABC):
     def kill_domain(self, domid: int, how: str, admin: Channel) -> None:
         """Make the domain shut down (``shutdown``), die (``dead``) or vanish (``gone``)."""
 
-    def clear_markers(self) -> None:  # noqa: B027
+    def clear_markers(self, admin: Channel) -> None:  # noqa: B027
         """Forget any domain-state markers set by :meth:`kill_domain`."""
 
     def needs_restart(self, introductions: int) -> bool:
@@ -232,7 +233,7 @@ class KitTarget(Target):
         if how != "shutdown":
             self.introduced.discard(domid)
 
-    def clear_markers(self) -> None:
+    def clear_markers(self, admin: Channel) -> None:
         for p in self.fake_dir.glob("*-*"):
             if p.name.split("-")[0] in ("dead", "shutdown", "gone"):
                 p.unlink()
@@ -252,12 +253,24 @@ class OursTarget(Target):
     def connect_guest(self, domid: int, name: str) -> Channel:
         return Channel(name, xsraw.SockConn(f"{self.socket}.d/{domid}", REPLY_TIMEOUT))
 
+    # cx/ox learn a domain's state from the hypervisor (VIRQ_DOM_EXC + getdomaininfo). Our
+    # server has no hypervisor: the host reports the state with our CONTROL extension
+    # ``domain-state <domid> shutdown|dying|gone|running`` (dom0 only).
+    STATES: ClassVar[dict[str, str]] = {"shutdown": "shutdown", "dead": "dying", "gone": "gone"}
+
     def kill_domain(self, domid: int, how: str, admin: Channel) -> None:
-        # Our server learns of a domain's death from the toolstack, i.e. through RELEASE.
-        if how == "shutdown":
-            raise NotImplementedError("ours: domain shutdown is not observable yet")
-        admin.request(xsraw.T["RELEASE"], f"{domid}\0".encode())
-        self.introduced.discard(domid)
+        r = admin.request(xsraw.T["CONTROL"],
+                          f"domain-state\0{domid}\0{self.STATES[how]}\0".encode())
+        if r.payload != b"OK\0":
+            raise NotImplementedError(f"CONTROL domain-state answered {r.payload!r}")
+        if how != "shutdown":
+            self.introduced.discard(domid)
+        self.marked.add(domid)
+
+    def clear_markers(self, admin: Channel) -> None:
+        for d in self.marked:
+            admin.request(xsraw.T["CONTROL"], f"domain-state\0{d}\0running\0".encode())
+        self.marked.clear()
 
 
 def make_target(kind: str, args: tuple[str, ...] = ()) -> Target:

@@ -1,4 +1,4 @@
-"""Domain requests (§2.11–§2.13): INTRODUCE, RELEASE, GET_DOMAIN_PATH,
+"""Domain requests (§2.11-§2.13): INTRODUCE, RELEASE, GET_DOMAIN_PATH,
 IS_DOMAIN_INTRODUCED, RESUME, SET_TARGET, RESET_WATCHES, CONTROL, unknown types, death."""
 
 from tests.differential.corpus import S, case, kill
@@ -113,4 +113,14 @@ case("domain_shutdown_once_until_resume",
      S("dom0", "WATCH", "@releaseDomain", "r"), kill(5, "shutdown"),
      S("dom0", "IS_DOMAIN_INTRODUCED", "5"), kill(5, "shutdown"),
      S("dom0", "RESUME", "5"), kill(5, "shutdown"), S("dom0", "READ", "/local/domain/5"),
+     guests=(5,))
+
+case("domain_gone",
+     "A vanished domain is destroyed like a dying one; while it is gone, SET_PERMS naming it "
+     "as owner gets ENOENT (its ACL entries are kept but ignored).",
+     S("g5", "WRITE", "data/x", "1"), S("dom0", "WRITE", "/keep", ""),
+     S("dom0", "SET_PERMS", "/keep", "n0", "r5"), S("dom0", "WATCH", "@releaseDomain", "r"),
+     kill(5, "gone"), S("dom0", "IS_DOMAIN_INTRODUCED", "5"),
+     S("dom0", "READ", "/local/domain/5/data/x"), S("dom0", "SET_PERMS", "/keep", "n5"),
+     S("dom0", "SET_PERMS", "/keep", "n0", "r5"), S("dom0", "GET_PERMS", "/keep"),
      guests=(5,))

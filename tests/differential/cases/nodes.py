@@ -1,4 +1,4 @@
-"""Nodes (§2.2–§2.6, §1.3): WRITE/MKDIR implicit parents, new-node permissions, RM,
+"""Nodes (§2.2-§2.6, §1.3): WRITE/MKDIR implicit parents, new-node permissions, RM,
 DIRECTORY order, DIRECTORY_PART, values with NULs, payload sizes."""
 
 from tests.differential.corpus import S, case, many

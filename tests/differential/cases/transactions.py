@@ -1,4 +1,4 @@
-"""Transactions (§2.10): the cx conflict table A–J, test-xenstore's "ta err", isolation,
+"""Transactions (§2.10): the cx conflict table A-J, test-xenstore's "ta err", isolation,
 id errors, END arguments and the per-connection transaction quota."""
 
 from tests.differential.corpus import S, Step, case
