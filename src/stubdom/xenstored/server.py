@@ -4,16 +4,19 @@ A connection on the main socket is dom0 (privileged).  When dom0 INTRODUCEs doma
 the server listens on ``<socket>.d/<D>``; every connection accepted there acts as
 domain D.  RELEASE or the domain's death closes those connections and removes the
 socket.  The shell only moves bytes: all decisions are the core's.
+
+Clients are plain `asyncio.Protocol` objects rather than streams: a request is handled
+inside ``data_received`` and its reply written at once, with no task switch between.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
-from collections.abc import Coroutine
 from pathlib import Path
 
 from stubdom.wire.packet import DecodeError, PacketDecoder, encode
@@ -22,8 +25,65 @@ from stubdom.xenstored.trace import PacketTrace
 
 log = logging.getLogger(__name__)
 
-#: Stop reading from an unprivileged client whose unread output exceeds this.
-_UNPRIV_HIGH_WATER = 64 * 1024
+#: An unprivileged client whose unread output exceeds this is not read from until it
+#: catches up (cx stops reading a domain with too many outstanding replies).
+UNPRIV_HIGH_WATER = 64 * 1024
+
+
+class _ClientProtocol(asyncio.Protocol):
+    def __init__(self, server: XenStoreServer, domid: int) -> None:
+        self.server = server
+        self.domid = domid
+        self.transport: asyncio.Transport | None = None
+        self.conn: Connection | None = None
+        self.decoder = PacketDecoder()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        core = self.server.core
+        if self.domid != 0 and core.introduced(self.domid) is None:
+            transport.close()  # the domain was released while this was in the backlog
+            return
+        self.conn = core.connect(self.domid, privileged=self.domid == core.priv_domid)
+        if not self.conn.privileged:
+            transport.set_write_buffer_limits(high=UNPRIV_HIGH_WATER)
+        self.server.clients[self.conn] = self
+        log.debug("%r connected", self.conn)
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        if conn is None or conn.closed:
+            return
+        try:
+            self.decoder.feed(data)
+        except DecodeError as e:
+            # cx stops handling a connection that sent an over-long header.
+            log.warning("%r: %s; closing the connection", conn, e)
+            self.close()
+        self.server.process(conn, self.decoder)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.conn is not None:
+            self.server.core.disconnect(self.conn)
+            self.server.clients.pop(self.conn, None)
+            log.debug("%r disconnected", self.conn)
+
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
 
 class XenStoreServer:
@@ -36,11 +96,10 @@ class XenStoreServer:
         self.socket_path = Path(socket_path)
         self.core = core or XenStored()
         self.trace = trace
+        self.clients: dict[Connection, _ClientProtocol] = {}
         self._main: asyncio.Server | None = None
-        self._domain_servers: dict[int, socket.socket] = {}
-        self._domain_asyncio: dict[int, asyncio.Server] = {}
-        self._writers: dict[Connection, asyncio.StreamWriter] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._domain_servers: dict[int, asyncio.Server] = {}
+        self._pending_servers: dict[int, tuple[socket.socket, asyncio.Task[asyncio.Server]]] = {}
         self._closed = asyncio.Event()
 
     @property
@@ -54,8 +113,9 @@ class XenStoreServer:
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
-        self._main = await asyncio.start_unix_server(
-            lambda r, w: self._client(r, w, 0), path=str(self.socket_path)
+        loop = asyncio.get_running_loop()
+        self._main = await loop.create_unix_server(
+            lambda: _ClientProtocol(self, 0), path=str(self.socket_path)
         )
         os.chmod(self.socket_path, 0o600)
         self.domain_dir.mkdir(exist_ok=True)
@@ -72,74 +132,38 @@ class XenStoreServer:
             self._main.close()
         for domid in list(self._domain_servers):
             self._close_domain_socket(domid)
-        for w in list(self._writers.values()):
-            w.close()
-        for t in list(self._tasks):
-            t.cancel()
+        for client in list(self.clients.values()):
+            client.close()
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         with contextlib.suppress(OSError):
             self.domain_dir.rmdir()
         self._closed.set()
 
-    # -- clients --------------------------------------------------------------------
+    # -- requests -------------------------------------------------------------------
 
-    async def _client(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, domid: int
-    ) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        if domid != 0 and self.core.introduced(domid) is None:
-            writer.close()
-            return
-        conn = self.core.connect(domid, privileged=domid == self.core.priv_domid)
-        self._writers[conn] = writer
-        decoder = PacketDecoder()
-        log.debug("%r connected", conn)
-        try:
-            while not conn.closed:
-                data = await reader.read(65536)
-                if not data:
-                    break
-                try:
-                    decoder.feed(data)
-                except DecodeError as e:
-                    log.warning("%r: %s; closing the connection", conn, e)
-                    break
-                for packet in decoder:
-                    if self.trace:
-                        self.trace.record("in", conn.cid, conn.domid, packet)
-                    self.core.handle(conn, packet)
-                    # Domain sockets exist before the INTRODUCE reply leaves.
-                    self._apply_notifications()
-                    self._flush()
-                    if conn.closed:
-                        break
-                if not conn.privileged and not conn.closed:
-                    transport = writer.transport
-                    if transport.get_write_buffer_size() > _UNPRIV_HIGH_WATER:
-                        await writer.drain()
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            self.core.disconnect(conn)
-            self._writers.pop(conn, None)
-            writer.close()
-            if task is not None:
-                self._tasks.discard(task)
-            log.debug("%r disconnected", conn)
+    def process(self, conn: Connection, decoder: PacketDecoder) -> None:
+        """Handle every whole request received on ``conn`` and send what they produced."""
+        for packet in decoder:
+            if conn.closed:
+                break
+            if self.trace:
+                self.trace.record("in", conn.cid, conn.domid, packet)
+            self.core.handle(conn, packet)
+            # Domain sockets exist before the INTRODUCE reply leaves.
+            self._apply_notifications()
+            self._flush()
 
     def _flush(self) -> None:
         for conn in self.core.pending():
-            writer = self._writers.get(conn)
             packets = conn.take_output()
-            if writer is None or writer.is_closing():
+            client = self.clients.get(conn)
+            if client is None:
                 continue
             if self.trace:
                 for p in packets:
                     self.trace.record("out", conn.cid, conn.domid, p)
-            writer.write(b"".join(encode(p) for p in packets))
+            client.write(b"".join(encode(p) for p in packets))
 
     def _apply_notifications(self) -> None:
         while self.core.notifications:
@@ -149,10 +173,17 @@ class XenStoreServer:
             elif isinstance(note, DomainReleased):
                 self._close_domain_socket(note.domid)
         # Connections the core closed (released domains) lose their sockets too.
-        for conn, writer in list(self._writers.items()):
+        for conn, client in list(self.clients.items()):
             if conn.closed:
-                writer.close()
-                self._writers.pop(conn, None)
+                self._flush_one(conn, client)
+                client.close()
+                self.clients.pop(conn, None)
+
+    def _flush_one(self, conn: Connection, client: _ClientProtocol) -> None:
+        if conn.outbox:
+            client.write(b"".join(encode(p) for p in conn.take_output()))
+
+    # -- domain sockets -----------------------------------------------------------------
 
     def _open_domain_socket(self, domid: int) -> None:
         if domid in self._domain_servers:
@@ -165,35 +196,33 @@ class XenStoreServer:
         sock.bind(str(path))
         sock.listen(64)
         sock.setblocking(False)
-        self._domain_servers[domid] = sock
-        self._spawn(self._serve_domain(domid, sock))
+        loop = asyncio.get_running_loop()
+        server = loop.create_unix_server(lambda: _ClientProtocol(self, domid), sock=sock)
+        task = loop.create_task(server)
+        self._pending_servers[domid] = (sock, task)
+        task.add_done_callback(functools.partial(self._domain_server_ready, domid))
         log.info("domain %d introduced; its xenstore socket is %s", domid, path)
 
-    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _serve_domain(self, domid: int, sock: socket.socket) -> None:
-        server = await asyncio.start_unix_server(lambda r, w: self._client(r, w, domid), sock=sock)
-        if self._domain_servers.get(domid) is not sock:  # released meanwhile
+    def _domain_server_ready(self, domid: int, task: asyncio.Task[asyncio.Server]) -> None:
+        entry = self._pending_servers.pop(domid, None)
+        if task.cancelled() or task.exception() is not None:
+            return
+        server = task.result()
+        if entry is None or entry[1] is not task:  # released while starting
             server.close()
             return
-        self._domain_asyncio[domid] = server
+        self._domain_servers[domid] = server
 
     def _close_domain_socket(self, domid: int) -> None:
-        server = self._domain_asyncio.pop(domid, None)
+        server = self._domain_servers.pop(domid, None)
         if server is not None:
             server.close()
-        sock = self._domain_servers.pop(domid, None)
-        if sock is not None:
-            sock.close()
+        pending = self._pending_servers.pop(domid, None)
+        if pending is not None:
+            pending[0].close()
         with contextlib.suppress(FileNotFoundError):
             self.domain_socket(domid).unlink()
         log.info("domain %d released", domid)
-
-    def domain_socket_ready(self, domid: int) -> bool:
-        return domid in self._domain_servers
 
 
 async def run_server(server: XenStoreServer, ready: asyncio.Event | None = None) -> None:
