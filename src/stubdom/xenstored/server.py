@@ -19,6 +19,7 @@ import os
 import socket
 from pathlib import Path
 
+from stubdom.wire.constants import Op
 from stubdom.wire.packet import DecodeError, PacketDecoder, encode
 from stubdom.xenstored.core import Connection, DomainIntroduced, DomainReleased, XenStored
 from stubdom.xenstored.trace import PacketTrace
@@ -37,6 +38,7 @@ class _ClientProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.conn: Connection | None = None
         self.decoder = PacketDecoder()
+        self.paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -58,10 +60,13 @@ class _ClientProtocol(asyncio.Protocol):
         try:
             self.decoder.feed(data)
         except DecodeError as e:
-            # cx stops handling a connection that sent an over-long header.
+            # cx stops handling a connection that sent an over-long header; what came
+            # before it is still answered.
             log.warning("%r: %s; closing the connection", conn, e)
+            self.server.process(conn, self)
             self.close()
-        self.server.process(conn, self.decoder)
+            return
+        self.server.process(conn, self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.conn is not None:
@@ -70,12 +75,23 @@ class _ClientProtocol(asyncio.Protocol):
             log.debug("%r disconnected", self.conn)
 
     def pause_writing(self) -> None:
+        # Only unprivileged clients have a high-water mark low enough to get here
+        # before the kernel applies back-pressure; dom0 is never throttled.
+        self.paused = True
         if self.transport is not None:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        self.paused = False
+        if self.transport is None or self.transport.is_closing() or self.conn is None:
+            return
+        self.server.process(self.conn, self)  # requests held back while paused
+        if not self.paused:
             self.transport.resume_reading()
+
+    def backlog(self) -> int:
+        """Bytes written to this client that it has not read yet (in our buffer)."""
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -142,9 +158,13 @@ class XenStoreServer:
 
     # -- requests -------------------------------------------------------------------
 
-    def process(self, conn: Connection, decoder: PacketDecoder) -> None:
-        """Handle every whole request received on ``conn`` and send what they produced."""
-        for packet in decoder:
+    def process(self, conn: Connection, client: _ClientProtocol) -> None:
+        """Handle the whole requests received on ``conn`` and send what they produced.
+
+        An unprivileged client that stops reading its replies is not served further
+        (its remaining requests wait in the decoder) until it catches up.
+        """
+        for packet in client.decoder:
             if conn.closed:
                 break
             if self.trace:
@@ -153,6 +173,8 @@ class XenStoreServer:
             # Domain sockets exist before the INTRODUCE reply leaves.
             self._apply_notifications()
             self._flush()
+            if client.paused:
+                break
 
     def _flush(self) -> None:
         for conn in self.core.pending():
@@ -160,6 +182,15 @@ class XenStoreServer:
             client = self.clients.get(conn)
             if client is None:
                 continue
+            if not conn.privileged and client.backlog() > self.core.quotas.memory:
+                # A domain that never reads must not make us hold unbounded memory
+                # (XSA-326).  Deliberate: cx drops such events after 20 s; we drop them
+                # once the backlog exceeds the domain's memory quota.  Replies stay.
+                kept = [p for p in packets if p.op != Op.WATCH_EVENT]
+                if len(kept) != len(packets):
+                    log.warning("%r does not read its events; dropping %d",
+                                conn, len(packets) - len(kept))
+                packets = kept
             if self.trace:
                 for p in packets:
                     self.trace.record("out", conn.cid, conn.domid, p)
