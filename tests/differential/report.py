@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(run_case(pool.get(c), c).show())
         return 0
     t0 = time.monotonic()
-    differing = 0
+    table: list[tuple[str, int, str]] = []
     with Pool(a.ref) as ref, Pool(a.cand) as cand:
         for c in cases:
             if cand.kind == "ox" and c.cx_only:
@@ -55,11 +55,20 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             d = differences(c, run_case(ref.get(c), c), run_case(cand.get(c), c))
             if d:
-                differing += 1
                 print(f"-- {c.name}: {len(d)} differing step(s)\n" + "\n".join(d))
-    print(f"{differing} of {len(cases)} cases differ ({a.ref} vs {a.cand}), "
+                table.append((c.name, len(d), first_line(d[0])))
+    print(f"\n{'case':<34} {'steps':>5}  first difference ({a.ref} -> {a.cand})")
+    for name, n, first in table:
+        print(f"{name:<34} {n:>5}  {first}")
+    print(f"{len(table)} of {len(cases)} cases differ ({a.ref} vs {a.cand}), "
           f"{time.monotonic() - t0:.1f}s")
     return 0
+
+
+def first_line(diff: str) -> str:
+    """`step N: ...` plus the two replies (or events) of one difference, on one line."""
+    lines = [ln.strip() for ln in diff.splitlines()]
+    return " | ".join(lines[:3])[:150]
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import xsraw  # noqa: E402  (the kit's raw client: header codec, SockConn, RingC
 sys.dont_write_bytecode = False
 
 WATCH_EVENT = xsraw.T["WATCH_EVENT"]
-REPLY_TIMEOUT = float(os.environ.get("STUBDOM_DIFF_TIMEOUT", "2.0"))
+REPLY_TIMEOUT = float(os.environ.get("STUBDOM_DIFF_TIMEOUT", "5.0"))
 # cx/ox bind one event-channel port per INTRODUCE and the kick is one byte: ~245 per run.
 INTRODUCE_BUDGET = 220
 
