@@ -77,10 +77,11 @@ class Daemon:
         if self.proc is not None:
             return self.proc.poll() is None
         try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
+            with open(f"/proc/{self.pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, IndexError):
             return False
-        return True
+        return state != "Z"  # an orphaned daemon that exited may linger as a zombie
 
     def stop(self) -> None:
         if self.proc is not None:
