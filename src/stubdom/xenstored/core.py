@@ -273,12 +273,12 @@ class XenStored:
         """The client went away: its watches and transactions go with it."""
         if conn.closed:
             return
-        self._reset_connection(conn)
+        self.reset_connection(conn)
         conn.closed = True
         self.connections.pop(conn.cid, None)
         self._dirty.discard(conn)
 
-    def _reset_connection(self, conn: Connection) -> None:
+    def reset_connection(self, conn: Connection) -> None:
         for w in conn.watches.values():
             self.watches.remove(w)
         dom = self.domains.get(conn.domid)
@@ -298,7 +298,7 @@ class XenStored:
             if c.outbox and not c.closed:
                 yield c
 
-    def _send(self, conn: Connection, packet: Packet) -> None:
+    def send(self, conn: Connection, packet: Packet) -> None:
         conn.queue(packet)
         self._dirty.add(conn)
 
@@ -308,22 +308,22 @@ class XenStored:
         """Process one request and queue its reply (and any events) for delivery."""
         op = _OPS.get(packet.op)
         if op is None:
-            self._send(conn, error_packet(packet, "ENOSYS"))
+            self.send(conn, error_packet(packet, "ENOSYS"))
             return
         if op.flags & PRIV and not conn.privileged:
-            self._send(conn, error_packet(packet, "EACCES"))
+            self.send(conn, error_packet(packet, "EACCES"))
             return
         tx: Transaction | None = None
         if not op.flags & NOTID and packet.tx_id:
             tx = conn.transactions.get(packet.tx_id)
             if tx is None:
-                self._send(conn, error_packet(packet, "ENOENT"))
+                self.send(conn, error_packet(packet, "ENOENT"))
                 return
         view = View(self, conn, tx)
         try:
             payload = op.handler(self, conn, packet, view)
         except XsError as e:
-            self._send(conn, error_packet(packet, e.name))
+            self.send(conn, error_packet(packet, e.name))
             return
         # cx fires a request's watches before it queues the reply.
         for path, exact, node, perms in view.events:
@@ -331,9 +331,9 @@ class XenStored:
         if payload is None:
             return
         if len(payload) > PAYLOAD_MAX:
-            self._send(conn, error_packet(packet, "E2BIG"))
+            self.send(conn, error_packet(packet, "E2BIG"))
         else:
-            self._send(conn, Packet(packet.op, payload, packet.req_id, packet.tx_id))
+            self.send(conn, Packet(packet.op, payload, packet.req_id, packet.tx_id))
 
     # -- permissions --------------------------------------------------------------------
 
@@ -423,14 +423,14 @@ class XenStored:
                 used += sum(w.memory for w in c.watches.values())
         return used
 
-    def _check_memory(self, conn: Connection, extra: int) -> None:
+    def check_memory(self, conn: Connection, extra: int) -> None:
         if not conn.privileged and self.memory_used(conn.domid) + extra > self.quotas.memory:
             raise XsError("ENOMEM")
 
-    def _write_node(self, view: View, path: str, node: Node) -> None:
+    def write_node(self, view: View, path: str, node: Node) -> None:
         try:
             self._check_node_size(view.conn, node)
-            self._check_memory(view.conn, len(node.value))
+            self.check_memory(view.conn, len(node.value))
         except XsError:
             if view.tx is not None:
                 view.tx.failed = True
@@ -479,7 +479,7 @@ class XenStored:
             if i + 1 < len(created):
                 n.add_child(created[i + 1][0].rsplit("/", 1)[1])
             self._check_node_size(conn, n)
-        self._check_memory(conn, sum(node_memory(p, n) for p, n in created))
+        self.check_memory(conn, sum(node_memory(p, n) for p, n in created))
         for p, n in reversed(created):
             view.write(p, n)
             view.count_entry(n.owner, 1)
@@ -566,7 +566,7 @@ class XenStored:
             return False
         return domid in self.domains or self._domain_exists(domid)
 
-    def _domain_record(self, domid: int) -> Domain:
+    def domain_record(self, domid: int) -> Domain:
         dom = self.domains.get(domid)
         if dom is None:
             dom = Domain(domid, birth=self.store.generation)
@@ -724,7 +724,7 @@ def op_write(xs: XenStored, conn: Connection, packet: Packet, view: View) -> byt
     else:
         node = node.copy()
         node.value = value
-        xs._write_node(view, path, node)
+        xs.write_node(view, path, node)
     view.fire(path, False, node)
     return OK
 
@@ -777,7 +777,7 @@ def op_set_perms(xs: XenStored, conn: Connection, packet: Packet, view: View) ->
         if p.domid in xs.domains:
             continue
         if xs.domain_exists(p.domid):
-            xs._domain_record(p.domid)
+            xs.domain_record(p.domid)
         else:
             if i == 0:
                 raise XsError("ENOENT")
@@ -791,7 +791,7 @@ def op_set_perms(xs: XenStored, conn: Connection, packet: Packet, view: View) ->
     new.perms = perms
     new.ignored = frozenset(ignored)
     old_owner = node.owner
-    xs._write_node(view, path, new)
+    xs.write_node(view, path, new)
     if old_owner != new.owner:
         view.count_entry(old_owner, -1)
         view.count_entry(new.owner, 1)
@@ -814,7 +814,7 @@ def _set_perms_special(
         raise XsError("EACCES")
     for p in perms:
         if p.domid not in xs.domains and xs.domain_exists(p.domid):
-            xs._domain_record(p.domid)
+            xs.domain_record(p.domid)
     xs.special_perms[name] = perms
     return OK
 
@@ -838,13 +838,13 @@ def op_watch(xs: XenStored, conn: Connection, packet: Packet, view: View) -> byt
     if not conn.privileged and dom is not None and dom.watches > xs.quotas.watches:
         raise XsError("E2BIG")
     w = Watch(conn, path, token, conn.implicit_path if relative else None)
-    xs._check_memory(conn, w.memory)
+    xs.check_memory(conn, w.memory)
     conn.watches[(path, token)] = w
     xs.watches.add(w)
     if dom is not None:
         dom.watches += 1
     # The reply goes first, then the initial event with the path as the client gave it.
-    xs._send(conn, Packet(packet.op, OK, packet.req_id, packet.tx_id))
+    xs.send(conn, Packet(packet.op, OK, packet.req_id, packet.tx_id))
     conn.queue_event(raw.decode("latin-1"), token)
     return None
 
@@ -937,7 +937,7 @@ def op_introduce(xs: XenStored, conn: Connection, packet: Packet, view: View) ->
     xs.gone.discard(domid)
     if domid >= DOMID_FIRST_RESERVED or not xs.domain_exists(domid):
         raise XsError("EINVAL")
-    dom = xs._domain_record(domid)
+    dom = xs.domain_record(domid)
     dom.port = port
     if not dom.introduced:
         dom.introduced = True
@@ -948,7 +948,7 @@ def op_introduce(xs: XenStored, conn: Connection, packet: Packet, view: View) ->
     else:
         # Every INTRODUCE resets the domain's connection (cx ``domain_conn_reset``).
         for c in xs.domain_connections(domid):
-            xs._reset_connection(c)
+            xs.reset_connection(c)
     return OK
 
 
@@ -964,7 +964,7 @@ def op_release(xs: XenStored, conn: Connection, packet: Packet, view: View) -> b
         dom.target_refs -= 1
         return OK
     # The reply goes before the events of the domain's destruction (as observed in cx).
-    xs._send(conn, Packet(packet.op, OK, packet.req_id, packet.tx_id))
+    xs.send(conn, Packet(packet.op, OK, packet.req_id, packet.tx_id))
     xs.destroy_domain(domid)
     return None
 
@@ -1015,7 +1015,7 @@ def op_set_target(xs: XenStored, conn: Connection, packet: Packet, view: View) -
 
 
 def op_reset_watches(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
-    xs._reset_connection(conn)
+    xs.reset_connection(conn)
     return OK
 
 

@@ -53,7 +53,7 @@ def load(xs: XenStored, state_dir: Path) -> bool:
         for text in entry["perms"]:
             domid = parse_perm(text).domid
             if xs.domain_exists(domid):
-                xs._domain_record(domid)
+                xs.domain_record(domid)
     for entry in entries:
         node = Node(base64.b64decode(entry["value"]), tuple(parse_perm(p) for p in entry["perms"]))
         for child in entry["children"]:
