@@ -6,7 +6,8 @@ the sockets (the main dom0 socket and one ``PATH.d/<domid>`` socket per introduc
 domain).
 """
 
-from stubdom.xenstored.core import Connection, XenStored
+from stubdom.xenstored.connection import Connection
+from stubdom.xenstored.core import XenStored
 from stubdom.xenstored.quota import Quotas
 
 __all__ = ["Connection", "Quotas", "XenStored"]

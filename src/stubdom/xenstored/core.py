@@ -8,104 +8,61 @@ only moves bytes.
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from stubdom.wire.constants import DOMID_FIRST_RESERVED, DOMID_SELF, OK, PAYLOAD_MAX, Op
-from stubdom.wire.packet import Packet, error_packet, watch_event
+from stubdom.wire.constants import DOMID_FIRST_RESERVED, PAYLOAD_MAX, Op
+from stubdom.wire.packet import Packet, error_packet
 from stubdom.wire.paths import (
     canonicalize,
-    domain_path,
     is_valid_path,
     join,
     parent_of,
 )
-from stubdom.wire.perms import Access, InvalidPermission, Perm, c_strtol, parse_perm
+from stubdom.wire.perms import Access, Perm
+from stubdom.xenstored.connection import Connection
+from stubdom.xenstored.control import op_control
+from stubdom.xenstored.domain_requests import (
+    op_get_domain_path,
+    op_introduce,
+    op_is_domain_introduced,
+    op_release,
+    op_reset_watches,
+    op_resume,
+    op_set_target,
+)
 from stubdom.xenstored.domains import Domain
-from stubdom.xenstored.quota import QuotaError, Quotas
+from stubdom.xenstored.errors import (
+    DomainReleased,
+    NodeQuotaExceeded,
+    Notification,
+    XsError,
+)
+from stubdom.xenstored.node_requests import (
+    op_directory,
+    op_directory_part,
+    op_get_perms,
+    op_mkdir,
+    op_read,
+    op_rm,
+    op_set_perms,
+    op_transaction_end,
+    op_transaction_start,
+    op_unwatch,
+    op_watch,
+    op_write,
+)
+from stubdom.xenstored.quota import Quotas
 from stubdom.xenstored.store import NO_GENERATION, Node, Store, node_memory
 from stubdom.xenstored.transaction import Accessed, Transaction
-from stubdom.xenstored.watches import Watch, WatchIndex
+from stubdom.xenstored.watches import WatchIndex
 
 log = logging.getLogger(__name__)
 
 ALL = Access.READ | Access.WRITE | Access.OWNER
 SPECIAL_PATHS = ("@introduceDomain", "@releaseDomain")
-
-
-class XsError(Exception):
-    """A request failed; the reply is ERROR with this errno name."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.name = name
-
-
-class NodeQuotaExceeded(XsError):
-    """The node-count quota; unlike other failures it does not fail a transaction."""
-
-
-@dataclass(frozen=True)
-class DomainIntroduced:
-    domid: int
-
-
-@dataclass(frozen=True)
-class DomainReleased:
-    domid: int
-
-
-Notification = DomainIntroduced | DomainReleased
-
-
-class Connection:
-    """One client: the dom0 socket, or a domain's connection."""
-
-    _ids = itertools.count(1)
-
-    def __init__(self, domid: int, privileged: bool) -> None:
-        self.cid = next(Connection._ids)
-        self.domid = domid
-        self.privileged = privileged
-        self.watches: dict[tuple[str, bytes], Watch] = {}
-        self.transactions: dict[int, Transaction] = {}
-        self.next_tx_id = 1
-        self.outbox: deque[Packet] = deque()
-        self._queued_events: set[bytes] = set()
-        self.closed = False
-        #: Requests from this connection whose replies or events are still queued.
-        self.outstanding = 0
-
-    @property
-    def implicit_path(self) -> str:
-        return domain_path(self.domid)
-
-    def queue(self, packet: Packet) -> None:
-        self.outbox.append(packet)
-
-    def queue_event(self, path: str, token: bytes) -> None:
-        payload = path.encode() + b"\0" + token + b"\0"
-        if len(payload) > PAYLOAD_MAX:
-            return  # XSA-324: an over-long event is dropped, never sent
-        if not path.startswith("@"):
-            # cx drops an event identical to one still queued (XSA-326).
-            if payload in self._queued_events:
-                return
-            self._queued_events.add(payload)
-        self.outbox.append(watch_event(path.encode(), token))
-
-    def take_output(self) -> list[Packet]:
-        out = list(self.outbox)
-        self.outbox.clear()
-        self._queued_events.clear()
-        return out
-
-    def __repr__(self) -> str:
-        kind = "priv" if self.privileged else "unpriv"
-        return f"<Connection #{self.cid} dom{self.domid} {kind}>"
 
 
 #: A handler returns the reply payload, or None when it queued its reply itself.
@@ -306,7 +263,7 @@ class XenStored:
 
     def handle(self, conn: Connection, packet: Packet) -> None:
         """Process one request and queue its reply (and any events) for delivery."""
-        op = _OPS.get(packet.op)
+        op = OPS.get(packet.op)
         if op is None:
             self.send(conn, error_packet(packet, "ENOSYS"))
             return
@@ -367,7 +324,6 @@ class XenStored:
 
     def node_perm(self, conn: Connection, node: Node) -> Access:
         return self.perm_for(conn, node.perms, node)
-
 
     # -- node access helpers --------------------------------------------------------
 
@@ -631,480 +587,7 @@ class XenStored:
         self.destroy_domain(domid)
 
 
-# ---------------------------------------------------------------------------------------
-# Request handlers.  Each returns the reply payload or raises XsError.
-# ---------------------------------------------------------------------------------------
-
-
-def _onearg(packet: Packet) -> bytes:
-    """Exactly one NUL-terminated string.
-
-    Deliberate: where cx answers a stale errno (or aborts, §1.3 of the reference) for a
-    missing terminator, we answer EINVAL.
-    """
-    p = packet.payload
-    if not p.endswith(b"\0") or p.find(b"\0") != len(p) - 1:
-        raise XsError("EINVAL")
-    return p[:-1]
-
-
-def _strings(packet: Packet) -> list[bytes]:
-    """All NUL-terminated strings (a final unterminated piece is ignored, like cx)."""
-    return packet.payload.split(b"\0")[:-1]
-
-
-def _atoi_signed(raw: bytes) -> int:
-    """C ``atoi``: decimal only (``0x10`` is 0, ``010`` is 10), as a 32-bit int."""
-    value, _ = c_strtol(raw.decode("latin-1"), base=10)
-    value &= 0xFFFFFFFF
-    return value - (1 << 32) if value >= 1 << 31 else value
-
-
-def _atoi(raw: bytes) -> int:
-    """``atoi`` stored in an ``unsigned int`` (domids, ports, offsets)."""
-    return _atoi_signed(raw) & 0xFFFFFFFF
-
-
-def op_read(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
-    path = xs.canonical(conn, _onearg(packet))
-    return xs.get_node(view, path, Access.READ).value
-
-
-def op_directory(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
-    path = xs.canonical(conn, _onearg(packet))
-    return xs.get_node(view, path, Access.READ).child_list()
-
-
-def op_directory_part(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
-    args = _strings(packet)
-    if len(args) != 2 or not packet.payload.endswith(b"\0"):
-        raise XsError("EINVAL")
-    path = xs.canonical(conn, args[0])
-    offset = _atoi(args[1])
-    node = xs.get_node(view, path, Access.READ)
-    children = node.child_list()
-    gen = f"{node.generation}".encode() + b"\0"
-    if offset >= len(children):
-        return gen + b"\0"
-    room = PAYLOAD_MAX - len(gen) - 1
-    chunk_end = offset
-    pos = offset
-    while pos < len(children):
-        nul = children.index(b"\0", pos)
-        if nul + 1 - offset > room:
-            break
-        pos = nul + 1
-        chunk_end = pos
-    body = children[offset:chunk_end]
-    if chunk_end >= len(children):
-        body += b"\0"
-    return gen + body
-
-
-def op_get_perms(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
-    path = xs.canonical(conn, _onearg(packet))
-    node = xs.get_node(view, path, Access.READ)
-    # cx lists ignored entries too; they only stop granting access.
-    return b"".join(str(p).encode() + b"\0" for p in node.perms)
-
-
-def op_write(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
-    payload = packet.payload
-    nul = payload.find(b"\0")
-    if nul < 0:
-        raise XsError("EINVAL")
-    path = xs.canonical(conn, payload[:nul])
-    value = payload[nul + 1 :]
-    try:
-        node = xs.get_node(view, path, Access.WRITE)
-    except XsError as e:
-        if e.name != "ENOENT":
-            raise
-        node = xs.create_node(view, path, value)
-    else:
-        node = node.copy()
-        node.value = value
-        xs.write_node(view, path, node)
-    view.fire(path, False, node)
-    return OK
-
-
-def op_mkdir(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
-    path = xs.canonical(conn, _onearg(packet))
-    try:
-        xs.get_node(view, path, Access.WRITE)
-    except XsError as e:
-        if e.name != "ENOENT":
-            raise
-        node = xs.create_node(view, path, b"")
-        view.fire(path, False, node)
-    return OK
-
-
-def op_rm(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
-    path = xs.canonical(conn, _onearg(packet))
-    try:
-        node = xs.get_node(view, path, Access.WRITE)
-    except XsError as e:
-        if e.name != "ENOENT":
-            raise
-        if view.read(parent_of(path)) is not None:
-            return OK
-        raise
-    if path == "/":
-        raise XsError("EINVAL")
-    xs.remove_subtree(view, path, node)
-    return OK
-
-
-def op_set_perms(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
-    args = _strings(packet)
-    if len(args) < 2:
-        raise XsError("EINVAL")
-    try:
-        perms = tuple(parse_perm(a.decode("latin-1")) for a in args[1:])
-    except InvalidPermission:
-        raise XsError("EINVAL") from None
-    if not conn.privileged and len(perms) > xs.quotas.permissions:
-        raise XsError("ENOSPC")
-    raw_path = args[0]
-    if raw_path.startswith(b"@"):
-        return _set_perms_special(xs, conn, raw_path, perms)
-    path = xs.canonical(conn, raw_path)
-    # Entries naming domains that do not exist are ignored; an ignored owner is ENOENT.
-    ignored: set[int] = set()
-    for i, p in enumerate(perms):
-        if p.domid in xs.domains:
-            continue
-        if xs.domain_exists(p.domid):
-            xs.domain_record(p.domid)
-        else:
-            if i == 0:
-                raise XsError("ENOENT")
-            ignored.add(i)
-    node = xs.get_node(view, path, Access.WRITE | Access.OWNER)
-    # Only the privileged may change the owner (XSA-352).
-    if not conn.privileged and perms[0].domid != node.owner:
-        raise XsError("EPERM")
-    old = node.perms
-    new = node.copy()
-    new.perms = perms
-    new.ignored = frozenset(ignored)
-    old_owner = node.owner
-    xs.write_node(view, path, new)
-    if old_owner != new.owner:
-        view.count_entry(old_owner, -1)
-        view.count_entry(new.owner, 1)
-    view.fire(path, False, new, old)
-    return OK
-
-
-def _set_perms_special(
-    xs: XenStored, conn: Connection, raw_path: bytes, perms: tuple[Perm, ...]
-) -> bytes:
-    name = raw_path.decode("latin-1")
-    if name not in xs.special_perms:
-        # Deliberate: cx means EINVAL here (and EACCES below) but replies with a stale
-        # errno, which varies from run to run (ENOENT and EINVAL were both observed).
-        raise XsError("EINVAL")
-    current = xs.special_perms[name]
-    if (xs.perm_for(conn, current) & (Access.WRITE | Access.OWNER)) != (
-        Access.WRITE | Access.OWNER
-    ):
-        raise XsError("EACCES")
-    for p in perms:
-        if p.domid not in xs.domains and xs.domain_exists(p.domid):
-            xs.domain_record(p.domid)
-    xs.special_perms[name] = perms
-    return OK
-
-
-def op_watch(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
-    args = _strings(packet)
-    if len(args) != 2 or not packet.payload.endswith(b"\0"):
-        raise XsError("EINVAL")
-    raw, token = args
-    relative = False
-    if raw.startswith(b"@"):
-        if len(raw) > xs.quotas.path_max:
-            raise XsError("EINVAL")
-        path = raw.decode("latin-1")
-    else:
-        relative = not raw.startswith(b"/")
-        path = xs.canonical(conn, raw)
-    if (path, token) in conn.watches:
-        raise XsError("EEXIST")
-    dom = xs.domains.get(conn.domid)
-    if not conn.privileged and dom is not None and dom.watches > xs.quotas.watches:
-        raise XsError("E2BIG")
-    w = Watch(conn, path, token, conn.implicit_path if relative else None)
-    xs.check_memory(conn, w.memory)
-    conn.watches[(path, token)] = w
-    xs.watches.add(w)
-    if dom is not None:
-        dom.watches += 1
-    # The reply goes first, then the initial event with the path as the client gave it.
-    xs.send(conn, Packet(packet.op, OK, packet.req_id, packet.tx_id))
-    conn.queue_event(raw.decode("latin-1"), token)
-    return None
-
-
-def op_unwatch(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
-    args = _strings(packet)
-    if len(args) != 2 or not packet.payload.endswith(b"\0"):
-        raise XsError("EINVAL")
-    raw, token = args
-    path = raw.decode("latin-1") if raw.startswith(b"@") else xs.canonical(conn, raw)
-    w = conn.watches.pop((path, token), None)
-    if w is None:
-        raise XsError("ENOENT")
-    xs.watches.remove(w)
-    dom = xs.domains.get(conn.domid)
-    if dom is not None:
-        dom.watches -= 1
-    return OK
-
-
-def op_transaction_start(
-    xs: XenStored, conn: Connection, packet: Packet, view: View
-) -> bytes | None:
-    if view.tx is not None:
-        raise XsError("EBUSY")
-    dom = xs.domains.get(conn.domid)
-    if not conn.privileged and len(conn.transactions) > xs.quotas.transactions:
-        raise XsError("ENOSPC")
-    tx_id = conn.next_tx_id
-    while tx_id == 0 or tx_id in conn.transactions:
-        tx_id = (tx_id + 1) & 0xFFFFFFFF
-    conn.next_tx_id = (tx_id + 1) & 0xFFFFFFFF
-    conn.transactions[tx_id] = Transaction(tx_id)
-    if dom is not None:
-        dom.transactions += 1
-    return str(tx_id).encode() + b"\0"
-
-
-def op_transaction_end(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
-    arg = _onearg(packet)
-    if arg not in (b"T", b"F"):
-        raise XsError("EINVAL")
-    tx = view.tx
-    if tx is None:
-        raise XsError("ENOENT")
-    del conn.transactions[tx.tx_id]
-    dom = xs.domains.get(conn.domid)
-    if dom is not None:
-        dom.transactions -= 1
-    if arg == b"F":
-        return OK
-    if tx.failed:
-        raise XsError("ENOMEM")
-    _commit(xs, conn, tx)
-    return OK
-
-
-def _commit(xs: XenStored, conn: Connection, tx: Transaction) -> None:
-    store = xs.store
-    for path, acc in tx.accessed.items():
-        if not acc.check_generation:
-            continue
-        node = store.get(path)
-        gen = node.generation if node is not None else NO_GENERATION
-        if gen != acc.generation:
-            raise XsError("EAGAIN")
-    if not conn.privileged:
-        delta = tx.entry_delta.get(conn.domid, 0)
-        if delta > 0 and store.count_owned(conn.domid) + delta > xs.quotas.nodes:
-            raise XsError("ENOSPC")
-    for path, node in tx.overlay.items():
-        if node is None:
-            store.delete(path)
-        else:
-            node.generation = store.next_generation()
-            store.put(path, node)
-    for path, acc in tx.accessed.items():
-        if acc.fire_watch:
-            xs.fire_watches(path, acc.watch_exact, None, acc.perms)
-
-
-def op_introduce(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
-    args = _strings(packet)
-    if len(args) < 3:
-        raise XsError("EINVAL")
-    domid = _atoi(args[0])
-    port = _atoi(args[2])  # evtchn_port_t is unsigned: only 0 is refused
-    if port == 0:
-        raise XsError("EINVAL")
-    xs.gone.discard(domid)
-    if domid >= DOMID_FIRST_RESERVED or not xs.domain_exists(domid):
-        raise XsError("EINVAL")
-    dom = xs.domain_record(domid)
-    dom.port = port
-    if not dom.introduced:
-        dom.introduced = True
-        dom.shutdown = False
-        if domid != xs.priv_domid:
-            xs.notifications.append(DomainIntroduced(domid))
-            xs.fire_special("@introduceDomain")
-    else:
-        # Every INTRODUCE resets the domain's connection (cx ``domain_conn_reset``).
-        for c in xs.domain_connections(domid):
-            xs.reset_connection(c)
-    return OK
-
-
-def op_release(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
-    domid = _atoi(_onearg(packet))
-    if domid == 0:
-        raise XsError("EINVAL")
-    dom = xs.introduced(domid)
-    if dom is None:
-        raise XsError("ENOENT")
-    if dom.target_refs:
-        # cx quirk: a stubdomain's reference absorbs the first RELEASE of its target.
-        dom.target_refs -= 1
-        return OK
-    # The reply goes before the events of the domain's destruction (as observed in cx).
-    xs.send(conn, Packet(packet.op, OK, packet.req_id, packet.tx_id))
-    xs.destroy_domain(domid)
-    return None
-
-
-def op_get_domain_path(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
-    domid = _atoi(_onearg(packet))
-    return domain_path(domid).encode() + b"\0"
-
-
-def op_is_domain_introduced(
-    xs: XenStored, conn: Connection, packet: Packet, view: View
-) -> bytes | None:
-    domid = _atoi(_onearg(packet))
-    yes = domid == DOMID_SELF or xs.introduced(domid) is not None
-    return b"T\0" if yes else b"F\0"
-
-
-def op_resume(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
-    domid = _atoi(_onearg(packet))
-    if domid == 0:
-        raise XsError("EINVAL")
-    dom = xs.introduced(domid)
-    if dom is None:
-        raise XsError("ENOENT")
-    dom.shutdown = False
-    return OK
-
-
-def op_set_target(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
-    args = _strings(packet)
-    if len(args) < 2:
-        raise XsError("EINVAL")
-    domid, tdomid = _atoi(args[0]), _atoi(args[1])
-    dom = xs.introduced(domid)
-    if dom is None:
-        raise XsError("ENOENT")
-    tdom = xs.introduced(tdomid)
-    if tdom is None:
-        raise XsError("ENOENT")
-    if dom.target is not None and dom.target != tdomid:
-        old = xs.domains.get(dom.target)
-        if old is not None and old.target_refs:
-            old.target_refs -= 1
-    if dom.target != tdomid:
-        tdom.target_refs += 1
-    dom.target = tdomid
-    return OK
-
-
-def op_reset_watches(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
-    xs.reset_connection(conn)
-    return OK
-
-
-def op_control(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
-    args = [a.decode("latin-1") for a in _strings(packet)]
-    if not args:
-        raise XsError("EINVAL")
-    cmd, rest = args[0], args[1:]
-    if cmd == "help" and not rest:
-        return _CONTROL_HELP.encode() + b"\0"
-    if cmd == "check" and not rest:
-        return OK
-    if cmd == "log" and len(rest) == 1 and rest[0] in ("on", "off"):
-        return OK
-    if cmd == "print" and len(rest) == 1:
-        log.info("control print: %s", rest[0])
-        return OK
-    if cmd == "domain-state" and len(rest) == 2:
-        return _control_domain_state(xs, _atoi(rest[0].encode()), rest[1])
-    if cmd == "quota":
-        if not rest:
-            return xs.quotas.report().encode() + b"\0"
-        if rest[0] == "set" and len(rest) == 3:
-            try:
-                xs.quotas.set(rest[1], _atoi_signed(rest[2].encode()))
-            except QuotaError:
-                raise XsError("EINVAL") from None
-            return OK
-        if len(rest) == 1:
-            return _domain_quota_report(xs, _atoi(rest[0].encode())).encode() + b"\0"
-        raise XsError("EINVAL")
-    if cmd == "quota-soft":
-        if not rest:
-            return xs.quotas.soft_report().encode() + b"\0"
-        if rest[0] == "set" and len(rest) == 3 and rest[1] == "memory":
-            xs.quotas.memory_soft = _atoi_signed(rest[2].encode())
-            return OK
-        raise XsError("EINVAL")
-    raise XsError("EINVAL")
-
-
-def _control_domain_state(xs: XenStored, domid: int, state: str) -> bytes:
-    """Our extension, dom0 only: the host reports what the hypervisor would signal
-    with VIRQ_DOM_EXC (there is no hypervisor to ask)."""
-    if domid == 0:
-        raise XsError("EINVAL")
-    if state in ("shutdown", "crashed"):
-        xs.domain_shutdown(domid)
-    elif state in ("dying", "gone"):
-        if state == "gone":
-            xs.gone.add(domid)
-        xs.domain_died(domid)
-    elif state == "running":
-        xs.gone.discard(domid)
-    else:
-        raise XsError("EINVAL")
-    return OK
-
-
-_CONTROL_HELP = (
-    "check\t\n"
-    "log\ton|off\n"
-    "live-update\t[-c <cmdline>] [-F] [-t <timeout>] <file>\n"
-    "    Default timeout is 60 seconds.\n"
-    "logfile\t<file>\n"
-    "memreport\t[<file>]\n"
-    "print\t<string>\n"
-    "quota\t[set <name> <val>|<domid>]\n"
-    "quota-soft\t[set <name> <val>]\n"
-    "help\t\n"
-)
-
-
-def _domain_quota_report(xs: XenStored, domid: int) -> str:
-    dom = xs.domains.get(domid)
-    if dom is None:
-        raise XsError("ENOENT")
-    memory = xs.memory_used(domid)
-    rows = (
-        ("nodes", xs.store.count_owned(domid)),
-        ("watches", dom.watches),
-        ("transactions", dom.transactions),
-        ("outstanding", 0),
-        ("memory", memory),
-    )
-    return f"Domain {domid}:\n" + "".join(f"{k:<16}: {v:>8}\n" for k, v in rows)
-
-
-_OPS: dict[int, _Op] = {
+OPS: dict[int, _Op] = {
     Op.CONTROL: _Op(op_control, PRIV),
     Op.DIRECTORY: _Op(op_directory),
     Op.READ: _Op(op_read),

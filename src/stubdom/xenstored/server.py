@@ -21,7 +21,9 @@ from pathlib import Path
 
 from stubdom.wire.constants import Op
 from stubdom.wire.packet import DecodeError, PacketDecoder, encode
-from stubdom.xenstored.core import Connection, DomainIntroduced, DomainReleased, XenStored
+from stubdom.xenstored.connection import Connection
+from stubdom.xenstored.core import XenStored
+from stubdom.xenstored.errors import DomainIntroduced, DomainReleased
 from stubdom.xenstored.trace import PacketTrace
 
 log = logging.getLogger(__name__)
@@ -188,8 +190,9 @@ class XenStoreServer:
                 # once the backlog exceeds the domain's memory quota.  Replies stay.
                 kept = [p for p in packets if p.op != Op.WATCH_EVENT]
                 if len(kept) != len(packets):
-                    log.warning("%r does not read its events; dropping %d",
-                                conn, len(packets) - len(kept))
+                    log.warning(
+                        "%r does not read its events; dropping %d", conn, len(packets) - len(kept)
+                    )
                 packets = kept
             if self.trace:
                 for p in packets:

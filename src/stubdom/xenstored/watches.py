@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from stubdom.wire.paths import ancestors
 
 if TYPE_CHECKING:
-    from stubdom.xenstored.core import Connection
+    from stubdom.xenstored.connection import Connection
 
 _seq = itertools.count()
 

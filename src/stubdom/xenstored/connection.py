@@ -1,0 +1,62 @@
+"""One client connection as the daemon sees it: identity, watches, transactions, output."""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from typing import TYPE_CHECKING
+
+from stubdom.wire.constants import PAYLOAD_MAX
+from stubdom.wire.packet import Packet, watch_event
+from stubdom.wire.paths import domain_path
+
+if TYPE_CHECKING:
+    from stubdom.xenstored.transaction import Transaction
+    from stubdom.xenstored.watches import Watch
+
+
+class Connection:
+    """One client: the dom0 socket, or a domain's connection."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, domid: int, privileged: bool) -> None:
+        self.cid = next(Connection._ids)
+        self.domid = domid
+        self.privileged = privileged
+        self.watches: dict[tuple[str, bytes], Watch] = {}
+        self.transactions: dict[int, Transaction] = {}
+        self.next_tx_id = 1
+        self.outbox: deque[Packet] = deque()
+        self._queued_events: set[bytes] = set()
+        self.closed = False
+        #: Requests from this connection whose replies or events are still queued.
+        self.outstanding = 0
+
+    @property
+    def implicit_path(self) -> str:
+        return domain_path(self.domid)
+
+    def queue(self, packet: Packet) -> None:
+        self.outbox.append(packet)
+
+    def queue_event(self, path: str, token: bytes) -> None:
+        payload = path.encode() + b"\0" + token + b"\0"
+        if len(payload) > PAYLOAD_MAX:
+            return  # XSA-324: an over-long event is dropped, never sent
+        if not path.startswith("@"):
+            # cx drops an event identical to one still queued (XSA-326).
+            if payload in self._queued_events:
+                return
+            self._queued_events.add(payload)
+        self.outbox.append(watch_event(path.encode(), token))
+
+    def take_output(self) -> list[Packet]:
+        out = list(self.outbox)
+        self.outbox.clear()
+        self._queued_events.clear()
+        return out
+
+    def __repr__(self) -> str:
+        kind = "priv" if self.privileged else "unpriv"
+        return f"<Connection #{self.cid} dom{self.domid} {kind}>"
