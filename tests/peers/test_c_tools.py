@@ -11,6 +11,7 @@ failure guards only; nothing here waits for time to pass.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
@@ -22,7 +23,14 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.support.daemons import TEST_XENSTORE, XEN_BIN, Daemon, need_peer
+from tests.support.daemons import (
+    TEST_XENSTORE,
+    XEN_BIN,
+    Daemon,
+    need_peer,
+    short_tmpdir,
+    start_ours,
+)
 
 pytestmark = pytest.mark.peer
 
@@ -273,6 +281,54 @@ def assert_same_runs(mine: list[Run], theirs: list[Run]) -> None:
 def test_tools_ours_equals_cx(ours: Daemon, cx: Daemon, name: str) -> None:
     need_tools(*TOOLS)
     assert_same_runs(SCENARIOS[name](ours, False), SCENARIOS[name](cx, False))
+
+
+# ---------------------------------------------------------------------------------------
+# What the tools put on the wire (ecosystem.md §4.2), seen through our --trace
+
+
+def wire_ops(trace: list[dict[str, object]]) -> list[str]:
+    """The requests one tool sent: "TYPE" or "TYPE@tx" when inside a transaction."""
+    return [f"{r['type']}@tx" if r["tx_id"] else str(r["type"])
+            for r in trace if r["dir"] == "in"]
+
+
+TX_CASES: list[tuple[tuple[str, ...], int, list[str]]] = [
+    (("xenstore-write", "/t/a", "1", "/t/b", "2"), 0,
+     ["TRANSACTION_START", "WRITE@tx", "WRITE@tx", "TRANSACTION_END@tx"]),
+    (("xenstore-write", "/t/a", "3"), 0, ["WRITE"]),
+    (("xenstore-read", "/t/a"), 0, ["READ"]),
+    (("xenstore-read", "/t/a", "/t/b"), 0,
+     ["TRANSACTION_START", "READ@tx", "READ@tx", "TRANSACTION_END@tx"]),
+    (("xenstore-exists", "/t/a"), 0, ["TRANSACTION_START", "READ@tx", "TRANSACTION_END@tx"]),
+    (("xenstore-exists", "/t/zz"), 1, ["TRANSACTION_START", "READ@tx", "TRANSACTION_END@tx"]),
+    (("xenstore-list", "/t"), 0, ["TRANSACTION_START", "DIRECTORY@tx", "TRANSACTION_END@tx"]),
+    (("xenstore-chmod", "/t/a", "n0", "r1"), 0,
+     ["TRANSACTION_START", "SET_PERMS@tx", "TRANSACTION_END@tx"]),
+    (("xenstore-rm", "/t/b"), 0, ["TRANSACTION_START", "RM@tx", "TRANSACTION_END@tx"]),
+]
+
+
+def test_tools_open_the_transactions_they_should() -> None:
+    need_tools(*TOOLS)
+    run_dir = short_tmpdir("sdtx-")
+    trace_file = run_dir / "trace.jsonl"
+    d = start_ours(run_dir, "--trace", str(trace_file))
+    try:
+        seen = 0
+        for argv, rc, expected in TX_CASES:
+            r = xs(d, *argv)
+            assert r.rc == rc, (argv, r)
+            # The reply to the last request was traced before the tool could exit.
+            records = [json.loads(line) for line in trace_file.read_text().splitlines()]
+            assert wire_ops(records[seen:]) == expected, argv
+            ends = [r["payload"] for r in records[seen:]
+                    if r["dir"] == "in" and r["type"] == "TRANSACTION_END"]
+            # exists commits on success and aborts ("F") when the read failed
+            assert ends in ([], ["T\0"] if rc == 0 else ["F\0"]), (argv, ends)
+            seen = len(records)
+    finally:
+        d.stop()
 
 
 # ---------------------------------------------------------------------------------------
