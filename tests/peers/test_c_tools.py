@@ -88,6 +88,7 @@ def run_test_xenstore(d: Daemon) -> dict[str, str]:
 
 
 def test_test_xenstore_passes_against_ours(ours: Daemon) -> None:
+    need_tools("xenstore-ls")
     run_test_xenstore(ours)
     # It cleans up after itself: nothing of xenstore-test/<pid> is left behind.
     assert xs(ours, "xenstore-ls", "/local/domain/0").out == ""

@@ -412,6 +412,7 @@ def test_quota_long_options_and_q_names(run_dir: Path) -> None:
                       "path-max": 900, "permissions": 8}
 
 
+@pytest.mark.peer
 def test_quota_flags_control_report_equals_cx(run_dir: Path) -> None:
     need_peer(have_cx(), "cxenstored (Debian xen-utils-4.17) and gcc")
     d = start_ours(run_dir / "ours", *QUOTA_FLAGS)
@@ -478,6 +479,7 @@ def test_quotas_are_enforced_for_guests_not_dom0(run_dir: Path) -> None:
         assert stop(d) == 0
 
 
+@pytest.mark.peer
 def test_path_max_flag_matches_cx_for_dom0(run_dir: Path) -> None:
     need_peer(have_cx(), "cxenstored (Debian xen-utils-4.17) and gcc")
     d = start_ours(run_dir / "ours", "-M", "40")
