@@ -6,7 +6,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.daemons import Daemon, have_cx, have_ox, need_peer, start_cx, start_ours, start_ox
+from tests.support.daemons import (
+    Daemon,
+    have_cx,
+    have_ox,
+    need_peer,
+    start_cx,
+    start_ours,
+    start_ox,
+)
 
 
 @pytest.fixture

@@ -93,11 +93,14 @@ class Daemon:
                     self.proc.kill()
                     self.proc.wait(5)
         else:
-            subprocess.run([str(KIT / "stop.sh"), str(self.run_dir)], check=False,
-                           capture_output=True)
+            subprocess.run(
+                [str(KIT / "stop.sh"), str(self.run_dir)], check=False, capture_output=True
+            )
 
 
-def _wait_for_socket(path: str, proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+def _wait_for_socket(
+    path: str, proc: subprocess.Popen[bytes] | None, timeout: float = 10.0
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -123,7 +126,8 @@ def start_ours(run_dir: Path | None = None, *args: str) -> Daemon:
     log = open(run_dir / "xenstored.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "stubdom", "xenstored", "--socket", sock, *args],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     _wait_for_socket(sock, proc)
     return Daemon("ours", sock, proc.pid, run_dir, proc=proc)
@@ -131,7 +135,10 @@ def start_ours(run_dir: Path | None = None, *args: str) -> Daemon:
 
 def _start_kit(script: str, run_dir: Path, args: tuple[str, ...]) -> Daemon:
     out = subprocess.run(
-        [str(KIT / script), str(run_dir), *args], check=True, capture_output=True, text=True,
+        [str(KIT / script), str(run_dir), *args],
+        check=True,
+        capture_output=True,
+        text=True,
         env={k: v for k, v in os.environ.items() if k != "LD_PRELOAD"},
     ).stdout
     values: dict[str, str] = {}
@@ -140,8 +147,13 @@ def _start_kit(script: str, run_dir: Path, args: tuple[str, ...]) -> Daemon:
             k, _, v = line.partition("=")
             values[k.strip()] = v.strip()
     kind = "cx" if "cx" in script else "ox"
-    return Daemon(kind, values["XENSTORED_PATH"], int(values["XS_PID"]), run_dir,
-                  fake_dir=Path(values["XSFAKE_DIR"]))
+    return Daemon(
+        kind,
+        values["XENSTORED_PATH"],
+        int(values["XS_PID"]),
+        run_dir,
+        fake_dir=Path(values["XSFAKE_DIR"]),
+    )
 
 
 def start_cx(run_dir: Path | None = None, *args: str) -> Daemon:

@@ -130,45 +130,64 @@ def xenstored(
         except ValueError as e:
             raise click.ClickException(str(e)) from None
 
-    if daemon:
-        _daemonize()
+    ready_fd = _daemonize() if daemon else None
     trace = PacketTrace(open(trace_file, "a", encoding="utf-8")) if trace_file else None  # noqa: SIM115
     server = XenStoreServer(socket_path, core, trace)
     try:
-        asyncio.run(_serve(server))
+        started = asyncio.run(_serve(server, ready_fd))
     finally:
-        if state_dir is not None:
-            persist.save(core, state_dir)
         if trace is not None:
             trace.close()
+    if not started:
+        raise click.ClickException(f"cannot listen on {socket_path}: {started.reason}")
+    if state_dir is not None:
+        persist.save(core, state_dir)
 
 
-async def _serve(server: XenStoreServer) -> None:
+class _Outcome:
+    def __init__(self, reason: str = "") -> None:
+        self.reason = reason
+
+    def __bool__(self) -> bool:
+        return not self.reason
+
+
+async def _serve(server: XenStoreServer, ready_fd: int | None) -> _Outcome:
+    """Serve until SIGTERM/SIGINT; report start-up success or failure to a waiting parent."""
     loop = asyncio.get_running_loop()
-    await server.start()
+    try:
+        await server.start()
+    except OSError as e:
+        reason = e.strerror or str(e)
+        if ready_fd is not None:
+            os.write(ready_fd, b"0" + reason.encode())
+            os.close(ready_fd)
+        return _Outcome(reason)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if _READY_FD is not None:
-        os.write(_READY_FD, b"1")
-        os.close(_READY_FD)
+    if ready_fd is not None:
+        os.write(ready_fd, b"1")
+        os.close(ready_fd)
     await stop.wait()
     await server.close()
+    return _Outcome()
 
 
-_READY_FD: int | None = None
+def _daemonize() -> int:
+    """Fork; the parent waits until the child listens, prints its pid and exits.
 
-
-def _daemonize() -> None:
-    """Fork; the parent waits until the child listens, prints its pid and exits."""
-    global _READY_FD
+    Returns, in the child, the pipe on which to report whether it started.
+    """
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid:
         os.close(wfd)
-        ok = os.read(rfd, 1)
-        if ok != b"1":
-            click.echo("stubdom xenstored: the daemon failed to start", err=True)
+        with os.fdopen(rfd, "rb") as pipe:
+            status = pipe.read()
+        if status[:1] != b"1":
+            reason = status[1:].decode(errors="replace") or "it exited before listening"
+            click.echo(f"stubdom xenstored: the daemon failed to start: {reason}", err=True)
             sys.exit(1)
         click.echo(pid)
         sys.exit(0)
@@ -178,4 +197,4 @@ def _daemonize() -> None:
     for fd in (0, 1, 2):
         with contextlib.suppress(OSError):
             os.dup2(devnull, fd)
-    _READY_FD = wfd
+    return wfd
