@@ -13,6 +13,7 @@ from stubdom.xenstored.requests import atoi, onearg, strings
 if TYPE_CHECKING:
     from stubdom.xenstored.connection import Connection
     from stubdom.xenstored.core import View, XenStored
+    from stubdom.xenstored.domains import Domain
 
 
 def op_introduce(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
@@ -41,13 +42,20 @@ def op_introduce(xs: XenStored, conn: Connection, packet: Packet, view: View) ->
     return OK
 
 
-def op_release(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+def _introduced_guest(xs: XenStored, packet: Packet) -> Domain:
+    """The introduced domain a RELEASE or RESUME names; dom0 is EINVAL, others ENOENT."""
     domid = atoi(onearg(packet))
     if domid == 0:
         raise XsError("EINVAL")
     dom = xs.introduced(domid)
     if dom is None:
         raise XsError("ENOENT")
+    return dom
+
+
+def op_release(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+    dom = _introduced_guest(xs, packet)
+    domid = dom.domid
     if dom.target_refs:
         # cx quirk: a stubdomain's reference absorbs the first RELEASE of its target.
         dom.target_refs -= 1
@@ -72,13 +80,7 @@ def op_is_domain_introduced(
 
 
 def op_resume(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
-    domid = atoi(onearg(packet))
-    if domid == 0:
-        raise XsError("EINVAL")
-    dom = xs.introduced(domid)
-    if dom is None:
-        raise XsError("ENOENT")
-    dom.shutdown = False
+    _introduced_guest(xs, packet).shutdown = False
     return OK
 
 

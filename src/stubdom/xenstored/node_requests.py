@@ -177,19 +177,25 @@ def _set_perms_special(
     return OK
 
 
-def op_watch(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+def _watch_args(xs: XenStored, conn: Connection, packet: Packet) -> tuple[bytes, str, bytes]:
+    """(path as given, canonical path, token): exactly two strings, as cx insists.
+
+    ``@`` names are any string within the path quota (cx ``check_watch_path``).
+    """
     args = strings(packet)
     if len(args) != 2 or not packet.payload.endswith(b"\0"):
         raise XsError("EINVAL")
     raw, token = args
-    relative = False
     if raw.startswith(b"@"):
         if len(raw) > xs.quotas.path_max:
             raise XsError("EINVAL")
-        path = raw.decode("latin-1")
-    else:
-        relative = not raw.startswith(b"/")
-        path = xs.canonical(conn, raw)
+        return raw, raw.decode("latin-1"), token
+    return raw, xs.canonical(conn, raw), token
+
+
+def op_watch(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+    raw, path, token = _watch_args(xs, conn, packet)
+    relative = not raw.startswith((b"/", b"@"))
     if (path, token) in conn.watches:
         raise XsError("EEXIST")
     dom = xs.domains.get(conn.domid)
@@ -208,11 +214,7 @@ def op_watch(xs: XenStored, conn: Connection, packet: Packet, view: View) -> byt
 
 
 def op_unwatch(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
-    args = strings(packet)
-    if len(args) != 2 or not packet.payload.endswith(b"\0"):
-        raise XsError("EINVAL")
-    raw, token = args
-    path = raw.decode("latin-1") if raw.startswith(b"@") else xs.canonical(conn, raw)
+    _, path, token = _watch_args(xs, conn, packet)
     w = conn.watches.pop((path, token), None)
     if w is None:
         raise XsError("ENOENT")
