@@ -55,3 +55,62 @@ def backend_path(domid: int, kind: str, devid: int, backend_domid: int = BACKEND
 
 def backend_root(backend_domid: int = BACKEND_DOMID) -> str:
     return f"{domain_path(backend_domid)}/backend"
+
+
+S = XenbusState
+
+
+class BackendHandshake:
+    """The backend half of the xenbus handshake, as a transition function (no I/O).
+
+    Feed it what the backend driver sees (its own state node, the frontend's state,
+    ``online``, whether setup succeeded) and it answers the state to write next, or
+    None.  The shape is Linux's xenbus backends': InitWait once set up, Connected once
+    the frontend is Initialised or Connected, Closed once the frontend has closed or
+    is gone while the toolstack asks for removal (``online`` = 0, state Closing).
+    """
+
+    def next_state(
+        self, own: XenbusState, frontend: XenbusState, online: bool, ready: bool = True
+    ) -> XenbusState | None:
+        if own is S.INITIALISING:
+            if not online:
+                return S.CLOSED
+            return S.INIT_WAIT if ready else None
+        if own is S.INIT_WAIT:
+            if not online or frontend in (S.CLOSING, S.CLOSED):
+                return S.CLOSING
+            if frontend in (S.INITIALISED, S.CONNECTED):
+                return S.CONNECTED
+            return None
+        if own is S.CONNECTED:
+            if not online or frontend in (S.CLOSING, S.CLOSED):
+                return S.CLOSING
+            return None
+        if own is S.CLOSING:
+            # Closed once the frontend let go, or if there is no live frontend at all.
+            if frontend in (S.CLOSED, S.UNKNOWN, S.INITIALISING):
+                return S.CLOSED
+            return None
+        if own is S.CLOSED and online and frontend is S.INITIALISING:
+            return S.INIT_WAIT  # the frontend came back (reconnect after a close)
+        return None
+
+
+class FrontendHandshake:
+    """The frontend half: what a Mini-OS or Linux frontend writes as the backend moves."""
+
+    def next_state(
+        self, own: XenbusState, backend: XenbusState, closing: bool = False
+    ) -> XenbusState | None:
+        if closing or backend in (S.CLOSING, S.CLOSED):
+            if own in (S.CLOSED, S.UNKNOWN):
+                return None
+            if own is not S.CLOSING:
+                return S.CLOSING
+            return S.CLOSED if backend in (S.CLOSING, S.CLOSED) else None
+        if own is S.INITIALISING and backend in (S.INIT_WAIT, S.CONNECTED):
+            return S.INITIALISED
+        if own is S.INITIALISED and backend is S.CONNECTED:
+            return S.CONNECTED
+        return None
