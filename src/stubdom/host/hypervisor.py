@@ -88,8 +88,8 @@ class DomainInfo:
     @property
     def state_letters(self) -> str:
         """The six letters of ``xl list``: r b p s, the shutdown reason, d."""
-        running = self.state is DomainState.RUNNING
-        blocked = self.state is DomainState.BLOCKED
+        running = self.state is DomainState.RUNNING and not self.paused
+        blocked = self.state is DomainState.BLOCKED and not self.paused
         shut = self.state in (DomainState.SHUTDOWN, DomainState.CRASHED)
         reason = (
             "-rscwS"[self.shutdown_reason] if shut and self.shutdown_reason is not None else "-"
