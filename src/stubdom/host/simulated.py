@@ -84,6 +84,9 @@ class SimulatedHypervisor(Hypervisor):
             )
         domid = self._allocate_domid()
         self._domains[domid] = _Domain(domid, config)
+        # xenstored asks the hypervisor whether a domain exists (permissions naming a
+        # domain that does not are ignored); there is no hypervisor to ask, so tell it.
+        await self._tell_xenstored(domid, "running")
         log.info("created domain %d (%s), paused", domid, config.name)
         return domid
 
@@ -209,7 +212,7 @@ class SimulatedHypervisor(Hypervisor):
         dom.state = DomainState.DYING
         await self._kill(dom)
         del self._domains[domid]
-        await self._tell_xenstored(domid, "dying")
+        await self._tell_xenstored(domid, "gone")
         log.info("destroyed domain %d (%s)", domid, dom.config.name)
 
     async def close(self) -> None:
