@@ -1,0 +1,787 @@
+"""The host daemon's local API: the `Hypervisor` interface over a unix socket.
+
+Only the host daemon holds the hypervisor (domains are its child processes), so every
+other ``stubdom`` command reaches it through this API.  It is JSON lines: one request
+per line, ``{"id": 1, "op": "pause", "args": {"domid": 3}}``, answered by one line,
+``{"id": 1, "ok": null}`` or ``{"id": 1, "error": {"type": "NoSuchDomain", "message":
+"...", "errno": "ESRCH", "domid": 3}}``.  A connection's requests are answered in order.
+
+Layers: the request messages (frozen dataclasses, one per op, each knowing how to
+encode its arguments and decode its result), the sans-IO codec (`encode_request`,
+`decode_request`, `encode_ok`, `encode_error`, `decode_reply`), the asyncio
+`ApiServer` dispatching to a `Hypervisor`, and `RemoteHypervisor`, the `Hypervisor`
+a client holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import json
+import logging
+import os
+import time
+import types
+import typing
+from abc import abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+
+from stubdom.host.hypervisor import (
+    DomainConfig,
+    DomainExists,
+    DomainInfo,
+    DomainState,
+    Hypervisor,
+    HypervisorError,
+    NoSuchDomain,
+    ShutdownReason,
+)
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+#: The longest line either side accepts (a domain list of a few thousand rows fits).
+MAX_LINE = 4 * 1024 * 1024
+
+
+# -- errors --------------------------------------------------------------------
+
+
+class HostError(HypervisorError):
+    """The host daemon could not be reached or did not answer properly."""
+
+
+class HostNotRunning(HostError):
+    """No daemon listens on the run directory's API socket."""
+
+    def __init__(self, run_dir: str | os.PathLike[str]) -> None:
+        super().__init__(
+            f"no stubdom host is running in {run_dir}; start one with 'stubdom host up'"
+        )
+        self.run_dir = Path(run_dir)
+
+
+class ApiProtocolError(HostError):
+    """A malformed request or reply: a bug on one side, or mismatched versions."""
+
+
+class RemoteError(HostError):
+    """The daemon failed unexpectedly while handling a request (see its host.log)."""
+
+
+# -- messages ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    """What ``stubdom host status`` shows about the daemon."""
+
+    pid: int
+    uptime: float
+    run_dir: str
+    xenstored_socket: str
+    domains: int
+    dom0: DomainInfo
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "dom0": self.dom0.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> HostStatus:
+        return cls(**{**d, "dom0": DomainInfo.from_dict(d["dom0"])})
+
+
+class Request(Generic[R]):
+    """One API operation; subclasses are frozen dataclasses whose fields are the args."""
+
+    op: ClassVar[str]
+
+    def to_args(self) -> dict[str, Any]:
+        return {f.name: _to_json(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, Any]) -> Request[R]:
+        """Build the request from decoded JSON, checking every argument's type."""
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = set(args) - set(fields)
+        if unknown:
+            raise ApiProtocolError(f"{cls.op}: unknown argument(s) {', '.join(sorted(unknown))}")
+        values = {}
+        for name, f in fields.items():
+            if name in args:
+                values[name] = _from_json(args[name], hints[name], f"{cls.op}: {name}")
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ApiProtocolError(f"{cls.op}: missing argument {name!r}")
+        return cls(**values)
+
+    def encode_result(self, value: R) -> Any:
+        return None
+
+    @abstractmethod
+    def decode_result(self, raw: Any) -> R: ...
+
+
+class _NoResult(Request[None]):
+    def decode_result(self, raw: Any) -> None:
+        return None
+
+
+class _DomainInfoResult(Request[DomainInfo]):
+    def encode_result(self, value: DomainInfo) -> Any:
+        return value.to_dict()
+
+    def decode_result(self, raw: Any) -> DomainInfo:
+        return _decode(lambda: DomainInfo.from_dict(raw), self.op)
+
+
+class _HypervisorCall(Request[R]):
+    """An operation the server forwards to its `Hypervisor`."""
+
+    @abstractmethod
+    async def call(self, hv: Hypervisor) -> R: ...
+
+
+@dataclass(frozen=True)
+class Ping(_NoResult):
+    """Is the daemon there and answering?"""
+
+    op: ClassVar[str] = "ping"
+
+
+@dataclass(frozen=True)
+class Status(Request[HostStatus]):
+    op: ClassVar[str] = "status"
+
+    def encode_result(self, value: HostStatus) -> Any:
+        return value.to_dict()
+
+    def decode_result(self, raw: Any) -> HostStatus:
+        return _decode(lambda: HostStatus.from_dict(raw), self.op)
+
+
+@dataclass(frozen=True)
+class Shutdown(_NoResult):
+    """Stop the host daemon cleanly (every domain is destroyed); answered first."""
+
+    op: ClassVar[str] = "shutdown"
+
+
+@dataclass(frozen=True)
+class CreateDomain(_HypervisorCall[int]):
+    config: DomainConfig
+    op: ClassVar[str] = "create_domain"
+
+    async def call(self, hv: Hypervisor) -> int:
+        return await hv.create_domain(self.config)
+
+    def encode_result(self, value: int) -> Any:
+        return value
+
+    def decode_result(self, raw: Any) -> int:
+        return int(_from_json(raw, int, self.op))
+
+
+@dataclass(frozen=True)
+class SetMaxMem(_HypervisorCall[None], _NoResult):
+    domid: int
+    memkb: int
+    op: ClassVar[str] = "set_max_mem"
+
+    async def call(self, hv: Hypervisor) -> None:
+        await hv.set_max_mem(self.domid, self.memkb)
+
+
+@dataclass(frozen=True)
+class SetMaxVcpus(_HypervisorCall[None], _NoResult):
+    domid: int
+    vcpus: int
+    op: ClassVar[str] = "set_max_vcpus"
+
+    async def call(self, hv: Hypervisor) -> None:
+        await hv.set_max_vcpus(self.domid, self.vcpus)
+
+
+@dataclass(frozen=True)
+class BuildPv(_HypervisorCall[None], _NoResult):
+    domid: int
+    kernel: str
+    cmdline: str = ""
+    env: dict[str, str] | None = None
+    op: ClassVar[str] = "build_pv"
+
+    async def call(self, hv: Hypervisor) -> None:
+        await hv.build_pv(self.domid, self.kernel, self.cmdline, self.env)
+
+
+@dataclass(frozen=True)
+class SetTarget(_HypervisorCall[None], _NoResult):
+    domid: int
+    target: int
+    op: ClassVar[str] = "set_target"
+
+    async def call(self, hv: Hypervisor) -> None:
+        await hv.set_target(self.domid, self.target)
+
+
+@dataclass(frozen=True)
+class Pause(_HypervisorCall[None], _NoResult):
+    domid: int
+    op: ClassVar[str] = "pause"
+
+    async def call(self, hv: Hypervisor) -> None:
+        await hv.pause(self.domid)
+
+
+@dataclass(frozen=True)
+class Unpause(_HypervisorCall[None], _NoResult):
+    domid: int
+    op: ClassVar[str] = "unpause"
+
+    async def call(self, hv: Hypervisor) -> None:
+        await hv.unpause(self.domid)
+
+
+@dataclass(frozen=True)
+class ShutdownDomain(_HypervisorCall[None], _NoResult):
+    """`Hypervisor.shutdown` (``shutdown`` alone stops the host)."""
+
+    domid: int
+    reason: ShutdownReason
+    op: ClassVar[str] = "shutdown_domain"
+
+    async def call(self, hv: Hypervisor) -> None:
+        await hv.shutdown(self.domid, self.reason)
+
+
+@dataclass(frozen=True)
+class Destroy(_HypervisorCall[None], _NoResult):
+    domid: int
+    op: ClassVar[str] = "destroy"
+
+    async def call(self, hv: Hypervisor) -> None:
+        await hv.destroy(self.domid)
+
+
+@dataclass(frozen=True)
+class ListDomains(_HypervisorCall[list[DomainInfo]]):
+    op: ClassVar[str] = "list_domains"
+
+    async def call(self, hv: Hypervisor) -> list[DomainInfo]:
+        return list(await hv.list_domains())
+
+    def encode_result(self, value: list[DomainInfo]) -> Any:
+        return [d.to_dict() for d in value]
+
+    def decode_result(self, raw: Any) -> list[DomainInfo]:
+        if not isinstance(raw, list):
+            raise ApiProtocolError(f"{self.op}: expected a list in the reply, got {raw!r:.80}")
+        return [_decode(functools.partial(DomainInfo.from_dict, d), self.op) for d in raw]
+
+
+@dataclass(frozen=True)
+class GetDomainInfo(_HypervisorCall[DomainInfo], _DomainInfoResult):
+    domid: int
+    op: ClassVar[str] = "domain_info"
+
+    async def call(self, hv: Hypervisor) -> DomainInfo:
+        return await hv.domain_info(self.domid)
+
+
+@dataclass(frozen=True)
+class Find(_HypervisorCall[DomainInfo], _DomainInfoResult):
+    name: str
+    op: ClassVar[str] = "find"
+
+    async def call(self, hv: Hypervisor) -> DomainInfo:
+        return await hv.find(self.name)
+
+
+#: Every request type by its ``op``.
+REQUESTS: dict[str, type[Request[Any]]] = {
+    cls.op: cls
+    for cls in (
+        Ping,
+        Status,
+        Shutdown,
+        CreateDomain,
+        SetMaxMem,
+        SetMaxVcpus,
+        BuildPv,
+        SetTarget,
+        Pause,
+        Unpause,
+        ShutdownDomain,
+        Destroy,
+        ListDomains,
+        GetDomainInfo,
+        Find,
+    )
+}
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, DomainConfig):
+        return dataclasses.asdict(value)
+    if isinstance(value, ShutdownReason):
+        return int(value)
+    return value
+
+
+def _from_json(value: Any, tp: Any, what: str) -> Any:
+    """``value`` checked against (and converted to) the annotation ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _from_json(value, inner, what)
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ApiProtocolError(f"{what}: expected an object, got {value!r:.80}")
+        return {
+            _from_json(k, key_tp, what): _from_json(v, val_tp, what) for k, v in value.items()
+        }
+    if tp is DomainConfig:
+        if not isinstance(value, dict):
+            raise ApiProtocolError(f"{what}: expected a domain config object, got {value!r:.80}")
+        return _config_from_json(value, what)
+    if tp is ShutdownReason:
+        try:
+            return ShutdownReason(_from_json(value, int, what))
+        except ValueError:
+            raise ApiProtocolError(f"{what}: {value!r} is not a shutdown reason (0-5)") from None
+    ok = isinstance(value, tp) and not (tp in (int, float) and isinstance(value, bool))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
+        raise ApiProtocolError(f"{what}: expected {tp.__name__}, got {value!r:.80}")
+    return value
+
+
+def _config_from_json(value: Mapping[str, Any], what: str) -> DomainConfig:
+    hints = typing.get_type_hints(DomainConfig)
+    names = {f.name for f in dataclasses.fields(DomainConfig)}
+    unknown = set(value) - names
+    if unknown:
+        raise ApiProtocolError(f"{what}: unknown domain config key(s) {', '.join(sorted(unknown))}")
+    if "name" not in value:
+        raise ApiProtocolError(f"{what}: the domain config has no 'name'")
+    return DomainConfig(**{k: _from_json(v, hints[k], f"{what}.{k}") for k, v in value.items()})
+
+
+def _decode(build: Callable[[], R], what: str) -> R:
+    try:
+        return build()
+    except (KeyError, TypeError, ValueError) as e:
+        raise ApiProtocolError(f"{what}: malformed reply: {e}") from None
+
+
+# -- the sans-IO codec -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """The ``error`` member of a reply."""
+
+    type: str
+    message: str
+    errno: str | None = None
+    domid: int | None = None
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> ErrorInfo:
+        if isinstance(exc, ApiProtocolError):
+            return cls("BadRequest", str(exc), "EINVAL")
+        if isinstance(exc, HypervisorError):
+            return cls(
+                type(exc).__name__,
+                str(exc),
+                exc.errno_name,
+                exc.domid if isinstance(exc, NoSuchDomain) else None,
+            )
+        return cls(
+            "InternalError",
+            f"the host daemon failed: {type(exc).__name__}: {exc} (see host.log)",
+            "EIO",
+        )
+
+    def to_exception(self) -> HypervisorError:
+        """The exception a client raises: the server's type where known, its message."""
+        exc: HypervisorError
+        if self.type == "NoSuchDomain" and self.domid is not None:
+            exc = NoSuchDomain(self.domid)
+            exc.args = (self.message,)
+        elif self.type == "DomainExists":
+            exc = DomainExists(self.message)
+        elif self.type == "BadRequest":
+            exc = ApiProtocolError(self.message)
+        elif self.type == "InternalError":
+            exc = RemoteError(self.message)
+        else:
+            exc = HypervisorError(self.message)
+        if self.errno is not None and self.errno != exc.errno_name:
+            exc.errno_name = self.errno
+        return exc
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A decoded reply line: ``result`` (raw JSON) or ``error``."""
+
+    id: int | None
+    result: Any = None
+    error: ErrorInfo | None = None
+
+
+def _line(obj: Mapping[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+def encode_request(req_id: int, req: Request[Any]) -> bytes:
+    return _line({"id": req_id, "op": req.op, "args": req.to_args()})
+
+
+class BadRequestLine(ApiProtocolError):
+    """A request line that cannot be decoded; ``req_id`` if it could be read."""
+
+    def __init__(self, message: str, req_id: int | None = None) -> None:
+        super().__init__(message)
+        self.req_id = req_id
+
+
+def decode_request(line: bytes) -> tuple[int, Request[Any]]:
+    """Parse one request line; `BadRequestLine` says what is wrong with it."""
+    try:
+        obj = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadRequestLine(f"a request is not JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise BadRequestLine("a request must be a JSON object")
+    req_id = obj.get("id")
+    if not isinstance(req_id, int) or isinstance(req_id, bool):
+        raise BadRequestLine(f"a request needs an integer 'id', got {req_id!r:.40}")
+    op = obj.get("op")
+    cls = REQUESTS.get(op) if isinstance(op, str) else None
+    if cls is None:
+        raise BadRequestLine(f"unknown op {op!r:.40}; known: {', '.join(REQUESTS)}", req_id)
+    args = obj.get("args", {})
+    if not isinstance(args, dict):
+        raise BadRequestLine(f"{op}: 'args' must be an object", req_id)
+    try:
+        return req_id, cls.from_args(args)
+    except ApiProtocolError as e:
+        raise BadRequestLine(str(e), req_id) from None
+    except (TypeError, ValueError) as e:
+        raise BadRequestLine(f"{op}: {e}", req_id) from None
+
+
+def encode_ok(req_id: int, req: Request[R], value: R) -> bytes:
+    return _line({"id": req_id, "ok": req.encode_result(value)})
+
+
+def encode_error(req_id: int | None, error: ErrorInfo) -> bytes:
+    info = {k: v for k, v in dataclasses.asdict(error).items() if v is not None}
+    return _line({"id": req_id, "error": info})
+
+
+def decode_reply(line: bytes) -> Reply:
+    try:
+        obj = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ApiProtocolError(f"a reply from the host is not JSON: {e}") from None
+    if not isinstance(obj, dict) or ("ok" in obj) == ("error" in obj):
+        raise ApiProtocolError(f"a reply needs exactly one of 'ok' and 'error': {line!r:.80}")
+    req_id = obj.get("id")
+    if req_id is not None and (not isinstance(req_id, int) or isinstance(req_id, bool)):
+        raise ApiProtocolError(f"a reply has a bad 'id': {req_id!r:.40}")
+    if "ok" in obj:
+        return Reply(req_id, result=obj["ok"])
+    err = obj["error"]
+    if not isinstance(err, dict) or not isinstance(err.get("message"), str):
+        raise ApiProtocolError(f"a reply has a malformed 'error': {err!r:.80}")
+    return Reply(
+        req_id,
+        error=ErrorInfo(
+            str(err.get("type", "HypervisorError")),
+            err["message"],
+            err.get("errno") if isinstance(err.get("errno"), str) else None,
+            err.get("domid") if isinstance(err.get("domid"), int) else None,
+        ),
+    )
+
+
+# -- the server ------------------------------------------------------------------
+
+
+def _dom0_info() -> DomainInfo:
+    """Domain-0 as ``xl list`` shows it: here, the host daemon itself."""
+    memkb = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memkb = int(line.split()[1])
+    t = os.times()
+    return DomainInfo(
+        domid=0,
+        name="Domain-0",
+        uuid="00000000-0000-0000-0000-000000000000",
+        hvm=False,
+        state=DomainState.RUNNING,
+        paused=False,
+        shutdown_reason=None,
+        max_memkb=memkb,
+        max_vcpus=os.cpu_count() or 1,
+        cpu_time=t.user + t.system,
+        pid=os.getpid(),
+    )
+
+
+class ApiServer:
+    """Serve a `Hypervisor` on a unix socket; `Shutdown` calls ``on_shutdown``.
+
+    Connections are independent; each one's requests are handled one at a time, in
+    order, so a client sees its own operations take effect in the order it sent them.
+    """
+
+    def __init__(
+        self,
+        hypervisor: Hypervisor,
+        socket_path: str | os.PathLike[str],
+        *,
+        xenstored_socket: str = "",
+        run_dir: str = "",
+        on_shutdown: Callable[[], None] | None = None,
+    ) -> None:
+        self.hypervisor = hypervisor
+        self.socket_path = Path(socket_path)
+        self.xenstored_socket = xenstored_socket
+        self.run_dir = run_dir
+        self.on_shutdown = on_shutdown
+        self.started = time.monotonic()
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        self._server = await asyncio.start_unix_server(
+            self._connection, path=os.fspath(self.socket_path), limit=MAX_LINE
+        )
+        self.started = time.monotonic()
+        log.info("local API listening on %s", self.socket_path)
+
+    async def close(self) -> None:
+        """Stop listening, drop the connections, and remove the socket."""
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._handlers):
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except ValueError:  # longer than MAX_LINE: the stream cannot be resynchronised
+                    writer.write(encode_error(None, ErrorInfo("BadRequest", "request too long")))
+                    break
+                if not line:
+                    break
+                reply, stop = await self.handle_line(line)
+                writer.write(reply)
+                await writer.drain()
+                if stop and self.on_shutdown is not None:
+                    self.on_shutdown()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._handlers.discard(task)
+            writer.close()
+            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+                await writer.wait_closed()
+
+    async def handle_line(self, line: bytes) -> tuple[bytes, bool]:
+        """The reply to one request line, and whether the request asked to stop the host."""
+        try:
+            req_id, req = decode_request(line)
+        except BadRequestLine as e:
+            log.warning("bad request: %s", e)
+            return encode_error(e.req_id, ErrorInfo.from_exception(e)), False
+        try:
+            result = await self.execute(req)
+        except HypervisorError as e:
+            log.info("%s: %s", req.op, e)
+            return encode_error(req_id, ErrorInfo.from_exception(e)), False
+        except Exception as e:
+            log.exception("%s failed", req.op)
+            return encode_error(req_id, ErrorInfo.from_exception(e)), False
+        return encode_ok(req_id, req, result), isinstance(req, Shutdown)
+
+    async def execute(self, req: Request[Any]) -> Any:
+        log.debug("request %s", req)
+        if isinstance(req, _HypervisorCall):
+            return await req.call(self.hypervisor)
+        if isinstance(req, Status):
+            return await self.status()
+        if isinstance(req, Ping | Shutdown):
+            return None
+        raise ApiProtocolError(f"op {req.op!r} is not served here")
+
+    async def status(self) -> HostStatus:
+        domains = list(await self.hypervisor.list_domains())
+        dom0 = next((d for d in domains if d.domid == 0), None) or _dom0_info()
+        return HostStatus(
+            pid=os.getpid(),
+            uptime=time.monotonic() - self.started,
+            run_dir=self.run_dir,
+            xenstored_socket=self.xenstored_socket,
+            domains=sum(1 for d in domains if d.domid != 0),
+            dom0=dom0,
+        )
+
+
+# -- the client --------------------------------------------------------------------
+
+
+class RemoteHypervisor(Hypervisor):
+    """The hypervisor of a running host daemon, reached through its API socket.
+
+    Errors come back as the server raised them (`NoSuchDomain`, `DomainExists`,
+    `HypervisorError`, with the server's message); trouble reaching the daemon is a
+    `HostError` (`HostNotRunning` when nothing listens).
+    """
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, where: str
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self.where = where
+        self._ids = 0
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def connect(cls, run_dir: str | os.PathLike[str]) -> RemoteHypervisor:
+        """Connect to the daemon of the run directory ``run_dir``."""
+        socket_path = Path(run_dir) / "host.sock"
+        try:
+            reader, writer = await asyncio.open_unix_connection(
+                os.fspath(socket_path), limit=MAX_LINE
+            )
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
+            raise HostNotRunning(run_dir) from None
+        except OSError as e:
+            raise HostError(
+                f"cannot reach the stubdom host at {socket_path}: {e.strerror or e}"
+            ) from None
+        return cls(reader, writer, str(run_dir))
+
+    async def close(self) -> None:
+        self._writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self._writer.wait_closed()
+
+    async def __aenter__(self) -> RemoteHypervisor:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def call(self, req: Request[R]) -> R:
+        """Send one request and return its decoded result, or raise its error."""
+        async with self._lock:
+            self._ids += 1
+            req_id = self._ids
+            lost = HostError(
+                f"the stubdom host in {self.where} closed the connection during "
+                f"{req.op} (see {self.where}/host.log)"
+            )
+            try:
+                self._writer.write(encode_request(req_id, req))
+                await self._writer.drain()
+                while True:
+                    line = await self._reader.readline()
+                    if not line:
+                        raise lost
+                    reply = decode_reply(line)
+                    # An earlier call cancelled after sending leaves its reply behind.
+                    if reply.id is None or reply.id >= req_id:
+                        break
+            except ConnectionError:
+                raise lost from None
+            except ValueError:
+                raise ApiProtocolError(f"{req.op}: reply longer than {MAX_LINE} bytes") from None
+        if reply.error is not None:
+            raise reply.error.to_exception()
+        if reply.id != req_id:
+            raise ApiProtocolError(f"{req.op}: reply for request {reply.id}, expected {req_id}")
+        return req.decode_result(reply.result)
+
+    # -- host operations
+
+    async def ping(self) -> None:
+        await self.call(Ping())
+
+    async def status(self) -> HostStatus:
+        return await self.call(Status())
+
+    async def shutdown_host(self) -> None:
+        """Ask the daemon to stop; it answers, then destroys every domain and exits."""
+        await self.call(Shutdown())
+
+    # -- the Hypervisor interface
+
+    async def create_domain(self, config: DomainConfig) -> int:
+        return await self.call(CreateDomain(config))
+
+    async def set_max_mem(self, domid: int, memkb: int) -> None:
+        await self.call(SetMaxMem(domid, memkb))
+
+    async def set_max_vcpus(self, domid: int, vcpus: int) -> None:
+        await self.call(SetMaxVcpus(domid, vcpus))
+
+    async def build_pv(
+        self, domid: int, kernel: str, cmdline: str = "", env: dict[str, str] | None = None
+    ) -> None:
+        await self.call(BuildPv(domid, kernel, cmdline, env))
+
+    async def set_target(self, domid: int, target: int) -> None:
+        await self.call(SetTarget(domid, target))
+
+    async def pause(self, domid: int) -> None:
+        await self.call(Pause(domid))
+
+    async def unpause(self, domid: int) -> None:
+        await self.call(Unpause(domid))
+
+    async def shutdown(self, domid: int, reason: ShutdownReason) -> None:
+        await self.call(ShutdownDomain(domid, reason))
+
+    async def destroy(self, domid: int) -> None:
+        await self.call(Destroy(domid))
+
+    async def list_domains(self) -> Sequence[DomainInfo]:
+        return await self.call(ListDomains())
+
+    async def domain_info(self, domid: int) -> DomainInfo:
+        return await self.call(GetDomainInfo(domid))
+
+    async def find(self, name: str) -> DomainInfo:
+        return await self.call(Find(name))
