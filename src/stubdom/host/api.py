@@ -611,6 +611,10 @@ class ApiServer:
                     self.on_shutdown()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # close() drops the connection; ending normally keeps asyncio's stream
+            # callback (which asks the task for its exception) from logging an error.
+            pass
         finally:
             self._handlers.discard(task)
             writer.close()

@@ -1,0 +1,385 @@
+"""``stubdom host``: start, inspect and stop the simulated Xen host.
+
+``up`` starts two background processes in the run directory (`stubdom.host.rundir`):
+the embedded xenstored and the host daemon (`stubdom.host.daemon`), and prints the
+``export`` lines that point Xen's tools at them, so ``eval "$(stubdom host up)"`` works.
+Every other command finds the host through the same directory default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import click
+
+from stubdom.cli.main import cli
+from stubdom.host.api import HostError, HostNotRunning, HostStatus, RemoteHypervisor
+from stubdom.host.hypervisor import DomainInfo
+from stubdom.host.rundir import (
+    ENV_VAR,
+    RunDir,
+    RunDirError,
+    process_alive,
+    process_is_ours,
+    processes_using,
+    read_pid,
+    resolve,
+    signal_process,
+    write_pid,
+)
+
+T = TypeVar("T")
+
+#: Failure guards only: how long a starting or stopping process may take at most.
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 30.0
+API_TIMEOUT = 30.0
+
+#: ``xl list`` (tools/xl/xl_info.c@4.17.7).
+XL_LIST_HEADER = "Name                                        ID   Mem VCPUs\tState\tTime(s)"
+
+
+def xl_list_row(d: DomainInfo) -> str:
+    """``"%-40s %5d %5lu %5d     %c%c%c%c%c%c  %8.1f"``, memory in MiB."""
+    return (
+        f"{d.name:<40} {d.domid:5d} {d.max_memkb // 1024:5d} {d.max_vcpus:5d}"
+        f"     {d.state_letters}  {d.cpu_time:8.1f}"
+    )
+
+
+def _say(msg: str) -> None:
+    """Notes go to stderr: stdout of ``up`` is for ``eval``."""
+    click.echo(f"stubdom host: {msg}", err=True)
+
+
+dir_option = click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False),
+    help=f"Run directory (default: ${ENV_VAR}, else $XDG_RUNTIME_DIR/stubdom, "
+    "else /run/stubdom if writable, else /tmp/stubdom-UID).",
+)
+
+
+def _run_dir(directory: str | None) -> RunDir:
+    rd = resolve(directory)
+    try:
+        rd.check_socket_paths()
+    except RunDirError as e:
+        raise click.ClickException(str(e)) from None
+    return rd
+
+
+def _api(rd: RunDir, use: Callable[[RemoteHypervisor], Awaitable[T]]) -> T:
+    """Run one exchange with the daemon (``use`` returns a coroutine)."""
+
+    async def run() -> T:
+        async with asyncio.timeout(API_TIMEOUT):
+            async with await RemoteHypervisor.connect(rd.root) as hv:
+                return await use(hv)
+
+    try:
+        return asyncio.run(run())
+    except TimeoutError:
+        raise HostError(
+            f"the stubdom host in {rd.root} did not answer within {API_TIMEOUT:.0f}s "
+            f"(see {rd.host_log})"
+        ) from None
+
+
+@cli.group("host")
+def host() -> None:
+    """Run a simulated Xen host: xenstored, the hypervisor and dom0's backends."""
+
+
+# -- probing and stopping -----------------------------------------------------------
+
+
+@dataclass
+class _Probe:
+    """What is left of a host in a run directory."""
+
+    host_pid: int | None  # alive and ours
+    xenstored_pid: int | None
+    status: HostStatus | None  # the API answered
+    xenstored_answers: bool
+    files: list[Path]  # pid files and sockets present
+
+    @property
+    def healthy(self) -> bool:
+        return bool(self.host_pid and self.xenstored_pid and self.status and self.xenstored_answers)
+
+    @property
+    def anything(self) -> bool:
+        return bool(self.host_pid or self.xenstored_pid or self.files)
+
+
+def _live_pid(rd: RunDir, pid_file: Path) -> int | None:
+    pid = read_pid(pid_file)
+    return pid if pid is not None and process_is_ours(pid, rd) else None
+
+
+def _socket_answers(path: Path) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(os.fspath(path))
+    except OSError:
+        return False
+    finally:
+        s.close()
+    return True
+
+
+def _probe(rd: RunDir) -> _Probe:
+    host_pid = _live_pid(rd, rd.host_pid)
+    status = None
+    if host_pid is not None:
+        with contextlib.suppress(HostError):
+            status = _api(rd, lambda hv: hv.status())
+    return _Probe(
+        host_pid,
+        _live_pid(rd, rd.xenstored_pid),
+        status,
+        _socket_answers(rd.xenstored_socket),
+        [p for p in (*rd.pid_files(), *rd.sockets()) if p.exists()],
+    )
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not process_alive(pid):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _end(pid: int, what: str, timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it will not go."""
+    signal_process(pid, signal.SIGTERM)
+    if not _wait_gone(pid, timeout):
+        _say(f"{what} (pid {pid}) ignored SIGTERM for {timeout:.0f}s; killing it")
+        signal_process(pid, signal.SIGKILL)
+        _wait_gone(pid, timeout)
+
+
+def _stop(rd: RunDir, probe: _Probe) -> None:
+    """Stop whatever runs (daemon first: destroying domains needs xenstored) and tidy up."""
+    if probe.host_pid is not None:
+        asked = False
+        if probe.status is not None:
+            try:
+                _api(rd, lambda hv: hv.shutdown_host())
+                asked = True
+            except HostError as e:
+                _say(f"the host daemon did not take the shutdown request ({e}); signalling it")
+        if not asked:
+            signal_process(probe.host_pid, signal.SIGTERM)
+        if not _wait_gone(probe.host_pid, STOP_TIMEOUT):
+            _end(probe.host_pid, "the host daemon", STOP_TIMEOUT)
+    if probe.xenstored_pid is not None:
+        _end(probe.xenstored_pid, "xenstored", STOP_TIMEOUT)
+    rd.remove_runtime_files()
+
+
+# -- starting ---------------------------------------------------------------------
+
+
+def _spawn(rd: RunDir, args: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
+    """A detached ``stubdom`` process (own session) logging to ``log``."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "stubdom", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd="/",
+        )
+
+
+def _last_line(log: Path) -> str:
+    with contextlib.suppress(OSError):
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+        if lines:
+            return lines[-1].strip()
+    return ""
+
+
+def _start_failed(rd: RunDir, what: str, log: Path) -> click.ClickException:
+    last = _last_line(log)
+    _stop(rd, _probe(rd))
+    detail = f": {last}" if last else ""
+    return click.ClickException(f"{what} did not start in {rd.root}{detail} (see {log})")
+
+
+def _wait_until(ready: Callable[[], bool], proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            return True
+        if proc.poll() is not None:
+            return ready()
+        time.sleep(0.02)
+    return False
+
+
+def _start(rd: RunDir) -> tuple[int, int]:
+    xs = _spawn(rd, ["xenstored", "--socket", str(rd.xenstored_socket)], rd.xenstored_log)
+    write_pid(rd.xenstored_pid, xs.pid)
+    if not _wait_until(lambda: _socket_answers(rd.xenstored_socket), xs, START_TIMEOUT):
+        raise _start_failed(rd, "xenstored", rd.xenstored_log)
+
+    daemon = _spawn(rd, ["host", "daemon", "--dir", str(rd.root)], rd.host_log)
+
+    def answers() -> bool:
+        if read_pid(rd.host_pid) != daemon.pid:
+            return False
+        try:
+            _api(rd, lambda hv: hv.ping())
+        except HostError:
+            return False
+        return True
+
+    if not _wait_until(answers, daemon, START_TIMEOUT):
+        raise _start_failed(rd, "the host daemon", rd.host_log)
+    return xs.pid, daemon.pid
+
+
+def _exports(rd: RunDir, directory: str | None) -> None:
+    click.echo(f"export XENSTORED_PATH={shlex.quote(str(rd.xenstored_socket))}")
+    if directory is not None:
+        click.echo(f"export {ENV_VAR}={shlex.quote(str(rd.root))}")
+
+
+# -- the verbs ---------------------------------------------------------------------
+
+
+@host.command("up")
+@dir_option
+def up(directory: str | None) -> None:
+    """Start the host in the background, or find it running; print its export lines.
+
+    Use as: eval "$(stubdom host up)".  Xen's tools then reach the host's xenstored.
+    """
+    rd = _run_dir(directory)
+    try:
+        rd.create()
+    except RunDirError as e:
+        raise click.ClickException(str(e)) from None
+    with rd.locked():
+        probe = _probe(rd)
+        if probe.healthy:
+            _say(
+                f"already running in {rd.root} (host pid {probe.host_pid}, "
+                f"xenstored pid {probe.xenstored_pid})"
+            )
+        else:
+            if probe.anything:
+                _say(f"cleaning up what is left of an earlier host in {rd.root}")
+                _stop(rd, probe)
+            xs_pid, host_pid = _start(rd)
+            _say(f"started in {rd.root} (host pid {host_pid}, xenstored pid {xs_pid})")
+    _exports(rd, directory)
+
+
+def _not_running(rd: RunDir) -> click.ClickException:
+    msg = str(HostNotRunning(rd.root))
+    if any(p.exists() for p in rd.pid_files()):
+        msg += " (stale files are left: 'stubdom host down' removes them)"
+    return click.ClickException(msg)
+
+
+def _status_and_domains(rd: RunDir) -> tuple[HostStatus, list[DomainInfo]]:
+    if not rd.host_socket.exists():
+        raise _not_running(rd)
+
+    async def both(hv: RemoteHypervisor) -> tuple[HostStatus, list[DomainInfo]]:
+        return await hv.status(), list(await hv.list_domains())
+
+    try:
+        status, domains = _api(rd, both)
+    except HostNotRunning:
+        raise _not_running(rd) from None
+    except HostError as e:
+        raise click.ClickException(str(e)) from None
+    if not any(d.domid == 0 for d in domains):
+        domains.insert(0, status.dom0)
+    return status, sorted(domains, key=lambda d: d.domid)
+
+
+def _print_list(domains: Sequence[DomainInfo]) -> None:
+    click.echo(XL_LIST_HEADER)
+    for d in domains:
+        click.echo(xl_list_row(d))
+
+
+@host.command("status")
+@dir_option
+def status(directory: str | None) -> None:
+    """Show whether the host runs, its processes and sockets, and its domains."""
+    rd = _run_dir(directory)
+    st, domains = _status_and_domains(rd)
+    xs_pid = read_pid(rd.xenstored_pid)
+    click.echo(f"stubdom host running in {rd.root}")
+    click.echo(f"  host daemon  pid {st.pid}, up {st.uptime:.1f}s, API {rd.host_socket}")
+    click.echo(f"  xenstored    pid {xs_pid}, XENSTORED_PATH={st.xenstored_socket}")
+    click.echo(f"  domains      {st.domains}")
+    click.echo("")
+    _print_list(domains)
+
+
+@host.command("list")
+@dir_option
+def list_(directory: str | None) -> None:
+    """List the domains as 'xl list' does, Domain-0 first."""
+    _, domains = _status_and_domains(_run_dir(directory))
+    _print_list(domains)
+
+
+@host.command("down")
+@dir_option
+def down(directory: str | None) -> None:
+    """Stop the host: destroy every domain, end every process, remove sockets and pid files.
+
+    Logs stay.  Nothing running is not an error.
+    """
+    rd = _run_dir(directory)
+    if not rd.root.is_dir():
+        _say(f"nothing is running in {rd.root}")
+        return
+    with rd.locked():
+        probe = _probe(rd)
+        if probe.host_pid is None and probe.xenstored_pid is None:
+            if probe.files:
+                rd.remove_runtime_files()
+                _say(f"nothing was running in {rd.root}; removed stale pid files and sockets")
+            else:
+                _say(f"nothing is running in {rd.root}")
+            return
+        _stop(rd, probe)
+    stray = processes_using(rd)
+    if stray:
+        _say(f"warning: processes still use {rd.root}: {', '.join(map(str, stray))}")
+    _say(f"stopped the host in {rd.root}")
+
+
+@host.command("daemon", hidden=True)
+@click.option("--dir", "directory", type=click.Path(file_okay=False), required=True)
+def daemon(directory: str) -> None:
+    """Internal: the host daemon process that 'stubdom host up' starts."""
+    from stubdom.host import daemon as host_daemon
+
+    sys.exit(host_daemon.main(_run_dir(directory)))
