@@ -22,6 +22,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,19 +149,29 @@ class RunDir:
             os.close(fd)
 
     def remove_runtime_files(self) -> list[Path]:
-        """Delete pid files and sockets (logs stay), and empty sub-directories.
+        """Delete pid files and every socket below DIR (logs stay), and empty directories.
 
-        Returns what was removed.
+        A crashed xenstored or backend leaves its sockets behind, per-domain ones included,
+        so every socket goes, not only the ones we know by name.  Returns what went.
         """
         removed = []
-        for p in (*self.pid_files(), *self.sockets()):
+        sockets = [p for p in self.root.rglob("*") if _is_socket(p)]
+        for p in (*self.pid_files(), *sockets):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
                 removed.append(p)
-        for d in (self.xenstored_dir, self.consoles, self.domains):
-            with contextlib.suppress(OSError):
-                d.rmdir()
+        for d in sorted(self.root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if d.is_dir() and not d.is_symlink():
+                with contextlib.suppress(OSError):
+                    d.rmdir()  # only if empty
         return removed
+
+
+def _is_socket(path: Path) -> bool:
+    try:
+        return stat.S_ISSOCK(path.lstat().st_mode)
+    except OSError:
+        return False
 
 
 def resolve(
