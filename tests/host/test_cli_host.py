@@ -98,6 +98,7 @@ def test_up_prints_the_exports_and_is_idempotent(rd: RunDir) -> None:
     assert pids(rd) == recorded
 
 
+@pytest.mark.peer
 def test_eval_of_up_points_xenstore_tools_at_the_host(rd: RunDir) -> None:
     need_peer(shutil.which("xenstore-ls") is not None, "xenstore-ls (Debian xenstore-utils)")
     script = (
@@ -297,3 +298,27 @@ def test_domains_show_in_list_and_xenstore_and_die_with_down(rd: RunDir) -> None
     assert r.returncode == 0, r.stderr
     assert_nothing_left(rd, (*recorded, dom_pid))
     assert f"destroyed domain {domid} (guest1)" in rd.host_log.read_text()
+
+
+def test_a_daemon_that_cannot_start_is_a_one_line_error(rd: RunDir) -> None:
+    (rd.root / "host.sock").mkdir()
+    (rd.root / "host.sock" / "in-the-way").write_text("")  # the API cannot bind
+    r = stubdom("host", "up", "--dir", str(rd.root))
+    assert r.returncode == 1
+    assert r.stdout == ""
+    error = r.stderr.splitlines()[-1]
+    assert error.startswith(f"Error: the host daemon did not start in {rd.root}")
+    assert error.endswith(f"(see {rd.host_log})")
+    assert processes_using(rd) == []  # xenstored, started first, was stopped again
+    assert not rd.xenstored_pid.exists()
+
+
+def test_a_run_dir_that_cannot_be_created(rd: RunDir) -> None:
+    blocker = rd.root / "file"
+    blocker.write_text("")
+    r = stubdom("host", "up", "--dir", str(blocker / "sub"))
+    assert r.returncode == 1
+    assert r.stderr == (
+        f"Error: cannot create run directory {blocker / 'sub'}: Not a directory; "
+        "choose another with --dir or $STUBDOM_HOST_DIR\n"
+    )

@@ -277,21 +277,22 @@ def up(directory: str | None) -> None:
     rd = _run_dir(directory)
     try:
         rd.create()
+        with rd.locked():
+            probe = _probe(rd)
+            if probe.healthy:
+                _say(
+                    f"already running in {rd.root} (host pid {probe.host_pid}, "
+                    f"xenstored pid {probe.xenstored_pid})"
+                )
+            else:
+                if probe.anything:
+                    _say(f"cleaning up what is left of an earlier host in {rd.root}")
+                    _stop(rd, probe)
+                    rd.create()  # the clean-up removed the empty directories
+                xs_pid, host_pid = _start(rd)
+                _say(f"started in {rd.root} (host pid {host_pid}, xenstored pid {xs_pid})")
     except RunDirError as e:
         raise click.ClickException(str(e)) from None
-    with rd.locked():
-        probe = _probe(rd)
-        if probe.healthy:
-            _say(
-                f"already running in {rd.root} (host pid {probe.host_pid}, "
-                f"xenstored pid {probe.xenstored_pid})"
-            )
-        else:
-            if probe.anything:
-                _say(f"cleaning up what is left of an earlier host in {rd.root}")
-                _stop(rd, probe)
-            xs_pid, host_pid = _start(rd)
-            _say(f"started in {rd.root} (host pid {host_pid}, xenstored pid {xs_pid})")
     _exports(rd, directory)
 
 

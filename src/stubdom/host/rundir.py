@@ -121,19 +121,19 @@ class RunDir:
         self.check_socket_paths()
         try:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            st = self.root.lstat()
+            if st.st_uid != os.getuid():
+                raise RunDirError(
+                    f"run directory {self.root} belongs to uid {st.st_uid}, not to you; "
+                    f"choose another with --dir or ${ENV_VAR}"
+                )
+            for d in (self.xenstored_dir, self.consoles, self.domains):
+                d.mkdir(mode=0o700, exist_ok=True)
         except OSError as e:
             raise RunDirError(
-                f"cannot create run directory {self.root}: {e.strerror}; "
+                f"cannot create run directory {e.filename or self.root}: {e.strerror}; "
                 f"choose another with --dir or ${ENV_VAR}"
             ) from None
-        st = self.root.lstat()
-        if st.st_uid != os.getuid():
-            raise RunDirError(
-                f"run directory {self.root} belongs to uid {st.st_uid}, not to you; "
-                f"choose another with --dir or ${ENV_VAR}"
-            )
-        for d in (self.xenstored_dir, self.consoles, self.domains):
-            d.mkdir(mode=0o700, exist_ok=True)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
