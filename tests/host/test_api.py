@@ -67,8 +67,16 @@ class FakeHypervisor(Hypervisor):
             raise DomainExists(f"a domain called {config.name!r} already exists")
         domid = len(self.domains) + 1
         self.domains[domid] = DomainInfo(
-            domid, config.name, config.uuid, config.hvm, DomainState.PAUSED, True, None,
-            config.max_memkb, config.max_vcpus, 0.0,
+            domid,
+            config.name,
+            config.uuid,
+            config.hvm,
+            DomainState.PAUSED,
+            True,
+            None,
+            config.max_memkb,
+            config.max_vcpus,
+            0.0,
         )
         return domid
 

@@ -296,8 +296,7 @@ def test_domains_show_in_list_and_xenstore_and_die_with_down(rd: RunDir) -> None
     recorded = pids(rd)
     r = stubdom("host", "down", "--dir", str(rd.root))
     assert r.returncode == 0, r.stderr
-    assert_nothing_left(rd, (*recorded, dom_pid))
-    assert f"destroyed domain {domid} (guest1)" in rd.host_log.read_text()
+    assert_nothing_left(rd, (*recorded, dom_pid))  # the domain's process too
 
 
 def test_a_daemon_that_cannot_start_is_a_one_line_error(rd: RunDir) -> None:

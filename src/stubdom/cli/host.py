@@ -383,4 +383,9 @@ def daemon(directory: str) -> None:
     """Internal: the host daemon process that 'stubdom host up' starts."""
     from stubdom.host import daemon as host_daemon
 
-    sys.exit(host_daemon.main(_run_dir(directory)))
+    rd = _run_dir(directory)
+    if not rd.root.is_dir():
+        raise click.ClickException(
+            f"run directory {rd.root} does not exist; start the host with 'stubdom host up'"
+        )
+    sys.exit(host_daemon.main(rd))

@@ -346,9 +346,7 @@ def _from_json(value: Any, tp: Any, what: str) -> Any:
         key_tp, val_tp = typing.get_args(tp)
         if not isinstance(value, dict):
             raise ApiProtocolError(f"{what}: expected an object, got {value!r:.80}")
-        return {
-            _from_json(k, key_tp, what): _from_json(v, val_tp, what) for k, v in value.items()
-        }
+        return {_from_json(k, key_tp, what): _from_json(v, val_tp, what) for k, v in value.items()}
     if tp is DomainConfig:
         if not isinstance(value, dict):
             raise ApiProtocolError(f"{what}: expected a domain config object, got {value!r:.80}")

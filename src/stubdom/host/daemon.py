@@ -17,6 +17,7 @@ import importlib
 import logging
 import os
 import signal
+import sys
 from typing import Any
 
 from stubdom.host.api import ApiServer
@@ -133,7 +134,12 @@ def main(run_dir: RunDir) -> int:
         root.setLevel(logging.INFO)
     try:
         asyncio.run(serve(run_dir))
-    except Exception:
+    except Exception as e:
         log.exception("the host daemon failed")
+        if sys.stderr.isatty():  # run by hand; under 'host up' stderr is host.log already
+            print(
+                f"stubdom host daemon: {type(e).__name__}: {e} (see {run_dir.host_log})",
+                file=sys.stderr,
+            )
         return 1
     return 0
