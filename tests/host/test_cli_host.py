@@ -321,3 +321,26 @@ def test_a_run_dir_that_cannot_be_created(rd: RunDir) -> None:
         f"Error: cannot create run directory {blocker / 'sub'}: Not a directory; "
         "choose another with --dir or $STUBDOM_HOST_DIR\n"
     )
+
+
+def test_sigterm_stops_the_daemon_cleanly(rd: RunDir) -> None:
+    up(rd)
+    host_pid, xs_pid = pids(rd)
+    os.kill(host_pid, signal.SIGTERM)
+    wait_gone(host_pid)
+    assert not rd.host_socket.exists() and not rd.host_pid.exists()
+    assert "host daemon stopped" in rd.host_log.read_text()
+    r = stubdom("host", "down", "--dir", str(rd.root))  # xenstored is left to stop
+    assert r.returncode == 0, r.stderr
+    assert_nothing_left(rd, (host_pid, xs_pid))
+
+
+def test_status_says_when_xenstored_died(rd: RunDir) -> None:
+    up(rd)
+    _, xs_pid = pids(rd)
+    os.kill(xs_pid, signal.SIGKILL)
+    wait_gone(xs_pid)
+    r = stubdom("host", "status", "--dir", str(rd.root))
+    assert r.returncode == 1
+    assert "xenstored    NOT RUNNING" in r.stdout
+    assert r.stderr.startswith("Error: xenstored of the host in")

@@ -333,13 +333,21 @@ def status(directory: str | None) -> None:
     """Show whether the host runs, its processes and sockets, and its domains."""
     rd = _run_dir(directory)
     st, domains = _status_and_domains(rd)
-    xs_pid = read_pid(rd.xenstored_pid)
+    xs_pid = _live_pid(rd, rd.xenstored_pid)
     click.echo(f"stubdom host running in {rd.root}")
     click.echo(f"  host daemon  pid {st.pid}, up {st.uptime:.1f}s, API {rd.host_socket}")
-    click.echo(f"  xenstored    pid {xs_pid}, XENSTORED_PATH={st.xenstored_socket}")
+    if xs_pid is not None:
+        click.echo(f"  xenstored    pid {xs_pid}, XENSTORED_PATH={st.xenstored_socket}")
+    else:
+        click.echo("  xenstored    NOT RUNNING")
     click.echo(f"  domains      {st.domains}")
     click.echo("")
     _print_list(domains)
+    if xs_pid is None:
+        raise click.ClickException(
+            f"xenstored of the host in {rd.root} is not running; restart the host with "
+            "'stubdom host down' and 'stubdom host up'"
+        )
 
 
 @host.command("list")
