@@ -1,0 +1,882 @@
+"""The toolstack side of PV devices: the xenstore records libxl writes to add and remove them.
+
+Adding a device is ``libxl__device_generic_add``: in one transaction the backend
+directory ``/local/domain/0/backend/<kind>/<domid>/<devid>`` (perms ``n0,r<domid>``:
+only dom0 writes, the guest reads), the frontend directory (perms ``n<domid>,r0``: the
+guest owns it) with its read-only entries (``n0,r<domid>``), and libxl's private copy
+``/libxl/<domid>/device/<kind>/<devid>``.  Each side points at the other (``backend``,
+``frontend``) and both start in state 1 (Initialising).  The entries per kind are the
+ones of ``libxl_disk.c``, ``libxl_nic.c``, ``libxl_console.c``, ``libxl_vkb.c`` and
+``libxl_pci.c``.
+
+Removing one is ``libxl__initiate_device_generic_remove``: ``online`` = 0 and state 5
+(Closing) in one transaction, a wait (a watch, 10 s) for the backend to reach 6
+(Closed), then ``libxl__device_destroy`` removes the frontend, backend and libxl
+directories.  A backend that never closes gets libxl's escalation: the frontend is
+removed (so the backend sees its peer gone) and the wait is repeated once.
+
+PCI functions are added to and removed from the one pciback device (devid 0) of a
+domain as ``libxl__device_pci_add_xenstore`` / ``..._remove_xenstore`` do: ``dev-N``,
+``state-N`` ... plus ``num_devs``, and state 7 (Reconfiguring) once the backend is
+connected, which pciback answers with 8 (Reconfigured) and then 4 again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from stubdom.host.xenbus import BACKEND_DOMID, XenbusState, backend_path, frontend_path
+from stubdom.wire.paths import domain_path
+from stubdom.xenstore import Client, NoEntry, Transaction, XenStoreTimeout
+
+log = logging.getLogger(__name__)
+
+S = XenbusState
+
+#: libxl_internal.h: how long libxl waits for a backend to close or to come up.
+LIBXL_DESTROY_TIMEOUT = 10.0
+LIBXL_INIT_TIMEOUT = 10.0
+#: libxl__wait_for_backend (pci) waits this long for Connected.
+LIBXL_PCI_BACKEND_TIMEOUT = 10.0
+
+XENCONSOLE_PROTOCOL = "vt100"
+XENCONSOLE_LIMIT = 1048576
+XEN_SCRIPT_DIR = "/etc/xen/scripts"
+
+#: ``struct xs_permissions`` vectors of libxl__device_generic_add, as wire strings.
+Perms = list[str]
+
+
+class DeviceError(Exception):
+    """A device could not be added or removed; the message names it and the cause."""
+
+
+class DeviceExists(DeviceError):
+    """libxl's ERROR_DEVICE_EXISTS: the libxl directory of the device is already there."""
+
+
+class DeviceTimeout(DeviceError, TimeoutError):
+    """A backend did not reach the awaited state in time."""
+
+
+class DeviceFailed(DeviceError):
+    """The backend gave up on the device (Closing/Closed or ``hotplug-status`` error)."""
+
+
+class BackendGone(DeviceError):
+    """The node being waited on was removed."""
+
+
+def libxl_path(domid: int, kind: str, devid: int) -> str:
+    return f"/libxl/{domid}/device/{kind}/{devid}"
+
+
+@dataclass(frozen=True)
+class DeviceRef:
+    """Which device: its kind, guest (frontend) domain, devid and backend domain."""
+
+    kind: str
+    domid: int
+    devid: int
+    backend_domid: int = BACKEND_DOMID
+
+    @property
+    def backend(self) -> str:
+        return backend_path(self.domid, self.kind, self.devid, self.backend_domid)
+
+    @property
+    def frontend(self) -> str:
+        return frontend_path(self.domid, self.kind, self.devid)
+
+    @property
+    def libxl(self) -> str:
+        return libxl_path(self.domid, self.kind, self.devid)
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.devid} of domain {self.domid}"
+
+
+# -- device specifications ----------------------------------------------------------------
+
+
+@dataclass
+class Device:
+    """One device of a guest config; subclasses add the kind's own entries.
+
+    ``backend_entries`` / ``frontend_entries`` / ``ro_frontend_entries`` are the
+    ``back`` / ``front`` / ``ro_front`` flexarrays of libxl, without the common entries
+    that `add_device` adds (``frontend-id``, ``online``, ``state``, ``backend-id``).
+    """
+
+    kind: ClassVar[str] = ""
+
+    @property
+    def devid(self) -> int:
+        raise NotImplementedError
+
+    backend_domid: int = field(default=BACKEND_DOMID, kw_only=True)
+
+    def ref(self, domid: int) -> DeviceRef:
+        return DeviceRef(self.kind, domid, self.devid, self.backend_domid)
+
+    def backend_entries(self, domid: int) -> dict[str, str]:
+        return {}
+
+    def frontend_entries(self, domid: int) -> dict[str, str]:
+        return {}
+
+    def ro_frontend_entries(self, domid: int) -> dict[str, str]:
+        return {}
+
+
+_IDE_MAJORS = (3, 22, 33, 34, 56, 57, 88, 89, 90, 91)
+
+
+def _disk_letters(text: str) -> int:
+    """``a`` -> 0, ``z`` -> 25, ``aa`` -> 26 (bijective base 26, as libxl)."""
+    n = 0
+    for ch in text:
+        n = n * 26 + (ord(ch) - ord("a") + 1)
+    return n - 1
+
+
+def disk_devid(vdev: str) -> int:
+    """The devid of a virtual disk name: ``libxl__device_disk_dev_number``.
+
+    ``xvda`` -> 51712, ``hda`` -> 768, ``sdb`` -> 2064, ``d0p1`` -> 51713, a plain
+    number is taken as is.  Raises ValueError for anything else.
+    """
+    if vdev.isdigit():
+        return int(vdev)
+    m = re.fullmatch(r"(xvd|hd|sd)([a-z]+)(\d*)", vdev)
+    if m:
+        prefix, letters, part_text = m.groups()
+        disk = _disk_letters(letters)
+        part = int(part_text) if part_text else 0
+    else:
+        m = re.fullmatch(r"d(\d+)(?:p(\d+))?", vdev)
+        if not m:
+            raise ValueError(f"invalid or unsupported virtual disk identifier {vdev!r}")
+        prefix, disk, part = "xvd", int(m.group(1)), int(m.group(2) or 0)
+    if prefix == "hd":
+        if disk >= 2 * len(_IDE_MAJORS) or part > 63:
+            raise ValueError(f"IDE disk {vdev!r} out of range")
+        return (_IDE_MAJORS[disk // 2] << 8) | ((disk % 2) << 6) | part
+    if prefix == "sd":
+        if disk > 15 or part > 15:
+            raise ValueError(f"SCSI disk {vdev!r} out of range")
+        return (8 << 8) | (disk << 4) | part
+    if disk <= 15 and part <= 15:
+        return (202 << 8) | (disk << 4) | part
+    if disk > (1 << 20) - 1 or part > 255:
+        raise ValueError(f"xen disk {vdev!r} out of range")
+    return (1 << 28) | (disk << 8) | part
+
+
+@dataclass
+class Vbd(Device):
+    """A disk (``libxl_device_disk``), backend ``phy``: ``target`` is the image path.
+
+    An empty ``target`` is an empty CD-ROM drive (``cdrom`` must be set).
+    """
+
+    kind: ClassVar[str] = "vbd"
+    vdev: str = "xvda"
+    target: str = ""
+    readwrite: bool = True
+    cdrom: bool = False
+    removable: bool = False
+    discard: bool | None = None  # libxl defaults discard-enable to readwrite
+    script: str = "block"
+    direct_io_safe: bool = False
+
+    @property
+    def devid(self) -> int:
+        return disk_devid(self.vdev)
+
+    def backend_entries(self, domid: int) -> dict[str, str]:
+        discard = self.readwrite if self.discard is None else self.discard
+        e = {
+            "params": self.target,
+            "script": _abs_script(self.script),
+            "removable": "1" if self.removable else "0",
+            "bootable": "1",
+            "dev": self.vdev,
+            "type": "phy",
+            "mode": "w" if self.readwrite else "r",
+            "device-type": "cdrom" if self.cdrom else "disk",
+        }
+        if self.direct_io_safe:
+            e["direct-io-safe"] = "1"
+        e["discard-enable"] = "1" if discard else "0"
+        return e
+
+    def frontend_entries(self, domid: int) -> dict[str, str]:
+        return {
+            "virtual-device": str(self.devid),
+            "device-type": "cdrom" if self.cdrom else "disk",
+            "trusted": "1",
+        }
+
+
+_MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
+
+
+def valid_mac(mac: str) -> bool:
+    return _MAC_RE.fullmatch(mac) is not None
+
+
+@dataclass
+class Vif(Device):
+    """A network interface (``libxl_device_nic``) on netback."""
+
+    kind: ClassVar[str] = "vif"
+    handle: int = 0
+    mac: str = "00:16:3e:00:00:01"
+    bridge: str = "xenbr0"
+    script: str | None = "vif-bridge"
+    nictype: str = "vif"  # or "vif_ioemu"
+    ip: str | None = None
+    ifname: str | None = None
+    mtu: int = 1500
+
+    def __post_init__(self) -> None:
+        if not valid_mac(self.mac):
+            raise ValueError(f"invalid MAC address {self.mac!r} (want xx:xx:xx:xx:xx:xx)")
+
+    @property
+    def devid(self) -> int:
+        return self.handle
+
+    def backend_entries(self, domid: int) -> dict[str, str]:
+        e: dict[str, str] = {}
+        if self.script:
+            e["script"] = _abs_script(self.script)
+        if self.ifname:
+            e["vifname"] = self.ifname
+        e["mac"] = self.mac.lower()
+        if self.ip:
+            e["ip"] = self.ip
+        if self.mtu != 1500:
+            e["mtu"] = str(self.mtu)
+        e.update(
+            {
+                "bridge": self.bridge,
+                "handle": str(self.handle),
+                "type": self.nictype,
+                "hotplug-status": "",
+            }
+        )
+        return e
+
+    def frontend_entries(self, domid: int) -> dict[str, str]:
+        return {"handle": str(self.handle), "mac": self.mac.lower(), "trusted": "1"}
+
+    def ro_frontend_entries(self, domid: int) -> dict[str, str]:
+        return {"mtu": str(self.mtu)}
+
+
+@dataclass
+class Vfb(Device):
+    """A PV framebuffer (``libxl_device_vfb``); vnc defaults as libxl's setdefault."""
+
+    kind: ClassVar[str] = "vfb"
+    id: int = 0
+    vnc: bool = True
+    vnclisten: str = "127.0.0.1"
+    vncpasswd: str | None = None
+    vncdisplay: int = 0
+    vncunused: bool = True
+    sdl: bool = False
+    opengl: bool = False
+    display: str | None = None
+    xauthority: str | None = None
+
+    @property
+    def devid(self) -> int:
+        return self.id
+
+    def backend_entries(self, domid: int) -> dict[str, str]:
+        e = {"vnc": _b(self.vnc), "vnclisten": self.vnclisten}
+        if self.vncpasswd is not None:
+            e["vncpasswd"] = self.vncpasswd
+        e.update(
+            {
+                "vncdisplay": str(self.vncdisplay),
+                "vncunused": _b(self.vncunused),
+                "sdl": _b(self.sdl),
+                "opengl": _b(self.opengl),
+            }
+        )
+        if self.xauthority:
+            e["xauthority"] = self.xauthority
+        if self.display:
+            e["display"] = self.display
+        return e
+
+
+@dataclass
+class Vkbd(Device):
+    """A PV keyboard/mouse (``libxl_device_vkb``); xenstore kind ``vkbd``."""
+
+    kind: ClassVar[str] = "vkbd"
+    id: int = 0
+    backend_type: str = "qemu"
+    unique_id: str | None = None
+
+    @property
+    def devid(self) -> int:
+        return self.id
+
+    def backend_entries(self, domid: int) -> dict[str, str]:
+        e = {"backend-type": self.backend_type}
+        if self.unique_id:
+            e["unique-id"] = self.unique_id
+        return e
+
+
+@dataclass
+class Console(Device):
+    """A console (``libxl__device_console``); console 0 lives at ``/local/domain/D/console``.
+
+    ``port``/``ring_ref`` are the build state of a console 0 (ring set up by the domain
+    builder); without them the console is a PV device with its own handshake.
+    """
+
+    kind: ClassVar[str] = "console"
+    number: int = 0
+    output: str = "pty"
+    consback: str = "ioemu"  # or "xenconsoled"
+    name: str | None = None
+    connection: str | None = None
+    path: str | None = None
+    port: int | None = None
+    ring_ref: int | None = None
+    tty: str = ""
+
+    @property
+    def devid(self) -> int:
+        return self.number
+
+    @property
+    def has_build_state(self) -> bool:
+        return self.port is not None and self.ring_ref is not None
+
+    def backend_entries(self, domid: int) -> dict[str, str]:
+        e = {"protocol": XENCONSOLE_PROTOCOL}
+        if self.name:
+            e["name"] = self.name
+        if self.connection:
+            e["connection"] = self.connection
+        if self.path:
+            e["path"] = self.path
+        return e
+
+    def frontend_entries(self, domid: int) -> dict[str, str]:
+        if self.has_build_state:
+            return {}
+        return {"state": S.INITIALISING.node().decode(), "protocol": XENCONSOLE_PROTOCOL}
+
+    def ro_frontend_entries(self, domid: int) -> dict[str, str]:
+        e: dict[str, str] = {}
+        if self.name:
+            e["name"] = self.name
+        e.update(
+            {
+                "limit": str(XENCONSOLE_LIMIT),
+                "type": "xenconsoled" if self.consback == "xenconsoled" else "ioemu",
+                "output": self.output,
+                "tty": self.tty,
+            }
+        )
+        if self.has_build_state:
+            e["port"] = str(self.port)
+            e["ring-ref"] = str(self.ring_ref)
+        return e
+
+
+def _b(flag: bool) -> str:
+    return "1" if flag else "0"
+
+
+def _abs_script(script: str) -> str:
+    """libxl__abs_path(script, libxl__xen_script_dir_path())."""
+    return script if script.startswith("/") else f"{XEN_SCRIPT_DIR}/{script}"
+
+
+# -- generic add / remove --------------------------------------------------------------------
+
+
+def backend_perms(ref: DeviceRef) -> Perms:
+    return [f"n{ref.backend_domid}", f"r{ref.domid}"]
+
+
+def frontend_perms(ref: DeviceRef) -> Perms:
+    return [f"n{ref.domid}", f"r{ref.backend_domid}"]
+
+
+def ro_frontend_perms(ref: DeviceRef) -> Perms:
+    return [f"n{ref.backend_domid}", f"r{ref.domid}"]
+
+
+async def _rm(t: Transaction, path: str) -> None:
+    """``libxl__xs_rm_checked``: a node that is already gone is fine."""
+    with contextlib.suppress(NoEntry):
+        await t.rm(path)
+
+
+async def _writev_perms(
+    t: Transaction, base: str, entries: Mapping[str, str], perms: Perms | None
+) -> None:
+    for key, value in entries.items():
+        await t.write(f"{base}/{key}", value)
+        if perms is not None:
+            await t.set_perms(f"{base}/{key}", perms)
+
+
+async def generic_add(
+    t: Transaction,
+    ref: DeviceRef,
+    back: Mapping[str, str],
+    front: Mapping[str, str] | None,
+    ro_front: Mapping[str, str] | None,
+) -> None:
+    """``libxl__device_generic_add`` inside the caller's transaction."""
+    fe, be, lx = ref.frontend, ref.backend, ref.libxl
+    await _rm(t, lx)
+    await t.write(f"{lx}/frontend", fe)
+    await t.write(f"{lx}/backend", be)
+    if front or ro_front:
+        await _rm(t, fe)
+        await t.mkdir(fe)
+        # Console 0's directory holds toolstack data the guest must not change.
+        dir_perms = (
+            ro_frontend_perms(ref)
+            if ref.kind == "console" and ref.devid == 0
+            else frontend_perms(ref)
+        )
+        await t.set_perms(fe, dir_perms)
+        await t.write(f"{fe}/backend", be)
+        if front:
+            await _writev_perms(t, fe, front, frontend_perms(ref))
+        if ro_front:
+            await _writev_perms(t, fe, ro_front, ro_frontend_perms(ref))
+    await _rm(t, be)
+    await t.mkdir(be)
+    await t.set_perms(be, backend_perms(ref))
+    await t.write(f"{be}/frontend", fe)
+    await _writev_perms(t, be, back, None)
+    await _writev_perms(t, lx, back, None)
+
+
+def device_entries(
+    device: Device, domid: int
+) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """(back, front, ro_front) as ``libxl__device_add_async`` assembles them."""
+    ref = device.ref(domid)
+    back = {"frontend-id": str(domid), "online": "1", "state": S.INITIALISING.node().decode()}
+    front: dict[str, str] = {"backend-id": str(ref.backend_domid)}
+    if not isinstance(device, Console):
+        front["state"] = S.INITIALISING.node().decode()
+    back.update(device.backend_entries(domid))
+    front.update(device.frontend_entries(domid))
+    return back, front, device.ro_frontend_entries(domid)
+
+
+async def add_device(client: Client, domid: int, device: Device) -> DeviceRef:
+    """Write a device's records in one transaction; raises `DeviceExists` if present.
+
+    Does not wait for the backend: see `wait_device_connection`.
+    """
+    ref = device.ref(domid)
+    back, front, ro_front = device_entries(device, domid)
+
+    async def body(t: Transaction) -> None:
+        if await t.exists(ref.libxl):
+            raise DeviceExists(f"{ref}: device already exists in xenstore ({ref.libxl})")
+        await generic_add(t, ref, back, front, ro_front)
+
+    await client.retry_transaction(body)
+    log.debug("added %s: %s", ref, ref.backend)
+    return ref
+
+
+async def wait_for_state(
+    client: Client,
+    path: str,
+    states: XenbusState | Collection[XenbusState],
+    timeout: float,
+    *,
+    fail: Collection[XenbusState] = (),
+) -> XenbusState:
+    """Wait (on a watch, never polling) until the state node ``path`` is one of ``states``.
+
+    Returns the state reached.  Raises `DeviceTimeout` after ``timeout`` seconds,
+    `BackendGone` if the node is removed, `DeviceFailed` on a state in ``fail``.
+    """
+    wanted = {states} if isinstance(states, XenbusState) else set(states)
+    loop_time = _Deadline(timeout)
+    async with client.watch(path) as w:
+        while True:
+            try:
+                await w.get(loop_time.left())
+            except XenStoreTimeout:
+                raise DeviceTimeout(
+                    f"{path}: no state in {sorted(int(s) for s in wanted)} within {timeout:g} s"
+                ) from None
+            try:
+                raw = await client.read(path)
+            except NoEntry:
+                raise BackendGone(f"{path} was removed while waiting for its state") from None
+            state = XenbusState.parse(raw)
+            if state in wanted:
+                return state
+            if state in fail:
+                raise DeviceFailed(f"{path} went to {state.name} ({int(state)})")
+
+
+class _Deadline:
+    def __init__(self, timeout: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._end = self._loop.time() + timeout
+
+    def left(self) -> float:
+        return max(0.0, self._end - self._loop.time())
+
+
+async def _read_opt(client: Client | Transaction, path: str) -> str | None:
+    try:
+        return (await client.read(path)).decode("utf-8", "replace")
+    except NoEntry:
+        return None
+
+
+async def wait_device_connection(
+    client: Client, ref: DeviceRef, timeout: float = LIBXL_INIT_TIMEOUT
+) -> XenbusState:
+    """``libxl__wait_device_connection``: the backend set up the device (InitWait or later).
+
+    For devices with a hotplug ``script`` it then waits for ``hotplug-status``
+    ``connected``.  A backend that closes instead raises `DeviceFailed` with its
+    ``hotplug-error``.
+    """
+    be = ref.backend
+    try:
+        state = await wait_for_state(
+            client,
+            f"{be}/state",
+            (S.INIT_WAIT, S.INITIALISED, S.CONNECTED),
+            timeout,
+            fail=(S.CLOSING, S.CLOSED),
+        )
+    except DeviceFailed as exc:
+        error = await _read_opt(client, f"{be}/hotplug-error")
+        raise DeviceFailed(f"{ref}: backend failed: {error or exc}") from None
+    if await _read_opt(client, f"{be}/script") is not None:
+        status = await _wait_hotplug_status(client, ref, timeout)
+        if status != "connected":
+            error = await _read_opt(client, f"{be}/hotplug-error")
+            raise DeviceFailed(f"{ref}: hotplug status {status!r}: {error or 'no hotplug-error'}")
+    return state
+
+
+async def _wait_hotplug_status(client: Client, ref: DeviceRef, timeout: float) -> str:
+    path = f"{ref.backend}/hotplug-status"
+    deadline = _Deadline(timeout)
+    async with client.watch(path) as w:
+        while True:
+            try:
+                await w.get(deadline.left())
+            except XenStoreTimeout:
+                raise DeviceTimeout(f"{path}: no hotplug status within {timeout:g} s") from None
+            value = await _read_opt(client, path)
+            if value:
+                return value
+
+
+async def _path_cleanup(t: Transaction, path: str, stop: str) -> None:
+    """``libxl__xs_path_cleanup``: rm ``path`` and then its parents while empty.
+
+    Stops below ``stop`` (we never remove ``/local/domain/D`` itself or ``/libxl``).
+    """
+    await _rm(t, path)
+    parent = path.rsplit("/", 1)[0]
+    while parent.startswith(stop + "/"):
+        try:
+            if await t.directory(parent):
+                return
+        except NoEntry:
+            pass
+        await _rm(t, parent)
+        parent = parent.rsplit("/", 1)[0]
+
+
+async def destroy_device(client: Client, ref: DeviceRef) -> None:
+    """``libxl__device_destroy``: remove frontend, backend and libxl dirs in one transaction."""
+
+    async def body(t: Transaction) -> None:
+        await _path_cleanup(t, ref.frontend, domain_path(ref.domid))
+        await _path_cleanup(t, ref.libxl, "/libxl")
+        await _path_cleanup(t, ref.backend, f"{domain_path(ref.backend_domid)}/backend")
+
+    await client.retry_transaction(body)
+    log.debug("destroyed %s", ref)
+
+
+async def _initiate_close(client: Client, ref: DeviceRef, remove_frontend: bool) -> bool:
+    """online=0 and (unless already Closed) state=5; False if the backend is gone."""
+    be = ref.backend
+
+    async def body(t: Transaction) -> bool:
+        if remove_frontend:
+            await _path_cleanup(t, ref.frontend, domain_path(ref.domid))
+        state = await _read_opt(t, f"{be}/state")
+        if state is None:
+            return False
+        await t.write(f"{be}/online", "0")
+        if XenbusState.parse(state) is not S.CLOSED:
+            await t.write(f"{be}/state", S.CLOSING.node())
+        return True
+
+    return await client.retry_transaction(body)
+
+
+async def remove_device(
+    client: Client, ref: DeviceRef, *, force: bool = False, timeout: float = LIBXL_DESTROY_TIMEOUT
+) -> bool:
+    """Remove a device as ``xl <kind>-detach`` does; True if the backend closed in time.
+
+    ``force`` skips the handshake and just removes the records (a dying domain).
+    Otherwise the backend is asked to close; if it does not within ``timeout``, the
+    frontend is removed and the wait repeated once (libxl's "initiating forced
+    remove"); the records are removed in any case.
+    """
+    if force:
+        await destroy_device(client, ref)
+        return False
+    clean = True
+    for attempt in (1, 2):
+        if not await _initiate_close(client, ref, remove_frontend=attempt == 2):
+            log.info("backend %s already removed, cleanup frontend only", ref.backend)
+            break
+        try:
+            await wait_for_state(client, f"{ref.backend}/state", S.CLOSED, timeout)
+            break
+        except BackendGone:
+            break
+        except DeviceTimeout:
+            clean = False
+            if attempt == 1:
+                log.warning("%s: backend did not close; timeout reached, forcing removal", ref)
+            else:
+                log.error("%s: unable to remove device with path %s", ref, ref.backend)
+    await destroy_device(client, ref)
+    return clean
+
+
+# -- PCI ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PciAddress:
+    """A PCI function: domain (segment), bus, device (slot), function."""
+
+    domain: int
+    bus: int
+    dev: int
+    func: int
+
+    @classmethod
+    def parse(cls, text: str) -> PciAddress:
+        """``%x:%x:%x.%x`` as pciback and Mini-OS read it (``0000:03:00.0``)."""
+        m = re.fullmatch(r"([0-9a-fA-F]+):([0-9a-fA-F]+):([0-9a-fA-F]+)\.([0-9a-fA-F]+)", text)
+        if not m:
+            raise ValueError(f"not a PCI address: {text!r} (want dddd:bb:ss.f)")
+        d, b, s, f = (int(x, 16) for x in m.groups())
+        if d > 0xFFFF or b > 0xFF or s > 0x1F or f > 7:
+            raise ValueError(f"PCI address out of range: {text!r}")
+        return cls(d, b, s, f)
+
+    def __str__(self) -> str:
+        """libxl's ``PCI_BDF``: ``%04x:%02x:%02x.%01x``."""
+        return f"{self.domain:04x}:{self.bus:02x}:{self.dev:02x}.{self.func:01x}"
+
+
+@dataclass
+class PciFunction:
+    """One passed-through function (``libxl_device_pci``) as pciback is told about it."""
+
+    address: PciAddress
+    vdevfn: int = 0
+    msitranslate: bool = False
+    power_mgmt: bool = False
+    permissive: bool = False
+    rdm_policy: str = "relaxed"
+    name: str | None = None
+
+    def entries(self, num: int) -> dict[str, str]:
+        """``libxl_create_pci_backend_device``."""
+        e = {f"key-{num}": str(self.address), f"dev-{num}": str(self.address)}
+        if self.vdevfn:
+            e[f"vdevfn-{num}"] = f"{self.vdevfn:x}"
+        if self.name:
+            e[f"name-{num}"] = self.name
+        e[f"opts-{num}"] = (
+            f"msitranslate={int(self.msitranslate)},power_mgmt={int(self.power_mgmt)},"
+            f"permissive={int(self.permissive)},rdm_policy={self.rdm_policy}"
+        )
+        e[f"state-{num}"] = S.INITIALISING.node().decode()
+        return e
+
+
+PCI_PER_FUNCTION = ("state", "key", "dev", "vdev", "opts", "vdevfn", "name")
+
+
+def pci_ref(domid: int) -> DeviceRef:
+    return DeviceRef("pci", domid, 0)
+
+
+async def add_pci(
+    client: Client,
+    domid: int,
+    function: PciFunction,
+    *,
+    domain_name: str,
+    starting: bool = False,
+    timeout: float = LIBXL_PCI_BACKEND_TIMEOUT,
+) -> int:
+    """``libxl__device_pci_add_xenstore`` for a PV domain (a stubdom): returns N of dev-N.
+
+    The first function creates the pciback device (no libxl directory for pci).  A
+    later one, unless ``starting``, waits for the backend to be Connected, adds its
+    entries, bumps ``num_devs`` and sets state 7 (Reconfiguring), then waits for the
+    backend to be Connected again.
+    """
+    ref = pci_ref(domid)
+    be = ref.backend
+    existing = await _read_opt(client, f"{be}/num_devs")
+    if existing is not None and not starting:
+        await wait_for_state(client, f"{be}/state", S.CONNECTED, timeout)
+
+    async def body(t: Transaction) -> int:
+        raw = await _read_opt(t, f"{be}/num_devs")
+        num = int(raw) if raw else 0
+        if raw is None:
+            back = {
+                "frontend": ref.frontend,
+                "frontend-id": str(domid),
+                "online": "1",
+                "state": S.INITIALISING.node().decode(),
+                "domain": domain_name,
+            }
+            await _rm(t, be)
+            await t.mkdir(be)
+            await t.set_perms(be, backend_perms(ref))
+            await _writev_perms(t, be, back, None)
+            fe = ref.frontend
+            await _rm(t, fe)
+            await t.mkdir(fe)
+            await t.set_perms(fe, frontend_perms(ref))
+            front = {"backend": be, "backend-id": "0", "state": S.INITIALISING.node().decode()}
+            await _writev_perms(t, fe, front, None)
+        entries = function.entries(num)
+        entries["num_devs"] = str(num + 1)
+        if num and not starting:
+            entries["state"] = S.RECONFIGURING.node().decode()
+        await _writev_perms(t, be, entries, None)
+        return num
+
+    num = await client.retry_transaction(body)
+    log.debug("pci %s added to domain %d as dev-%d", function.address, domid, num)
+    if num and not starting:
+        await wait_for_state(client, f"{be}/state", S.CONNECTED, timeout)
+    return num
+
+
+async def remove_pci(
+    client: Client, domid: int, address: PciAddress, *, timeout: float = LIBXL_PCI_BACKEND_TIMEOUT
+) -> None:
+    """``libxl__device_pci_remove_xenstore`` for a PV domain.
+
+    Waits for Connected, sets ``state-N`` = 5 and state 7, waits for Connected
+    again, then removes the function's entries and renumbers the later ones.  The
+    last function takes the whole device with it (``libxl__device_destroy``).
+    """
+    ref = pci_ref(domid)
+    be = ref.backend
+    raw = await _read_opt(client, f"{be}/num_devs")
+    if raw is None:
+        raise DeviceError(f"domain {domid} has no pci device")
+    num = int(raw)
+    await wait_for_state(client, f"{be}/state", S.CONNECTED, timeout)
+    index = None
+    for i in range(num):
+        dev = await _read_opt(client, f"{be}/dev-{i}")
+        try:
+            if dev is not None and PciAddress.parse(dev) == address:
+                index = i
+                break
+        except ValueError:
+            continue
+    if index is None:
+        raise DeviceError(f"pci {address} of domain {domid}: couldn't find the device on xenstore")
+
+    async def mark(t: Transaction) -> None:
+        await t.write(f"{be}/state-{index}", S.CLOSING.node())
+        await t.write(f"{be}/state", S.RECONFIGURING.node())
+
+    await client.retry_transaction(mark)
+    await wait_for_state(client, f"{be}/state", S.CONNECTED, timeout)
+
+    async def drop(t: Transaction) -> None:
+        for key in PCI_PER_FUNCTION:
+            await _rm(t, f"{be}/{key}-{index}")
+        await t.write(f"{be}/num_devs", str(num - 1))
+        for j in range(index + 1, num):
+            for key in PCI_PER_FUNCTION:
+                value = await _read_opt(t, f"{be}/{key}-{j}")
+                if value is not None:
+                    await t.write(f"{be}/{key}-{j - 1}", value)
+                    await _rm(t, f"{be}/{key}-{j}")
+
+    await client.retry_transaction(drop)
+    if num == 1:
+        await destroy_device(client, ref)
+    log.debug("pci %s removed from domain %d", address, domid)
+
+
+__all__ = [
+    "LIBXL_DESTROY_TIMEOUT",
+    "LIBXL_INIT_TIMEOUT",
+    "BackendGone",
+    "Console",
+    "Device",
+    "DeviceError",
+    "DeviceExists",
+    "DeviceFailed",
+    "DeviceRef",
+    "DeviceTimeout",
+    "PciAddress",
+    "PciFunction",
+    "Vbd",
+    "Vfb",
+    "Vif",
+    "Vkbd",
+    "add_device",
+    "add_pci",
+    "destroy_device",
+    "device_entries",
+    "disk_devid",
+    "generic_add",
+    "pci_ref",
+    "remove_device",
+    "remove_pci",
+    "wait_device_connection",
+    "wait_for_state",
+]
