@@ -72,21 +72,30 @@ class Host:
         return S.parse(await self.dom0.read(f"{path}/state"))
 
 
-@pytest.fixture
-async def host() -> AsyncIterator[Host]:
+async def start_host() -> Host:
+    """xenstored on a short temp dir, the dom0 client, and the backends running."""
     run_dir = short_tmpdir("dev-")
     server = XenStoreServer(run_dir / "xs")
     await server.start()
     dom0 = await Client.connect(str(server.socket_path))
     manager = BackendManager(dom0, run_dir)
     await manager.start()
-    h = Host(server, dom0, run_dir, manager)
-    yield h
-    await manager.stop()
+    return Host(server, dom0, run_dir, manager)
+
+
+async def stop_host(h: Host) -> None:
+    await h.manager.stop()
     for g in h.guests:
         await g.close()
-    await dom0.close()
-    await server.close()
+    await h.dom0.close()
+    await h.server.close()
+
+
+@pytest.fixture
+async def host() -> AsyncIterator[Host]:
+    h = await start_host()
+    yield h
+    await stop_host(h)
 
 
 def image(host: Host, size: int = 1 << 20) -> Path:
