@@ -30,6 +30,7 @@ from stubdom.host.backends.console import (
     console_socket_path,
     remove_console,
 )
+from stubdom.host.devices import DeviceExists
 from stubdom.host.frontend.console import ConsoleError, SyncConsole, open_console
 from stubdom.host.xenbus import XenbusState
 from stubdom.xenstore import Client, NoEntry, PermissionDenied
@@ -542,7 +543,10 @@ async def test_re_adding_a_console_restarts_its_backend(env: Env) -> None:
     be = console_backend_path(D, 1)
     await add_console(env.toolstack, D, 1, f"file:{first}")
     await wait_state(env.toolstack, be, S.INIT_WAIT)
-    await add_console(env.toolstack, D, 1, f"file:{second}")  # rm + write, like libxl
+    with pytest.raises(DeviceExists):  # libxl refuses a device that is already there
+        await add_console(env.toolstack, D, 1, f"file:{second}")
+    await remove_console(env.toolstack, D, 1, force=True)
+    await add_console(env.toolstack, D, 1, f"file:{second}")
     await wait_node(env.toolstack, f"{be}/socket", bool)
     async with open_console(env.dom, 1) as con:
         await con.write(b"to the new file")

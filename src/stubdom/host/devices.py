@@ -351,7 +351,8 @@ class Console(Device):
 
     kind: ClassVar[str] = "console"
     number: int = 0
-    output: str = "pty"
+    #: None writes no ``output`` node (libxl's restore console when not restoring).
+    output: str | None = "pty"
     consback: str = "ioemu"  # or "xenconsoled"
     name: str | None = None
     connection: str | None = None
@@ -391,10 +392,11 @@ class Console(Device):
             {
                 "limit": str(XENCONSOLE_LIMIT),
                 "type": "xenconsoled" if self.consback == "xenconsoled" else "ioemu",
-                "output": self.output,
-                "tty": self.tty,
             }
         )
+        if self.output is not None:
+            e["output"] = self.output
+        e["tty"] = self.tty
         if self.has_build_state:
             e["port"] = str(self.port)
             e["ring-ref"] = str(self.ring_ref)

@@ -3,7 +3,7 @@
 `generic` holds what every kind shares (the device handle, the driver hooks), one
 module per kind says what its Linux or qemu backend publishes, and `manager` runs the
 xenbus handshake for every device directory under ``/local/domain/0/backend``.
-Consoles are served elsewhere (`stubdom.host.consoles`).
+Consoles have their own backend (`stubdom.host.backends.console`).
 """
 
 from stubdom.host.backends.generic import BackendDevice, BackendDriver, SetupFailed

@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from stubdom.host.devices import Console, DeviceRef, add_device, remove_device
 from stubdom.host.xenbus import (
     BackendHandshake,
     XenbusState,
@@ -119,52 +120,19 @@ async def add_console(
     restoring), which the backend treats as ``pty``.  Console 0 gets the read-only
     ``port``/``ring-ref`` (placeholders here) instead of a frontend ``state``.
     """
-    fe = console_frontend_path(domid, n)
-    be = console_backend_path(domid, n, backend_domid)
-    fe_perms = _frontend_perms(domid, backend_domid)
-    ro_perms = _ro_perms(domid, backend_domid)
-    fents: list[tuple[str, str]] = [("backend-id", str(backend_domid))]
-    ro_fents: list[tuple[str, str]] = []
-    if name is not None:
-        ro_fents.append(("name", name))
-    ro_fents += [("limit", str(CONSOLE_LIMIT)), ("type", "ioemu")]
-    if output is not None:
-        ro_fents.append(("output", output))
-    ro_fents.append(("tty", ""))
-    if n == 0:
-        ro_fents += [("port", str(port)), ("ring-ref", str(ring_ref))]
-    else:
-        fents += [("state", S.INITIALISING.node().decode()), ("protocol", CONSOLE_PROTOCOL)]
-    bents = [
-        ("frontend-id", str(domid)),
-        ("online", "1"),
-        ("state", S.INITIALISING.node().decode()),
-        ("protocol", CONSOLE_PROTOCOL),
-    ]
-    if name is not None:
-        bents.append(("name", name))
-
-    async def write(t: Transaction) -> None:
-        await _rm_quiet(t, fe)
-        await t.mkdir(fe)
-        # Console 0's directory historically holds things the guest must not touch.
-        await t.set_perms(fe, ro_perms if n == 0 else fe_perms)
-        await t.write(f"{fe}/backend", be)
-        for key, value in fents:
-            await t.write(f"{fe}/{key}", value)
-            await t.set_perms(f"{fe}/{key}", fe_perms)
-        for key, value in ro_fents:
-            await t.write(f"{fe}/{key}", value)
-            await t.set_perms(f"{fe}/{key}", ro_perms)
-        await _rm_quiet(t, be)
-        await t.mkdir(be)
-        await t.set_perms(be, ro_perms)
-        await t.write(f"{be}/frontend", fe)
-        for key, value in bents:
-            await t.write(f"{be}/{key}", value)
-
-    await client.retry_transaction(write)
-    log.info("console %d of domain %d added (output %s)", n, domid, output)
+    build = n == 0
+    await add_device(
+        client,
+        domid,
+        Console(
+            number=n,
+            output=output,
+            name=name,
+            backend_domid=backend_domid,
+            port=port if build else None,
+            ring_ref=ring_ref if build else None,
+        ),
+    )
 
 
 async def remove_console(
@@ -176,49 +144,10 @@ async def remove_console(
     backend_domid: int = 0,
     timeout: float = REMOVE_TIMEOUT,
 ) -> None:
-    """Remove console ``n`` of ``domid`` like libxl's generic device removal.
-
-    Unless ``force``: ``online`` = 0 and backend ``state`` = Closing, then wait for the
-    backend to reach Closed (at most ``timeout`` s; after that the removal is forced,
-    as libxl does).  Then both directories go, with the empty per-domain parents.
-    """
-    fe = console_frontend_path(domid, n)
-    be = console_backend_path(domid, n, backend_domid)
-    if not force:
-        async with client.watch(f"{be}/state") as w:
-
-            async def ask(t: Transaction) -> bool:
-                if not await t.exists(f"{be}/frontend"):
-                    return False
-                await t.write(f"{be}/online", "0")
-                await t.write(f"{be}/state", S.CLOSING.node())
-                return True
-
-            if await client.retry_transaction(ask):
-                try:
-                    async with asyncio.timeout(timeout):
-                        while not await _backend_closed(client, be):
-                            await w.get()
-                except TimeoutError:
-                    log.warning(
-                        "console %d of domain %d: backend not Closed after %g s, forcing removal",
-                        n,
-                        domid,
-                        timeout,
-                    )
-
-    async def remove(t: Transaction) -> None:
-        await _rm_quiet(t, fe)
-        await _rm_quiet(t, be)
-        # The per-domain parents libxl__xs_path_cleanup would find empty.
-        for parent in (be.rsplit("/", 1)[0], fe.rsplit("/", 1)[0]):
-            if not parent.endswith(("/device/console", f"/backend/console/{domid}")):
-                continue
-            with contextlib.suppress(NoEntry):
-                if not await t.directory(parent):
-                    await t.rm(parent)
-
-    await client.retry_transaction(remove)
+    """Remove console ``n`` of ``domid`` like libxl's generic device removal: Closing,
+    wait for Closed (forcing the removal after ``timeout`` s), then the records go."""
+    ref = DeviceRef("console", domid, n, backend_domid)
+    await remove_device(client, ref, force=force, timeout=timeout)
     log.info("console %d of domain %d removed", n, domid)
 
 
