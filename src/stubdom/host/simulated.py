@@ -312,11 +312,23 @@ class SimulatedHypervisor(Hypervisor):
             state=DomainState.RUNNING,
             paused=False,
             shutdown_reason=None,
-            max_memkb=0,
+            max_memkb=_host_memkb(),
             max_vcpus=os.cpu_count() or 1,
             cpu_time=time.process_time(),
             pid=os.getpid(),
         )
+
+
+def _host_memkb() -> int:
+    """Domain-0 is the host: it has the host's memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def _stat_fields(pid: int) -> list[str] | None:
