@@ -31,7 +31,13 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from stubdom.host.xenbus import BACKEND_DOMID, XenbusState, backend_path, frontend_path
+from stubdom.host.xenbus import (
+    BACKEND_DOMID,
+    XenbusState,
+    backend_path,
+    frontend_path,
+    read_text,
+)
 from stubdom.wire.paths import domain_path
 from stubdom.xenstore import Client, NoEntry, Transaction, XenStoreTimeout
 
@@ -552,13 +558,6 @@ class _Deadline:
         return max(0.0, self._end - self._loop.time())
 
 
-async def _read_opt(client: Client | Transaction, path: str) -> str | None:
-    try:
-        return (await client.read(path)).decode("utf-8", "replace")
-    except NoEntry:
-        return None
-
-
 async def wait_device_connection(
     client: Client, ref: DeviceRef, timeout: float = LIBXL_INIT_TIMEOUT
 ) -> XenbusState:
@@ -578,12 +577,12 @@ async def wait_device_connection(
             fail=(S.CLOSING, S.CLOSED),
         )
     except DeviceFailed as exc:
-        error = await _read_opt(client, f"{be}/hotplug-error")
+        error = await read_text(client, f"{be}/hotplug-error")
         raise DeviceFailed(f"{ref}: backend failed: {error or exc}") from None
-    if await _read_opt(client, f"{be}/script") is not None:
+    if await read_text(client, f"{be}/script") is not None:
         status = await _wait_hotplug_status(client, ref, timeout)
         if status != "connected":
-            error = await _read_opt(client, f"{be}/hotplug-error")
+            error = await read_text(client, f"{be}/hotplug-error")
             raise DeviceFailed(f"{ref}: hotplug status {status!r}: {error or 'no hotplug-error'}")
     return state
 
@@ -597,7 +596,7 @@ async def _wait_hotplug_status(client: Client, ref: DeviceRef, timeout: float) -
                 await w.get(deadline.left())
             except XenStoreTimeout:
                 raise DeviceTimeout(f"{path}: no hotplug status within {timeout:g} s") from None
-            value = await _read_opt(client, path)
+            value = await read_text(client, path)
             if value:
                 return value
 
@@ -638,7 +637,7 @@ async def _initiate_close(client: Client, ref: DeviceRef, remove_frontend: bool)
     async def body(t: Transaction) -> bool:
         if remove_frontend:
             await _path_cleanup(t, ref.frontend, domain_path(ref.domid))
-        state = await _read_opt(t, f"{be}/state")
+        state = await read_text(t, f"{be}/state")
         if state is None:
             return False
         await t.write(f"{be}/online", "0")
@@ -762,12 +761,12 @@ async def add_pci(
     """
     ref = pci_ref(domid)
     be = ref.backend
-    existing = await _read_opt(client, f"{be}/num_devs")
+    existing = await read_text(client, f"{be}/num_devs")
     if existing is not None and not starting:
         await wait_for_state(client, f"{be}/state", S.CONNECTED, timeout)
 
     async def body(t: Transaction) -> int:
-        raw = await _read_opt(t, f"{be}/num_devs")
+        raw = await read_text(t, f"{be}/num_devs")
         num = int(raw) if raw else 0
         if raw is None:
             back = {
@@ -812,14 +811,14 @@ async def remove_pci(
     """
     ref = pci_ref(domid)
     be = ref.backend
-    raw = await _read_opt(client, f"{be}/num_devs")
+    raw = await read_text(client, f"{be}/num_devs")
     if raw is None:
         raise DeviceError(f"domain {domid} has no pci device")
     num = int(raw)
     await wait_for_state(client, f"{be}/state", S.CONNECTED, timeout)
     index = None
     for i in range(num):
-        dev = await _read_opt(client, f"{be}/dev-{i}")
+        dev = await read_text(client, f"{be}/dev-{i}")
         try:
             if dev is not None and PciAddress.parse(dev) == address:
                 index = i
@@ -842,7 +841,7 @@ async def remove_pci(
         await t.write(f"{be}/num_devs", str(num - 1))
         for j in range(index + 1, num):
             for key in PCI_PER_FUNCTION:
-                value = await _read_opt(t, f"{be}/{key}-{j}")
+                value = await read_text(t, f"{be}/{key}-{j}")
                 if value is not None:
                     await t.write(f"{be}/{key}-{j - 1}", value)
                     await _rm(t, f"{be}/{key}-{j}")

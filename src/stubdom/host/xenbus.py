@@ -8,8 +8,12 @@ directory under the backend domain (dom0 here), each pointing at the other.
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING
 
 from stubdom.wire.paths import domain_path
+
+if TYPE_CHECKING:
+    from stubdom.xenstore import Client, Transaction
 
 
 class XenbusState(enum.IntEnum):
@@ -114,3 +118,9 @@ class FrontendHandshake:
         if own is S.INITIALISED and backend is S.CONNECTED:
             return S.CONNECTED
         return None
+
+
+async def read_text(client: Client | Transaction, path: str) -> str | None:
+    """A node's value as text (device nodes are ASCII), or None if it does not exist."""
+    raw = await client.read_optional(path)
+    return None if raw is None else raw.decode("utf-8", "replace")

@@ -115,6 +115,13 @@ class _NodeOps:
         """The node's value (raw bytes, NULs allowed)."""
         return await self._rpc(Op.READ, self._path(path), path, timeout)
 
+    async def read_optional(self, path: str, *, timeout: TimeoutArg = DEFAULT) -> bytes | None:
+        """The node's value, or None if it does not exist (other errors propagate)."""
+        try:
+            return await self.read(path, timeout=timeout)
+        except NoEntry:
+            return None
+
     async def exists(self, path: str, *, timeout: TimeoutArg = DEFAULT) -> bool:
         """Whether READ finds the node (ENOENT -> False; other errors propagate)."""
         try:

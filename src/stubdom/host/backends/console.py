@@ -38,7 +38,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from stubdom.host.devices import Console, DeviceRef, add_device, remove_device
+from stubdom.host.devices import (
+    XENCONSOLE_LIMIT,
+    XENCONSOLE_PROTOCOL,
+    Console,
+    DeviceRef,
+    add_device,
+    remove_device,
+)
 from stubdom.host.xenbus import (
     BackendHandshake,
     XenbusState,
@@ -61,9 +68,8 @@ log = logging.getLogger(__name__)
 
 S = XenbusState
 
-#: ``LIBXL_XENCONSOLE_LIMIT`` and ``LIBXL_XENCONSOLE_PROTOCOL``.
-CONSOLE_LIMIT = 1048576
-CONSOLE_PROTOCOL = "vt100"
+CONSOLE_LIMIT = XENCONSOLE_LIMIT
+CONSOLE_PROTOCOL = XENCONSOLE_PROTOCOL
 #: What qemu-trad's ``con_init`` uses when the frontend has no ``output`` node.
 DEFAULT_OUTPUT = "pty"
 #: libxl's ``LIBXL_DESTROY_TIMEOUT``: how long a removal waits for Closed before forcing.

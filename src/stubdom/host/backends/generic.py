@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from stubdom.host.xenbus import XenbusState
+from stubdom.host.xenbus import XenbusState, read_text
 from stubdom.wire.paths import domain_path
-from stubdom.xenstore import Client, NoEntry
+from stubdom.xenstore import Client
 
 log = logging.getLogger(__name__)
 
@@ -81,19 +81,12 @@ class BackendDevice:
 
     async def read(self, node: str) -> str | None:
         """A backend node's value, or None if missing."""
-        return await _read_opt(self.client, f"{self.path}/{node}")
+        return await read_text(self.client, f"{self.path}/{node}")
 
     async def read_frontend(self, node: str) -> str | None:
         if self.frontend is None:
             return None
-        return await _read_opt(self.client, f"{self.frontend}/{node}")
-
-
-async def _read_opt(client: Client, path: str) -> str | None:
-    try:
-        return (await client.read(path)).decode("utf-8", "replace")
-    except NoEntry:
-        return None
+        return await read_text(self.client, f"{self.frontend}/{node}")
 
 
 Nodes = dict[str, str]

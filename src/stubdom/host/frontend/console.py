@@ -89,13 +89,6 @@ async def _read_state(client: Client | Transaction, path: str) -> XenbusState:
         return S.UNKNOWN
 
 
-async def _read_opt(client: Client | Transaction, path: str) -> bytes | None:
-    try:
-        return await client.read(path)
-    except NoEntry:
-        return None
-
-
 async def _set_state(client: Client, att: _Attachment, state: XenbusState) -> bool:
     """Write our state only while the frontend directory exists (never recreate it)."""
 
@@ -139,7 +132,7 @@ async def _attach(
             while True:
                 backend = await _backend_view(client, att)
                 if conn is None and backend in (S.INIT_WAIT, S.CONNECTED):
-                    raw = await _read_opt(client, f"{att.be}/socket")
+                    raw = await client.read_optional(f"{att.be}/socket")
                     if raw:
                         att.socket_path = raw.decode()
                         conn = await connect(att.socket_path)
@@ -173,8 +166,8 @@ async def _backend_view(client: Client, att: _Attachment) -> XenbusState:
     async def view(t: Transaction) -> tuple[XenbusState, bytes | None, bytes | None]:
         return (
             await _read_state(t, f"{att.be}/state"),
-            await _read_opt(t, f"{att.be}/online"),
-            await _read_opt(t, f"{att.be}/error"),
+            await t.read_optional(f"{att.be}/online"),
+            await t.read_optional(f"{att.be}/error"),
         )
 
     state, online, error = await client.retry_transaction(view)
@@ -393,7 +386,7 @@ class Console:
             async with self.client.watch(self._att.be) as w:
                 async for _ in w:
                     state = await _read_state(self.client, f"{self._att.be}/state")
-                    online = await _read_opt(self.client, f"{self._att.be}/online")
+                    online = await self.client.read_optional(f"{self._att.be}/online")
                     if state in (S.CLOSING, S.CLOSED) or online is None or online != b"1":
                         log.info("console %d: backend closing, closing too", self.n)
                         if self._closing is None:
