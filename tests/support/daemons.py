@@ -6,6 +6,7 @@ when ``STUBDOM_REQUIRE_PEERS=1`` (CI), so a missing package can never pass silen
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -49,9 +50,24 @@ def have_ox() -> bool:
     return OX_BIN.exists() and shutil.which("gcc") is not None
 
 
+_TMPDIRS: list[Path] = []
+
+
 def short_tmpdir(prefix: str = "sd-") -> Path:
-    """A fresh directory under /tmp: unix socket paths must stay under 108 bytes."""
-    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    """A fresh directory under /tmp: unix socket paths must stay under 108 bytes.
+
+    pytest's own tmp_path is too deep for that.  The directories go when the test
+    session ends.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    _TMPDIRS.append(path)
+    return path
+
+
+@atexit.register
+def _remove_tmpdirs() -> None:
+    for path in _TMPDIRS:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass
