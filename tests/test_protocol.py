@@ -54,5 +54,5 @@ def test_pci_formats() -> None:
     with pytest.raises(ValueError, match="wrong format for the vdevfn"):
         p.parse_pci_inserted("no free hotplug devfn")
     for bad in ("03:00", "0000:03:20.0", "zz:00.0", "03:00.8"):
-        with pytest.raises(ValueError, match="not a PCI address|exceeds"):
+        with pytest.raises(ValueError, match=r"not a PCI address|exceeds"):
             p.parse_bdf(bad)
