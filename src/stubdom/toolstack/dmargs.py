@@ -1,0 +1,103 @@
+"""The device model's command line, built like ``libxl__build_device_model_args_old``.
+
+The argv is what libxl would pass to qemu-xen-traditional for an HVM guest (reference
+§1.3, Xen 4.20); `stubdom.protocol.encode_dmargs` turns it into the string the
+stubdomain reads from ``/vm/<uuid>/image/dmargs``.
+"""
+
+from __future__ import annotations
+
+from stubdom.protocol import DM_ARGV0
+from stubdom.toolstack.config import GuestConfig, NicType
+
+
+class DmArgsError(ValueError):
+    """A configuration libxl refuses to turn into qemu-trad arguments."""
+
+
+def vnc_argument(cfg: GuestConfig) -> str:
+    """``-vnc``'s value: ``listen:display``, or ``listen`` as given when it has a ``:``."""
+    vnc = cfg.vnc
+    if ":" in vnc.listen:
+        if vnc.display:
+            raise DmArgsError(
+                f"{cfg.source}: vncdisplay is set and vnclisten {vnc.listen!r} also names a "
+                "display; set only one of them"
+            )
+        arg = vnc.listen
+    else:
+        arg = f"{vnc.listen or '127.0.0.1'}:{vnc.display}"
+    if vnc.password:
+        arg += ",password"
+    return arg
+
+
+def vcpu_avail_hex(vcpus: int, max_vcpus: int) -> str:
+    """``libxl_bitmap_to_hex_string``: the bitmap's bytes, most significant first."""
+    nbytes = (max(max_vcpus, 1) + 7) // 8
+    bitmap = (1 << vcpus) - 1
+    return "0x" + "".join(f"{(bitmap >> (8 * i)) & 0xFF:02x}" for i in reversed(range(nbytes)))
+
+
+def build_dm_argv(cfg: GuestConfig, domid: int, saved_state: str | None = None) -> list[str]:
+    """The qemu-trad argv for guest ``domid`` (argv[0] is ``stubdom-dm``)."""
+    argv = [DM_ARGV0, "-d", str(domid), "-domain-name", cfg.name]
+    if cfg.vnc.enabled:
+        argv += ["-vnc", vnc_argument(cfg)]
+        if cfg.vnc.findunused:
+            argv.append("-vncunused")
+    elif not cfg.sdl:
+        argv.append("-nographic")
+    if cfg.sdl:
+        argv.append("-sdl")
+        if not cfg.opengl:
+            argv.append("-disable-opengl")
+    if cfg.keymap:
+        argv += ["-k", cfg.keymap]
+    for spec in cfg.serial:
+        argv += ["-serial", spec]
+    if cfg.nographic and not cfg.vnc.enabled and not cfg.sdl and "-nographic" not in argv:
+        argv.append("-nographic")
+    if cfg.video_memkb:
+        argv += ["-videoram", str(cfg.video_memkb // 1024)]
+    if cfg.vga == "stdvga":
+        argv.append("-std-vga")
+    elif cfg.vga == "none":
+        argv += ["-vga", "none"]
+    elif cfg.vga != "cirrus":
+        raise DmArgsError(
+            f"{cfg.source}: emulated video card {cfg.vga!r} is not supported by "
+            "qemu-xen-traditional; use stdvga, cirrus or none"
+        )
+    if cfg.boot:
+        argv += ["-boot", cfg.boot]
+    if cfg.usb or cfg.usbdevice:
+        argv.append("-usb")
+        for dev in cfg.usbdevice:
+            argv += ["-usbdevice", dev]
+    if cfg.soundhw:
+        argv += ["-soundhw", cfg.soundhw]
+    if cfg.acpi:
+        argv.append("-acpi")
+    if cfg.max_vcpus > 1:
+        argv += ["-vcpus", str(cfg.max_vcpus)]
+    argv += ["-vcpu_avail", vcpu_avail_hex(cfg.vcpus, cfg.max_vcpus)]
+    ioemu = [nic for nic in cfg.nics if nic.type is NicType.IOEMU]
+    for nic in ioemu:
+        ifname = f"{nic.ifname}-emu" if nic.ifname else f"vif{domid}.{nic.devid}-emu"
+        argv += [
+            "-net",
+            f"nic,vlan={nic.devid},macaddr={nic.mac},model={nic.model}",
+            "-net",
+            f"tap,vlan={nic.devid},ifname={ifname},bridge={nic.bridge},script=no,downscript=no",
+        ]
+    if not ioemu:
+        argv += ["-net", "none"]
+    if cfg.gfx_passthru:
+        argv.append("-gfx_passthru")
+    if saved_state:
+        argv += ["-loadvm", saved_state]
+    argv += cfg.device_model_args
+    argv += ["-M", "xenfv"]
+    argv += cfg.device_model_args_hvm
+    return argv
