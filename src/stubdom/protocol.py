@@ -80,6 +80,20 @@ def target_path(stubdom: int) -> str:
 TARGET_RELATIVE = "target"
 
 
+def dm_relative_path(guest: int, node: str = "") -> str:
+    """``device-model/<G>[/node]``: the control directory as the device model names it
+    (qemu-trad's ``xenstore_record_dm`` writes relative to the stubdomain's home)."""
+    base = f"device-model/{guest}"
+    return f"{base}/{node}" if node else base
+
+
+#: qemu-trad's watch tokens for the command node and ``logdirty/cmd``.
+DM_COMMAND_TOKEN = "dm-command"
+LOGDIRTY_TOKEN = "logdirty"
+#: Fired when a domain (e.g. the stubdomain) goes away.
+RELEASE_DOMAIN = "@releaseDomain"
+
+
 def device_model_domid_path(guest: int) -> str:
     """``/local/domain/<G>/image/device-model-domid``: how the toolstack finds S."""
     return f"{domain_path(guest)}/image/device-model-domid"
