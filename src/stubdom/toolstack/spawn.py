@@ -1,0 +1,339 @@
+"""Creating an HVM guest with its device-model stubdomain, in libxl's order.
+
+The steps are those of ``libxl__spawn_stub_dm`` and its callbacks (reference §1.1);
+each is named, and a failure anywhere removes both domains and every node and file
+they had, then says which step failed.  The dom0 "pvqemu" libxl starts for the
+stubdomain's consoles and framebuffer is not needed: the host's backends serve them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import uuid as uuidlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stubdom import protocol as proto
+from stubdom.host import devices
+from stubdom.host.backends.console import add_console
+from stubdom.host.hypervisor import DomainConfig, Hypervisor, HypervisorError
+from stubdom.host.records import DomainRecord, introduce_domain, make_domain, remove_domain
+from stubdom.host.xenbus import backend_root
+from stubdom.toolstack.config import DiskSpec, GuestConfig
+from stubdom.toolstack.dmargs import build_dm_argv
+from stubdom.wire.perms import Access, Perm
+from stubdom.xenstore import Client, NoEntry, Transaction, XenStoreError
+
+log = logging.getLogger(__name__)
+
+#: The executable the stubdomain boots unless ``stubdomain_kernel`` names another.
+AGENT = "stubdom-dm"
+
+
+class CreateError(Exception):
+    """Creating the guest failed at ``step``; nothing of it is left behind."""
+
+    def __init__(self, guest: str, step: str, reason: str) -> None:
+        super().__init__(f"creating {guest!r} failed while {step}: {reason}")
+        self.step = step
+        self.reason = reason
+
+
+@dataclass
+class HostPaths:
+    """Where the host keeps the files libxl keeps in /var/lib/xen and /var/log/xen."""
+
+    state_dir: Path
+    log_dir: Path
+    lock_dir: Path
+
+    @classmethod
+    def under(cls, root: Path) -> HostPaths:
+        return cls(root / "lib", root / "log", root / "lock")
+
+    def ensure(self) -> None:
+        for d in (self.state_dir, self.log_dir, self.lock_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def save_file(self, guest: int) -> Path:
+        return self.state_dir / proto.save_file_name(guest)
+
+    def restore_file(self, guest: int) -> Path:
+        return self.state_dir / proto.restore_file_name(guest)
+
+    def dm_log(self, guest_name: str) -> Path:
+        return self.log_dir / proto.log_file_name(guest_name)
+
+
+@dataclass
+class Created:
+    guest: int
+    stubdom: int
+    guest_uuid: str
+    stub_uuid: str
+
+
+def default_stubdom_kernel() -> str | None:
+    """The project's device-model agent: beside this interpreter, else on PATH."""
+    beside = Path(sys.executable).with_name(AGENT)
+    if beside.exists():
+        return str(beside)
+    return shutil.which(AGENT)
+
+
+@dataclass
+class StubdomSpawner:
+    """Runs the creation steps; ``wait_running`` is the control channel's startup wait."""
+
+    hv: Hypervisor
+    xs: Client
+    paths: HostPaths
+    wait_running: Callable[[int, int, float], Awaitable[None]]
+    start_timeout: float = proto.STUBDOM_START_TIMEOUT
+    #: Steps done so far, for messages and tests.
+    steps: list[str] = field(default_factory=list)
+
+    async def create(
+        self,
+        cfg: GuestConfig,
+        *,
+        paused: bool = False,
+        restore_from: Path | None = None,
+        attach_pcis: Callable[[int, int], Awaitable[None]] | None = None,
+    ) -> Created:
+        self.paths.ensure()
+        made: list[tuple[int, str]] = []
+        step = "starting"
+        try:
+            step = "creating the guest domain"
+            guest = await self.hv.create_domain(
+                DomainConfig(
+                    name=cfg.name,
+                    hvm=True,
+                    uuid=cfg.uuid,
+                    max_vcpus=cfg.max_vcpus,
+                    max_memkb=cfg.max_memkb,
+                )
+            )
+            made.append((guest, cfg.uuid))
+            step = "writing the guest's xenstore records"
+            grec = DomainRecord(
+                guest,
+                cfg.name,
+                cfg.uuid,
+                hvm=True,
+                max_memkb=cfg.max_memkb,
+                target_memkb=cfg.memkb,
+                vcpus=cfg.vcpus,
+                platformdata={"device-model": proto.DM_VERSION_TRADITIONAL},
+            )
+            await make_domain(self.xs, grec)
+            await self.xs.write(proto.timeoffset_path(grec.vm_path), cfg.timeoffset)
+            await introduce_domain(self.xs, grec)
+            step = "attaching the guest's disks"
+            for disk in cfg.disks:
+                await devices.add_device(self.xs, guest, _vbd(disk))
+
+            step = "creating the stubdomain"
+            stub_name = proto.stubdom_name(cfg.name)
+            stub_uuid = str(uuidlib.uuid4())
+            stub = await self.hv.create_domain(
+                DomainConfig(
+                    name=stub_name,
+                    hvm=False,
+                    uuid=stub_uuid,
+                    max_vcpus=proto.STUBDOM_VCPUS,
+                    max_memkb=cfg.stubdomain_memkb,
+                )
+            )
+            made.append((stub, stub_uuid))
+            srec = DomainRecord(
+                stub,
+                stub_name,
+                stub_uuid,
+                max_memkb=cfg.stubdomain_memkb,
+                vcpus=proto.STUBDOM_VCPUS,
+            )
+            await make_domain(self.xs, srec)
+            step = "building the stubdomain"
+            kernel = cfg.stubdomain_kernel or default_stubdom_kernel()
+            if kernel is None:
+                raise HypervisorError(
+                    f"the device-model agent {AGENT!r} is not installed; "
+                    "set stubdomain_kernel to an executable"
+                )
+            await self.hv.build_pv(stub, kernel, cfg.stubdomain_cmdline)
+            await introduce_domain(self.xs, srec)
+
+            step = "writing the device model's setup"
+            saved = str(self.paths.restore_file(guest)) if restore_from else None
+            argv = build_dm_argv(cfg, guest, saved_state=saved)
+            await self.xs.write(proto.dm_version_path(guest), proto.DM_VERSION_TRADITIONAL)
+            await self._write_dmargs(grec.vm_path, stub, proto.encode_dmargs(argv))
+            await self.xs.write(proto.device_model_domid_path(guest), str(stub))
+            await self.xs.write(proto.target_path(stub), str(guest))
+            await self.xs.write(proto.allow_memory_relocate_path(guest), "1")
+            step = "giving the stubdomain its target"
+            await self.hv.set_target(stub, guest)
+            await self.xs.set_target(stub, guest)
+            await self._make_dm_dir(stub, guest)
+
+            step = "attaching the stubdomain's disks"
+            for disk in cfg.disks:
+                ref = await devices.add_device(self.xs, stub, _vbd(disk))
+                await devices.wait_device_connection(self.xs, ref)
+            step = "adding the stubdomain's framebuffer, keyboard and consoles"
+            if cfg.graphics:
+                await devices.add_device(
+                    self.xs,
+                    stub,
+                    devices.Vfb(
+                        vnc=cfg.vnc.enabled,
+                        vnclisten=cfg.vnc.listen,
+                        vncdisplay=cfg.vnc.display,
+                        vncunused=cfg.vnc.findunused,
+                        sdl=cfg.sdl,
+                    ),
+                )
+                await devices.add_device(self.xs, stub, devices.Vkbd())
+            await self._add_consoles(cfg, guest, stub, restore_from)
+            step = "attaching the stubdomain's nics"
+            for nic in cfg.nics:
+                ref = await devices.add_device(
+                    self.xs,
+                    stub,
+                    devices.Vif(
+                        handle=nic.devid,
+                        mac=nic.mac,
+                        bridge=nic.bridge,
+                        ifname=f"{nic.ifname}-emu" if nic.ifname else None,
+                    ),
+                )
+                await devices.wait_device_connection(self.xs, ref)
+
+            step = "starting the stubdomain"
+            await self.hv.unpause(stub)
+            step = "waiting for the device model to report running"
+            await self.wait_running(stub, guest, self.start_timeout)
+            if attach_pcis is not None and cfg.pcis:
+                step = "attaching the guest's PCI devices"
+                await attach_pcis(guest, stub)
+            if not paused:
+                step = "unpausing the guest"
+                await self.hv.unpause(guest)
+            return Created(guest, stub, cfg.uuid, stub_uuid)
+        except (
+            HypervisorError,
+            XenStoreError,
+            devices.DeviceError,
+            OSError,
+            TimeoutError,
+            ValueError,
+        ) as e:
+            reason = str(e) or f"no answer in time ({type(e).__name__})"
+            log.error("creating %s failed while %s: %s", cfg.name, step, reason)
+            await self._undo(made)
+            raise CreateError(cfg.name, step, reason) from e
+        except BaseException:
+            await self._undo(made)
+            raise
+
+    async def _write_dmargs(self, vm_path: str, stub: int, dmargs: str) -> None:
+        """One transaction: dmargs and rtc/timeoffset readable by the stubdomain only."""
+        perms = [Perm(Access.NONE, 0), Perm(Access.READ, stub)]
+
+        async def body(t: Transaction) -> None:
+            for path, value in (
+                (proto.dmargs_path(vm_path), dmargs),
+                (proto.timeoffset_path(vm_path), ""),
+            ):
+                await t.write(path, "")
+                await t.set_perms(path, perms)
+                await t.write(path, value)
+
+        await self.xs.retry_transaction(body)
+
+    async def _make_dm_dir(self, stub: int, guest: int) -> None:
+        """``device-model/<G>`` owned by the stubdomain, readable by the guest."""
+        perms = [Perm(Access.NONE, stub), Perm(Access.READ, guest)]
+
+        async def body(t: Transaction) -> None:
+            await t.mkdir(proto.dm_path(stub, guest))
+            await t.set_perms(proto.dm_path(stub, guest), perms)
+
+        await self.xs.retry_transaction(body)
+
+    async def _add_consoles(
+        self, cfg: GuestConfig, guest: int, stub: int, restore_from: Path | None
+    ) -> None:
+        log_file = self.paths.dm_log(cfg.name)
+        save = self.paths.save_file(guest)
+        await add_console(self.xs, stub, proto.CONSOLE_LOGGING, f"file:{log_file}")
+        await add_console(self.xs, stub, proto.CONSOLE_SAVE, f"file:{save}")
+        restore = None
+        if restore_from is not None:
+            restore = f"pipe:{restore_from}"
+        await add_console(self.xs, stub, proto.CONSOLE_RESTORE, restore)
+        for i, spec in enumerate(cfg.serial):
+            await add_console(self.xs, stub, proto.CONSOLE_SERIAL + i, spec)
+
+    async def _undo(self, made: list[tuple[int, str]]) -> None:
+        """Remove every domain made so far, newest first, with its nodes and files."""
+        for domid, uuid in reversed(made):
+            await destroy_domain(self.hv, self.xs, domid, uuid, self.paths)
+
+
+def _vbd(disk: DiskSpec) -> devices.Vbd:
+    return devices.Vbd(
+        vdev=disk.vdev, target=disk.target, readwrite=disk.readwrite, cdrom=disk.cdrom
+    )
+
+
+async def destroy_domain(
+    hv: Hypervisor, xs: Client, domid: int, uuid: str | None, paths: HostPaths
+) -> None:
+    """``libxl__destroy_domid``: pause, devices, xenstore trees, files, the domain."""
+    with contextlib.suppress(HypervisorError):
+        await hv.pause(domid)
+    with contextlib.suppress(XenStoreError, devices.DeviceError):
+        await _force_remove_devices(xs, domid)
+    with contextlib.suppress(HypervisorError):
+        await hv.destroy(domid)
+    with contextlib.suppress(XenStoreError):
+        await remove_domain(xs, domid, uuid)
+    for f in (paths.save_file(domid), paths.restore_file(domid)):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f)
+
+
+async def _force_remove_devices(xs: Client, domid: int) -> None:
+    backend = backend_root()
+    for kind in await _names(xs, backend):
+        for devid in await _names(xs, f"{backend}/{kind}/{domid}"):
+            ref = devices.DeviceRef(kind, domid, int(devid))
+            await devices.remove_device(xs, ref, force=True)
+
+
+async def _names(xs: Client, path: str) -> list[str]:
+    try:
+        return list(await xs.directory(path))
+    except NoEntry:
+        return []
+
+
+async def destroy_guest(hv: Hypervisor, xs: Client, guest: int, paths: HostPaths) -> None:
+    """Destroy a guest and its stubdomain, as ``libxl__domain_destroy`` does."""
+    stub_raw = await xs.read_optional(proto.device_model_domid_path(guest))
+    guest_vm = await xs.read_optional(proto.vm_path_node(guest))
+    guest_uuid = guest_vm.decode().rsplit("/", 1)[-1] if guest_vm else None
+    if stub_raw is not None:
+        stub = int(stub_raw)
+        stub_vm = await xs.read_optional(proto.vm_path_node(stub))
+        stub_uuid = stub_vm.decode().rsplit("/", 1)[-1] if stub_vm else None
+        await destroy_domain(hv, xs, stub, stub_uuid, paths)
+    await destroy_domain(hv, xs, guest, guest_uuid, paths)
