@@ -21,6 +21,7 @@ class DiskFormat(enum.StrEnum):
     QCOW2 = "qcow2"
     VHD = "vhd"
     QED = "qed"
+    EMPTY = "empty"  # a cdrom drive with no medium
 
 
 @dataclass
@@ -36,6 +37,12 @@ class DiskSpec:
     script: str | None = None
     direct_io_safe: bool = False
     discard: bool | None = None
+    #: ``backendtype=``: phy, tap, qdisk or standalone (None: libxl chooses).
+    backendtype: str | None = None
+    #: ``trusted``/``untrusted`` (None: libxl's default, trusted).
+    trusted: bool | None = None
+    #: ``specification=``: xen or virtio.
+    specification: str = "xen"
 
 
 class NicType(enum.StrEnum):
@@ -56,6 +63,8 @@ class NicSpec:
     script: str | None = None
     ip: str | None = None
     mtu: int | None = None
+    #: ``backend=``: the backend domain (name or id).
+    backend: str = "0"
 
 
 class RdmPolicy(enum.StrEnum):

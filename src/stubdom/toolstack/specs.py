@@ -1,0 +1,499 @@
+"""The spec strings inside ``disk=``, ``vif=``, ``pci=`` and ``serial=`` list items.
+
+Each parser follows its man page (xl-disk-configuration(5), xl-network-configuration(5),
+xl-pci-configuration(5)) and the libxlu/xl code behind it, and raises `SpecError` whose
+message names the whole spec and the part that is wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+
+from stubdom.protocol import Bdf
+from stubdom.toolstack.config import (
+    DiskFormat,
+    DiskSpec,
+    NicSpec,
+    NicType,
+    PciSpec,
+    RdmPolicy,
+)
+
+log = logging.getLogger(__name__)
+
+
+class SpecError(ValueError):
+    """A malformed spec; the message names the spec and the bad part."""
+
+    def __init__(self, kind: str, spec: str, message: str) -> None:
+        self.kind = kind
+        self.spec = spec
+        self.message = message
+        super().__init__(f"{kind} specification {spec!r}: {message}")
+
+
+# -- disk --------------------------------------------------------------------------------
+
+_FORMATS = {
+    "": DiskFormat.RAW,
+    "raw": DiskFormat.RAW,
+    "qcow": DiskFormat.QCOW,
+    "qcow2": DiskFormat.QCOW2,
+    "vhd": DiskFormat.VHD,
+    "qed": DiskFormat.QED,
+    "empty": DiskFormat.EMPTY,
+}
+_BACKENDTYPES = ("phy", "tap", "qdisk", "standalone")
+_SPECIFICATIONS = ("xen", "virtio")
+# Deprecated prefixes, tried at the start of each parameter (libxlu_disk_l.l).
+_FORMAT_PREFIX = re.compile(r"(raw|qcow2?|vhd):")
+_SCRIPT_PREFIX = re.compile(r"(iscsi|e?nbd|drbd):")
+_IGNORED_PREFIX = re.compile(r"(tapdisk|tap2?|aio|ioemu|file|phy):")
+_UNKNOWN_PREFIX = re.compile(r"[a-z][a-z0-9]*:(?![a-z0-9])")
+_UNKNOWN_KEY = re.compile(r"[a-z][-a-z0-9]*\Z")
+
+
+class _Disk:
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        self.target: str | None = None
+        self.format: DiskFormat | None = None
+        self.vdev: str | None = None
+        self.readwrite = True
+        self.access_set = False
+        self.cdrom = False
+        self.had_depr_prefix = False
+        self.backend: str | None = None
+        self.backendtype: str | None = None
+        self.specification: str | None = None
+        self.script: str | None = None
+        self.direct_io_safe = False
+        self.discard: bool | None = None
+        self.trusted: bool | None = None
+
+    def err(self, message: str, near: str | None = None) -> SpecError:
+        if near is not None:
+            message = f"{message} near `{near}'"
+        return SpecError("disk", self.spec, message)
+
+    def save(self, what: str, current: str | None, value: str) -> str:
+        # libxlu's savestring: respecifying is an error unless the old value was empty.
+        if current:
+            raise self.err(f"{what} respecified", value)
+        return value
+
+    def set_format(self, value: str) -> None:
+        fmt = _FORMATS.get(value)
+        if fmt is None:
+            raise self.err("unknown value for format (raw, qcow, qcow2, vhd, qed or empty)", value)
+        if self.format is not None and self.format != fmt:
+            raise self.err("format respecified", value)
+        self.format = fmt
+
+    def set_access(self, value: str) -> None:
+        if value in ("r", "ro"):
+            self.readwrite = False
+        elif value in ("rw", "w", ""):
+            self.readwrite = True
+        else:
+            raise self.err("unknown value for access (r, ro, w or rw)", value)
+
+    def vdev_and_devtype(self, value: str) -> bool:
+        """``<vdev>:<devtype>`` (deprecated); False if there is no colon."""
+        vdev, colon, devtype = value.rpartition(":")
+        if not colon:
+            return False
+        self.vdev = self.save("vdev", self.vdev, vdev)
+        if devtype == "cdrom":
+            self.cdrom = True
+        elif devtype == "disk":
+            self.cdrom = False
+        else:
+            raise self.err("unknown deprecated type (cdrom or disk)", devtype)
+        return True
+
+    def keyword(self, key: str, value: str, token: str) -> None:
+        if key == "format":
+            self.set_format(value)
+        elif key == "devtype":
+            if value not in ("cdrom", "disk"):
+                raise self.err("unknown value for type (cdrom or disk)", token)
+            self.cdrom = value == "cdrom"
+        elif key == "access":
+            self.set_access(value)
+        elif key == "backend":
+            self.backend = self.save("backend", self.backend, value)
+        elif key == "backendtype":
+            if value not in _BACKENDTYPES:
+                raise self.err("unknown value for backendtype", value)
+            if self.backendtype is not None and self.backendtype != value:
+                raise self.err("backendtype respecified", value)
+            self.backendtype = value
+        elif key == "specification":
+            if value not in _SPECIFICATIONS:
+                raise self.err("unknown value for specification (xen or virtio)", value)
+            if self.specification is not None and self.specification != value:
+                raise self.err("specification respecified", value)
+            self.specification = value
+        elif key == "vdev":
+            self.vdev = self.save("vdev", self.vdev, value)
+        elif key == "script":
+            self.script = self.save("script", self.script, value)
+        elif key == "grant_usage" and value in ("0", "1"):
+            pass  # a Xen-on-virtio knob; nothing here uses it
+        elif _UNKNOWN_KEY.match(key):
+            raise self.err("unknown parameter", token)
+        else:
+            raise self.err("bad disk syntax", token)
+
+    def positional(self, value: str) -> None:
+        if self.target is None:
+            self.target = value
+        elif not self.had_depr_prefix and self.format is None:
+            if self.target == "" and self.vdev_and_devtype(value):
+                self.format = DiskFormat.EMPTY
+            else:
+                self.set_format(value)
+        elif self.vdev is None:
+            if not self.vdev_and_devtype(value):
+                self.vdev = value
+        elif not self.access_set:
+            self.access_set = True
+            self.set_access(value)
+        else:
+            raise self.err("too many positional parameters", value)
+
+    def parse(self) -> DiskSpec:
+        s = self.spec
+        i, n = 0, len(s)
+        while i < n:
+            while i < n and s[i] in " \t\n":
+                i += 1
+            if i >= n:
+                break
+            m = _FORMAT_PREFIX.match(s, i)
+            if m:
+                self.had_depr_prefix = True
+                self.set_format(m.group(1))
+                i = m.end()
+                continue
+            m = _SCRIPT_PREFIX.match(s, i)
+            if m:
+                self.had_depr_prefix = True
+                self.script = self.save("script", self.script, f"block-{m.group(1)}")
+                i = m.end()
+                continue
+            m = _IGNORED_PREFIX.match(s, i)
+            if m:
+                self.had_depr_prefix = True
+                i = m.end()
+                continue
+            if not s.startswith("target=", i):
+                m = _UNKNOWN_PREFIX.match(s, i)
+                if m:
+                    raise self.err("unknown deprecated disk prefix", m.group())
+            comma = s.find(",", i)
+            end = n if comma < 0 else comma
+            token = s[i:end]
+            nxt = n if comma < 0 else comma + 1
+            if token.startswith("target="):
+                # The magic parameter: the rest of the string, commas and all.
+                rest = s[i + len("target=") :]
+                if rest.endswith(","):
+                    rest = rest[:-1]
+                self.target = self.save("target", self.target, rest)
+                break
+            key, eq, value = token.partition("=")
+            if eq:
+                self.keyword(key, value, token)
+            elif token in ("cdrom",):
+                self.cdrom = True
+            elif token == "direct-io-safe":
+                self.direct_io_safe = True
+            elif token == "discard":
+                self.discard = True
+            elif token == "no-discard":
+                self.discard = False
+            elif token == "trusted":
+                self.trusted = True
+            elif token == "untrusted":
+                self.trusted = False
+            else:
+                self.positional(token)
+            i = nxt
+
+        fmt = self.format or DiskFormat.RAW
+        readwrite = self.readwrite
+        if self.cdrom:
+            readwrite = False
+            if not self.target:
+                fmt = DiskFormat.EMPTY
+        if not self.vdev:
+            raise self.err("no vdev specified")
+        if self.target is None and not self.cdrom:
+            raise self.err("no target specified (and device not removable)")
+        return DiskSpec(
+            vdev=self.vdev,
+            target=self.target or "",
+            format=fmt,
+            readwrite=readwrite,
+            cdrom=self.cdrom,
+            backend=self.backend or "0",
+            script=self.script,
+            direct_io_safe=self.direct_io_safe,
+            discard=self.discard,
+            backendtype=self.backendtype,
+            trusted=self.trusted,
+            specification=self.specification or "xen",
+        )
+
+
+def parse_disk(spec: str) -> DiskSpec:
+    """One ``disk=`` item: keyword, positional (target, format, vdev, access) and the
+    deprecated ``[<format>:][<target>],<vdev>[:<devtype>],<access>`` forms; ``target=``
+    takes the rest of the string."""
+    return _Disk(spec).parse()
+
+
+# -- vif ---------------------------------------------------------------------------------
+
+XEN_OUI = (0x00, 0x16, 0x3E)
+_MAC = re.compile(r"[0-9a-fA-F]{1,2}(?::[0-9a-fA-F]{1,2}){5}\Z")
+
+
+def random_mac(rng: random.Random | None = None) -> str:
+    """libxl's default: 00:16:3e, then three random bytes with the top bit of the first
+    clear (the upper half of Xen's OUI is reserved)."""
+    r = rng or random.SystemRandom()
+    tail = (r.randrange(256) & 0x7F, r.randrange(256), r.randrange(256))
+    return ":".join(f"{b:02x}" for b in XEN_OUI + tail)
+
+
+def parse_mac(text: str) -> str:
+    """``xx:xx:xx:xx:xx:xx`` (1 or 2 hex digits each) → lowercase, two digits each."""
+    if not _MAC.match(text):
+        raise ValueError(text)
+    return ":".join(f"{int(p, 16):02x}" for p in text.split(":"))
+
+
+def _uint(kind: str, spec: str, key: str, value: str) -> int:
+    try:
+        n = int(value, 0) if value.lower().startswith("0x") else int(value, 10)
+    except ValueError:
+        raise SpecError(kind, spec, f"{key}={value!r} is not a number") from None
+    if n < 0:
+        raise SpecError(kind, spec, f"{key}={value!r} must not be negative")
+    return n
+
+
+_VIF_IGNORED = {"rate", "accel", "gatewaydev", "forwarddev", "netdev", "vid", "vlan"}
+
+
+def parse_vif(spec: str, devid: int, rng: random.Random | None = None) -> NicSpec:
+    """One ``vif=`` item (comma-separated ``key=value``, every key optional; ``''`` is
+    a NIC with all defaults). ``devid`` is its position unless ``devid=`` says otherwise;
+    without ``mac=`` the MAC is random in 00:16:3e (``rng`` makes it reproducible)."""
+    mac: str | None = None
+    nic = NicSpec(devid=devid, mac="")
+    for raw in spec.split(","):
+        token = raw.lstrip(" ")
+        if not token:
+            continue  # strtok skips empty fields
+        if token in ("trusted", "untrusted"):
+            continue
+        key, eq, value = token.partition("=")
+        if not eq:
+            raise SpecError("vif", spec, f"`{token}' is not key=value")
+        if key == "mac":
+            try:
+                mac = parse_mac(value)
+            except ValueError:
+                raise SpecError(
+                    "vif", spec, f"invalid mac {value!r} (expected xx:xx:xx:xx:xx:xx, hex)"
+                ) from None
+        elif key == "bridge":
+            nic.bridge = value
+        elif key == "model":
+            nic.model = value
+        elif key == "type":
+            if value not in ("ioemu", "vif"):
+                raise SpecError("vif", spec, f"invalid type {value!r}: must be 'vif' or 'ioemu'")
+            nic.type = NicType(value)
+        elif key == "vifname":
+            nic.ifname = value
+        elif key == "script":
+            nic.script = value
+        elif key == "ip":
+            nic.ip = value
+        elif key == "backend":
+            nic.backend = value
+        elif key == "mtu":
+            nic.mtu = _uint("vif", spec, key, value)
+        elif key == "devid":
+            nic.devid = _uint("vif", spec, key, value)
+        elif key in _VIF_IGNORED:
+            log.info("vif %r: %s= is accepted and not used here", spec, key)
+        else:
+            # xl warns and goes on.
+            log.warning("vif %r: unknown parameter %r ignored", spec, key)
+    nic.mac = mac if mac is not None else random_mac(rng)
+    return nic
+
+
+# -- pci ---------------------------------------------------------------------------------
+
+_SPEC_BDF = re.compile(
+    r"(?:(?P<dom>[0-9a-fA-F]{1,4}):)?(?P<bus>[0-9a-fA-F]{1,2}):(?P<dev>[0-9a-fA-F]{1,2})"
+    r"\.(?P<func>[0-7]|\*)"
+)
+
+
+def _pci_bdf(spec: str, text: str, *, whole: bool) -> tuple[Bdf, bool, int] | None:
+    m = _SPEC_BDF.match(text)
+    if m is None or (whole and m.end() != len(text)):
+        return None
+    dev = int(m["dev"], 16)
+    if dev > 0x1F:
+        raise SpecError("PCI", spec, f"device number {m['dev']!r} in `{m.group()}' exceeds 0x1f")
+    all_functions = m["func"] == "*"
+    bdf = Bdf(
+        int(m["dom"] or "0", 16), int(m["bus"], 16), dev, 0 if all_functions else int(m["func"])
+    )
+    return bdf, all_functions, m.end()
+
+
+def _vslot(spec: str, text: str) -> int:
+    # Always hex, as libxlu reads it.
+    if not re.fullmatch(r"(?:0[xX])?[0-9a-fA-F]{1,2}", text):
+        raise SpecError("PCI", spec, f"vslot {text!r} is not a hex slot number")
+    n = int(text, 16)
+    if n > 0x1F:
+        raise SpecError("PCI", spec, f"vslot {text!r} exceeds 0x1f")
+    return n
+
+
+def _flag(spec: str, key: str, value: str) -> bool:
+    if not re.fullmatch(r"-?[0-9]+", value.strip()):
+        raise SpecError("PCI", spec, f"{key}={value!r} is not a number (0 or 1)")
+    return int(value) != 0
+
+
+def parse_pci(
+    spec: str,
+    *,
+    msitranslate: bool = False,
+    power_mgmt: bool = False,
+    permissive: bool = False,
+    seize: bool = False,
+    rdm_policy: RdmPolicy = RdmPolicy.RELAXED,
+) -> PciSpec:
+    """One PCI_SPEC_STRING: ``[<bdf>[@<vslot>],][<key>=<value>,]*`` with keys bdf, vslot
+    (hex), msitranslate, power_mgmt, permissive, seize, rdm_policy and name; a function
+    of ``*`` means all functions. The keyword defaults are the domain-wide ``pci_*``
+    settings."""
+    bdf: Bdf | None = None
+    all_functions = False
+    vslot: int | None = None
+    name: str | None = None
+    rest = spec
+    flags = {
+        "msitranslate": msitranslate,
+        "power_mgmt": power_mgmt,
+        "permissive": permissive,
+        "seize": seize,
+    }
+    policy = rdm_policy
+
+    got = _pci_bdf(spec, spec, whole=False)
+    if got is not None:
+        bdf, all_functions, end = got
+        rest = spec[end:]
+        if rest.startswith("@"):
+            at, _, rest = rest[1:].partition(",")
+            vslot = _vslot(spec, at)
+        elif rest.startswith(","):
+            rest = rest[1:]
+        elif rest:
+            raise SpecError("PCI", spec, f"unexpected `{rest}' after the BDF")
+
+    for item in rest.split(",") if rest else []:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise SpecError("PCI", spec, f"`{item}' is not key=value")
+        if key == "bdf":
+            if bdf is not None:
+                raise SpecError("PCI", spec, "bdf given twice")
+            got = _pci_bdf(spec, value, whole=True)
+            if got is None:
+                raise SpecError(
+                    "PCI", spec, f"bdf={value!r} is not a PCI address ([DDDD:]BB:DD.F, hex)"
+                )
+            bdf, all_functions, _ = got
+        elif key == "vslot":
+            vslot = _vslot(spec, value)
+        elif key in flags:
+            flags[key] = _flag(spec, key, value)
+        elif key == "rdm_policy":
+            if value not in ("strict", "relaxed"):
+                raise SpecError("PCI", spec, f"rdm_policy={value!r}: must be 'strict' or 'relaxed'")
+            policy = RdmPolicy(value)
+        elif key == "name":
+            name = value
+        else:
+            raise SpecError("PCI", spec, f"unknown PCI_SPEC_STRING option {key!r}")
+
+    if bdf is not None and name is not None:
+        raise SpecError("PCI", spec, "bdf and name= exclude each other")
+    if bdf is None and name is None:
+        raise SpecError("PCI", spec, "no device: give a BDF ([DDDD:]BB:DD.F) or name=")
+    if bdf is None:
+        # Looked up among the assignable devices when the device is added.
+        bdf = Bdf(0, 0, 0, 0)
+    return PciSpec(
+        bdf=bdf,
+        vslot=vslot,
+        all_functions=all_functions,
+        msitranslate=flags["msitranslate"],
+        power_mgmt=flags["power_mgmt"],
+        permissive=flags["permissive"],
+        seize=flags["seize"],
+        rdm_policy=policy,
+        name=name,
+    )
+
+
+# -- serial ------------------------------------------------------------------------------
+
+_SERIAL_WORDS = {"vc", "pty", "none", "null", "stdio", "msmouse", "braille"}
+_SERIAL_PREFIXES = ("file:", "pipe:", "udp:", "tcp:", "telnet:", "unix:", "mon:", "vc:")
+
+
+def parse_serial(spec: str) -> str:
+    """One qemu ``-serial`` device (``pty``, ``vc``, ``null``, ``file:PATH``, ``/dev/…``
+    …). qemu-trad's stubdomain splits its arguments on blanks with no quoting, so a spec
+    with a blank in it cannot reach it intact and is refused."""
+    if not spec:
+        raise SpecError("serial", spec, "empty device")
+    if any(c.isspace() for c in spec):
+        raise SpecError(
+            "serial",
+            spec,
+            "contains a blank, which the stubdomain's argument splitting would cut apart",
+        )
+    if (
+        spec in _SERIAL_WORDS
+        or spec.startswith(_SERIAL_PREFIXES)
+        or spec.startswith("/dev/")
+        or re.fullmatch(r"COM[0-9]+", spec)
+    ):
+        if spec.endswith(":"):
+            raise SpecError("serial", spec, f"`{spec}' lacks its argument")
+        return spec
+    raise SpecError(
+        "serial",
+        spec,
+        "unknown device (expected pty, vc, null, none, stdio, file:PATH, pipe:PATH, "
+        "/dev/…, tcp:…, udp:…, telnet:…, unix:… or mon:…)",
+    )
