@@ -1,0 +1,455 @@
+"""xl.cfg settings → `GuestConfig`, with xl's and libxl's checks for an HVM guest whose
+qemu-xen-traditional device model runs in a stubdomain.
+
+Values are read the way xl reads them (``xlu_cfg_get_long`` and friends): a number may be
+written bare or quoted, in decimal, 0-octal or 0x-hex; a boolean is a number, zero being
+false; a key given twice keeps its last value. Every error is a `ConfigError` pointing at
+the offending value. Keys this toolstack does not use are logged (at info, since xl
+ignores unknown keys silently) and otherwise ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid as uuidlib
+from collections.abc import Sequence
+from pathlib import Path
+
+from stubdom.toolstack.config import GuestConfig, RdmPolicy, VncConfig
+from stubdom.toolstack.specs import SpecError, parse_disk, parse_pci, parse_serial, parse_vif
+from stubdom.toolstack.xlcfg import (
+    ConfigError,
+    Position,
+    Setting,
+    Settings,
+    Value,
+    apply_overrides,
+    parse_xlcfg,
+)
+
+log = logging.getLogger(__name__)
+
+TRADITIONAL = "qemu-xen-traditional"
+SHUTDOWN_ACTIONS = (
+    "destroy",
+    "restart",
+    "rename-restart",
+    "preserve",
+    "coredump-destroy",
+    "coredump-restart",
+    "soft-reset",
+)
+BIOSES = ("rombios", "seabios", "ovmf")
+VGAS = ("stdvga", "cirrus", "none", "qxl")
+GFX_PASSTHRU_KINDS = ("default", "igd")
+
+# Keys xl knows that mean nothing for this toolstack, or only for other guest types.
+_IGNORED_WITH_NOTE = {
+    "device_model_args_pv": "it applies to PV guests only",
+    "stubdomain_ramdisk": "it is for Linux (qemu-xen) stubdomains only",
+    "vfb": "it is the PV framebuffer; an HVM guest's display is set by vnc=/sdl=",
+    "device_model_override": "the stubdomain's device model is stubdomain_kernel",
+}
+
+_STRTOL = re.compile(r"[ \t\n\v\f\r]*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)\Z")
+
+
+def strtol(text: str) -> int | None:
+    """C's ``strtol(text, &end, 0)`` requiring the whole text to be used; None if not."""
+    m = _STRTOL.match(text)
+    if m is None:
+        return None
+    sign, digits = m.groups()
+    if digits[:2] in ("0x", "0X"):
+        n = int(digits[2:], 16)
+    elif digits.startswith("0"):
+        n = int(digits, 8) if len(digits) > 1 else 0
+    else:
+        n = int(digits)
+    return -n if sign == "-" else n
+
+
+class _Reader:
+    """Typed access to settings, remembering which keys were used."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.used: set[str] = set()
+
+    def setting(self, key: str) -> Setting | None:
+        s = self.settings.get(key)
+        if s is not None:
+            self.used.add(key)
+        return s
+
+    def has(self, key: str) -> bool:
+        return key in self.settings
+
+    def pos(self, key: str) -> Position:
+        return self.settings[key].value.pos
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError.at(self.pos(key), message)
+
+    def string(self, key: str) -> str | None:
+        s = self.setting(key)
+        if s is None:
+            return None
+        if s.value.is_list:
+            raise ConfigError.at(s.value.pos, f"`{key}' must be a single value, not a list")
+        return s.value.text
+
+    def integer(self, key: str, minimum: int | None = None) -> int | None:
+        s = self.setting(key)
+        if s is None:
+            return None
+        if s.value.is_list:
+            raise ConfigError.at(s.value.pos, f"`{key}' must be a number, not a list")
+        if s.op == "+=":
+            raise ConfigError.at(s.pos, f"can't use += with numbers for `{key}'")
+        n = strtol(s.value.text)
+        if n is None:
+            raise ConfigError.at(s.value.pos, f"`{key}' is not a valid number: {s.value.text!r}")
+        if minimum is not None and n < minimum:
+            raise ConfigError.at(s.value.pos, f"`{key}' is {n}, below its minimum of {minimum}")
+        return n
+
+    def boolean(self, key: str) -> bool | None:
+        n = self.integer(key)
+        return None if n is None else n != 0
+
+    def items(self, key: str) -> list[Value] | None:
+        s = self.setting(key)
+        if s is None:
+            return None
+        if not s.value.is_list:
+            raise ConfigError.at(s.value.pos, f"`{key}' must be a list [ ... ]")
+        for item in s.value.items:
+            if item.is_list:
+                raise ConfigError.at(item.pos, f"`{key}' items must be strings, not lists")
+        return list(s.value.items)
+
+    def string_list(self, key: str) -> list[str] | None:
+        items = self.items(key)
+        return None if items is None else [v.text for v in items]
+
+    def string_or_list(self, key: str) -> list[Value] | None:
+        """A list of strings, or one string (xl's fallback for serial and usbdevice)."""
+        s = self.settings.get(key)
+        if s is not None and not s.value.is_list:
+            self.used.add(key)
+            return [s.value]
+        return self.items(key)
+
+    def choice(self, key: str, choices: Sequence[str], what: str | None = None) -> str | None:
+        v = self.string(key)
+        if v is not None and v not in choices:
+            options = ", ".join(f'"{c}"' for c in choices)
+            raise self.error(key, f"invalid value {v!r} for `{what or key}' (one of {options})")
+        return v
+
+
+def _spec(value: Value, exc: SpecError) -> ConfigError:
+    return ConfigError.at(value.pos, str(exc))
+
+
+def configure(settings: Settings, source: str = "<config>") -> GuestConfig:
+    """Build the guest's configuration from parsed settings (see the module doc)."""
+    r = _Reader(settings)
+
+    # -- domain type and identity --------------------------------------------------------
+    dtype = r.string("type")
+    if dtype is not None and dtype != "hvm":
+        raise r.error(
+            "type",
+            f'type = "{dtype}": only "hvm" guests have a qemu-xen-traditional stubdomain',
+        )
+    builder = r.string("builder")
+    if builder is not None:
+        if builder not in ("hvm", "generic"):
+            raise r.error("builder", f"invalid domain type {builder!r} for `builder'")
+        if builder != "hvm":
+            if dtype is not None:
+                raise r.error("builder", 'contradicting "builder" and "type" options')
+            raise r.error(
+                "builder",
+                'builder = "generic" is a PV guest: only "hvm" guests have a '
+                "qemu-xen-traditional stubdomain",
+            )
+    if dtype is None and builder is None:
+        raise ConfigError(
+            source, 1, 1, 'type = "hvm" is required (xl would build a PV guest without it)'
+        )
+
+    name = r.string("name")
+    if not name:
+        if r.has("name"):
+            raise r.error("name", "the domain name must not be empty")
+        raise ConfigError(source, 1, 1, 'domain name must be specified (name = "...")')
+    if any(c.isspace() for c in name):
+        log.warning(
+            "%s: name %r has a blank; the stubdomain's argument splitting will cut it apart",
+            source,
+            name,
+        )
+    cfg = GuestConfig(name=name, source=source)
+
+    u = r.string("uuid")
+    if u is not None:
+        try:
+            cfg.uuid = str(uuidlib.UUID(u))
+        except ValueError:
+            raise r.error("uuid", f"failed to parse UUID {u!r}") from None
+
+    # -- memory and vcpus ----------------------------------------------------------------
+    memory = r.integer("memory", minimum=1)
+    if memory is not None:
+        cfg.memory_mb = memory
+    maxmem = r.integer("maxmem", minimum=1)
+    if maxmem is not None:
+        if maxmem < cfg.memory_mb:
+            raise r.error("maxmem", f"maxmem ({maxmem}) is below memory ({cfg.memory_mb})")
+        cfg.maxmem_mb = maxmem
+    vcpus = r.integer("vcpus", minimum=1)
+    if vcpus is not None:
+        cfg.vcpus = vcpus
+    maxvcpus = r.integer("maxvcpus", minimum=1)
+    if maxvcpus is not None:
+        if maxvcpus < cfg.vcpus:
+            raise r.error("maxvcpus", f"maxvcpus ({maxvcpus}) < vcpus ({cfg.vcpus})")
+        cfg.maxvcpus = maxvcpus
+
+    # -- device model ----------------------------------------------------------------------
+    dmv = r.string("device_model_version")
+    if dmv is not None:
+        if dmv == "qemu-xen":
+            raise r.error(
+                "device_model_version",
+                'device_model_version "qemu-xen" is not supported: this toolstack runs '
+                "only qemu-xen-traditional stubdomains (device_model_version = "
+                '"qemu-xen-traditional")',
+            )
+        if dmv != TRADITIONAL:
+            raise r.error("device_model_version", f"unknown device_model_version {dmv!r}")
+        cfg.device_model_version = dmv
+    stub = r.boolean("device_model_stubdomain_override")
+    if stub is False:
+        raise r.error(
+            "device_model_stubdomain_override",
+            "device_model_stubdomain_override = 0 asks for a device model in dom0; this "
+            "toolstack runs the device model only in a stubdomain",
+        )
+    stub_mem = r.integer("stubdomain_memory", minimum=1)
+    if stub_mem is not None:
+        cfg.stubdomain_memory_mb = stub_mem
+    cfg.stubdomain_kernel = r.string("stubdomain_kernel")
+    cmdline = r.string("stubdomain_cmdline")
+    if cmdline is not None:
+        cfg.stubdomain_cmdline = cmdline
+    for key in ("device_model_args", "device_model_args_hvm"):
+        args = r.string_list(key)
+        if args is None:
+            continue
+        for a in args:
+            if not a or any(c.isspace() for c in a):
+                log.warning(
+                    "%s: %s item %r will not reach the stubdomain as one argument "
+                    "(dmargs are split on blanks)",
+                    source,
+                    key,
+                    a,
+                )
+        setattr(cfg, key, args)
+    if r.boolean("dm_restrict"):
+        raise r.error("dm_restrict", "dm_restrict is not supported with qemu-xen-traditional")
+    kernel = r.string("kernel")
+    if kernel is not None and Path(kernel).name != "hvmloader":
+        raise r.error(
+            "kernel",
+            "HVM direct kernel boot (kernel=) is not supported with qemu-xen-traditional",
+        )
+
+    bios = r.choice("bios", BIOSES)
+    if bios is not None:
+        if bios != "rombios":
+            raise r.error("bios", f'qemu-xen-traditional requires bios=rombios (bios = "{bios}")')
+        cfg.bios = bios
+
+    # -- display -----------------------------------------------------------------------------
+    vnc = VncConfig()
+    enabled = r.boolean("vnc")
+    if enabled is not None:
+        vnc.enabled = enabled
+    listen = r.string("vnclisten")
+    if listen is not None:
+        vnc.listen = listen
+    display = r.integer("vncdisplay", minimum=0)
+    if display is not None:
+        vnc.display = display
+    unused = r.boolean("vncunused")
+    if unused is not None:
+        vnc.findunused = unused
+    passwd = r.string("vncpasswd")
+    vnc.password = passwd or None
+    if listen is not None and ":" in listen and vnc.display:
+        raise r.error("vncdisplay", "display specified both in vnclisten and vncdisplay")
+    cfg.vnc = vnc
+    cfg.sdl = bool(r.boolean("sdl"))
+    cfg.opengl = bool(r.boolean("opengl"))
+    cfg.nographic = bool(r.boolean("nographic"))
+    cfg.keymap = r.string("keymap")
+    if r.boolean("spice"):
+        raise r.error("spice", "spice is not supported with qemu-xen-traditional")
+
+    vga = r.choice("vga", VGAS)
+    if vga is not None:
+        if vga == "qxl":
+            raise r.error("vga", 'vga = "qxl" needs qemu-xen (upstream QEMU)')
+        cfg.vga = vga
+    else:
+        stdvga = r.boolean("stdvga")
+        if stdvga is not None:
+            cfg.vga = "stdvga" if stdvga else "cirrus"
+    videoram = r.integer("videoram", minimum=0)
+    if videoram is not None:
+        if cfg.vga == "stdvga" and videoram < 8:
+            raise r.error(
+                "videoram",
+                f"videoram must be at least 8 MB for stdvga on qemu-xen-traditional "
+                f"(videoram = {videoram})",
+            )
+        if cfg.vga == "cirrus" and videoram != 4:
+            log.warning(
+                "%s: ignoring videoram other than 4 MB for cirrus on qemu-xen-traditional",
+                source,
+            )
+        cfg.videoram_mb = videoram
+
+    # -- other emulated devices ------------------------------------------------------------
+    cfg.usb = bool(r.boolean("usb"))
+    usbdevice = r.string_or_list("usbdevice")
+    if usbdevice is not None:
+        cfg.usbdevice = [v.text for v in usbdevice]
+    cfg.soundhw = r.string("soundhw")
+    if r.has("gfx_passthru"):
+        s = r.settings["gfx_passthru"]
+        if not s.value.is_list and strtol(s.value.text) is None:
+            cfg.gfx_passthru = r.choice("gfx_passthru", GFX_PASSTHRU_KINDS) is not None
+        else:
+            cfg.gfx_passthru = bool(r.boolean("gfx_passthru"))
+    acpi = r.boolean("acpi")
+    if acpi is not None:
+        cfg.acpi = acpi
+    boot = r.string("boot")
+    if boot is not None:
+        if not re.fullmatch(r"[a-z]+", boot):
+            raise r.error("boot", f'invalid boot order {boot!r} (letters such as "cda")')
+        cfg.boot = boot
+    timeoffset = r.string("timeoffset")
+    if timeoffset is not None:
+        cfg.timeoffset = timeoffset
+
+    serial = r.string_or_list("serial")
+    serial_list = r.items("serial_list")
+    if serial is not None and serial_list is not None:
+        raise r.error(
+            "serial_list",
+            "serial and serial_list are both set; libxl accepts only one of them",
+        )
+    for v in serial or serial_list or []:
+        try:
+            cfg.serial.append(parse_serial(v.text))
+        except SpecError as e:
+            raise _spec(v, e) from None
+
+    # -- devices -----------------------------------------------------------------------------
+    for v in r.items("disk") or []:
+        try:
+            cfg.disks.append(parse_disk(v.text))
+        except SpecError as e:
+            raise _spec(v, e) from None
+    for devid, v in enumerate(r.items("vif") or []):
+        try:
+            cfg.nics.append(parse_vif(v.text, devid))
+        except SpecError as e:
+            raise _spec(v, e) from None
+    pci_defaults = {
+        key: bool(r.boolean(f"pci_{key}"))
+        for key in ("msitranslate", "power_mgmt", "permissive", "seize")
+    }
+    for v in r.items("pci") or []:
+        try:
+            cfg.pcis.append(parse_pci(v.text, rdm_policy=RdmPolicy.RELAXED, **pci_defaults))
+        except SpecError as e:
+            raise _spec(v, e) from None
+    if cfg.pcis and cfg.maxmem_mb is not None and cfg.maxmem_mb > cfg.memory_mb:
+        raise r.error(
+            "maxmem",
+            "PCI device assignment for an HVM guest fails with PoD enabled "
+            f"(maxmem {cfg.maxmem_mb} > memory {cfg.memory_mb})",
+        )
+    _check_unique_vdevs(cfg, r)
+    _check_unique_devids(cfg, r)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    for key in ("on_poweroff", "on_reboot", "on_crash", "on_watchdog", "on_soft_reset"):
+        action = r.string(key)
+        if action is None:
+            continue
+        if action not in SHUTDOWN_ACTIONS:
+            raise r.error(key, f"unknown {key} action {action!r}")
+        if hasattr(cfg, key):
+            setattr(cfg, key, action)
+
+    # -- the rest -----------------------------------------------------------------------------
+    for key, setting in settings.items():
+        if key in r.used:
+            continue
+        note = _IGNORED_WITH_NOTE.get(key)
+        if note is not None:
+            log.warning("%s: `%s' ignored: %s", setting.pos, key, note)
+        else:
+            log.info("%s: `%s' is not used by this toolstack; ignored", setting.pos, key)
+    return cfg
+
+
+def _check_unique_vdevs(cfg: GuestConfig, r: _Reader) -> None:
+    seen: set[str] = set()
+    for d in cfg.disks:
+        if d.vdev in seen:
+            raise r.error("disk", f"vdev {d.vdev!r} is used by more than one disk")
+        seen.add(d.vdev)
+
+
+def _check_unique_devids(cfg: GuestConfig, r: _Reader) -> None:
+    seen: set[int] = set()
+    for n in cfg.nics:
+        if n.devid in seen:
+            raise r.error("vif", f"devid {n.devid} is used by more than one vif")
+        seen.add(n.devid)
+
+
+def parse_config(
+    text: str, filename: str = "<string>", overrides: Sequence[str] = ()
+) -> GuestConfig:
+    """Parse an xl.cfg text, apply ``key=value`` overrides as ``xl create`` does, and
+    build the `GuestConfig`."""
+    settings = apply_overrides(parse_xlcfg(text, filename), overrides)
+    return configure(settings, source=filename)
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> GuestConfig:
+    """`parse_config` on a file; an unreadable file is a `ConfigError` too."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(str(p), 0, 0, f"unable to open configuration file: {e.strerror}") from e
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ConfigError(str(p), line, col, "the file is not valid UTF-8") from None
+    return parse_config(text, str(p), overrides)
