@@ -221,10 +221,14 @@ class Bdf:
     def devfn(self) -> int:
         return (self.dev << 3) | self.func
 
+    @classmethod
+    def parse(cls, text: str) -> Bdf:
+        return parse_bdf(text)
+
 
 _BDF = re.compile(
     r"(?:(?P<dom>[0-9a-fA-F]{1,4}):)?(?P<bus>[0-9a-fA-F]{1,2}):(?P<dev>[0-9a-fA-F]{1,2})"
-    r"\.(?P<func>[0-7])\Z"
+    r"\.0?(?P<func>[0-7])\Z"
 )
 
 

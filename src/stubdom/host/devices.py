@@ -38,6 +38,7 @@ from stubdom.host.xenbus import (
     frontend_path,
     read_text,
 )
+from stubdom.protocol import Bdf
 from stubdom.wire.paths import domain_path
 from stubdom.xenstore import Client, NoEntry, Transaction, XenStoreTimeout
 
@@ -684,29 +685,8 @@ async def remove_device(
 # -- PCI ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PciAddress:
-    """A PCI function: domain (segment), bus, device (slot), function."""
-
-    domain: int
-    bus: int
-    dev: int
-    func: int
-
-    @classmethod
-    def parse(cls, text: str) -> PciAddress:
-        """``%x:%x:%x.%x`` as pciback and Mini-OS read it (``0000:03:00.0``)."""
-        m = re.fullmatch(r"([0-9a-fA-F]+):([0-9a-fA-F]+):([0-9a-fA-F]+)\.([0-9a-fA-F]+)", text)
-        if not m:
-            raise ValueError(f"not a PCI address: {text!r} (want dddd:bb:ss.f)")
-        d, b, s, f = (int(x, 16) for x in m.groups())
-        if d > 0xFFFF or b > 0xFF or s > 0x1F or f > 7:
-            raise ValueError(f"PCI address out of range: {text!r}")
-        return cls(d, b, s, f)
-
-    def __str__(self) -> str:
-        """libxl's ``PCI_BDF``: ``%04x:%02x:%02x.%01x``."""
-        return f"{self.domain:04x}:{self.bus:02x}:{self.dev:02x}.{self.func:01x}"
+#: A PCI function's address (domain, bus, slot, function): the protocol's `Bdf`.
+PciAddress = Bdf
 
 
 @dataclass

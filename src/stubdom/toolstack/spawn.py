@@ -103,9 +103,11 @@ class StubdomSpawner:
         cfg: GuestConfig,
         *,
         paused: bool = False,
-        restore_from: Path | None = None,
+        restore_state: bytes | None = None,
         attach_pcis: Callable[[int, int], Awaitable[None]] | None = None,
     ) -> Created:
+        """Create the guest and its stubdomain; ``restore_state`` is a saved device-model
+        state to resume from (``-loadvm``, fed through console 2)."""
         self.paths.ensure()
         made: list[tuple[int, str]] = []
         step = "starting"
@@ -121,6 +123,12 @@ class StubdomSpawner:
                 )
             )
             made.append((guest, cfg.uuid))
+            restore_file = self.paths.restore_file(guest) if restore_state is not None else None
+            if restore_file is not None and restore_state is not None:
+                step = "writing the saved device-model state"
+                fd = os.open(restore_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(restore_state)
             step = "writing the guest's xenstore records"
             grec = DomainRecord(
                 guest,
@@ -171,7 +179,7 @@ class StubdomSpawner:
             await introduce_domain(self.xs, srec)
 
             step = "writing the device model's setup"
-            saved = str(self.paths.restore_file(guest)) if restore_from else None
+            saved = str(restore_file) if restore_file is not None else None
             argv = build_dm_argv(cfg, guest, saved_state=saved)
             await self.xs.write(proto.dm_version_path(guest), proto.DM_VERSION_TRADITIONAL)
             await self._write_dmargs(grec.vm_path, stub, proto.encode_dmargs(argv))
@@ -201,7 +209,7 @@ class StubdomSpawner:
                     ),
                 )
                 await devices.add_device(self.xs, stub, devices.Vkbd())
-            await self._add_consoles(cfg, guest, stub, restore_from)
+            await self._add_consoles(cfg, guest, stub, restore_file)
             step = "attaching the stubdomain's nics"
             for nic in cfg.nics:
                 ref = await devices.add_device(
@@ -269,15 +277,15 @@ class StubdomSpawner:
         await self.xs.retry_transaction(body)
 
     async def _add_consoles(
-        self, cfg: GuestConfig, guest: int, stub: int, restore_from: Path | None
+        self, cfg: GuestConfig, guest: int, stub: int, restore_file: Path | None
     ) -> None:
         log_file = self.paths.dm_log(cfg.name)
         save = self.paths.save_file(guest)
         await add_console(self.xs, stub, proto.CONSOLE_LOGGING, f"file:{log_file}")
         await add_console(self.xs, stub, proto.CONSOLE_SAVE, f"file:{save}")
-        restore = None
-        if restore_from is not None:
-            restore = f"pipe:{restore_from}"
+        # Console 2 is fed the saved state only when restoring; otherwise libxl writes
+        # no output spec and the backend falls back to a pty.
+        restore = f"pipe:{restore_file}" if restore_file is not None else None
         await add_console(self.xs, stub, proto.CONSOLE_RESTORE, restore)
         for i, spec in enumerate(cfg.serial):
             await add_console(self.xs, stub, proto.CONSOLE_SERIAL + i, spec)

@@ -1,0 +1,231 @@
+"""xl's verbs on the simulated host: create, destroy, list, and xenstore conveniences.
+
+DOMAIN is a name or a domid everywhere.  Exit status 0 on success; otherwise one line
+on stderr naming what failed and how to fix it, and status 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+
+import click
+
+from stubdom.cli.host import XL_LIST_HEADER, dir_option, xl_list_row
+from stubdom.cli.main import cli
+from stubdom.host.hypervisor import HypervisorError
+from stubdom.toolstack.session import Session, ToolstackError, open_session
+from stubdom.wire.perms import InvalidPermission, parse_perm
+from stubdom.xenstore import Transaction, XenStoreError
+
+
+def run(body: Callable[[Session], Awaitable[None]], directory: str | None) -> None:
+    """Run one command against the host; every expected failure is a one-line error."""
+
+    async def main() -> None:
+        async with open_session(directory) as session:
+            await body(session)
+
+    try:
+        asyncio.run(main())
+    except (ToolstackError, HypervisorError, XenStoreError, ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+
+
+# -- domains ----------------------------------------------------------------------------
+
+
+@cli.command("create")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("-p", "paused", is_flag=True, help="Leave the guest paused after creating it.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=None,
+    help="Seconds to wait for the device model to report running (default 30).",
+)
+@dir_option
+def create(
+    config: str,
+    overrides: tuple[str, ...],
+    paused: bool,
+    timeout: float | None,
+    directory: str | None,
+) -> None:
+    """Create an HVM guest and its device-model stubdomain from an xl.cfg file.
+
+    Trailing KEY=VALUE arguments override the file, as with 'xl create'.
+    """
+    from stubdom.toolstack.configure import load_config
+    from stubdom.toolstack.operations import create_guest
+
+    cfg = load_config(config, overrides)
+
+    async def body(s: Session) -> None:
+        created = await create_guest(s, cfg, paused=paused, timeout=timeout)
+        click.echo(
+            f"Created {cfg.name} (domain {created.guest}) with stubdomain "
+            f"{cfg.name}-dm (domain {created.stubdom})",
+            err=True,
+        )
+
+    run(body, directory)
+
+
+@cli.command("destroy")
+@click.argument("domain")
+@dir_option
+def destroy(domain: str, directory: str | None) -> None:
+    """Destroy a guest, its stubdomain, their nodes and their save/restore files."""
+    from stubdom.toolstack.spawn import destroy_guest
+
+    async def body(s: Session) -> None:
+        info = await s.resolve_guest(domain)
+        await destroy_guest(s.hv, s.xs, info.domid, s.paths)
+
+    run(body, directory)
+
+
+@cli.command("list")
+@click.argument("domains", nargs=-1)
+@dir_option
+def list_(domains: tuple[str, ...], directory: str | None) -> None:
+    """List domains in xl's layout; a stubdomain shows as <guest>-dm."""
+
+    async def body(s: Session) -> None:
+        infos = list(await s.domains())
+        if domains:
+            wanted = set(domains)
+            infos = [d for d in infos if d.name in wanted or str(d.domid) in wanted]
+            missing = wanted - {d.name for d in infos} - {str(d.domid) for d in infos}
+            if missing:
+                raise ToolstackError(f"no domain {sorted(missing)[0]!r}")
+        click.echo(XL_LIST_HEADER)
+        for d in infos:
+            click.echo(xl_list_row(d))
+
+    run(body, directory)
+
+
+# -- xenstore conveniences -----------------------------------------------------------------
+
+
+@cli.group("xenstore")
+def xenstore() -> None:
+    """Read and change the host's xenstore (like xenstore-read, -write, -ls ...)."""
+
+
+@xenstore.command("read")
+@click.argument("paths", nargs=-1, required=True)
+@dir_option
+def xs_read(paths: tuple[str, ...], directory: str | None) -> None:
+    async def body(s: Session) -> None:
+        for p in paths:
+            click.echo((await s.xs.read(p)).decode("utf-8", "replace"))
+
+    run(body, directory)
+
+
+@xenstore.command("write")
+@click.argument("pairs", nargs=-1, required=True)
+@dir_option
+def xs_write(pairs: tuple[str, ...], directory: str | None) -> None:
+    """PATH VALUE [PATH VALUE ...], in one transaction when there are several."""
+    if len(pairs) % 2:
+        raise click.UsageError("write takes PATH VALUE pairs")
+
+    async def body(s: Session) -> None:
+        items = list(zip(pairs[::2], pairs[1::2], strict=True))
+        if len(items) == 1:
+            await s.xs.write(*items[0])
+            return
+
+        async def tx(t: Transaction) -> None:
+            for path, value in items:
+                await t.write(path, value)
+
+        await s.xs.retry_transaction(tx)
+
+    run(body, directory)
+
+
+@xenstore.command("rm")
+@click.argument("paths", nargs=-1, required=True)
+@dir_option
+def xs_rm(paths: tuple[str, ...], directory: str | None) -> None:
+    async def body(s: Session) -> None:
+        for p in paths:
+            await s.xs.rm(p)
+
+    run(body, directory)
+
+
+@xenstore.command("ls")
+@click.argument("path", default="/")
+@click.option("-p", "perms", is_flag=True, help="Show permissions.")
+@dir_option
+def xs_ls(path: str, perms: bool, directory: str | None) -> None:
+    """The tree below PATH, indented, like xenstore-ls."""
+
+    async def walk(s: Session, p: str, depth: int) -> None:
+        for name in await s.xs.directory(p):
+            child = f"{p.rstrip('/')}/{name}"
+            value = (await s.xs.read(child)).decode("utf-8", "replace")
+            line = f'{" " * depth}{name} = "{_sanitise(value)}"'
+            if perms:
+                line += "  (" + ",".join(str(x) for x in await s.xs.get_perms(child)) + ")"
+            click.echo(line)
+            await walk(s, child, depth + 1)
+
+    run(functools.partial(walk, p=path, depth=0), directory)
+
+
+@xenstore.command("chmod")
+@click.argument("path")
+@click.argument("permissions", nargs=-1, required=True)
+@dir_option
+def xs_chmod(path: str, permissions: tuple[str, ...], directory: str | None) -> None:
+    """Set PATH's permissions: owner first (n0), then ACL entries (r5 w3 b7)."""
+    try:
+        vector = [parse_perm(p) for p in permissions]
+    except InvalidPermission as e:
+        raise click.BadParameter(str(e)) from None
+
+    async def body(s: Session) -> None:
+        await s.xs.set_perms(path, vector)
+
+    run(body, directory)
+
+
+@xenstore.command("watch")
+@click.argument("path")
+@click.option("-n", "count", type=int, default=0, help="Stop after N events (0: never).")
+@dir_option
+def xs_watch(path: str, count: int, directory: str | None) -> None:
+    """Print the path of each event (the first is the watch being set)."""
+
+    async def body(s: Session) -> None:
+        seen = 0
+        async with s.xs.watch(path) as w:
+            async for ev in w:
+                click.echo(ev.path)
+                seen += 1
+                if count and seen >= count:
+                    return
+
+    run(body, directory)
+
+
+def _sanitise(value: str) -> str:
+    """Like xenstore-ls: backslashes and unprintable characters escaped."""
+    out = []
+    for ch in value:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(f"\\x{ord(ch):02x}")
+    return "".join(out)

@@ -1,0 +1,172 @@
+"""The toolstack's operations on a guest: create, PCI hot-plug, and the records of both.
+
+Each operation goes through `DeviceModelChannel` for the device model and through
+`stubdom.host.devices` for the stubdomain's pciback, in libxl's order (reference §3.3,
+§3.4).  The guest's configuration is kept as JSON next to the save files, as libxl keeps
+its userdata, so that save and pci-list know what the guest was made from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from stubdom import protocol as proto
+from stubdom.host import devices
+from stubdom.toolstack.config import GuestConfig, PciSpec
+from stubdom.toolstack.control import DeviceModelChannel
+from stubdom.toolstack.session import Session, ToolstackError
+from stubdom.toolstack.spawn import Created, StubdomSpawner
+from stubdom.xenstore import NoEntry, Transaction
+
+log = logging.getLogger(__name__)
+
+
+def channel(s: Session, stub: int, guest: int, timeout: float | None = None) -> DeviceModelChannel:
+    return DeviceModelChannel(
+        s.xs, stub, guest, s.paths.lock_dir, timeout=timeout or proto.DEVICE_MODEL_TIMEOUT
+    )
+
+
+async def create_guest(
+    s: Session,
+    cfg: GuestConfig,
+    *,
+    paused: bool = False,
+    timeout: float | None = None,
+    restore_state: bytes | None = None,
+) -> Created:
+    """``xl create``: the guest, its stubdomain, then the configured PCI devices."""
+
+    async def wait_running(stub: int, guest: int, limit: float) -> None:
+        await channel(s, stub, guest, limit).wait_running()
+
+    async def attach_pcis(guest: int, stub: int) -> None:
+        for spec in cfg.pcis:
+            await pci_attach(s, guest, spec, starting=True)
+
+    spawner = StubdomSpawner(
+        s.hv, s.xs, s.paths, wait_running, timeout or proto.STUBDOM_START_TIMEOUT
+    )
+    created = await spawner.create(
+        cfg, paused=paused, restore_state=restore_state, attach_pcis=attach_pcis
+    )
+    from stubdom.toolstack.savefile import config_to_json
+
+    userdata(s, created.guest, cfg.uuid).write_text(json.dumps(config_to_json(cfg)))
+    return created
+
+
+def userdata(s: Session, guest: int, uuid: str) -> Path:
+    """libxl's ``userdata-d.<domid>.<uuid>.libxl-json``: the config the guest was made from."""
+    return s.paths.state_dir / f"userdata-d.{guest}.{uuid}.libxl-json"
+
+
+# -- PCI ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttachedPci:
+    """One row of ``pci-list``: the host function and the guest slot qemu chose."""
+
+    bdf: proto.Bdf
+    vdevfn: int
+
+    def row(self) -> str:
+        return f"{self.vdevfn >> 3:02x}.{self.vdevfn & 7:01x} {self.bdf}"
+
+
+def _pci_record(guest: int, bdf: proto.Bdf) -> str:
+    """Our note of what the device model inserted, in libxl's private area."""
+    return f"/libxl/{guest}/device/pci/{bdf.domain:04x}-{bdf.bus:02x}-{bdf.dev:02x}-{bdf.func}"
+
+
+async def _stub_of(s: Session, guest: int) -> int:
+    stub = await s.stubdom_of(guest)
+    if stub is None:
+        raise ToolstackError(f"domain {guest} has no device-model stubdomain")
+    return stub
+
+
+def _functions(spec: PciSpec) -> list[proto.Bdf]:
+    """The functions to insert, 7 down to 0 (function 0 raises the guest's hot-plug
+    event, so it goes last).  With no PCI hardware here, ``*`` means function 0 only."""
+    return [spec.bdf]
+
+
+async def pci_attach(
+    s: Session, guest: int, spec: PciSpec, *, starting: bool = False, timeout: float | None = None
+) -> list[AttachedPci]:
+    """``xl pci-attach``: the stubdomain's pciback first, then ``pci-ins`` per function."""
+    stub = await _stub_of(s, guest)
+    info = await s.hv.domain_info(guest)
+    done: list[AttachedPci] = []
+    for bdf in sorted(_functions(spec), key=lambda b: -b.func):
+        if await s.xs.exists(_pci_record(guest, bdf)):
+            raise ToolstackError(f"{bdf} is already attached to {info.name!r}")
+        fn = devices.PciFunction(
+            bdf,
+            vdevfn=spec.vdevfn,
+            msitranslate=spec.msitranslate,
+            power_mgmt=spec.power_mgmt,
+            permissive=spec.permissive,
+            rdm_policy=spec.rdm_policy.value,
+        )
+        await devices.add_pci(
+            s.xs, stub, fn, domain_name=f"{info.name}{proto.STUBDOM_SUFFIX}", starting=starting
+        )
+        try:
+            devfn = await channel(s, stub, guest, timeout).pci_insert(
+                bdf, spec.vdevfn, spec.msitranslate, spec.power_mgmt
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await devices.remove_pci(s.xs, stub, fn.address)
+            raise
+        await s.xs.write(f"{_pci_record(guest, bdf)}/vdevfn", f"0x{devfn:02x}")
+        done.append(AttachedPci(bdf, devfn))
+    return done
+
+
+async def pci_detach(
+    s: Session, guest: int, bdf: proto.Bdf, *, force: bool = False, timeout: float | None = None
+) -> None:
+    """``xl pci-detach``: ``pci-rem`` (function 0, not forced), then the pciback entry."""
+    stub = await _stub_of(s, guest)
+    record = _pci_record(guest, bdf)
+    raw = await s.xs.read_optional(f"{record}/vdevfn")
+    if raw is None:
+        raise ToolstackError(f"{bdf} is not attached to domain {guest}; see 'stubdom pci-list'")
+    vdevfn = int(raw, 16)
+    await channel(s, stub, guest, timeout).pci_remove(bdf, force=force, vdevfn=vdevfn)
+    with contextlib.suppress(devices.DeviceError):
+        await devices.remove_pci(s.xs, stub, bdf)
+
+    async def drop(t: Transaction) -> None:
+        with contextlib.suppress(NoEntry):
+            await t.rm(record)
+
+    await s.xs.retry_transaction(drop)
+
+
+async def pci_list(s: Session, guest: int) -> list[AttachedPci]:
+    base = f"/libxl/{guest}/device/pci"
+    try:
+        names = await s.xs.directory(base)
+    except NoEntry:
+        return []
+    out = []
+    for name in names:
+        raw = await s.xs.read_optional(f"{base}/{name}/vdevfn")
+        if raw is None:
+            continue
+        dom, bus, dev, func = name.split("-")
+        out.append(
+            AttachedPci(
+                proto.Bdf(int(dom, 16), int(bus, 16), int(dev, 16), int(func)), int(raw, 16)
+            )
+        )
+    return sorted(out, key=lambda a: a.vdevfn)
