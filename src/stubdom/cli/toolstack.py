@@ -229,3 +229,119 @@ def _sanitise(value: str) -> str:
         else:
             out.append(f"\\x{ord(ch):02x}")
     return "".join(out)
+
+
+# -- PCI, save, restore, console ----------------------------------------------------------
+
+_timeout_option = click.option(
+    "--timeout",
+    type=float,
+    default=None,
+    help="Seconds to wait for the device model (default 60, libxl's).",
+)
+
+
+@cli.command("pci-attach")
+@click.argument("domain")
+@click.argument("pci_spec")
+@_timeout_option
+@dir_option
+def pci_attach(domain: str, pci_spec: str, timeout: float | None, directory: str | None) -> None:
+    """Hot-plug a PCI function into a running guest (PCI_SPEC_STRING as xl)."""
+    from stubdom.toolstack.operations import pci_attach as attach
+    from stubdom.toolstack.specs import parse_pci
+
+    spec = parse_pci(pci_spec)
+
+    async def body(s: Session) -> None:
+        info = await s.resolve_guest(domain)
+        await attach(s, info.domid, spec, timeout=timeout)
+
+    run(body, directory)
+
+
+@cli.command("pci-detach")
+@click.argument("domain")
+@click.argument("pci_spec")
+@click.option("-f", "force", is_flag=True, help="Remove without asking the device model.")
+@_timeout_option
+@dir_option
+def pci_detach(
+    domain: str, pci_spec: str, force: bool, timeout: float | None, directory: str | None
+) -> None:
+    """Hot-unplug a PCI function (only its BDF matters, as with xl)."""
+    from stubdom.toolstack.operations import pci_detach as detach
+    from stubdom.toolstack.specs import parse_pci
+
+    spec = parse_pci(pci_spec)
+
+    async def body(s: Session) -> None:
+        info = await s.resolve_guest(domain)
+        await detach(s, info.domid, spec.bdf, force=force, timeout=timeout)
+
+    run(body, directory)
+
+
+@cli.command("pci-list")
+@click.argument("domain")
+@dir_option
+def pci_list(domain: str, directory: str | None) -> None:
+    """The guest's PCI functions and the virtual slot the device model chose."""
+    from stubdom.toolstack.operations import pci_list as listing
+
+    async def body(s: Session) -> None:
+        info = await s.resolve_guest(domain)
+        rows = await listing(s, info.domid)
+        click.echo("Vdev Device")
+        for row in rows:
+            click.echo(row.row())
+
+    run(body, directory)
+
+
+@cli.command("save")
+@click.argument("domain")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("-c", "keep", is_flag=True, help="Leave the guest running after saving.")
+@click.option("-p", "leave_paused", is_flag=True, help="With -c: leave the guest paused.")
+@_timeout_option
+@dir_option
+def save(
+    domain: str,
+    file: str,
+    keep: bool,
+    leave_paused: bool,
+    timeout: float | None,
+    directory: str | None,
+) -> None:
+    """Save a guest's device-model state and configuration to FILE."""
+    from pathlib import Path
+
+    from stubdom.toolstack.operations import save_guest
+
+    async def body(s: Session) -> None:
+        info = await s.resolve_guest(domain)
+        size = await save_guest(
+            s, info.domid, Path(file), keep=keep, leave_paused=leave_paused, timeout=timeout
+        )
+        click.echo(f"Saved {info.name} to {file} ({size} bytes)", err=True)
+
+    run(body, directory)
+
+
+@cli.command("restore")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("-p", "paused", is_flag=True, help="Leave the guest paused after restoring.")
+@_timeout_option
+@dir_option
+def restore(file: str, paused: bool, timeout: float | None, directory: str | None) -> None:
+    """Recreate a guest and its stubdomain from a file written by 'stubdom save'."""
+    from pathlib import Path
+
+    from stubdom.toolstack.operations import restore_guest
+
+    async def body(s: Session) -> None:
+        created = await restore_guest(s, Path(file), paused=paused, timeout=timeout)
+        click.echo(f"Restored domain {created.guest} with stubdomain {created.stubdom}", err=True)
+
+    run(body, directory)

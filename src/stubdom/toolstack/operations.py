@@ -170,3 +170,117 @@ async def pci_list(s: Session, guest: int) -> list[AttachedPci]:
             )
         )
     return sorted(out, key=lambda a: a.vdevfn)
+
+
+# -- save and restore ----------------------------------------------------------------------
+
+#: Keys of the control directory that belong to the live exchange, not to saved state.
+_LIVE_KEYS = frozenset({"state", "command", "parameter", "logdirty"})
+
+
+async def _guest_config(s: Session, guest: int) -> GuestConfig:
+    from stubdom.toolstack.savefile import config_from_json
+
+    info = await s.hv.domain_info(guest)
+    path = userdata(s, guest, info.uuid)
+    try:
+        return config_from_json(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise ToolstackError(
+            f"no configuration recorded for {info.name!r} ({path}); "
+            "was it created with 'stubdom create'?"
+        ) from None
+
+
+async def _emulator_xenstore(s: Session, stub: int, guest: int) -> dict[str, str]:
+    """The device model's own nodes (libxl's EMULATOR_XENSTORE_DATA), relative keys."""
+    out: dict[str, str] = {}
+    base = proto.dm_path(stub, guest)
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        try:
+            names = await s.xs.directory(f"{base}/{rel}".rstrip("/"))
+        except NoEntry:
+            continue
+        for name in names:
+            key = f"{rel}/{name}".lstrip("/")
+            if key.split("/", 1)[0] in _LIVE_KEYS:
+                continue
+            value = await s.xs.read_optional(f"{base}/{key}")
+            if value:
+                out[key] = value.decode("utf-8", "replace")
+            stack.append(key)
+    return out
+
+
+async def save_guest(
+    s: Session,
+    guest: int,
+    file: Path,
+    *,
+    keep: bool = False,
+    leave_paused: bool = False,
+    timeout: float | None = None,
+) -> int:
+    """``xl save``: ``save`` -> ``paused``, the device-model state once complete, the
+    save image; then the guest is destroyed unless ``keep``.  Returns the image size."""
+    from stubdom.toolstack.savefile import (
+        SaveFileError,
+        SaveImage,
+        check_dm_state_complete,
+        config_to_json,
+        encode_save_image,
+    )
+    from stubdom.toolstack.spawn import destroy_guest
+
+    stub = await _stub_of(s, guest)
+    cfg = await _guest_config(s, guest)
+    await s.hv.pause(guest)
+    chan = channel(s, stub, guest, timeout)
+    await chan.save()
+    # libxl trusts ``paused`` alone; we also check that the state is a whole stream.
+    # The device model closes console 1 before it writes ``paused``, and a console's
+    # close returns only once the backend has the data on disk: one look suffices.
+    state_file = s.paths.save_file(guest)
+    blob = state_file.read_bytes() if state_file.exists() else b""
+    try:
+        check_dm_state_complete(blob)
+    except SaveFileError as e:
+        raise ToolstackError(
+            f"the device model of domain {guest} reported paused, but its "
+            f"saved state in {state_file} is incomplete: {e}"
+        ) from None
+    image = SaveImage(
+        config_json=config_to_json(cfg),
+        emulator_xenstore=await _emulator_xenstore(s, stub, guest),
+        emulator_context=blob,
+    )
+    data = encode_save_image(image)
+    tmp = file.with_name(file.name + ".partial")
+    tmp.write_bytes(data)
+    tmp.replace(file)
+    if keep:
+        await chan.resume()
+        if not leave_paused:
+            await s.hv.unpause(guest)
+    else:
+        await destroy_guest(s.hv, s.xs, guest, s.paths)
+    return len(data)
+
+
+async def restore_guest(
+    s: Session, file: Path, *, paused: bool = False, timeout: float | None = None
+) -> Created:
+    """``xl restore``: validate the image, recreate both domains from the saved state."""
+    from stubdom.toolstack.savefile import config_from_json, decode_save_image
+
+    try:
+        data = file.read_bytes()
+    except OSError as e:
+        raise ToolstackError(f"cannot read {file}: {e.strerror or e}") from None
+    image = decode_save_image(data)  # SaveFileError: nothing has been created yet
+    cfg = config_from_json(image.config_json)
+    return await create_guest(
+        s, cfg, paused=paused, timeout=timeout, restore_state=image.emulator_context
+    )
