@@ -418,8 +418,12 @@ def parse_pci(
         elif rest:
             raise SpecError("PCI", spec, f"unexpected `{rest}' after the BDF")
 
-    for item in rest.split(",") if rest else []:
+    for n, item in enumerate(rest.split(",") if rest else []):
         key, eq, value = item.partition("=")
+        if not eq and n == 0 and got is None:
+            raise SpecError(
+                "PCI", spec, f"`{item}' is not a PCI address ([DDDD:]BB:DD.F, hex; F 0-7 or *)"
+            )
         if not eq:
             raise SpecError("PCI", spec, f"`{item}' is not key=value")
         if key == "bdf":

@@ -372,11 +372,40 @@ class _Parser:
         raise self.fail('a value (a "string", a number or a [list])')
 
 
+_SKIP = re.compile(
+    r"""[a-z][._0-9a-z]*|[0-9][0-9a-fx]*|'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*"|\+=|#[^\n]*"""
+)
+
+
+def _likely_python(text: str) -> bool:
+    """Whether any of ``+ - . ( ) :`` appears outside strings, names and comments (what
+    sets libxlu's ``likely_python``, which it reports with any error in the file)."""
+    i, n = 0, len(text)
+    while i < n:
+        m = _SKIP.match(text, i)
+        if m:
+            i = m.end()
+            continue
+        if text[i] in _PYTHONISH:
+            return True
+        i += 1
+    return False
+
+
+def _parse(text: str, filename: str, settings: Settings, line: int = 1) -> None:
+    try:
+        _Parser(_Lexer(text, filename, line).tokens(), settings).parse_file()
+    except ConfigError as e:
+        if PYTHON_HINT not in e.message and _likely_python(text):
+            raise ConfigError(e.file, e.line, e.column, f"{e.message}; {PYTHON_HINT}") from None
+        raise
+
+
 def parse_xlcfg(text: str, filename: str = "<string>", base: Settings | None = None) -> Settings:
     """Parse an xl.cfg text. With ``base``, its settings come first and ``+=`` appends to
     them (``base`` itself is not changed)."""
     settings = base.copy() if base is not None else Settings()
-    _Parser(_Lexer(text, filename).tokens(), settings).parse_file()
+    _parse(text, filename, settings)
     return settings
 
 
@@ -386,7 +415,7 @@ def apply_overrides(settings: Settings, overrides: Sequence[str]) -> Settings:
     and reported as ``<command line>``, line N for the N-th argument."""
     result = settings.copy()
     for n, arg in enumerate(overrides, start=1):
-        _Parser(_Lexer(arg, COMMAND_LINE, line=n).tokens(), result).parse_file()
+        _parse(arg, COMMAND_LINE, result, line=n)
     return result
 
 
