@@ -1,0 +1,672 @@
+"""The ``stubdom save`` / ``stubdom restore`` state file: xl's header, then a libxl v2 stream.
+
+A sans-IO codec: bytes in, bytes out; the caller reads and writes the file.
+
+File layout (offsets in bytes; ``C`` and ``M`` are the NUL-terminated JSON lengths):
+
+==========  ====  ==========================================================================
+offset      size  field
+==========  ====  ==========================================================================
+0           32    xl magic ``"Xen saved domain, xl format\\n \\0 \\r"`` (``savefileheader_magic``)
+32          4     byte order word 0x01020304 (little-endian, i.e. native on x86 and arm)
+36          4     mandatory flags: 3 = JSON (bit 0) | STREAMv2 (bit 1)
+40          4     optional flags: 0
+44          4     optional data length = 4 + C + 4 + M
+48          4     C, the config length (including its NUL), as xl writes it
+52          C     the guest config as JSON, NUL-terminated (`config_to_json`)
+52+C        4     M, the metadata length (our addition; xl skips any optional data after
+                  the config: "skip, or skip tail, if not understood")
+56+C        M     metadata JSON, NUL-terminated: tool, tool_version, saved_at, guest_domid
+H=56+C+M    8     libxl stream ident 0x4c6962786c466d74 "LibxlFmt", **big-endian**
+H+8         4     stream version 2, big-endian
+H+12        4     stream options 0 (little-endian records, not legacy), big-endian
+H+16        ...   records, each ``type u32, body_length u32`` (little-endian), the body,
+                  then zero padding to a multiple of 8 (the length excludes the padding):
+                  EMULATOR_XENSTORE_DATA (2), only if there are keys, like libxl;
+                  EMULATOR_CONTEXT (3); END (0, empty body).  The two emulator records'
+                  bodies start with ``emulator_id u32 = 1`` (qemu-traditional) and
+                  ``index u32 = 0``, and ``body_length`` includes those 8 bytes.
+==========  ====  ==========================================================================
+
+Sources: tools/xl/xl.h and xl_saverestore.c / xl_vmcontrol.c (header, flags, optional data),
+tools/libs/light/libxl_sr_stream_format.h, libxl_stream_write.c, libxl_stream_read.c and
+docs/specs/libxl-migration-stream.pandoc (stream).  The emulator id 1 is marked
+"Dropped in Xen 4.21" there: Xen 4.21 removed qemu-traditional, so only Xen <= 4.20 could
+ever have read such a record.
+
+**Deviation from libxl:** libxl writes, for an HVM guest, the stream header, an empty
+LIBXC_CONTEXT record followed by the libxc stream (guest memory, "XENF" image format),
+then the emulator records and END.  We save no guest memory (the guest has none of ours
+to save), so no LIBXC_CONTEXT record is written and none is accepted on read.  The config
+is our `GuestConfig` as JSON, not libxl's ``libxl_domain_config``.  Hence xl cannot restore
+our files and we cannot restore xl's; the header and the stream framing are xl's.
+
+What `decode_save_image` verifies: every length against the data present (truncation
+anywhere is an error naming the part), the magic, the byte-order word, the mandatory flags
+(unknown bits refused as xl does; JSON and STREAMv2 both required), the config (NUL
+termination, UTF-8, a JSON object), the metadata, the stream ident/version/endianness,
+each record's type (unknown types refused as libxl does, even in the "optional" range),
+zero padding, the emulator header (id must be qemu-traditional, index 0), the xenstore
+pairs (libxl's rules: NUL-terminated, non-empty, relative keys; no duplicates), exactly one
+EMULATOR_CONTEXT and at most one EMULATOR_XENSTORE_DATA, an END record, nothing after
+END, and (by default) `check_dm_state_complete` on the device-model state.
+Optional flags are ignored, as xl does (its comment says otherwise; its code does not check).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import math
+import struct
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from stubdom.toolstack.config import GuestConfig
+
+# -- xl's header (tools/xl/xl.h) ---------------------------------------------------------
+
+XL_MAGIC = b"Xen saved domain, xl format\n \0 \r"
+assert len(XL_MAGIC) == 32
+XL_BYTEORDER = 0x01020304
+XL_MANDATORY_FLAG_JSON = 1 << 0
+XL_MANDATORY_FLAG_STREAMV2 = 1 << 1
+XL_MANDATORY_FLAG_ALL = XL_MANDATORY_FLAG_JSON | XL_MANDATORY_FLAG_STREAMV2
+_XL_HEADER = struct.Struct("<32sIIII")  # magic, byteorder, mandatory, optional, optdata len
+_U32 = struct.Struct("<I")
+
+# -- libxl migration stream v2 (libxl_sr_stream_format.h) -------------------------------
+
+LIBXL_STREAM_IDENT = 0x4C6962786C466D74  # "LibxlFmt"
+LIBXL_STREAM_VERSION = 2
+LIBXL_OPT_BIG_ENDIAN = 1 << 0
+LIBXL_OPT_LEGACY = 1 << 1
+_STREAM_HEADER = struct.Struct(">QII")  # always big-endian
+_REC_HEADER = struct.Struct("<II")  # type, body_length: the stream's (little) endianness
+_EMU_HEADER = struct.Struct("<II")  # emulator_id, index
+REC_ALIGN = 8
+
+
+class RecType(enum.IntEnum):
+    END = 0x00000000
+    LIBXC_CONTEXT = 0x00000001
+    EMULATOR_XENSTORE_DATA = 0x00000002
+    EMULATOR_CONTEXT = 0x00000003
+    CHECKPOINT_END = 0x00000004
+    CHECKPOINT_STATE = 0x00000005
+
+
+class EmulatorId(enum.IntEnum):
+    UNKNOWN = 0x00000000  # a stream converted from the legacy format
+    QEMU_TRADITIONAL = 0x00000001  # "Dropped in Xen 4.21"
+    QEMU_UPSTREAM = 0x00000002
+
+
+# -- qemu-traditional's savevm stream (QEMU 0.10 savevm.c) ------------------------------
+
+QEMU_VM_FILE_MAGIC = 0x5145564D  # "QEVM"
+QEMU_VM_FILE_VERSION_COMPAT = 0x00000002
+QEMU_VM_FILE_VERSION = 0x00000003
+QEMU_VM_EOF = 0x00
+QEMU_VM_SECTION_START = 0x01
+QEMU_VM_SECTION_PART = 0x02
+QEMU_VM_SECTION_END = 0x03
+QEMU_VM_SECTION_FULL = 0x04
+
+TOOL_NAME = "stubdom"
+
+
+class SaveFileError(ValueError):
+    """A save file (or device-model state) that cannot be used; one line, naming the part.
+
+    ``part`` is the part of the file ("xl header", "config", "stream header",
+    "record 2 (EMULATOR_CONTEXT)", "device-model state", ...); ``offset`` the file offset
+    where the problem was found, when known.
+    """
+
+    def __init__(self, part: str, detail: str, offset: int | None = None) -> None:
+        self.part = part
+        self.detail = detail
+        self.offset = offset
+        where = f" (at offset {offset})" if offset is not None else ""
+        super().__init__(f"{part}: {detail}{where}")
+
+
+@dataclass
+class SaveImage:
+    """Everything ``stubdom save`` keeps, decoded."""
+
+    #: The guest config as JSON data (`config_to_json` / `config_from_json`).
+    config_json: dict[str, Any]
+    #: The device model's state: a qemu savevm stream (what console 1 delivered).
+    emulator_context: bytes
+    #: Keys relative to ``/local/domain/$dm_domid/device-model/$domid/`` and their values.
+    emulator_xenstore: dict[str, str] = field(default_factory=dict)
+    #: When the state was taken (seconds since the epoch), if known.
+    saved_at: float | None = None
+    #: The version of the tool that wrote the file, if known.
+    tool_version: str | None = None
+    #: The guest's domid when it was saved (informational: restore makes a new one).
+    guest_domid: int | None = None
+
+
+# -- encoding ---------------------------------------------------------------------------
+
+
+def _json_nul(obj: object) -> bytes:
+    return (
+        json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        + b"\0"
+    )
+
+
+def _check_xs_key(key: str) -> str | None:
+    if not key:
+        return "empty key"
+    if key.startswith("/"):
+        return f"key {key!r} is not relative"
+    if "\0" in key:
+        return f"key {key!r} contains NUL"
+    return None
+
+
+def encode_xenstore_data(pairs: Mapping[str, str]) -> bytes:
+    """libxl's EMULATOR_XENSTORE_DATA payload: ``key\\0value\\0`` for each pair."""
+    out = bytearray()
+    for key, value in pairs.items():
+        problem = _check_xs_key(key)
+        if problem is None and "\0" in value:
+            problem = f"value of {key!r} contains NUL"
+        if problem is not None:
+            raise ValueError(f"emulator xenstore data: {problem}")
+        out += key.encode("utf-8") + b"\0" + value.encode("utf-8") + b"\0"
+    return bytes(out)
+
+
+def _record(rtype: int, body: bytes) -> bytes:
+    pad = -len(body) % REC_ALIGN
+    return _REC_HEADER.pack(rtype, len(body)) + body + b"\0" * pad
+
+
+def _emulator_record(rtype: RecType, payload: bytes) -> bytes:
+    return _record(rtype, _EMU_HEADER.pack(EmulatorId.QEMU_TRADITIONAL, 0) + payload)
+
+
+def encode_save_image(img: SaveImage) -> bytes:
+    """The whole file (see the module docstring for the layout)."""
+    config = _json_nul(img.config_json)
+    meta: dict[str, Any] = {"tool": TOOL_NAME}
+    if img.tool_version is not None:
+        meta["tool_version"] = img.tool_version
+    if img.saved_at is not None:
+        meta["saved_at"] = img.saved_at
+    if img.guest_domid is not None:
+        meta["guest_domid"] = img.guest_domid
+    meta_bytes = _json_nul(meta)
+    optdata = _U32.pack(len(config)) + config + _U32.pack(len(meta_bytes)) + meta_bytes
+    out = bytearray(_XL_HEADER.pack(XL_MAGIC, XL_BYTEORDER, XL_MANDATORY_FLAG_ALL, 0, len(optdata)))
+    out += optdata
+    out += _STREAM_HEADER.pack(LIBXL_STREAM_IDENT, LIBXL_STREAM_VERSION, 0)
+    xs = encode_xenstore_data(img.emulator_xenstore)
+    if xs:  # libxl: "No record? - All done."
+        out += _emulator_record(RecType.EMULATOR_XENSTORE_DATA, xs)
+    out += _emulator_record(RecType.EMULATOR_CONTEXT, img.emulator_context)
+    out += _record(RecType.END, b"")
+    return bytes(out)
+
+
+# -- decoding ---------------------------------------------------------------------------
+
+
+class _Cursor:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int, part: str, what: str) -> bytes:
+        end = self.pos + n
+        if end > len(self.data):
+            raise SaveFileError(
+                part,
+                f"truncated: {what} needs {n} bytes, only {len(self.data) - self.pos} left",
+                self.pos,
+            )
+        chunk = self.data[self.pos : end]
+        self.pos = end
+        return chunk
+
+
+def _parse_json_nul(raw: bytes, part: str, offset: int) -> Any:
+    if not raw or raw[-1] != 0:
+        raise SaveFileError(part, "not NUL-terminated", offset)
+    text = raw[:-1]
+    if b"\0" in text:
+        raise SaveFileError(part, "contains a NUL before its end", offset + text.index(b"\0"))
+    try:
+        return json.loads(text.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SaveFileError(part, f"not UTF-8 ({exc.reason})", offset + exc.start) from None
+    except RecursionError:
+        raise SaveFileError(part, "bad JSON: nested too deeply", offset) from None
+    except json.JSONDecodeError as exc:
+        raise SaveFileError(
+            part, f"bad JSON: {exc.msg} (line {exc.lineno} column {exc.colno})", offset
+        ) from None
+
+
+def _record_name(rtype: int) -> str:
+    try:
+        return RecType(rtype).name
+    except ValueError:
+        return f"0x{rtype:08x}"
+
+
+def decode_xenstore_data(raw: bytes, part: str = "emulator xenstore data") -> dict[str, str]:
+    """Parse ``key\\0value\\0...`` with libxl's checks (and refuse duplicate keys)."""
+    pairs: dict[str, str] = {}
+    items = raw.split(b"\0")
+    if items[-1] != b"":
+        raise SaveFileError(part, "last string not NUL-terminated")
+    items.pop()
+    if len(items) % 2:
+        raise SaveFileError(part, f"key {items[-1]!r} has no value")
+    for i in range(0, len(items), 2):
+        try:
+            key, value = items[i].decode("utf-8"), items[i + 1].decode("utf-8")
+        except UnicodeDecodeError:
+            raise SaveFileError(part, f"pair {i // 2} is not UTF-8") from None
+        problem = _check_xs_key(key)
+        if problem is not None:
+            raise SaveFileError(part, problem)
+        if key in pairs:
+            raise SaveFileError(part, f"duplicate key {key!r}")
+        pairs[key] = value
+    return pairs
+
+
+def _decode_meta(meta: Any, offset: int) -> tuple[float | None, str | None, int | None]:
+    part = "metadata"
+    if not isinstance(meta, dict):
+        raise SaveFileError(part, f"expected a JSON object, got {type(meta).__name__}", offset)
+    if meta.get("tool") != TOOL_NAME:
+        raise SaveFileError(part, f"written by {meta.get('tool')!r}, not {TOOL_NAME!r}", offset)
+    saved_at = meta.get("saved_at")
+    version = meta.get("tool_version")
+    domid = meta.get("guest_domid")
+    if saved_at is not None and (
+        isinstance(saved_at, bool) or not isinstance(saved_at, int | float)
+    ):
+        raise SaveFileError(part, f"saved_at {saved_at!r} is not a number", offset)
+    if version is not None and not isinstance(version, str):
+        raise SaveFileError(part, f"tool_version {version!r} is not a string", offset)
+    if domid is not None and (isinstance(domid, bool) or not isinstance(domid, int)):
+        raise SaveFileError(part, f"guest_domid {domid!r} is not an integer", offset)
+    return (None if saved_at is None else float(saved_at)), version, domid
+
+
+def decode_save_image(data: bytes, *, check_dm_state: bool = True) -> SaveImage:
+    """Parse and validate a whole file; `SaveFileError` (and nothing else) if unusable."""
+    cur = _Cursor(data)
+    part = "xl header"
+    if data[:32] != XL_MAGIC[: len(data)]:
+        raise SaveFileError(part, "not an xl save file (wrong magic)", 0)
+    _magic, byteorder, mandatory, _optional, optlen = _XL_HEADER.unpack(
+        cur.take(_XL_HEADER.size, part, "the xl header")
+    )
+    if byteorder != XL_BYTEORDER:
+        if byteorder == 0x04030201:
+            raise SaveFileError(part, "foreign byte order (written on a big-endian host)", 32)
+        raise SaveFileError(part, f"bad byte-order word 0x{byteorder:08x}", 32)
+    bad = mandatory & ~XL_MANDATORY_FLAG_ALL
+    if bad:
+        raise SaveFileError(
+            part, f"unsupported mandatory flag(s) 0x{bad:x} (need a newer tool)", 36
+        )
+    if not mandatory & XL_MANDATORY_FLAG_STREAMV2:
+        raise SaveFileError(part, "legacy (pre-v2) stream: STREAMv2 flag clear", 36)
+    if not mandatory & XL_MANDATORY_FLAG_JSON:
+        raise SaveFileError(
+            part, "config is not JSON (JSON flag clear): xl.cfg text unsupported", 36
+        )
+
+    optdata_at = cur.pos
+    optdata = cur.take(optlen, "xl optional data", f"the optional data ({optlen} bytes)")
+    opt = _Cursor(optdata)
+    base = optdata_at
+    try:
+        (config_len,) = _U32.unpack(opt.take(4, "config", "the config length"))
+        config_raw = opt.take(config_len, "config", f"the config ({config_len} bytes)")
+    except SaveFileError as exc:
+        raise SaveFileError(
+            exc.part,
+            exc.detail.replace("truncated", "optional data too short"),
+            base + (exc.offset or 0),
+        ) from None
+    if config_len == 0:
+        raise SaveFileError("config", "the save file holds no guest config", base)
+    config = _parse_json_nul(config_raw, "config", base + 4)
+    if not isinstance(config, dict):
+        raise SaveFileError(
+            "config", f"expected a JSON object, got {type(config).__name__}", base + 4
+        )
+    saved_at: float | None = None
+    version: str | None = None
+    domid: int | None = None
+    if opt.pos < len(optdata):
+        try:
+            (meta_len,) = _U32.unpack(opt.take(4, "metadata", "the metadata length"))
+            meta_at = base + opt.pos
+            meta_raw = opt.take(meta_len, "metadata", f"the metadata ({meta_len} bytes)")
+        except SaveFileError as exc:
+            raise SaveFileError(
+                exc.part,
+                exc.detail.replace("truncated", "optional data too short"),
+                base + (exc.offset or 0),
+            ) from None
+        saved_at, version, domid = _decode_meta(
+            _parse_json_nul(meta_raw, "metadata", meta_at), meta_at
+        )
+        # Anything after it: skipped, as xl does with optional data it does not understand.
+
+    part = "libxl stream header"
+    at = cur.pos
+    ident, sversion, options = _STREAM_HEADER.unpack(
+        cur.take(_STREAM_HEADER.size, part, "the stream header")
+    )
+    if ident != LIBXL_STREAM_IDENT:
+        raise SaveFileError(
+            part, f'bad ident 0x{ident:016x}, expected 0x{LIBXL_STREAM_IDENT:016x} ("LibxlFmt")', at
+        )
+    if sversion != LIBXL_STREAM_VERSION:
+        raise SaveFileError(part, f"unsupported version {sversion}, expected 2", at + 8)
+    if options & LIBXL_OPT_BIG_ENDIAN:
+        raise SaveFileError(part, "big-endian stream (libxl cannot read those either)", at + 12)
+
+    xenstore: dict[str, str] | None = None
+    context: bytes | None = None
+    index = 0
+    while True:
+        at = cur.pos
+        if at == len(data):
+            raise SaveFileError("libxl stream", "truncated: ends without an END record", at)
+        part = f"record {index}"
+        rtype, length = _REC_HEADER.unpack(cur.take(_REC_HEADER.size, part, "the record header"))
+        part = f"record {index} ({_record_name(rtype)})"
+        padded = length + (-length % REC_ALIGN)
+        body_at = cur.pos
+        chunk = cur.take(padded, part, f"a body of {length} bytes padded to {padded}")
+        body, padding = chunk[:length], chunk[length:]
+        if padding.strip(b"\0"):
+            raise SaveFileError(part, "padding is not zero", body_at + length)
+        if rtype == RecType.END:
+            if length:
+                raise SaveFileError(part, f"END record has a {length}-byte body", at)
+            if cur.pos != len(data):
+                raise SaveFileError(
+                    part, f"{len(data) - cur.pos} bytes of trailing data after END", cur.pos
+                )
+            break
+        if rtype in (RecType.EMULATOR_XENSTORE_DATA, RecType.EMULATOR_CONTEXT):
+            if length < _EMU_HEADER.size:
+                raise SaveFileError(part, "too short to contain the emulator header", at)
+            emu_id, emu_index = _EMU_HEADER.unpack(body[: _EMU_HEADER.size])
+            if emu_id != EmulatorId.QEMU_TRADITIONAL:
+                what = {
+                    EmulatorId.QEMU_UPSTREAM: "qemu-upstream (qemu-xen)",
+                    EmulatorId.UNKNOWN: "unknown (a converted legacy stream)",
+                }.get(emu_id, f"unknown emulator id {emu_id}")
+                raise SaveFileError(
+                    part, f"emulator is {what}, not qemu-traditional (id 1)", body_at
+                )
+            if emu_index != 0:
+                raise SaveFileError(
+                    part,
+                    f"emulator index {emu_index}: only one device model (index 0)",
+                    body_at + 4,
+                )
+            payload = body[_EMU_HEADER.size :]
+            if rtype == RecType.EMULATOR_XENSTORE_DATA:
+                if xenstore is not None:
+                    raise SaveFileError(part, "duplicate emulator xenstore data", at)
+                xenstore = decode_xenstore_data(payload, part)
+            else:
+                if context is not None:
+                    raise SaveFileError(part, "duplicate emulator context", at)
+                context = payload
+        elif rtype == RecType.LIBXC_CONTEXT:
+            raise SaveFileError(
+                part, "a libxc (guest memory) stream: an xl save file, not one of ours", at
+            )
+        elif rtype in (RecType.CHECKPOINT_END, RecType.CHECKPOINT_STATE):
+            raise SaveFileError(part, "unexpected checkpoint record in a saved image", at)
+        else:
+            kind = "optional" if rtype & 0x80000000 else "mandatory"
+            raise SaveFileError(part, f"unrecognised ({kind}) record type; libxl refuses it", at)
+        index += 1
+
+    if context is None:
+        raise SaveFileError("libxl stream", "no EMULATOR_CONTEXT record (device-model state)")
+    if check_dm_state:
+        check_dm_state_complete(context)
+    return SaveImage(
+        config_json=config,
+        emulator_context=context,
+        emulator_xenstore=xenstore or {},
+        saved_at=saved_at,
+        tool_version=version,
+        guest_domid=domid,
+    )
+
+
+# -- the device model's state -----------------------------------------------------------
+
+
+def check_dm_state_complete(blob: bytes) -> None:
+    """Refuse a device-model state that is not a complete qemu-traditional savevm stream.
+
+    qemu-trad (QEMU 0.10 ``savevm.c``) writes ``be32 QEVM``, ``be32 3``, then sections
+    (``START``/``FULL``: type u8, section id be32, idstr length u8, idstr, instance id be32,
+    version id be32, body; ``PART``/``END``: type u8, section id be32, body) and a final
+    ``QEMU_VM_EOF`` byte.  No section body length is recorded, so the sections cannot be
+    walked without each device's own loader.  Verified: the magic, the version (3; the
+    older v2 format is refused), that a first section follows and its header is complete
+    and well-formed (type START or FULL, an idstr of printable ASCII), and that the last
+    byte is ``QEMU_VM_EOF`` after that header.  NOT verified: the bodies, the number of
+    sections, or that the final zero byte is the EOF marker rather than a zero inside a
+    body of a stream cut short (a zero byte is common in device state) -- that is what
+    waiting for ``paused`` before reading the file is for.
+    """
+    part = "device-model state"
+    if len(blob) < 8:
+        raise SaveFileError(part, f"truncated: {len(blob)} bytes, not even a savevm header")
+    magic, version = struct.unpack(">II", blob[:8])
+    if magic != QEMU_VM_FILE_MAGIC:
+        raise SaveFileError(part, f"not a QEMU savevm stream (magic 0x{magic:08x}, not QEVM)", 0)
+    if version != QEMU_VM_FILE_VERSION:
+        raise SaveFileError(part, f"unsupported savevm version {version}, expected 3", 4)
+    if len(blob) == 8:
+        raise SaveFileError(part, "truncated: no section and no EOF after the header", 8)
+    stype = blob[8]
+    if stype == QEMU_VM_EOF:
+        raise SaveFileError(part, "empty: EOF right after the header, no device state", 8)
+    if stype not in (QEMU_VM_SECTION_START, QEMU_VM_SECTION_FULL):
+        raise SaveFileError(part, f"first section has type 0x{stype:02x}, not START/FULL", 8)
+    # type u8, section id be32, idstr len u8
+    if len(blob) < 14:
+        raise SaveFileError(part, "truncated inside the first section header", len(blob))
+    idlen = blob[13]
+    hdr_end = 14 + idlen + 8
+    if idlen == 0:
+        raise SaveFileError(part, "first section has an empty idstr", 13)
+    if len(blob) < hdr_end:
+        raise SaveFileError(part, "truncated inside the first section header", len(blob))
+    idstr = blob[14 : 14 + idlen]
+    if not all(0x20 < c < 0x7F for c in idstr):
+        raise SaveFileError(part, f"first section idstr {idstr!r} is not printable ASCII", 14)
+    if len(blob) == hdr_end or blob[-1] != QEMU_VM_EOF:
+        raise SaveFileError(part, "truncated: does not end with QEMU_VM_EOF", len(blob))
+
+
+def fake_dm_state(sections: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) -> bytes:
+    """A well-formed qemu-trad savevm stream: the header, one FULL section per entry
+    (section ids 0, 1, ..., instance id 0, version id 1), then ``QEMU_VM_EOF``."""
+    items = list(sections.items() if isinstance(sections, Mapping) else sections)
+    if not items:
+        raise ValueError("a savevm stream needs at least one section")
+    out = bytearray(struct.pack(">II", QEMU_VM_FILE_MAGIC, QEMU_VM_FILE_VERSION))
+    for section_id, (idstr, body) in enumerate(items):
+        name = idstr.encode("ascii")
+        if not 0 < len(name) < 256 or not all(0x20 < c < 0x7F for c in name):
+            raise ValueError(f"section idstr {idstr!r}: 1-255 printable ASCII characters")
+        out += struct.pack(">BIB", QEMU_VM_SECTION_FULL, section_id, len(name)) + name
+        out += struct.pack(">II", 0, 1) + body
+    out.append(QEMU_VM_EOF)
+    return bytes(out)
+
+
+# -- GuestConfig <-> JSON ---------------------------------------------------------------
+
+
+def _to_json(value: Any, where: str) -> Any:
+    if isinstance(value, enum.Enum):
+        return _to_json(value.value, where)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: _to_json(getattr(value, f.name), f"{where}.{f.name}")
+            for f in dataclasses.fields(value)
+            if f.init
+        }
+    if isinstance(value, list | tuple):
+        return [_to_json(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise TypeError(f"{where}: dict keys must be strings")
+        return {k: _to_json(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise TypeError(f"{where}: {value!r} has no JSON form")
+        return value
+    raise TypeError(f"{where}: cannot put a {type(value).__name__} in JSON")
+
+
+def config_to_json(cfg: GuestConfig) -> dict[str, Any]:
+    """The config as JSON data: generic over dataclass fields (``init`` ones), enums as
+    their values, `Bdf` as ``{"domain", "bus", "dev", "func"}`` (libxl's JSON shape)."""
+    out = _to_json(cfg, "config")
+    assert isinstance(out, dict)
+    return out
+
+
+_T = TypeVar("_T")
+
+
+def _bad(where: str, value: Any, expected: str) -> SaveFileError:
+    return SaveFileError("config", f"{where}: {value!r} is not {expected}")
+
+
+def _from_json(tp: Any, value: Any, where: str) -> Any:
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    if origin is typing.Union or origin is types.UnionType:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors: list[SaveFileError] = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _from_json(arg, value, where)
+            except SaveFileError as exc:
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
+        raise _bad(where, value, f"any of {tp}")
+    if origin is list or origin is tuple:
+        if not isinstance(value, list):
+            raise _bad(where, value, "a list")
+        args = typing.get_args(tp)
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(args) != len(value):
+                raise _bad(where, value, f"a list of {len(args)} items")
+            return tuple(
+                _from_json(a, v, f"{where}[{i}]")
+                for i, (a, v) in enumerate(zip(args, value, strict=True))
+            )
+        item = args[0] if args else Any
+        items = [_from_json(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _bad(where, value, "an object")
+        args = typing.get_args(tp)
+        vt = args[1] if args else Any
+        return {k: _from_json(vt, v, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except (ValueError, TypeError):
+            raise _bad(
+                where, value, f"a {tp.__name__} ({', '.join(repr(m.value) for m in tp)})"
+            ) from None
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return _dataclass_from_json(tp, value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _bad(where, value, "a boolean")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _bad(where, value, "an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _bad(where, value, "a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise _bad(where, value, "a string")
+        return value
+    raise SaveFileError("config", f"{where}: cannot read a field of type {tp!r}")
+
+
+def _dataclass_from_json(cls: type[_T], value: Any, where: str) -> _T:
+    if not isinstance(value, dict):
+        raise _bad(where, value, f"an object ({cls.__name__})")
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception as exc:  # a forward reference that cannot be resolved
+        raise SaveFileError(
+            "config", f"{where}: cannot resolve {cls.__name__}'s types: {exc}"
+        ) from None
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    unknown = sorted(set(value) - set(fields))
+    if unknown:
+        raise SaveFileError(
+            "config",
+            f"{where}: unknown field(s) {', '.join(unknown)} in {cls.__name__}"
+            " (saved by a newer stubdom?)",
+        )
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name in value:
+            kwargs[name] = _from_json(hints[name], value[name], f"{where}.{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise SaveFileError("config", f"{where}: required field {name!r} is missing")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise SaveFileError("config", f"{where}: {exc}") from None
+
+
+def config_from_json(data: Any) -> GuestConfig:
+    """The inverse of `config_to_json`; `SaveFileError` (part ``config``) on any mismatch.
+    Fields missing from the data take their defaults (a file from an older version)."""
+    return _dataclass_from_json(GuestConfig, data, "config")
