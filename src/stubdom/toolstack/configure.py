@@ -11,6 +11,7 @@ ignores unknown keys silently) and otherwise ignored.
 from __future__ import annotations
 
 import logging
+import random
 import re
 import uuid as uuidlib
 from collections.abc import Sequence
@@ -154,8 +155,11 @@ def _spec(value: Value, exc: SpecError) -> ConfigError:
     return ConfigError.at(value.pos, str(exc))
 
 
-def configure(settings: Settings, source: str = "<config>") -> GuestConfig:
-    """Build the guest's configuration from parsed settings (see the module doc)."""
+def configure(
+    settings: Settings, source: str = "<config>", rng: random.Random | None = None
+) -> GuestConfig:
+    """Build the guest's configuration from parsed settings (see the module doc); ``rng``
+    draws the MACs of vifs without ``mac=`` (reproducible in tests)."""
     r = _Reader(settings)
 
     # -- domain type and identity --------------------------------------------------------
@@ -371,7 +375,7 @@ def configure(settings: Settings, source: str = "<config>") -> GuestConfig:
             raise _spec(v, e) from None
     for devid, v in enumerate(r.items("vif") or []):
         try:
-            cfg.nics.append(parse_vif(v.text, devid))
+            cfg.nics.append(parse_vif(v.text, devid, rng))
         except SpecError as e:
             raise _spec(v, e) from None
     pci_defaults = {
@@ -431,15 +435,21 @@ def _check_unique_devids(cfg: GuestConfig, r: _Reader) -> None:
 
 
 def parse_config(
-    text: str, filename: str = "<string>", overrides: Sequence[str] = ()
+    text: str,
+    filename: str = "<string>",
+    overrides: Sequence[str] = (),
+    *,
+    rng: random.Random | None = None,
 ) -> GuestConfig:
     """Parse an xl.cfg text, apply ``key=value`` overrides as ``xl create`` does, and
     build the `GuestConfig`."""
     settings = apply_overrides(parse_xlcfg(text, filename), overrides)
-    return configure(settings, source=filename)
+    return configure(settings, source=filename, rng=rng)
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> GuestConfig:
+def load_config(
+    path: str | Path, overrides: Sequence[str] = (), *, rng: random.Random | None = None
+) -> GuestConfig:
     """`parse_config` on a file; an unreadable file is a `ConfigError` too."""
     p = Path(path)
     try:
@@ -452,4 +462,4 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> GuestConfig:
         line = data.count(b"\n", 0, e.start) + 1
         col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
         raise ConfigError(str(p), line, col, "the file is not valid UTF-8") from None
-    return parse_config(text, str(p), overrides)
+    return parse_config(text, str(p), overrides, rng=rng)
