@@ -14,8 +14,12 @@ import click
 
 from stubdom.cli.host import XL_LIST_HEADER, dir_option, xl_list_row
 from stubdom.cli.main import cli
+from stubdom.host.devices import DeviceError
 from stubdom.host.hypervisor import HypervisorError
+from stubdom.toolstack.control import DeviceModelError
 from stubdom.toolstack.session import Session, ToolstackError, open_session
+from stubdom.toolstack.spawn import CreateError
+from stubdom.toolstack.xlcfg import ConfigError
 from stubdom.wire.perms import InvalidPermission, parse_perm
 from stubdom.xenstore import Transaction, XenStoreError
 
@@ -29,8 +33,15 @@ def run(body: Callable[[Session], Awaitable[None]], directory: str | None) -> No
 
     try:
         asyncio.run(main())
-    except (ToolstackError, HypervisorError, XenStoreError, ValueError, OSError) as e:
+    except EXPECTED as e:
         raise click.ClickException(str(e)) from None
+
+
+#: Failures a user can act on: reported in one line, never as a traceback.
+EXPECTED: tuple[type[Exception], ...] = (
+    ToolstackError, HypervisorError, XenStoreError, DeviceError, DeviceModelError,
+    CreateError, ConfigError, ValueError, OSError,
+)
 
 
 # -- domains ----------------------------------------------------------------------------
@@ -61,7 +72,10 @@ def create(
     from stubdom.toolstack.configure import load_config
     from stubdom.toolstack.operations import create_guest
 
-    cfg = load_config(config, overrides)
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
 
     async def body(s: Session) -> None:
         created = await create_guest(s, cfg, paused=paused, timeout=timeout)
@@ -251,7 +265,10 @@ def pci_attach(domain: str, pci_spec: str, timeout: float | None, directory: str
     from stubdom.toolstack.operations import pci_attach as attach
     from stubdom.toolstack.specs import parse_pci
 
-    spec = parse_pci(pci_spec)
+    try:
+        spec = parse_pci(pci_spec)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="PCI_SPEC_STRING") from None
 
     async def body(s: Session) -> None:
         info = await s.resolve_guest(domain)
@@ -273,7 +290,10 @@ def pci_detach(
     from stubdom.toolstack.operations import pci_detach as detach
     from stubdom.toolstack.specs import parse_pci
 
-    spec = parse_pci(pci_spec)
+    try:
+        spec = parse_pci(pci_spec)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="PCI_SPEC_STRING") from None
 
     async def body(s: Session) -> None:
         info = await s.resolve_guest(domain)

@@ -1,0 +1,108 @@
+"""The toolstack's verbs as a user runs them, on a real `stubdom host`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.daemons import short_tmpdir
+
+ROOT = Path(__file__).resolve().parents[2]
+STUBDOM = [sys.executable, "-m", "stubdom"]
+
+
+@dataclass
+class Host:
+    dir: Path
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "STUBDOM_HOST_DIR": str(self.dir)}
+        return subprocess.run([*STUBDOM, *args], env=env, capture_output=True, text=True,
+                              timeout=120, check=check)
+
+    def kernel(self) -> str:
+        path = self.dir / "stub-kernel"
+        path.write_text(f"#!/bin/sh\nexec {sys.executable} {ROOT}/tests/toolstack/stub_kernel.py"
+                        f" {ROOT}\n")
+        path.chmod(0o755)
+        return str(path)
+
+    def config(self, name: str = "win7") -> Path:
+        disk = self.dir / f"{name}.img"
+        disk.write_bytes(b"\0" * 8192)
+        cfg = self.dir / f"{name}.cfg"
+        cfg.write_text(
+            f'type = "hvm"\nname = "{name}"\nmemory = 128\nvcpus = 2\n'
+            'device_model_version = "qemu-xen-traditional"\n'
+            "device_model_stubdomain_override = 1\n"
+            f"disk = [ '{disk},raw,hda,rw' ]\n"
+            "vif = [ 'mac=00:16:3e:12:34:56' ]\n"
+            "serial = 'pty'\n"
+            f'stubdomain_kernel = "{self.kernel()}"\n')
+        return cfg
+
+
+@pytest.fixture
+def host() -> Iterator[Host]:
+    d = short_tmpdir("tscli-")
+    h = Host(d)
+    h.run("host", "up")
+    yield h
+    h.run("host", "down", check=False)
+
+
+def test_create_list_pci_save_restore_destroy(host: Host) -> None:
+    host.run("create", str(host.config()))
+    listing = host.run("list").stdout.splitlines()
+    names = [line.split()[0] for line in listing[1:]]
+    assert names == ["Domain-0", "win7", "win7-dm"]
+    log = (host.dir / "log" / "qemu-dm-win7.log").read_text()
+    assert "dmargs: -d 1 -domain-name win7 -vnc 127.0.0.1:0 -vncunused -serial pty" in log
+
+    host.run("pci-attach", "win7", "0000:03:00.0@06,msitranslate=1")
+    host.run("pci-attach", "1", "04:00.0")
+    rows = host.run("pci-list", "win7").stdout.splitlines()
+    assert rows == ["Vdev Device", "04.0 0000:04:00.0", "06.0 0000:03:00.0"]
+    host.run("pci-detach", "-f", "win7", "04:00.0")
+    assert host.run("pci-list", "win7").stdout.splitlines()[1:] == ["06.0 0000:03:00.0"]
+    refused = host.run("pci-attach", "win7", "05:00.0@06", check=False)
+    assert refused.returncode == 1
+    assert "wrong bdf or vdevfn" in refused.stderr and len(refused.stderr.splitlines()) == 1
+
+    image = host.dir / "win7.save"
+    host.run("save", "win7", str(image))
+    assert image.read_bytes().startswith(b"Xen saved domain, xl format\n \0 \r")
+    assert [line.split()[0] for line in host.run("list").stdout.splitlines()[1:]] == [
+        "Domain-0"]
+    host.run("restore", str(image))
+    log = (host.dir / "log" / "qemu-dm-win7.log").read_text()
+    assert "-loadvm" in log and "restored" in log
+    names = [line.split()[0] for line in host.run("list").stdout.splitlines()[1:]]
+    assert names == ["Domain-0", "win7", "win7-dm"]
+
+    host.run("destroy", "win7")
+    assert [line.split()[0] for line in host.run("list").stdout.splitlines()[1:]] == [
+        "Domain-0"]
+    ls = host.run("xenstore", "ls", "/local/domain").stdout
+    assert ls.splitlines()[0] == '0 = ""' and "win7" not in ls
+
+
+def test_errors_are_one_line(host: Host) -> None:
+    bad = host.dir / "bad.cfg"
+    bad.write_text('name = "x"\nmemory = (1)\n')
+    r = host.run("create", str(bad), check=False)
+    assert r.returncode != 0 and f"{bad}:2:" in r.stderr
+    r = host.run("destroy", "nosuch", check=False)
+    assert r.returncode == 1 and "no domain 'nosuch'" in r.stderr
+    corrupt = host.dir / "corrupt.save"
+    corrupt.write_bytes(b"not a save file at all" * 4)
+    r = host.run("restore", str(corrupt), check=False)
+    assert r.returncode == 1 and "not an xl save file" in r.stderr
+    assert [line.split()[0] for line in host.run("list").stdout.splitlines()[1:]] == [
+        "Domain-0"]
