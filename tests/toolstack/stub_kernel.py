@@ -39,11 +39,13 @@ async def main() -> int:
             con.write(fake_dm_state({"guest": f"guest {guest}".encode()}))
 
     fake = FakeDeviceModel(xs, guest, save_sink=save)
-    pcifront = asyncio.get_running_loop().create_task(run_pcifront(xs))
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(run_pcifront(xs)), loop.create_task(run_serial(xs))]
     try:
         await fake.run()
     finally:
-        pcifront.cancel()
+        for t in tasks:
+            t.cancel()
         await xs.close()
     return 0
 
@@ -60,6 +62,21 @@ async def run_pcifront(xs: object) -> None:
             await w.get()
     async with Frontend(xs, "pci", 0) as dev:
         await dev.closed.wait()
+
+
+async def run_serial(xs: object) -> None:
+    """The guest's first serial port (console 3): greet, then echo what comes in."""
+    from stubdom import protocol as p
+    from stubdom.host.frontend.console import open_console
+    from stubdom.xenstore import Client
+
+    assert isinstance(xs, Client)
+    if not await xs.exists(f"device/console/{p.CONSOLE_SERIAL}"):
+        return
+    async with open_console(xs, p.CONSOLE_SERIAL) as serial:
+        await serial.write(b"serial0 ready\r\n")
+        while data := await serial.read():
+            await serial.write(data)
 
 
 if __name__ == "__main__":

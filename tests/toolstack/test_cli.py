@@ -106,3 +106,49 @@ def test_errors_are_one_line(host: Host) -> None:
     assert r.returncode == 1 and "not an xl save file" in r.stderr
     assert [line.split()[0] for line in host.run("list").stdout.splitlines()[1:]] == [
         "Domain-0"]
+
+
+def test_console_reaches_the_guest_serial_port(host: Host) -> None:
+    host.run("create", str(host.config()))
+    env = {**os.environ, "STUBDOM_HOST_DIR": str(host.dir)}
+    proc = subprocess.Popen([*STUBDOM, "console", "win7"], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(b"hello\r")
+    proc.stdin.flush()
+    seen = b""
+    while b"hello" not in seen:
+        chunk = proc.stdout.read1(4096)
+        assert chunk, proc.stderr.read() if proc.stderr else b""
+        seen += chunk
+    proc.stdin.write(b"\x1d")
+    proc.stdin.flush()
+    assert proc.wait(timeout=30) == 0
+    r = host.run("console", "-n", "1", "win7", check=False)
+    assert r.returncode == 1 and "no serial port 1" in r.stderr
+
+
+def test_concurrent_pci_attach_loses_nothing(host: Host) -> None:
+    host.run("create", str(host.config()))
+    env = {**os.environ, "STUBDOM_HOST_DIR": str(host.dir)}
+    procs = [subprocess.Popen([*STUBDOM, "pci-attach", "win7", bdf], env=env,
+                              stderr=subprocess.PIPE, text=True)
+             for bdf in ("03:00.0", "04:00.0", "05:00.0")]
+    for p in procs:
+        assert p.wait(timeout=120) == 0, p.stderr.read() if p.stderr else ""
+    rows = host.run("pci-list", "win7").stdout.splitlines()[1:]
+    assert sorted(r.split()[1] for r in rows) == ["0000:03:00.0", "0000:04:00.0",
+                                                  "0000:05:00.0"]
+    assert len({r.split()[0] for r in rows}) == 3  # three different slots
+
+
+def test_a_stubdomain_that_dies_fails_the_create_at_once(host: Host) -> None:
+    # With a 600 s wait for `running`, only the fast failure can finish within the
+    # subprocess guard of Host.run.
+    r = host.run("create", str(host.config()), "stubdomain_kernel='/bin/false'",
+                 "--timeout", "600", check=False)
+    assert r.returncode == 1
+    assert "waiting for the device model to report running" in r.stderr
+    assert "died" in r.stderr
+    assert [line.split()[0] for line in host.run("list").stdout.splitlines()[1:]] == [
+        "Domain-0"]

@@ -365,3 +365,20 @@ def restore(file: str, paused: bool, timeout: float | None, directory: str | Non
         click.echo(f"Restored domain {created.guest} with stubdomain {created.stubdom}", err=True)
 
     run(body, directory)
+
+
+@cli.command("console")
+@click.argument("domain")
+@click.option("-n", "number", type=int, default=0, help="Serial port number (default 0).")
+@click.option("-t", "kind", type=click.Choice(["serial"]), default="serial",
+              help="Console type; a stubdomain guest has serial consoles only.")
+@dir_option
+def console(domain: str, number: int, kind: str, directory: str | None) -> None:
+    """Attach to a guest's serial console; Ctrl+] detaches."""
+    from stubdom.toolstack.console import attach_serial
+
+    async def body(s: Session) -> None:
+        info = await s.resolve_guest(domain)
+        await attach_serial(s, info.domid, number)
+
+    run(body, directory)

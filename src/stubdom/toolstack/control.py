@@ -311,8 +311,11 @@ class DeviceModelChannel:
         lock_dir: Path,
         timeout: float = DEVICE_MODEL_TIMEOUT,
         logdirty_timeout: float = LOGDIRTY_TIMEOUT,
+        running: Callable[[int], Awaitable[bool]] | None = None,
     ) -> None:
         self.client = client
+        #: Asks the hypervisor whether a domain still runs (None: xenstore only).
+        self.running = running
         self.stubdom = stubdom
         self.guest = guest
         self.lock_dir = Path(lock_dir)
@@ -609,7 +612,11 @@ class DeviceModelChannel:
         return alive
 
     async def _stub_alive(self) -> bool:
-        return await self.client.is_domain_introduced(self.stubdom)
+        """Still introduced, and (if we can ask the hypervisor) not shut down or crashed:
+        ``@releaseDomain`` also fires for a domain that merely stopped running."""
+        if not await self.client.is_domain_introduced(self.stubdom):
+            return False
+        return self.running is None or await self.running(self.stubdom)
 
     async def _read(self, path: str) -> str | None:
         return await _read_text(self.client, path)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from stubdom import protocol as proto
 from stubdom.host import devices
+from stubdom.host.hypervisor import DomainState, HypervisorError
 from stubdom.toolstack.config import GuestConfig, PciSpec
 from stubdom.toolstack.control import DeviceModelChannel
 from stubdom.toolstack.session import Session, ToolstackError
@@ -26,8 +27,20 @@ log = logging.getLogger(__name__)
 
 
 def channel(s: Session, stub: int, guest: int, timeout: float | None = None) -> DeviceModelChannel:
+    async def running(domid: int) -> bool:
+        try:
+            info = await s.hv.domain_info(domid)
+        except HypervisorError:
+            return False
+        return info.state not in (DomainState.SHUTDOWN, DomainState.CRASHED, DomainState.DYING)
+
     return DeviceModelChannel(
-        s.xs, stub, guest, s.paths.lock_dir, timeout=timeout or proto.DEVICE_MODEL_TIMEOUT
+        s.xs,
+        stub,
+        guest,
+        s.paths.lock_dir,
+        timeout=timeout or proto.DEVICE_MODEL_TIMEOUT,
+        running=running,
     )
 
 

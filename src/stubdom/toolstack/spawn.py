@@ -235,14 +235,7 @@ class StubdomSpawner:
                 step = "unpausing the guest"
                 await self.hv.unpause(guest)
             return Created(guest, stub, cfg.uuid, stub_uuid)
-        except (
-            HypervisorError,
-            XenStoreError,
-            devices.DeviceError,
-            OSError,
-            TimeoutError,
-            ValueError,
-        ) as e:
+        except Exception as e:  # every failure is reported with its step
             reason = str(e) or f"no answer in time ({type(e).__name__})"
             log.error("creating %s failed while %s: %s", cfg.name, step, reason)
             await self._undo(made)
