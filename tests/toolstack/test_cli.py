@@ -152,3 +152,15 @@ def test_a_stubdomain_that_dies_fails_the_create_at_once(host: Host) -> None:
     assert "died" in r.stderr
     assert [line.split()[0] for line in host.run("list").stdout.splitlines()[1:]] == [
         "Domain-0"]
+
+
+def test_all_functions_of_a_device(host: Host) -> None:
+    host.run("create", str(host.config()))
+    r = host.run("pci-attach", "win7", "07:00.*@05", check=False)
+    assert r.returncode == 1 and "no assignable function of 0000:07:00" in r.stderr
+    (host.dir / "pci-assignable").write_text("0000:07:00.0\n0000:07:00.1\n0000:08:00.0\n")
+    r = host.run("pci-attach", "win7", "07:00.*", check=False)
+    assert r.returncode == 1 and "needs a virtual slot" in r.stderr
+    host.run("pci-attach", "win7", "07:00.*@05")
+    rows = host.run("pci-list", "win7").stdout.splitlines()[1:]
+    assert rows == ["05.0 0000:07:00.0", "05.1 0000:07:00.1"]

@@ -104,10 +104,43 @@ async def _stub_of(s: Session, guest: int) -> int:
     return stub
 
 
-def _functions(spec: PciSpec) -> list[proto.Bdf]:
-    """The functions to insert, 7 down to 0 (function 0 raises the guest's hot-plug
-    event, so it goes last).  With no PCI hardware here, ``*`` means function 0 only."""
-    return [spec.bdf]
+def assignable(s: Session) -> list[proto.Bdf]:
+    """The host's assignable PCI functions (``xl pci-assignable-list``).
+
+    The simulated host has no PCI hardware: the list is the file ``pci-assignable`` in
+    its run directory, one BDF per line, if someone wrote one.
+    """
+    path = s.run_dir.root / "pci-assignable"
+    try:
+        lines = path.read_text().split()
+    except FileNotFoundError:
+        return []
+    return [proto.parse_bdf(line) for line in lines]
+
+
+def _functions(s: Session, spec: PciSpec) -> list[tuple[proto.Bdf, int]]:
+    """(host function, guest vdevfn) to insert, function 7 first: function 0 raises the
+    guest's hot-plug event, so it goes last (libxl).  ``BB:DD.*`` takes every assignable
+    function of the device, each at the same virtual slot."""
+    if not spec.all_functions:
+        return [(spec.bdf, spec.vdevfn)]
+    if spec.vslot is None:
+        raise ToolstackError(
+            f"{spec.bdf.domain:04x}:{spec.bdf.bus:02x}:{spec.bdf.dev:02x}.*: "
+            "passing all functions needs a virtual slot (@VSLOT)"
+        )
+    funcs = [
+        b
+        for b in assignable(s)
+        if (b.domain, b.bus, b.dev) == (spec.bdf.domain, spec.bdf.bus, spec.bdf.dev)
+    ]
+    if not funcs:
+        raise ToolstackError(
+            f"no assignable function of {spec.bdf.domain:04x}:"
+            f"{spec.bdf.bus:02x}:{spec.bdf.dev:02x} on this host "
+            f"(see {s.run_dir.root / 'pci-assignable'})"
+        )
+    return [(b, (spec.vslot << 3) | b.func) for b in sorted(funcs, key=lambda b: -b.func)]
 
 
 async def pci_attach(
@@ -117,12 +150,12 @@ async def pci_attach(
     stub = await _stub_of(s, guest)
     info = await s.hv.domain_info(guest)
     done: list[AttachedPci] = []
-    for bdf in sorted(_functions(spec), key=lambda b: -b.func):
+    for bdf, vdevfn in _functions(s, spec):
         if await s.xs.exists(_pci_record(guest, bdf)):
             raise ToolstackError(f"{bdf} is already attached to {info.name!r}")
         fn = devices.PciFunction(
             bdf,
-            vdevfn=spec.vdevfn,
+            vdevfn=vdevfn,
             msitranslate=spec.msitranslate,
             power_mgmt=spec.power_mgmt,
             permissive=spec.permissive,
@@ -133,7 +166,7 @@ async def pci_attach(
         )
         try:
             devfn = await channel(s, stub, guest, timeout).pci_insert(
-                bdf, spec.vdevfn, spec.msitranslate, spec.power_mgmt
+                bdf, vdevfn, spec.msitranslate, spec.power_mgmt
             )
         except BaseException:
             with contextlib.suppress(Exception):
