@@ -267,8 +267,7 @@ def decode_state(data: bytes) -> tuple[str, bytes]:
     taken = reader.feed(data)
     if taken < len(data):
         raise StreamError(
-            f"device-model state: {len(data) - taken} trailing bytes after the "
-            f"{taken}-byte stream"
+            f"device-model state: {len(data) - taken} trailing bytes after the {taken}-byte stream"
         )
     result = reader.result()
     return result.backend, result.payload
