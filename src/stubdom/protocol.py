@@ -78,6 +78,8 @@ def target_path(stubdom: int) -> str:
 
 #: The same node as the stubdomain reads it (relative to its home).
 TARGET_RELATIVE = "target"
+#: The stubdomain's own domid, relative to its home (qemu-trad reads ``domid``).
+DOMID_RELATIVE = "domid"
 
 
 def dm_relative_path(guest: int, node: str = "") -> str:
@@ -90,6 +92,8 @@ def dm_relative_path(guest: int, node: str = "") -> str:
 #: qemu-trad's watch tokens for the command node and ``logdirty/cmd``.
 DM_COMMAND_TOKEN = "dm-command"
 LOGDIRTY_TOKEN = "logdirty"
+#: qemu-trad's watch token for the guest's ``cpu`` directory (vCPU hot-plug).
+VCPU_SET_TOKEN = "vcpu-set"
 #: Fired when a domain (e.g. the stubdomain) goes away.
 RELEASE_DOMAIN = "@releaseDomain"
 
@@ -123,6 +127,11 @@ def allow_memory_relocate_path(guest: int) -> str:
 
 def platform_device_model_path(guest: int) -> str:
     return f"{domain_path(guest)}/platform/device-model"
+
+
+def vcpu_dir_path(guest: int) -> str:
+    """``/local/domain/<G>/cpu``: the device model watches it (token ``vcpu-set``)."""
+    return f"{domain_path(guest)}/cpu"
 
 
 def vcpu_availability_path(guest: int, vcpu: int) -> str:

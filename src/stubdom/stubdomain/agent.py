@@ -1,0 +1,453 @@
+"""The device-model agent's asyncio shell: start-up, consoles, watches, dispatch, stop.
+
+Start-up in qemu-trad's order (reference §2.2): read ``domid``, ``target``, the guest's
+``vm`` and dmargs; parse argv; bring the devices up; with ``-loadvm``, read the saved
+state from console 2 (exactly to the stream's end); start the device model; set the
+watches on ``command``, ``logdirty/cmd`` and the guest's ``cpu``; write ``running``.
+Then events are served one at a time, in arrival order.  While paused by a save only
+those three kinds of event are served (§7.3); the guest's ejects wait.
+
+Console 0 is the log: every log record of the process goes there as one line
+(`ConsoleLogHandler`).  For tests, the machine's `DeviceModel.snapshot` is logged as a
+``snapshot saved {json}`` line when a save completes and ``snapshot restored {json}``
+after a ``-loadvm`` start -- on the log, not on any protocol path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from stubdom import protocol as proto
+from stubdom.devicemodel.base import (
+    DeviceModel,
+    DeviceModelError,
+    PciInsertFailed,
+    PciRemoveFailed,
+)
+from stubdom.devicemodel.stream import StreamError, StreamReader
+from stubdom.host.frontend.console import Console, ConsoleError, connect_console, open_console
+from stubdom.stubdomain import commands as cmds
+from stubdom.stubdomain.args import AgentOptions, DmArgsError, build_argv, parse_dm_args
+from stubdom.stubdomain.discovery import Discovered, discover, run_pcifront
+from stubdom.xenstore import Client, ConnectionClosed, NoEntry, Watch, XenStoreError
+
+log = logging.getLogger(__name__)
+
+STOP = "stop"
+CLOSED = "connection-closed"
+#: Exit statuses of `run_agent`.
+EXIT_OK = 0
+EXIT_FATAL = 1
+
+
+class AgentFatal(Exception):
+    """The agent cannot go on; the message is the reason, logged before exiting."""
+
+
+class ConsoleLogHandler(logging.Handler):
+    """Log records as lines on console 0 (Mini-OS sends qemu's stderr there)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.console: Console | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:  # pragma: no cover - logging must never raise
+            return
+        self.queue.put_nowait((line.rstrip("\n") + "\n").encode("utf-8", "replace"))
+
+    def attach(self, console: Console) -> None:
+        self.console = console
+        self._task = asyncio.get_running_loop().create_task(self._writer(), name="console 0")
+
+    async def _writer(self) -> None:
+        assert self.console is not None
+        while (line := await self.queue.get()) is not None:
+            try:
+                await self.console.write(line)
+            except (ConsoleError, OSError):
+                return
+
+    async def aclose(self) -> None:
+        """Write what is queued, then close console 0 (durable in the log file)."""
+        if self._task is not None:
+            self.queue.put_nowait(None)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._task, 10)
+        if self.console is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.console.close(), 10)
+            self.console = None
+
+
+def _snapshot_json(dm: DeviceModel) -> str:
+    return json.dumps(dm.snapshot(), sort_keys=True, default=str)
+
+
+class Agent:
+    """One run of the device model for the guest named by ``target`` / ``-d``."""
+
+    def __init__(
+        self,
+        client: Client,
+        options: AgentOptions,
+        cmdline: list[str],
+        make_backend: Callable[[AgentOptions], DeviceModel],
+    ) -> None:
+        self.client = client
+        self.options = options
+        self.cmdline = cmdline
+        self.make_backend = make_backend
+        self.compat = options.compat
+        self.guest = -1
+        self.self_domid = -1
+        self.dm: DeviceModel | None = None
+        self.paused = False
+        self.logdirty = False
+        self.vcpus: set[int] = set()
+        self.found = Discovered()
+        self.events: asyncio.Queue[str] = asyncio.Queue()
+        self._unpaused = asyncio.Event()
+        self._unpaused.set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.exit_status = EXIT_OK
+
+    # -- start-up ------------------------------------------------------------------------
+
+    async def _read(self, path: str) -> str | None:
+        raw = await self.client.read_optional(path)
+        return raw.decode("utf-8", "replace") if raw is not None else None
+
+    async def setup(self) -> None:
+        """Everything before ``running``; `AgentFatal` if the stub cannot serve."""
+        try:
+            self.self_domid = int(await self._read(proto.DOMID_RELATIVE) or "")
+        except ValueError:
+            raise AgentFatal("cannot read our own domid") from None
+        try:
+            target = int(await self._read(proto.TARGET_RELATIVE) or "")
+        except ValueError:
+            raise AgentFatal("Couldn't read target") from None
+        vm = await self._read(proto.vm_path_node(target))
+        if vm is None:
+            raise AgentFatal(f"cannot read the vm path of domain {target}")
+        dmargs = await self._read(proto.dmargs_path(vm)) or ""
+        argv = build_argv(self.cmdline, dmargs)
+        log.info("stubdom-dm %d for domain %d: argv %s", self.self_domid, target, " ".join(argv))
+        try:
+            opts = parse_dm_args(argv)
+        except DmArgsError as e:
+            raise AgentFatal(f"bad device-model arguments: {e}") from None
+        self.guest = opts.domid if opts.domid is not None else target
+        if self.guest != target:
+            log.warning("-d %d differs from our target %d; serving %d", self.guest, target, target)
+            self.guest = target
+        self.found = await discover(self.client, self.self_domid)
+        nics = opts.bind_nics(self.found.vifs)
+        nics = [
+            n if n.mac or n.vif is None else type(n)(n.vlan, self.found.macs[n.vif], n.model, n.vif)
+            for n in nics
+        ]
+        for note in [*opts.notes, *self.found.notes]:
+            log.warning("cannot honour: %s", note)
+        machine = opts.machine(self.guest)
+        machine.disks = list(self.found.disks)
+        machine.nics = nics
+        machine.graphics = machine.graphics and self.found.vfb
+        self.vcpus = {n for n in range(machine.vcpus) if machine.vcpu_avail >> n & 1}
+        self._start_task(run_pcifront(self.client), "pcifront")
+        state = await self._load_state(opts.loadvm) if opts.loadvm else None
+        self.dm = self.make_backend(self.options)
+        log.info(
+            "machine: %d disk(s), %d nic(s), %d vcpu(s), device model %s",
+            len(machine.disks),
+            len(machine.nics),
+            machine.vcpus,
+            self.dm.name,
+        )
+        try:
+            await self.dm.start(machine, lambda line: log.info("%s", line), state)
+        except DeviceModelError as e:
+            if state is not None and self.compat:
+                # qemu-trad: "Error while loading savevm file", and runs anyway.
+                log.error("Error while loading savevm file: %s", e)
+                await self.dm.start(machine, lambda line: log.info("%s", line), None)
+            else:
+                raise AgentFatal(f"the device model did not start: {e}") from None
+        if state is not None:
+            log.info("snapshot restored %s", _snapshot_json(self.dm))
+
+    async def _load_state(self, path: str) -> bytes:
+        """``-loadvm``: the saved stream from console 2, read exactly to its end."""
+        log.info("loading the device-model state (%s) from console %d", path,
+                 proto.CONSOLE_RESTORE)  # fmt: skip
+        reader = StreamReader()
+        data = bytearray()
+        try:
+            async with open_console(self.client, proto.CONSOLE_RESTORE) as con:
+                while not reader.done:
+                    chunk = await con.read(reader.needed)
+                    if not chunk:
+                        break
+                    reader.feed(chunk)
+                    data += chunk
+            reader.result()
+        except StreamError as e:
+            raise AgentFatal(f"-loadvm {path}: {e}") from None
+        except ConsoleError as e:
+            raise AgentFatal(f"-loadvm {path}: console {proto.CONSOLE_RESTORE}: {e}") from None
+        log.info("read %d bytes of device-model state", len(data))
+        return bytes(data)
+
+    # -- the event loop ----------------------------------------------------------------------
+
+    def _start_task(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            if isinstance(exc, ConnectionClosed):
+                self.events.put_nowait(CLOSED)
+            else:
+                log.error("%s failed: %s", task.get_name(), exc)
+
+    async def _forward(self, watch: Watch, token: str) -> None:
+        try:
+            async for _ in watch:
+                self.events.put_nowait(token)
+        except ConnectionClosed:
+            self.events.put_nowait(CLOSED)
+
+    async def serve(self) -> None:
+        """Watches, ``running``, then events until SIGTERM or the connection goes."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.events.put_nowait, STOP)
+        watches = [
+            (proto.dm_relative_path(self.guest, "logdirty/cmd"), proto.LOGDIRTY_TOKEN),
+            (proto.dm_relative_path(self.guest, "command"), proto.DM_COMMAND_TOKEN),
+            (proto.vcpu_dir_path(self.guest), proto.VCPU_SET_TOKEN),
+        ]
+        async with contextlib.AsyncExitStack() as stack:
+            for path, token in watches:
+                w = await stack.enter_async_context(self.client.watch(path, token))
+                self._start_task(self._forward(w, token), f"watch {token}")
+            await self._write([cmds.Write(cmds.STATE, proto.State.RUNNING)])
+            log.info("running")
+            while True:
+                token = await self.events.get()
+                if token == STOP:
+                    log.info("stopping (signal)")
+                    return
+                if token == CLOSED:
+                    log.info("xenstore closed our connection; stopping")
+                    return
+                try:
+                    await self._event(token)
+                except ConnectionClosed:
+                    log.info("xenstore closed our connection; stopping")
+                    return
+                except AgentFatal:
+                    raise
+                except (XenStoreError, DeviceModelError) as e:
+                    log.error("%s event: %s", token, e)
+
+    async def _event(self, token: str) -> None:
+        if token == proto.DM_COMMAND_TOKEN:
+            await self.command_event()
+        elif token == proto.LOGDIRTY_TOKEN:
+            await self.logdirty_event()
+        elif token == proto.VCPU_SET_TOKEN:
+            await self.vcpu_event()
+
+    async def _write(self, writes: list[cmds.Write]) -> None:
+        for w in writes:
+            await self.client.write(proto.dm_relative_path(self.guest, w.node), str(w.value))
+
+    # -- dm-command (§3.2) ------------------------------------------------------------------
+
+    async def command_event(self) -> None:
+        path = proto.dm_relative_path(self.guest, "command")
+        value = await self._read(path)
+        if value is None:
+            return
+        with contextlib.suppress(NoEntry):
+            await self.client.rm(path)
+        parameter = await self._read(proto.dm_relative_path(self.guest, cmds.PARAMETER))
+        d = cmds.dispatch(value, parameter, compat=self.compat, paused=self.paused)
+        for line in d.log:
+            log.info("%s", line)
+        if d.writes:
+            await self._write(list(d.writes))
+        assert self.dm is not None
+        dm = self.dm
+        if d.action is cmds.Action.SAVE:
+            await self._save(dm)
+        elif d.action is cmds.Action.CONTINUE:
+            await dm.resume()
+            self.paused = False
+            self._unpaused.set()
+            await self._write(cmds.running())
+            log.info("continued")
+        elif d.action is cmds.Action.PCI_INS:
+            assert d.pci is not None
+            try:
+                devfn = await dm.pci_insert(d.pci)
+            except PciInsertFailed as e:
+                log.warning("pci-ins %s: %s", d.parameter, e.text)
+                await self._write(cmds.pci_insert_failed(e.text, self.compat))
+            else:
+                log.info("pci-ins %s: inserted at devfn 0x%02x", d.pci.bdf, devfn)
+                await self._write(cmds.pci_inserted(devfn))
+        elif d.action is cmds.Action.PCI_REM:
+            assert d.bdf is not None
+            try:
+                devfn = await dm.pci_remove(d.bdf)
+            except PciRemoveFailed as e:
+                log.warning("pci-rem %s: %s", d.parameter, e.text)
+                await self._write(cmds.pci_remove_failed(e.text, self.compat))
+            else:
+                log.info("pci-rem %s: eject of slot 0x%02x requested", d.bdf, devfn >> 3)
+                self._start_task(self._await_eject(dm, devfn), f"eject 0x{devfn:02x}")
+        elif d.action in (cmds.Action.USB_ADD, cmds.Action.USB_DEL):
+            assert d.parameter is not None
+            try:
+                if d.action is cmds.Action.USB_ADD:
+                    await dm.usb_add(d.parameter)
+                else:
+                    await dm.usb_del(d.parameter)
+            except DeviceModelError as e:
+                log.warning("%s %s: %s", d.action.value, d.parameter, e)
+            await self._write(cmds.usb_done(d.action))
+
+    async def _await_eject(self, dm: DeviceModel, devfn: int) -> None:
+        await dm.wait_ejected(devfn)
+        await self._unpaused.wait()  # nothing but control events while paused
+        log.info("slot 0x%02x ejected by the guest", devfn >> 3)
+        await self._write(cmds.pci_removed())
+
+    async def _save(self, dm: DeviceModel) -> None:
+        """Flush, the state to console 1 as one stream, close console 1, ``paused``."""
+        await dm.pause()
+        try:
+            data = await dm.save_state()
+            con = await connect_console(self.client, proto.CONSOLE_SAVE)
+            try:
+                await con.write(data)
+            finally:
+                await con.close()  # returns once the backend has it all (durable)
+        except (DeviceModelError, ConsoleError, OSError) as e:
+            log.error("save failed: %s; resuming", e)
+            await dm.resume()
+            return
+        self.paused = True
+        self._unpaused.clear()
+        log.info("saved %d bytes of device-model state to console %d", len(data),
+                 proto.CONSOLE_SAVE)  # fmt: skip
+        log.info("snapshot saved %s", _snapshot_json(dm))
+        await self._write(cmds.saved())
+
+    # -- logdirty (§3.7) and vcpus (§3.8) ---------------------------------------------------
+
+    async def logdirty_event(self) -> None:
+        value = await self._read(proto.dm_relative_path(self.guest, "logdirty/cmd"))
+        d = cmds.logdirty(value, self.compat)
+        if d.error is not None:
+            log.error("%s", d.error)
+            if d.fatal:
+                raise AgentFatal(d.error)
+            return
+        if d.enable is not None:
+            self.logdirty = d.enable
+            log.info("logdirty %s", "enabled" if d.enable else "disabled")
+        if d.ret is not None:
+            await self.client.write(proto.dm_relative_path(self.guest, "logdirty/ret"), d.ret)
+
+    async def vcpu_event(self) -> None:
+        base = proto.vcpu_dir_path(self.guest)
+        try:
+            names = await self.client.directory(base)
+        except NoEntry:
+            return
+        avail: dict[int, str | None] = {}
+        for name in names:
+            if name.isdigit():
+                avail[int(name)] = await self._read(f"{base}/{name}/availability")
+        online = cmds.online_vcpus(avail, self.vcpus)
+        if online != self.vcpus:
+            assert self.dm is not None
+            await self.dm.set_vcpus(online)
+            log.info("vcpus online: %s", ",".join(map(str, sorted(online))) or "none")
+            self.vcpus = online
+
+    # -- stop ------------------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        """backend.stop(), then let go of the devices (bounded)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.dm is not None:
+            with contextlib.suppress(Exception):
+                await self.dm.stop()
+        if not self.client.closed:
+            await self.found.close()
+
+
+async def run_agent(
+    options: AgentOptions,
+    cmdline: list[str],
+    make_backend: Callable[[AgentOptions], DeviceModel],
+    client: Client | None = None,
+    fatal: str | None = None,
+) -> int:
+    """Connect (``XENSTORED_PATH``), log to console 0, run until stopped; exit status.
+    With ``fatal`` (the kernel command line was bad) only log it there and fail."""
+    if client is None:
+        client = await Client.connect()
+    handler = ConsoleLogHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        try:
+            handler.attach(await connect_console(client, proto.CONSOLE_LOGGING))
+        except (ConsoleError, XenStoreError, OSError) as e:
+            log.warning("no console %d (%s); logging to stderr only", proto.CONSOLE_LOGGING, e)
+        if fatal is not None:
+            log.critical("stubdom-dm: fatal: %s", fatal)
+            return EXIT_FATAL
+        agent = Agent(client, options, cmdline, make_backend)
+        status = EXIT_OK
+        try:
+            await agent.setup()
+            await agent.serve()
+        except AgentFatal as e:
+            log.critical("stubdom-dm: fatal: %s", e)
+            status = EXIT_FATAL
+        except ConnectionClosed as e:
+            log.info("xenstore connection closed: %s", e)
+        except Exception as e:
+            log.critical("stubdom-dm: fatal: %s: %s", type(e).__name__, e, exc_info=True)
+            status = EXIT_FATAL
+        finally:
+            await agent.shutdown()
+        return status
+    finally:
+        await handler.aclose()
+        root.removeHandler(handler)
+        await client.close()

@@ -1,0 +1,160 @@
+"""The stubdomain's own devices, found as qemu-trad and Mini-OS find them (reference §1.4).
+
+Disks: every ``device/vbd/<id>`` whose backend is dom0's ``vbd``/``tap``/``qdisk``
+directory for us, placed by the backend's ``dev`` name: ``hdX`` on IDE (at most four),
+``sdX`` on SCSI, ``xvdX`` on IDE when no ``hd*`` exists; ``device-type=cdrom`` makes a
+CD-ROM.  NICs: the vifs in index order (the n-th ``-net tap`` opens the n-th).  vfb and
+vkbd when present.  Every device is brought up through the xenbus handshake and kept
+open while the agent runs.  pcifront comes later (the toolstack creates it on the first
+hot-plug): `run_pcifront` waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from stubdom.devicemodel.base import Disk, DiskBus
+from stubdom.host.frontend import Frontend, FrontendError, list_devices
+from stubdom.xenstore import Client, NoEntry, PermissionDenied, XenStoreError
+
+log = logging.getLogger(__name__)
+
+BACKEND_KINDS = ("vbd", "tap", "qdisk")
+MAX_IDE = 4
+CLOSE_TIMEOUT = 5.0
+
+
+@dataclass
+class Discovered:
+    disks: list[Disk] = field(default_factory=list)
+    vifs: list[int] = field(default_factory=list)  # devids, in index order
+    macs: dict[int, str] = field(default_factory=dict)
+    vfb: bool = False
+    vkbd: bool = False
+    frontends: list[Frontend] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    async def close(self) -> None:
+        """Let go of every device (bounded: a dead backend must not hang the stop)."""
+        for fe in reversed(self.frontends):
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await fe.close()
+        self.frontends.clear()
+
+
+async def _read(client: Client, path: str) -> str | None:
+    try:
+        raw = await client.read_optional(path)
+    except PermissionDenied:
+        return None
+    return raw.decode("utf-8", "replace") if raw is not None else None
+
+
+def place(dev: str, have_hd: bool) -> tuple[DiskBus, int] | None:
+    """The bus and index of a drive named ``dev``, or None (not placeable)."""
+    for prefix, kind in (("hd", DiskBus.IDE), ("sd", DiskBus.SCSI), ("xvd", DiskBus.IDE)):
+        if dev.startswith(prefix):
+            letters, bus = dev[len(prefix) :], kind
+            break
+    else:
+        return None
+    if prefix == "xvd" and have_hd:
+        return None
+    if len(letters) != 1 or not "a" <= letters <= "z":
+        return None
+    index = ord(letters) - ord("a")
+    if bus is DiskBus.IDE and index >= MAX_IDE:
+        return None
+    return bus, index
+
+
+async def discover(client: Client, self_domid: int, timeout: float = 30.0) -> Discovered:
+    """Bring up our vbds, vifs, vfb and vkbd; what the machine is built from."""
+    found = Discovered()
+    vbds: list[tuple[int, str, Frontend]] = []
+    for devid in await list_devices(client, "vbd"):
+        fe_dir = f"device/vbd/{devid}"
+        backend = await _read(client, f"{fe_dir}/backend")
+        allowed = {f"/local/domain/0/backend/{k}/{self_domid}/{devid}" for k in BACKEND_KINDS}
+        if backend not in allowed:
+            found.notes.append(f"vbd {devid}: backend {backend!r} is not dom0's, skipped")
+            continue
+        if await _read(client, f"{backend}/frontend") not in (
+            f"/local/domain/{self_domid}/{fe_dir}",
+            None,
+        ):
+            found.notes.append(f"vbd {devid}: the backend does not point back to us, skipped")
+            continue
+        dev = await _read(client, f"{backend}/dev") or ""
+        fe = Frontend(client, "vbd", devid, timeout=timeout)
+        try:
+            await fe.connect()
+        except FrontendError as e:
+            found.notes.append(f"vbd {devid} ({dev}): {e}")
+            continue
+        found.frontends.append(fe)
+        vbds.append((devid, dev, fe))
+    have_hd = any(dev.startswith("hd") for _, dev, _ in vbds)
+    for devid, dev, fe in vbds:
+        where = place(dev, have_hd)
+        if where is None:
+            found.notes.append(f"vbd {devid}: cannot place drive {dev!r}, not emulated")
+            continue
+        cdrom = (await _read(client, f"device/vbd/{devid}/device-type")) == "cdrom"
+        found.disks.append(
+            Disk(
+                vdev=dev,
+                bus=where[0],
+                index=where[1],
+                path=fe.info.get("params", ""),
+                cdrom=cdrom,
+                readonly=fe.readonly or cdrom,
+                sectors=fe.sectors,
+            )
+        )
+    for devid in await list_devices(client, "vif"):
+        fe = Frontend(client, "vif", devid, timeout=timeout)
+        try:
+            await fe.connect()
+        except FrontendError as e:
+            found.notes.append(f"vif {devid}: {e}")
+            continue
+        found.frontends.append(fe)
+        found.vifs.append(devid)
+        found.macs[devid] = fe.mac
+    for kind in ("vfb", "vkbd"):
+        for devid in await list_devices(client, kind):
+            fe = Frontend(client, kind, devid, timeout=timeout)
+            try:
+                await fe.connect()
+            except FrontendError as e:
+                found.notes.append(f"{kind} {devid}: {e}")
+                continue
+            found.frontends.append(fe)
+            setattr(found, kind, True)
+    return found
+
+
+async def run_pcifront(client: Client, timeout: float = 30.0) -> None:
+    """Mini-OS's pcifront thread: wait for ``device/pci/0``, connect, follow pciback
+    through hot-plug reconfigurations; start over if the toolstack removes it."""
+    while True:
+        async with client.watch("device") as w:
+            while not await client.exists("device/pci/0/backend"):
+                await w.get()
+        try:
+            async with Frontend(client, "pci", 0, timeout=timeout) as dev:
+                log.info("pcifront connected to %s", dev.backend)
+                await dev.closed.wait()
+        except FrontendError as e:
+            log.warning("pcifront: %s", e)
+        except (NoEntry, PermissionDenied, XenStoreError) as e:
+            log.warning("pcifront: %s", e)
+        with contextlib.suppress(XenStoreError):
+            async with client.watch("device") as w:
+                while await client.exists("device/pci/0/backend"):
+                    await w.get()

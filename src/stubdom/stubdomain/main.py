@@ -1,0 +1,50 @@
+"""``stubdom-dm``: the executable the simulated host boots as a stubdomain kernel.
+
+argv is the kernel command line (`stubdomain_cmdline`): the agent's own options
+``--dm=sim|qemu``, ``--compat=qemu-trad`` and ``--eject-delay=SECONDS|never`` (when the
+sim's simulated guest acknowledges an eject), and, as in the xend era, any qemu options
+(they go before the dmargs words).  Exit status 0 on a clean stop (SIGTERM), 1 after a
+fatal error, which is logged on console 0 first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+from stubdom.devicemodel.base import DeviceModel
+from stubdom.stubdomain.agent import run_agent
+from stubdom.stubdomain.args import AgentOptions, DmArgsError, split_agent_options
+
+log = logging.getLogger(__name__)
+
+
+def make_backend(options: AgentOptions) -> DeviceModel:
+    """The device model ``--dm`` names (imported late: each has its own dependencies)."""
+    if options.dm == "qemu":
+        from stubdom.devicemodel.qemu import QemuDeviceModel
+
+        return QemuDeviceModel(Path(tempfile.mkdtemp(prefix="stubdom-qemu-")))
+    from stubdom.devicemodel.sim import SimDeviceModel
+
+    return SimDeviceModel(eject_delay=options.eject_delay)
+
+
+def main(argv: list[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        options, rest = split_agent_options(words)
+    except DmArgsError as e:
+        reason = f"bad kernel command line: {e}"
+        return asyncio.run(run_agent(AgentOptions(), [], make_backend, fatal=reason))
+    return asyncio.run(run_agent(options, rest, make_backend))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
