@@ -1,0 +1,314 @@
+"""The agent booted by the simulated host as the stubdomain kernel, driven by the
+toolstack's libxl-faithful `DeviceModelChannel` (and its create/save/restore)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from stubdom import protocol as proto
+from stubdom.devicemodel.stream import StreamReader, is_complete
+from stubdom.host import devices
+from stubdom.host.backends.console import ConsoleBackend
+from stubdom.host.backends.manager import BackendManager
+from stubdom.host.hypervisor import DomainState
+from stubdom.host.rundir import RunDir
+from stubdom.host.simulated import SimulatedHypervisor
+from stubdom.toolstack import operations as ops
+from stubdom.toolstack.config import DiskSpec, GuestConfig, NicSpec
+from stubdom.toolstack.control import (
+    DeviceModelChannel,
+    DeviceModelTimeout,
+    PciInsertError,
+    PciRemoveError,
+)
+from stubdom.toolstack.session import Session
+from stubdom.toolstack.spawn import Created, CreateError, HostPaths
+from stubdom.xenstore import Client
+from stubdom.xenstored.server import XenStoreServer
+from tests.support.daemons import need_peer, short_tmpdir
+
+AGENT = str(Path(sys.executable).with_name("stubdom-dm"))
+B1 = proto.Bdf(0, 3, 0, 0)
+B2 = proto.Bdf(0, 4, 0, 0)
+
+
+@dataclass
+class Host:
+    s: Session
+    root: Path
+
+    @property
+    def xs(self) -> Client:
+        return self.s.xs
+
+    def config(self, cmdline: str = "", **kw: object) -> GuestConfig:
+        disk = self.root / "g.img"
+        disk.write_bytes(b"\0" * 4096)
+        cfg = GuestConfig(
+            name="g",
+            vcpus=2,
+            maxvcpus=4,
+            stubdomain_kernel=AGENT,
+            stubdomain_cmdline=cmdline,
+            disks=[DiskSpec(vdev="hda", target=str(disk))],
+            nics=[NicSpec(devid=0, mac="00:16:3e:12:34:56")],
+        )
+        for k, v in kw.items():
+            setattr(cfg, k, v)
+        return cfg
+
+    async def create(self, cmdline: str = "", timeout: float = 20, **kw: object) -> Created:
+        return await ops.create_guest(self.s, self.config(cmdline, **kw), timeout=timeout)
+
+    def chan(self, c: Created, timeout: float = 10) -> DeviceModelChannel:
+        return ops.channel(self.s, c.stubdom, c.guest, timeout)
+
+    def log(self) -> str:
+        path = self.s.paths.dm_log("g")
+        return path.read_text() if path.exists() else ""
+
+    async def wait_log(self, text: str, timeout: float = 10) -> str:
+        async with asyncio.timeout(timeout):
+            while text not in self.log():
+                await asyncio.sleep(0.05)
+        return self.log()
+
+    async def add_pciback(self, c: Created, bdf: proto.Bdf) -> None:
+        await devices.add_pci(self.xs, c.stubdom, devices.PciFunction(bdf), domain_name="g-dm")
+
+    async def stub_state(self, c: Created) -> DomainState:
+        return (await self.s.hv.domain_info(c.stubdom)).state
+
+
+@pytest.fixture
+async def host() -> AsyncIterator[Host]:
+    root = short_tmpdir("agent-")
+    server = XenStoreServer(root / "xs")
+    await server.start()
+    xs = await Client.connect(str(server.socket_path))
+    backends = BackendManager(await Client.connect(str(server.socket_path)), root)
+    consoles = ConsoleBackend(await Client.connect(str(server.socket_path)), root)
+    await backends.start()
+    await consoles.start()
+    hv = SimulatedHypervisor(xs, server.socket_path, root)
+    paths = HostPaths.under(root)
+    paths.ensure()
+    yield Host(Session(hv, xs, paths, RunDir(root)), root)
+    await hv.close()
+    await consoles.stop()
+    await backends.stop()
+    await xs.close()
+    await server.close()
+
+
+def snapshots(log: str, tag: str) -> list[dict[str, object]]:
+    out = []
+    for line in log.splitlines():
+        _, sep, rest = line.partition(f"snapshot {tag} ")
+        if sep:
+            out.append(json.loads(rest))
+    return out
+
+
+async def test_start_reports_running_and_logs_argv(host: Host) -> None:
+    c = await host.create()
+    assert await host.xs.read(proto.state_path(c.stubdom, c.guest)) == b"running"
+    log = await host.wait_log("running")
+    assert "argv -d 1 -domain-name g" in log and "cannot honour: -vnc" in log
+    assert "1 disk(s), 1 nic(s), 4 vcpu(s), device model sim" in log
+
+
+async def test_pci_insert_auto_and_requested_and_refusals(host: Host) -> None:
+    c = await host.create()
+    await host.add_pciback(c, B1)
+    ch = host.chan(c)
+    devfn = await ch.pci_insert(B1)
+    assert devfn & 7 == 0 and devfn >> 3 > 0
+    assert await host.xs.read(proto.state_path(c.stubdom, c.guest)) == b"running"
+    await host.add_pciback(c, B2)
+    assert await ch.pci_insert(B2, vdevfn=0x38) == 0x38
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    with pytest.raises(PciInsertError, match="wrong bdf or vdevfn"):
+        await ch.pci_insert(proto.Bdf(0, 5, 0, 0), vdevfn=0x38)
+    assert loop.time() - t0 < 5
+    # fill every free slot, then the next automatic insert has none
+    n = 6
+    with pytest.raises(PciInsertError, match="no free hotplug devfn"):
+        while True:
+            await ch.pci_insert(proto.Bdf(0, n, 0, 0))
+            n += 1
+    assert loop.time() - t0 < 8
+
+
+async def test_pci_remove_waits_for_the_eject_and_refusals(host: Host) -> None:
+    c = await host.create("--eject-delay=0.3")
+    await host.add_pciback(c, B1)
+    ch = host.chan(c)
+    devfn = await ch.pci_insert(B1)
+    assert await ch.pci_remove(B1, vdevfn=devfn)
+    assert await host.xs.read(proto.state_path(c.stubdom, c.guest)) == b"running"
+    log = await host.wait_log("ejected by the guest")
+    assert "eject of slot" in log
+    with pytest.raises(PciRemoveError):
+        await ch.exchange(proto.Command.PCI_REM, "0000:09:00.0", proto.State.PCI_REMOVED)
+    assert await host.xs.read(proto.parameter_path(c.stubdom, c.guest)) != b"0000:09:00.0"
+    await host.xs.write(proto.state_path(c.stubdom, c.guest), "running")
+    assert await ch.pci_insert(B2, vdevfn=0x31) == 0x31
+    with pytest.raises(PciRemoveError, match="pci-remove-failed"):
+        await ch.exchange(proto.Command.PCI_REM, str(B2), proto.State.PCI_REMOVED)
+    reason = await host.xs.read(proto.parameter_path(c.stubdom, c.guest))
+    assert b"non-zero function" in reason
+
+
+async def test_save_pauses_continue_resumes(host: Host) -> None:
+    c = await host.create()
+    ch = host.chan(c)
+    await ch.save()
+    assert await host.xs.read(proto.state_path(c.stubdom, c.guest)) == b"paused"
+    blob = host.s.paths.save_file(c.guest).read_bytes()
+    assert is_complete(blob)
+    assert await ch.resume()
+    assert await host.xs.read(proto.state_path(c.stubdom, c.guest)) == b"running"
+    assert not await ch.resume()  # not paused: nothing sent
+
+
+async def test_save_and_restore_give_the_machine_back(host: Host) -> None:
+    c = await host.create()
+    await host.add_pciback(c, B1)
+    await host.chan(c).pci_insert(B1, vdevfn=0x30)
+    image = host.root / "g.save"
+    await ops.save_guest(host.s, c.guest, image)
+    saved = snapshots(host.log(), "saved")
+    assert len(saved) == 1
+    r = await ops.restore_guest(host.s, image, timeout=20)
+    assert await host.xs.read(proto.state_path(r.stubdom, r.guest)) == b"running"
+    restored = snapshots(await host.wait_log("snapshot restored"), "restored")
+    before, after = dict(saved[0]), dict(restored[0])
+    assert (before.pop("run_state"), after.pop("run_state")) == ("paused", "running")
+    assert before == after
+
+
+async def test_logdirty(host: Host) -> None:
+    c = await host.create()
+    ch = host.chan(c)
+    await ch.logdirty(True)
+    await ch.logdirty(False)
+    await host.xs.write(proto.logdirty_path(c.stubdom, c.guest, "cmd"), "garbage")
+    await host.wait_log("logdirty: unknown command 'garbage'")
+    assert await host.xs.read_optional(proto.logdirty_path(c.stubdom, c.guest, "ret")) is None
+    assert await host.stub_state(c) in (DomainState.RUNNING, DomainState.BLOCKED)
+    await host.xs.rm(proto.logdirty_path(c.stubdom, c.guest, "cmd"))
+    await ch.logdirty(True)  # still answering
+
+
+async def test_vcpu_set_usb_and_unknown_command(host: Host) -> None:
+    c = await host.create()
+    for n, v in enumerate(["online", "online", "online", "offline"]):
+        await host.xs.write(proto.vcpu_availability_path(c.guest, n), v)
+    await host.wait_log("vcpus online: 0,1,2")
+    ch = host.chan(c)
+    snap = await ch.exchange(proto.Command.USB_ADD, "tablet", proto.State.USB_ADDED)
+    assert snap.state == "usb-added"
+    snap = await ch.exchange(proto.Command.USB_DEL, "tablet", proto.State.USB_DELETED)
+    assert snap.state == "usb-deleted"
+    await host.xs.write(proto.command_path(c.stubdom, c.guest), "flr")
+    await host.wait_log('unknown command"flr"')
+    await host.xs.write(proto.command_path(c.stubdom, c.guest), "sav")  # no prefix match
+    await host.wait_log('unknown command"sav"')
+    assert await host.xs.read(proto.state_path(c.stubdom, c.guest)) == b"running"
+
+
+async def test_compat_mode_is_qemu_trad(host: Host) -> None:
+    c = await host.create("--compat=qemu-trad")
+    await host.add_pciback(c, B1)
+    ch = host.chan(c, timeout=1.5)
+    await ch.pci_insert(B1, vdevfn=0x30)
+    states: list[bytes | None] = []
+    state = proto.state_path(c.stubdom, c.guest)
+    async with host.xs.watch(state) as w:
+
+        async def record() -> None:
+            while True:
+                await w.get()
+                states.append(await host.xs.read_optional(state))
+
+        rec = asyncio.create_task(record())
+        # our toolstack fails fast on qemu's text in parameter; libxl would time out
+        with pytest.raises(PciInsertError, match="wrong bdf or vdevfn"):
+            await ch.pci_insert(B2, vdevfn=0x30)
+        await asyncio.sleep(0.2)
+        rec.cancel()
+    assert b"pci-insert-failed" not in states
+    with pytest.raises(DeviceModelTimeout):  # nothing written on a refused pci-rem
+        await ch.exchange(proto.Command.PCI_REM, "0000:09:00.0", proto.State.PCI_REMOVED)
+    await host.xs.write(proto.state_path(c.stubdom, c.guest), "running")
+    await host.xs.write(proto.command_path(c.stubdom, c.guest), "sav")  # prefix: save
+    await host.wait_log("snapshot saved")
+    await host.chan(c).resume()
+
+
+async def test_malformed_dmargs_stop_the_agent(host: Host) -> None:
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    with pytest.raises(CreateError, match="report running"):
+        await host.create(device_model_args=["-vcpus", "many"], timeout=20)
+    assert loop.time() - t0 < 10
+    log = host.log()
+    assert "fatal: bad device-model arguments: -vcpus 'many': not a number" in log
+
+
+async def test_bad_kernel_cmdline_is_fatal(host: Host) -> None:
+    with pytest.raises(CreateError):
+        await host.create("--dm=bochs", timeout=20)
+    assert "fatal: bad kernel command line: --dm=bochs" in host.log()
+
+
+def test_a_stream_cut_short_is_detected(tmp_path: Path) -> None:
+    from stubdom.devicemodel.stream import encode_state
+
+    blob = encode_state("sim", b'{"x": 1}')
+    assert is_complete(blob)
+    for cut in (1, 10, len(blob) // 2, len(blob) - 1):
+        assert not is_complete(blob[:cut])
+        r = StreamReader()
+        r.feed(blob[:cut])
+        assert not r.done
+
+
+async def test_a_save_file_cut_short_fails_the_save(host: Host) -> None:
+    c = await host.create()
+    await host.chan(c).save()
+    path = host.s.paths.save_file(c.guest)
+    blob = path.read_bytes()
+    assert is_complete(blob)
+    path.write_bytes(blob[:-5])
+    assert not is_complete(path.read_bytes())
+    image = host.root / "g.save"
+    await host.chan(c).resume()
+    # the toolstack's own check refuses a truncated state too
+    from stubdom.toolstack.savefile import SaveFileError, check_dm_state_complete
+
+    with pytest.raises(SaveFileError):
+        check_dm_state_complete(blob[: len(blob) // 2])
+    assert not image.exists()
+
+
+@pytest.mark.peer
+async def test_qemu_backend(host: Host) -> None:
+    need_peer(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64")
+    c = await host.create("--dm=qemu", timeout=60)
+    await host.add_pciback(c, B1)
+    ch = host.chan(c, timeout=30)
+    assert await ch.pci_insert(B1) >= 0
+    await ch.save()
+    assert is_complete(host.s.paths.save_file(c.guest).read_bytes())
+    assert await ch.resume()
