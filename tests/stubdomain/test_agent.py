@@ -312,3 +312,15 @@ async def test_qemu_backend(host: Host) -> None:
     await ch.save()
     assert is_complete(host.s.paths.save_file(c.guest).read_bytes())
     assert await ch.resume()
+
+
+async def test_sigterm_is_a_clean_stop(host: Host) -> None:
+    import os
+    import signal
+
+    c = await host.create()
+    proc = host.s.hv._domains[c.stubdom].process  # type: ignore[attr-defined]  # test peek
+    os.kill(proc.pid, signal.SIGTERM)
+    assert await asyncio.wait_for(proc.wait(), 15) == 0
+    assert "stopping (signal)" in host.log()
+    assert await host.stub_state(c) is DomainState.SHUTDOWN
