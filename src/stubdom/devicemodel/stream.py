@@ -80,7 +80,7 @@ class StreamError(DeviceModelError, ValueError):
 
 
 def _check_name(backend: str) -> bytes:
-    raw = backend.encode("ascii", "replace")
+    raw = backend.encode("utf-8")
     if not 0 < len(raw) <= MAX_BACKEND_NAME or not all(0x20 < c < 0x7F for c in raw):
         raise ValueError(
             f"backend name {backend!r}: 1-{MAX_BACKEND_NAME} printable ASCII characters"

@@ -1,0 +1,212 @@
+"""The device-model state stream: round trips, every cut detected, damage detected."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stubdom.devicemodel.base import DeviceModelError
+from stubdom.devicemodel.stream import (
+    FORMAT_VERSION,
+    MAGIC,
+    OVERHEAD,
+    PROLOGUE_SIZE,
+    StreamError,
+    StreamReader,
+    decode_state,
+    decode_state_for,
+    encode_state,
+    is_complete,
+)
+from stubdom.toolstack.savefile import check_dm_state_complete
+
+backends = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1)
+backends = backends.filter(lambda s: len(s) <= 32)
+payloads = st.binary(max_size=600)
+
+
+@given(backends, payloads)
+def test_round_trip(backend: str, payload: bytes) -> None:
+    data = encode_state(backend, payload)
+    assert len(data) == OVERHEAD + len(backend) + len(payload)
+    assert decode_state(data) == (backend, payload)
+    assert is_complete(data)
+
+
+@given(backends, payloads)
+def test_the_toolstack_accepts_it_as_a_qemu_savevm_stream(backend: str, payload: bytes) -> None:
+    check_dm_state_complete(encode_state(backend, payload))
+
+
+def test_byte_layout() -> None:
+    data = encode_state("sim", b"xyz")
+    assert data[:4] == b"QEVM"
+    assert struct.unpack(">I", data[4:8]) == (3,)
+    assert data[8] == 0x04  # QEMU_VM_SECTION_FULL
+    assert data[13] == 10 and data[14:24] == b"stubdom-dm"
+    assert data[PROLOGUE_SIZE : PROLOGUE_SIZE + 8] == MAGIC
+    assert struct.unpack(">H", data[40:42]) == (FORMAT_VERSION,)
+    assert data[42] == 3 and data[43:46] == b"sim"
+    length, crc = struct.unpack(">II", data[46:54])
+    assert length == 3 and data[54:57] == b"xyz"
+    assert crc == zlib.crc32(b"xyz", zlib.crc32(data[32:50]))
+    assert data[-1] == 0 and len(data) == 58
+
+
+@settings(max_examples=30)
+@given(backends, st.binary(max_size=80))
+def test_every_truncation_is_detected(backend: str, payload: bytes) -> None:
+    data = encode_state(backend, payload)
+    for cut in range(len(data)):
+        short = data[:cut]
+        assert not is_complete(short)
+        with pytest.raises(StreamError, match="truncated") as e:
+            decode_state(short)
+        assert "\n" not in str(e.value)
+
+
+def test_truncation_says_how_many_bytes_are_missing() -> None:
+    data = encode_state("sim", b"0123456789")
+    with pytest.raises(StreamError, match=r"\b3 missing"):
+        decode_state(data[:-3])
+    with pytest.raises(StreamError, match="inside the header"):
+        decode_state(data[:20])
+
+
+@settings(max_examples=40)
+@given(backends, st.binary(max_size=60), st.data())
+def test_any_damaged_byte_is_detected(backend: str, payload: bytes, data: st.DataObject) -> None:
+    good = encode_state(backend, payload)
+    at = data.draw(st.integers(0, len(good) - 1))
+    flip = data.draw(st.integers(1, 255))
+    bad = bytearray(good)
+    bad[at] ^= flip
+    with pytest.raises(StreamError):
+        decode_state(bytes(bad))
+
+
+def test_corrupted_payload_is_a_checksum_mismatch() -> None:
+    data = bytearray(encode_state("sim", b"some device state"))
+    data[-5] ^= 0x40
+    with pytest.raises(StreamError, match="checksum mismatch"):
+        decode_state(bytes(data))
+
+
+def test_wrong_magic() -> None:
+    data = encode_state("sim", b"x")
+    with pytest.raises(StreamError, match=r"wrong magic.*QEVM"):
+        decode_state(b"XEVM" + data[4:])
+    inner = data[:PROLOGUE_SIZE] + b"NOTSTUBD" + data[PROLOGUE_SIZE + 8 :]
+    with pytest.raises(StreamError, match="wrong magic b'NOTSTUBD'"):
+        decode_state(inner)
+    # Early: the first wrong byte suffices.
+    with pytest.raises(StreamError, match="wrong magic"):
+        StreamReader().feed(b"Z")
+
+
+def test_a_real_qemu_savevm_stream_is_not_ours() -> None:
+    from stubdom.toolstack.savefile import fake_dm_state
+
+    with pytest.raises(StreamError, match="not a stubdom device-model section"):
+        decode_state(fake_dm_state({"timer": b"\x00" * 8}))
+
+
+def test_unknown_versions() -> None:
+    data = bytearray(encode_state("sim", b"x"))
+    data[40:42] = struct.pack(">H", 7)
+    with pytest.raises(StreamError, match="unknown format version 7"):
+        decode_state(bytes(data))
+    data = bytearray(encode_state("sim", b"x"))
+    data[4:8] = struct.pack(">I", 2)
+    with pytest.raises(StreamError, match="unknown savevm version 2"):
+        decode_state(bytes(data))
+
+
+def test_trailing_bytes() -> None:
+    data = encode_state("sim", b"x")
+    with pytest.raises(StreamError, match="2 trailing bytes"):
+        decode_state(data + b"\0\0")
+    assert not is_complete(data + b"\0")
+
+
+def test_absurd_length_is_refused_at_once() -> None:
+    data = bytearray(encode_state("sim", b"x"))
+    data[46:50] = struct.pack(">I", 0xFFFFFFFF)
+    with pytest.raises(StreamError, match="exceeds"):
+        StreamReader().feed(bytes(data[:54]))
+
+
+def test_stream_error_is_a_device_model_error() -> None:
+    assert issubclass(StreamError, DeviceModelError)
+
+
+def test_state_from_another_backend() -> None:
+    data = encode_state("qemu", b"x")
+    assert decode_state_for("qemu", data) == b"x"
+    with pytest.raises(StreamError, match="written by the 'qemu' device model, not 'sim'"):
+        decode_state_for("sim", data)
+
+
+def test_encode_refuses_bad_names() -> None:
+    for name in ("", "a b", "x" * 33, "é"):
+        with pytest.raises(ValueError):
+            encode_state(name, b"")
+
+
+# -- the incremental reader ---------------------------------------------------------------
+
+
+@given(backends, payloads, st.binary(max_size=20))
+def test_reading_exactly_needed_stops_at_the_end(
+    backend: str, payload: bytes, after: bytes
+) -> None:
+    """What the agent does on console 2: read `needed` bytes until done; the bytes after
+    the stream are never asked for."""
+    data = encode_state(backend, payload)
+    pipe = data + after
+    reader = StreamReader()
+    pos = 0
+    while not reader.done:
+        want = reader.needed
+        assert want > 0
+        assert pos + want <= len(data)  # never past the end of the stream
+        assert reader.feed(pipe[pos : pos + want]) == want
+        pos += want
+    assert pos == len(data) and reader.needed == 0
+    assert reader.total == len(data)
+    assert reader.result().backend == backend and reader.result().payload == payload
+
+
+@given(backends, payloads, st.lists(st.integers(1, 17), min_size=1), st.binary(max_size=9))
+def test_feeding_in_any_chunks(
+    backend: str, payload: bytes, sizes: list[int], after: bytes
+) -> None:
+    data = encode_state(backend, payload) + after
+    reader = StreamReader()
+    pos = 0
+    i = 0
+    while not reader.done:
+        chunk = data[pos : pos + sizes[i % len(sizes)]]
+        i += 1
+        taken = reader.feed(chunk)
+        pos += taken
+        if taken < len(chunk):
+            assert reader.done
+    assert pos == len(data) - len(after)
+    assert reader.feed(b"more") == 0
+    assert (reader.result().backend, reader.result().payload) == (backend, payload)
+
+
+def test_header_known_gives_the_exact_remainder() -> None:
+    data = encode_state("sim", b"x" * 100)
+    reader = StreamReader()
+    reader.feed(data[:10])
+    assert not reader.header_known and reader.total is None
+    reader.feed(data[10:60])
+    assert reader.header_known and reader.needed == len(data) - 60
+    with pytest.raises(StreamError, match=f"{len(data) - 60} missing"):
+        reader.result()
