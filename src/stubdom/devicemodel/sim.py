@@ -22,8 +22,8 @@ the next free slot, in the order they are created)::
     next  es1370 / ac97  PCI sound cards of -soundhw
     next  lsi53c895a    SCSI controller      (only with an sdX disk; ids 0-6)
 
-So a default machine with one NIC is 00.0, 01.0-01.3, 02.0 VGA, 03.0 platform, 04.0
-NIC.  The hot-plug (php) slots are by default every slot left free (05-1f there);
+So a machine with -usb, -acpi and one NIC is 00.0, 01.0-01.3, 02.0 VGA, 03.0 platform,
+04.0 NIC.  The hot-plug (php) slots are by default every slot left free (05-1f there);
 the set can be narrowed.  ``pci-ins`` follows qemu-trad (§3.3): a requested devfn must
 lie in a hot-plug slot and be free, else -2 ``wrong bdf or vdevfn``; AUTO takes
 function 0 of the first hot-plug slot whose 8 functions are all free (slot 2 skipped
