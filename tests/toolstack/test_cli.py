@@ -76,6 +76,10 @@ def test_create_list_pci_save_restore_destroy(host: Host) -> None:
     assert "wrong bdf or vdevfn" in refused.stderr and len(refused.stderr.splitlines()) == 1
 
     image = host.dir / "win7.save"
+    r = host.run("save", "win7", str(image), check=False)
+    assert r.returncode == 1 and "detach them with 'stubdom pci-detach'" in r.stderr
+    assert not image.exists()
+    host.run("pci-detach", "-f", "win7", "03:00.0")
     host.run("save", "win7", str(image))
     assert image.read_bytes().startswith(b"Xen saved domain, xl format\n \0 \r")
     assert [line.split()[0] for line in host.run("list").stdout.splitlines()[1:]] == [

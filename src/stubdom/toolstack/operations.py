@@ -282,6 +282,15 @@ async def save_guest(
 
     stub = await _stub_of(s, guest)
     cfg = await _guest_config(s, guest)
+    attached = await pci_list(s, guest)
+    if attached:
+        # A passed-through function's state lives in the host device, not in the device
+        # model's stream: saving would lose it.  Refuse before touching anything.
+        functions = ", ".join(str(a.bdf) for a in attached)
+        raise ToolstackError(
+            f"domain {guest} has PCI functions attached ({functions}); "
+            "detach them with 'stubdom pci-detach' before saving"
+        )
     await s.hv.pause(guest)
     chan = channel(s, stub, guest, timeout)
     await chan.save()
