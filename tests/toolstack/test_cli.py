@@ -168,3 +168,12 @@ def test_all_functions_of_a_device(host: Host) -> None:
     host.run("pci-attach", "win7", "07:00.*@05")
     rows = host.run("pci-list", "win7").stdout.splitlines()[1:]
     assert rows == ["05.0 0000:07:00.0", "05.1 0000:07:00.1"]
+
+
+def test_the_default_stubdomain_kernel_is_the_agent(host: Host) -> None:
+    host.run("create", str(ROOT / "examples" / "win7.cfg"))
+    log = (host.dir / "log" / "qemu-dm-win7.log").read_text()
+    assert "stubdom.stubdomain.agent" in log and "running" in log
+    host.run("pci-attach", "win7", "03:00.0")
+    assert host.run("pci-list", "win7").stdout.splitlines()[1:] == ["05.0 0000:03:00.0"]
+    host.run("destroy", "win7")
