@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import pytest
 
 from stubdom.devicemodel.base import (
     DeviceModelError,
+    Disk,
+    DiskBus,
     MachineConfig,
     Nic,
     PciInsertFailed,
@@ -161,7 +164,8 @@ async def test_start_stop() -> None:
     assert any(line.startswith("qemu: ") and "-machine" in line for line in log)
     await dm.stop()
     assert gone(pid)
-    assert not dm.socket_path.exists()
+    assert not dm.socket_path.exists() and not dm.firmware_path.exists()
+    assert dm.snapshot()["run_state"] == "stopped"
     await dm.stop()
     with pytest.raises(DeviceModelError):
         await dm.pause()
@@ -285,3 +289,95 @@ async def test_restore_of_damaged_device_state(dm: QemuDeviceModel) -> None:
     with pytest.raises(DeviceModelError, match=r"migrate-incoming: failed: .*load"):
         await copy.start(machine(), Log(), bad)
     assert copy.pid is not None and gone(copy.pid)
+
+
+@pytest.mark.peer
+async def test_machine_with_disks() -> None:
+    """Readable images become drives (IDE on q35's AHCI, SCSI on an LSI), an empty CD-ROM
+    stays, a path that is no file is recorded only; the machine saves and restores."""
+    need_qemu()
+    images = short_tmpdir("qimg-")
+    (images / "hda.img").write_bytes(bytes(1 << 20))
+    (images / "sda.img").write_bytes(bytes(1 << 20))
+    m = machine()
+    m.vga = "stdvga"
+    m.disks = [
+        Disk("hda", DiskBus.IDE, 0, str(images / "hda.img")),
+        Disk("hdb", DiskBus.IDE, 1, "/dev/vg/not-here"),
+        Disk("hdc", DiskBus.IDE, 2, "", cdrom=True),
+        Disk("sda", DiskBus.SCSI, 0, str(images / "sda.img"), readonly=True),
+    ]
+    text = " ".join(QemuDeviceModel(Path("/r")).command_line(m))
+    assert "id=disk-hda,media=disk,file=" in text and "if=ide,index=0" in text
+    assert "disk-hdb" not in text
+    assert "id=disk-hdc,media=cdrom,if=ide,index=2" in text
+    assert "scsi-hd,bus=scsi0.0,scsi-id=0,drive=disk-sda" in text
+    dm = QemuDeviceModel(short_tmpdir("qdm-"), hotplug_ports=1)
+    await dm.start(m, Log())
+    try:
+        pci = dm.snapshot()["pci"]
+        assert isinstance(pci, dict)
+        assert pci["02"] == ["0:VGA controller"] and pci["03"] == ["0:scsi0"]
+        await dm.pci_insert(PciRequest(BDF_A))
+        state = await dm.save_state()
+        copy = QemuDeviceModel(short_tmpdir("qdm-"), hotplug_ports=1)
+        await copy.start(m, Log(), state)
+        try:
+            assert copy.snapshot()["hotplug"] == {"hp5": "pci-pt-03_00.0"}
+            assert copy.snapshot()["pci"] == pci
+        finally:
+            await copy.stop()
+    finally:
+        await dm.stop()
+
+
+@pytest.mark.peer
+async def test_e1000_stand_in() -> None:
+    """An e1000 has a ROM (a RAM block in the stream): the restore re-adds it first."""
+    need_qemu()
+    dm = QemuDeviceModel(short_tmpdir("qdm-"), hotplug_ports=2, passthrough_driver="e1000")
+    await dm.start(machine(), Log())
+    try:
+        await dm.pci_insert(PciRequest(BDF_A, devfn=(SLOT0 + 1) << 3))
+        state = await dm.save_state()
+    finally:
+        await dm.stop()
+    copy = QemuDeviceModel(short_tmpdir("qdm-"), hotplug_ports=2)  # the state says e1000
+    await copy.start(machine(), Log(), state)
+    try:
+        assert copy.snapshot()["hotplug"] == {"hp6": "pci-pt-03_00.0"}
+        assert copy.snapshot()["status"] == "running"
+    finally:
+        await copy.stop()
+
+
+@pytest.mark.peer
+async def test_failed_restore_leaves_no_qemu(dm: QemuDeviceModel) -> None:
+    header, blob = unpack_payload(decode_state(await dm.save_state())[1])
+    del header["qemu_len"]
+    header["hotplug"] = [{"devfn": 2 << 3, "bdf": "0000:03:00.0", "driver": "pci-testdev"}]
+    state = encode_state("qemu", pack_payload(header, blob))
+    copy = QemuDeviceModel(short_tmpdir("qdm-"), hotplug_ports=2)
+    with pytest.raises(DeviceModelError, match="not a hot-plug slot"):
+        await copy.start(machine(), Log(), state)
+    assert copy.pid is not None and gone(copy.pid)  # QEMU ran, and was stopped
+
+
+@pytest.mark.peer
+async def test_qemu_dies(dm: QemuDeviceModel) -> None:
+    assert dm.pid is not None
+    os.kill(dm.pid, signal.SIGKILL)
+    with pytest.raises(DeviceModelError, match="QEMU exited with status -9"):
+        await dm.pause()
+    assert dm.snapshot()["status"] == "exited"
+
+
+@pytest.mark.peer
+async def test_state_of_another_machine_refused(dm: QemuDeviceModel) -> None:
+    state = await dm.save_state()
+    other = machine()
+    other.nics.append(Nic(1, "00:16:3e:00:00:08"))
+    copy = QemuDeviceModel(short_tmpdir("qdm-"), hotplug_ports=2)
+    with pytest.raises(DeviceModelError, match="does not fit this machine"):
+        await copy.start(other, Log(), state)
+    assert copy.pid is None

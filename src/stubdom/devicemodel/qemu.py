@@ -325,10 +325,8 @@ class QemuDeviceModel(DeviceModel):
         self._log = log
         self._machine = machine
         argv = self.command_line(machine, incoming=state is not None)
-        if header is not None and header.get("machine_argv") != machine_argv(
-            machine, self.hotplug_ports
-        ):
-            log("qemu: the saved state comes from a different machine; QEMU will judge")
+        if header is not None:
+            _check_fits(header.get("machine_argv"), machine_argv(machine, self.hotplug_ports))
         try:
             await self._spawn(argv)
             await self._connect()
@@ -380,10 +378,13 @@ class QemuDeviceModel(DeviceModel):
         except OSError as e:
             raise DeviceModelError(f"cannot run QEMU {self.qemu_binary!r}: {e}") from e
         assert self._proc.stdout is not None and self._proc.stderr is not None
-        readers = [self._forward(self._proc.stdout), self._forward(self._proc.stderr)]
-        self._tasks += [asyncio.create_task(r) for r in readers]
-        self._exited = asyncio.get_running_loop().create_future()
-        self._tasks.append(asyncio.create_task(self._watch_exit(self._proc, self._exited)))
+        readers = [
+            asyncio.create_task(self._forward(self._proc.stdout)),
+            asyncio.create_task(self._forward(self._proc.stderr)),
+        ]
+        self._exited = _future()
+        watch = asyncio.create_task(self._watch_exit(self._proc, self._exited, readers))
+        self._tasks += [*readers, watch]
 
     async def _forward(self, stream: asyncio.StreamReader) -> None:
         """QEMU's output goes to the device-model log (console 0)."""
@@ -393,11 +394,14 @@ class QemuDeviceModel(DeviceModel):
             self._log(text)
 
     async def _watch_exit(
-        self, proc: asyncio.subprocess.Process, exited: asyncio.Future[int]
+        self,
+        proc: asyncio.subprocess.Process,
+        exited: asyncio.Future[int],
+        readers: list[asyncio.Task[None]],
     ) -> None:
         """An exiting QEMU fails whatever waits on it (ejects, a migration) at once."""
         code = await proc.wait()
-        await asyncio.sleep(0)  # let the readers take QEMU's last words first
+        await asyncio.wait(readers, timeout=1.0)  # QEMU's last words make the message
         exited.set_result(code)
         err = self._exit_error(code)
         for fut in [*self._ejecting.values(), self._migration]:
@@ -406,7 +410,12 @@ class QemuDeviceModel(DeviceModel):
         if not self._stopped:
             log.warning("%s", err)
             self._log(f"qemu: {err}")
-        self._snapshot = {**self._snapshot, "status": "exited", "running": False}
+        self._snapshot = {
+            **self._snapshot,
+            "status": "exited",
+            "running": False,
+            "run_state": "stopped",
+        }
 
     def _exit_error(self, code: int) -> DeviceModelError:
         last = "; ".join(line for line in self._output[-3:] if line)
@@ -419,7 +428,6 @@ class QemuDeviceModel(DeviceModel):
         deadline = loop.time() + START_TIMEOUT
         while True:
             if self._exited.done():
-                await asyncio.gather(*self._tasks[:2], return_exceptions=True)
                 raise self._exit_error(self._exited.result())
             if self.socket_path.exists():
                 qmp = QMPClient(f"stubdom-{self._machine.name if self._machine else ''}")
@@ -499,7 +507,13 @@ class QemuDeviceModel(DeviceModel):
         self._ejecting.clear()
         with contextlib.suppress(OSError):
             self.socket_path.unlink(missing_ok=True)
-        self._snapshot = {**self._snapshot, "status": "stopped", "running": False}
+            self.firmware_path.unlink(missing_ok=True)
+        self._snapshot = {
+            **self._snapshot,
+            "status": "stopped",
+            "running": False,
+            "run_state": "stopped",
+        }
 
     # -- QMP helpers ----------------------------------------------------------------------
 
@@ -512,8 +526,11 @@ class QemuDeviceModel(DeviceModel):
         except ExecuteError as e:
             raise DeviceModelError(f"{cmd}: {e}") from e
         except QMPError as e:
-            if self._exited is not None and self._exited.done():
-                raise self._exit_error(self._exited.result()) from e
+            if self._exited is not None:  # a hang-up is most often QEMU exiting
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._exited), 1.0)
+                if self._exited.done():
+                    raise self._exit_error(self._exited.result()) from e
             raise DeviceModelError(f"{cmd}: QMP failed: {e}") from e
 
     async def _guard(self, aw: Awaitable[T], timeout: float, what: str) -> T:
@@ -542,6 +559,7 @@ class QemuDeviceModel(DeviceModel):
             "backend": BACKEND,
             "status": status,
             "running": status == "running",
+            "run_state": "running" if status == "running" else "paused",
             "pci": pci,
             "hotplug": dict(sorted(hotplug.items())),
             "vcpus": sorted(self._vcpus),
@@ -631,7 +649,7 @@ class QemuDeviceModel(DeviceModel):
             raise PciRemoveFailed(f"{bdf}: attempt to remove non-zero function")
         if plugged.devfn not in self._ejecting:
             # Created before device_del: DEVICE_DELETED may come before its reply.
-            self._ejecting[plugged.devfn] = asyncio.get_running_loop().create_future()
+            self._ejecting[plugged.devfn] = _future()
             try:
                 await self._execute("device_del", {"id": plugged.qdev_id})
             except DeviceModelError:
@@ -713,7 +731,7 @@ class QemuDeviceModel(DeviceModel):
                 "migrate-set-capabilities",
                 {"capabilities": [{"capability": "events", "state": True}]},
             )
-            self._migration = asyncio.get_running_loop().create_future()
+            self._migration = _future()
             await self._execute("migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(path))}"})
             status = await self._guard(
                 asyncio.shield(self._migration), MIGRATION_TIMEOUT, "migrate-incoming"
@@ -751,6 +769,30 @@ class QemuDeviceModel(DeviceModel):
         self._usb.remove(spec)
         self._log(f"qemu: usb-del {spec} (recorded only)")
         await self._refresh()
+
+
+def _check_fits(saved: object, here: list[str]) -> None:
+    """Refuse, before QEMU starts, a state saved on another machine (QEMU would take some
+    differences silently, e.g. a NIC's MAC, and fail on others)."""
+    if saved == here:
+        return
+    if not isinstance(saved, list):
+        raise DeviceModelError("qemu state: no machine description")
+    diff = next(
+        (i for i, (a, b) in enumerate(zip(saved, here, strict=False)) if a != b),
+        min(len(saved), len(here)),
+    )
+    was = saved[diff] if diff < len(saved) else "(end)"
+    now = here[diff] if diff < len(here) else "(end)"
+    raise DeviceModelError(f"qemu state does not fit this machine: saved {was!r}, here {now!r}")
+
+
+def _future() -> asyncio.Future[Any]:
+    """A future whose failure counts as seen even if nobody awaits it (an eject nobody
+    waits for fails quietly when QEMU goes)."""
+    fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return fut
 
 
 def _devfn(p: HotPlugged) -> int:
