@@ -6,6 +6,7 @@ must fit AF_UNIX) and checks that none is left behind.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -381,3 +382,9 @@ async def test_state_of_another_machine_refused(dm: QemuDeviceModel) -> None:
     with pytest.raises(DeviceModelError, match="does not fit this machine"):
         await copy.start(other, Log(), state)
     assert copy.pid is None
+
+
+@pytest.mark.peer
+async def test_concurrent_inserts_take_different_slots(dm: QemuDeviceModel) -> None:
+    got = await asyncio.gather(dm.pci_insert(PciRequest(BDF_A)), dm.pci_insert(PciRequest(BDF_B)))
+    assert sorted(got) == [SLOT0 << 3, (SLOT0 + 1) << 3]

@@ -595,8 +595,13 @@ class QemuDeviceModel(DeviceModel):
             if req.devfn in self._hotplugged:
                 raise PciInsertFailed(PCI_INS_BAD_BDF)
         plugged = HotPlugged(slot << 3, req.bdf, self.passthrough_driver)
-        await self._device_add(plugged)
-        self._hotplugged[plugged.devfn] = plugged
+        self._hotplugged[plugged.devfn] = plugged  # taken now: a concurrent insert skips it
+        try:
+            await self._device_add(plugged)
+        except BaseException:
+            if self._hotplugged.get(plugged.devfn) is plugged:
+                del self._hotplugged[plugged.devfn]
+            raise
         await self._refresh()
         self._log(f"qemu: {req.bdf} inserted at devfn {plugged.devfn:#04x} as {plugged.driver}")
         return plugged.devfn
