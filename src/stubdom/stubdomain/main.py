@@ -10,6 +10,7 @@ fatal error, which is logged on console 0 first.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 import tempfile
@@ -22,12 +23,12 @@ from stubdom.stubdomain.args import AgentOptions, DmArgsError, split_agent_optio
 log = logging.getLogger(__name__)
 
 
-def make_backend(options: AgentOptions) -> DeviceModel:
+def make_backend(options: AgentOptions, work_dir: Path) -> DeviceModel:
     """The device model ``--dm`` names (imported late: each has its own dependencies)."""
     if options.dm == "qemu":
         from stubdom.devicemodel.qemu import QemuDeviceModel
 
-        return QemuDeviceModel(Path(tempfile.mkdtemp(prefix="stubdom-qemu-")))
+        return QemuDeviceModel(work_dir)
     from stubdom.devicemodel.sim import SimDeviceModel
 
     return SimDeviceModel(eject_delay=options.eject_delay)
@@ -38,12 +39,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
-    try:
-        options, rest = split_agent_options(words)
-    except DmArgsError as e:
-        reason = f"bad kernel command line: {e}"
-        return asyncio.run(run_agent(AgentOptions(), [], make_backend, fatal=reason))
-    return asyncio.run(run_agent(options, rest, make_backend))
+    # QEMU's socket and files live only as long as the agent.
+    with tempfile.TemporaryDirectory(prefix="stubdom-dm-") as tmp:
+        backend = functools.partial(make_backend, work_dir=Path(tmp))
+        try:
+            options, rest = split_agent_options(words)
+        except DmArgsError as e:
+            reason = f"bad kernel command line: {e}"
+            return asyncio.run(run_agent(AgentOptions(), [], backend, fatal=reason))
+        return asyncio.run(run_agent(options, rest, backend))
+
 
 
 if __name__ == "__main__":
