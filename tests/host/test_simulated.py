@@ -119,7 +119,7 @@ async def test_kernel_reaches_xenstore_as_its_own_domain(
         await released.get(timeout=20)  # the kernel exits 0: the domain shuts down
     r = report(hv, domid, "guest")
     assert r["argv"] == ["exit0", "console=hvc0"]
-    assert r["env"] == ["LANG", "PATH", "PYTHONPATH", "XENSTORED_PATH"]
+    assert r["env"] == ["LANG", "PATH", "PYTHONPATH", "TMPDIR", "XENSTORED_PATH"]
     assert r["domid"] == str(domid) and r["own"] == "from the kernel"
     assert r["read dom0"] == "EACCES"
     assert r["write vm"] == "EACCES"

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import time
 from collections.abc import Sequence
@@ -98,6 +99,9 @@ class SimulatedHypervisor(Hypervisor):
                 return self._rover
         raise HypervisorError("no free domain id: destroy some domains")
 
+    def scratch_dir(self, domid: int) -> Path:
+        return self.log_dir / f"{domid}.tmp"
+
     def _get(self, domid: int) -> _Domain:
         dom = self._domains.get(domid)
         if dom is None:
@@ -158,7 +162,15 @@ class SimulatedHypervisor(Hypervisor):
     async def _boot(self, dom: _Domain) -> None:
         assert dom.kernel is not None
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        env = {**_BASE_ENV, **dom.env, "XENSTORED_PATH": f"{self.xenstored_socket}.d/{dom.domid}"}
+        # A scratch directory of the domain's own (its "tmpfs"), gone when it is.
+        scratch = self.scratch_dir(dom.domid)
+        scratch.mkdir(parents=True, exist_ok=True)
+        env = {
+            **_BASE_ENV,
+            **dom.env,
+            "XENSTORED_PATH": f"{self.xenstored_socket}.d/{dom.domid}",
+            "TMPDIR": str(scratch),
+        }
         log_path = self.log_dir / f"{dom.domid}-{dom.config.name}.log"
         with open(log_path, "ab") as out:
             dom.process = await asyncio.create_subprocess_exec(
@@ -212,6 +224,7 @@ class SimulatedHypervisor(Hypervisor):
         dom.state = DomainState.DYING
         await self._kill(dom)
         del self._domains[domid]
+        shutil.rmtree(self.scratch_dir(domid), ignore_errors=True)
         await self._tell_xenstored(domid, "gone")
         log.info("destroyed domain %d (%s)", domid, dom.config.name)
 
