@@ -314,6 +314,34 @@ async def test_qemu_backend(host: Host) -> None:
     assert await ch.resume()
 
 
+@pytest.mark.peer
+async def test_qemu_backend_through_every_command(host: Host) -> None:
+    """The same protocol answers with QEMU behind it: hot-plug (native PCIe, so a removal
+    completes without a guest), refusals, save and a restore that gives the machine back."""
+    need_peer(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64")
+    c = await host.create("--dm=qemu", timeout=60)
+    ch = host.chan(c, timeout=30)
+    await host.add_pciback(c, B1)
+    await host.add_pciback(c, B2)
+    auto = await ch.pci_insert(B1)
+    requested = await ch.pci_insert(B2, vdevfn=auto + 8)
+    assert requested == auto + 8
+    with pytest.raises(PciInsertError, match="wrong bdf or vdevfn"):
+        await ch.pci_insert(proto.Bdf(0, 5, 0, 0), vdevfn=requested)
+    assert await ch.pci_remove(B2, vdevfn=requested)  # DEVICE_DELETED -> pci-removed
+    with pytest.raises(PciRemoveError, match="pci-remove-failed"):
+        await ch.exchange(proto.Command.PCI_REM, "0000:09:00.0", proto.State.PCI_REMOVED)
+    await host.xs.write(proto.state_path(c.stubdom, c.guest), "running")
+    image = host.root / "q.save"
+    await ops.save_guest(host.s, c.guest, image)
+    saved = snapshots(host.log(), "saved")
+    r = await ops.restore_guest(host.s, image, timeout=60)
+    assert await host.xs.read(proto.state_path(r.stubdom, r.guest)) == b"running"
+    restored = snapshots(await host.wait_log("snapshot restored", timeout=30), "restored")
+    assert saved and restored
+    assert saved[0]["hotplug"] == restored[0]["hotplug"]  # B1 is back in its slot
+
+
 async def test_sigterm_is_a_clean_stop(host: Host) -> None:
     import os
     import signal
