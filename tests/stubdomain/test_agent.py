@@ -16,11 +16,8 @@ import pytest
 from stubdom import protocol as proto
 from stubdom.devicemodel.stream import StreamReader, is_complete
 from stubdom.host import devices
-from stubdom.host.backends.console import ConsoleBackend
-from stubdom.host.backends.manager import BackendManager
 from stubdom.host.hypervisor import DomainState
 from stubdom.host.rundir import RunDir
-from stubdom.host.simulated import SimulatedHypervisor
 from stubdom.toolstack import operations as ops
 from stubdom.toolstack.config import DiskSpec, GuestConfig, NicSpec
 from stubdom.toolstack.control import (
@@ -32,8 +29,8 @@ from stubdom.toolstack.control import (
 from stubdom.toolstack.session import Session
 from stubdom.toolstack.spawn import Created, CreateError, HostPaths
 from stubdom.xenstore import Client
-from stubdom.xenstored.server import XenStoreServer
-from tests.support.daemons import need_peer, short_tmpdir
+from tests.support.daemons import need_peer
+from tests.support.inprocess_host import inprocess_host
 
 AGENT = str(Path(sys.executable).with_name("stubdom-dm"))
 B1 = proto.Bdf(0, 3, 0, 0)
@@ -90,23 +87,10 @@ class Host:
 
 @pytest.fixture
 async def host() -> AsyncIterator[Host]:
-    root = short_tmpdir("agent-")
-    server = XenStoreServer(root / "xs")
-    await server.start()
-    xs = await Client.connect(str(server.socket_path))
-    backends = BackendManager(await Client.connect(str(server.socket_path)), root)
-    consoles = ConsoleBackend(await Client.connect(str(server.socket_path)), root)
-    await backends.start()
-    await consoles.start()
-    hv = SimulatedHypervisor(xs, server.socket_path, root)
-    paths = HostPaths.under(root)
-    paths.ensure()
-    yield Host(Session(hv, xs, paths, RunDir(root)), root)
-    await hv.close()
-    await consoles.stop()
-    await backends.stop()
-    await xs.close()
-    await server.close()
+    async with inprocess_host("agent-") as h:
+        paths = HostPaths.under(h.root)
+        paths.ensure()
+        yield Host(Session(h.hv, h.xs, paths, RunDir(h.root)), h.root)
 
 
 def snapshots(log: str, tag: str) -> list[dict[str, object]]:
@@ -322,8 +306,8 @@ async def test_qemu_backend_through_every_command(host: Host) -> None:
     c = await host.create("--dm=qemu", timeout=60)
     ch = host.chan(c, timeout=30)
     await host.add_pciback(c, B1)
-    await host.add_pciback(c, B2)
     auto = await ch.pci_insert(B1)
+    await host.add_pciback(c, B2)
     requested = await ch.pci_insert(B2, vdevfn=auto + 8)
     assert requested == auto + 8
     with pytest.raises(PciInsertError, match="wrong bdf or vdevfn"):

@@ -11,15 +11,12 @@ from pathlib import Path
 import pytest
 
 from stubdom import protocol as proto
-from stubdom.host.backends.console import ConsoleBackend
-from stubdom.host.backends.manager import BackendManager
 from stubdom.host.hypervisor import DomainState
 from stubdom.host.simulated import SimulatedHypervisor
 from stubdom.toolstack.config import DiskSpec, GuestConfig, NicSpec
 from stubdom.toolstack.spawn import CreateError, HostPaths, StubdomSpawner, destroy_guest
 from stubdom.xenstore import Client
-from stubdom.xenstored.server import XenStoreServer
-from tests.support.daemons import short_tmpdir
+from tests.support.inprocess_host import inprocess_host
 
 # A stand-in for the device-model agent: what Mini-OS and qemu-trad do at start-up.
 FAKE_DM = """\
@@ -69,21 +66,8 @@ class Host:
 
 @pytest.fixture
 async def host() -> AsyncIterator[Host]:
-    root = short_tmpdir("spawn-")
-    server = XenStoreServer(root / "xs")
-    await server.start()
-    xs = await Client.connect(str(server.socket_path))
-    backends = BackendManager(await Client.connect(str(server.socket_path)), root)
-    consoles = ConsoleBackend(await Client.connect(str(server.socket_path)), root)
-    await backends.start()
-    await consoles.start()
-    hv = SimulatedHypervisor(xs, server.socket_path, root)
-    yield Host(xs, hv, HostPaths.under(root), root)
-    await hv.close()
-    await consoles.stop()
-    await backends.stop()
-    await xs.close()
-    await server.close()
+    async with inprocess_host("spawn-") as h:
+        yield Host(h.xs, h.hv, HostPaths.under(h.root), h.root)
 
 
 def win7(host: Host, kernel: str) -> GuestConfig:
