@@ -93,6 +93,15 @@ async def host() -> AsyncIterator[Host]:
         yield Host(Session(h.hv, h.xs, paths, RunDir(h.root)), h.root)
 
 
+@pytest.fixture(params=["sim", pytest.param("qemu", marks=pytest.mark.peer)])
+def dm(request: pytest.FixtureRequest) -> str:
+    """Both device-model backends behind the same protocol."""
+    name: str = request.param
+    if name == "qemu":
+        need_peer(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64")
+    return name
+
+
 def snapshots(log: str, tag: str) -> list[dict[str, object]]:
     out = []
     for line in log.splitlines():
@@ -153,8 +162,8 @@ async def test_pci_remove_waits_for_the_eject_and_refusals(host: Host) -> None:
     assert b"non-zero function" in reason
 
 
-async def test_save_pauses_continue_resumes(host: Host) -> None:
-    c = await host.create()
+async def test_save_pauses_continue_resumes(host: Host, dm: str) -> None:
+    c = await host.create(f"--dm={dm}")
     ch = host.chan(c)
     await ch.save()
     assert await host.xs.read(proto.state_path(c.stubdom, c.guest)) == b"paused"
@@ -181,8 +190,8 @@ async def test_save_and_restore_give_the_machine_back(host: Host) -> None:
     assert before == after
 
 
-async def test_logdirty(host: Host) -> None:
-    c = await host.create()
+async def test_logdirty(host: Host, dm: str) -> None:
+    c = await host.create(f"--dm={dm}")
     ch = host.chan(c)
     await ch.logdirty(True)
     await ch.logdirty(False)
@@ -194,8 +203,8 @@ async def test_logdirty(host: Host) -> None:
     await ch.logdirty(True)  # still answering
 
 
-async def test_vcpu_set_usb_and_unknown_command(host: Host) -> None:
-    c = await host.create()
+async def test_vcpu_set_usb_and_unknown_command(host: Host, dm: str) -> None:
+    c = await host.create(f"--dm={dm}")
     for n, v in enumerate(["online", "online", "online", "offline"]):
         await host.xs.write(proto.vcpu_availability_path(c.guest, n), v)
     await host.wait_log("vcpus online: 0,1,2")
@@ -211,8 +220,8 @@ async def test_vcpu_set_usb_and_unknown_command(host: Host) -> None:
     assert await host.xs.read(proto.state_path(c.stubdom, c.guest)) == b"running"
 
 
-async def test_compat_mode_is_qemu_trad(host: Host) -> None:
-    c = await host.create("--compat=qemu-trad")
+async def test_compat_mode_is_qemu_trad(host: Host, dm: str) -> None:
+    c = await host.create(f"--dm={dm} --compat=qemu-trad")
     await host.add_pciback(c, B1)
     ch = host.chan(c, timeout=1.5)
     await ch.pci_insert(B1, vdevfn=0x30)
