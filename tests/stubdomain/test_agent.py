@@ -345,3 +345,16 @@ async def test_sigterm_is_a_clean_stop(host: Host) -> None:
     assert await asyncio.wait_for(proc.wait(), 15) == 0
     assert "stopping (signal)" in host.log()
     assert await host.stub_state(c) is DomainState.SHUTDOWN
+
+
+async def test_a_restore_stream_cut_short_stops_the_agent(host: Host) -> None:
+    """The agent reads console 2 to the end the stream announces: a short stream is a
+    clear fatal error (not a hang), so the create fails fast and nothing is left."""
+    from stubdom.devicemodel.stream import encode_state
+
+    blob = encode_state("sim", b'{"x": 1}')
+    with pytest.raises(CreateError, match="report running"):
+        await ops.create_guest(host.s, host.config(), timeout=20,
+                               restore_state=blob[: len(blob) // 2])
+    assert "fatal: -loadvm" in host.log() and "truncated" in host.log()
+    assert [d.name for d in await host.s.hv.list_domains()] == ["Domain-0"]
