@@ -66,3 +66,9 @@ def test_parse_and_paths() -> None:
     assert frontend_path(5, "console", 0) == "/local/domain/5/console"
     assert frontend_path(5, "vbd", 768) == "/local/domain/5/device/vbd/768"
     assert backend_path(5, "vif", 0) == "/local/domain/0/backend/vif/5/0"
+
+
+def test_a_frontend_that_missed_connected_catches_up_with_a_reconfiguring_backend() -> None:
+    fe = FrontendHandshake()
+    assert fe.next_state(S.INITIALISED, S.RECONFIGURING) is S.CONNECTED
+    assert fe.next_state(S.INITIALISED, S.RECONFIGURED) is S.CONNECTED

@@ -115,7 +115,9 @@ class FrontendHandshake:
             return S.CLOSED if backend in (S.CLOSING, S.CLOSED) else None
         if own is S.INITIALISING and backend in (S.INIT_WAIT, S.CONNECTED):
             return S.INITIALISED
-        if own is S.INITIALISED and backend is S.CONNECTED:
+        # A backend past Connected (pciback reconfiguring for a hot-plug that came
+        # before we saw it connect) has connected too: catch up, then follow it.
+        if own is S.INITIALISED and backend in (S.CONNECTED, S.RECONFIGURING, S.RECONFIGURED):
             return S.CONNECTED
         return None
 
