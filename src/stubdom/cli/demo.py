@@ -1,0 +1,29 @@
+"""``stubdom demo``: the whole toolstack <-> stubdomain story on a host of its own."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import click
+
+from stubdom.cli.main import cli
+
+
+@cli.command("demo")
+@click.option("--backend", type=click.Choice(["sim", "qemu"]), default="sim", show_default=True,
+              help="The device model in the stubdomain: the pure-Python machine or QEMU.")
+@click.option("--out", "out", type=click.Path(file_okay=False), default="demo-output",
+              show_default=True, help="Output directory: host run directory, images, save "
+              "file, trace and picture. Nothing is left outside it.")
+@click.option("--config", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Guest config (default: examples/demo.cfg).")
+def demo(backend: str, out: str, config: str | None) -> None:
+    """Host up, create with a stubdomain, PCI hot-plug, save, restore, destroy, host down."""
+    from stubdom.demo import DemoError, run_demo
+
+    try:
+        asyncio.run(run_demo(Path(out), backend, Path(config) if config else None,
+                             echo=click.echo))
+    except DemoError as e:
+        raise click.ClickException(str(e)) from None
