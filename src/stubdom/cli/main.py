@@ -22,6 +22,7 @@ def main() -> None:
     from stubdom.cli import demo as _demo  # noqa: F401  (registers the verb)
     from stubdom.cli import host as _host  # noqa: F401  (registers the verb)
     from stubdom.cli import toolstack as _toolstack  # noqa: F401  (registers the verbs)
+    from stubdom.cli import trace as _trace  # noqa: F401  (registers the verbs)
     from stubdom.cli import xenstored as _xenstored  # noqa: F401  (registers the verb)
 
     cli()
