@@ -236,8 +236,11 @@ def _wait_until(ready: Callable[[], bool], proc: subprocess.Popen[bytes], timeou
     return False
 
 
-def _start(rd: RunDir) -> tuple[int, int]:
-    xs = _spawn(rd, ["xenstored", "--socket", str(rd.xenstored_socket)], rd.xenstored_log)
+def _start(rd: RunDir, trace: str | None = None) -> tuple[int, int]:
+    xs_args = ["xenstored", "--socket", str(rd.xenstored_socket)]
+    if trace is not None:
+        xs_args += ["--trace", os.path.abspath(trace)]
+    xs = _spawn(rd, xs_args, rd.xenstored_log)
     write_pid(rd.xenstored_pid, xs.pid)
     if not _wait_until(lambda: _socket_answers(rd.xenstored_socket), xs, START_TIMEOUT):
         raise _start_failed(rd, "xenstored", rd.xenstored_log)
@@ -269,7 +272,8 @@ def _exports(rd: RunDir, directory: str | None) -> None:
 
 @host.command("up")
 @dir_option
-def up(directory: str | None) -> None:
+@click.option("--trace", default=None, help="xenstored appends every packet to FILE (JSON lines).")
+def up(directory: str | None, trace: str | None) -> None:
     """Start the host in the background, or find it running; print its export lines.
 
     Use as: eval "$(stubdom host up)".  Xen's tools then reach the host's xenstored.
@@ -289,7 +293,7 @@ def up(directory: str | None) -> None:
                     _say(f"cleaning up what is left of an earlier host in {rd.root}")
                     _stop(rd, probe)
                     rd.create()  # the clean-up removed the empty directories
-                xs_pid, host_pid = _start(rd)
+                xs_pid, host_pid = _start(rd, trace)
                 _say(f"started in {rd.root} (host pid {host_pid}, xenstored pid {xs_pid})")
     except RunDirError as e:
         raise click.ClickException(str(e)) from None
