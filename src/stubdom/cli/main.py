@@ -19,6 +19,7 @@ def cli(verbose: int) -> None:
 
 
 def main() -> None:
+    from stubdom.cli import conformance as _conformance  # noqa: F401  (registers the verbs)
     from stubdom.cli import demo as _demo  # noqa: F401  (registers the verb)
     from stubdom.cli import host as _host  # noqa: F401  (registers the verb)
     from stubdom.cli import toolstack as _toolstack  # noqa: F401  (registers the verbs)

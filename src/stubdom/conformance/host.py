@@ -1,0 +1,97 @@
+"""A whole simulated host in-process, with every xenstore request recorded in order."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stubdom.host.backends.console import ConsoleBackend
+from stubdom.host.backends.manager import BackendManager
+from stubdom.host.rundir import RunDir
+from stubdom.host.simulated import SimulatedHypervisor
+from stubdom.toolstack.session import Session
+from stubdom.toolstack.spawn import HostPaths
+from stubdom.wire.packet import Packet
+from stubdom.xenstore import Client
+from stubdom.xenstored.server import XenStoreServer
+from stubdom.xenstored.trace import PacketTrace
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request a connection sent: absolute path (relative ones resolved)."""
+
+    seq: int
+    conn: int
+    dom: int
+    type: str
+    path: str
+    value: str | None
+    tx: int
+
+
+@dataclass
+class Recorder(PacketTrace):
+    """A `PacketTrace` that keeps the incoming requests in memory."""
+
+    requests: list[Request] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        super().__init__(io.StringIO())
+
+    def record(self, direction: str, cid: int, domid: int, packet: Packet) -> None:
+        if direction != "in":
+            return
+        parts = packet.payload.decode("utf-8", "replace").split("\0")
+        path = parts[0]
+        if path and not path.startswith(("/", "@")):
+            path = f"/local/domain/{domid}/{path}"
+        value = parts[1] if packet.type_name == "WRITE" and len(parts) > 1 else None
+        self.requests.append(
+            Request(len(self.requests), cid, domid, packet.type_name, path, value, packet.tx_id)
+        )
+
+    def mark(self) -> int:
+        return len(self.requests)
+
+    def since(self, mark: int) -> list[Request]:
+        return self.requests[mark:]
+
+
+@dataclass
+class TracedHost:
+    root: Path
+    session: Session
+    recorder: Recorder
+    server: XenStoreServer
+
+
+@contextlib.asynccontextmanager
+async def traced_host() -> AsyncIterator[TracedHost]:
+    """xenstored + dom0 backends + the simulated hypervisor in a temporary run dir."""
+    root = Path(tempfile.mkdtemp(prefix="sconf-", dir="/tmp"))  # short: unix sockets
+    rec = Recorder()
+    server = XenStoreServer(root / "xs", trace=rec)
+    await server.start()
+    xs = await Client.connect(str(server.socket_path))
+    backends = BackendManager(await Client.connect(str(server.socket_path)), root)
+    consoles = ConsoleBackend(await Client.connect(str(server.socket_path)), root)
+    await backends.start()
+    await consoles.start()
+    hv = SimulatedHypervisor(xs, server.socket_path, root)
+    paths = HostPaths.under(root)
+    paths.ensure()
+    try:
+        yield TracedHost(root, Session(hv, xs, paths, RunDir(root)), rec, server)
+    finally:
+        await hv.close()
+        await consoles.stop()
+        await backends.stop()
+        await xs.close()
+        await server.close()
+        shutil.rmtree(root, ignore_errors=True)
