@@ -46,6 +46,8 @@ class Row:
     style: str  # write | read | event | error | other
     label: str
     step: Step | None = None
+    #: A summary of collapsed rows: cut its label at the end, not the start.
+    summary: bool = False
 
 
 def _short_path(path: str, dom: int) -> str:
@@ -106,9 +108,17 @@ def select_rows(events: Sequence[Event], a: Analysis, all_events: bool = False) 
             ops: dict[str, int] = {}
             for e in run:
                 ops[e.op] = ops.get(e.op, 0) + 1
-            summary = ", ".join(f"{n} {op}" for op, n in sorted(ops.items(), key=lambda x: -x[1]))
             first = run[0]
-            rows.append(Row(first.t, first.dom, XS, "other", f"… {summary}"))
+            if first.kind == "event":
+                rows.append(
+                    Row(first.t, XS, first.dom, "event", f"{len(run)} watch events", None, True)
+                )
+            else:
+                summary = ", ".join(
+                    f"{n} {op}" for op, n in sorted(ops.items(), key=lambda x: -x[1])
+                )
+                label = f"{len(run)} requests: {summary}"
+                rows.append(Row(first.t, first.dom, XS, "other", label, None, True))
         run.clear()
 
     for ev in events:
@@ -130,12 +140,9 @@ def select_rows(events: Sequence[Event], a: Analysis, all_events: bool = False) 
                 flush()
             rows.append(_row(ev, step))
         elif all_events:
-            if run and (run[-1].dom != ev.dom or ev.kind == "event"):
+            if run and (run[-1].dom, run[-1].kind == "event") != (ev.dom, ev.kind == "event"):
                 flush()
-            if ev.kind == "event":
-                rows.append(_row(ev, None))
-            else:
-                run.append(ev)
+            run.append(ev)
     flush()
     return rows
 
@@ -254,7 +261,7 @@ def render(events: Sequence[Event], title: str = "xenstore trace", all_events: b
         text_colour = "#c62828" if r.style == "error" else "#222"
         w(
             f'<text x="{lx}" y="{ly - 3}" fill="{text_colour}" font-size="11">'
-            f"{escape(_fit(r.label, span))}</text>"
+            f"{escape(_fit(r.label, span, keep_end=not r.summary))}</text>"
         )
     w("</svg>")
     return "\n".join(out) + "\n"
