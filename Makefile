@@ -16,7 +16,7 @@ $(BIN)/stubdom: pyproject.toml
 venv: $(BIN)/stubdom
 
 demo: venv
-	$(BIN)/python examples/xenstore_demo.py
+	$(BIN)/stubdom demo --out demo-output
 
 test: venv
 	$(BIN)/ruff check src tests --extend-exclude tests/oracle

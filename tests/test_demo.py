@@ -1,20 +1,125 @@
-"""`make demo` runs examples/xenstore_demo.py: it must keep working and say what it shows."""
+"""`make demo` (`stubdom demo`): the whole protocol story, end to end, on both backends.
+
+Every step must pass, the summary table must list them, the output directory must hold
+what the demo wrote, and nothing may be left behind: no process whose command line
+names the output directory, no socket or pid file in the host's run directory.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-DEMO = Path(__file__).resolve().parent.parent / "examples" / "xenstore_demo.py"
+import pytest
+
+from stubdom.demo import DemoError, run_demo
+from tests.support.daemons import need_peer, short_tmpdir
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS = [
+    "host up", "create (stubdomain)", "wait for running", "pci-attach 04:00.0", "pci-list",
+    "pci-detach 04:00.0", "pci-detach 03:00.0", "save", "restore", "destroy", "host down",
+]
 
 
-def test_demo_runs_and_tells_the_story() -> None:
+def processes_naming(text: str) -> list[int]:
+    """Pids whose command line mentions ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if text.encode() in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def check_story(out: Path, backend: str) -> None:
+    lines: list[str] = []
+    result = asyncio.run(run_demo(out, backend, echo=lines.append))
+    text = "\n".join(lines)
+    assert result.ok
+    assert [s.name for s in result.steps] == STEPS
+    assert all(s.ok and s.seconds >= 0 for s in result.steps)
+    # Steps are shown as they happen, with who wrote which node.
+    assert "dom0       wrote /local/domain/2/device-model/1/command = 'pci-ins'" in text
+    assert "stub d2    wrote /local/domain/2/device-model/1/state = 'pci-inserted'  (n2,r1)" in text
+    assert "stub d2    wrote /local/domain/2/device-model/1/state = 'pci-removed'" in text
+    assert "stub d2    wrote /local/domain/2/device-model/1/state = 'paused'" in text
+    assert "a saved guest cannot keep them" in text
+    assert "/image/dmargs = ' -d 1 -domain-name demo" in text and "(n0,r2)" in text
+    # The summary table, after the steps.
+    table = result.table()
+    assert table in text
+    for s in result.steps:
+        assert f"{s.number:<3} {s.name}" in table
+    assert table.endswith(f"{len(STEPS)} steps, {sum(s.seconds for s in result.steps):.2f}s, "
+                          "all steps passed")
+    # The output directory holds what the demo wrote; the run directory is in it.
+    assert result.run_dir == out / "host"
+    assert (out / "demo.save").read_bytes().startswith(b"Xen saved domain, xl format")
+    assert (out / "demo-disk1.img").exists() and (out / "demo-disk2.img").exists()
+    if result.trace is not None:
+        assert result.trace == out / "trace.jsonl" and result.trace.stat().st_size > 0
+    if result.picture is not None:
+        assert result.picture.read_text().lstrip().startswith(("<svg", "<?xml"))
+    # Nothing is left behind.
+    assert processes_naming(str(out)) == []
+    run = out / "host"
+    assert not any(p.is_socket() for p in run.rglob("*"))
+    assert not list(run.glob("*.pid")) and not (run / "host.sock").exists()
+
+
+def test_the_story_on_the_sim_device_model() -> None:
+    check_story(short_tmpdir("demo-"), "sim")
+
+
+@pytest.mark.peer
+def test_the_story_on_qemu() -> None:
+    need_peer(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64")
+    check_story(short_tmpdir("demo-q-"), "qemu")
+
+
+def test_a_failed_step_fails_the_demo_and_still_stops_the_host() -> None:
+    out = short_tmpdir("demo-f-")
+    cfg = out / "bad.cfg"
+    cfg.write_text((ROOT / "examples" / "demo.cfg").read_text()
+                   + "\nstubdomain_kernel = '/bin/false'\n")
+    lines: list[str] = []
+    with pytest.raises(DemoError) as e:
+        asyncio.run(run_demo(out, "sim", cfg, echo=lines.append))
+    result = e.value.result
+    assert result is not None and not result.ok
+    assert [s.name for s in result.steps] == ["host up", "create (stubdomain)", "host down"]
+    assert [s.ok for s in result.steps] == [True, False, True]
+    assert "step 2 (create (stubdomain)) failed" in str(e.value)
+    assert "FAILED" in result.table()
+    assert processes_naming(str(out)) == []
+
+
+def test_the_command_exits_non_zero_on_failure_and_zero_on_success() -> None:
+    out = short_tmpdir("demo-c-")
+    ok = subprocess.run([sys.executable, "-m", "stubdom", "demo", "--out", str(out)],
+                        capture_output=True, text=True, timeout=300, check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert "all steps passed" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "stubdom", "demo", "--out", str(out),
+                          "--backend", "nope"], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert bad.returncode == 2
+
+
+def test_the_xenstore_demo_still_runs() -> None:
     out = subprocess.run(
-        [sys.executable, str(DEMO)], capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, str(ROOT / "examples" / "xenstore_demo.py")],
+        capture_output=True, text=True, timeout=60, check=True,
     ).stdout
-    assert "perms n1" in out  # the guest owns what it creates
-    assert "EACCES" in out  # dom0's home is hidden from the guest
-    assert "b'only mine'" in out  # the stubdomain reads its target's node
-    assert "2 attempts, counter = 11" in out  # EAGAIN, then the retry wins
+    assert "perms n1" in out and "EACCES" in out
     assert out.count("@releaseDomain fired, socket removed: True") == 2

@@ -84,10 +84,11 @@ class Step:
 
     @property
     def node(self) -> str:
-        """The step's main node, for the summary table."""
+        """The step's main node (the stubdomain's last answer), for the summary table."""
         if not self.nodes:
             return "-"
-        last = self.nodes[-1]
+        answers = [n for n in self.nodes if n.writer.startswith("stub")]
+        last = (answers or self.nodes)[-1]
         return f"{last.writer}: {last.path.rsplit('/', 1)[-1]}={last.value}"
 
 
@@ -158,7 +159,8 @@ def _renderer() -> Callable[[Path, Path], object] | None:
 def _host_lines(proc: subprocess.CompletedProcess[str]) -> str:
     return " ".join(
         ln.removeprefix("stubdom host: ").strip()
-        for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()
+        for ln in (proc.stderr + proc.stdout).splitlines()
+        if ln.strip() and not ln.startswith("export ")
     )
 
 
@@ -348,7 +350,7 @@ async def run_demo(
     except Exception as e:
         failure = e
     finally:
-        await _host_down(story, run_dir, failure is None)
+        await _host_down(story, run_dir)
     if result.trace is not None and result.trace.exists():
         render = _renderer()
         if render is None:
@@ -487,7 +489,7 @@ async def _guest_story(
     await story.step("destroy", destroy)
 
 
-async def _host_down(story: _Story, run_dir: RunDir, record: bool) -> None:
+async def _host_down(story: _Story, run_dir: RunDir) -> None:
     """``stubdom host down``, then a check that no process uses the run directory."""
 
     async def down(step: Step) -> str:
@@ -502,9 +504,5 @@ async def _host_down(story: _Story, run_dir: RunDir, record: bool) -> None:
             raise DemoError(f"runtime files left: {', '.join(left)}")
         return _host_lines(r) + "; no process left"
 
-    if record:
-        with contextlib.suppress(Exception):
-            await story.step("host down", down)
-    else:  # the failed step is the story's last line; still stop everything
-        with contextlib.suppress(Exception):
-            await story.step("host down (after failure)", down)
+    with contextlib.suppress(Exception):  # recorded as a failed step
+        await story.step("host down", down)
