@@ -66,6 +66,8 @@ class NodeWrite:
     perms: str = ""
 
     def line(self) -> str:
+        if self.value == ABSENT:
+            return f"{self.writer:<10} removed {self.path}"
         perms = f"  ({self.perms})" if self.perms else ""
         return f"{self.writer:<10} wrote {self.path} = {self.value!r}{perms}"
 
@@ -89,7 +91,9 @@ class Step:
             return "-"
         answers = [n for n in self.nodes if n.writer.startswith("stub")]
         last = (answers or self.nodes)[-1]
-        return f"{last.writer}: {last.path.rsplit('/', 1)[-1]}={last.value}"
+        leaf = last.path.rsplit("/", 1)[-1]
+        return f"{last.writer}: {leaf} removed" if last.value == ABSENT else (
+            f"{last.writer}: {leaf}={last.value}")
 
 
 @dataclass
