@@ -46,8 +46,10 @@ TOOLSTACK_CLAUSES: tuple[Clause, ...] = (
     Clause("ts.consoles", "§1.5", "console outputs: 0 log file, 1 save file"),
     Clause("ts.pci-ins.format", "§3.3", "pci-ins parameter format, written before command"),
     Clause("ts.pci-rem.format", "§3.4", "pci-rem parameter = PCI_BDF, before command"),
-    Clause("ts.state-restored", "§3.1 step 7", "state written back after pci-ins"),
+    Clause("ts.state-restored", "§3.1 step 7", "state written back after pci-ins, and after "
+           "a successful pci-rem"),
     Clause("ts.serialised", "§7.2", "one command outstanding at a time"),
+    Clause("ts.continue-paused", "§3.6", "continue sent only while state is paused"),
 )
 
 BY_ID = {c.id: c for c in STUBDOMAIN_CLAUSES + TOOLSTACK_CLAUSES}

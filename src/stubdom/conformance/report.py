@@ -14,6 +14,7 @@ class Verdict(enum.StrEnum):
     PASS = "pass"
     FAIL = "fail"
     UNSUPPORTED = "not supported"
+    NOT_EXERCISED = "not exercised"  # the scenario never did it (toolstack mode)
 
 
 @dataclass
