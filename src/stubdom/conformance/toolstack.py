@@ -236,7 +236,7 @@ class GuestCheck:
             if c.value in ("pci-ins", "pci-rem"):
                 clause = f"ts.{c.value}.format"
                 rx = PCI_INS_RE if c.value == "pci-ins" else PCI_REM_RE
-                if param is None:
+                if param is None or param.conn != c.conn:
                     self.put(clause, F, f"{c.value} (#{c.index}): no parameter written before it")
                 elif not rx.fullmatch(param.value):
                     self.put(clause, F, f"parameter {param.value!r}")
