@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 from pathlib import Path
+from typing import cast
 
 from stubdom.wire.constants import Op
 from stubdom.wire.packet import DecodeError, PacketDecoder, encode
@@ -43,15 +44,15 @@ class _ClientProtocol(asyncio.Protocol):
         self.paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (uvloop's are not asyncio.Transport subclasses).
+        self.transport = cast(asyncio.Transport, transport)
         core = self.server.core
         if self.domid != 0 and core.introduced(self.domid) is None:
             transport.close()  # the domain was released while this was in the backlog
             return
         self.conn = core.connect(self.domid, privileged=self.domid == core.priv_domid)
         if not self.conn.privileged:
-            transport.set_write_buffer_limits(high=UNPRIV_HIGH_WATER)
+            self.transport.set_write_buffer_limits(high=UNPRIV_HIGH_WATER)
         self.server.clients[self.conn] = self
         log.debug("%r connected", self.conn)
 
