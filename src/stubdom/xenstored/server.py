@@ -201,12 +201,16 @@ class XenStoreServer:
             client.write(b"".join(encode(p) for p in packets))
 
     def _apply_notifications(self) -> None:
+        released = False
         while self.core.notifications:
             note = self.core.notifications.popleft()
             if isinstance(note, DomainIntroduced):
                 self._open_domain_socket(note.domid)
             elif isinstance(note, DomainReleased):
                 self._close_domain_socket(note.domid)
+                released = True
+        if not released:
+            return  # the common case: no per-request scan of every client
         # Connections the core closed (released domains) lose their sockets too.
         for conn, client in list(self.clients.items()):
             if conn.closed:
