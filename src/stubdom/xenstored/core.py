@@ -241,6 +241,7 @@ class XenStored:
         dom = self.domains.get(conn.domid)
         if dom is not None:
             dom.watches -= len(conn.watches)
+            dom.watch_memory -= sum(w.memory for w in conn.watches.values())
             dom.transactions -= len(conn.transactions)
         conn.watches.clear()
         conn.transactions.clear()
@@ -373,11 +374,9 @@ class XenStored:
 
     def memory_used(self, domid: int) -> int:
         """Approximates cx's per-domain accounting: owned nodes plus watches."""
-        used = self.store.memory_owned(domid)
-        for c in self.connections.values():
-            if c.domid == domid:
-                used += sum(w.memory for w in c.watches.values())
-        return used
+        dom = self.domains.get(domid)
+        watches = dom.watch_memory if dom is not None else 0
+        return self.store.memory_owned(domid) + watches
 
     def check_memory(self, conn: Connection, extra: int) -> None:
         if not conn.privileged and self.memory_used(conn.domid) + extra > self.quotas.memory:

@@ -24,4 +24,6 @@ class Domain:
     #: Set when the domain shuts down, cleared by RESUME: @releaseDomain fires once.
     shutdown: bool = False
     watches: int = 0
+    #: Bytes of the domain's watches (paths and tokens), for the memory quota.
+    watch_memory: int = 0
     transactions: int = 0

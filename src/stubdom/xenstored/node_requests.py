@@ -207,6 +207,7 @@ def op_watch(xs: XenStored, conn: Connection, packet: Packet, view: View) -> byt
     xs.watches.add(w)
     if dom is not None:
         dom.watches += 1
+        dom.watch_memory += w.memory
     # The reply goes first, then the initial event with the path as the client gave it.
     xs.send(conn, Packet(packet.op, OK, packet.req_id, packet.tx_id))
     conn.queue_event(raw.decode("latin-1"), token)
@@ -222,6 +223,7 @@ def op_unwatch(xs: XenStored, conn: Connection, packet: Packet, view: View) -> b
     dom = xs.domains.get(conn.domid)
     if dom is not None:
         dom.watches -= 1
+        dom.watch_memory -= w.memory
     return OK
 
 
