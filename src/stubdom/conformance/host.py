@@ -10,14 +10,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stubdom.host.backends.console import ConsoleBackend
-from stubdom.host.backends.manager import BackendManager
+from stubdom.host.inprocess import inprocess_host
 from stubdom.host.rundir import RunDir
-from stubdom.host.simulated import SimulatedHypervisor
 from stubdom.toolstack.session import Session
 from stubdom.toolstack.spawn import HostPaths
 from stubdom.wire.packet import Packet
-from stubdom.xenstore import Client
 from stubdom.xenstored.server import XenStoreServer
 from stubdom.xenstored.trace import PacketTrace
 
@@ -76,22 +73,10 @@ async def traced_host() -> AsyncIterator[TracedHost]:
     """xenstored + dom0 backends + the simulated hypervisor in a temporary run dir."""
     root = Path(tempfile.mkdtemp(prefix="sconf-", dir="/tmp"))  # short: unix sockets
     rec = Recorder()
-    server = XenStoreServer(root / "xs", trace=rec)
-    await server.start()
-    xs = await Client.connect(str(server.socket_path))
-    backends = BackendManager(await Client.connect(str(server.socket_path)), root)
-    consoles = ConsoleBackend(await Client.connect(str(server.socket_path)), root)
-    await backends.start()
-    await consoles.start()
-    hv = SimulatedHypervisor(xs, server.socket_path, root)
     paths = HostPaths.under(root)
     paths.ensure()
     try:
-        yield TracedHost(root, Session(hv, xs, paths, RunDir(root)), rec, server)
+        async with inprocess_host(root, trace=rec) as h:
+            yield TracedHost(root, Session(h.hv, h.xs, paths, RunDir(root)), rec, h.server)
     finally:
-        await hv.close()
-        await consoles.stop()
-        await backends.stop()
-        await xs.close()
-        await server.close()
         shutil.rmtree(root, ignore_errors=True)
