@@ -308,6 +308,21 @@ def _decode_meta(meta: Any, offset: int) -> tuple[float | None, str | None, int 
     return (None if saved_at is None else float(saved_at)), version, domid
 
 
+def _take_block(opt: _Cursor, base: int, part: str, what: str) -> tuple[int, bytes]:
+    """A u32-length-prefixed block of xl's optional data: (file offset of its body, body).
+    Running out of optional data is reported as that, at the file offset."""
+    try:
+        (length,) = _U32.unpack(opt.take(4, part, f"the {what} length"))
+        at = base + opt.pos
+        return at, opt.take(length, part, f"the {what} ({length} bytes)")
+    except SaveFileError as exc:
+        raise SaveFileError(
+            exc.part,
+            exc.detail.replace("truncated", "optional data too short"),
+            base + (exc.offset or 0),
+        ) from None
+
+
 def decode_save_image(data: bytes, *, check_dm_state: bool = True) -> SaveImage:
     """Parse and validate a whole file; `SaveFileError` (and nothing else) if unusable."""
     cur = _Cursor(data)
@@ -337,15 +352,8 @@ def decode_save_image(data: bytes, *, check_dm_state: bool = True) -> SaveImage:
     optdata = cur.take(optlen, "xl optional data", f"the optional data ({optlen} bytes)")
     opt = _Cursor(optdata)
     base = optdata_at
-    try:
-        (config_len,) = _U32.unpack(opt.take(4, "config", "the config length"))
-        config_raw = opt.take(config_len, "config", f"the config ({config_len} bytes)")
-    except SaveFileError as exc:
-        raise SaveFileError(
-            exc.part,
-            exc.detail.replace("truncated", "optional data too short"),
-            base + (exc.offset or 0),
-        ) from None
+    _, config_raw = _take_block(opt, base, "config", "config")
+    config_len = len(config_raw)
     if config_len == 0:
         raise SaveFileError("config", "the save file holds no guest config", base)
     config = _parse_json_nul(config_raw, "config", base + 4)
@@ -357,16 +365,7 @@ def decode_save_image(data: bytes, *, check_dm_state: bool = True) -> SaveImage:
     version: str | None = None
     domid: int | None = None
     if opt.pos < len(optdata):
-        try:
-            (meta_len,) = _U32.unpack(opt.take(4, "metadata", "the metadata length"))
-            meta_at = base + opt.pos
-            meta_raw = opt.take(meta_len, "metadata", f"the metadata ({meta_len} bytes)")
-        except SaveFileError as exc:
-            raise SaveFileError(
-                exc.part,
-                exc.detail.replace("truncated", "optional data too short"),
-                base + (exc.offset or 0),
-            ) from None
+        meta_at, meta_raw = _take_block(opt, base, "metadata", "metadata")
         saved_at, version, domid = _decode_meta(
             _parse_json_nul(meta_raw, "metadata", meta_at), meta_at
         )
