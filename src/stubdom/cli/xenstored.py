@@ -45,7 +45,15 @@ def _quota_pairs(values: tuple[str, ...], option: str) -> list[tuple[str, int]]:
 @click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Keep the tree here across restarts.",
+    help="Keep the tree here: every change is journalled and fsynced before its reply.",
+)
+@click.option(
+    "--journal-compact-at",
+    type=click.IntRange(min=1),
+    default=persist.COMPACT_AT,
+    show_default=True,
+    hidden=True,
+    help="Journal size in bytes that triggers a new snapshot (for tests).",
 )
 @click.option(
     "--trace",
@@ -79,6 +87,7 @@ def _quota_pairs(values: tuple[str, ...], option: str) -> list[tuple[str, int]]:
 def xenstored(
     socket_path: str,
     state_dir: Path | None,
+    journal_compact_at: int,
     trace_file: str | None,
     daemon: bool,
     entry_nb: int | None,
@@ -123,16 +132,20 @@ def xenstored(
         raise click.BadParameter(str(e)) from None
 
     core = XenStored(quotas)
+    durable = None
     if state_dir is not None:
+        durable = persist.DurableState(core, state_dir, journal_compact_at)
         try:
-            if persist.load(core, state_dir):
+            if durable.open():
                 log.info("tree restored from %s", state_dir)
-        except ValueError as e:
+        except persist.StateError as e:
             raise click.ClickException(str(e)) from None
+        except OSError as e:
+            raise click.ClickException(f"state directory {state_dir}: {e.strerror or e}") from None
 
     ready_fd = _daemonize() if daemon else None
     trace = PacketTrace(open(trace_file, "a", encoding="utf-8")) if trace_file else None  # noqa: SIM115
-    server = XenStoreServer(socket_path, core, trace)
+    server = XenStoreServer(socket_path, core, trace, durable)
     try:
         started = asyncio.run(_serve(server, ready_fd))
     finally:
@@ -140,8 +153,10 @@ def xenstored(
             trace.close()
     if not started:
         raise click.ClickException(f"cannot listen on {socket_path}: {started.reason}")
-    if state_dir is not None:
-        persist.save(core, state_dir)
+    if server.failure:
+        raise click.ClickException(server.failure)
+    if durable is not None:
+        durable.close()
 
 
 class _Outcome:
@@ -169,7 +184,11 @@ async def _serve(server: XenStoreServer, ready_fd: int | None) -> _Outcome:
     if ready_fd is not None:
         os.write(ready_fd, b"1")
         os.close(ready_fd)
-    await stop.wait()
+    stopped = asyncio.ensure_future(stop.wait())
+    failed = asyncio.ensure_future(server.serve_forever())
+    await asyncio.wait((stopped, failed), return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    failed.cancel()
     await server.close()
     return _Outcome()
 

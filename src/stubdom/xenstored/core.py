@@ -507,6 +507,12 @@ class XenStored:
                 w.conn.queue_event(w.event_path(path), w.token)
                 self._dirty.add(w.conn)
 
+    def set_special_perms(self, name: str, perms: tuple[Perm, ...]) -> None:
+        """Permissions of ``@introduceDomain``/``@releaseDomain`` (state a journal keeps)."""
+        self.special_perms[name] = perms
+        if self.store.changes is not None:
+            self.store.changes.append((name, Node(b"", perms), None))
+
     def fire_special(self, name: str) -> None:
         perms = self.special_perms[name]
         for w in WatchIndex.ordered(self.watches.exact(name)):
@@ -542,7 +548,9 @@ class XenStored:
         self._remove_owned(domid)
         for name in SPECIAL_PATHS:
             perms = self.special_perms[name]
-            self.special_perms[name] = (perms[0], *(p for p in perms[1:] if p.domid != domid))
+            kept = (perms[0], *(p for p in perms[1:] if p.domid != domid))
+            if kept != perms:
+                self.set_special_perms(name, kept)
         del self.domains[domid]
         for other in self.domains.values():
             if other.target == domid:

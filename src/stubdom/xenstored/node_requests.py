@@ -173,7 +173,7 @@ def _set_perms_special(
     for p in perms:
         if p.domid not in xs.domains and xs.domain_exists(p.domid):
             xs.domain_record(p.domid)
-    xs.special_perms[name] = perms
+    xs.set_special_perms(name, perms)
     return OK
 
 

@@ -1,63 +1,260 @@
-"""``--state-dir``: the tree survives a restart, as cx's TDB file does with ``-I off``.
+"""``--state-dir``: every acknowledged change is on disk before its reply is sent.
 
-Only the tree is kept.  Connections, watches, transactions and domain introductions
-belong to live clients and are gone after a restart, exactly as for a restarted cx.
+The directory holds a snapshot (``store.json``, the whole tree and the sequence number
+of the last journal record it includes) and a write-ahead journal (``journal``, see
+`journal`).  The server appends one record per request that changed the tree and
+fsyncs it before the reply leaves; when the journal outgrows ``compact_at`` bytes the
+tree is written to a new snapshot (written aside, fsynced, renamed) and the journal
+emptied.  At start-up the snapshot is read and the journal replayed.
+
+Only the tree (with its permissions, and those of the ``@`` paths) is kept.
+Connections, watches, transactions and domain introductions belong to live clients and
+are gone after a restart, as for a restarted cx.
+
+A damaged journal is not fatal: replay stops at the first bad record, one line says
+where and why, the damaged file is kept aside as ``journal.damaged-<time>``, and the
+valid prefix is served (and written to a fresh snapshot at once).  A record cut short
+at the very end is what a crash in the middle of a write leaves; it was never
+acknowledged, so it is reported as a warning and dropped.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import logging
 import os
+import time
 from pathlib import Path
+from typing import Any
 
-from stubdom.wire.perms import parse_perm
+from stubdom.wire.perms import InvalidPermission, parse_perm
+from stubdom.xenstored import journal
 from stubdom.xenstored.core import XenStored
 from stubdom.xenstored.store import Node
 
+log = logging.getLogger(__name__)
+
 SNAPSHOT = "store.json"
+JOURNAL = "journal"
+#: Journal size that triggers a new snapshot.
+COMPACT_AT = 8 * 1024 * 1024
 
 
-def save(xs: XenStored, state_dir: Path) -> Path:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    nodes = [
-        {
-            "path": path,
-            "value": base64.b64encode(node.value).decode(),
-            "perms": [str(p) for p in node.perms],
-            "children": list(node.children),
-        }
-        for path, node in xs.store.walk("/")
-    ]
-    target = state_dir / SNAPSHOT
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"version": 1, "nodes": nodes}))
-    os.replace(tmp, target)
-    return target
+class StateError(ValueError):
+    """A snapshot that cannot be read: the daemon refuses to start rather than lose it."""
 
 
-def load(xs: XenStored, state_dir: Path) -> bool:
-    """Replace the tree by the snapshot in ``state_dir``; False if there is none."""
-    source = state_dir / SNAPSHOT
-    if not source.exists():
-        return False
+class DurableState:
+    """The state directory of one running daemon; `commit` after every request."""
+
+    def __init__(self, xs: XenStored, state_dir: Path, compact_at: int = COMPACT_AT) -> None:
+        self.xs = xs
+        self.dir = state_dir
+        self.compact_at = compact_at
+        self.seq = 0
+        self._fd = -1
+        self._size = 0
+
+    @property
+    def snapshot_path(self) -> Path:
+        return self.dir / SNAPSHOT
+
+    @property
+    def journal_path(self) -> Path:
+        return self.dir / JOURNAL
+
+    # -- start-up -------------------------------------------------------------------
+
+    def open(self) -> bool:
+        """Load the snapshot, replay the journal, and start recording changes.
+
+        Returns whether there was any saved state.  Raises `StateError` for a snapshot
+        that is not ours (nothing in the directory is changed then).
+        """
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / (SNAPSHOT + ".tmp")).unlink()  # a snapshot a crash cut short
+        found = self._load_snapshot()
+        damaged = False
+        if self.journal_path.exists():
+            found = True
+            damaged = self._replay()
+        self._claim_domains()
+        self._fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._size = os.fstat(self._fd).st_size
+        _fsync_dir(self.dir)
+        if damaged or self._size >= self.compact_at:
+            self.compact()
+        self.xs.store.changes = []
+        return found
+
+    def _load_snapshot(self) -> bool:
+        source = self.snapshot_path
+        if not source.exists():
+            return False
+        try:
+            data = json.loads(source.read_bytes())
+            entries = data["nodes"]
+            seq = int(data.get("seq", 0))
+            special = data.get("special", {})
+            nodes = [(e["path"], _node_from(e)) for e in entries]
+            special_perms = {
+                name: tuple(parse_perm(p) for p in perms) for name, perms in special.items()
+            }
+        except (ValueError, KeyError, TypeError, InvalidPermission) as e:
+            raise StateError(
+                f"{source}: not a stubdom xenstored snapshot ({e}); move it away"
+            ) from e
+        store = self.xs.store
+        store.nodes.clear()
+        store.owned.clear()
+        store.owned_bytes.clear()
+        for path, node in nodes:
+            node.generation = store.next_generation()
+            store.put(path, node)
+        for name, perms in special_perms.items():
+            if name in self.xs.special_perms and perms:
+                self.xs.special_perms[name] = perms
+        self.seq = seq
+        return True
+
+    def _replay(self) -> bool:
+        """Apply the journal's records after the snapshot; True if it was damaged."""
+        data = self.journal_path.read_bytes()
+        result = journal.scan(data)
+        applied = 0
+        problem = result.problem
+        for record in result.records:
+            if record.seq <= self.seq:
+                continue  # already in the snapshot
+            if record.seq != self.seq + 1:
+                problem = (
+                    f"record at byte {record.offset} has sequence {record.seq}, "
+                    f"but the snapshot ends at {self.seq}"
+                )
+                break
+            try:
+                journal.apply_ops(self.xs.store, self.xs.special_perms, record.ops)
+            except journal.JournalError as e:
+                problem = f"record at byte {record.offset} cannot be applied ({e})"
+                break
+            self.seq = record.seq
+            applied += 1
+        if not problem:
+            log.info("replayed %d journal records from %s", applied, self.journal_path)
+            return False
+        if result.torn_tail and problem == result.problem:
+            log.warning(
+                "%s: %s (a write a crash interrupted, never acknowledged); dropped it, "
+                "serving the %d records before it",
+                self.journal_path,
+                problem,
+                len(result.records),
+            )
+            return True
+        kept = self.dir / f"{JOURNAL}.damaged-{time.strftime('%Y%m%dT%H%M%S')}"
+        os.replace(self.journal_path, kept)
+        log.error(
+            "%s: %s; serving the tree as of sequence %d, the damaged journal is kept as %s",
+            self.journal_path,
+            problem,
+            self.seq,
+            kept,
+        )
+        return True
+
+    def _claim_domains(self) -> None:
+        """Domains named in permissions get a record, so their ACL entries count."""
+        for node in self.xs.store.nodes.values():
+            for p in node.perms:
+                if p.domid not in self.xs.domains and self.xs.domain_exists(p.domid):
+                    self.xs.domain_record(p.domid).birth = 0
+
+    # -- running ----------------------------------------------------------------------
+
+    def commit(self) -> None:
+        """Make the changes of the request just handled durable (before its reply)."""
+        changes = self.xs.store.take_changes()
+        if not changes:
+            return
+        self.seq += 1
+        record = journal.encode_record(self.seq, journal.encode_ops(changes))
+        _write_all(self._fd, record)
+        os.fdatasync(self._fd)
+        self._size += len(record)
+        if self._size >= self.compact_at:
+            self.compact()
+
+    def compact(self) -> None:
+        """Write the whole tree to a new snapshot, then empty the journal."""
+        target = self.snapshot_path
+        tmp = target.with_name(SNAPSHOT + ".tmp")
+        body = json.dumps(self._snapshot(), separators=(",", ":")).encode()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            _write_all(fd, body)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+        _fsync_dir(self.dir)
+        if self._fd < 0:
+            self._fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.ftruncate(self._fd, 0)
+        os.fsync(self._fd)
+        self._size = 0
+        log.debug("snapshot at sequence %d written to %s", self.seq, target)
+
+    def _snapshot(self) -> dict[str, Any]:
+        nodes = [
+            {
+                "path": path,
+                "value": base64.b64encode(node.value).decode("ascii"),
+                "perms": [str(p) for p in node.perms],
+                "ignored": sorted(node.ignored),
+                "children": list(node.children),
+            }
+            for path, node in self.xs.store.walk("/")
+        ]
+        special = {name: [str(p) for p in perms] for name, perms in self.xs.special_perms.items()}
+        return {"version": 2, "seq": self.seq, "nodes": nodes, "special": special}
+
+    def close(self) -> None:
+        """A clean stop: everything goes into the snapshot."""
+        if self._fd < 0:
+            return
+        self.xs.store.changes = None
+        self.compact()
+        os.close(self._fd)
+        self._fd = -1
+
+
+def _node_from(entry: dict[str, Any]) -> Node:
+    perms = tuple(parse_perm(p) for p in entry["perms"])
+    if not perms:
+        raise ValueError(f"{entry['path']} has no permissions")
+    node = Node(
+        base64.b64decode(entry["value"], validate=True),
+        perms,
+        ignored=frozenset(int(i) for i in entry.get("ignored", ())),
+    )
+    for child in entry["children"]:
+        node.add_child(child)
+    return node
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        data = json.loads(source.read_text())
-        entries = data["nodes"]
-    except (ValueError, KeyError) as e:
-        raise ValueError(f"{source}: not a stubdom xenstored snapshot ({e}); move it away") from e
-    xs.store.nodes.clear()
-    xs.store.owned.clear()
-    # Domains named in permissions exist before the nodes naming them (see `_ignored`).
-    for entry in entries:
-        for text in entry["perms"]:
-            domid = parse_perm(text).domid
-            if xs.domain_exists(domid):
-                xs.domain_record(domid)
-    for entry in entries:
-        node = Node(base64.b64decode(entry["value"]), tuple(parse_perm(p) for p in entry["perms"]))
-        for child in entry["children"]:
-            node.add_child(child)
-        node.generation = xs.store.next_generation()
-        xs.store.put(entry["path"], node)
-    return True
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -25,6 +25,7 @@ from stubdom.wire.packet import DecodeError, PacketDecoder, encode
 from stubdom.xenstored.connection import Connection
 from stubdom.xenstored.core import XenStored
 from stubdom.xenstored.errors import DomainIntroduced, DomainReleased
+from stubdom.xenstored.persist import DurableState
 from stubdom.xenstored.trace import PacketTrace
 
 log = logging.getLogger(__name__)
@@ -111,10 +112,15 @@ class XenStoreServer:
         socket_path: str | os.PathLike[str],
         core: XenStored | None = None,
         trace: PacketTrace | None = None,
+        durable: DurableState | None = None,
     ) -> None:
         self.socket_path = Path(socket_path)
         self.core = core or XenStored()
         self.trace = trace
+        #: With ``--state-dir``: changes reach the disk before their replies leave.
+        self.durable = durable
+        #: Why the server stopped by itself, if it did.
+        self.failure = ""
         self.clients: dict[Connection, _ClientProtocol] = {}
         self._main: asyncio.Server | None = None
         self._domain_servers: dict[int, asyncio.Server] = {}
@@ -173,11 +179,31 @@ class XenStoreServer:
             if self.trace:
                 self.trace.record("in", conn.cid, conn.domid, packet)
             self.core.handle(conn, packet)
+            if self.durable is not None and not self._commit():
+                return
             # Domain sockets exist before the INTRODUCE reply leaves.
             self._apply_notifications()
             self._flush()
             if client.paused:
                 break
+
+    def _commit(self) -> bool:
+        """Journal what the request changed; on failure stop before replying."""
+        assert self.durable is not None
+        try:
+            self.durable.commit()
+        except OSError as e:
+            self.failure = (
+                f"cannot write the journal {self.durable.journal_path}: "
+                f"{e.strerror or e}; stopping so that no unsaved change is acknowledged"
+            )
+            log.critical("%s", self.failure)
+            for client in list(self.clients.values()):
+                if client.transport is not None:
+                    client.transport.abort()
+            self._closed.set()
+            return False
+        return True
 
     def _flush(self) -> None:
         for conn in self.core.pending():

@@ -82,6 +82,9 @@ class Store:
         self.owned: dict[int, int] = {}
         #: Bytes of node records (path included) per owner, for the memory quota.
         self.owned_bytes: dict[int, int] = {}
+        #: Committed changes since the last `take_changes`, kept only while a journal
+        #: wants them: (path, new node or None when deleted, node replaced).
+        self.changes: list[tuple[str, Node | None, Node | None]] | None = None
 
     def next_generation(self) -> int:
         self.generation += 1
@@ -96,12 +99,22 @@ class Store:
             self._count(old.owner, -1, -node_memory(path, old))
         self.nodes[path] = node
         self._count(node.owner, 1, node_memory(path, node))
+        if self.changes is not None:
+            self.changes.append((path, node, old))
 
     def delete(self, path: str) -> Node | None:
         old = self.nodes.pop(path, None)
         if old is not None:
             self._count(old.owner, -1, -node_memory(path, old))
+            if self.changes is not None:
+                self.changes.append((path, None, old))
         return old
+
+    def take_changes(self) -> list[tuple[str, Node | None, Node | None]]:
+        """The changes recorded since the last call (recording must be on)."""
+        assert self.changes is not None
+        changes, self.changes = self.changes, []
+        return changes
 
     def _count(self, domid: int, delta: int, nbytes: int) -> None:
         n = self.owned.get(domid, 0) + delta
