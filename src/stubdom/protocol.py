@@ -241,14 +241,23 @@ _BDF = re.compile(
 )
 
 
+class BdfError(ValueError):
+    """Text that is not a PCI address; the one-line message quotes (the start of) it."""
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    """``repr(text)``, cut short for a one-line message."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
+
+
 def parse_bdf(text: str) -> Bdf:
-    """``[DDDD:]BB:DD.F``; `ValueError` naming the text otherwise."""
+    """``[DDDD:]BB:DD.F``; `BdfError` (a `ValueError`) naming the text otherwise."""
     m = _BDF.match(text.strip())
     if m is None:
-        raise ValueError(f"{text!r} is not a PCI address (expected [DDDD:]BB:DD.F, hex)")
+        raise BdfError(f"{_clip(text)} is not a PCI address (expected [DDDD:]BB:DD.F, hex)")
     dev = int(m["dev"], 16)
     if dev > 0x1F:
-        raise ValueError(f"{text!r}: device number {dev:#x} exceeds 0x1f")
+        raise BdfError(f"{_clip(text)}: device number {dev:#x} exceeds 0x1f")
     return Bdf(int(m["dom"] or "0", 16), int(m["bus"], 16), dev, int(m["func"]))
 
 
@@ -272,7 +281,7 @@ def parse_pci_inserted(parameter: str) -> int:
     """libxl's ``sscanf(p, "0x%x", &vdevfn)``; `ValueError` if that fails."""
     m = re.match(r"0x([0-9a-fA-F]+)", parameter)
     if m is None:
-        raise ValueError(f"wrong format for the vdevfn: {parameter!r}")
+        raise ValueError(f"wrong format for the vdevfn: {_clip(parameter)}")
     return int(m.group(1), 16)
 
 
