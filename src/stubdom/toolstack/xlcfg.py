@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 COMMAND_LINE = "<command line>"
+#: Lists may nest this deep (libxlu's bison stack stops near 10000; nobody nests 100).
+MAX_LIST_DEPTH = 100
 
 PYTHON_HINT = (
     "this looks like Python (old xm syntax), which xl config files no longer support; "
@@ -167,6 +169,11 @@ _ESCAPES = {
 }
 
 
+def clip(text: str, limit: int = 40) -> str:
+    """``repr(text)``, cut short so that a message quoting it stays one readable line."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
+
+
 def _describe(ch: str) -> str:
     if ch == "\r":
         return "carriage return (DOS line ending)"
@@ -242,6 +249,8 @@ class _Lexer:
             while j < n and text[j] not in " \t\n":
                 j += 1
             near = text[i:j]
+            if len(near) > 40:
+                near = near[:40] + "..."
             msg = f"lexical error near `{near}'" if near.isprintable() else "lexical error"
             msg += f": unexpected {_describe(ch)}"
             if ch in _PYTHONISH:
@@ -301,7 +310,8 @@ def _near(tok: Token) -> str:
         return f"near {_WHAT[tok.kind]}"
     if tok.kind == "STRING":
         return f"near {_WHAT['STRING']}"
-    return f"near `{tok.text}'"
+    text = tok.text if len(tok.text) <= 40 else tok.text[:40] + "..."
+    return f"near `{text}'"
 
 
 class _Parser:
@@ -309,6 +319,7 @@ class _Parser:
         self.toks = tokens
         self.tok = next(tokens)
         self.settings = settings
+        self.depth = 0
 
     def peek(self) -> TokKind:
         return self.tok.kind
@@ -356,9 +367,14 @@ class _Parser:
             self.advance()
             return Value("number", tok.pos, text=tok.text)
         if tok.kind == "[":
+            if self.depth >= MAX_LIST_DEPTH:
+                raise ConfigError.at(
+                    tok.pos, f"lists nested more than {MAX_LIST_DEPTH} deep; flatten the value"
+                )
             self.advance()
             self.skip_nl()
             items: list[Value] = []
+            self.depth += 1
             while self.peek() != "]":
                 items.append(self.value())
                 self.skip_nl()
@@ -367,6 +383,7 @@ class _Parser:
                     self.skip_nl()
                 elif self.peek() != "]":
                     raise self.fail("`,' or `]' in the list")
+            self.depth -= 1
             self.advance()
             return Value("list", tok.pos, items=tuple(items))
         raise self.fail('a value (a "string", a number or a [list])')
