@@ -20,6 +20,7 @@ from stubdom.toolstack.config import (
     PciSpec,
     RdmPolicy,
 )
+from stubdom.toolstack.xlcfg import clip
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,32 @@ class SpecError(ValueError):
         self.kind = kind
         self.spec = spec
         self.message = message
-        super().__init__(f"{kind} specification {spec!r}: {message}")
+        super().__init__(f"{kind} specification {clip(spec, 60)}: {message}")
+
+
+def _c(text: str, limit: int = 40) -> str:
+    """Text to quote in a one-line message: escaped if unprintable, cut short if long."""
+    shown = text if text.isprintable() else repr(text)[1:-1]
+    return shown if len(shown) <= limit else shown[:limit] + "..."
+
+
+def dmargs_word_problem(text: str, *, blanks: bool = True) -> str | None:
+    """Why ``text`` cannot reach the stubdomain as one dmargs word, or None.
+
+    libxl joins dmargs with spaces and quotes nothing; Mini-OS splits on blanks, takes
+    ``'`` and ``"`` as the start of a quoted word (which swallows every later argument
+    when unbalanced) and reads the node as a C string (a NUL ends it).
+    """
+    if "\0" in text:
+        return "contains a NUL character, where the stubdomain's argument string would end"
+    if "'" in text or '"' in text:
+        return (
+            "contains a quote, which the stubdomain's argument splitting would take as the "
+            "start of a quoted word"
+        )
+    if blanks and " " in text:
+        return "contains a blank, which the stubdomain's argument splitting would cut apart"
+    return None
 
 
 # -- disk --------------------------------------------------------------------------------
@@ -75,7 +101,7 @@ class _Disk:
 
     def err(self, message: str, near: str | None = None) -> SpecError:
         if near is not None:
-            message = f"{message} near `{near}'"
+            message = f"{message} near `{_c(near)}'"
         return SpecError("disk", self.spec, message)
 
     def save(self, what: str, current: str | None, value: str) -> str:
@@ -282,9 +308,9 @@ def _uint(kind: str, spec: str, key: str, value: str) -> int:
     try:
         n = int(value, 0) if value.lower().startswith("0x") else int(value, 10)
     except ValueError:
-        raise SpecError(kind, spec, f"{key}={value!r} is not a number") from None
+        raise SpecError(kind, spec, f"{key}={clip(value)} is not a number") from None
     if n < 0:
-        raise SpecError(kind, spec, f"{key}={value!r} must not be negative")
+        raise SpecError(kind, spec, f"{key}={clip(value)} must not be negative")
     return n
 
 
@@ -305,21 +331,25 @@ def parse_vif(spec: str, devid: int, rng: random.Random | None = None) -> NicSpe
             continue
         key, eq, value = token.partition("=")
         if not eq:
-            raise SpecError("vif", spec, f"`{token}' is not key=value")
+            raise SpecError("vif", spec, f"`{_c(token)}' is not key=value")
         if key == "mac":
             try:
                 mac = parse_mac(value)
             except ValueError:
                 raise SpecError(
-                    "vif", spec, f"invalid mac {value!r} (expected xx:xx:xx:xx:xx:xx, hex)"
+                    "vif", spec, f"invalid mac {clip(value)} (expected xx:xx:xx:xx:xx:xx, hex)"
                 ) from None
+        elif key in ("bridge", "model", "vifname") and (problem := dmargs_word_problem(value)):
+            raise SpecError("vif", spec, f"{key}={clip(value)} {problem}")
         elif key == "bridge":
             nic.bridge = value
         elif key == "model":
             nic.model = value
         elif key == "type":
             if value not in ("ioemu", "vif"):
-                raise SpecError("vif", spec, f"invalid type {value!r}: must be 'vif' or 'ioemu'")
+                raise SpecError(
+                    "vif", spec, f"invalid type {clip(value)}: must be 'vif' or 'ioemu'"
+                )
             nic.type = NicType(value)
         elif key == "vifname":
             nic.ifname = value
@@ -356,7 +386,9 @@ def _pci_bdf(spec: str, text: str, *, whole: bool) -> tuple[Bdf, bool, int] | No
         return None
     dev = int(m["dev"], 16)
     if dev > 0x1F:
-        raise SpecError("PCI", spec, f"device number {m['dev']!r} in `{m.group()}' exceeds 0x1f")
+        raise SpecError(
+            "PCI", spec, f"device number {clip(m['dev'])} in `{_c(m.group())}' exceeds 0x1f"
+        )
     all_functions = m["func"] == "*"
     bdf = Bdf(
         int(m["dom"] or "0", 16), int(m["bus"], 16), dev, 0 if all_functions else int(m["func"])
@@ -367,16 +399,16 @@ def _pci_bdf(spec: str, text: str, *, whole: bool) -> tuple[Bdf, bool, int] | No
 def _vslot(spec: str, text: str) -> int:
     # Always hex, as libxlu reads it.
     if not re.fullmatch(r"(?:0[xX])?[0-9a-fA-F]{1,2}", text):
-        raise SpecError("PCI", spec, f"vslot {text!r} is not a hex slot number")
+        raise SpecError("PCI", spec, f"vslot {clip(text)} is not a hex slot number")
     n = int(text, 16)
     if n > 0x1F:
-        raise SpecError("PCI", spec, f"vslot {text!r} exceeds 0x1f")
+        raise SpecError("PCI", spec, f"vslot {clip(text)} exceeds 0x1f")
     return n
 
 
 def _flag(spec: str, key: str, value: str) -> bool:
     if not re.fullmatch(r"-?[0-9]+", value.strip()):
-        raise SpecError("PCI", spec, f"{key}={value!r} is not a number (0 or 1)")
+        raise SpecError("PCI", spec, f"{key}={clip(value)} is not a number (0 or 1)")
     return int(value) != 0
 
 
@@ -416,23 +448,23 @@ def parse_pci(
         elif rest.startswith(","):
             rest = rest[1:]
         elif rest:
-            raise SpecError("PCI", spec, f"unexpected `{rest}' after the BDF")
+            raise SpecError("PCI", spec, f"unexpected `{_c(rest)}' after the BDF")
 
     for n, item in enumerate(rest.split(",") if rest else []):
         key, eq, value = item.partition("=")
         if not eq and n == 0 and got is None:
             raise SpecError(
-                "PCI", spec, f"`{item}' is not a PCI address ([DDDD:]BB:DD.F, hex; F 0-7 or *)"
+                "PCI", spec, f"`{_c(item)}' is not a PCI address ([DDDD:]BB:DD.F, hex; F 0-7 or *)"
             )
         if not eq:
-            raise SpecError("PCI", spec, f"`{item}' is not key=value")
+            raise SpecError("PCI", spec, f"`{_c(item)}' is not key=value")
         if key == "bdf":
             if bdf is not None:
                 raise SpecError("PCI", spec, "bdf given twice")
             got = _pci_bdf(spec, value, whole=True)
             if got is None:
                 raise SpecError(
-                    "PCI", spec, f"bdf={value!r} is not a PCI address ([DDDD:]BB:DD.F, hex)"
+                    "PCI", spec, f"bdf={clip(value)} is not a PCI address ([DDDD:]BB:DD.F, hex)"
                 )
             bdf, all_functions, _ = got
         elif key == "vslot":
@@ -441,12 +473,14 @@ def parse_pci(
             flags[key] = _flag(spec, key, value)
         elif key == "rdm_policy":
             if value not in ("strict", "relaxed"):
-                raise SpecError("PCI", spec, f"rdm_policy={value!r}: must be 'strict' or 'relaxed'")
+                raise SpecError(
+                    "PCI", spec, f"rdm_policy={clip(value)}: must be 'strict' or 'relaxed'"
+                )
             policy = RdmPolicy(value)
         elif key == "name":
             name = value
         else:
-            raise SpecError("PCI", spec, f"unknown PCI_SPEC_STRING option {key!r}")
+            raise SpecError("PCI", spec, f"unknown PCI_SPEC_STRING option {clip(key)}")
 
     if bdf is not None and name is not None:
         raise SpecError("PCI", spec, "bdf and name= exclude each other")
@@ -486,6 +520,9 @@ def parse_serial(spec: str) -> str:
             spec,
             "contains a blank, which the stubdomain's argument splitting would cut apart",
         )
+    problem = dmargs_word_problem(spec)
+    if problem is not None:
+        raise SpecError("serial", spec, problem)
     if (
         spec in _SERIAL_WORDS
         or spec.startswith(_SERIAL_PREFIXES)
@@ -493,7 +530,7 @@ def parse_serial(spec: str) -> str:
         or re.fullmatch(r"COM[0-9]+", spec)
     ):
         if spec.endswith(":"):
-            raise SpecError("serial", spec, f"`{spec}' lacks its argument")
+            raise SpecError("serial", spec, f"`{_c(spec)}' lacks its argument")
         return spec
     raise SpecError(
         "serial",
