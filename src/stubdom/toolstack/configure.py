@@ -18,7 +18,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from stubdom.toolstack.config import GuestConfig, RdmPolicy, VncConfig
-from stubdom.toolstack.specs import SpecError, parse_disk, parse_pci, parse_serial, parse_vif
+from stubdom.toolstack.specs import (
+    SpecError,
+    dmargs_word_problem,
+    parse_disk,
+    parse_pci,
+    parse_serial,
+    parse_vif,
+)
 from stubdom.toolstack.xlcfg import (
     ConfigError,
     Position,
@@ -26,6 +33,7 @@ from stubdom.toolstack.xlcfg import (
     Settings,
     Value,
     apply_overrides,
+    clip,
     parse_xlcfg,
 )
 
@@ -52,6 +60,11 @@ _IGNORED_WITH_NOTE = {
     "vfb": "it is the PV framebuffer; an HVM guest's display is set by vnc=/sdl=",
     "device_model_override": "the stubdomain's device model is stubdomain_kernel",
 }
+
+#: C's LONG_MIN and LONG_MAX: xl reads numbers with strtol, which fails (ERANGE) outside.
+LONG_MIN, LONG_MAX = -(2**63), 2**63 - 1
+#: ``HVM_MAX_VCPUS``: qemu-xen-traditional's ``-vcpus`` and ``-vcpu_avail`` stop there.
+HVM_MAX_VCPUS = 128
 
 _STRTOL = re.compile(r"[ \t\n\v\f\r]*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)\Z")
 
@@ -101,7 +114,9 @@ class _Reader:
             raise ConfigError.at(s.value.pos, f"`{key}' must be a single value, not a list")
         return s.value.text
 
-    def integer(self, key: str, minimum: int | None = None) -> int | None:
+    def integer(
+        self, key: str, minimum: int | None = None, maximum: int | None = None
+    ) -> int | None:
         s = self.setting(key)
         if s is None:
             return None
@@ -111,9 +126,17 @@ class _Reader:
             raise ConfigError.at(s.pos, f"can't use += with numbers for `{key}'")
         n = strtol(s.value.text)
         if n is None:
-            raise ConfigError.at(s.value.pos, f"`{key}' is not a valid number: {s.value.text!r}")
+            raise ConfigError.at(
+                s.value.pos, f"`{key}' is not a valid number: {clip(s.value.text)}"
+            )
+        if not LONG_MIN <= n <= LONG_MAX:
+            raise ConfigError.at(
+                s.value.pos, f"`{key}' is out of range: {clip(s.value.text)} (at most {LONG_MAX})"
+            )
         if minimum is not None and n < minimum:
             raise ConfigError.at(s.value.pos, f"`{key}' is {n}, below its minimum of {minimum}")
+        if maximum is not None and n > maximum:
+            raise ConfigError.at(s.value.pos, f"`{key}' is {n}, above its maximum of {maximum}")
         return n
 
     def boolean(self, key: str) -> bool | None:
@@ -147,8 +170,14 @@ class _Reader:
         v = self.string(key)
         if v is not None and v not in choices:
             options = ", ".join(f'"{c}"' for c in choices)
-            raise self.error(key, f"invalid value {v!r} for `{what or key}' (one of {options})")
+            raise self.error(key, f"invalid value {clip(v)} for `{what or key}' (one of {options})")
         return v
+
+
+def _c(text: str, limit: int = 40) -> str:
+    """Text to quote in a one-line message: escaped if unprintable, cut short if long."""
+    shown = text if text.isprintable() else repr(text)[1:-1]
+    return shown if len(shown) <= limit else shown[:limit] + "..."
 
 
 def _spec(value: Value, exc: SpecError) -> ConfigError:
@@ -167,12 +196,12 @@ def configure(
     if dtype is not None and dtype != "hvm":
         raise r.error(
             "type",
-            f'type = "{dtype}": only "hvm" guests have a qemu-xen-traditional stubdomain',
+            f'type = "{_c(dtype)}": only "hvm" guests have a qemu-xen-traditional stubdomain',
         )
     builder = r.string("builder")
     if builder is not None:
         if builder not in ("hvm", "generic"):
-            raise r.error("builder", f"invalid domain type {builder!r} for `builder'")
+            raise r.error("builder", f"invalid domain type {clip(builder)} for `builder'")
         if builder != "hvm":
             if dtype is not None:
                 raise r.error("builder", 'contradicting "builder" and "type" options')
@@ -191,6 +220,7 @@ def configure(
         if r.has("name"):
             raise r.error("name", "the domain name must not be empty")
         raise ConfigError(source, 1, 1, 'domain name must be specified (name = "...")')
+    _check_name(r, name)
     if any(c.isspace() for c in name):
         log.warning(
             "%s: name %r has a blank; the stubdomain's argument splitting will cut it apart",
@@ -204,7 +234,7 @@ def configure(
         try:
             cfg.uuid = str(uuidlib.UUID(u))
         except ValueError:
-            raise r.error("uuid", f"failed to parse UUID {u!r}") from None
+            raise r.error("uuid", f"failed to parse UUID {clip(u)}") from None
 
     # -- memory and vcpus ----------------------------------------------------------------
     memory = r.integer("memory", minimum=1)
@@ -215,10 +245,10 @@ def configure(
         if maxmem < cfg.memory_mb:
             raise r.error("maxmem", f"maxmem ({maxmem}) is below memory ({cfg.memory_mb})")
         cfg.maxmem_mb = maxmem
-    vcpus = r.integer("vcpus", minimum=1)
+    vcpus = r.integer("vcpus", minimum=1, maximum=HVM_MAX_VCPUS)
     if vcpus is not None:
         cfg.vcpus = vcpus
-    maxvcpus = r.integer("maxvcpus", minimum=1)
+    maxvcpus = r.integer("maxvcpus", minimum=1, maximum=HVM_MAX_VCPUS)
     if maxvcpus is not None:
         if maxvcpus < cfg.vcpus:
             raise r.error("maxvcpus", f"maxvcpus ({maxvcpus}) < vcpus ({cfg.vcpus})")
@@ -235,7 +265,7 @@ def configure(
                 '"qemu-xen-traditional")',
             )
         if dmv != TRADITIONAL:
-            raise r.error("device_model_version", f"unknown device_model_version {dmv!r}")
+            raise r.error("device_model_version", f"unknown device_model_version {clip(dmv)}")
         cfg.device_model_version = dmv
     stub = r.boolean("device_model_stubdomain_override")
     if stub is False:
@@ -287,6 +317,7 @@ def configure(
         vnc.enabled = enabled
     listen = r.string("vnclisten")
     if listen is not None:
+        _dm_word(r, "vnclisten", listen)
         vnc.listen = listen
     display = r.integer("vncdisplay", minimum=0)
     if display is not None:
@@ -302,7 +333,8 @@ def configure(
     cfg.sdl = bool(r.boolean("sdl"))
     cfg.opengl = bool(r.boolean("opengl"))
     cfg.nographic = bool(r.boolean("nographic"))
-    cfg.keymap = r.string("keymap")
+    keymap = r.string("keymap")
+    cfg.keymap = _dm_word(r, "keymap", keymap) if keymap is not None else None
     if r.boolean("spice"):
         raise r.error("spice", "spice is not supported with qemu-xen-traditional")
 
@@ -334,8 +366,13 @@ def configure(
     cfg.usb = bool(r.boolean("usb"))
     usbdevice = r.string_or_list("usbdevice")
     if usbdevice is not None:
+        for v in usbdevice:
+            problem = dmargs_word_problem(v.text)
+            if problem is not None:
+                raise ConfigError.at(v.pos, f"`usbdevice' value {clip(v.text)} {problem}")
         cfg.usbdevice = [v.text for v in usbdevice]
-    cfg.soundhw = r.string("soundhw")
+    soundhw = r.string("soundhw")
+    cfg.soundhw = _dm_word(r, "soundhw", soundhw) if soundhw is not None else None
     if r.has("gfx_passthru"):
         s = r.settings["gfx_passthru"]
         if not s.value.is_list and strtol(s.value.text) is None:
@@ -347,8 +384,11 @@ def configure(
         cfg.acpi = acpi
     boot = r.string("boot")
     if boot is not None:
-        if not re.fullmatch(r"[a-z]+", boot):
-            raise r.error("boot", f'invalid boot order {boot!r} (letters such as "cda")')
+        if not re.fullmatch(r"[acdn]+", boot):
+            raise r.error(
+                "boot",
+                f'invalid boot order {clip(boot)} (letters a, c, d and n, such as "cda")',
+            )
         cfg.boot = boot
     timeoffset = r.string("timeoffset")
     if timeoffset is not None:
@@ -402,7 +442,7 @@ def configure(
         if action is None:
             continue
         if action not in SHUTDOWN_ACTIONS:
-            raise r.error(key, f"unknown {key} action {action!r}")
+            raise r.error(key, f"unknown {key} action {clip(action)}")
         if hasattr(cfg, key):
             setattr(cfg, key, action)
 
@@ -418,11 +458,42 @@ def configure(
     return cfg
 
 
+#: The stubdomain's pvqemu logs to ``qemu-dm-<name>-dm.log``, which must be a file name.
+MAX_NAME_BYTES = 255 - len("qemu-dm--dm.log")
+
+
+def _check_name(r: _Reader, name: str) -> None:
+    """A domain name becomes file names (the device-model logs), an ``xl list`` row and
+    a dmargs word: no ``/``, no control character, no quote, and short enough."""
+    bad = next((c for c in name if not c.isprintable() and c != " "), None)
+    if bad is not None:
+        raise r.error("name", f"the domain name {clip(name)} contains the control character "
+                              f"{bad!r}; use printable characters")  # fmt: skip
+    if "/" in name:
+        raise r.error("name", f"the domain name {clip(name)} contains `/', which cannot be in "
+                              "the file names made from it (qemu-dm-<name>.log)")  # fmt: skip
+    problem = dmargs_word_problem(name, blanks=False)
+    if problem is not None:
+        raise r.error("name", f"the domain name {clip(name)} {problem}")
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise r.error("name", f"the domain name is longer than {MAX_NAME_BYTES} bytes "
+                              "(it is part of the device model's log file name)")  # fmt: skip
+
+
+def _dm_word(r: _Reader, key: str, value: str) -> str:
+    """A value that goes into dmargs as one word: refused if the stubdomain would not
+    receive it intact."""
+    problem = dmargs_word_problem(value)
+    if problem is not None:
+        raise r.error(key, f"`{key}' value {clip(value)} {problem}")
+    return value
+
+
 def _check_unique_vdevs(cfg: GuestConfig, r: _Reader) -> None:
     seen: set[str] = set()
     for d in cfg.disks:
         if d.vdev in seen:
-            raise r.error("disk", f"vdev {d.vdev!r} is used by more than one disk")
+            raise r.error("disk", f"vdev {clip(d.vdev)} is used by more than one disk")
         seen.add(d.vdev)
 
 

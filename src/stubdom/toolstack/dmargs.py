@@ -10,6 +10,9 @@ from __future__ import annotations
 from stubdom.protocol import DM_ARGV0
 from stubdom.toolstack.config import GuestConfig, NicType
 
+#: ``HVM_MAX_VCPUS``: qemu-xen-traditional's ``-vcpus`` and ``-vcpu_avail`` stop there.
+HVM_MAX_VCPUS = 128
+
 
 class DmArgsError(ValueError):
     """A configuration libxl refuses to turn into qemu-trad arguments."""
@@ -41,6 +44,11 @@ def vcpu_avail_hex(vcpus: int, max_vcpus: int) -> str:
 
 def build_dm_argv(cfg: GuestConfig, domid: int, saved_state: str | None = None) -> list[str]:
     """The qemu-trad argv for guest ``domid`` (argv[0] is ``stubdom-dm``)."""
+    if not 1 <= cfg.vcpus <= cfg.max_vcpus <= HVM_MAX_VCPUS:
+        raise DmArgsError(
+            f"{cfg.source}: vcpus {cfg.vcpus} and maxvcpus {cfg.max_vcpus}: qemu-xen-traditional "
+            f"needs 1 <= vcpus <= maxvcpus <= {HVM_MAX_VCPUS}"
+        )
     argv = [DM_ARGV0, "-d", str(domid), "-domain-name", cfg.name]
     if cfg.vnc.enabled:
         argv += ["-vnc", vnc_argument(cfg)]
