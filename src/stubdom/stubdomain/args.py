@@ -26,6 +26,24 @@ class DmArgsError(ValueError):
     """A malformed command line: the agent cannot start; the message says which word."""
 
 
+#: ``DOMID_FIRST_RESERVED``: the guest of a stubdomain is an ordinary domain below it.
+DOMID_FIRST_RESERVED = 0x7FF0
+#: ``HVM_MAX_VCPUS``: ``-vcpus`` and the ``-vcpu_avail`` bitmap stop there.
+HVM_MAX_VCPUS = 128
+
+
+def _w(text: str, limit: int = 40) -> str:
+    """A word to quote in a one-line message or note: escaped if it has a control
+    character or a lone surrogate (a non-UTF-8 command line), cut short if long."""
+    shown = text if text.isprintable() else repr(text)[1:-1]
+    return shown if len(shown) <= limit else shown[:limit] + "..."
+
+
+def _r(text: str) -> str:
+    """``repr(text)``, cut short."""
+    return repr(text) if len(text) <= 40 else repr(text[:40]) + "..."
+
+
 @dataclass(frozen=True)
 class AgentOptions:
     """The agent's own options, from the kernel command line."""
@@ -43,11 +61,13 @@ def split_agent_options(words: list[str]) -> tuple[AgentOptions, list[str]]:
         name, eq, value = w.partition("=")
         if name == "--dm":
             if value not in BACKENDS:
-                raise DmArgsError(f"--dm={value}: unknown backend (one of {', '.join(BACKENDS)})")
+                raise DmArgsError(
+                    f"--dm={_w(value)}: unknown backend (one of {', '.join(BACKENDS)})"
+                )
             dm = value
         elif name == "--compat":
             if value != COMPAT_QEMU_TRAD:
-                raise DmArgsError(f"--compat={value}: only --compat={COMPAT_QEMU_TRAD} exists")
+                raise DmArgsError(f"--compat={_w(value)}: only --compat={COMPAT_QEMU_TRAD} exists")
             compat = True
         elif name == "--eject-delay":
             if value == "never":
@@ -56,11 +76,14 @@ def split_agent_options(words: list[str]) -> tuple[AgentOptions, list[str]]:
                 try:
                     delay = float(value)
                 except ValueError:
-                    raise DmArgsError(f"--eject-delay={value}: not SECONDS or never") from None
-                if not delay >= 0:
-                    raise DmArgsError(f"--eject-delay={value}: must not be negative")
+                    raise DmArgsError(f"--eject-delay={_w(value)}: not SECONDS or never") from None
+                if not 0 <= delay < float("inf"):
+                    raise DmArgsError(
+                        f"--eject-delay={_w(value)}: must be a finite, non-negative number of "
+                        "seconds (or never)"
+                    )
         elif name.startswith("--") and eq:
-            raise DmArgsError(f"{w}: unknown agent option")
+            raise DmArgsError(f"{_w(w)}: unknown agent option")
         else:
             rest.append(w)
     return AgentOptions(dm, compat, delay), rest
@@ -96,7 +119,8 @@ class DmOptions:
     usbdevices: list[str] = field(default_factory=list)
     soundhw: str | None = None
     serial: list[str] = field(default_factory=list)
-    graphics: bool = False
+    #: qemu shows a display unless ``-nographic`` (libxl drops ``-sdl`` from dmargs).
+    graphics: bool = True
     gfx_passthru: bool = False
     keymap: str | None = None
     nics: list[NicOption] = field(default_factory=list)
@@ -179,9 +203,9 @@ def _int(opt: str, value: str, base: int = 10) -> int:
     try:
         n = int(value, base)
     except ValueError:
-        raise DmArgsError(f"{opt} {value!r}: not a number") from None
+        raise DmArgsError(f"{opt} {_r(value)}: not a number") from None
     if n < 0:
-        raise DmArgsError(f"{opt} {value!r}: must not be negative")
+        raise DmArgsError(f"{opt} {_r(value)}: must not be negative")
     return n
 
 
@@ -191,7 +215,7 @@ def _kv(opt: str, text: str) -> tuple[str, dict[str, str]]:
     for item in filter(None, rest.split(",")):
         k, eq, v = item.partition("=")
         if not eq:
-            raise DmArgsError(f"{opt} {text!r}: {item!r} is not key=value")
+            raise DmArgsError(f"{opt} {_r(text)}: {_r(item)} is not key=value")
         out[k] = v
     return kind, out
 
@@ -202,14 +226,14 @@ def _net(opts: DmOptions, value: str) -> None:
     if kind == "nic":
         mac = kv.get("macaddr", "")
         if mac and not _MAC.match(mac):
-            raise DmArgsError(f"-net {value!r}: bad macaddr {mac!r}")
+            raise DmArgsError(f"-net {_r(value)}: bad macaddr {_r(mac)}")
         opts.nics.append(NicOption(vlan, mac.lower(), kv.get("model", "rtl8139")))
     elif kind == "tap":
         opts.taps.append(vlan)  # ifname, bridge and script mean nothing in a stubdomain
     elif kind == "none":
         opts.net_none = True
     else:
-        opts.notes.append(f"-net {value}: only nic, tap and none exist in a stubdomain")
+        opts.notes.append(f"-net {_w(value)}: only nic, tap and none exist in a stubdomain")
 
 
 def parse_dm_args(argv: list[str]) -> DmOptions:
@@ -220,12 +244,12 @@ def parse_dm_args(argv: list[str]) -> DmOptions:
         word = argv[i]
         i += 1
         if not word.startswith("-") or word == "-":
-            opts.notes.append(f"{word!r}: a disk image on the command line; disks come from vbds")
+            opts.notes.append(f"{_r(word)}: a disk image on the command line; disks come from vbds")
             continue
         opt = "-" + word.lstrip("-") if word.startswith("--") else word
         if opt in _WITH_ARG:
             if i >= len(argv):
-                raise DmArgsError(f"{word}: missing argument")
+                raise DmArgsError(f"{_w(word)}: missing argument")
             value = argv[i]
             i += 1
             _one(opts, opt, value)
@@ -245,29 +269,31 @@ def parse_dm_args(argv: list[str]) -> DmOptions:
         elif opt == "-gfx_passthru":
             opts.gfx_passthru = True
         else:
-            opts.notes.append(f"{word}: unknown option, ignored")
+            opts.notes.append(f"{_w(word)}: unknown option, ignored")
     return opts
 
 
 def _one(opts: DmOptions, opt: str, value: str) -> None:
     if opt == "-d":
         opts.domid = _int(opt, value)
+        if not 0 < opts.domid < DOMID_FIRST_RESERVED:
+            raise DmArgsError(f"-d {_r(value)}: not the domain id of a guest (1 to 32751)")
     elif opt == "-domain-name":
         opts.name = value
     elif opt == "-vnc":
         opts.graphics = True
-        opts.notes.append(f"-vnc {value}: VNC is served by the dom0 backend of the vfb")
+        opts.notes.append(f"-vnc {_w(value)}: VNC is served by the dom0 backend of the vfb")
     elif opt == "-serial":
         opts.serial.append(value)
     elif opt == "-videoram":
         opts.videoram_mb = _int(opt, value)
     elif opt == "-vga":
         if value not in _VGA:
-            raise DmArgsError(f"-vga {value!r}: unknown (std, cirrus or none)")
+            raise DmArgsError(f"-vga {_r(value)}: unknown (std, cirrus or none)")
         opts.vga = _VGA[value]
     elif opt == "-boot":
         if not value or any(c not in "acdn" for c in value):
-            raise DmArgsError(f"-boot {value!r}: the order is made of a, c, d and n")
+            raise DmArgsError(f"-boot {_r(value)}: the order is made of a, c, d and n")
         opts.boot = value
     elif opt == "-usbdevice":
         opts.usbdevices.append(value)
@@ -275,12 +301,14 @@ def _one(opts: DmOptions, opt: str, value: str) -> None:
         opts.soundhw = value
     elif opt == "-vcpus":
         opts.vcpus = _int(opt, value)
-        if not 1 <= opts.vcpus <= 128:
-            raise DmArgsError(f"-vcpus {value!r}: between 1 and 128")
+        if not 1 <= opts.vcpus <= HVM_MAX_VCPUS:
+            raise DmArgsError(f"-vcpus {_r(value)}: between 1 and {HVM_MAX_VCPUS}")
     elif opt == "-vcpu_avail":
         if not value.lower().startswith("0x"):
-            raise DmArgsError(f"-vcpu_avail {value!r}: expected 0x<hex>")
+            raise DmArgsError(f"-vcpu_avail {_r(value)}: expected 0x<hex>")
         opts.vcpu_avail = _int(opt, value[2:], 16)
+        if opts.vcpu_avail >> HVM_MAX_VCPUS:
+            raise DmArgsError(f"-vcpu_avail {_r(value)}: names vcpus above {HVM_MAX_VCPUS}")
     elif opt == "-net":
         _net(opts, value)
     elif opt == "-loadvm":
@@ -288,4 +316,4 @@ def _one(opts: DmOptions, opt: str, value: str) -> None:
     elif opt in ("-k", "-keymap"):
         opts.keymap = value
     else:
-        opts.notes.append(f"{opt} {value}: ignored, {_IGNORED_WITH_ARG[opt]}")
+        opts.notes.append(f"{opt} {_w(value)}: ignored, {_IGNORED_WITH_ARG[opt]}")
