@@ -89,6 +89,20 @@ LOCK_POLL = 0.02
 # -- errors -------------------------------------------------------------------------------
 
 
+#: Every value a device model may write to ``state``.
+KNOWN_STATES = frozenset(State)
+#: Longest text from a device model quoted in an error.
+QUOTE_MAX = 120
+
+
+def printable(text: str) -> str:
+    """Text a device model wrote, safe to put in a one-line error: as is when plain,
+    quoted with escapes when it holds control characters, clipped when long."""
+    clipped = text[:QUOTE_MAX]
+    shown = clipped if clipped.isprintable() and clipped.strip() == clipped else repr(clipped)
+    return shown + ("..." if len(text) > QUOTE_MAX else "")
+
+
 class DeviceModelError(Exception):
     """A control-channel operation failed; the message is one line naming the guest,
     the operation and what happened."""
@@ -113,7 +127,9 @@ class PciInsertError(DeviceModelError):
 
     def __init__(self, guest: int, reason: str) -> None:
         self.reason = reason
-        super().__init__(guest, Command.PCI_INS.value, f"qemu refused to add device: {reason}")
+        super().__init__(
+            guest, Command.PCI_INS.value, f"qemu refused to add device: {printable(reason)}"
+        )
 
 
 class PciRemoveError(DeviceModelError):
@@ -178,6 +194,13 @@ class CommandExchange:
                 snap,
                 DeviceModelDied(self.guest, self.what, f"the stubdomain died before {self.expect}"),
             )
+        if snap.state is None and self.command is not None:
+            return self._fail(
+                snap, DeviceModelError(self.guest, self.what, "the state node was removed")
+            )
+        if snap.state is not None and snap.state not in KNOWN_STATES:
+            detail = f"the device model wrote an unknown state {printable(snap.state)}"
+            return self._fail(snap, DeviceModelError(self.guest, self.what, detail))
         if self.command is Command.PCI_INS:
             refused = self._pci_ins_refusal(snap)
             if refused is not None:
@@ -312,10 +335,13 @@ class DeviceModelChannel:
         timeout: float = DEVICE_MODEL_TIMEOUT,
         logdirty_timeout: float = LOGDIRTY_TIMEOUT,
         running: Callable[[int], Awaitable[bool]] | None = None,
+        postmortem: Callable[[], Awaitable[str]] | None = None,
     ) -> None:
         self.client = client
         #: Asks the hypervisor whether a domain still runs (None: xenstore only).
         self.running = running
+        #: Says how the stubdomain ended and what it last logged, for `DeviceModelDied`.
+        self.postmortem = postmortem
         self.stubdom = stubdom
         self.guest = guest
         self.lock_dir = Path(lock_dir)
@@ -455,7 +481,9 @@ class DeviceModelChannel:
                 async with cm:
                     while True:
                         if not alive:
-                            raise DeviceModelDied(self.guest, what, "the stubdomain died")
+                            raise await self._explained(
+                                DeviceModelDied(self.guest, what, "the stubdomain died")
+                            )
                         if await self.client.retry_transaction(answered):
                             break
                         alive = await self._next_events(events, alive)
@@ -465,7 +493,7 @@ class DeviceModelChannel:
                 error = DeviceModelTimeout(
                     self.guest, what, f"no answer in ret within {self.logdirty_timeout:g} s"
                 )
-                log.warning("%s", error)
+                log.info("%s", error)
                 raise error from None
         log.info("guest %d: %s done", self.guest, what)
 
@@ -583,19 +611,22 @@ class DeviceModelChannel:
                     while True:
                         state = await self._read(self._state)
                         param = await self._read(self._parameter)
+                        if state is None and alive:
+                            # The stub's nodes go with it, before @releaseDomain fires.
+                            alive = await self._stub_alive()
                         out = ex.observe(Snapshot(state, param, alive))
                         if out.verdict is Verdict.DONE:
                             return out.snapshot
                         if out.error is not None:
                             log.info("%s", out.error)
-                            raise out.error
+                            raise await self._explained(out.error)
                         alive = await self._next_events(events, alive)
             except TimeoutError:
                 if not cm.expired():
                     raise  # a xenstore request timed out, not our wait
                 pending = send is not None and await self._read(self._command) is not None
                 error = ex.timed_out(self.timeout, pending)
-                log.warning("%s", error)
+                log.info("%s", error)
                 raise error from None
 
     async def _next_events(self, events: asyncio.Queue[_Event], alive: bool) -> bool:
@@ -610,6 +641,16 @@ class DeviceModelChannel:
         if RELEASE_DOMAIN in fired:
             alive = await self._stub_alive()
         return alive
+
+    async def _explained(self, error: DeviceModelError) -> DeviceModelError:
+        """A death gets the stubdomain's last words (a timeout would say far less)."""
+        if not isinstance(error, DeviceModelDied) or self.postmortem is None:
+            return error
+        try:
+            detail = await self.postmortem()
+        except Exception as e:  # the report must not hide the death
+            detail = f"(no post-mortem: {e})"
+        return DeviceModelDied(error.guest, error.what, f"{error.detail}{detail}")
 
     async def _stub_alive(self) -> bool:
         """Still introduced, and (if we can ask the hypervisor) not shut down or crashed:

@@ -18,7 +18,7 @@ from stubdom import protocol as proto
 from stubdom.host import devices
 from stubdom.host.hypervisor import DomainState, HypervisorError
 from stubdom.toolstack.config import GuestConfig, PciSpec
-from stubdom.toolstack.control import DeviceModelChannel
+from stubdom.toolstack.control import DeviceModelChannel, DeviceModelDied, DeviceModelError
 from stubdom.toolstack.session import Session, ToolstackError
 from stubdom.toolstack.spawn import Created, StubdomSpawner
 from stubdom.xenstore import NoEntry, Transaction
@@ -41,7 +41,50 @@ def channel(s: Session, stub: int, guest: int, timeout: float | None = None) -> 
         s.paths.lock_dir,
         timeout=timeout or proto.DEVICE_MODEL_TIMEOUT,
         running=running,
+        postmortem=lambda: stub_postmortem(s, stub, guest),
     )
+
+
+#: Lines of the stubdomain's console 0 quoted when it dies.
+POSTMORTEM_LINES = 5
+_ENDED = {
+    DomainState.CRASHED: "it crashed",
+    DomainState.SHUTDOWN: "it shut down",
+    DomainState.DYING: "it is being destroyed",
+}
+
+
+async def stub_postmortem(s: Session, stub: int, guest: int) -> str:
+    """How the stubdomain ended and the last lines it wrote on console 0 (its log)."""
+    how = "it is gone"
+    with contextlib.suppress(HypervisorError):
+        how = _ENDED.get((await s.hv.domain_info(stub)).state, "it stopped answering")
+    try:
+        name = (await s.hv.domain_info(guest)).name
+    except HypervisorError:
+        return f" ({how})"
+    log_file = s.paths.dm_log(name)
+    lines = tail_lines(log_file, POSTMORTEM_LINES)
+    if not lines:
+        return f" ({how}); its log {log_file} is empty"
+    quoted = "".join(f"\n    | {line}" for line in lines)
+    return f" ({how}); the end of its log {log_file}:{quoted}"
+
+
+def tail_lines(path: Path, count: int, window: int = 8192) -> list[str]:
+    """The last ``count`` lines of a file (reading at most ``window`` bytes)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - window))
+            data = f.read()
+    except OSError:
+        return []
+    lines = data.decode("utf-8", "replace").splitlines()
+    if size > window and lines:
+        lines = lines[1:]  # the first may be cut
+    return [line for line in lines if line.strip()][-count:]
 
 
 async def create_guest(
@@ -168,6 +211,8 @@ async def pci_attach(
             devfn = await channel(s, stub, guest, timeout).pci_insert(
                 bdf, vdevfn, spec.msitranslate, spec.power_mgmt
             )
+        except DeviceModelDied:
+            raise  # the pciback entry goes with the stubdomain; no one would answer
         except BaseException:
             with contextlib.suppress(Exception):
                 await devices.remove_pci(s.xs, stub, fn.address)
@@ -291,20 +336,31 @@ async def save_guest(
             f"domain {guest} has PCI functions attached ({functions}); "
             "detach them with 'stubdom pci-detach' before saving"
         )
+    state_file = s.paths.save_file(guest)
+    # Console 1's file is appended to across saves: this save's state is what it adds.
+    start = state_file.stat().st_size if state_file.exists() else 0
     await s.hv.pause(guest)
     chan = channel(s, stub, guest, timeout)
-    await chan.save()
+    try:
+        await chan.save()
+    except DeviceModelDied as e:
+        raise ToolstackError(
+            f"{e}\ndomain {guest} is left paused without a device model; "
+            f"'stubdom destroy {guest}' removes it"
+        ) from None
+    except DeviceModelError as e:
+        raise ToolstackError(f"{e}; {await _carry_on(s, chan, guest)}") from None
     # libxl trusts ``paused`` alone; we also check that the state is a whole stream.
     # The device model closes console 1 before it writes ``paused``, and a console's
     # close returns only once the backend has the data on disk: one look suffices.
-    state_file = s.paths.save_file(guest)
-    blob = state_file.read_bytes() if state_file.exists() else b""
+    blob = state_file.read_bytes()[start:] if state_file.exists() else b""
     try:
         check_dm_state_complete(blob)
     except SaveFileError as e:
         raise ToolstackError(
             f"the device model of domain {guest} reported paused, but its "
-            f"saved state in {state_file} is incomplete: {e}"
+            f"saved state in {state_file} is unusable: {e}; nothing was saved, "
+            f"{await _carry_on(s, chan, guest)}"
         ) from None
     image = SaveImage(
         config_json=config_to_json(cfg),
@@ -322,6 +378,16 @@ async def save_guest(
     else:
         await destroy_guest(s.hv, s.xs, guest, s.paths)
     return len(data)
+
+
+async def _carry_on(s: Session, chan: DeviceModelChannel, guest: int) -> str:
+    """After a failed save: the device model continues and the guest runs again."""
+    try:
+        await chan.resume()
+        await s.hv.unpause(guest)
+    except (DeviceModelError, HypervisorError) as e:
+        return f"and the guest could not be resumed ({e})"
+    return "the guest is running again"
 
 
 async def restore_guest(

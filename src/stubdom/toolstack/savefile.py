@@ -66,6 +66,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from stubdom.devicemodel import stream
 from stubdom.toolstack.config import GuestConfig
 
 # -- xl's header (tools/xl/xl.h) ---------------------------------------------------------
@@ -477,7 +478,9 @@ def check_dm_state_complete(blob: bytes) -> None:
     byte is ``QEMU_VM_EOF`` after that header.  NOT verified: the bodies, the number of
     sections, or that the final zero byte is the EOF marker rather than a zero inside a
     body of a stream cut short (a zero byte is common in device state) -- that is what
-    waiting for ``paused`` before reading the file is for.
+    waiting for ``paused`` before reading the file is for.  A stream whose first
+    section is stubdom-dm's (`stubdom.devicemodel.stream`) is decoded in full, so its
+    length and CRC-32 are verified as well.
     """
     part = "device-model state"
     if len(blob) < 8:
@@ -508,6 +511,12 @@ def check_dm_state_complete(blob: bytes) -> None:
         raise SaveFileError(part, f"first section idstr {idstr!r} is not printable ASCII", 14)
     if len(blob) == hdr_end or blob[-1] != QEMU_VM_EOF:
         raise SaveFileError(part, "truncated: does not end with QEMU_VM_EOF", len(blob))
+    if idstr == stream.SECTION_IDSTR:
+        # stubdom-dm's self-describing record: its length and CRC-32 are checked too.
+        try:
+            stream.decode_state(blob)
+        except stream.StreamError as e:
+            raise SaveFileError(part, str(e).removeprefix("device-model state: ")) from None
 
 
 def fake_dm_state(sections: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) -> bytes:

@@ -237,7 +237,7 @@ class StubdomSpawner:
             return Created(guest, stub, cfg.uuid, stub_uuid)
         except Exception as e:  # every failure is reported with its step
             reason = str(e) or f"no answer in time ({type(e).__name__})"
-            log.error("creating %s failed while %s: %s", cfg.name, step, reason)
+            log.info("creating %s failed while %s: %s", cfg.name, step, reason)
             await self._undo(made)
             raise CreateError(cfg.name, step, reason) from e
         except BaseException:
