@@ -307,7 +307,9 @@ async def destroy_domain(
         await hv.destroy(domid)
     with contextlib.suppress(XenStoreError):
         await remove_domain(xs, domid, uuid)
-    for f in (paths.save_file(domid), paths.restore_file(domid)):
+    # libxl__userdata_destroyall: every userdata file of the domid goes too.
+    userdata = paths.state_dir.glob(f"userdata-d.{domid}.*") if paths.state_dir.is_dir() else []
+    for f in (paths.save_file(domid), paths.restore_file(domid), *userdata):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f)
 
