@@ -12,10 +12,11 @@ from collections.abc import Awaitable, Callable
 
 import click
 
+from stubdom import protocol as proto
 from stubdom.cli.host import XL_LIST_HEADER, dir_option, xl_list_row
 from stubdom.cli.main import cli
 from stubdom.host.devices import DeviceError
-from stubdom.host.hypervisor import HypervisorError
+from stubdom.host.hypervisor import DomainInfo, HypervisorError
 from stubdom.toolstack.control import DeviceModelError
 from stubdom.toolstack.session import Session, ToolstackError, open_session
 from stubdom.toolstack.spawn import CreateError
@@ -92,14 +93,38 @@ def create(
 @click.argument("domain")
 @dir_option
 def destroy(domain: str, directory: str | None) -> None:
-    """Destroy a guest, its stubdomain, their nodes and their save/restore files."""
-    from stubdom.toolstack.spawn import destroy_guest
+    """Destroy a guest, its stubdomain, their nodes and their save/restore files.
+
+    A stubdomain whose guest is gone (what a toolstack killed half-way can leave) is
+    destroyed by its own name or domid; one whose guest lives follows its guest.
+    """
+    from stubdom.toolstack.spawn import destroy_domain, destroy_guest
 
     async def body(s: Session) -> None:
+        orphan = await _orphan_stubdom(s, domain)
+        if orphan is not None:
+            await destroy_domain(s.hv, s.xs, orphan.domid, orphan.uuid, s.paths)
+            return
         info = await s.resolve_guest(domain)
         await destroy_guest(s.hv, s.xs, info.domid, s.paths)
 
     run(body, directory)
+
+
+async def _orphan_stubdom(s: Session, name_or_id: str) -> DomainInfo | None:
+    """The stubdomain ``name_or_id`` names, if its guest no longer exists."""
+    infos = await s.domains()
+    found = next((d for d in infos if str(d.domid) == name_or_id), None) or next(
+        (d for d in infos if d.name == name_or_id), None
+    )
+    if found is None or found.hvm or not found.name.endswith(proto.STUBDOM_SUFFIX):
+        return None
+    raw = await s.xs.read_optional(proto.target_path(found.domid))
+    target = int(raw) if raw is not None and raw.decode().isdigit() else found.target
+    guest_name = found.name[: -len(proto.STUBDOM_SUFFIX)]
+    if any(d.domid == target or d.name == guest_name for d in infos if d.hvm):
+        return None
+    return found
 
 
 @cli.command("list")

@@ -330,13 +330,48 @@ async def _names(xs: Client, path: str) -> list[str]:
 
 
 async def destroy_guest(hv: Hypervisor, xs: Client, guest: int, paths: HostPaths) -> None:
-    """Destroy a guest and its stubdomain, as ``libxl__domain_destroy`` does."""
-    stub_raw = await xs.read_optional(proto.device_model_domid_path(guest))
-    guest_vm = await xs.read_optional(proto.vm_path_node(guest))
-    guest_uuid = guest_vm.decode().rsplit("/", 1)[-1] if guest_vm else None
-    if stub_raw is not None:
-        stub = int(stub_raw)
-        stub_vm = await xs.read_optional(proto.vm_path_node(stub))
-        stub_uuid = stub_vm.decode().rsplit("/", 1)[-1] if stub_vm else None
+    """Destroy a guest and its stubdomain, as ``libxl__domain_destroy`` does.
+
+    It works on whatever a toolstack killed half-way left: the stubdomain is found from
+    ``device-model-domid``, else from the hypervisor (see `stubdoms_of`); a domain
+    without xenstore records still has its ``/vm`` tree named by the hypervisor's
+    uuid.  The guest's save marker goes too; logs stay, as with libxl.
+    """
+    for stub, stub_uuid in await stubdoms_of(hv, xs, guest):
         await destroy_domain(hv, xs, stub, stub_uuid, paths)
-    await destroy_domain(hv, xs, guest, guest_uuid, paths)
+    await destroy_domain(hv, xs, guest, await _uuid_of(hv, xs, guest), paths)
+    # A save marker outlives the save that wrote it (the save destroys the guest).
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(paths.lock_dir / f"dm-{guest}.saved")
+
+
+async def stubdoms_of(hv: Hypervisor, xs: Client, guest: int) -> list[tuple[int, str | None]]:
+    """The stubdomain(s) of ``guest`` with their uuids: the one ``device-model-domid``
+    names, and any domain the hypervisor knows as the guest's (its target is the guest,
+    or it is the PV domain ``<guest name>-dm``: a create killed before it wrote
+    ``device-model-domid`` leaves such a domain)."""
+    found: dict[int, str | None] = {}
+    raw = await xs.read_optional(proto.device_model_domid_path(guest))
+    if raw is not None and raw.decode().isdigit():
+        found[int(raw)] = None
+    infos = await hv.list_domains()
+    name = next((d.name for d in infos if d.domid == guest), None)
+    for d in infos:
+        if d.domid in (0, guest) or d.hvm:
+            continue
+        if d.target == guest or (
+            name is not None and d.name == proto.stubdom_name(name) and d.target is None
+        ):
+            found[d.domid] = None
+    return [(domid, await _uuid_of(hv, xs, domid)) for domid in sorted(found)]
+
+
+async def _uuid_of(hv: Hypervisor, xs: Client, domid: int) -> str | None:
+    """The uuid of the domain's /vm tree: as its home names it, else the hypervisor's."""
+    vm = await xs.read_optional(proto.vm_path_node(domid))
+    if vm:
+        return vm.decode().rsplit("/", 1)[-1]
+    try:
+        return (await hv.domain_info(domid)).uuid
+    except HypervisorError:
+        return None
