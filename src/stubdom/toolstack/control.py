@@ -30,6 +30,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from stubdom.protocol import (
     DEVICE_MODEL_TIMEOUT,
@@ -315,12 +316,14 @@ class DeviceModelChannel:
       never reads ``state``, and it writes results only while running, so this is the
       restore the earlier operation owed;
     * ``paused`` with a save in progress (`save` leaves a marker
-      ``<lock_dir>/dm-<G>.saved`` naming the stubdomain until `resume`): refuse with
-      `DeviceModelError` at once instead of waiting 60 s for ``running``; a second
-      ``save`` returns at once (the device model is already paused and saved);
-    * ``paused`` with no save in progress (a left-over: a save whose toolstack died, a
-      marker from another stubdomain): send ``continue``, wait for ``running``, log a
-      warning.  A following ``save`` thus dumps fresh device state.
+      ``<lock_dir>/dm-<G>.saved`` naming the stubdomain until `resume`, and holds an
+      ``flock`` on it as long as its process lives): refuse with `DeviceModelError` at
+      once instead of waiting 60 s for ``running``; a second ``save`` returns at once
+      (the device model is already paused and saved);
+    * ``paused`` with no save in progress (a left-over: a save whose toolstack died,
+      whose marker nobody holds any more, a marker from another stubdomain): send
+      ``continue``, wait for ``running``, log a warning.  A following ``save`` thus
+      dumps fresh device state.
 
     ``resume`` and ``logdirty`` need no recovery: ``continue`` is sent only if the state
     is ``paused`` (libxl), and logdirty has its own channel that works while paused.
@@ -349,6 +352,8 @@ class DeviceModelChannel:
         self.logdirty_timeout = logdirty_timeout
         self.lock_path = self.lock_dir / f"dm-{guest}.lock"
         self.save_marker = self.lock_dir / f"dm-{guest}.saved"
+        #: The marker of our own save, flocked until `resume` or this process's end.
+        self._marker_held: IO[str] | None = None
         self._state = state_path(stubdom, guest)
         self._parameter = parameter_path(stubdom, guest)
         self._command = command_path(stubdom, guest)
@@ -413,7 +418,7 @@ class DeviceModelChannel:
                 return
             await self._prepare(Command.SAVE.value)
             await self._exchange(Command.SAVE, None, State.PAUSED, Restore.NEVER)
-            self.save_marker.write_text(f"{self.stubdom}\n")
+            self._hold_save_marker()
             log.info("guest %d: device model saved and paused", self.guest)
 
     async def resume(self) -> bool:
@@ -427,6 +432,7 @@ class DeviceModelChannel:
             else:
                 log.info("guest %d: device model not paused, no continue sent", self.guest)
             self.save_marker.unlink(missing_ok=True)
+            self._release_save_marker()
         return sent
 
     async def exchange(
@@ -523,11 +529,42 @@ class DeviceModelChannel:
 
     # -- steps ---------------------------------------------------------------------------
 
+    def _hold_save_marker(self) -> None:
+        """Write the save marker and keep it flocked: it dies with this process, so a
+        marker nobody holds is a dead toolstack's (called under the guest's lock)."""
+        self._release_save_marker()
+        f = open(self.save_marker, "a+")  # noqa: SIM115 -- held until resume
+        with contextlib.suppress(BlockingIOError):  # another channel of ours holds it
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        f.truncate(0)
+        f.write(f"{self.stubdom}\n")
+        f.flush()
+        self._marker_held = f
+
+    def _release_save_marker(self) -> None:
+        if self._marker_held is not None:
+            self._marker_held.close()
+            self._marker_held = None
+
     def _save_in_progress(self) -> bool:
+        """The marker names our stubdomain and the process that saved still holds it."""
         try:
-            return self.save_marker.read_text().strip() == str(self.stubdom)
+            f = open(self.save_marker)  # noqa: SIM115 -- closed below
         except FileNotFoundError:
             return False
+        with f:
+            if f.read().strip() != str(self.stubdom):
+                return False
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+        log.warning(
+            "guest %d: the save marker %s is left by a toolstack that died",
+            self.guest,
+            self.save_marker,
+        )
+        return False
 
     async def _prepare(self, what: str) -> None:
         """The recovery of the class docstring, then libxl's wait for ``running``."""
