@@ -143,7 +143,16 @@ def _pci_record(guest: int, bdf: proto.Bdf) -> str:
 async def _stub_of(s: Session, guest: int) -> int:
     stub = await s.stubdom_of(guest)
     if stub is None:
-        raise ToolstackError(f"domain {guest} has no device-model stubdomain")
+        raise ToolstackError(
+            f"domain {guest} has no device-model stubdomain (a create that did not finish?); "
+            f"'stubdom destroy {guest}' removes it"
+        )
+    if (await s.hv.domain_info(stub)).paused:
+        # Only a create that did not finish leaves it so: nothing would ever answer.
+        raise ToolstackError(
+            f"the stubdomain of domain {guest} (domain {stub}) is paused and cannot answer "
+            f"(a create that did not finish?); 'stubdom destroy {guest}' removes both"
+        )
     return stub
 
 
