@@ -34,6 +34,8 @@ FAULTS = (
     "flood",
     "short-save",
     "corrupt-save",
+    "short-restore",
+    "corrupt-restore",
 )
 
 
@@ -122,9 +124,43 @@ def install(fault: str) -> None:
         if fault == "crash-after-save":
             await crash("crashing while paused")
 
+    if fault in ("short-restore", "corrupt-restore"):
+        _damage_console_2(fault)
     Agent.setup = patched_setup  # type: ignore[method-assign]
     Agent.command_event = patched_command  # type: ignore[method-assign]
     Agent._save = patched_save  # type: ignore[method-assign]
+
+
+def _damage_console_2(fault: str) -> None:
+    """What the agent reads from console 2 is cut after 100 bytes, or has byte 100
+    flipped, as a damaged transport would deliver it."""
+    import contextlib
+
+    from stubdom import protocol as proto
+    from stubdom.stubdomain import agent as agent_module
+
+    real_open = agent_module.open_console
+
+    class Damaged:
+        def __init__(self, con: Any) -> None:
+            self.con = con
+            self.offset = 0
+
+        async def read(self, n: int = 65536) -> bytes:
+            if fault == "short-restore" and self.offset >= 100:
+                return b""
+            chunk = bytearray(await self.con.read(min(n, 100) if self.offset < 100 else n))
+            if fault == "corrupt-restore" and self.offset <= 100 < self.offset + len(chunk):
+                chunk[100 - self.offset] ^= 0xFF
+            self.offset += len(chunk)
+            return bytes(chunk)
+
+    @contextlib.asynccontextmanager
+    async def damaged_open(client: Any, index: int) -> Any:
+        async with real_open(client, index) as con:
+            yield Damaged(con) if index == proto.CONSOLE_RESTORE else con
+
+    agent_module.open_console = damaged_open  # type: ignore[assignment]
 
 
 def main() -> int:

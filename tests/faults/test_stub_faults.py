@@ -155,3 +155,47 @@ def test_destroy_of_a_crashed_stub_guest_by_domid(host: FaultHost) -> None:
     assert host.domids()["g-dm"] == ids[1]  # the crashed stub is still listed
     host.run("destroy", str(ids[0]))
     host.assert_clean("g", ids=ids)
+
+
+# -- damaged device-model state --------------------------------------------------------
+
+
+def saved_image(host: FaultHost, name: str = "g") -> bytes:
+    """A good image of a healthy guest, which is destroyed by the save."""
+    host.create(name)
+    image = host.dir / f"{name}.save"
+    host.run("save", name, str(image))
+    return image.read_bytes()
+
+
+@pytest.mark.parametrize("cut", ["truncated", "flipped"])
+def test_a_damaged_save_image_is_refused_before_anything_is_created(
+    host: FaultHost, cut: str
+) -> None:
+    data = saved_image(host)
+    damaged = data[: len(data) - 40] if cut == "truncated" else (
+        data[:-60] + bytes([data[-60] ^ 0x01]) + data[-59:])
+    image = host.dir / "damaged.save"
+    image.write_bytes(damaged)
+    r = host.run("restore", str(image), "--timeout", NO_TIMEOUT, check=False)
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert r.stderr.startswith(f"Error: {image}: ") and "nothing was restored" in r.stderr
+    assert list(host.domids()) == ["Domain-0"]
+    host.assert_clean("g", ids=(1, 2, 3, 4))
+
+
+@pytest.mark.parametrize("fault", ["short-restore", "corrupt-restore"])
+def test_state_damaged_on_console_2_fails_the_restore_and_creates_nothing(
+    host: FaultHost, fault: str
+) -> None:
+    saved_image(host)
+    # The same image, restored by a stub whose console 2 delivers it damaged: the
+    # image names the kernel file, which now injects the fault.
+    host.config("g", fault)
+    r = host.run("restore", str(host.dir / "g.save"), "--timeout", NO_TIMEOUT, check=False)
+    assert r.returncode == 1
+    expected = "state truncated: " if fault == "short-restore" else "checksum mismatch"
+    assert "died before running (it crashed)" in r.stderr or "(it shut down)" in r.stderr
+    assert expected in r.stderr, r.stderr
+    assert list(host.domids()) == ["Domain-0"]
+    host.assert_clean("g", ids=(1, 2, 3, 4))
