@@ -403,13 +403,16 @@ async def restore_guest(
     s: Session, file: Path, *, paused: bool = False, timeout: float | None = None
 ) -> Created:
     """``xl restore``: validate the image, recreate both domains from the saved state."""
-    from stubdom.toolstack.savefile import config_from_json, decode_save_image
+    from stubdom.toolstack.savefile import SaveFileError, config_from_json, decode_save_image
 
     try:
         data = file.read_bytes()
     except OSError as e:
         raise ToolstackError(f"cannot read {file}: {e.strerror or e}") from None
-    image = decode_save_image(data)  # SaveFileError: nothing has been created yet
+    try:
+        image = decode_save_image(data)
+    except SaveFileError as e:
+        raise ToolstackError(f"{file}: {e}; nothing was restored") from None
     cfg = config_from_json(image.config_json)
     return await create_guest(
         s, cfg, paused=paused, timeout=timeout, restore_state=image.emulator_context
