@@ -332,3 +332,63 @@ async def test_a_journal_write_failure_stops_the_server_without_replying(tmp_pat
     finally:
         await server.close()
     assert tree(reopen(tmp_path))[-1][0] == "/saved"
+
+
+# -- introductions ------------------------------------------------------------------------
+
+
+def domains(xs: XenStored) -> list[tuple[int, int, int | None, int]]:
+    return sorted(
+        (d.domid, d.port, d.target, d.target_refs)
+        for d in xs.domains.values()
+        if d.introduced and d.domid != 0
+    )
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_introductions_and_targets_survive_a_restart(tmp_path: Path, compact: bool) -> None:
+    h = DurableHarness(tmp_path)
+    h.guest(5)
+    h.guest(6)
+    h.guest(7)
+    h.ok(h.dom0, Op.SET_TARGET, "6", "5")
+    h.ok(h.dom0, Op.RELEASE, "7")
+    h.ok(h.dom0, Op.INTRODUCE, "6", "0", "99")  # a new port
+    if compact:
+        h.durable.compact()
+    assert domains(h.xs) == [(5, 15, None, 1), (6, 99, 5, 0)]
+    xs = reopen(tmp_path)
+    assert domains(xs) == domains(h.xs)
+    # The stubdomain still acts with its target's rights after the restart.
+    r = Harness(xs)
+    g6 = r.xs.connect(6)
+    r.write(r.dom0, "/local/domain/5/secret", "x")
+    assert r.ok(g6, Op.READ, "/local/domain/5/secret") == b"x"
+    assert r.ok(r.dom0, Op.IS_DOMAIN_INTRODUCED, "7") == b"F\0"
+
+
+async def test_a_restarted_server_listens_for_its_domains_again(tmp_path: Path) -> None:
+    from stubdom.xenstored.server import XenStoreServer
+    from tests.support.daemons import short_tmpdir
+    from tests.xenstored.test_server import Raw
+
+    sock = short_tmpdir() / "socket"
+    for run in range(2):
+        xs = XenStored()
+        durable = DurableState(xs, tmp_path)
+        durable.open()
+        server = XenStoreServer(sock, xs, durable=durable)
+        await server.start()
+        try:
+            if run == 0:
+                dom0 = await Raw.open(server.socket_path)
+                assert (await dom0.rpc(Op.INTRODUCE, "5", "0", "15")).op == Op.INTRODUCE
+                assert (await dom0.rpc(Op.MKDIR, "/local/domain/5")).op == Op.MKDIR
+                assert (await dom0.rpc(Op.SET_PERMS, "/local/domain/5", "n5")).op == Op.SET_PERMS
+            else:
+                guest = await Raw.open(server.domain_socket(5))
+                assert (await guest.rpc(Op.WRITE, raw=b"data\0x")).op == Op.WRITE
+                assert not server.domain_socket(6).exists()
+        finally:
+            await server.close()
+        durable.close()

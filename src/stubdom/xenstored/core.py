@@ -195,6 +195,9 @@ class XenStored:
         #: Domains the host reported gone: permissions may no longer name them.
         self.gone: set[int] = set()
         self._dirty: set[Connection] = set()
+        #: Domains whose introduction, port or target changed, kept only while a
+        #: journal wants them (see `domain_changed`).
+        self.domains_changed: set[int] | None = None
         self._setup_structure()
 
     # -- start-up -------------------------------------------------------------------
@@ -522,6 +525,11 @@ class XenStored:
 
     # -- domains ---------------------------------------------------------------------------
 
+    def domain_changed(self, domid: int) -> None:
+        """An introduction, port, target or release a journal must record."""
+        if self.domains_changed is not None:
+            self.domains_changed.add(domid)
+
     def domain_exists(self, domid: int) -> bool:
         if domid in self.gone:
             return False
@@ -552,14 +560,17 @@ class XenStored:
             if kept != perms:
                 self.set_special_perms(name, kept)
         del self.domains[domid]
+        self.domain_changed(domid)
         for other in self.domains.values():
             if other.target == domid:
                 other.target = None
+                self.domain_changed(other.domid)
         if dom.introduced:
             if dom.target is not None:
                 tdom = self.domains.get(dom.target)
                 if tdom is not None and tdom.target_refs:
                     tdom.target_refs -= 1
+                    self.domain_changed(tdom.domid)
             self.notifications.append(DomainReleased(domid))
             self.fire_special("@releaseDomain")
 

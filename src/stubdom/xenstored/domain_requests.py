@@ -29,6 +29,7 @@ def op_introduce(xs: XenStored, conn: Connection, packet: Packet, view: View) ->
         raise XsError("EINVAL")
     dom = xs.domain_record(domid)
     dom.port = port
+    xs.domain_changed(domid)
     if not dom.introduced:
         dom.introduced = True
         dom.shutdown = False
@@ -59,6 +60,7 @@ def op_release(xs: XenStored, conn: Connection, packet: Packet, view: View) -> b
     if dom.target_refs:
         # cx quirk: a stubdomain's reference absorbs the first RELEASE of its target.
         dom.target_refs -= 1
+        xs.domain_changed(domid)
         return OK
     # The reply goes before the events of the domain's destruction (as observed in cx).
     xs.send(conn, Packet(packet.op, OK, packet.req_id, packet.tx_id))
@@ -99,9 +101,12 @@ def op_set_target(xs: XenStored, conn: Connection, packet: Packet, view: View) -
         old = xs.domains.get(dom.target)
         if old is not None and old.target_refs:
             old.target_refs -= 1
+            xs.domain_changed(old.domid)
     if dom.target != tdomid:
         tdom.target_refs += 1
     dom.target = tdomid
+    xs.domain_changed(domid)
+    xs.domain_changed(tdomid)
     return OK
 
 

@@ -17,6 +17,9 @@ names):
 - ``["del", path]``.
 
 A ``put`` of ``@introduceDomain`` or ``@releaseDomain`` sets that name's permissions.
+Introductions are kept too, so that a restarted daemon listens for its domains again:
+``["dom", domid, port, target, target_refs]`` (introduced, with that event channel port,
+SET_TARGET and count of stubdomains targeting it) and ``["undom", domid]`` (released).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stubdom.wire.perms import Perm, parse_perm
+from stubdom.xenstored.domains import Domain
 from stubdom.xenstored.store import Node, Store
 
 MAGIC = b"XSJ1"
@@ -80,6 +84,36 @@ def encode_ops(changes: Sequence[Change]) -> list[Op]:
             ]
         )
     return ops
+
+
+def encode_domains(domains: dict[int, Domain], changed: set[int]) -> list[Op]:
+    """The introductions of ``changed`` domains as they stand now."""
+    ops: list[Op] = []
+    for domid in sorted(changed):
+        dom = domains.get(domid)
+        if dom is not None and dom.introduced:
+            ops.append(["dom", domid, dom.port, dom.target, dom.target_refs])
+        else:
+            ops.append(["undom", domid])
+    return ops
+
+
+def apply_domain(domains: dict[int, Domain], op: Op) -> None:
+    """Replay a ``dom`` or ``undom`` op (dom0's own record is never touched)."""
+    domid = int(op[1])
+    if domid == 0:
+        return
+    if op[0] == "undom":
+        domains.pop(domid, None)
+        return
+    _, _, port, target, refs = op
+    dom = domains.get(domid)
+    if dom is None:
+        dom = domains[domid] = Domain(domid, birth=0)
+    dom.introduced = True
+    dom.port = int(port)
+    dom.target = None if target is None else int(target)
+    dom.target_refs = int(refs)
 
 
 def encode_record(seq: int, ops: list[Op]) -> bytes:
@@ -142,13 +176,21 @@ def scan(data: bytes) -> Scan:
     return Scan(records, pos)
 
 
-def apply_ops(store: Store, special: dict[str, tuple[Perm, ...]], ops: list[Op]) -> None:
-    """Replay one record's ops on ``store`` and the ``@`` paths' permissions in
-    ``special``; raises `JournalError` on a malformed op."""
+def apply_ops(
+    store: Store,
+    special: dict[str, tuple[Perm, ...]],
+    ops: list[Op],
+    domains: dict[int, Domain] | None = None,
+) -> None:
+    """Replay one record's ops on ``store``, the ``@`` paths' permissions in
+    ``special`` and the introductions in ``domains``; `JournalError` if malformed."""
     try:
         for op in ops:
             kind = op[0]
-            if kind == "del":
+            if kind in ("dom", "undom"):
+                if domains is not None:
+                    apply_domain(domains, op)
+            elif kind == "del":
                 store.delete(op[1])
             elif kind == "put" and op[1] in special:
                 perms = tuple(parse_perm(p) for p in op[3])

@@ -7,9 +7,10 @@ fsyncs it before the reply leaves; when the journal outgrows ``compact_at`` byte
 tree is written to a new snapshot (written aside, fsynced, renamed) and the journal
 emptied.  At start-up the snapshot is read and the journal replayed.
 
-Only the tree (with its permissions, and those of the ``@`` paths) is kept.
-Connections, watches, transactions and domain introductions belong to live clients and
-are gone after a restart, as for a restarted cx.
+The tree (with its permissions, and those of the ``@`` paths) is kept, and so are the
+domain introductions (with their targets), as cx's live update keeps them: a restarted
+daemon listens on ``<socket>.d/<domid>`` again and its guests can reconnect.
+Connections, watches and transactions belong to live clients and are gone.
 
 A damaged journal is not fatal: replay stops at the first bad record, one line says
 where and why, the damaged file is kept aside as ``journal.damaged-<time>``, and the
@@ -88,6 +89,7 @@ class DurableState:
         if damaged or self._size >= self.compact_at:
             self.compact()
         self.xs.store.changes = []
+        self.xs.domains_changed = set()
         return found
 
     def _load_snapshot(self) -> bool:
@@ -99,6 +101,7 @@ class DurableState:
             entries = data["nodes"]
             seq = int(data.get("seq", 0))
             special = data.get("special", {})
+            domain_ops = [["dom", *d] for d in data.get("domains", [])]
             nodes = [(e["path"], _node_from(e)) for e in entries]
             special_perms = {
                 name: tuple(parse_perm(p) for p in perms) for name, perms in special.items()
@@ -117,6 +120,11 @@ class DurableState:
         for name, perms in special_perms.items():
             if name in self.xs.special_perms and perms:
                 self.xs.special_perms[name] = perms
+        try:
+            for op in domain_ops:
+                journal.apply_domain(self.xs.domains, op)
+        except (ValueError, TypeError) as e:
+            raise StateError(f"{source}: a damaged domain entry ({e}); move it away") from e
         self.seq = seq
         return True
 
@@ -136,7 +144,9 @@ class DurableState:
                 )
                 break
             try:
-                journal.apply_ops(self.xs.store, self.xs.special_perms, record.ops)
+                journal.apply_ops(
+                    self.xs.store, self.xs.special_perms, record.ops, self.xs.domains
+                )
             except journal.JournalError as e:
                 problem = f"record at byte {record.offset} cannot be applied ({e})"
                 break
@@ -177,10 +187,15 @@ class DurableState:
     def commit(self) -> None:
         """Make the changes of the request just handled durable (before its reply)."""
         changes = self.xs.store.take_changes()
-        if not changes:
+        domains = self.xs.domains_changed
+        if not changes and not domains:
             return
+        ops = journal.encode_ops(changes)
+        if domains:
+            ops += journal.encode_domains(self.xs.domains, domains)
+            domains.clear()
         self.seq += 1
-        record = journal.encode_record(self.seq, journal.encode_ops(changes))
+        record = journal.encode_record(self.seq, ops)
         _write_all(self._fd, record)
         os.fdatasync(self._fd)
         self._size += len(record)
@@ -219,13 +234,25 @@ class DurableState:
             for path, node in self.xs.store.walk("/")
         ]
         special = {name: [str(p) for p in perms] for name, perms in self.xs.special_perms.items()}
-        return {"version": 2, "seq": self.seq, "nodes": nodes, "special": special}
+        domains = [
+            [d.domid, d.port, d.target, d.target_refs]
+            for d in sorted(self.xs.domains.values(), key=lambda d: d.domid)
+            if d.introduced and d.domid != 0
+        ]
+        return {
+            "version": 2,
+            "seq": self.seq,
+            "nodes": nodes,
+            "special": special,
+            "domains": domains,
+        }
 
     def close(self) -> None:
         """A clean stop: everything goes into the snapshot."""
         if self._fd < 0:
             return
         self.xs.store.changes = None
+        self.xs.domains_changed = None
         self.compact()
         os.close(self._fd)
         self._fd = -1

@@ -147,6 +147,10 @@ class XenStoreServer:
         for stale in self.domain_dir.iterdir():
             with contextlib.suppress(OSError):
                 stale.unlink()
+        # Domains restored from a state directory can reconnect at once.
+        for domid, dom in sorted(self.core.domains.items()):
+            if dom.introduced and domid != self.core.priv_domid:
+                self._open_domain_socket(domid)
         log.info("xenstored listening on %s", self.socket_path)
 
     async def serve_forever(self) -> None:
