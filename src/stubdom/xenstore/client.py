@@ -19,6 +19,16 @@ Usage::
 Every request has a timeout (`Client.timeout`, default 10 s, or ``timeout=`` per
 call; None waits for ever) and raises `XenStoreTimeout` when it expires.  The
 request stays on the wire; its late reply is recognised and dropped.
+
+``reconnect=SECONDS`` makes the client outlive a restart of the daemon (one with a
+state directory, which keeps the tree and the introductions), as a ring outlives cx's
+live update: when the connection drops, the client connects again for up to that many
+seconds, registers its watches again (each fires once, so every watcher looks again at
+what it watches) and re-sends the requests that had no reply.  Requests of a
+transaction cannot be re-sent (the daemon forgot the transaction): they fail with
+`TransactionConflict`, which `Client.retry_transaction` answers by running the block
+again.  A re-sent request may have been applied once already: WRITE, MKDIR and
+SET_PERMS do not mind; an RM may then answer ENOENT.
 """
 
 from __future__ import annotations
@@ -208,13 +218,24 @@ class Client(_NodeOps):
         timeout: float | None = DEFAULT_TIMEOUT,
         check_paths: bool = True,
         max_reply: int = DEFAULT_MAX_REPLY,
+        reconnect: float | None = None,
+        path: str | None = None,
     ) -> None:
         self.timeout = timeout
         self.check_paths = check_paths
         self._client = self
         self._tx_id = 0
         self._transport = transport
+        self._max_reply = max_reply
         self._proto = ClientProtocol(max_reply=max_reply)
+        #: Seconds to keep trying to connect again after the connection drops.
+        self.reconnect = reconnect
+        #: What `Client.connect` was given, to connect again the same way.
+        self._connect_path = path
+        #: Bumped on each reconnection: transactions of an older epoch are void.
+        self.epoch = 0
+        self._online = asyncio.Event()
+        self._online.set()
         self._waiters: dict[int, asyncio.Future[Reply]] = {}
         self._watches: dict[str, Watch] = {}
         self._tokens = itertools.count(1)
@@ -232,11 +253,19 @@ class Client(_NodeOps):
         timeout: float | None = DEFAULT_TIMEOUT,
         check_paths: bool = True,
         max_reply: int = DEFAULT_MAX_REPLY,
+        reconnect: float | None = None,
     ) -> Client:
         """Connect like libxenstore ``xs_open``: ``path``, else socket, else xenbus."""
         transport = await open_transport(path)
         log.debug("connected to %s", transport.description)
-        return cls(transport, timeout=timeout, check_paths=check_paths, max_reply=max_reply)
+        return cls(
+            transport,
+            timeout=timeout,
+            check_paths=check_paths,
+            max_reply=max_reply,
+            reconnect=reconnect,
+            path=path,
+        )
 
     @property
     def description(self) -> str:
@@ -268,24 +297,99 @@ class Client(_NodeOps):
     # -- the reader task -------------------------------------------------------
 
     async def _read_loop(self) -> None:
-        reason = ConnectionClosed(f"xenstore connection {self.description} closed by the server")
+        reason = ConnectionClosed(f"xenstore connection {self.description} closed")
+        try:
+            while True:
+                lost = await self._pump()
+                if self.reconnect is None or self._closed is not None:
+                    reason = lost
+                    break
+                back = await self._reestablish(lost)
+                if back is not None:
+                    reason = back
+                    break
+        except asyncio.CancelledError:
+            reason = ConnectionClosed(f"xenstore connection {self.description} closed")
+            raise
+        finally:
+            self._shutdown(reason)
+
+    async def _pump(self) -> ConnectionClosed:
+        """Read and dispatch until the connection ends; why it ended."""
         try:
             while True:
                 data = await self._transport.read()
                 if not data:
-                    break
+                    return ConnectionClosed(
+                        f"xenstore connection {self.description} closed by the server"
+                    )
                 self._proto.receive_data(data)
                 for event in self._proto.events():
                     self._dispatch(event)
-        except asyncio.CancelledError:
-            reason = ConnectionClosed(f"xenstore connection {self.description} closed")
-            raise
         except (OSError, ProtocolError) as exc:
             log.warning("xenstore connection %s failed: %s", self.description, exc)
             reason = ConnectionClosed(f"xenstore connection {self.description} failed: {exc}")
             reason.__cause__ = exc
-        finally:
-            self._shutdown(reason)
+            return reason
+
+    async def _reestablish(self, lost: ConnectionClosed) -> ConnectionClosed | None:
+        """Connect again, re-register the watches, re-send what had no reply.
+
+        Returns None once connected again, or why the client gives up.
+        """
+        assert self.reconnect is not None
+        log.warning("%s; connecting again (for up to %g s)", lost, self.reconnect)
+        self._online.clear()
+        self._transport.close()
+        outstanding = self._proto.clear()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.reconnect
+        delay = 0.01
+        while True:
+            try:
+                transport = await open_transport(self._connect_path)
+                break
+            except OSError as e:
+                if loop.time() + delay > deadline:
+                    return ConnectionClosed(
+                        f"{lost}; xenstored did not come back within {self.reconnect:g} s "
+                        f"({e.strerror or e})"
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.2)
+        self._transport = transport
+        self._proto = ClientProtocol(max_reply=self._max_reply)
+        self.epoch += 1
+        # Watches first: their initial events make every watcher look again.
+        in_flight_watches = {
+            req.payload for req in outstanding if req.op == Op.WATCH and not req.abandoned
+        }
+        for watch in self._watches.values():
+            payload = args_payload(watch.path, watch.token)
+            if payload not in in_flight_watches:
+                req, data = self._proto.send(Op.WATCH, payload)
+                self._proto.abandon(req)  # nobody waits for this reply
+                transport.write(data)
+        for req in outstanding:
+            fut = self._waiters.pop(req.req_id, None)
+            if fut is None or fut.done() or req.abandoned:
+                continue
+            if req.tx_id:
+                fut.set_exception(
+                    TransactionConflict(
+                        op=_op_name(req.op),
+                        path=f"transaction {req.tx_id}",
+                        message="xenstored restarted and forgot the transaction; run it again",
+                    )
+                )
+                fut.exception()
+                continue
+            new, data = self._proto.send(req.op, req.payload)
+            self._waiters[new.req_id] = fut
+            transport.write(data)
+        self._online.set()
+        log.warning("connected to %s again", transport.description)
+        return None
 
     def _dispatch(self, event: Reply | WatchEvent) -> None:
         if isinstance(event, WatchEvent):
@@ -303,6 +407,7 @@ class Client(_NodeOps):
         if self._closed is not None:
             return
         self._closed = reason
+        self._online.set()  # requests waiting for a reconnection see the closure
         self._transport.close()
         self._proto.clear()
         waiters, self._waiters = self._waiters, {}
@@ -338,6 +443,16 @@ class Client(_NodeOps):
                 path=what,
                 message=f"request of {len(payload)} bytes exceeds {PAYLOAD_MAX}",
             )
+        limit = self.timeout if timeout is DEFAULT else timeout
+        if not self._online.is_set():
+            try:
+                async with asyncio.timeout(limit):
+                    await self._online.wait()
+            except TimeoutError:
+                raise XenStoreTimeout(
+                    f"xenstore {op_name}: not connected again within {limit:g} s"
+                ) from None
+            self._raise_closed()
         req, data = self._proto.send(op, payload, tx_id)
         log.debug(
             "%s: -> %s req_id=%d tx_id=%d %s",
@@ -349,11 +464,15 @@ class Client(_NodeOps):
         )
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._waiters[req.req_id] = fut
-        limit = self.timeout if timeout is DEFAULT else timeout
         try:
-            self._transport.write(data)
             async with asyncio.timeout(limit):
-                await self._transport.drain()
+                try:
+                    self._transport.write(data)
+                    await self._transport.drain()
+                except ConnectionClosed:
+                    if self.reconnect is None:
+                        raise
+                    # The reader connects again and re-sends this request.
                 return await fut
         except TimeoutError:
             where = " ".join(x for x in ("xenstore", op_name, what) if x)
@@ -669,6 +788,7 @@ class Transaction(_NodeOps):
         self._client = client
         self._tx_id = tx_id or 0
         self._open = tx_id is not None
+        self._epoch = client.epoch
 
     @property
     def tx_id(self) -> int:
@@ -682,6 +802,7 @@ class Transaction(_NodeOps):
         if self._open:
             raise RuntimeError(f"transaction {self._tx_id} is already open")
         self._tx_id = await self._client.transaction_start(timeout=timeout)
+        self._epoch = self._client.epoch
         self._open = True
         return self
 
@@ -689,20 +810,32 @@ class Transaction(_NodeOps):
         """END "T": raises `TransactionConflict` if another change got in first."""
         self._check_open()
         self._open = False
+        self._check_epoch("TRANSACTION_END")
         await self._client.transaction_end(self._tx_id, True, timeout=timeout)
 
     async def abort(self, *, timeout: TimeoutArg = DEFAULT) -> None:
         """END "F": discard every change made in the transaction."""
         self._check_open()
         self._open = False
+        if self._epoch != self._client.epoch:
+            return  # the restarted daemon never knew it
         await self._client.transaction_end(self._tx_id, False, timeout=timeout)
 
     def _check_open(self) -> None:
         if not self._open:
             raise RuntimeError(f"transaction {self._tx_id or '(not started)'} is not open")
 
+    def _check_epoch(self, op: str) -> None:
+        if self._epoch != self._client.epoch:
+            raise TransactionConflict(
+                op=op,
+                path=f"transaction {self._tx_id}",
+                message="xenstored restarted and forgot the transaction; run it again",
+            )
+
     async def _rpc(self, op: Op, payload: bytes, what: str | None, timeout: TimeoutArg) -> bytes:
         self._check_open()
+        self._check_epoch(op.name)
         return await super()._rpc(op, payload, what, timeout)
 
     async def __aenter__(self) -> Transaction:
@@ -736,9 +869,12 @@ async def open_client(
     timeout: float | None = DEFAULT_TIMEOUT,
     check_paths: bool = True,
     max_reply: int = DEFAULT_MAX_REPLY,
+    reconnect: float | None = None,
 ) -> Client:
     """Shorthand for `Client.connect`."""
-    return await Client.connect(path, timeout=timeout, check_paths=check_paths, max_reply=max_reply)
+    return await Client.connect(
+        path, timeout=timeout, check_paths=check_paths, max_reply=max_reply, reconnect=reconnect
+    )
 
 
 __all__ = [

@@ -48,6 +48,9 @@ class _ClientProtocol(asyncio.Protocol):
         # A stream transport (uvloop's are not asyncio.Transport subclasses).
         self.transport = cast(asyncio.Transport, transport)
         core = self.server.core
+        if self.server.closing:
+            transport.close()  # accepted just before the server closed
+            return
         if self.domid != 0 and core.introduced(self.domid) is None:
             transport.close()  # the domain was released while this was in the backlog
             return
@@ -126,6 +129,8 @@ class XenStoreServer:
         self._domain_servers: dict[int, asyncio.Server] = {}
         self._pending_servers: dict[int, tuple[socket.socket, asyncio.Task[asyncio.Server]]] = {}
         self._closed = asyncio.Event()
+        #: Set by `close`: connections accepted from now on are closed at once.
+        self.closing = False
 
     @property
     def domain_dir(self) -> Path:
@@ -157,6 +162,12 @@ class XenStoreServer:
         await self._closed.wait()
 
     async def close(self) -> None:
+        self.closing = True
+        # asyncio may have accepted a connection whose protocol is not made yet; once
+        # the server is closed such a socket would be leaked and its client hang.  Let
+        # those finish (`connection_made` closes them now).
+        for _ in range(3):
+            await asyncio.sleep(0)
         if self._main is not None:
             self._main.close()
         for domid in list(self._domain_servers):
