@@ -22,7 +22,7 @@ from typing import Any
 
 from stubdom.host.api import ApiServer
 from stubdom.host.rundir import RunDir, write_pid
-from stubdom.xenstore import Client
+from stubdom.xenstore import RECONNECT, Client
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ async def serve(run_dir: RunDir) -> None:
         stack.callback(_remove, run_dir.host_pid)
 
         async def connect(purpose: str) -> Client:
-            xs = await Client.connect(xenstored_socket)
+            xs = await Client.connect(xenstored_socket, reconnect=RECONNECT)
             stack.push_async_callback(xs.close)
             log.debug("connected to xenstored for %s", purpose)
             return xs

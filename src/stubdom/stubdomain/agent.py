@@ -35,7 +35,7 @@ from stubdom.host.frontend.console import Console, ConsoleError, connect_console
 from stubdom.stubdomain import commands as cmds
 from stubdom.stubdomain.args import AgentOptions, DmArgsError, build_argv, parse_dm_args
 from stubdom.stubdomain.discovery import Discovered, discover, run_pcifront
-from stubdom.xenstore import Client, ConnectionClosed, NoEntry, Watch, XenStoreError
+from stubdom.xenstore import RECONNECT, Client, ConnectionClosed, NoEntry, Watch, XenStoreError
 
 log = logging.getLogger(__name__)
 
@@ -418,7 +418,7 @@ async def run_agent(
     """Connect (``XENSTORED_PATH``), log to console 0, run until stopped; exit status.
     With ``fatal`` (the kernel command line was bad) only log it there and fail."""
     if client is None:
-        client = await Client.connect()
+        client = await Client.connect(reconnect=RECONNECT)
     handler = ConsoleLogHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()

@@ -15,7 +15,7 @@ from stubdom.host.api import HostNotRunning, RemoteHypervisor
 from stubdom.host.hypervisor import DomainInfo, Hypervisor, HypervisorError
 from stubdom.host.rundir import RunDir, resolve
 from stubdom.toolstack.spawn import HostPaths
-from stubdom.xenstore import Client
+from stubdom.xenstore import RECONNECT, Client
 
 
 class ToolstackError(Exception):
@@ -67,7 +67,7 @@ async def open_session(directory: str | None = None) -> AsyncIterator[Session]:
     except HypervisorError as e:
         raise ToolstackError(str(e)) from None
     try:
-        xs = await Client.connect(str(rd.xenstored_socket))
+        xs = await Client.connect(str(rd.xenstored_socket), reconnect=RECONNECT)
     except OSError as e:
         await hv.close()
         raise ToolstackError(

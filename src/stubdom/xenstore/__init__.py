@@ -10,6 +10,7 @@ from stubdom.wire.perms import Access, Perm, parse_perm
 from stubdom.xenstore.client import (
     DEFAULT,
     DEFAULT_TIMEOUT,
+    RECONNECT,
     Client,
     Transaction,
     Watch,
@@ -61,6 +62,7 @@ __all__ = [
     "DEFAULT",
     "DEFAULT_TIMEOUT",
     "ERROR_CLASSES",
+    "RECONNECT",
     "Access",
     "AlreadyConnected",
     "AlreadyExists",

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import errno
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Generator, Sequence
@@ -61,6 +62,7 @@ from stubdom.xenstore.protocol import (
     DirectoryPager,
     DirectoryPart,
     Reply,
+    Request,
     WatchEvent,
     args_payload,
     parse_bool,
@@ -79,6 +81,11 @@ T = TypeVar("T")
 
 #: Default per-request timeout in seconds.
 DEFAULT_TIMEOUT = 10.0
+#: ``reconnect`` of the stack's own long-lived clients (host, agent, toolstack): a
+#: xenstored restarted with its state directory is back well within this.
+RECONNECT = 30.0
+#: How long a reconnecting client waits for a socket file that does not exist.
+SOCKET_GONE_GRACE = 1.0
 
 
 class _Default(enum.Enum):
@@ -311,6 +318,10 @@ class Client(_NodeOps):
         except asyncio.CancelledError:
             reason = ConnectionClosed(f"xenstore connection {self.description} closed")
             raise
+        except Exception as exc:  # a bug must not look like a clean close
+            log.exception("xenstore connection %s: reader failed", self.description)
+            reason = ConnectionClosed(f"xenstore connection {self.description} failed: {exc!r}")
+            reason.__cause__ = exc
         finally:
             self._shutdown(reason)
 
@@ -338,58 +349,87 @@ class Client(_NodeOps):
         Returns None once connected again, or why the client gives up.
         """
         assert self.reconnect is not None
-        log.warning("%s; connecting again (for up to %g s)", lost, self.reconnect)
+        log.info("%s; connecting again (for up to %g s)", lost, self.reconnect)
         self._online.clear()
         self._transport.close()
         outstanding = self._proto.clear()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.reconnect
         delay = 0.01
+        missing_since: float | None = None
         while True:
             try:
                 transport = await open_transport(self._connect_path)
-                break
             except OSError as e:
-                if loop.time() + delay > deadline:
-                    return ConnectionClosed(
-                        f"{lost}; xenstored did not come back within {self.reconnect:g} s "
-                        f"({e.strerror or e})"
-                    )
+                now = loop.time()
+                # A socket that stays gone was removed on purpose (the domain was
+                # released); a restarting daemon leaves it refusing, or rebinds it at once.
+                if e.errno == errno.ENOENT:
+                    missing_since = now if missing_since is None else missing_since
+                else:
+                    missing_since = None
+                gone = missing_since is not None and now - missing_since > SOCKET_GONE_GRACE
+                if gone or now + delay > deadline:
+                    why = "its socket is gone" if gone else (
+                        f"xenstored did not come back within {self.reconnect:g} s")
+                    return ConnectionClosed(f"{lost}; {why} ({e.strerror or e})")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.2)
-        self._transport = transport
-        self._proto = ClientProtocol(max_reply=self._max_reply)
-        self.epoch += 1
-        # Watches first: their initial events make every watcher look again.
+                continue
+            try:
+                self._resume_on(transport, outstanding)
+                break
+            except OSError as e:  # the new connection failed at once: try again
+                log.info("xenstore connection %s failed again: %s", transport.description, e)
+                transport.close()
+        self._online.set()
+        log.info("connected to %s again", transport.description)
+        return None
+
+    def _resume_on(self, transport: Transport, outstanding: list[Request]) -> None:
+        """Carry on over a new connection: the watches again first (their initial
+        events make every watcher look again), then the requests that had no reply.
+        Writes everything at once; changes nothing if the write fails."""
+        proto = ClientProtocol(max_reply=self._max_reply)
+        data: list[bytes] = []
         in_flight_watches = {
             req.payload for req in outstanding if req.op == Op.WATCH and not req.abandoned
         }
         for watch in self._watches.values():
             payload = args_payload(watch.path, watch.token)
             if payload not in in_flight_watches:
-                req, data = self._proto.send(Op.WATCH, payload)
-                self._proto.abandon(req)  # nobody waits for this reply
-                transport.write(data)
+                req, message = proto.send(Op.WATCH, payload)
+                proto.abandon(req)  # nobody waits for this reply
+                data.append(message)
+        moved: list[tuple[int, Request, asyncio.Future[Reply]]] = []
+        void: list[tuple[Request, asyncio.Future[Reply]]] = []
         for req in outstanding:
-            fut = self._waiters.pop(req.req_id, None)
+            fut = self._waiters.get(req.req_id)
             if fut is None or fut.done() or req.abandoned:
                 continue
             if req.tx_id:
-                fut.set_exception(
-                    TransactionConflict(
-                        op=_op_name(req.op),
-                        path=f"transaction {req.tx_id}",
-                        message="xenstored restarted and forgot the transaction; run it again",
-                    )
-                )
-                fut.exception()
+                void.append((req, fut))
                 continue
-            new, data = self._proto.send(req.op, req.payload)
+            new, message = proto.send(req.op, req.payload)
+            moved.append((req.req_id, new, fut))
+            data.append(message)
+        transport.write(b"".join(data))  # OSError: nothing above is visible yet
+        self._transport = transport
+        self._proto = proto
+        self.epoch += 1
+        for old_id, new, fut in moved:
+            del self._waiters[old_id]
             self._waiters[new.req_id] = fut
-            transport.write(data)
-        self._online.set()
-        log.warning("connected to %s again", transport.description)
-        return None
+        for req, fut in void:
+            del self._waiters[req.req_id]
+            fut.set_exception(
+                TransactionConflict(
+                    op=_op_name(req.op),
+                    path=f"transaction {req.tx_id}",
+                    message="xenstored restarted and forgot the transaction; run it again",
+                )
+            )
+            fut.exception()
 
     def _dispatch(self, event: Reply | WatchEvent) -> None:
         if isinstance(event, WatchEvent):
@@ -880,6 +920,7 @@ async def open_client(
 __all__ = [
     "DEFAULT",
     "DEFAULT_TIMEOUT",
+    "RECONNECT",
     "Client",
     "TimeoutArg",
     "Transaction",

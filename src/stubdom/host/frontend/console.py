@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 
 from stubdom.host.xenbus import FrontendHandshake, XenbusState
 from stubdom.xenstore import (
+    RECONNECT,
     Client,
     ConnectionClosed,
     NoEntry,
@@ -478,7 +479,9 @@ class SyncConsole:
         self._att: _Attachment | None = None
         self._sock: socket.socket | None = None
         try:
-            self._client: Client = self._runner.call(Client.connect(xenstored_path))
+            self._client: Client = self._runner.call(
+                Client.connect(xenstored_path, reconnect=RECONNECT)
+            )
             self._att, self._sock = self._runner.call(self._open())
         except BaseException:
             self._shutdown_client()
