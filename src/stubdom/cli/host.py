@@ -32,6 +32,7 @@ from stubdom.host.rundir import (
     RunDir,
     RunDirError,
     process_alive,
+    process_cmdline,
     process_is_ours,
     processes_using,
     read_pid,
@@ -236,14 +237,25 @@ def _wait_until(ready: Callable[[], bool], proc: subprocess.Popen[bytes], timeou
     return False
 
 
-def _start(rd: RunDir, trace: str | None = None) -> tuple[int, int]:
-    xs_args = ["xenstored", "--socket", str(rd.xenstored_socket)]
+def _xenstored_args(rd: RunDir, trace: str | None, durable: bool) -> list[str]:
+    args = ["xenstored", "--socket", str(rd.xenstored_socket)]
     if trace is not None:
-        xs_args += ["--trace", os.path.abspath(trace)]
-    xs = _spawn(rd, xs_args, rd.xenstored_log)
+        args += ["--trace", os.path.abspath(trace)]
+    if durable:
+        args += ["--state-dir", str(rd.xenstored_state)]
+    return args
+
+
+def _start_xenstored(rd: RunDir, args: list[str]) -> int:
+    xs = _spawn(rd, args, rd.xenstored_log)
     write_pid(rd.xenstored_pid, xs.pid)
     if not _wait_until(lambda: _socket_answers(rd.xenstored_socket), xs, START_TIMEOUT):
         raise _start_failed(rd, "xenstored", rd.xenstored_log)
+    return xs.pid
+
+
+def _start(rd: RunDir, trace: str | None = None, durable: bool = False) -> tuple[int, int]:
+    xs_pid = _start_xenstored(rd, _xenstored_args(rd, trace, durable))
 
     daemon = _spawn(rd, ["host", "daemon", "--dir", str(rd.root)], rd.host_log)
 
@@ -258,7 +270,7 @@ def _start(rd: RunDir, trace: str | None = None) -> tuple[int, int]:
 
     if not _wait_until(answers, daemon, START_TIMEOUT):
         raise _start_failed(rd, "the host daemon", rd.host_log)
-    return xs.pid, daemon.pid
+    return xs_pid, daemon.pid
 
 
 def _exports(rd: RunDir, directory: str | None) -> None:
@@ -273,7 +285,13 @@ def _exports(rd: RunDir, directory: str | None) -> None:
 @host.command("up")
 @dir_option
 @click.option("--trace", default=None, help="xenstored appends every packet to FILE (JSON lines).")
-def up(directory: str | None, trace: str | None) -> None:
+@click.option(
+    "--durable",
+    is_flag=True,
+    help="xenstored journals every change (--state-dir), so that "
+    "'stubdom host restart-xenstored' keeps the tree and the domains.",
+)
+def up(directory: str | None, trace: str | None, durable: bool) -> None:
     """Start the host in the background, or find it running; print its export lines.
 
     Use as: eval "$(stubdom host up)".  Xen's tools then reach the host's xenstored.
@@ -293,7 +311,7 @@ def up(directory: str | None, trace: str | None) -> None:
                     _say(f"cleaning up what is left of an earlier host in {rd.root}")
                     _stop(rd, probe)
                     rd.create()  # the clean-up removed the empty directories
-                xs_pid, host_pid = _start(rd, trace)
+                xs_pid, host_pid = _start(rd, trace, durable)
                 _say(f"started in {rd.root} (host pid {host_pid}, xenstored pid {xs_pid})")
     except RunDirError as e:
         raise click.ClickException(str(e)) from None
@@ -387,6 +405,44 @@ def down(directory: str | None) -> None:
     if stray:
         _say(f"warning: processes still use {rd.root}: {', '.join(map(str, stray))}")
     _say(f"stopped the host in {rd.root}")
+
+
+@host.command("restart-xenstored")
+@dir_option
+@click.option("--kill", is_flag=True, help="SIGKILL it (a crash) instead of SIGTERM.")
+def restart_xenstored(directory: str | None, kill: bool) -> None:
+    """Stop the host's xenstored and start it again on the same socket and state.
+
+    Needs a host started with 'stubdom host up --durable'.  Clients of the host (its
+    daemon, stubdomains, the toolstack) connect again by themselves.
+    """
+    rd = _run_dir(directory)
+    with rd.locked():
+        pid = _live_pid(rd, rd.xenstored_pid)
+        if pid is None:
+            raise click.ClickException(
+                f"xenstored of the host in {rd.root} is not running; "
+                "'stubdom host down' then 'stubdom host up --durable'"
+            )
+        args = process_cmdline(pid)
+        try:
+            args = args[args.index("xenstored") :]
+        except ValueError:
+            raise click.ClickException(f"pid {pid} does not look like xenstored: {args}") from None
+        if "--state-dir" not in args:
+            raise click.ClickException(
+                f"the xenstored of the host in {rd.root} keeps no state, so a restart "
+                "would lose the tree; start the host with 'stubdom host up --durable'"
+            )
+        if kill:
+            signal_process(pid, signal.SIGKILL)
+            _wait_gone(pid, STOP_TIMEOUT)
+        else:
+            _end(pid, "xenstored", STOP_TIMEOUT)
+        with contextlib.suppress(FileNotFoundError):
+            rd.xenstored_socket.unlink()  # a killed daemon leaves it
+        new_pid = _start_xenstored(rd, args)
+    _say(f"xenstored restarted in {rd.root} (pid {pid} -> {new_pid})")
 
 
 @host.command("daemon", hidden=True)

@@ -22,6 +22,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import shutil
 import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -70,6 +71,11 @@ class RunDir:
     @property
     def xenstored_socket(self) -> Path:
         return self.xenstored_dir / "socket"
+
+    @property
+    def xenstored_state(self) -> Path:
+        """``host up --durable``: xenstored's --state-dir (the host's life only)."""
+        return self.xenstored_dir / "state"
 
     @property
     def xenstored_pid(self) -> Path:
@@ -155,6 +161,10 @@ class RunDir:
         so every socket goes, not only the ones we know by name.  Returns what went.
         """
         removed = []
+        if self.xenstored_state.is_dir():
+            # Its domains died with the host: a new host must not inherit the tree.
+            shutil.rmtree(self.xenstored_state, ignore_errors=True)
+            removed.append(self.xenstored_state)
         sockets = [p for p in self.root.rglob("*") if _is_socket(p)]
         for p in (*self.pid_files(), *sockets):
             with contextlib.suppress(FileNotFoundError):
