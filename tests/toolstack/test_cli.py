@@ -177,3 +177,20 @@ def test_the_default_stubdomain_kernel_is_the_agent(host: Host) -> None:
     host.run("pci-attach", "win7", "03:00.0")
     assert host.run("pci-list", "win7").stdout.splitlines()[1:] == ["05.0 0000:03:00.0"]
     host.run("destroy", "win7")
+
+
+def test_pause_and_unpause(host: Host) -> None:
+    host.run("create", str(host.config()))
+
+    def state() -> str:
+        rows = host.run("list", "win7").stdout.splitlines()
+        return rows[1].split()[4]
+
+    assert "p" not in state()
+    host.run("pause", "win7")
+    assert state() == "--p---"
+    host.run("unpause", "1")
+    assert "p" not in state()
+    r = host.run("pause", "nope", check=False)
+    assert r.returncode == 1
+    assert r.stderr == "Error: no domain 'nope'; 'stubdom list' shows the domains\n"

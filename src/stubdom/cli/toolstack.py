@@ -111,6 +111,32 @@ def destroy(domain: str, directory: str | None) -> None:
     run(body, directory)
 
 
+@cli.command("pause")
+@click.argument("domain")
+@dir_option
+def pause(domain: str, directory: str | None) -> None:
+    """Pause a domain's vCPUs (xl pause); its device model is not told."""
+
+    async def body(s: Session) -> None:
+        info = await s.resolve_guest(domain)
+        await s.hv.pause(info.domid)
+
+    run(body, directory)
+
+
+@cli.command("unpause")
+@click.argument("domain")
+@dir_option
+def unpause(domain: str, directory: str | None) -> None:
+    """Unpause a domain (xl unpause): e.g. a guest a killed 'stubdom save' left paused."""
+
+    async def body(s: Session) -> None:
+        info = await s.resolve_guest(domain)
+        await s.hv.unpause(info.domid)
+
+    run(body, directory)
+
+
 async def _orphan_stubdom(s: Session, name_or_id: str) -> DomainInfo | None:
     """The stubdomain ``name_or_id`` names, if its guest no longer exists."""
     infos = await s.domains()
