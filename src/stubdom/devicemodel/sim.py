@@ -141,7 +141,8 @@ class SimDeviceModel(DeviceModel):
             self._php_request = slots
         self.eject_delay = eject_delay
         self._sleep = sleep
-        self._log: LogFn = lambda _line: None
+        #: Where the machine's messages go (qemu's stderr); the module log until `start`.
+        self._log: LogFn = lambda line: log.info("%s", line)
         self._started = False
         self._stopped = False
         self._running = asyncio.Event()
@@ -170,7 +171,6 @@ class SimDeviceModel(DeviceModel):
     # -- building ----------------------------------------------------------------------
 
     def _emit(self, line: str) -> None:
-        log.info("%s", line)
         self._log(line)
 
     def _build(self, machine: MachineConfig) -> None:
