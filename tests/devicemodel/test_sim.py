@@ -339,6 +339,23 @@ async def test_save_pauses_and_restore_gives_the_machine_back() -> None:
     assert any("restored" in line for line in lines)
 
 
+async def test_guest_ram_travels_in_the_state_bit_for_bit() -> None:
+    """``ram_mb`` (the agent's --sim-ram): the RAM is in the state and comes back as is."""
+    dm, _ = await started(RICH, ram_mb=1)
+    state = await dm.save_state()
+    plain, _ = await started(RICH)
+    assert len(state) > (1 << 20) > len(await plain.save_state())
+    again, _ = await started(dataclasses.replace(RICH, guest_domid=9), state, ram_mb=1)
+    assert await again.save_state() == state  # a new domid does not change the RAM
+    with pytest.raises(DeviceModelError, match="ram_mb differs"):
+        await started(RICH, state, ram_mb=2)
+    with pytest.raises(DeviceModelError, match="ram_mb differs"):
+        await started(RICH, state)
+    payload = decode_state(state)[1]
+    with pytest.raises(StreamError, match="bytes of RAM for a machine of 1 MiB"):
+        await started(RICH, encode_state("sim", payload[:-1]), ram_mb=1)
+
+
 async def test_restored_pending_eject_completes() -> None:
     dm, _ = await started(RICH, eject_delay=None)
     devfn = await dm.pci_insert(req("03:00.0"))

@@ -115,6 +115,9 @@ def test_agent_options() -> None:
     assert opts == AgentOptions("qemu", True, AgentOptions.eject_delay) and rest == ["-d", "3"]
     assert split_agent_options(["--eject-delay=never"])[0].eject_delay is None
     assert split_agent_options(["--eject-delay=1.5"])[0].eject_delay == 1.5
-    for bad in ("--dm=bochs", "--compat=xend", "--eject-delay=soon", "--frob=1"):
+    assert split_agent_options(["--sim-ram=64"])[0].sim_ram_mb == 64
+    assert split_agent_options([])[0].sim_ram_mb == 0
+    for bad in ("--dm=bochs", "--compat=xend", "--eject-delay=soon", "--frob=1",
+                "--sim-ram=256", "--sim-ram=-1", "--sim-ram=1.5", "--sim-ram=\u0661"):
         with pytest.raises(DmArgsError):
             split_agent_options([bad])

@@ -29,6 +29,10 @@ lie in a hot-plug slot and be free, else -2 ``wrong bdf or vdevfn``; AUTO takes
 function 0 of the first hot-plug slot whose 8 functions are all free (slot 2 skipped
 with gfx_passthru), else -1 ``no free hotplug devfn``; the IGD (host 00:02.x) with
 gfx_passthru goes to 02.x.
+
+Guest RAM: with ``ram_mb`` (the agent's ``--sim-ram=MIB``) the machine also holds that
+many MiB of RAM contents (pseudo-random, seeded by the guest's domid), so that a save
+has the size of a real one.  The payload is then the JSON, a NUL and the RAM bytes.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -118,7 +123,8 @@ class SimDeviceModel(DeviceModel):
 
     ``eject_delay``: seconds the simulated guest takes to answer an ACPI eject request
     (``None``: it never does).  ``php_slots``: the hot-plug slots (default: every slot
-    the fixed devices leave free).  ``sleep``: injected for the eject delay.
+    the fixed devices leave free).  ``sleep``: injected for the eject delay.  ``ram_mb``:
+    MiB of guest RAM contents carried in the saved state (0: none).
     """
 
     name = "sim"
@@ -129,9 +135,14 @@ class SimDeviceModel(DeviceModel):
         eject_delay: float | None = 0.0,
         php_slots: Iterable[int] | None = None,
         sleep: SleepFn = asyncio.sleep,
+        ram_mb: int = 0,
     ) -> None:
         if eject_delay is not None and eject_delay < 0:
             raise ValueError(f"eject_delay {eject_delay} is negative")
+        if ram_mb < 0:
+            raise ValueError(f"ram_mb {ram_mb} is negative")
+        self._ram_mb = ram_mb
+        self._ram = b""
         self._php_request: tuple[int, ...] | None = None
         if php_slots is not None:
             slots = tuple(sorted(set(php_slots)))
@@ -273,6 +284,8 @@ class SimDeviceModel(DeviceModel):
         self._machine = machine
         if state is not None:
             self._restore(state)
+        elif self._ram_mb:
+            self._ram = random.Random(machine.guest_domid).randbytes(self._ram_mb << 20)
         self._started = True
         self._running.set()
         self._emit(
@@ -410,7 +423,10 @@ class SimDeviceModel(DeviceModel):
         """Like qemu-trad's ``do_savevm``, which stops the VM before it saves."""
         self._check_live()
         await self.pause()
-        data = encode_state(self.name, _canonical(self._describe()))
+        payload = _canonical(self._describe())
+        if self._ram_mb:
+            payload = b"".join((payload, b"\0", self._ram))
+        data = encode_state(self.name, payload)
         self._emit(f"sim: saved {len(data)} bytes of device state")
         return data
 
@@ -468,7 +484,7 @@ class SimDeviceModel(DeviceModel):
 
     def _describe(self) -> dict[str, Json]:
         """The whole machine as JSON data, every collection in a canonical order."""
-        return {
+        out: dict[str, Json] = {
             "format": PAYLOAD_FORMAT,
             "version": PAYLOAD_VERSION,
             "fixed_pci": list(self._fixed.values()),
@@ -483,6 +499,9 @@ class SimDeviceModel(DeviceModel):
             "vcpus_online": sorted(self._vcpus_online),
             "usb_devices": list(self._usb_devices),
         }
+        if self._ram_mb:
+            out["ram_mb"] = self._ram_mb
+        return out
 
     def snapshot(self) -> dict[str, object]:
         snap: dict[str, object] = json.loads(_canonical(self._describe()))
@@ -504,7 +523,7 @@ class SimDeviceModel(DeviceModel):
     def _restore(self, state: bytes) -> None:
         """Load a saved state into the machine just built; refuse one from another
         machine (its fixed part must be what this configuration builds)."""
-        payload = decode_state_for(self.name, state)
+        payload, nul, ram = decode_state_for(self.name, state).partition(b"\0")
         try:
             saved = json.loads(payload)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -523,6 +542,15 @@ class SimDeviceModel(DeviceModel):
                     f"sim state does not fit this machine: {key} differs "
                     f"(saved {json.dumps(saved.get(key))}, here {json.dumps(here[key])})"
                 )
+        if saved.get("ram_mb", 0) != self._ram_mb:
+            raise DeviceModelError(
+                f"sim state does not fit this machine: ram_mb differs "
+                f"(saved {json.dumps(saved.get('ram_mb', 0))}, here {self._ram_mb})"
+            )
+        if len(ram) != self._ram_mb << 20 or bool(nul) != bool(self._ram_mb):
+            raise StreamError(
+                f"sim state: {len(ram)} bytes of RAM for a machine of {self._ram_mb} MiB"
+            )
         try:
             pt: dict[int, _Passthrough] = {}
             for entry in saved["passthrough"]:
@@ -547,6 +575,7 @@ class SimDeviceModel(DeviceModel):
         self._vcpus_online = online
         self._usb_devices = usb
         self.awaiting_reattach = set(pt)
+        self._ram = ram
         if _canonical(self._describe()) != payload:
             raise StreamError("sim state: not in canonical form (re-encoding differs)")
         self._emit(

@@ -1,8 +1,8 @@
 """The device model's command line: Mini-OS's argv and qemu-trad's options (reference §1.3, §1.4).
 
 argv is the kernel command line words followed by the dmargs words (`build_argv`).  The
-agent's own options (``--dm=``, ``--compat=``, ``--eject-delay=``) may only come from the
-kernel command line; they are taken out first (`split_agent_options`).  The rest is
+agent's own options (``--dm=``, ``--compat=``, ``--eject-delay=``, ``--sim-ram=``) may only
+come from the kernel command line; they are taken out first (`split_agent_options`).  The rest is
 parsed as the qemu-traditional options libxl produces (`parse_dm_args`): a value qemu
 would reject (a missing argument, a number that is not one, a bad MAC) is a
 `DmArgsError` and stops the agent; what we understand but cannot honour in a
@@ -20,6 +20,8 @@ from stubdom.protocol import split_dmargs
 #: Backends the agent can drive (``--dm=``).
 BACKENDS = ("sim", "qemu")
 COMPAT_QEMU_TRAD = "qemu-trad"
+#: ``--sim-ram=MIB`` at most this: the saved state must fit the stream's MAX_PAYLOAD.
+MAX_SIM_RAM_MB = 255
 
 
 class DmArgsError(ValueError):
@@ -51,11 +53,12 @@ class AgentOptions:
     dm: str = "sim"
     compat: bool = False  # reproduce qemu-traditional to the letter
     eject_delay: float | None = 0.2  # the sim's guest ejects after this; None: never
+    sim_ram_mb: int = 0  # MiB of guest RAM contents the sim carries in its saved state
 
 
 def split_agent_options(words: list[str]) -> tuple[AgentOptions, list[str]]:
-    """Take ``--dm=``, ``--compat=`` and ``--eject-delay=`` out of ``words``."""
-    dm, compat, delay = "sim", False, AgentOptions.eject_delay
+    """Take ``--dm=``, ``--compat=``, ``--eject-delay=`` and ``--sim-ram=`` out of ``words``."""
+    dm, compat, delay, ram = "sim", False, AgentOptions.eject_delay, 0
     rest: list[str] = []
     for w in words:
         name, eq, value = w.partition("=")
@@ -82,11 +85,17 @@ def split_agent_options(words: list[str]) -> tuple[AgentOptions, list[str]]:
                         f"--eject-delay={_w(value)}: must be a finite, non-negative number of "
                         "seconds (or never)"
                     )
+        elif name == "--sim-ram":
+            if not value.isascii() or not value.isdigit() or int(value) > MAX_SIM_RAM_MB:
+                raise DmArgsError(
+                    f"--sim-ram={_w(value)}: MiB of guest RAM, 0 to {MAX_SIM_RAM_MB}"
+                )
+            ram = int(value)
         elif name.startswith("--") and eq:
             raise DmArgsError(f"{_w(w)}: unknown agent option")
         else:
             rest.append(w)
-    return AgentOptions(dm, compat, delay), rest
+    return AgentOptions(dm, compat, delay, ram), rest
 
 
 def build_argv(cmdline_words: list[str], dmargs: str) -> list[str]:

@@ -1,10 +1,11 @@
 """``stubdom-dm``: the executable the simulated host boots as a stubdomain kernel.
 
 argv is the kernel command line (`stubdomain_cmdline`): the agent's own options
-``--dm=sim|qemu``, ``--compat=qemu-trad`` and ``--eject-delay=SECONDS|never`` (when the
-sim's simulated guest acknowledges an eject), and, as in the xend era, any qemu options
-(they go before the dmargs words).  Exit status 0 on a clean stop (SIGTERM), 1 after a
-fatal error, which is logged on console 0 first.
+``--dm=sim|qemu``, ``--compat=qemu-trad``, ``--eject-delay=SECONDS|never`` (when the
+sim's simulated guest acknowledges an eject) and ``--sim-ram=MIB`` (guest RAM contents
+the sim carries in its saved state, for measuring large saves), and, as in the xend era,
+any qemu options (they go before the dmargs words).  Exit status 0 on a clean stop
+(SIGTERM), 1 after a fatal error, which is logged on console 0 first.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def make_backend(options: AgentOptions, work_dir: Path) -> DeviceModel:
         return QemuDeviceModel(work_dir)
     from stubdom.devicemodel.sim import SimDeviceModel
 
-    return SimDeviceModel(eject_delay=options.eject_delay)
+    return SimDeviceModel(eject_delay=options.eject_delay, ram_mb=options.sim_ram_mb)
 
 
 def main(argv: list[str] | None = None) -> int:
