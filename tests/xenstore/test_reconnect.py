@@ -178,3 +178,18 @@ async def test_a_guest_connection_comes_back_on_its_domain_socket(daemon: Restar
             await guest.close()
     finally:
         await dom0.close()
+
+
+async def test_stop_reconnecting_gives_up_at_once(daemon: Restartable) -> None:
+    xs = await Client.connect(str(daemon.sock), reconnect=GUARD)
+    try:
+        await daemon.stop()
+        pending = asyncio.ensure_future(xs.read("/"))
+        await asyncio.sleep(0.05)
+        assert not pending.done()  # waiting for the daemon to come back
+        xs.stop_reconnecting()
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(pending, GUARD)
+        assert xs.closed
+    finally:
+        await xs.close()

@@ -65,9 +65,12 @@ async def serve(run_dir: RunDir) -> None:
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(_remove, run_dir.host_pid)
 
+        clients: list[Client] = []
+
         async def connect(purpose: str) -> Client:
             xs = await Client.connect(xenstored_socket, reconnect=RECONNECT)
             stack.push_async_callback(xs.close)
+            clients.append(xs)
             log.debug("connected to xenstored for %s", purpose)
             return xs
 
@@ -104,6 +107,8 @@ async def serve(run_dir: RunDir) -> None:
 
         await stop.wait()
         log.info("stopping: destroying every domain, stopping the backends")
+        for client in clients:
+            client.stop_reconnecting()  # a dead xenstored must not hold up the stop
     log.info("host daemon stopped")
 
 

@@ -38,6 +38,7 @@ import enum
 import errno
 import itertools
 import logging
+import random
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -86,6 +87,9 @@ DEFAULT_TIMEOUT = 10.0
 RECONNECT = 30.0
 #: How long a reconnecting client waits for a socket file that does not exist.
 SOCKET_GONE_GRACE = 1.0
+#: `Client.retry_transaction`: a retry after the n-th conflict first pauses a random
+#: time up to this times 2**(n-1) (at most 32 times this).
+RETRY_BACKOFF = 0.001
 
 
 class _Default(enum.Enum):
@@ -248,6 +252,9 @@ class Client(_NodeOps):
         self._tokens = itertools.count(1)
         self._token_prefix = f"stubdom-{id(self):x}-"
         self._closed: ConnectionClosed | None = None
+        #: Serialises this client's retries after a conflict (see `retry_transaction`).
+        self._retry_lock = asyncio.Lock()
+        self._retry_owner: asyncio.Task[Any] | None = None
         self._reader = asyncio.get_running_loop().create_task(
             self._read_loop(), name=f"xenstore-reader {transport.description}"
         )
@@ -289,6 +296,14 @@ class Client(_NodeOps):
             self._reader.cancel()
         await asyncio.gather(self._reader, return_exceptions=True)
         await self._transport.wait_closed()
+
+    def stop_reconnecting(self) -> None:
+        """From now on a lost connection stays lost, and one being made again is
+        given up: for a process on its way out, which must not wait for a daemon."""
+        self.reconnect = None
+        if not self._online.is_set() and self._closed is None:
+            self._shutdown(ConnectionClosed(f"xenstore connection {self.description} lost"))
+            self._reader.cancel()
 
     async def __aenter__(self) -> Client:
         return self
@@ -623,17 +638,32 @@ class Client(_NodeOps):
         On `TransactionConflict` the whole block runs again, at most ``attempts``
         times in all; then the last conflict is raised.  ``fn`` must therefore be
         safe to repeat: do all reads through ``t``.  Returns what ``fn`` returned.
+
+        Contention: after a conflict, the retries of one client run one at a time
+        (many transactions of one process on the same parents, e.g. N creates at once,
+        would otherwise conflict again in lock step until every one gives up), after a
+        random pause of up to `RETRY_BACKOFF` doubled per conflict (against other
+        processes).
         """
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
         for attempt in range(1, attempts + 1):
             try:
-                async with self.transaction() as t:
-                    return await fn(t)
+                if attempt == 1 or self._retry_owner is asyncio.current_task():
+                    async with self.transaction() as t:
+                        return await fn(t)
+                async with self._retry_lock:
+                    self._retry_owner = asyncio.current_task()
+                    try:
+                        async with self.transaction() as t:
+                            return await fn(t)
+                    finally:
+                        self._retry_owner = None
             except TransactionConflict:
                 if attempt == attempts:
                     raise
                 log.debug("transaction conflict, attempt %d of %d", attempt, attempts)
+                await asyncio.sleep(random.uniform(0, RETRY_BACKOFF * 2 ** min(attempt - 1, 5)))
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- domains and control ---------------------------------------------------
