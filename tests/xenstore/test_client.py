@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from stubdom.xenstore import (
     XenStoreError,
     XenStoreTimeout,
 )
+from tests.support.daemons import Daemon
 from tests.xenstore.fakeserver import FakeServer
 
 GUARD = 10.0  # failure guard only: nothing here waits for time to pass
@@ -394,6 +396,25 @@ async def test_retry_transaction_gives_up(client: Client, server: FakeServer) ->
     assert calls == 3
     with pytest.raises(ValueError):
         await client.retry_transaction(body, attempts=0)
+
+
+async def test_concurrent_retry_transactions_of_one_client_all_commit(ours: Daemon) -> None:
+    """40 transactions that all create a child of one parent (as N creates at once
+    write /local/domain and /vm) conflict with each other; each still commits within
+    the default attempts, because one client's retries go one at a time."""
+    c = await Client.connect(ours.socket)
+    try:
+        async def body(t: Transaction, n: int) -> None:
+            with contextlib.suppress(NoEntry):
+                await t.rm(f"/p/{n}")
+            for k in range(10):
+                await t.write(f"/p/{n}/k{k}", b"v")
+
+        await asyncio.gather(*(c.retry_transaction(lambda t, n=n: body(t, n))
+                               for n in range(40)))
+        assert sorted(await c.directory("/p"), key=int) == [str(n) for n in range(40)]
+    finally:
+        await c.close()
 
 
 async def test_retry_transaction_does_not_retry_other_errors(client: Client) -> None:
