@@ -215,6 +215,22 @@ async def test_pci_insert_auto_and_requested_devfn(env: Env) -> None:
     assert await env.dom0.read_optional(command_path(S, G)) is None  # qemu deleted it
 
 
+async def test_a_running_device_model_needs_one_watch_set_per_command(env: Env) -> None:
+    """state already running: no separate wait for it (its 3 watches, events, unwatches)."""
+    await env.fake()
+    ch = env.channel()
+    watched: list[str] = []
+    real_watch = env.dom0.watch
+
+    def counting_watch(path: str, *args: Any, **kw: Any) -> Any:
+        watched.append(path)
+        return real_watch(path, *args, **kw)
+
+    env.dom0.watch = counting_watch  # type: ignore[method-assign]
+    await ch.pci_insert(DEV_A)
+    assert watched == [state_path(S, G), parameter_path(S, G), "@releaseDomain"]
+
+
 async def test_pci_insert_refusals_fail_fast_and_restore_state(env: Env) -> None:
     await env.fake(slots=(4,))
     ch = env.channel(timeout=SLOW)

@@ -596,6 +596,8 @@ class DeviceModelChannel:
             )
             self.save_marker.unlink(missing_ok=True)
             await self._exchange(Command.CONTINUE, None, State.RUNNING, Restore.NEVER)
+        elif state == State.RUNNING and await self._stub_alive():
+            return  # what wait_running would find at once, without its three watches
         await self.wait_running()
 
     async def _exchange(
