@@ -154,12 +154,12 @@ class StreamReader:
         """Take bytes from ``data`` up to the end of the stream; returns how many were
         taken (fewer than ``len(data)`` only when the stream ended inside ``data``)."""
         taken = 0
-        while taken < len(data) and not self.done:
-            want = self.needed
-            chunk = data[taken : taken + want]
-            self._buf += chunk
-            taken += len(chunk)
-            self._advance()
+        with memoryview(data) as view:  # no copy of a large chunk before it is appended
+            while taken < len(data) and not self.done:
+                want = self.needed
+                self._buf += view[taken : taken + want]
+                taken = min(len(data), taken + want)
+                self._advance()
         return taken
 
     def result(self) -> DecodedState:
@@ -240,24 +240,25 @@ class StreamReader:
         )
 
     def _finish(self) -> None:
-        buf = bytes(self._buf)
+        buf = self._buf
         namelen = buf[_OFF_NAMELEN]
         off_len = _OFF_NAME + namelen
         length, crc = struct.unpack_from(">II", buf, off_len)
         start = off_len + 8
-        payload = buf[start : start + length]
         if buf[-1] != QEMU_VM_EOF:
             raise StreamError(
                 f"device-model state: byte {len(buf) - 1} is 0x{buf[-1]:02x}, "
                 "not the final QEMU_VM_EOF"
             )
-        actual = zlib.crc32(payload, zlib.crc32(buf[_OFF_MAGIC : off_len + 4]))
+        with memoryview(buf) as view:  # the payload is copied once
+            payload = bytes(view[start : start + length])
+            actual = zlib.crc32(payload, zlib.crc32(view[_OFF_MAGIC : off_len + 4]))
         if actual != crc:
             raise StreamError(
                 f"device-model state: checksum mismatch (CRC-32 0x{actual:08x}, "
                 f"header says 0x{crc:08x})"
             )
-        self._result = DecodedState(buf[_OFF_NAME:off_len].decode("ascii"), payload)
+        self._result = DecodedState(bytes(buf[_OFF_NAME:off_len]).decode("ascii"), payload)
 
 
 def decode_state(data: bytes) -> tuple[str, bytes]:

@@ -188,13 +188,14 @@ def encode_xenstore_data(pairs: Mapping[str, str]) -> bytes:
     return bytes(out)
 
 
-def _record(rtype: int, body: bytes) -> bytes:
-    pad = -len(body) % REC_ALIGN
-    return _REC_HEADER.pack(rtype, len(body)) + body + b"\0" * pad
+def _record(rtype: int, *body: bytes) -> list[bytes]:
+    """A record's pieces (joined once by the caller: the body may be hundreds of MB)."""
+    size = sum(len(b) for b in body)
+    return [_REC_HEADER.pack(rtype, size), *body, b"\0" * (-size % REC_ALIGN)]
 
 
-def _emulator_record(rtype: RecType, payload: bytes) -> bytes:
-    return _record(rtype, _EMU_HEADER.pack(EmulatorId.QEMU_TRADITIONAL, 0) + payload)
+def _emulator_record(rtype: RecType, payload: bytes) -> list[bytes]:
+    return _record(rtype, _EMU_HEADER.pack(EmulatorId.QEMU_TRADITIONAL, 0), payload)
 
 
 def encode_save_image(img: SaveImage) -> bytes:
@@ -209,15 +210,17 @@ def encode_save_image(img: SaveImage) -> bytes:
         meta["guest_domid"] = img.guest_domid
     meta_bytes = _json_nul(meta)
     optdata = _U32.pack(len(config)) + config + _U32.pack(len(meta_bytes)) + meta_bytes
-    out = bytearray(_XL_HEADER.pack(XL_MAGIC, XL_BYTEORDER, XL_MANDATORY_FLAG_ALL, 0, len(optdata)))
-    out += optdata
-    out += _STREAM_HEADER.pack(LIBXL_STREAM_IDENT, LIBXL_STREAM_VERSION, 0)
+    out = [
+        _XL_HEADER.pack(XL_MAGIC, XL_BYTEORDER, XL_MANDATORY_FLAG_ALL, 0, len(optdata)),
+        optdata,
+        _STREAM_HEADER.pack(LIBXL_STREAM_IDENT, LIBXL_STREAM_VERSION, 0),
+    ]
     xs = encode_xenstore_data(img.emulator_xenstore)
     if xs:  # libxl: "No record? - All done."
         out += _emulator_record(RecType.EMULATOR_XENSTORE_DATA, xs)
     out += _emulator_record(RecType.EMULATOR_CONTEXT, img.emulator_context)
-    out += _record(RecType.END, b"")
-    return bytes(out)
+    out += _record(RecType.END)
+    return b"".join(out)
 
 
 # -- decoding ---------------------------------------------------------------------------
