@@ -1,0 +1,415 @@
+"""The pci-ins round trip (issue #8, items 1 and 6): our toolstack and agent against the floor.
+
+The floor is what the control-channel exchange costs with nothing but bare clients: a
+raw "toolstack" (this process) and a raw "device model" (a child process) doing the
+xenstore writes and watch events of one ``pci-ins`` and nothing else::
+
+    toolstack  WRITE parameter, WRITE command            (watches: state, parameter)
+    dm         event command -> RM command (+ its event) -> WRITE parameter, WRITE state
+    toolstack  event parameter, event state -> WRITE state running (+ its event)
+
+that is 6 writes and 6 watch events.  Against it:
+
+- ``channel``: `DeviceModelChannel.pci_insert` (toolstack/control.py) with the real
+  ``stubdom-dm`` agent (sim backend) on a real ``stubdom host``: the whole exchange, the
+  recovery and the pre-wait for ``running`` included;
+- ``pci-attach``: `operations.pci_attach`, which also makes the stubdomain's pciback
+  device (xenbus handshake) before the channel exchange; ``CLI`` is ``stubdom
+  pci-attach`` as a process (Python start-up included);
+- the same channel with a raw device model (``channel, raw dm``), which takes the agent
+  out and leaves the toolstack client and the server.
+
+Item 6: the real cxenstored (oracle kit) serves unprivileged guests only over its
+shared-memory ring, which nothing notifies under the kit's shim (a guest polls
+``rsp_prod``), and our simulated domains use unix sockets: the agent and the host cannot
+run on cx.  What can, runs on both servers with the device model as a second dom0
+connection: the floor, and the channel with a raw device model.  The ratios ours/cx
+show what our server adds.
+
+xenstored on CPU 1; the toolstack, the device model and the host daemon on CPU 0.  A
+traced run first counts the requests and events of one exchange of each kind.
+
+    .venv/bin/python bench/pci_ins.py [--rounds 5] [--ops 200] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.hostkit import (  # noqa: E402
+    CLIENT_CPU,
+    SERVER_CPU,
+    BenchHost,
+    machine_busy,
+    med,
+    need_two_cpus,
+    table,
+    verdict,
+)
+from stubdom.protocol import Bdf  # noqa: E402
+from stubdom.toolstack.control import DeviceModelChannel  # noqa: E402
+from stubdom.xenstore import Client  # noqa: E402
+from tests.support.daemons import Daemon, have_cx, short_tmpdir, start_cx, start_ours  # noqa: E402
+
+HDR = struct.Struct("=4I")
+OPS = {"READ": 2, "WATCH": 4, "RM": 13, "WRITE": 11, "EVENT": 15, "ERROR": 16,
+       "INTRODUCE": 8, "SET_PERMS": 14}
+GUEST, STUB = 1, 2
+PARAM = "0000:03:00.0,msitranslate=0,power_mgmt=0"
+TARGET = 2.0
+
+
+def dm_dir(absolute: bool) -> str:
+    rel = f"device-model/{GUEST}"
+    return f"/local/domain/{STUB}/{rel}" if absolute else rel
+
+
+class Raw:
+    """A blocking raw client that keeps watch events (paths) in arrival order."""
+
+    def __init__(self, path: str) -> None:
+        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.s.connect(path)
+        self.events: collections.deque[str] = collections.deque()
+
+    def rpc(self, op: str, *args: str) -> bytes:
+        payload = b"".join(a.encode() + b"\0" for a in args)
+        if op == "WRITE":  # the value has no NUL
+            payload = payload[:-1]
+        self.s.sendall(HDR.pack(OPS[op], 0, 0, len(payload)) + payload)
+        while True:
+            rop, body = self._packet()
+            if rop != OPS["EVENT"]:
+                if rop == OPS["ERROR"]:
+                    raise RuntimeError(f"{op} {args}: {body!r}")
+                return body
+
+    def event(self) -> str:
+        while not self.events:
+            rop, _ = self._packet()
+            if rop != OPS["EVENT"]:
+                raise RuntimeError(f"unexpected reply {rop} while waiting for an event")
+        return self.events.popleft()
+
+    def _packet(self) -> tuple[int, bytes]:
+        rop, _, _, n = HDR.unpack(self._exact(16))
+        body = self._exact(n)
+        if rop == OPS["EVENT"]:
+            self.events.append(body.split(b"\0")[0].decode())
+        return rop, body
+
+    def _exact(self, n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = self.s.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError("daemon closed the connection")
+            buf += chunk
+        return buf
+
+    def close(self) -> None:
+        self.s.close()
+
+
+# -- the raw device model (a child process) ------------------------------------------------
+
+
+def dm_helper(sock: str, mode: str, absolute: bool) -> None:
+    """Answer every ``pci-ins`` for ever: ``floor`` uses the events alone, ``answer`` reads
+    the command first as a real device model must (the channel's own reads and restores
+    fire events we cannot count on)."""
+    d = dm_dir(absolute)
+    dm = Raw(sock)
+    dm.rpc("WATCH", f"{d}/command", "dc")
+    dm.event()  # the initial event
+    print("ready", flush=True)
+    while True:
+        dm.event()
+        if mode == "answer":
+            try:
+                dm.rpc("READ", f"{d}/command")
+            except RuntimeError:  # ENOENT: the event of our own rm
+                continue
+        dm.rpc("RM", f"{d}/command")
+        if mode == "floor":
+            dm.event()  # our rm's event
+        dm.rpc("WRITE", f"{d}/parameter", "0x28")
+        dm.rpc("WRITE", f"{d}/state", "pci-inserted")
+
+
+def prepare_daemon(sock: str) -> None:
+    """dom0 introduces the stubdomain and makes its device-model directory, ``running``."""
+    r = Raw(sock)
+    r.rpc("INTRODUCE", str(STUB), "0", str(STUB + 1))
+    d = dm_dir(True)
+    r.rpc("WRITE", f"{d}/state", "running")
+    r.rpc("SET_PERMS", d, f"n{STUB}", f"r{GUEST}")
+    r.rpc("SET_PERMS", f"{d}/state", f"n{STUB}", f"r{GUEST}")
+    r.close()
+
+
+def start_helper(sock: str, mode: str, absolute: bool) -> subprocess.Popen[str]:
+    p = subprocess.Popen(
+        [sys.executable, __file__, "--dm-helper", sock, mode, "abs" if absolute else "rel"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert p.stdout is not None
+    if p.stdout.readline().strip() != "ready":
+        raise RuntimeError("the raw device model did not start")
+    return p
+
+
+def floor(ts_sock: str, dm_sock: str, dm_absolute: bool, ops: int) -> list[float]:
+    """µs per bare exchange (one sample per op)."""
+    prepare_daemon(ts_sock)
+    helper = start_helper(dm_sock, "floor", dm_absolute)
+    d = dm_dir(True)
+    ts = Raw(ts_sock)
+    ts.rpc("WATCH", f"{d}/state", "ts")
+    ts.rpc("WATCH", f"{d}/parameter", "tp")
+    ts.event()
+    ts.event()
+    out = []
+    try:
+        for i in range(ops + ops // 10):
+            t0 = time.perf_counter()
+            ts.rpc("WRITE", f"{d}/parameter", PARAM)
+            ts.rpc("WRITE", f"{d}/command", "pci-ins")
+            seen = 0
+            while True:  # own parameter, dm's parameter, dm's state
+                seen += 1
+                if ts.event() == f"{d}/state":
+                    break
+            ts.rpc("WRITE", f"{d}/state", "running")
+            while seen < 4:  # our own state write
+                ts.event()
+                seen += 1
+            if i >= ops // 10:
+                out.append((time.perf_counter() - t0) * 1e6)
+    finally:
+        helper.kill()
+        helper.wait()
+        ts.close()
+    return out
+
+
+async def channel_loop(client: Client, lock_dir: Path, ops: int) -> list[float]:
+    """µs per `DeviceModelChannel.pci_insert` (the raw device model takes any function)."""
+    chan = DeviceModelChannel(client, STUB, GUEST, lock_dir)
+    out: list[float] = []
+    for i in range(ops + max(ops // 10, 2)):
+        t0 = time.perf_counter()
+        await chan.pci_insert(Bdf(0, 3, 0, 0))
+        if i >= max(ops // 10, 2):
+            out.append((time.perf_counter() - t0) * 1e6)
+    return out
+
+
+def channel_raw(ts_sock: str, dm_sock: str, dm_absolute: bool, ops: int) -> list[float]:
+    prepare_daemon(ts_sock)
+    helper = start_helper(dm_sock, "answer", dm_absolute)
+    lock_dir = short_tmpdir("lk-")
+
+    async def go() -> list[float]:
+        client = await Client.connect(ts_sock)
+        try:
+            return await channel_loop(client, lock_dir, ops)
+        finally:
+            await client.close()
+
+    try:
+        return asyncio.run(go())
+    finally:
+        helper.kill()
+        helper.wait()
+
+
+# -- the real host -------------------------------------------------------------------------
+
+
+def host_runs(ops: int, cli_runs: int, trace: Path | None = None
+              ) -> tuple[dict[str, list[float]], dict[str, tuple[float, float]]]:
+    """channel / pci-attach (API) / CLI on a real host with the sim agent; with ``trace``
+    also the time window of one of each, for counting."""
+    from stubdom.toolstack import operations as ops_mod
+    from stubdom.toolstack.session import open_session
+    from stubdom.toolstack.specs import parse_pci
+
+    res: dict[str, list[float]] = {"channel": [], "pci-attach": [], "CLI": []}
+    windows: dict[str, tuple[float, float]] = {}
+    with BenchHost("pci", trace=trace) as h:
+        h.run("create", str(h.config("g", cmdline="--eject-delay=0", devices=False)))
+
+        async def go() -> None:
+            async with open_session(str(h.dir)) as s:
+                guest = (await s.resolve_guest("g")).domid
+                stub = await s.stubdom_of(guest)
+                assert stub is not None
+                chan = ops_mod.channel(s, stub, guest)
+                warm = 3 if trace is None else 0
+                count = ops if trace is None else 1
+                # channel alone: batches of 20 functions, removed (pci-rem) untimed
+                n = 0
+                while len(res["channel"]) < count:
+                    inserted = []
+                    for k in range(20):
+                        bdf = Bdf(0, 0x10 + k, 0, 0)
+                        w0 = time.time()
+                        t0 = time.perf_counter()
+                        await chan.pci_insert(bdf)
+                        dt = (time.perf_counter() - t0) * 1e6
+                        windows.setdefault("channel", (w0, time.time()))
+                        inserted.append(bdf)
+                        n += 1
+                        if n > warm:
+                            res["channel"].append(dt)
+                        if len(res["channel"]) >= count:
+                            break
+                    for bdf in inserted:
+                        await chan.pci_remove(bdf)
+                # pci-attach through operations (pciback handshake + channel)
+                n = 0
+                while len(res["pci-attach"]) < count:
+                    for k in range(20):
+                        spec = parse_pci(f"{0x30 + k:02x}:00.0")
+                        w0 = time.time()
+                        t0 = time.perf_counter()
+                        await ops_mod.pci_attach(s, guest, spec)
+                        dt = (time.perf_counter() - t0) * 1e6
+                        windows.setdefault("pci-attach", (w0, time.time()))
+                        n += 1
+                        if n > warm:
+                            res["pci-attach"].append(dt)
+                        if len(res["pci-attach"]) >= count:
+                            break
+                    for a in await ops_mod.pci_list(s, guest):
+                        await ops_mod.pci_detach(s, guest, a.bdf)
+
+        asyncio.run(go())
+        for k in range(cli_runs if trace is None else 0):
+            t0 = time.perf_counter()
+            h.run("pci-attach", "g", f"{0x50 + k:02x}:00.0")
+            res["CLI"].append((time.perf_counter() - t0) * 1e6)
+            h.run("pci-detach", "g", f"{0x50 + k:02x}:00.0")
+    return res, windows
+
+
+def count_trace(trace: Path, window: tuple[float, float]) -> dict[str, int]:
+    """Requests by type (dom0 / stub) and watch events delivered, inside ``window``."""
+    c: collections.Counter[str] = collections.Counter()
+    with open(trace) as f:
+        for line in f:
+            r = json.loads(line)
+            if not window[0] <= r["t"] <= window[1]:
+                continue
+            who = "dom0" if r["dom"] == 0 else "stub"
+            if r["dir"] == "in":
+                c[f"{who} {r['type']}"] += 1
+                c["requests"] += 1
+                if r["type"] in ("WRITE", "RM", "MKDIR", "SET_PERMS"):
+                    c["writes"] += 1
+            elif r["type"] == "WATCH_EVENT":
+                c[f"{who} events"] += 1
+                c["events"] += 1
+    return dict(c)
+
+
+def pinned(start: Callable[..., Daemon]) -> Daemon:
+    os.sched_setaffinity(0, {SERVER_CPU})
+    try:
+        return start()
+    finally:
+        os.sched_setaffinity(0, {CLIENT_CPU})
+
+
+def main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "--dm-helper":
+        dm_helper(sys.argv[2], sys.argv[3], sys.argv[4] == "abs")
+        return
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--ops", type=int, default=200, help="exchanges per round and setup")
+    ap.add_argument("--quick", action="store_true", help="2 rounds of 40, 3 CLI runs")
+    args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.ops = 2, 40
+    need_two_cpus()
+    os.sched_setaffinity(0, {CLIENT_CPU})
+    print(machine_busy())
+    t_start = time.monotonic()
+
+    # 1. counts, from a traced host
+    tdir = short_tmpdir("tr-")
+    _, windows = host_runs(1, 0, trace=tdir / "trace.jsonl")
+    counts = {k: count_trace(tdir / "trace.jsonl", w) for k, w in windows.items()}
+
+    # 2. rounds, interleaved
+    per_round: dict[str, list[float]] = collections.defaultdict(list)
+    servers: dict[str, Callable[..., Daemon]] = {"ours": start_ours}
+    if have_cx():
+        servers["cx"] = start_cx
+    for rnd in range(args.rounds):
+        for name, start in servers.items():
+            for kind, fn in (("floor", floor), ("channel, raw dm", channel_raw)):
+                setups = [("dom0 dm", True)] + ([("guest dm", False)] if name == "ours" else [])
+                for who, absolute in setups:
+                    d = pinned(start)
+                    try:
+                        dm_sock = d.socket if absolute else f"{d.socket}.d/{STUB}"
+                        if not absolute:
+                            prepare_daemon(d.socket)
+                        per_round[f"{kind} | {name} | {who}"].append(
+                            med(fn(d.socket, dm_sock, absolute, args.ops)))
+                    finally:
+                        d.stop()
+        res, _ = host_runs(args.ops, 3 if args.quick else 5)
+        for k, v in res.items():
+            if v:
+                per_round[f"{k} | ours host | agent"].append(med(v))
+        print(f"# round {rnd + 1}/{args.rounds} ({time.monotonic() - t_start:.0f}s)",
+              file=sys.stderr, flush=True)
+
+    m = {k: med(v) for k, v in per_round.items()}
+    fl = m["floor | ours | guest dm"]
+    print(f"pci-ins round trip: median over {args.rounds} rounds of the per-round median "
+          f"of {args.ops} exchanges (CLI: {3 if args.quick else 5} runs); xenstored on "
+          f"CPU {SERVER_CPU}, clients and agents on CPU {CLIENT_CPU}")
+    rows = []
+    for k in sorted(m, key=lambda k: (k.split(" | ")[1], k)):
+        ratio = m[k] / fl
+        tgt = ""
+        if k.startswith("channel | ours host"):
+            tgt = f"<= {TARGET:g}x floor: {verdict(ratio <= TARGET)}"
+        rows.append([k, f"{m[k]:.0f}", f"{ratio:.2f}", tgt])
+    table(["setup (what | server | device model)", "µs", "x floor(ours, guest dm)", "target"],
+          rows)
+    if "floor | cx | dom0 dm" in m:
+        print("item 6: our xenstored against cx, same clients (device model as dom0)")
+        rows = []
+        for kind in ("floor", "channel, raw dm"):
+            o, c = m[f"{kind} | ours | dom0 dm"], m[f"{kind} | cx | dom0 dm"]
+            rows.append([kind, f"{o:.0f}", f"{c:.0f}", f"{o / c:.2f}"])
+        table(["exchange", "ours µs", "cx µs", "ours/cx"], rows)
+    print("requests and events of one exchange (from a trace of the real host)")
+    keys = sorted({k for c in counts.values() for k in c})
+    table(["count", *counts], [[k, *(counts[c].get(k, 0) for c in counts)] for k in keys])
+    print("floor: 6 writes (dom0 WRITE x3, stub RM + WRITE x2), 6 watch events")
+    print(f"# total {time.monotonic() - t_start:.0f}s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
