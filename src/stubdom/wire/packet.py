@@ -113,25 +113,43 @@ class PacketDecoder:
         self._max = max_payload
         self._broken: DecodeError | None = None
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Take ``data`` (copied: the caller may reuse its buffer) and queue whole packets.
+
+        Packets are cut straight out of ``data`` when nothing is left over from an
+        earlier call, the usual case of one request per read; only an incomplete tail
+        is kept.
+        """
         if self._broken is not None:
             raise self._broken
-        self._buf += data
-        buf = self._buf
+        buf: bytes | bytearray | memoryview
+        if self._buf:
+            self._buf += data
+            buf = self._buf
+        else:
+            buf = data
+        ready = self._ready
+        size = len(buf)
         pos = 0
-        while len(buf) - pos >= HEADER_SIZE:
-            op, req_id, tx_id, length = _HEADER.unpack_from(buf, pos)
-            if length > self._max:
-                self._broken = PayloadTooLong(length)
-                del buf[:pos]
-                raise self._broken
-            end = pos + HEADER_SIZE + length
-            if len(buf) < end:
-                break
-            self._ready.append(Packet(op, bytes(buf[pos + HEADER_SIZE : end]), req_id, tx_id))
-            pos = end
-        if pos:
-            del buf[:pos]
+        try:
+            while size - pos >= HEADER_SIZE:
+                op, req_id, tx_id, length = _HEADER.unpack_from(buf, pos)
+                if length > self._max:
+                    self._broken = PayloadTooLong(length)
+                    raise self._broken
+                start = pos + HEADER_SIZE
+                end = start + length
+                if size < end:
+                    break
+                ready.append(Packet(op, bytes(buf[start:end]), req_id, tx_id))
+                pos = end
+        finally:
+            # Keep what is not consumed (also after a bad header, as before).
+            if buf is self._buf:
+                if pos:
+                    del self._buf[:pos]
+            elif pos < size:
+                self._buf += buf[pos:]
 
     def next_packet(self) -> Packet | None:
         """The oldest complete packet, or None if more bytes are needed."""
