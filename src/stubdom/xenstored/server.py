@@ -182,14 +182,17 @@ class XenStoreServer:
         An unprivileged client that stops reading its replies is not served further
         (its remaining requests wait in the decoder) until it catches up.
         """
-        for packet in client.decoder:
+        core = self.core
+        decoder = client.decoder
+        while (packet := decoder.next_packet()) is not None:
             if conn.closed:
                 break
-            if self.trace:
+            if self.trace is not None:
                 self.trace.record("in", conn.cid, conn.domid, packet)
-            self.core.handle(conn, packet)
+            core.handle(conn, packet)
             # Domain sockets exist before the INTRODUCE reply leaves.
-            self._apply_notifications()
+            if core.notifications:
+                self._apply_notifications()
             self._flush()
             if client.paused:
                 break
@@ -210,10 +213,13 @@ class XenStoreServer:
                         "%r does not read its events; dropping %d", conn, len(packets) - len(kept)
                     )
                 packets = kept
-            if self.trace:
+            if self.trace is not None:
                 for p in packets:
                     self.trace.record("out", conn.cid, conn.domid, p)
-            client.write(b"".join(encode(p) for p in packets))
+            if len(packets) == 1:  # the usual reply alone: no generator, no join
+                client.write(encode(packets[0]))
+            else:
+                client.write(b"".join(encode(p) for p in packets))
 
     def _apply_notifications(self) -> None:
         released = False
