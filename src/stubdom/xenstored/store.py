@@ -92,10 +92,16 @@ class Store:
 
     def put(self, path: str, node: Node) -> None:
         old = self.nodes.get(path)
-        if old is not None:
-            self._count(old.owner, -1, -node_memory(path, old))
         self.nodes[path] = node
-        self._count(node.owner, 1, node_memory(path, node))
+        owner = node.perms[0].domid
+        if old is not None:
+            old_owner = old.perms[0].domid
+            if old_owner == owner and self.owned.get(owner, 0) > 1:
+                # The usual rewrite: same owner, count unchanged; only the bytes move.
+                self.owned_bytes[owner] += node.record_size() - old.record_size()
+                return
+            self._count(old_owner, -1, -node_memory(path, old))
+        self._count(owner, 1, node_memory(path, node))
 
     def delete(self, path: str) -> Node | None:
         old = self.nodes.pop(path, None)
