@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from stubdom.wire.constants import HEADER_SIZE, PAYLOAD_MAX, TYPE_COUNT, Op
 
@@ -48,12 +48,14 @@ class MissingTerminator(WireError):
         self.payload = payload
 
 
-@dataclass(frozen=True, slots=True)
-class Packet:
+class Packet(NamedTuple):
     """One xenstore message, request or reply.
 
     ``op`` is a plain int so that types unknown to 4.17 can still be carried (a server
     must answer them with ENOSYS rather than fail to decode them).
+
+    An immutable named tuple rather than a frozen dataclass: a server builds two per
+    request, and a tuple is built in half the time.
     """
 
     op: int
