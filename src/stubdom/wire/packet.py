@@ -111,7 +111,9 @@ class PacketDecoder:
 
     def __init__(self, max_payload: int = PAYLOAD_MAX) -> None:
         self._buf = bytearray()
-        self._ready: deque[Packet] = deque()
+        #: Whole packets decoded and not yet taken, oldest first (a server pops them
+        #: straight from here).
+        self.ready: deque[Packet] = deque()
         self._max = max_payload
         self._broken: DecodeError | None = None
 
@@ -130,7 +132,7 @@ class PacketDecoder:
             buf = self._buf
         else:
             buf = data
-        ready = self._ready
+        ready = self.ready
         size = len(buf)
         pos = 0
         try:
@@ -155,11 +157,11 @@ class PacketDecoder:
 
     def next_packet(self) -> Packet | None:
         """The oldest complete packet, or None if more bytes are needed."""
-        return self._ready.popleft() if self._ready else None
+        return self.ready.popleft() if self.ready else None
 
     def __iter__(self) -> Iterator[Packet]:
-        while self._ready:
-            yield self._ready.popleft()
+        while self.ready:
+            yield self.ready.popleft()
 
     @property
     def pending_bytes(self) -> int:

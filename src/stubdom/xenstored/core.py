@@ -291,7 +291,7 @@ class XenStored:
             self.send(conn, error_packet(packet, e.name))
             return
         # cx fires a request's watches before it queues the reply.
-        if view.events:
+        if view.events and self.watches:
             for path, exact, node, perms in view.events:
                 self.fire_watches(path, exact, node, perms)
         if payload is None:

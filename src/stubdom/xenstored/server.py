@@ -183,8 +183,9 @@ class XenStoreServer:
         (its remaining requests wait in the decoder) until it catches up.
         """
         core = self.core
-        decoder = client.decoder
-        while (packet := decoder.next_packet()) is not None:
+        ready = client.decoder.ready
+        while ready:
+            packet = ready.popleft()
             if conn.closed:
                 break
             if self.trace is not None:

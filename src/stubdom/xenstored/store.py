@@ -97,8 +97,12 @@ class Store:
         if old is not None:
             old_owner = old.perms[0].domid
             if old_owner == owner and self.owned.get(owner, 0) > 1:
-                # The usual rewrite: same owner, count unchanged; only the bytes move.
-                self.owned_bytes[owner] += node.record_size() - old.record_size()
+                # The usual rewrite: same owner, count unchanged; only the bytes move
+                # (the difference of the two `record_size`s).
+                self.owned_bytes[owner] += (
+                    len(node.value) - len(old.value) + node.childlen - old.childlen
+                    + PERM_SIZE * (len(node.perms) - len(old.perms))
+                )
                 return
             self._count(old_owner, -1, -node_memory(path, old))
         self._count(owner, 1, node_memory(path, node))

@@ -88,5 +88,9 @@ class WatchIndex:
     def ordered(watches: list[Watch]) -> list[Watch]:
         return sorted(watches, key=_delivery_order)
 
+    def __bool__(self) -> bool:
+        """Whether any watch is registered (O(1), unlike `len`)."""
+        return bool(self._by_path)
+
     def __len__(self) -> int:
         return sum(len(v) for v in self._by_path.values())
