@@ -299,8 +299,7 @@ class XenStored:
         if len(payload) > PAYLOAD_MAX:
             self.send(conn, error_packet(packet, "E2BIG"))
         else:
-            conn.outbox.append(Packet(packet.op, payload, packet.req_id, packet.tx_id))
-            self._dirty.add(conn)
+            self.send(conn, Packet(packet.op, payload, packet.req_id, packet.tx_id))
 
     # -- permissions --------------------------------------------------------------------
 
