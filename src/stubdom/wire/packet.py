@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from stubdom.wire.constants import HEADER_SIZE, PAYLOAD_MAX, TYPE_COUNT, Op
 
@@ -48,12 +48,14 @@ class MissingTerminator(WireError):
         self.payload = payload
 
 
-@dataclass(frozen=True, slots=True)
-class Packet:
+class Packet(NamedTuple):
     """One xenstore message, request or reply.
 
     ``op`` is a plain int so that types unknown to 4.17 can still be carried (a server
     must answer them with ENOSYS rather than fail to decode them).
+
+    An immutable named tuple rather than a frozen dataclass: a server builds two per
+    request, and a tuple is built in half the time.
     """
 
     op: int
@@ -109,37 +111,57 @@ class PacketDecoder:
 
     def __init__(self, max_payload: int = PAYLOAD_MAX) -> None:
         self._buf = bytearray()
-        self._ready: deque[Packet] = deque()
+        #: Whole packets decoded and not yet taken, oldest first (a server pops them
+        #: straight from here).
+        self.ready: deque[Packet] = deque()
         self._max = max_payload
         self._broken: DecodeError | None = None
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Take ``data`` (copied: the caller may reuse its buffer) and queue whole packets.
+
+        Packets are cut straight out of ``data`` when nothing is left over from an
+        earlier call, the usual case of one request per read; only an incomplete tail
+        is kept.
+        """
         if self._broken is not None:
             raise self._broken
-        self._buf += data
-        buf = self._buf
+        buf: bytes | bytearray | memoryview
+        if self._buf:
+            self._buf += data
+            buf = self._buf
+        else:
+            buf = data
+        ready = self.ready
+        size = len(buf)
         pos = 0
-        while len(buf) - pos >= HEADER_SIZE:
-            op, req_id, tx_id, length = _HEADER.unpack_from(buf, pos)
-            if length > self._max:
-                self._broken = PayloadTooLong(length)
-                del buf[:pos]
-                raise self._broken
-            end = pos + HEADER_SIZE + length
-            if len(buf) < end:
-                break
-            self._ready.append(Packet(op, bytes(buf[pos + HEADER_SIZE : end]), req_id, tx_id))
-            pos = end
-        if pos:
-            del buf[:pos]
+        try:
+            while size - pos >= HEADER_SIZE:
+                op, req_id, tx_id, length = _HEADER.unpack_from(buf, pos)
+                if length > self._max:
+                    self._broken = PayloadTooLong(length)
+                    raise self._broken
+                start = pos + HEADER_SIZE
+                end = start + length
+                if size < end:
+                    break
+                ready.append(Packet(op, bytes(buf[start:end]), req_id, tx_id))
+                pos = end
+        finally:
+            # Keep what is not consumed (also after a bad header, as before).
+            if buf is self._buf:
+                if pos:
+                    del self._buf[:pos]
+            elif pos < size:
+                self._buf += buf[pos:]
 
     def next_packet(self) -> Packet | None:
         """The oldest complete packet, or None if more bytes are needed."""
-        return self._ready.popleft() if self._ready else None
+        return self.ready.popleft() if self.ready else None
 
     def __iter__(self) -> Iterator[Packet]:
-        while self._ready:
-            yield self._ready.popleft()
+        while self.ready:
+            yield self.ready.popleft()
 
     @property
     def pending_bytes(self) -> int:

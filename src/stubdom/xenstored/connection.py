@@ -54,7 +54,8 @@ class Connection:
     def take_output(self) -> list[Packet]:
         out = list(self.outbox)
         self.outbox.clear()
-        self._queued_events.clear()
+        if self._queued_events:
+            self._queued_events.clear()
         return out
 
     def __repr__(self) -> str:

@@ -5,8 +5,12 @@ the server listens on ``<socket>.d/<D>``; every connection accepted there acts a
 domain D.  RELEASE or the domain's death closes those connections and removes the
 socket.  The shell only moves bytes: all decisions are the core's.
 
-Clients are plain `asyncio.Protocol` objects rather than streams: a request is handled
-inside ``data_received`` and its reply written at once, with no task switch between.
+Clients are `asyncio.BufferedProtocol` objects rather than streams: a request is handled
+inside ``buffer_updated`` and its reply written at once, with no task switch between.
+The socket is read into one buffer the server shares (a read is consumed before the next
+one starts): asyncio's plain ``data_received`` path allocates a fresh 256 KiB bytes
+object per read, which glibc may serve with mmap/mremap/munmap, a cost that showed up
+as +30 µs per request once a thousand connections were open.
 """
 
 from __future__ import annotations
@@ -34,8 +38,11 @@ log = logging.getLogger(__name__)
 #: catches up (cx stops reading a domain with too many outstanding replies).
 UNPRIV_HIGH_WATER = 64 * 1024
 
+#: Bytes read from a socket at a time (into the buffer shared by all clients).
+READ_SIZE = 64 * 1024
 
-class _ClientProtocol(asyncio.Protocol):
+
+class _ClientProtocol(asyncio.BufferedProtocol):
     def __init__(self, server: XenStoreServer, domid: int) -> None:
         self.server = server
         self.domid = domid
@@ -60,7 +67,13 @@ class _ClientProtocol(asyncio.Protocol):
         self.server.clients[self.conn] = self
         log.debug("%r connected", self.conn)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.server.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self.server.read_buffer[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         conn = self.conn
         if conn is None or conn.closed:
             return
@@ -125,6 +138,8 @@ class XenStoreServer:
         #: Why the server stopped by itself, if it did.
         self.failure = ""
         self.clients: dict[Connection, _ClientProtocol] = {}
+        #: Where every client's socket is read into; `PacketDecoder.feed` copies out.
+        self.read_buffer = memoryview(bytearray(READ_SIZE))
         self._main: asyncio.Server | None = None
         self._domain_servers: dict[int, asyncio.Server] = {}
         self._pending_servers: dict[int, tuple[socket.socket, asyncio.Task[asyncio.Server]]] = {}
@@ -188,16 +203,20 @@ class XenStoreServer:
         An unprivileged client that stops reading its replies is not served further
         (its remaining requests wait in the decoder) until it catches up.
         """
-        for packet in client.decoder:
+        core = self.core
+        ready = client.decoder.ready
+        while ready:
+            packet = ready.popleft()
             if conn.closed:
                 break
-            if self.trace:
+            if self.trace is not None:
                 self.trace.record("in", conn.cid, conn.domid, packet)
-            self.core.handle(conn, packet)
+            core.handle(conn, packet)
             if self.durable is not None and not self._commit():
                 return
             # Domain sockets exist before the INTRODUCE reply leaves.
-            self._apply_notifications()
+            if core.notifications:
+                self._apply_notifications()
             self._flush()
             if client.paused:
                 break
@@ -236,10 +255,13 @@ class XenStoreServer:
                         "%r does not read its events; dropping %d", conn, len(packets) - len(kept)
                     )
                 packets = kept
-            if self.trace:
+            if self.trace is not None:
                 for p in packets:
                     self.trace.record("out", conn.cid, conn.domid, p)
-            client.write(b"".join(encode(p) for p in packets))
+            if len(packets) == 1:  # the usual reply alone: no generator, no join
+                client.write(encode(packets[0]))
+            else:
+                client.write(b"".join(encode(p) for p in packets))
 
     def _apply_notifications(self) -> None:
         released = False

@@ -95,12 +95,22 @@ class Store:
 
     def put(self, path: str, node: Node) -> None:
         old = self.nodes.get(path)
-        if old is not None:
-            self._count(old.owner, -1, -node_memory(path, old))
         self.nodes[path] = node
-        self._count(node.owner, 1, node_memory(path, node))
         if self.changes is not None:
             self.changes.append((path, node, old))
+        owner = node.perms[0].domid
+        if old is not None:
+            old_owner = old.perms[0].domid
+            if old_owner == owner and self.owned.get(owner, 0) > 1:
+                # The usual rewrite: same owner, count unchanged; only the bytes move
+                # (the difference of the two `record_size`s).
+                self.owned_bytes[owner] += (
+                    len(node.value) - len(old.value) + node.childlen - old.childlen
+                    + PERM_SIZE * (len(node.perms) - len(old.perms))
+                )
+                return
+            self._count(old_owner, -1, -node_memory(path, old))
+        self._count(owner, 1, node_memory(path, node))
 
     def delete(self, path: str) -> Node | None:
         old = self.nodes.pop(path, None)

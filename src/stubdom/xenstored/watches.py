@@ -12,8 +12,6 @@ import itertools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from stubdom.wire.paths import ancestors
-
 if TYPE_CHECKING:
     from stubdom.xenstored.connection import Connection
 
@@ -41,6 +39,11 @@ class Watch:
         return len(self.path) + len(self.token) + 2
 
 
+def _delivery_order(w: Watch) -> tuple[int, int]:
+    """Connection order, then registration order (cx's list walk)."""
+    return (w.conn.cid, w.seq)
+
+
 class WatchIndex:
     def __init__(self) -> None:
         self._by_path: dict[str, list[Watch]] = {}
@@ -60,15 +63,34 @@ class WatchIndex:
         return list(self._by_path.get(path, ()))
 
     def covering(self, path: str) -> list[Watch]:
-        """Watches on ``path`` or any ancestor, in delivery order."""
-        found: list[Watch] = list(self._by_path.get(path, ()))
-        for anc in ancestors(path):
-            found.extend(self._by_path.get(anc, ()))
-        return self.ordered(found)
+        """Watches on ``path`` or any ancestor, in delivery order.
+
+        Called on every change, so it walks the ancestors in place (no list of them)
+        and sorts only when there is something to order.
+        """
+        by_path = self._by_path
+        if not by_path:
+            return []
+        found = by_path.get(path)
+        found = list(found) if found else []
+        p = path
+        while p != "/":
+            i = p.rfind("/")
+            p = "/" if i <= 0 else p[:i]  # parent_of, inlined
+            more = by_path.get(p)
+            if more:
+                found += more
+        if len(found) > 1:
+            found.sort(key=_delivery_order)
+        return found
 
     @staticmethod
     def ordered(watches: list[Watch]) -> list[Watch]:
-        return sorted(watches, key=lambda w: (w.conn.cid, w.seq))
+        return sorted(watches, key=_delivery_order)
+
+    def __bool__(self) -> bool:
+        """Whether any watch is registered (O(1), unlike `len`)."""
+        return bool(self._by_path)
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._by_path.values())
