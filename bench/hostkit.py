@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,17 +30,31 @@ def need_two_cpus() -> None:
         sys.exit("bench: needs two CPUs to pin xenstored and its clients apart")
 
 
-def machine_busy() -> str:
-    """A warning line if another benchmark runs or the load is high, else ''."""
+def _cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def machine_busy(window: float = 2.0) -> str:
+    """A warning line if another benchmark runs or the CPUs are busy (sampled over
+    ``window`` seconds before we start), else a line saying the machine is quiet."""
     r = subprocess.run(["pgrep", "-f", "bench/xenstored.py"], capture_output=True, text=True)
     others = [p for p in r.stdout.split() if int(p) != os.getpid()]
-    load = os.getloadavg()[0]
+    busy0, total0 = _cpu_ticks()
+    time.sleep(window)
+    busy1, total1 = _cpu_ticks()
+    used = (busy1 - busy0) / max(total1 - total0, 1)
     notes = []
     if others:
         notes.append(f"bench/xenstored.py is running (pids {' '.join(others)})")
-    if load > 0.5:
-        notes.append(f"1-min load average {load:.2f}")
-    return ("# WARNING: machine busy: " + "; ".join(notes)) if notes else "# machine quiet"
+    if used > 0.1:
+        notes.append(f"the CPUs were {used:.0%} busy over {window:g} s before the start")
+    if notes:
+        return "# WARNING: machine busy: " + "; ".join(notes)
+    return f"# machine quiet: CPUs {used:.0%} busy over {window:g} s before the start"
 
 
 def rss_kib(pid: int) -> int:

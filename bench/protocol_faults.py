@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -28,7 +29,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.hostkit import BenchHost, machine_busy, med, table, verdict  # noqa: E402
+from bench.hostkit import (  # noqa: E402
+    CLIENT_CPU,
+    BenchHost,
+    machine_busy,
+    med,
+    need_two_cpus,
+    table,
+    verdict,
+)
 from stubdom.toolstack import operations as ops  # noqa: E402
 from stubdom.toolstack.configure import load_config  # noqa: E402
 from stubdom.toolstack.session import Session, open_session  # noqa: E402
@@ -111,6 +120,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.samples = 5
+    need_two_cpus()
+    os.sched_setaffinity(0, {CLIENT_CPU})
     print(machine_busy())
     t_start = time.monotonic()
     times: dict[str, list[float]] = {f: [] for f, _ in CRASHES}
