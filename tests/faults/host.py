@@ -21,6 +21,8 @@ from tests.support.daemons import short_tmpdir
 
 ROOT = Path(__file__).resolve().parents[2]
 STUBDOM = [sys.executable, "-m", "stubdom"]
+#: Backend directories a domain's devices may leave under /local/domain/0/backend.
+BACKENDS = ("vbd", "vif", "console", "vfb", "vkbd", "pci", "qdisk")
 #: A guard against a hang, never a synchronisation delay.
 GUARD = 120.0
 #: What a wait for the device model is given, so that only a fast path can end it within
@@ -86,19 +88,31 @@ class FaultHost:
         r = self.run("xenstore", "ls", path, check=False)
         return r.stdout.splitlines() if r.returncode == 0 else []
 
+    def tree(self) -> set[str]:
+        """Every node's path, from one ``xenstore ls /`` (one space of indent a level)."""
+        paths: set[str] = set()
+        stack: list[str] = []
+        for line in self.xenstore_ls("/"):
+            depth = len(line) - len(line.lstrip(" "))
+            name = line.strip().split(" = ", 1)[0]
+            del stack[depth:]
+            stack.append(name)
+            paths.add("/" + "/".join(stack))
+        return paths
+
     def assert_clean(self, *names: str, ids: tuple[int, ...] = ()) -> None:
         """Nothing of the named guests (and the domids ``ids``) is left anywhere."""
         domains = self.domids()
         for name in names:
             assert name not in domains and f"{name}-dm" not in domains, domains
+        tree = self.tree()
         for domid in ids:
-            for path in (f"/local/domain/{domid}", f"/libxl/{domid}"):
-                assert self.run("xenstore", "read", path, check=False).returncode != 0, path
-            for kind in ("vbd", "vif", "console", "vfb", "vkbd", "pci", "qdisk"):
-                path = f"/local/domain/0/backend/{kind}/{domid}"
-                assert self.run("xenstore", "read", path, check=False).returncode != 0, path
+            backends = [f"/local/domain/0/backend/{kind}/{domid}" for kind in BACKENDS]
+            places = [f"/local/domain/{domid}", f"/libxl/{domid}", *backends]
+            left = [p for p in places if p in tree]
+            assert left == [], left
         # /vm holds only the live domains' entries.
-        vm_entries = [line for line in self.xenstore_ls("/vm") if not line.startswith(" ")]
+        vm_entries = sorted(p for p in tree if p.count("/") == 2 and p.startswith("/vm/"))
         assert len(vm_entries) == len(domains) - 1, vm_entries
         left = sorted(p.name for p in (self.dir / "lib").iterdir() if
                       any(str(i) in p.name.split(".") for i in ids))

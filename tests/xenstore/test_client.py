@@ -444,3 +444,26 @@ async def test_connect_through_environment(
     monkeypatch.setenv("XENSTORED_RUNDIR", str(sock_dir))
     async with await Client.connect() as c:
         assert await c.read("/e") == b"1"
+
+
+async def test_retry_transaction_keeps_trying_until_its_patience_runs_out(
+    client: Client, server: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import stubdom.xenstore.client as client_module
+
+    monkeypatch.setattr(client_module, "RETRY_BACKOFF", 0.0)
+    server.conflicts = 25  # more than any fixed small number of attempts
+    calls = 0
+
+    async def body(t: Transaction) -> None:
+        nonlocal calls
+        calls += 1
+
+    await client.retry_transaction(body)
+    assert calls == 26
+    monkeypatch.setattr(client_module, "RETRY_PATIENCE", 0.0)
+    server.conflicts = 5
+    calls = 0
+    with pytest.raises(TransactionConflict):
+        await client.retry_transaction(body)
+    assert calls == 1

@@ -90,6 +90,8 @@ SOCKET_GONE_GRACE = 1.0
 #: `Client.retry_transaction`: a retry after the n-th conflict first pauses a random
 #: time up to this times 2**(n-1) (at most 32 times this).
 RETRY_BACKOFF = 0.001
+#: How long `Client.retry_transaction` keeps retrying a conflicting transaction.
+RETRY_PATIENCE = 30.0
 
 
 class _Default(enum.Enum):
@@ -631,23 +633,28 @@ class Client(_NodeOps):
         )
 
     async def retry_transaction(
-        self, fn: Callable[[Transaction], Awaitable[T]], attempts: int = 10
+        self, fn: Callable[[Transaction], Awaitable[T]], attempts: int | None = None
     ) -> T:
         """Run ``await fn(t)`` in a fresh transaction until it commits.
 
-        On `TransactionConflict` the whole block runs again, at most ``attempts``
-        times in all; then the last conflict is raised.  ``fn`` must therefore be
-        safe to repeat: do all reads through ``t``.  Returns what ``fn`` returned.
+        On `TransactionConflict` the whole block runs again: at most ``attempts`` times
+        in all if given, else (as libxl does, for ever) until `RETRY_PATIENCE` seconds
+        have passed; then the last conflict is raised.  ``fn`` must therefore be safe
+        to repeat: do all reads through ``t``.  Returns what ``fn`` returned.
 
         Contention: after a conflict, the retries of one client run one at a time
         (many transactions of one process on the same parents, e.g. N creates at once,
         would otherwise conflict again in lock step until every one gives up), after a
         random pause of up to `RETRY_BACKOFF` doubled per conflict (against other
-        processes).
+        processes: N ``stubdom create`` at once all add children to /local/domain).
         """
-        if attempts < 1:
+        if attempts is not None and attempts < 1:
             raise ValueError("attempts must be at least 1")
-        for attempt in range(1, attempts + 1):
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + RETRY_PATIENCE
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 if attempt == 1 or self._retry_owner is asyncio.current_task():
                     async with self.transaction() as t:
@@ -660,11 +667,10 @@ class Client(_NodeOps):
                     finally:
                         self._retry_owner = None
             except TransactionConflict:
-                if attempt == attempts:
+                if attempt == attempts or (attempts is None and loop.time() >= give_up):
                     raise
-                log.debug("transaction conflict, attempt %d of %d", attempt, attempts)
+                log.debug("transaction conflict, attempt %d", attempt)
                 await asyncio.sleep(random.uniform(0, RETRY_BACKOFF * 2 ** min(attempt - 1, 5)))
-        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- domains and control ---------------------------------------------------
 
