@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,11 +44,6 @@ class FaultHost:
         if check and r.returncode != 0:
             raise AssertionError(f"stubdom {' '.join(args)} failed: {r.stderr}")
         return r
-
-    def timed(self, *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
-        start = time.monotonic()
-        r = self.run(*args, check=False)
-        return r, time.monotonic() - start
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
