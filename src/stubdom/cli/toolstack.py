@@ -116,12 +116,7 @@ def destroy(domain: str, directory: str | None) -> None:
 @dir_option
 def pause(domain: str, directory: str | None) -> None:
     """Pause a domain's vCPUs (xl pause); its device model is not told."""
-
-    async def body(s: Session) -> None:
-        info = await s.resolve_guest(domain)
-        await s.hv.pause(info.domid)
-
-    run(body, directory)
+    _on_domain(domain, directory, lambda s, domid: s.hv.pause(domid))
 
 
 @cli.command("unpause")
@@ -129,10 +124,14 @@ def pause(domain: str, directory: str | None) -> None:
 @dir_option
 def unpause(domain: str, directory: str | None) -> None:
     """Unpause a domain (xl unpause): e.g. a guest a killed 'stubdom save' left paused."""
+    _on_domain(domain, directory, lambda s, domid: s.hv.unpause(domid))
 
+
+def _on_domain(
+    domain: str, directory: str | None, action: Callable[[Session, int], Awaitable[None]]
+) -> None:
     async def body(s: Session) -> None:
-        info = await s.resolve_guest(domain)
-        await s.hv.unpause(info.domid)
+        await action(s, (await s.resolve_guest(domain)).domid)
 
     run(body, directory)
 
