@@ -256,7 +256,9 @@ def test_create_killed_during_its_pci_attach(host: Host) -> None:
     kill(proc)
     assert lock_is_free(host, guest.domid)
     assert dict(host.listed())[NAME] == "--p---"
-    assert host.run("pci-list", NAME).stdout.splitlines()[1:] == []
+    assert host.run("pci-list", NAME).stdout.splitlines()[1:] == [
+        "??.? 0000:03:00.0 (an unfinished pci-attach; pci-detach removes it)"
+    ]
     destroy_and_recreate(host, NAME)
 
 
@@ -279,7 +281,18 @@ def test_pci_attach_killed_mid_exchange(host: Host) -> None:
     wait_for("the late pci-inserted", lambda: host.xs.read(state) == b"pci-inserted")
     host.run("pci-attach", NAME, "04:00.0", *NO_TIMEOUT)
     assert host.xs.read(state) == b"running"
-    assert "0000:04:00.0" in host.run("pci-list", NAME).stdout
+    # The dead attach left a trace: listed, refused again, undone by pci-detach.
+    rows = host.run("pci-list", NAME).stdout.splitlines()
+    assert rows[1].split()[1] == "0000:04:00.0"
+    assert rows[-1].startswith("??.? 0000:03:00.0 (an unfinished pci-attach")
+    again = host.run("pci-attach", NAME, "03:00.0", *NO_TIMEOUT, check=False)
+    assert again.returncode == 1
+    assert "an earlier pci-attach of 0000:03:00.0" in again.stderr
+    assert f"'stubdom pci-detach {NAME} 0000:03:00.0' removes it" in again.stderr
+    host.run("pci-detach", NAME, "03:00.0", *NO_TIMEOUT)
+    host.run("pci-attach", NAME, "03:00.0", *NO_TIMEOUT)
+    listed = [r.split()[1] for r in host.run("pci-list", NAME).stdout.splitlines()[1:]]
+    assert sorted(listed) == ["0000:03:00.0", "0000:04:00.0"]
     host.run("pci-detach", "-f", NAME, "04:00.0")
     destroy_and_recreate(host, NAME)
 

@@ -194,3 +194,16 @@ def test_pause_and_unpause(host: Host) -> None:
     r = host.run("pause", "nope", check=False)
     assert r.returncode == 1
     assert r.stderr == "Error: no domain 'nope'; 'stubdom list' shows the domains\n"
+
+
+def test_an_unfinished_attach_the_device_model_never_saw_is_undone(host: Host) -> None:
+    # What a pci-attach killed before its pci-ins leaves: the record, no vdevfn.
+    host.run("create", str(host.config()))
+    host.run("xenstore", "write", "/libxl/1/device/pci/0000-05-00-0", "")
+    rows = host.run("pci-list", "win7").stdout.splitlines()
+    assert rows == ["Vdev Device",
+                    "??.? 0000:05:00.0 (an unfinished pci-attach; pci-detach removes it)"]
+    # qemu-trad says nothing to a pci-rem of a device it never had: the wait ends.
+    host.run("pci-detach", "win7", "05:00.0", "--timeout", "1")
+    assert host.run("pci-list", "win7").stdout.splitlines() == ["Vdev Device"]
+    host.run("pci-attach", "win7", "05:00.0")

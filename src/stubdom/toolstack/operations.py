@@ -18,7 +18,13 @@ from stubdom import protocol as proto
 from stubdom.host import devices
 from stubdom.host.hypervisor import DomainState, HypervisorError
 from stubdom.toolstack.config import GuestConfig, PciSpec
-from stubdom.toolstack.control import DeviceModelChannel, DeviceModelDied, DeviceModelError
+from stubdom.toolstack.control import (
+    DeviceModelChannel,
+    DeviceModelDied,
+    DeviceModelError,
+    DeviceModelTimeout,
+    PciRemoveError,
+)
 from stubdom.toolstack.session import Session, ToolstackError
 from stubdom.toolstack.spawn import Created, StubdomSpawner
 from stubdom.xenstore import NoEntry, Transaction
@@ -129,9 +135,12 @@ class AttachedPci:
     """One row of ``pci-list``: the host function and the guest slot qemu chose."""
 
     bdf: proto.Bdf
-    vdevfn: int
+    #: None: an attach that never finished (its toolstack was killed).
+    vdevfn: int | None
 
     def row(self) -> str:
+        if self.vdevfn is None:
+            return f"??.? {self.bdf} (an unfinished pci-attach; pci-detach removes it)"
         return f"{self.vdevfn >> 3:02x}.{self.vdevfn & 7:01x} {self.bdf}"
 
 
@@ -203,8 +212,17 @@ async def pci_attach(
     info = await s.hv.domain_info(guest)
     done: list[AttachedPci] = []
     for bdf, vdevfn in _functions(s, spec):
-        if await s.xs.exists(_pci_record(guest, bdf)):
+        record = _pci_record(guest, bdf)
+        if await s.xs.exists(f"{record}/vdevfn"):
             raise ToolstackError(f"{bdf} is already attached to {info.name!r}")
+        if await s.xs.exists(record):
+            raise ToolstackError(
+                f"an earlier pci-attach of {bdf} to {info.name!r} did not finish; "
+                f"'stubdom pci-detach {info.name} {bdf}' removes it"
+            )
+        # The record is made first, so that an attach killed half-way leaves a trace
+        # that pci-list shows and pci-detach undoes; vdevfn completes it.
+        await s.xs.mkdir(record)
         fn = devices.PciFunction(
             bdf,
             vdevfn=vdevfn,
@@ -225,8 +243,10 @@ async def pci_attach(
         except BaseException:
             with contextlib.suppress(Exception):
                 await devices.remove_pci(s.xs, stub, fn.address)
+            with contextlib.suppress(Exception):
+                await s.xs.rm(record)
             raise
-        await s.xs.write(f"{_pci_record(guest, bdf)}/vdevfn", f"0x{devfn:02x}")
+        await s.xs.write(f"{record}/vdevfn", f"0x{devfn:02x}")
         done.append(AttachedPci(bdf, devfn))
     return done
 
@@ -238,10 +258,19 @@ async def pci_detach(
     stub = await _stub_of(s, guest)
     record = _pci_record(guest, bdf)
     raw = await s.xs.read_optional(f"{record}/vdevfn")
-    if raw is None:
+    if raw is not None:
+        await channel(s, stub, guest, timeout).pci_remove(
+            bdf, force=force, vdevfn=int(raw, 16)
+        )
+    elif await s.xs.exists(record):
+        # An unfinished attach: the device model may or may not have the function.
+        # One that never had it refuses (ours) or stays silent (qemu-trad).
+        try:
+            await channel(s, stub, guest, timeout).pci_remove(bdf, force=force)
+        except (PciRemoveError, DeviceModelTimeout) as e:
+            log.info("%s was never inserted (%s); removing what the attach left", bdf, e)
+    else:
         raise ToolstackError(f"{bdf} is not attached to domain {guest}; see 'stubdom pci-list'")
-    vdevfn = int(raw, 16)
-    await channel(s, stub, guest, timeout).pci_remove(bdf, force=force, vdevfn=vdevfn)
     with contextlib.suppress(devices.DeviceError):
         await devices.remove_pci(s.xs, stub, bdf)
 
@@ -261,15 +290,10 @@ async def pci_list(s: Session, guest: int) -> list[AttachedPci]:
     out = []
     for name in names:
         raw = await s.xs.read_optional(f"{base}/{name}/vdevfn")
-        if raw is None:
-            continue
         dom, bus, dev, func = name.split("-")
-        out.append(
-            AttachedPci(
-                proto.Bdf(int(dom, 16), int(bus, 16), int(dev, 16), int(func)), int(raw, 16)
-            )
-        )
-    return sorted(out, key=lambda a: a.vdevfn)
+        bdf = proto.Bdf(int(dom, 16), int(bus, 16), int(dev, 16), int(func))
+        out.append(AttachedPci(bdf, int(raw, 16) if raw is not None else None))
+    return sorted(out, key=lambda a: (a.vdevfn is None, a.vdevfn or 0))
 
 
 # -- save and restore ----------------------------------------------------------------------
