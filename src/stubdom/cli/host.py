@@ -439,8 +439,8 @@ def restart_xenstored(directory: str | None, kill: bool) -> None:
             _wait_gone(pid, STOP_TIMEOUT)
         else:
             _end(pid, "xenstored", STOP_TIMEOUT)
-        with contextlib.suppress(FileNotFoundError):
-            rd.xenstored_socket.unlink()  # a killed daemon leaves it
+        # A killed daemon leaves its sockets: clients get "refused" until the new one
+        # binds them again (it removes the stale files itself).
         new_pid = _start_xenstored(rd, args)
     _say(f"xenstored restarted in {rd.root} (pid {pid} -> {new_pid})")
 

@@ -85,8 +85,10 @@ DEFAULT_TIMEOUT = 10.0
 #: ``reconnect`` of the stack's own long-lived clients (host, agent, toolstack): a
 #: xenstored restarted with its state directory is back well within this.
 RECONNECT = 30.0
-#: How long a reconnecting client waits for a socket file that does not exist.
-SOCKET_GONE_GRACE = 1.0
+#: How long a reconnecting client waits for a socket file that does not exist: a
+#: daemon stopped cleanly removes its sockets, and its successor may take seconds to
+#: start on a busy machine; a released domain's socket never comes back.
+SOCKET_GONE_GRACE = 10.0
 #: `Client.retry_transaction`: a retry after the n-th conflict first pauses a random
 #: time up to this times 2**(n-1) (at most 32 times this).
 RETRY_BACKOFF = 0.001
