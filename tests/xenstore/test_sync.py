@@ -95,6 +95,9 @@ def test_blocking_transactions(sync_client: SyncClient, threaded: ThreadedServer
         return len(calls)
 
     assert c.retry_transaction(body, attempts=5) == 3
+    threaded.server.conflicts = 12  # beyond any small fixed number of attempts
+    calls.clear()
+    assert c.retry_transaction(body) == 13
     tx = c.transaction_start()
     c.bind(tx).write("/bound", b"1")
     c.transaction_end(tx, commit=True)

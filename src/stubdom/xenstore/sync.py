@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import random
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
 from stubdom.wire.perms import Perm
+from stubdom.xenstore import client as client_module
 from stubdom.xenstore.client import (
     DEFAULT,
     DEFAULT_TIMEOUT,
@@ -291,18 +294,25 @@ class SyncClient(_SyncNodeOps):
     ) -> None:
         self._runner.call(self._client.transaction_end(tx_id, commit, timeout=timeout))
 
-    def retry_transaction(self, fn: Callable[[SyncTransaction], T], attempts: int = 10) -> T:
-        """Run ``fn(t)`` in fresh transactions until one commits (see `Client`)."""
-        if attempts < 1:
+    def retry_transaction(
+        self, fn: Callable[[SyncTransaction], T], attempts: int | None = None
+    ) -> T:
+        """Run ``fn(t)`` in fresh transactions until one commits: at most ``attempts``
+        times, else for `RETRY_PATIENCE` seconds, with `Client`'s random back-off."""
+        if attempts is not None and attempts < 1:
             raise ValueError("attempts must be at least 1")
-        for attempt in range(1, attempts + 1):
+        give_up = time.monotonic() + client_module.RETRY_PATIENCE
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 with self.transaction() as t:
                     return fn(t)
             except TransactionConflict:
-                if attempt == attempts:
+                if attempt == attempts or (attempts is None and time.monotonic() >= give_up):
                     raise
-        raise AssertionError("unreachable")  # pragma: no cover
+                backoff = client_module.RETRY_BACKOFF * 2 ** min(attempt - 1, 5)
+                time.sleep(random.uniform(0, backoff))
 
     # -- domains and control ---------------------------------------------------
 
