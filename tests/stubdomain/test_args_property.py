@@ -12,10 +12,7 @@ Regressions found by these properties are pinned with ``@example``.
 
 from __future__ import annotations
 
-import logging
 import string
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -34,6 +31,7 @@ from stubdom.toolstack.configure import parse_config
 from stubdom.toolstack.dmargs import DmArgsError as ToolstackDmArgsError
 from stubdom.toolstack.dmargs import build_dm_argv
 from stubdom.toolstack.xlcfg import ConfigError, format_xlcfg
+from tests.support.logs import warnings_logged
 
 MAX_MESSAGE = 600
 FAST = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
@@ -222,24 +220,6 @@ def configs(draw: st.DrawFn) -> dict[str, object]:
     if nics:
         c["vif"] = [draw(vif_specs(n)) for n in range(nics)]
     return c
-
-
-@contextmanager
-def warnings_logged() -> Iterator[list[logging.LogRecord]]:
-    records: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if record.levelno >= logging.WARNING:
-                records.append(record)
-
-    handler = Keep()
-    logger = logging.getLogger("stubdom")
-    logger.addHandler(handler)
-    try:
-        yield records
-    finally:
-        logger.removeHandler(handler)
 
 
 def expected_options(cfg: GuestConfig, domid: int, loadvm: str | None) -> dict[str, object]:

@@ -13,10 +13,8 @@ Regressions found by these properties are pinned with ``@example``.
 
 from __future__ import annotations
 
-import logging
 import string
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,6 +34,7 @@ from stubdom.toolstack.xlcfg import (
     format_xlcfg,
     parse_xlcfg,
 )
+from tests.support.logs import warnings_logged
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 EXAMPLE_TEXTS = [p.read_text() for p in sorted(EXAMPLES.glob("*.cfg"))]
@@ -207,25 +206,6 @@ ATOMS: st.SearchStrategy[object] = st.one_of(
     st.text(max_size=12),
 )  # fmt: skip
 VALUES = st.recursive(ATOMS, lambda inner: st.lists(inner, max_size=3), max_leaves=6)
-
-
-@contextmanager
-def warnings_logged() -> Iterator[list[logging.LogRecord]]:
-    """The warnings logged meanwhile (caplog does not mix with @given)."""
-    records: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if record.levelno >= logging.WARNING:
-                records.append(record)
-
-    handler = Keep()
-    root = logging.getLogger("stubdom")
-    root.addHandler(handler)
-    try:
-        yield records
-    finally:
-        root.removeHandler(handler)
 
 
 def configure_or_error(text: str) -> GuestConfig | None:
