@@ -118,13 +118,8 @@ async def create_guest(
     )
     from stubdom.toolstack.savefile import config_to_json
 
-    userdata(s, created.guest, cfg.uuid).write_text(json.dumps(config_to_json(cfg)))
+    s.paths.userdata(created.guest, cfg.uuid).write_text(json.dumps(config_to_json(cfg)))
     return created
-
-
-def userdata(s: Session, guest: int, uuid: str) -> Path:
-    """libxl's ``userdata-d.<domid>.<uuid>.libxl-json``: the config the guest was made from."""
-    return s.paths.state_dir / f"userdata-d.{guest}.{uuid}.libxl-json"
 
 
 # -- PCI ---------------------------------------------------------------------------------
@@ -306,7 +301,7 @@ async def _guest_config(s: Session, guest: int) -> GuestConfig:
     from stubdom.toolstack.savefile import config_from_json
 
     info = await s.hv.domain_info(guest)
-    path = userdata(s, guest, info.uuid)
+    path = s.paths.userdata(guest, info.uuid)
     try:
         return config_from_json(json.loads(path.read_text()))
     except FileNotFoundError:

@@ -66,6 +66,16 @@ class HostPaths:
     def restore_file(self, guest: int) -> Path:
         return self.state_dir / proto.restore_file_name(guest)
 
+    def userdata(self, domid: int, uuid: str) -> Path:
+        """libxl's ``userdata-d.<domid>.<uuid>.libxl-json``: the config a guest was made from."""
+        return self.state_dir / f"userdata-d.{domid}.{uuid}.libxl-json"
+
+    def userdata_files(self, domid: int) -> list[Path]:
+        """Every userdata file of ``domid`` (libxl__userdata_destroyall's set)."""
+        if not self.state_dir.is_dir():
+            return []
+        return list(self.state_dir.glob(f"userdata-d.{domid}.*"))
+
     def dm_log(self, guest_name: str) -> Path:
         return self.log_dir / proto.log_file_name(guest_name)
 
@@ -307,9 +317,7 @@ async def destroy_domain(
         await hv.destroy(domid)
     with contextlib.suppress(XenStoreError):
         await remove_domain(xs, domid, uuid)
-    # libxl__userdata_destroyall: every userdata file of the domid goes too.
-    userdata = paths.state_dir.glob(f"userdata-d.{domid}.*") if paths.state_dir.is_dir() else []
-    for f in (paths.save_file(domid), paths.restore_file(domid), *userdata):
+    for f in (paths.save_file(domid), paths.restore_file(domid), *paths.userdata_files(domid)):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f)
 
