@@ -149,6 +149,8 @@ def test_xlcfg_huge_inputs() -> None:
 
 @FAST
 @given(st.lists(hostile(["memory=1", 'name="x"; vcpus=2', 'disk+=["a"]']), max_size=4))
+@example(["\n0"])
+@example(["memory=1", "\n:"])
 def test_overrides_parse_or_raise_config_error_on_the_command_line(args: list[str]) -> None:
     base = parse_xlcfg(EXAMPLE_TEXTS[0], "base.cfg")
     try:

@@ -432,7 +432,13 @@ def apply_overrides(settings: Settings, overrides: Sequence[str]) -> Settings:
     and reported as ``<command line>``, line N for the N-th argument."""
     result = settings.copy()
     for n, arg in enumerate(overrides, start=1):
-        _parse(arg, COMMAND_LINE, result, line=n)
+        try:
+            _parse(arg, COMMAND_LINE, result, line=n)
+        except ConfigError as e:
+            if e.line == n:
+                raise
+            # A newline inside an argument must not move the error to another argument.
+            raise ConfigError(e.file, n, e.column, e.message) from None
     return result
 
 
