@@ -67,22 +67,38 @@ def children_spec(new: Node, old: Node | None) -> list[Any] | None:
     return ["=", names]
 
 
+def node_fields(node: Node) -> list[Any]:
+    """A node without its children: ``[value_b64, perms, ignored]`` (journal and snapshot)."""
+    return [
+        base64.b64encode(node.value).decode("ascii"),
+        [str(p) for p in node.perms],
+        sorted(node.ignored),
+    ]
+
+
+def perms_from(texts: Sequence[str]) -> tuple[Perm, ...]:
+    perms = tuple(parse_perm(p) for p in texts)
+    if not perms:
+        raise JournalError("a permission vector without its owner entry")
+    return perms
+
+
+def node_from_fields(value: str, perms: Sequence[str], ignored: Sequence[int]) -> Node:
+    """The inverse of `node_fields` (children are added by the caller)."""
+    return Node(
+        base64.b64decode(value, validate=True),
+        perms_from(perms),
+        ignored=frozenset(int(i) for i in ignored),
+    )
+
+
 def encode_ops(changes: Sequence[Change]) -> list[Op]:
     ops: list[Op] = []
     for path, new, old in changes:
         if new is None:
             ops.append(["del", path])
             continue
-        ops.append(
-            [
-                "put",
-                path,
-                base64.b64encode(new.value).decode("ascii"),
-                [str(p) for p in new.perms],
-                sorted(new.ignored),
-                children_spec(new, old),
-            ]
-        )
+        ops.append(["put", path, *node_fields(new), children_spec(new, old)])
     return ops
 
 
@@ -193,10 +209,7 @@ def apply_ops(
             elif kind == "del":
                 store.delete(op[1])
             elif kind == "put" and op[1] in special:
-                perms = tuple(parse_perm(p) for p in op[3])
-                if not perms:
-                    raise JournalError(f"{op[1]} without permissions")
-                special[op[1]] = perms
+                special[op[1]] = perms_from(op[3])
             elif kind == "put":
                 _apply_put(store, op)
             else:
@@ -209,13 +222,9 @@ def apply_ops(
 
 def _apply_put(store: Store, op: Op) -> None:
     _, path, value, perms, ignored, spec = op
-    if not isinstance(path, str) or not perms:
-        raise JournalError(f"put without a path or permissions: {op!r:.80}")
-    node = Node(
-        base64.b64decode(value, validate=True),
-        tuple(parse_perm(p) for p in perms),
-        ignored=frozenset(int(i) for i in ignored),
-    )
+    if not isinstance(path, str):
+        raise JournalError(f"put without a path: {op!r:.80}")
+    node = node_from_fields(value, perms, ignored)
     old = store.get(path)
     if spec is None:
         names: Sequence[str] = list(old.children) if old is not None else []

@@ -21,7 +21,6 @@ acknowledged, so it is reported as a warning and dropped.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import logging
@@ -30,7 +29,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stubdom.wire.perms import InvalidPermission, parse_perm
 from stubdom.xenstored import journal
 from stubdom.xenstored.core import XenStored
 from stubdom.xenstored.store import Node
@@ -101,12 +99,10 @@ class DurableState:
             entries = data["nodes"]
             seq = int(data.get("seq", 0))
             special = data.get("special", {})
-            domain_ops = [["dom", *d] for d in data.get("domains", [])]
+            domain_ops = data.get("domains", [])
             nodes = [(e["path"], _node_from(e)) for e in entries]
-            special_perms = {
-                name: tuple(parse_perm(p) for p in perms) for name, perms in special.items()
-            }
-        except (ValueError, KeyError, TypeError, InvalidPermission) as e:
+            special_perms = {name: journal.perms_from(perms) for name, perms in special.items()}
+        except (ValueError, KeyError, TypeError) as e:
             raise StateError(
                 f"{source}: not a stubdom xenstored snapshot ({e}); move it away"
             ) from e
@@ -118,7 +114,7 @@ class DurableState:
             node.generation = store.next_generation()
             store.put(path, node)
         for name, perms in special_perms.items():
-            if name in self.xs.special_perms and perms:
+            if name in self.xs.special_perms:
                 self.xs.special_perms[name] = perms
         try:
             for op in domain_ops:
@@ -224,21 +220,12 @@ class DurableState:
 
     def _snapshot(self) -> dict[str, Any]:
         nodes = [
-            {
-                "path": path,
-                "value": base64.b64encode(node.value).decode("ascii"),
-                "perms": [str(p) for p in node.perms],
-                "ignored": sorted(node.ignored),
-                "children": list(node.children),
-            }
+            {"path": path, "node": journal.node_fields(node), "children": list(node.children)}
             for path, node in self.xs.store.walk("/")
         ]
         special = {name: [str(p) for p in perms] for name, perms in self.xs.special_perms.items()}
-        domains = [
-            [d.domid, d.port, d.target, d.target_refs]
-            for d in sorted(self.xs.domains.values(), key=lambda d: d.domid)
-            if d.introduced and d.domid != 0
-        ]
+        introduced = {d for d, dom in self.xs.domains.items() if dom.introduced and d != 0}
+        domains = journal.encode_domains(self.xs.domains, introduced)
         return {
             "version": 2,
             "seq": self.seq,
@@ -259,14 +246,7 @@ class DurableState:
 
 
 def _node_from(entry: dict[str, Any]) -> Node:
-    perms = tuple(parse_perm(p) for p in entry["perms"])
-    if not perms:
-        raise ValueError(f"{entry['path']} has no permissions")
-    node = Node(
-        base64.b64decode(entry["value"], validate=True),
-        perms,
-        ignored=frozenset(int(i) for i in entry.get("ignored", ())),
-    )
+    node = journal.node_from_fields(*entry["node"])
     for child in entry["children"]:
         node.add_child(child)
     return node
