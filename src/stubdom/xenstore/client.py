@@ -113,6 +113,23 @@ def _value(value: bytes | str) -> bytes:
     return value.encode() if isinstance(value, str) else value
 
 
+def _forgotten(op: str, tx_id: int) -> TransactionConflict:
+    """A transaction the restarted daemon no longer knows: a conflict, to be run again."""
+    return TransactionConflict(
+        op=op,
+        path=f"transaction {tx_id}",
+        message="xenstored restarted and forgot the transaction; run it again",
+    )
+
+
+def retry_pause(attempt: int, attempts: int | None, elapsed: float) -> float | None:
+    """How long to wait after conflict number ``attempt`` before running the
+    transaction again, or None to give up (see `Client.retry_transaction`)."""
+    if attempt == attempts or (attempts is None and elapsed >= RETRY_PATIENCE):
+        return None
+    return random.uniform(0, RETRY_BACKOFF * 2 ** min(attempt - 1, 5))
+
+
 def _op_name(op: int) -> str:
     try:
         return Op(op).name
@@ -442,11 +459,7 @@ class Client(_NodeOps):
         for req, fut in void:
             del self._waiters[req.req_id]
             fut.set_exception(
-                TransactionConflict(
-                    op=_op_name(req.op),
-                    path=f"transaction {req.tx_id}",
-                    message="xenstored restarted and forgot the transaction; run it again",
-                )
+                _forgotten(_op_name(req.op), req.tx_id)
             )
             fut.exception()
 
@@ -653,7 +666,7 @@ class Client(_NodeOps):
         if attempts is not None and attempts < 1:
             raise ValueError("attempts must be at least 1")
         loop = asyncio.get_running_loop()
-        give_up = loop.time() + RETRY_PATIENCE
+        started = loop.time()
         attempt = 0
         while True:
             attempt += 1
@@ -669,10 +682,11 @@ class Client(_NodeOps):
                     finally:
                         self._retry_owner = None
             except TransactionConflict:
-                if attempt == attempts or (attempts is None and loop.time() >= give_up):
+                pause = retry_pause(attempt, attempts, loop.time() - started)
+                if pause is None:
                     raise
                 log.debug("transaction conflict, attempt %d", attempt)
-                await asyncio.sleep(random.uniform(0, RETRY_BACKOFF * 2 ** min(attempt - 1, 5)))
+                await asyncio.sleep(pause)
 
     # -- domains and control ---------------------------------------------------
 
@@ -905,11 +919,7 @@ class Transaction(_NodeOps):
 
     def _check_epoch(self, op: str) -> None:
         if self._epoch != self._client.epoch:
-            raise TransactionConflict(
-                op=op,
-                path=f"transaction {self._tx_id}",
-                message="xenstored restarted and forgot the transaction; run it again",
-            )
+            raise _forgotten(op, self._tx_id)
 
     async def _rpc(self, op: Op, payload: bytes, what: str | None, timeout: TimeoutArg) -> bytes:
         self._check_open()

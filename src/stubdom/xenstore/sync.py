@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import random
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
@@ -28,7 +27,6 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from stubdom.wire.perms import Perm
-from stubdom.xenstore import client as client_module
 from stubdom.xenstore.client import (
     DEFAULT,
     DEFAULT_TIMEOUT,
@@ -39,6 +37,7 @@ from stubdom.xenstore.client import (
     Transaction,
     Watch,
     _NodeOps,
+    retry_pause,
 )
 from stubdom.xenstore.errors import TransactionConflict
 from stubdom.xenstore.protocol import DEFAULT_MAX_REPLY, DirectoryPart, WatchEvent
@@ -301,7 +300,7 @@ class SyncClient(_SyncNodeOps):
         times, else for `RETRY_PATIENCE` seconds, with `Client`'s random back-off."""
         if attempts is not None and attempts < 1:
             raise ValueError("attempts must be at least 1")
-        give_up = time.monotonic() + client_module.RETRY_PATIENCE
+        started = time.monotonic()
         attempt = 0
         while True:
             attempt += 1
@@ -309,10 +308,10 @@ class SyncClient(_SyncNodeOps):
                 with self.transaction() as t:
                     return fn(t)
             except TransactionConflict:
-                if attempt == attempts or (attempts is None and time.monotonic() >= give_up):
+                pause = retry_pause(attempt, attempts, time.monotonic() - started)
+                if pause is None:
                     raise
-                backoff = client_module.RETRY_BACKOFF * 2 ** min(attempt - 1, 5)
-                time.sleep(random.uniform(0, backoff))
+                time.sleep(pause)
 
     # -- domains and control ---------------------------------------------------
 
