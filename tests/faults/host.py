@@ -51,11 +51,23 @@ class FaultHost:
             text=True,
         )
 
-    def config(self, name: str, fault: str | None = None) -> Path:
-        """A guest with a disk and a nic; its stubdomain has ``fault`` (None: healthy)."""
+    def config(
+        self,
+        name: str,
+        fault: str | None = None,
+        *,
+        gates: str | None = None,
+        pci: str | None = None,
+    ) -> Path:
+        """A guest with a disk and a nic (and ``pci``).  Its stubdomain runs the agent
+        with ``fault`` (faulty_stub.py), or held at ``gates`` (gated_stub.py), or as is."""
         kernel = self.dir / f"kernel-{name}"
-        program = f"{ROOT}/tests/faults/faulty_stub.py {ROOT} {fault}" if fault else (
-            "-m stubdom.stubdomain.main")
+        if fault is not None:
+            program = f'{ROOT}/tests/faults/faulty_stub.py {ROOT} {fault}'
+        elif gates is not None:
+            program = f'{ROOT}/tests/faults/gated_stub.py {ROOT} "{gates}"'
+        else:
+            program = "-m stubdom.stubdomain.main"
         kernel.write_text(f'#!/bin/sh\nexec {sys.executable} {program} "$@"\n')
         kernel.chmod(0o755)
         disk = self.dir / f"{name}.img"
@@ -67,7 +79,8 @@ class FaultHost:
             "device_model_stubdomain_override = 1\n"
             f"disk = [ '{disk},raw,hda,rw' ]\n"
             "vif = [ 'mac=00:16:3e:12:34:56' ]\n"
-            f'stubdomain_kernel = "{kernel}"\n'
+            + (f"pci = [ '{pci}' ]\n" if pci else "")
+            + f'stubdomain_kernel = "{kernel}"\n'
         )
         return cfg
 

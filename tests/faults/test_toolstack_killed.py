@@ -31,10 +31,9 @@ import pytest
 from stubdom.host.api import RemoteHypervisor
 from stubdom.host.hypervisor import DomainInfo
 from stubdom.xenstore.sync import SyncClient
+from tests.faults.host import ROOT, STUBDOM, FaultHost
 from tests.support.daemons import short_tmpdir
 
-ROOT = Path(__file__).resolve().parents[2]
-STUBDOM = [sys.executable, "-m", "stubdom"]
 #: A guard against a hang, never a timing assumption.
 GUARD = 60.0
 #: The device-model wait given to commands after a kill: only a fast path (no lock left
@@ -44,27 +43,15 @@ NAME = "win7"
 
 
 @dataclass
-class Host:
-    dir: Path
+class Host(FaultHost):
     xs: SyncClient
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "STUBDOM_HOST_DIR": str(self.dir)}
-
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        r = subprocess.run([*STUBDOM, *args], env=self.env, capture_output=True, text=True,
-                           timeout=GUARD)
-        if check and r.returncode:
-            pytest.fail(f"stubdom {' '.join(args)} failed ({r.returncode}): {r.stderr}")
-        return r
 
     def start(self, *args: str, hang: str | None = None) -> subprocess.Popen[str]:
         """A toolstack command in the background (stopped for good at ``hang``)."""
-        prefix = STUBDOM
-        if hang is not None:
-            prefix = [sys.executable, str(ROOT / "tests/faults/hanging_toolstack.py"), str(ROOT),
-                      hang, str(self.flag)]
+        if hang is None:
+            return self.popen(*args)
+        prefix = [sys.executable, str(ROOT / "tests/faults/hanging_toolstack.py"), str(ROOT),
+                  hang, str(self.flag)]
         return subprocess.Popen([*prefix, *args], env=self.env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
 
@@ -72,23 +59,10 @@ class Host:
     def flag(self) -> Path:
         return self.dir / "hang-reached"
 
-    def config(self, gates: str = "", pci: str | None = None) -> Path:
-        kernel = self.dir / f"stub-kernel-{gates.replace(',', '-') or 'plain'}"
-        kernel.write_text(f'#!/bin/sh\nexec {sys.executable} {ROOT}/tests/faults/gated_stub.py'
-                          f' {ROOT} "{gates}" "$@"\n')
-        kernel.chmod(0o755)
-        disk = self.dir / "disk.img"
-        disk.write_bytes(b"\0" * 8192)
-        cfg = self.dir / f"{NAME}-{kernel.name}.cfg"
-        cfg.write_text(
-            f'type = "hvm"\nname = "{NAME}"\nmemory = 128\nvcpus = 1\n'
-            'device_model_version = "qemu-xen-traditional"\n'
-            "device_model_stubdomain_override = 1\n"
-            f"disk = [ '{disk},raw,hda,rw' ]\n"
-            "vif = [ 'mac=00:16:3e:12:34:56' ]\n"
-            + (f"pci = [ '{pci}' ]\n" if pci else "")
-            + f'stubdomain_kernel = "{kernel}"\n')
-        return cfg
+    def config(  # type: ignore[override]
+        self, gates: str = "", pci: str | None = None
+    ) -> Path:
+        return super().config(NAME, gates=gates, pci=pci)
 
     def domains(self) -> list[DomainInfo]:
         async def ask() -> list[DomainInfo]:

@@ -10,14 +10,12 @@ the restart is lost.
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.faults.host import GUARD, NO_TIMEOUT, ROOT, FaultHost
+from tests.faults.host import GUARD, NO_TIMEOUT, FaultHost
 from tests.support.daemons import short_tmpdir
 
 
@@ -31,16 +29,6 @@ def host() -> Iterator[FaultHost]:
     finally:
         h.run("host", "down", check=False)
         subprocess.run(["rm", "-rf", str(d)], check=False)
-
-
-def gated_config(host: FaultHost, gates: str) -> Path:
-    cfg = host.config("g")
-    kernel = host.dir / "kernel-g"
-    kernel.write_text(
-        f"#!/bin/sh\nexec {sys.executable} {ROOT}/tests/faults/gated_stub.py {ROOT} {gates}"
-        ' "$@"\n'
-    )
-    return cfg
 
 
 def logs(host: FaultHost) -> str:
@@ -71,7 +59,7 @@ def wait_held(host: FaultHost, stub: int, gate: str, proc: subprocess.Popen[str]
 def test_a_command_completes_across_a_xenstored_restart(
     host: FaultHost, how: str, gate: str, verb: tuple[str, ...]
 ) -> None:
-    host.run("create", str(gated_config(host, gate)), "--timeout", NO_TIMEOUT)
+    host.run("create", str(host.config("g", gates=gate)), "--timeout", NO_TIMEOUT)
     guest, stub = host.domids()["g"], host.domids()["g-dm"]
     host.run("xenstore", "write", "/before/restart", "kept")
     image = host.dir / "g.save"
