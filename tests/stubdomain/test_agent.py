@@ -14,10 +14,14 @@ from pathlib import Path
 import pytest
 
 from stubdom import protocol as proto
+from stubdom.devicemodel.sim import SimDeviceModel
 from stubdom.devicemodel.stream import StreamReader, is_complete
 from stubdom.host import devices
 from stubdom.host.hypervisor import DomainState
 from stubdom.host.rundir import RunDir
+from stubdom.stubdomain import commands as cmds
+from stubdom.stubdomain.agent import Agent
+from stubdom.stubdomain.args import AgentOptions
 from stubdom.toolstack import operations as ops
 from stubdom.toolstack.config import DiskSpec, GuestConfig, NicSpec
 from stubdom.toolstack.control import (
@@ -29,7 +33,7 @@ from stubdom.toolstack.control import (
 from stubdom.toolstack.session import Session
 from stubdom.toolstack.spawn import Created, CreateError, HostPaths
 from stubdom.xenstore import Client
-from tests.support.daemons import need_peer
+from tests.support.daemons import Daemon, need_peer
 from tests.support.inprocess_host import inprocess_host
 
 AGENT = str(Path(sys.executable).with_name("stubdom-dm"))
@@ -358,3 +362,36 @@ async def test_a_restore_stream_cut_short_stops_the_agent(host: Host) -> None:
                                restore_state=blob[: len(blob) // 2])
     assert "fatal: -loadvm" in host.log() and "truncated" in host.log()
     assert [d.name for d in await host.s.hv.list_domains()] == ["Domain-0"]
+
+
+@pytest.mark.parametrize(
+    ("writes", "atomic"),
+    [
+        (cmds.pci_insert_failed("no free devfn", compat=False), True),
+        (cmds.pci_remove_failed("not inserted", compat=False), True),
+        (cmds.pci_inserted(0x28), False),
+        (cmds.pci_insert_failed("no free devfn", compat=True), False),
+    ],
+)
+async def test_a_refusal_is_written_in_one_transaction(
+    ours: Daemon, writes: list[cmds.Write], atomic: bool
+) -> None:
+    """A refusal's text in ``parameter`` is an answer the toolstack acts on at once (and
+    writes ``running`` back); a failure state written after it would land on that
+    ``running`` and fail the next command (CI run of stop 10).  So the pair is one
+    transaction; the other results keep their two plain writes."""
+    async with await Client.connect(ours.socket) as c:
+        agent = Agent(c, AgentOptions(), [], lambda o: SimDeviceModel())
+        agent.guest = 7
+        plain: list[str] = []
+        real_write = c.write
+
+        async def spy(path: str, value: str | bytes) -> None:
+            plain.append(path)
+            await real_write(path, value)
+
+        c.write = spy  # type: ignore[method-assign]
+        await agent._write(writes)
+        assert (plain == []) is atomic
+        for w in writes:
+            assert await c.read(proto.dm_relative_path(7, w.node)) == str(w.value).encode()

@@ -35,7 +35,15 @@ from stubdom.host.frontend.console import Console, ConsoleError, connect_console
 from stubdom.stubdomain import commands as cmds
 from stubdom.stubdomain.args import AgentOptions, DmArgsError, build_argv, parse_dm_args
 from stubdom.stubdomain.discovery import Discovered, discover, run_pcifront
-from stubdom.xenstore import RECONNECT, Client, ConnectionClosed, NoEntry, Watch, XenStoreError
+from stubdom.xenstore import (
+    RECONNECT,
+    Client,
+    ConnectionClosed,
+    NoEntry,
+    Transaction,
+    Watch,
+    XenStoreError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -275,8 +283,16 @@ class Agent:
             await self.vcpu_event()
 
     async def _write(self, writes: list[cmds.Write]) -> None:
-        for w in writes:
-            await self.client.write(proto.dm_relative_path(self.guest, w.node), str(w.value))
+        if not cmds.must_be_atomic(writes):
+            for w in writes:
+                await self.client.write(proto.dm_relative_path(self.guest, w.node), str(w.value))
+            return
+
+        async def together(t: Transaction) -> None:
+            for w in writes:
+                await t.write(proto.dm_relative_path(self.guest, w.node), str(w.value))
+
+        await self.client.retry_transaction(together)
 
     # -- dm-command (§3.2) ------------------------------------------------------------------
 

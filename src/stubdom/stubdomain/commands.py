@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from stubdom.devicemodel.base import PciInsertFailed, PciRemoveFailed, PciRequest
 from stubdom.protocol import (
     AUTO_PHP_SLOT,
+    FAILURE_STATES,
     LOGDIRTY_DISABLE,
     LOGDIRTY_ENABLE,
     PCI_INS_BAD_BDF,
@@ -214,6 +215,15 @@ def pci_remove_failed(reason: str, compat: bool) -> list[Write]:
     if compat:
         return []
     return [Write(PARAMETER, reason), Write(STATE, State.PCI_REMOVE_FAILED)]
+
+
+def must_be_atomic(writes: list[Write]) -> bool:
+    """Whether ``writes`` go in one transaction: a refusal's text in ``parameter`` is
+    already an answer the toolstack acts on (and then writes ``running`` back), so a
+    failure state written after it could land on top of that ``running``."""
+    return len(writes) > 1 and any(
+        w.node == STATE and w.value in FAILURE_STATES for w in writes
+    )
 
 
 def pci_removed() -> list[Write]:
