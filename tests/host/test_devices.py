@@ -8,10 +8,12 @@ timeouts are only failure guards.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -492,3 +494,77 @@ async def test_pci_bad_dev_entry_fails_setup(host: Host) -> None:
     await host.manager.start()
     await wait_for_state(host.dom0, f"{be}/state", S.CLOSED, GUARD)
     assert "dev-0" in await host.read(f"{be}/hotplug-error")
+
+
+async def test_a_hot_plug_never_reconfigures_into_another(host: Host) -> None:
+    """Another toolstack sets Reconfiguring between our wait for Connected and our
+    transaction: we must wait for Connected again, not write into its reconfiguration
+    (three `pci-attach` at once left pciback never Connected, once in a CI run)."""
+    await host.manager.stop()  # pciback is played by the test
+    be = pci_ref(GUEST).backend
+    first = PciFunction(PciAddress(0, 3, 0, 0))
+    await add_pci(host.dom0, GUEST, first, domain_name="g", starting=True)
+    await host.dom0.write(f"{be}/state", S.CONNECTED.node())
+
+    other = await Client.connect(str(host.server.socket_path))
+    real_retry, real_watch = host.dom0.retry_transaction, host.dom0.watch
+    sneaked = False
+    waiting = asyncio.Event()
+
+    async def retry(fn: Any, attempts: int | None = None) -> Any:
+        nonlocal sneaked
+        if not sneaked:  # the other toolstack's hot-plug starts right now
+            sneaked = True
+            await other.write(f"{be}/state", S.RECONFIGURING.node())
+        return await real_retry(fn, attempts)
+
+    def watch(path: str, *args: Any, **kwargs: Any) -> Any:
+        if path == f"{be}/state" and sneaked:
+            waiting.set()  # waiting for Connected after the other one began
+        return real_watch(path, *args, **kwargs)
+
+    host.dom0.retry_transaction = retry  # type: ignore[method-assign]
+    host.dom0.watch = watch  # type: ignore[method-assign]
+    try:
+        task = asyncio.create_task(
+            add_pci(host.dom0, GUEST, PciFunction(PciAddress(0, 4, 0, 0)), domain_name="g")
+        )
+        await asyncio.wait_for(waiting.wait(), GUARD)
+        assert await host.read(f"{be}/num_devs") == "1"  # nothing written meanwhile
+        assert not await host.dom0.exists(f"{be}/dev-1")
+        waiting.clear()
+        await other.write(f"{be}/state", S.CONNECTED.node())  # the other one is done
+        await asyncio.wait_for(waiting.wait(), GUARD)  # ours reconfigures now
+        assert await host.read(f"{be}/num_devs") == "2"
+        assert await host.state(be) is S.RECONFIGURING
+        await other.write(f"{be}/state", S.CONNECTED.node())
+        assert await asyncio.wait_for(task, GUARD) == 1
+    finally:
+        await other.close()
+
+
+async def test_concurrent_hot_plugs_all_connect(host: Host) -> None:
+    """Four functions hot-plugged at once, then two removed at once, with the real
+    pciback and pcifront: every one ends set up, on its own slot, and Connected."""
+    await host.guest()
+    be = pci_ref(GUEST).backend
+    first = PciAddress.parse("0000:03:00.0")
+    await add_pci(host.dom0, GUEST, PciFunction(first), domain_name="g", starting=True)
+    async with Frontend(host.guests[0], "pci", 0, timeout=GUARD) as dev:
+        await wait_for_state(host.dom0, f"{be}/state", S.CONNECTED, GUARD)
+        more = [PciAddress(0, n, 0, 0) for n in range(4, 8)]
+        got = await asyncio.gather(
+            *(add_pci(host.dom0, GUEST, PciFunction(a), domain_name="g", timeout=GUARD)
+              for a in more)
+        )
+        assert sorted(got) == [1, 2, 3, 4]
+        assert [await host.read(f"{be}/state-{i}") for i in range(5)] == ["3"] * 5
+        slots = {await dev.physical_to_virtual(a) for a in [first, *more]}
+        assert None not in slots and len(slots) == 5
+        await asyncio.gather(
+            *(remove_pci(host.dom0, GUEST, a, timeout=GUARD) for a in more[:2])
+        )
+        assert await host.read(f"{be}/num_devs") == "3"
+        assert await host.state(be) is S.CONNECTED
+        assert await dev.physical_to_virtual(more[0]) is None
+        assert await dev.physical_to_virtual(more[3]) is not None

@@ -27,9 +27,9 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from stubdom.host.xenbus import (
     BACKEND_DOMID,
@@ -41,6 +41,8 @@ from stubdom.host.xenbus import (
 from stubdom.protocol import Bdf
 from stubdom.wire.paths import domain_path
 from stubdom.xenstore import Client, NoEntry, Transaction, XenStoreTimeout
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -741,13 +743,12 @@ async def add_pci(
     """
     ref = pci_ref(domid)
     be = ref.backend
-    existing = await read_text(client, f"{be}/num_devs")
-    if existing is not None and not starting:
-        await wait_for_state(client, f"{be}/state", S.CONNECTED, timeout)
 
     async def body(t: Transaction) -> int:
         raw = await read_text(t, f"{be}/num_devs")
         num = int(raw) if raw else 0
+        if num and not starting:
+            await _require_connected(t, be)
         if raw is None:
             back = {
                 "frontend": ref.frontend,
@@ -773,11 +774,39 @@ async def add_pci(
         await _writev_perms(t, be, entries, None)
         return num
 
-    num = await client.retry_transaction(body)
+    num = await _when_connected(client, be, timeout, body)
     log.debug("pci %s added to domain %d as dev-%d", function.address, domid, num)
     if num and not starting:
         await wait_for_state(client, f"{be}/state", S.CONNECTED, timeout)
     return num
+
+
+class _NotConnected(Exception):
+    """pciback left Connected between the wait and the transaction."""
+
+
+async def _require_connected(t: Transaction, be: str) -> None:
+    """Read pciback's state inside ``t``: the commit then fails if anyone changes it."""
+    if XenbusState.parse(await read_text(t, f"{be}/state")) is not S.CONNECTED:
+        raise _NotConnected
+
+
+async def _when_connected(
+    client: Client, be: str, timeout: float, body: Callable[[Transaction], Awaitable[T]]
+) -> T:
+    """Run ``body`` (which calls `_require_connected`) in a transaction that commits only
+    while pciback is Connected, waiting for Connected again whenever it is not.
+
+    libxl waits for Connected and then, in a separate transaction, sets Reconfiguring;
+    two hot-plugs at once could both pass the wait, and the second would write
+    Reconfiguring into the first's reconfiguration, racing pciback's own writes.  Here
+    the state is read in the transaction, so such hot-plugs reconfigure in turn.
+    """
+    while True:
+        try:
+            return await client.retry_transaction(body)
+        except _NotConnected:
+            await wait_for_state(client, f"{be}/state", S.CONNECTED, timeout)
 
 
 async def remove_pci(
@@ -787,35 +816,37 @@ async def remove_pci(
 
     Waits for Connected, sets ``state-N`` = 5 and state 7, waits for Connected
     again, then removes the function's entries and renumbers the later ones.  The
-    last function takes the whole device with it (``libxl__device_destroy``).
+    last function takes the whole device with it (``libxl__device_destroy``).  N is
+    looked up inside each transaction, since a concurrent removal renumbers.
     """
     ref = pci_ref(domid)
     be = ref.backend
-    raw = await read_text(client, f"{be}/num_devs")
-    if raw is None:
-        raise DeviceError(f"domain {domid} has no pci device")
-    num = int(raw)
-    await wait_for_state(client, f"{be}/state", S.CONNECTED, timeout)
-    index = None
-    for i in range(num):
-        dev = await read_text(client, f"{be}/dev-{i}")
-        try:
-            if dev is not None and PciAddress.parse(dev) == address:
-                index = i
-                break
-        except ValueError:
-            continue
-    if index is None:
+
+    async def find(t: Transaction) -> tuple[int, int]:
+        raw = await read_text(t, f"{be}/num_devs")
+        if raw is None:
+            raise DeviceError(f"domain {domid} has no pci device")
+        num = int(raw)
+        for i in range(num):
+            dev = await read_text(t, f"{be}/dev-{i}")
+            try:
+                if dev is not None and PciAddress.parse(dev) == address:
+                    return num, i
+            except ValueError:
+                continue
         raise DeviceError(f"pci {address} of domain {domid}: couldn't find the device on xenstore")
 
     async def mark(t: Transaction) -> None:
+        _, index = await find(t)
+        await _require_connected(t, be)
         await t.write(f"{be}/state-{index}", S.CLOSING.node())
         await t.write(f"{be}/state", S.RECONFIGURING.node())
 
-    await client.retry_transaction(mark)
-    await wait_for_state(client, f"{be}/state", S.CONNECTED, timeout)
+    await _when_connected(client, be, timeout, mark)
 
-    async def drop(t: Transaction) -> None:
+    async def drop(t: Transaction) -> int:
+        num, index = await find(t)
+        await _require_connected(t, be)
         for key in PCI_PER_FUNCTION:
             await _rm(t, f"{be}/{key}-{index}")
         await t.write(f"{be}/num_devs", str(num - 1))
@@ -825,9 +856,9 @@ async def remove_pci(
                 if value is not None:
                     await t.write(f"{be}/{key}-{j - 1}", value)
                     await _rm(t, f"{be}/{key}-{j}")
+        return num
 
-    await client.retry_transaction(drop)
-    if num == 1:
+    if await _when_connected(client, be, timeout, drop) == 1:
         await destroy_device(client, ref)
     log.debug("pci %s removed from domain %d", address, domid)
 
