@@ -196,8 +196,13 @@ RESULT_STATE = {
     Command.USB_DEL: State.USB_DELETED,
 }
 
-#: States that end a wait as a failure at once.
-FAILURE_STATES = frozenset({State.PCI_INSERT_FAILED, State.PCI_REMOVE_FAILED})
+#: The state that answers a command as failed, for the commands that have one.
+FAILURE_STATE = {
+    Command.PCI_INS: State.PCI_INSERT_FAILED,
+    Command.PCI_REM: State.PCI_REMOVE_FAILED,
+}
+#: States that end their command's wait as a failure at once.
+FAILURE_STATES = frozenset(FAILURE_STATE.values())
 
 #: The error texts qemu-trad writes to ``parameter`` when ``pci-ins`` fails.
 PCI_INS_NO_FREE_DEVFN = "no free hotplug devfn"

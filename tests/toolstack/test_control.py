@@ -26,6 +26,7 @@ from stubdom.protocol import (
     DM_VERSION_TRADITIONAL,
     PCI_INS_BAD_BDF,
     PCI_INS_NO_FREE_DEVFN,
+    RESULT_STATE,
     Command,
     State,
     command_path,
@@ -173,6 +174,20 @@ def test_exchange_failure_states_and_bad_devfn() -> None:
     ex.parameter = None
     out = ex.observe(Snapshot("pci-inserted", None))
     assert out.verdict is Verdict.FAILED and "wrong format for the vdevfn" in str(out.error)
+
+
+@pytest.mark.parametrize("command", [Command.PCI_REM, Command.SAVE, Command.CONTINUE])
+def test_exchange_waits_past_another_commands_late_failure(command: Command) -> None:
+    """A ``pci-insert-failed`` that lands after the toolstack wrote the state back (a
+    stub writing the refusal text and the state apart) is not the next command's answer."""
+    expect = RESULT_STATE[command]
+    ex = CommandExchange(G, expect, command, "0000:03:00.0" if command.value[:3] == "pci" else None)
+    assert ex.observe(Snapshot("pci-insert-failed", "no free hotplug devfn")).verdict is (
+        Verdict.WAIT
+    )
+    assert ex.observe(Snapshot(expect.value, "0000:03:00.0")).verdict is Verdict.DONE
+    ins = _ins()
+    assert ins.observe(Snapshot("pci-remove-failed", "0000:03:00.0,x=0")).verdict is Verdict.WAIT
 
 
 def test_exchange_stub_death_and_timeout_messages() -> None:

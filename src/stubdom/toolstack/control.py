@@ -34,6 +34,7 @@ from typing import IO
 
 from stubdom.protocol import (
     DEVICE_MODEL_TIMEOUT,
+    FAILURE_STATE,
     FAILURE_STATES,
     LOGDIRTY_DISABLE,
     LOGDIRTY_ENABLE,
@@ -206,6 +207,12 @@ class CommandExchange:
             refused = self._pci_ins_refusal(snap)
             if refused is not None:
                 return self._fail(snap, PciInsertError(self.guest, refused))
+        own_failure = FAILURE_STATE.get(self.command) if self.command else None
+        if snap.state in FAILURE_STATES and snap.state != own_failure:
+            # Another command's answer, late: a stub that writes its refusal text and
+            # then the state apart can land the state after we wrote the old one back.
+            log.info("guest %d: %s: ignoring a late %s", self.guest, self.what, snap.state)
+            return Outcome(Verdict.WAIT, snap)
         if snap.state in FAILURE_STATES:
             cls = PciRemoveError if snap.state == State.PCI_REMOVE_FAILED else DeviceModelError
             return self._fail(snap, cls(self.guest, self.what, f"state {snap.state}"))
