@@ -395,3 +395,31 @@ async def test_a_refusal_is_written_in_one_transaction(
         assert (plain == []) is atomic
         for w in writes:
             assert await c.read(proto.dm_relative_path(7, w.node)) == str(w.value).encode()
+
+
+async def test_a_logdirty_command_is_answered_once(ours: Daemon) -> None:
+    """One ``cmd`` change can reach the agent as two events (the toolstack's cleanup of
+    the previous command, then the new one); the second must not write ``ret`` again,
+    or a ``ret`` written after the toolstack removed the pair is left behind."""
+    # The agent names its nodes relative to its home: dom0's, on this connection.
+    cmd, ret = proto.logdirty_path(0, 7, "cmd"), proto.logdirty_path(0, 7, "ret")
+    async with await Client.connect(ours.socket) as c:
+        agent = Agent(c, AgentOptions(), [], lambda o: SimDeviceModel())
+        agent.guest = 7
+        await c.write(cmd, "disable")
+        await agent.logdirty_event()
+        assert await c.read(ret) == b"disable" and agent.logdirty is False
+        writes: list[str] = []
+        real_write = c.write
+
+        async def spy(path: str, value: str | bytes) -> None:
+            writes.append(path)
+            await real_write(path, value)
+
+        c.write = spy  # type: ignore[method-assign]
+        await agent.logdirty_event()  # the duplicate event
+        assert writes == []
+        await c.rm(ret)
+        await c.rm(cmd)
+        await agent.logdirty_event()  # the cleanup's own event: nothing to answer
+        assert writes == [] and await c.read_optional(ret) is None

@@ -91,6 +91,10 @@ def test_logdirty() -> None:
     bad = c.logdirty("frob", False)
     assert bad.ret is None and bad.error and not bad.fatal
     assert c.logdirty("frob", True).fatal
+    # A second event for a command already answered: nothing (qemu-trad answers again).
+    assert c.logdirty("enable", False, answered="enable") == c.LogdirtyDecision()
+    assert c.logdirty("enable", False, answered="disable").ret == "enable"
+    assert c.logdirty("enable", True, answered="enable").ret == "enable"
 
 
 def test_online_vcpus() -> None:

@@ -380,8 +380,11 @@ class Agent:
     # -- logdirty (§3.7) and vcpus (§3.8) ---------------------------------------------------
 
     async def logdirty_event(self) -> None:
+        # ret before cmd: the toolstack removes both at once, so a ret equal to the cmd
+        # read after it means this very command was answered.
+        answered = await self._read(proto.dm_relative_path(self.guest, "logdirty/ret"))
         value = await self._read(proto.dm_relative_path(self.guest, "logdirty/cmd"))
-        d = cmds.logdirty(value, self.compat)
+        d = cmds.logdirty(value, self.compat, answered)
         if d.error is not None:
             log.error("%s", d.error)
             if d.fatal:

@@ -254,9 +254,17 @@ class LogdirtyDecision:
     fatal: bool = False  # compat: qemu-trad exit(1)s
 
 
-def logdirty(value: str | None, compat: bool) -> LogdirtyDecision:
+def logdirty(value: str | None, compat: bool, answered: str | None = None) -> LogdirtyDecision:
+    """What to do with ``cmd`` = ``value``; ``answered``: ``ret`` as read just before.
+
+    Outside compat a command whose ``ret`` already equals it is not answered again:
+    one change of ``cmd`` can reach us as two events, and a second ``ret`` written
+    after the toolstack removed the pair would be left behind (qemu-trad rewrites it).
+    """
     if value is None:
         return LogdirtyDecision()  # "no command yet"
+    if not compat and answered == value:
+        return LogdirtyDecision()  # answered already; the toolstack is cleaning up
     if value in (LOGDIRTY_ENABLE, LOGDIRTY_DISABLE):
         return LogdirtyDecision(enable=value == LOGDIRTY_ENABLE, ret=value)
     return LogdirtyDecision(
