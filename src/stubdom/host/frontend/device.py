@@ -23,8 +23,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from stubdom.host.devices import PciAddress
 from stubdom.host.xenbus import FrontendHandshake, XenbusState
 from stubdom.xenstore import (
     Client,
@@ -36,6 +36,10 @@ from stubdom.xenstore import (
     XenStoreError,
     XenStoreTimeout,
 )
+
+if TYPE_CHECKING:
+    # Only pcifront needs it: not imported at start-up (the toolstack's device module).
+    from stubdom.host.devices import PciAddress
 
 log = logging.getLogger(__name__)
 
@@ -386,6 +390,8 @@ class Frontend:
 
     async def pci_functions(self) -> list[PciFunctionInfo]:
         """pcifront: every ``dev-N`` of the backend, read now (they change on hot-plug)."""
+        from stubdom.host.devices import PciAddress
+
         try:
             num = int(await self._read(f"{self.backend}/num_devs") or "0")
         except ValueError:
@@ -407,6 +413,8 @@ class Frontend:
 
     async def physical_to_virtual(self, address: PciAddress | str) -> PciAddress | None:
         """Mini-OS ``pcifront_physical_to_virtual``: where the host function shows up."""
+        from stubdom.host.devices import PciAddress
+
         if isinstance(address, str):
             address = PciAddress.parse(address)
         for fn in await self.pci_functions():
