@@ -25,8 +25,8 @@ async def test_requests_leave_in_issue_order(client: Client, server: FakeServer)
 async def test_results_in_order(client: Client) -> None:
     await client.write("/r/a", "1")
     await client.write("/r/b", "2")
-    assert await pipelined(client.read("/r/b"), client.read("/r/a")) == [b"2", b"1"]
-    assert await pipelined(client.read("/r/a")) == [b"1"]
+    assert await pipelined(client.read("/r/b"), client.read("/r/a")) == (b"2", b"1")
+    assert await pipelined(client.read("/r/a")) == (b"1",)
 
 
 async def test_the_first_failure_in_issue_order_raises(client: Client, server: FakeServer) -> None:

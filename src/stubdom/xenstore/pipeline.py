@@ -16,20 +16,29 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
+A = TypeVar("A")
+B = TypeVar("B")
+C = TypeVar("C")
 
 
-async def pipelined(*requests: Awaitable[T]) -> list[T]:
+@overload
+async def pipelined(a: Awaitable[A], b: Awaitable[B], /) -> tuple[A, B]: ...
+@overload
+async def pipelined(a: Awaitable[A], b: Awaitable[B], c: Awaitable[C], /) -> tuple[A, B, C]: ...
+@overload
+async def pipelined(*requests: Awaitable[T]) -> tuple[T, ...]: ...
+
+
+async def pipelined(*requests: Awaitable[Any]) -> tuple[Any, ...]:
     """Await ``requests`` issued back to back; their results in order.  The first one
     that failed (in issue order) raises, after every one has finished."""
     if len(requests) == 1:
-        return [await requests[0]]
+        return (await requests[0],)
     results = await asyncio.gather(*requests, return_exceptions=True)
-    out: list[T] = []
     for r in results:
         if isinstance(r, BaseException):
             raise r
-        out.append(r)
-    return out
+    return tuple(results)

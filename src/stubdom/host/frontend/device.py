@@ -36,6 +36,7 @@ from stubdom.xenstore import (
     XenStoreError,
     XenStoreTimeout,
 )
+from stubdom.xenstore.pipeline import pipelined
 
 if TYPE_CHECKING:
     # Only pcifront needs it: not imported at start-up (the toolstack's device module).
@@ -166,15 +167,19 @@ class Frontend:
 
     async def connect(self) -> None:
         """Walk the handshake to Connected; `FrontendError` if the backend refuses."""
-        backend = await self._read(f"{self.path}/backend")
+        backend, backend_id, state = await pipelined(
+            self._read(f"{self.path}/backend"),
+            self._read(f"{self.path}/backend-id"),
+            self._read(f"{self.path}/state"),
+        )
         if backend is None:
             raise FrontendError(f"no device {self.path} (or no backend node in it)")
         self.backend = backend
         try:
-            self.backend_id = int(await self._read(f"{self.path}/backend-id") or "0")
+            self.backend_id = int(backend_id or "0")
         except ValueError:
             self.backend_id = 0
-        self.state = S.parse(await self._read(f"{self.path}/state"))
+        self.state = S.parse(state)
         if self.state is not S.INITIALISING:
             # A reconnect after a close (or a stale state): start over as a new frontend,
             # and give a Closed backend the time to see us and go back to InitWait.
@@ -351,17 +356,12 @@ class Frontend:
             return None
 
     async def _read_dir(self, path: str) -> dict[str, str]:
-        out: dict[str, str] = {}
         try:
             names = await self.client.list(path)
         except (NoEntry, PermissionDenied):
-            return out
-        for name in names:
-            with contextlib.suppress(NoEntry, PermissionDenied):
-                value = await self._read(f"{path}/{name}")
-                if value is not None:
-                    out[name] = value
-        return out
+            return {}
+        values = await pipelined(*(self._read(f"{path}/{name}") for name in names))
+        return {name: v for name, v in zip(names, values, strict=True) if v is not None}
 
     # -- what the backend told us ----------------------------------------------------------------
 
