@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -121,8 +121,18 @@ class Frontend:
     """One device of this domain: ``async with Frontend(client, "vif", 0) as dev``."""
 
     def __init__(
-        self, client: Client, kind: str, devid: int, *, timeout: float = DEFAULT_TIMEOUT
+        self,
+        client: Client,
+        kind: str,
+        devid: int,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        backend_nodes: Collection[str] | None = None,
+        own_nodes: Collection[str] | None = None,
     ) -> None:
+        """``backend_nodes``/``own_nodes``: the nodes of each directory `info`/`nodes`
+        hold once Connected (a program that knows what it needs, as Mini-OS's drivers
+        do, reads only those); None: every node there."""
         self.client = client
         self.kind = kind
         self.devid = devid
@@ -136,6 +146,8 @@ class Frontend:
         #: The backend's nodes and our own, as read once Connected.
         self.info: dict[str, str] = {}
         self.nodes: dict[str, str] = {}
+        self._backend_nodes = backend_nodes
+        self._own_nodes = own_nodes
         #: Set once both ends let go of the device, whoever started it.
         self.closed = asyncio.Event()
         self.closed_by_backend = False
@@ -204,8 +216,8 @@ class Frontend:
             raise FrontendError(
                 f"{self.path}: the backend closed the device" + (f": {error}" if error else "")
             )
-        self.info = await self._read_dir(self.backend)
-        self.nodes = await self._read_dir(self.path)
+        self.info = await self._read_dir(self.backend, self._backend_nodes)
+        self.nodes = await self._read_dir(self.path, self._own_nodes)
         log.info("%s connected to %s", self.path, self.backend)
 
     async def close(self) -> None:
@@ -355,11 +367,15 @@ class Frontend:
         except (NoEntry, PermissionDenied):
             return None
 
-    async def _read_dir(self, path: str) -> dict[str, str]:
-        try:
-            names = await self.client.list(path)
-        except (NoEntry, PermissionDenied):
-            return {}
+    async def _read_dir(self, path: str, only: Collection[str] | None = None) -> dict[str, str]:
+        """The nodes of ``path`` (``only`` those named, if given) that exist."""
+        if only is not None:
+            names = list(only)
+        else:
+            try:
+                names = await self.client.list(path)
+            except (NoEntry, PermissionDenied):
+                return {}
         values = await pipelined(*(self._read(f"{path}/{name}") for name in names))
         return {name: v for name, v in zip(names, values, strict=True) if v is not None}
 
