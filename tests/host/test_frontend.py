@@ -66,6 +66,17 @@ async def test_ring_nodes_are_published_like_minios(host: Host) -> None:
         assert fb.backend_id == 0
 
 
+async def test_snapshot_of_named_nodes_only(host: Host) -> None:
+    guest = await host.guest()
+    await add_device(host.dom0, GUEST, Vif(mac="00:16:3e:00:00:07"))
+    async with Frontend(
+        guest, "vif", 0, timeout=GUARD, backend_nodes=("mac", "no-such"), own_nodes=()
+    ) as dev:
+        assert dev.info == {"mac": "00:16:3e:00:00:07"}
+        assert dev.nodes == {}
+        assert dev.mac == "00:16:3e:00:00:07"
+
+
 async def test_backend_initiated_close_is_reported(host: Host) -> None:
     guest = await host.guest()
     ref = await add_device(host.dom0, GUEST, Vif(mac="00:16:3e:00:00:09"))

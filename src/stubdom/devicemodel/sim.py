@@ -40,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -285,6 +284,8 @@ class SimDeviceModel(DeviceModel):
         if state is not None:
             self._restore(state)
         elif self._ram_mb:
+            import random  # only for --sim-ram: not on every agent's start-up path
+
             self._ram = random.Random(machine.guest_domid).randbytes(self._ram_mb << 20)
         self._started = True
         self._running.set()

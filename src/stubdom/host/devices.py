@@ -41,6 +41,7 @@ from stubdom.host.xenbus import (
 from stubdom.protocol import Bdf
 from stubdom.wire.paths import domain_path
 from stubdom.xenstore import Client, NoEntry, Transaction, XenStoreTimeout
+from stubdom.xenstore.pipeline import pipelined
 
 T = TypeVar("T")
 
@@ -451,6 +452,18 @@ async def _writev_perms(
             await t.set_perms(f"{base}/{key}", perms)
 
 
+def _writev_requests(
+    t: Transaction, base: str, entries: Mapping[str, str], perms: Perms | None
+) -> list[Awaitable[None]]:
+    """`_writev_perms` as requests for `pipelined`."""
+    out: list[Awaitable[None]] = []
+    for key, value in entries.items():
+        out.append(t.write(f"{base}/{key}", value))
+        if perms is not None:
+            out.append(t.set_perms(f"{base}/{key}", perms))
+    return out
+
+
 async def generic_add(
     t: Transaction,
     ref: DeviceRef,
@@ -458,32 +471,40 @@ async def generic_add(
     front: Mapping[str, str] | None,
     ro_front: Mapping[str, str] | None,
 ) -> None:
-    """``libxl__device_generic_add`` inside the caller's transaction."""
+    """``libxl__device_generic_add`` inside the caller's transaction (its requests
+    pipelined: one round trip, not one per node)."""
     fe, be, lx = ref.frontend, ref.backend, ref.libxl
-    await _rm(t, lx)
-    await t.write(f"{lx}/frontend", fe)
-    await t.write(f"{lx}/backend", be)
+    requests: list[Awaitable[None]] = [
+        _rm(t, lx),
+        t.write(f"{lx}/frontend", fe),
+        t.write(f"{lx}/backend", be),
+    ]
     if front or ro_front:
-        await _rm(t, fe)
-        await t.mkdir(fe)
         # Console 0's directory holds toolstack data the guest must not change.
         dir_perms = (
             ro_frontend_perms(ref)
             if ref.kind == "console" and ref.devid == 0
             else frontend_perms(ref)
         )
-        await t.set_perms(fe, dir_perms)
-        await t.write(f"{fe}/backend", be)
+        requests += [
+            _rm(t, fe),
+            t.mkdir(fe),
+            t.set_perms(fe, dir_perms),
+            t.write(f"{fe}/backend", be),
+        ]
         if front:
-            await _writev_perms(t, fe, front, frontend_perms(ref))
+            requests += _writev_requests(t, fe, front, frontend_perms(ref))
         if ro_front:
-            await _writev_perms(t, fe, ro_front, ro_frontend_perms(ref))
-    await _rm(t, be)
-    await t.mkdir(be)
-    await t.set_perms(be, backend_perms(ref))
-    await t.write(f"{be}/frontend", fe)
-    await _writev_perms(t, be, back, None)
-    await _writev_perms(t, lx, back, None)
+            requests += _writev_requests(t, fe, ro_front, ro_frontend_perms(ref))
+    requests += [
+        _rm(t, be),
+        t.mkdir(be),
+        t.set_perms(be, backend_perms(ref)),
+        t.write(f"{be}/frontend", fe),
+    ]
+    requests += _writev_requests(t, be, back, None)
+    requests += _writev_requests(t, lx, back, None)
+    await pipelined(*requests)
 
 
 def device_entries(

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from stubdom.wire.paths import domain_path
 from stubdom.wire.perms import Access, Perm
 from stubdom.xenstore import Client, NoEntry, Transaction
+from stubdom.xenstore.pipeline import pipelined
 
 log = logging.getLogger(__name__)
 
@@ -72,39 +74,49 @@ class DomainRecord:
         return vm_path(self.uuid)
 
 
-async def _mknod(t: Transaction, path: str, perms: list[Perm]) -> None:
+def _mknod(t: Transaction, path: str, perms: list[Perm]) -> list[Awaitable[None]]:
     """``libxl__xs_mknod``: an empty node with explicit permissions."""
-    await t.write(path, b"")
-    await t.set_perms(path, perms)
+    return [t.write(path, b""), t.set_perms(path, perms)]
+
+
+async def _rm_checked(t: Transaction, path: str) -> None:
+    with contextlib.suppress(NoEntry):
+        await t.rm(path)
 
 
 async def make_domain(xs: Client, rec: DomainRecord) -> None:
-    """Write the trees ``libxl__domain_make`` writes, in one transaction."""
+    """Write the trees ``libxl__domain_make`` writes, in one transaction (its requests
+    pipelined: one round trip, not one per node)."""
     dom, vm = rec.dom_path, rec.vm_path
 
     async def body(t: Transaction) -> None:
+        requests: list[Awaitable[None]] = []
         for path in (dom, vm):
-            with contextlib.suppress(NoEntry):
-                await t.rm(path)
-            await _mknod(t, path, roperm(rec.domid))
-        await t.write(f"{dom}/vm", vm)
-        await t.write(f"{dom}/name", rec.name)
-        await t.write(f"{vm}/name", rec.name)
-        await t.write(f"{vm}/uuid", rec.uuid)
-        await t.write(f"{vm}/image/ostype", "hvm" if rec.hvm else "linux")
-        await t.write(f"{vm}/start_time", "0")
-        for key, value in rec.xsdata.items():
-            await t.write(f"{dom}/{key}", value)
-        for key, value in rec.platformdata.items():
-            await t.write(f"{dom}/platform/{key}", value)
-        await t.write(f"{dom}/control/platform-feature-multiprocessor-suspend", "1")
-        await t.write(f"{dom}/control/platform-feature-xs_reset_watches", "1")
-        await _mknod(t, f"{dom}/device", roperm(rec.domid))
-        await _mknod(t, f"{dom}/control", roperm(rec.domid))
+            requests.append(_rm_checked(t, path))
+            requests += _mknod(t, path, roperm(rec.domid))
+        requests += [
+            t.write(f"{dom}/vm", vm),
+            t.write(f"{dom}/name", rec.name),
+            t.write(f"{vm}/name", rec.name),
+            t.write(f"{vm}/uuid", rec.uuid),
+            t.write(f"{vm}/image/ostype", "hvm" if rec.hvm else "linux"),
+            t.write(f"{vm}/start_time", "0"),
+        ]
+        requests += [t.write(f"{dom}/{key}", value) for key, value in rec.xsdata.items()]
+        requests += [
+            t.write(f"{dom}/platform/{key}", value) for key, value in rec.platformdata.items()
+        ]
+        requests += [
+            t.write(f"{dom}/control/platform-feature-multiprocessor-suspend", "1"),
+            t.write(f"{dom}/control/platform-feature-xs_reset_watches", "1"),
+        ]
+        requests += _mknod(t, f"{dom}/device", roperm(rec.domid))
+        requests += _mknod(t, f"{dom}/control", roperm(rec.domid))
         if rec.hvm:
-            await _mknod(t, f"{dom}/hvmloader/generation-id-address", rwperm(rec.domid))
+            requests += _mknod(t, f"{dom}/hvmloader/generation-id-address", rwperm(rec.domid))
         for node in RW_NODES:
-            await _mknod(t, f"{dom}/{node}", rwperm(rec.domid))
+            requests += _mknod(t, f"{dom}/{node}", rwperm(rec.domid))
+        await pipelined(*requests)
 
     await xs.retry_transaction(body)
     log.debug("wrote the xenstore trees of domain %d (%s)", rec.domid, rec.name)
@@ -115,13 +127,14 @@ async def introduce_domain(xs: Client, rec: DomainRecord) -> None:
     dom = rec.dom_path
 
     async def body(t: Transaction) -> None:
-        await t.write(f"{dom}/domid", str(rec.domid))
-        await t.write(f"{dom}/memory/static-max", str(rec.max_memkb))
-        await t.write(f"{dom}/memory/target", str(rec.target_memkb or rec.max_memkb))
-        await t.write(f"{dom}/store/port", str(STORE_PORT))
-        await t.write(f"{dom}/store/ring-ref", "0")
-        for i in range(rec.vcpus):
-            await t.write(f"{dom}/cpu/{i}/availability", "online")
+        await pipelined(
+            t.write(f"{dom}/domid", str(rec.domid)),
+            t.write(f"{dom}/memory/static-max", str(rec.max_memkb)),
+            t.write(f"{dom}/memory/target", str(rec.target_memkb or rec.max_memkb)),
+            t.write(f"{dom}/store/port", str(STORE_PORT)),
+            t.write(f"{dom}/store/ring-ref", "0"),
+            *(t.write(f"{dom}/cpu/{i}/availability", "online") for i in range(rec.vcpus)),
+        )
 
     await xs.retry_transaction(body)
     await xs.introduce(rec.domid, 0, STORE_PORT)

@@ -30,7 +30,6 @@ from stubdom.devicemodel.base import (
     PciInsertFailed,
     PciRemoveFailed,
 )
-from stubdom.devicemodel.stream import StreamError, StreamReader
 from stubdom.host.frontend.console import Console, ConsoleError, connect_console, open_console
 from stubdom.stubdomain import commands as cmds
 from stubdom.stubdomain.args import AgentOptions, DmArgsError, build_argv, parse_dm_args
@@ -197,6 +196,8 @@ class Agent:
 
     async def _load_state(self, path: str) -> bytes:
         """``-loadvm``: the saved stream from console 2, read exactly to its end."""
+        from stubdom.devicemodel.stream import StreamError, StreamReader
+
         log.info("loading the device-model state (%s) from console %d", path,
                  proto.CONSOLE_RESTORE)  # fmt: skip
         reader = StreamReader()

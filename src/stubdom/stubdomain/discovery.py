@@ -25,6 +25,21 @@ log = logging.getLogger(__name__)
 BACKEND_KINDS = ("vbd", "tap", "qdisk")
 MAX_IDE = 4
 CLOSE_TIMEOUT = 5.0
+#: What we use of each device once Connected (backend nodes, our own nodes), read then
+#: as Mini-OS's blkfront and netfront read them: not every node of both directories.
+SNAPSHOT: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "vbd": (("params", "sectors", "sector-size", "info", "mode"), ()),
+    "vif": (("mac",), ("mac",)),
+    "vfb": ((), ()),
+    "vkbd": ((), ()),
+}
+
+
+def _frontend(client: Client, kind: str, devid: int, timeout: float) -> Frontend:
+    backend_nodes, own_nodes = SNAPSHOT[kind]
+    return Frontend(
+        client, kind, devid, timeout=timeout, backend_nodes=backend_nodes, own_nodes=own_nodes
+    )
 
 
 @dataclass
@@ -90,7 +105,7 @@ async def discover(client: Client, self_domid: int, timeout: float = 30.0) -> Di
             found.notes.append(f"vbd {devid}: the backend does not point back to us, skipped")
             continue
         dev = await _read(client, f"{backend}/dev") or ""
-        fe = Frontend(client, "vbd", devid, timeout=timeout)
+        fe = _frontend(client, "vbd", devid, timeout)
         try:
             await fe.connect()
         except FrontendError as e:
@@ -117,7 +132,7 @@ async def discover(client: Client, self_domid: int, timeout: float = 30.0) -> Di
             )
         )
     for devid in await list_devices(client, "vif"):
-        fe = Frontend(client, "vif", devid, timeout=timeout)
+        fe = _frontend(client, "vif", devid, timeout)
         try:
             await fe.connect()
         except FrontendError as e:
@@ -128,7 +143,7 @@ async def discover(client: Client, self_domid: int, timeout: float = 30.0) -> Di
         found.macs[devid] = fe.mac
     for kind in ("vfb", "vkbd"):
         for devid in await list_devices(client, kind):
-            fe = Frontend(client, kind, devid, timeout=timeout)
+            fe = _frontend(client, kind, devid, timeout)
             try:
                 await fe.connect()
             except FrontendError as e:

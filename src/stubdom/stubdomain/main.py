@@ -6,6 +6,9 @@ sim's simulated guest acknowledges an eject) and ``--sim-ram=MIB`` (guest RAM co
 the sim carries in its saved state, for measuring large saves), and, as in the xend era,
 any qemu options (they go before the dmargs words).  Exit status 0 on a clean stop
 (SIGTERM), 1 after a fatal error, which is logged on console 0 first.
+
+Every guest start pays for this process's start-up, so what only one device model
+needs (QEMU's scratch directory, its QMP library) is imported when it is chosen.
 """
 
 from __future__ import annotations
@@ -14,21 +17,25 @@ import asyncio
 import functools
 import logging
 import sys
-import tempfile
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from stubdom.devicemodel.base import DeviceModel
 from stubdom.stubdomain.agent import run_agent
 from stubdom.stubdomain.args import AgentOptions, DmArgsError, split_agent_options
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from stubdom.devicemodel.base import DeviceModel
 
 
-def make_backend(options: AgentOptions, work_dir: Path) -> DeviceModel:
-    """The device model ``--dm`` names (imported late: each has its own dependencies)."""
+def make_backend(options: AgentOptions, work_dir: Path | None = None) -> DeviceModel:
+    """The device model ``--dm`` names (imported late: each has its own dependencies).
+    QEMU needs ``work_dir`` for its socket and files."""
     if options.dm == "qemu":
         from stubdom.devicemodel.qemu import QemuDeviceModel
 
+        if work_dir is None:
+            raise ValueError("the qemu device model needs a work directory")
         return QemuDeviceModel(work_dir)
     from stubdom.devicemodel.sim import SimDeviceModel
 
@@ -40,16 +47,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
+    try:
+        options, rest = split_agent_options(words)
+    except DmArgsError as e:
+        reason = f"bad kernel command line: {e}"
+        return asyncio.run(run_agent(AgentOptions(), [], make_backend, fatal=reason))
+    if options.dm != "qemu":
+        return asyncio.run(run_agent(options, rest, make_backend))
+    import tempfile
+    from pathlib import Path
+
     # QEMU's socket and files live only as long as the agent.
     with tempfile.TemporaryDirectory(prefix="stubdom-dm-") as tmp:
         backend = functools.partial(make_backend, work_dir=Path(tmp))
-        try:
-            options, rest = split_agent_options(words)
-        except DmArgsError as e:
-            reason = f"bad kernel command line: {e}"
-            return asyncio.run(run_agent(AgentOptions(), [], backend, fatal=reason))
         return asyncio.run(run_agent(options, rest, backend))
-
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from stubdom.toolstack.config import DiskSpec, GuestConfig
 from stubdom.toolstack.dmargs import build_dm_argv
 from stubdom.wire.perms import Access, Perm
 from stubdom.xenstore import Client, NoEntry, Transaction, XenStoreError
+from stubdom.xenstore.pipeline import pipelined
 
 log = logging.getLogger(__name__)
 
@@ -193,9 +194,12 @@ class StubdomSpawner:
             argv = build_dm_argv(cfg, guest, saved_state=saved)
             await self.xs.write(proto.dm_version_path(guest), proto.DM_VERSION_TRADITIONAL)
             await self._write_dmargs(grec.vm_path, stub, proto.encode_dmargs(argv))
-            await self.xs.write(proto.device_model_domid_path(guest), str(stub))
-            await self.xs.write(proto.target_path(stub), str(guest))
-            await self.xs.write(proto.allow_memory_relocate_path(guest), "1")
+            # Back to back (a failure fails the create, whose undo removes all three).
+            await pipelined(
+                self.xs.write(proto.device_model_domid_path(guest), str(stub)),
+                self.xs.write(proto.target_path(stub), str(guest)),
+                self.xs.write(proto.allow_memory_relocate_path(guest), "1"),
+            )
             step = "giving the stubdomain its target"
             await self.hv.set_target(stub, guest)
             await self.xs.set_target(stub, guest)
@@ -259,13 +263,13 @@ class StubdomSpawner:
         perms = [Perm(Access.NONE, 0), Perm(Access.READ, stub)]
 
         async def body(t: Transaction) -> None:
+            requests: list[Awaitable[None]] = []
             for path, value in (
                 (proto.dmargs_path(vm_path), dmargs),
                 (proto.timeoffset_path(vm_path), ""),
             ):
-                await t.write(path, "")
-                await t.set_perms(path, perms)
-                await t.write(path, value)
+                requests += [t.write(path, ""), t.set_perms(path, perms), t.write(path, value)]
+            await pipelined(*requests)
 
         await self.xs.retry_transaction(body)
 
@@ -274,8 +278,9 @@ class StubdomSpawner:
         perms = [Perm(Access.NONE, stub), Perm(Access.READ, guest)]
 
         async def body(t: Transaction) -> None:
-            await t.mkdir(proto.dm_path(stub, guest))
-            await t.set_perms(proto.dm_path(stub, guest), perms)
+            await pipelined(
+                t.mkdir(proto.dm_path(stub, guest)), t.set_perms(proto.dm_path(stub, guest), perms)
+            )
 
         await self.xs.retry_transaction(body)
 

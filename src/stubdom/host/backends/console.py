@@ -63,6 +63,7 @@ from stubdom.xenstore import (
     XenStoreError,
     XenStoreTimeout,
 )
+from stubdom.xenstore.pipeline import pipelined
 
 log = logging.getLogger(__name__)
 
@@ -468,17 +469,21 @@ class ConsoleDevice:
     async def _step(self) -> None:
         async def decide(t: Transaction) -> tuple[_Exit | None, XenbusState, bool]:
             try:
-                own = XenbusState.parse(await t.read(f"{self.be}/state"))
-                online = (await t.read(f"{self.be}/online")).strip() == b"1"
+                raw_own, raw_online, frontend = await pipelined(
+                    t.read(f"{self.be}/state"),
+                    t.read(f"{self.be}/online"),
+                    self._frontend_state(t),
+                )
             except NoEntry:
                 return _Exit.GONE, S.UNKNOWN, False
+            own = XenbusState.parse(raw_own)
+            online = raw_online.strip() == b"1"
             if own is S.INITIALISING and self._announced:
                 return _Exit.RESTART, own, online
             if self.failed is not None:
                 if own is not S.CLOSED:
                     await t.write(f"{self.be}/state", S.CLOSED.node())
                 return None, S.CLOSED, online
-            frontend = await self._frontend_state(t)
             start = own
             for _ in range(8):  # follow the transitions this view allows, e.g. Closing->Closed
                 new = self.backend.handshake.next_state(own, frontend, online, ready=True)

@@ -40,6 +40,7 @@ from stubdom.xenstore import (
     XenStoreError,
     XenStoreTimeout,
 )
+from stubdom.xenstore.pipeline import pipelined
 
 log = logging.getLogger(__name__)
 
@@ -245,19 +246,24 @@ class BackendManager:
         """React once to the current state; True when the directory is gone."""
         dev = entry.device
         driver = self.drivers[dev.kind]
-        raw_state = await dev.read("state")
+        raw_state = await dev.read("state")  # first, as the event that woke us found it
         if raw_state is None:
             return not await self.client.exists(dev.path)
         own = _parse_state(dev, "state", raw_state)
         if own is None:
             return False
+        # One round trip for the rest of what every step looks at (the frontend's state
+        # follows, once we know where the frontend is).
+        raw_online, fe_path, fe_id = await pipelined(
+            *(dev.read(node) for node in ("online", "frontend", "frontend-id"))
+        )
         if own is S.INITIALISING and dev.last_state not in (None, S.INITIALISING):
             log.info("%s: directory re-created; starting over", dev.name)
             dev.reset()
             await self._unwatch_frontend(entry)
         dev.last_state = own
-        online = await self._online(dev)
-        await self._find_frontend(entry)
+        online = self._online(dev, raw_online)
+        await self._find_frontend(entry, fe_path, fe_id)
         fe_state = await self._frontend_state(dev)
         if fe_state is None:
             fe_state = S.UNKNOWN
@@ -290,17 +296,15 @@ class BackendManager:
         entry.kick.set()  # look again: the new state may call for another step
         return False
 
-    async def _online(self, dev: BackendDevice) -> bool:
-        raw = await dev.read("online")
+    def _online(self, dev: BackendDevice, raw: str | None) -> bool:
         if raw not in (None, "0", "1"):
             dev.warn_once(f"online={raw}", "online %r is not 0 or 1; taken as 0", raw)
         return raw == "1"
 
-    async def _find_frontend(self, entry: _Entry) -> None:
-        """Check ``frontend``/``frontend-id`` point into the guest; watch its state."""
+    async def _find_frontend(self, entry: _Entry, path: str | None, fid: str | None) -> None:
+        """Check ``frontend``/``frontend-id`` (as read) point into the guest; watch its
+        state."""
         dev = entry.device
-        path = await dev.read("frontend")
-        fid = await dev.read("frontend-id")
         prefix = domain_path(dev.domid) + "/"
         if path is None or fid != str(dev.domid) or not path.startswith(prefix):
             dev.warn_once(
@@ -356,9 +360,10 @@ class BackendManager:
                 return False
             if current is not own:
                 return False
-            for node, value in nodes.items():
-                await t.write(f"{dev.path}/{node}", value)
-            await t.write(f"{dev.path}/state", new.node())
+            await pipelined(
+                *(t.write(f"{dev.path}/{node}", value) for node, value in nodes.items()),
+                t.write(f"{dev.path}/state", new.node()),
+            )
             return True
 
         return await self.client.retry_transaction(body)

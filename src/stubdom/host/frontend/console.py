@@ -44,6 +44,7 @@ from stubdom.xenstore import (
     XenStoreError,
     XenStoreTimeout,
 )
+from stubdom.xenstore.pipeline import pipelined
 
 log = logging.getLogger(__name__)
 
@@ -108,13 +109,14 @@ async def _set_state(client: Client, att: _Attachment, state: XenbusState) -> bo
 async def _locate(client: Client, n: int) -> _Attachment:
     fe = console_dir(n)
     try:
-        be = (await client.read(f"{fe}/backend")).decode()
+        raw, has_state = await pipelined(
+            client.read(f"{fe}/backend"), client.exists(f"{fe}/state")
+        )
     except NoEntry:
         raise ConsoleError(
             f"console {n}: no frontend directory {fe} (or no backend node)"
         ) from None
-    has_state = await client.exists(f"{fe}/state")
-    return _Attachment(n, fe, be, has_state)
+    return _Attachment(n, fe, raw.decode(), has_state)
 
 
 async def _attach(
@@ -165,11 +167,12 @@ async def _backend_view(client: Client, att: _Attachment) -> XenbusState:
     """The backend's state; raises once it can never become usable for this open."""
 
     async def view(t: Transaction) -> tuple[XenbusState, bytes | None, bytes | None]:
-        return (
-            await _read_state(t, f"{att.be}/state"),
-            await t.read_optional(f"{att.be}/online"),
-            await t.read_optional(f"{att.be}/error"),
+        state, online, error = await pipelined(
+            _read_state(t, f"{att.be}/state"),
+            t.read_optional(f"{att.be}/online"),
+            t.read_optional(f"{att.be}/error"),
         )
+        return state, online, error
 
     state, online, error = await client.retry_transaction(view)
     if online is None:

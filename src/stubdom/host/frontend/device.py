@@ -20,11 +20,11 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from stubdom.host.devices import PciAddress
 from stubdom.host.xenbus import FrontendHandshake, XenbusState
 from stubdom.xenstore import (
     Client,
@@ -36,6 +36,11 @@ from stubdom.xenstore import (
     XenStoreError,
     XenStoreTimeout,
 )
+from stubdom.xenstore.pipeline import pipelined
+
+if TYPE_CHECKING:
+    # Only pcifront needs it: not imported at start-up (the toolstack's device module).
+    from stubdom.host.devices import PciAddress
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +121,18 @@ class Frontend:
     """One device of this domain: ``async with Frontend(client, "vif", 0) as dev``."""
 
     def __init__(
-        self, client: Client, kind: str, devid: int, *, timeout: float = DEFAULT_TIMEOUT
+        self,
+        client: Client,
+        kind: str,
+        devid: int,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        backend_nodes: Collection[str] | None = None,
+        own_nodes: Collection[str] | None = None,
     ) -> None:
+        """``backend_nodes``/``own_nodes``: the nodes of each directory `info`/`nodes`
+        hold once Connected (a program that knows what it needs, as Mini-OS's drivers
+        do, reads only those); None: every node there."""
         self.client = client
         self.kind = kind
         self.devid = devid
@@ -131,6 +146,8 @@ class Frontend:
         #: The backend's nodes and our own, as read once Connected.
         self.info: dict[str, str] = {}
         self.nodes: dict[str, str] = {}
+        self._backend_nodes = backend_nodes
+        self._own_nodes = own_nodes
         #: Set once both ends let go of the device, whoever started it.
         self.closed = asyncio.Event()
         self.closed_by_backend = False
@@ -162,15 +179,19 @@ class Frontend:
 
     async def connect(self) -> None:
         """Walk the handshake to Connected; `FrontendError` if the backend refuses."""
-        backend = await self._read(f"{self.path}/backend")
+        backend, backend_id, state = await pipelined(
+            self._read(f"{self.path}/backend"),
+            self._read(f"{self.path}/backend-id"),
+            self._read(f"{self.path}/state"),
+        )
         if backend is None:
             raise FrontendError(f"no device {self.path} (or no backend node in it)")
         self.backend = backend
         try:
-            self.backend_id = int(await self._read(f"{self.path}/backend-id") or "0")
+            self.backend_id = int(backend_id or "0")
         except ValueError:
             self.backend_id = 0
-        self.state = S.parse(await self._read(f"{self.path}/state"))
+        self.state = S.parse(state)
         if self.state is not S.INITIALISING:
             # A reconnect after a close (or a stale state): start over as a new frontend,
             # and give a Closed backend the time to see us and go back to InitWait.
@@ -195,8 +216,8 @@ class Frontend:
             raise FrontendError(
                 f"{self.path}: the backend closed the device" + (f": {error}" if error else "")
             )
-        self.info = await self._read_dir(self.backend)
-        self.nodes = await self._read_dir(self.path)
+        self.info = await self._read_dir(self.backend, self._backend_nodes)
+        self.nodes = await self._read_dir(self.path, self._own_nodes)
         log.info("%s connected to %s", self.path, self.backend)
 
     async def close(self) -> None:
@@ -346,18 +367,17 @@ class Frontend:
         except (NoEntry, PermissionDenied):
             return None
 
-    async def _read_dir(self, path: str) -> dict[str, str]:
-        out: dict[str, str] = {}
-        try:
-            names = await self.client.list(path)
-        except (NoEntry, PermissionDenied):
-            return out
-        for name in names:
-            with contextlib.suppress(NoEntry, PermissionDenied):
-                value = await self._read(f"{path}/{name}")
-                if value is not None:
-                    out[name] = value
-        return out
+    async def _read_dir(self, path: str, only: Collection[str] | None = None) -> dict[str, str]:
+        """The nodes of ``path`` (``only`` those named, if given) that exist."""
+        if only is not None:
+            names = list(only)
+        else:
+            try:
+                names = await self.client.list(path)
+            except (NoEntry, PermissionDenied):
+                return {}
+        values = await pipelined(*(self._read(f"{path}/{name}") for name in names))
+        return {name: v for name, v in zip(names, values, strict=True) if v is not None}
 
     # -- what the backend told us ----------------------------------------------------------------
 
@@ -386,6 +406,8 @@ class Frontend:
 
     async def pci_functions(self) -> list[PciFunctionInfo]:
         """pcifront: every ``dev-N`` of the backend, read now (they change on hot-plug)."""
+        from stubdom.host.devices import PciAddress
+
         try:
             num = int(await self._read(f"{self.backend}/num_devs") or "0")
         except ValueError:
@@ -407,6 +429,8 @@ class Frontend:
 
     async def physical_to_virtual(self, address: PciAddress | str) -> PciAddress | None:
         """Mini-OS ``pcifront_physical_to_virtual``: where the host function shows up."""
+        from stubdom.host.devices import PciAddress
+
         if isinstance(address, str):
             address = PciAddress.parse(address)
         for fn in await self.pci_functions():
