@@ -42,6 +42,7 @@ from typing import Any, TypeVar
 from qemu.qmp import ConnectError, EventListener, ExecuteError, QMPClient, QMPError
 
 from stubdom.devicemodel.base import (
+    BytesLike,
     DeviceModel,
     DeviceModelError,
     DiskBus,
@@ -315,7 +316,9 @@ class QemuDeviceModel(DeviceModel):
     def firmware_path(self) -> Path:
         return self.run_dir / FIRMWARE_NAME
 
-    async def start(self, machine: MachineConfig, log: LogFn, state: bytes | None = None) -> None:
+    async def start(
+        self, machine: MachineConfig, log: LogFn, state: BytesLike | None = None
+    ) -> None:
         if self._proc is not None or self._stopped:
             raise DeviceModelError("this QEMU device model was already started")
         header: dict[str, Any] | None = None
@@ -709,7 +712,7 @@ class QemuDeviceModel(DeviceModel):
         self._log(f"qemu: saved {len(blob)} bytes of device state")
         return encode_state(BACKEND, pack_payload(header, blob))
 
-    def _decode(self, state: bytes) -> tuple[dict[str, Any], bytes]:
+    def _decode(self, state: BytesLike) -> tuple[dict[str, Any], bytes]:
         payload = decode_state_for(BACKEND, state)  # a StreamError is a DeviceModelError
         header, blob = unpack_payload(payload)
         try:
