@@ -75,6 +75,10 @@ DEFAULT_OUTPUT = "pty"
 #: libxl's ``LIBXL_DESTROY_TIMEOUT``: how long a removal waits for Closed before forcing.
 REMOVE_TIMEOUT = 10.0
 CHUNK = 65536
+#: Reads of a ``file:`` console's connection and of a ``pipe:`` console's regular file:
+#: a saved state is hundreds of MB, and each read costs a turn of the event loop (and,
+#: for the file, a thread hop).
+BULK_CHUNK = 1 << 20
 
 
 def console_frontend_path(domid: int, n: int) -> str:
@@ -253,7 +257,7 @@ class _PipeSource:
                 except BlockingIOError:
                     continue
         else:
-            data = await asyncio.to_thread(os.read, self.fd, CHUNK)
+            data = await asyncio.to_thread(os.read, self.fd, BULK_CHUNK)
         self.eof = not data
         return data
 
@@ -413,7 +417,9 @@ class ConsoleDevice:
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
-        self._server = await asyncio.start_unix_server(self._serve, path=str(self.socket_path))
+        self._server = await asyncio.start_unix_server(
+            self._serve, path=str(self.socket_path), limit=BULK_CHUNK
+        )
 
     async def _fail(self, why: str) -> None:
         """Log it, say it in the backend's ``error`` node, and close the device for good."""
@@ -532,7 +538,7 @@ class ConsoleDevice:
         fd = self._file_fd
         assert fd is not None
         try:
-            while data := await reader.read(CHUNK):
+            while data := await reader.read(BULK_CHUNK):
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
