@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stubdom import protocol as proto
+from stubdom.devicemodel.base import BytesLike
 from stubdom.host import devices
 from stubdom.host.backends.console import add_console
 from stubdom.host.hypervisor import DomainConfig, Hypervisor, HypervisorError
@@ -26,6 +27,7 @@ from stubdom.host.records import DomainRecord, introduce_domain, make_domain, re
 from stubdom.host.xenbus import backend_root
 from stubdom.toolstack.config import DiskSpec, GuestConfig
 from stubdom.toolstack.dmargs import build_dm_argv
+from stubdom.toolstack.fileio import FileRegion, copy_region
 from stubdom.wire.perms import Access, Perm
 from stubdom.xenstore import Client, NoEntry, Transaction, XenStoreError
 
@@ -113,7 +115,7 @@ class StubdomSpawner:
         cfg: GuestConfig,
         *,
         paused: bool = False,
-        restore_state: bytes | None = None,
+        restore_state: BytesLike | FileRegion | None = None,
         attach_pcis: Callable[[int, int], Awaitable[None]] | None = None,
     ) -> Created:
         """Create the guest and its stubdomain; ``restore_state`` is a saved device-model
@@ -138,7 +140,10 @@ class StubdomSpawner:
                 step = "writing the saved device-model state"
                 fd = os.open(restore_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 with os.fdopen(fd, "wb") as f:
-                    f.write(restore_state)
+                    if isinstance(restore_state, FileRegion):
+                        copy_region(restore_state, f.fileno())  # in the kernel
+                    else:
+                        f.write(restore_state)
             step = "writing the guest's xenstore records"
             grec = DomainRecord(
                 guest,
