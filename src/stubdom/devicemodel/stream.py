@@ -143,15 +143,16 @@ class StreamReader:
     `needed` bytes at a time stops at the stream's last byte.  Errors are raised by
     `feed` as soon as the bytes at hand prove the stream bad.
 
-    The CRC is computed as the bytes come, and the stream is kept in one buffer of its
-    exact size (`stream`), allocated once the header gives the size; with
-    ``keep=False`` nothing past the header is kept (a check only).
+    The CRC is computed as the bytes come, and the stream is kept in one buffer
+    (`stream`) that the bytes are appended to (growing a buffer costs less than filling
+    one allocated at the stream's size: that one is zeroed first); with ``keep=False``
+    nothing past the header is kept (a check only).
     """
 
     def __init__(self, *, keep: bool = True) -> None:
         self._keep = keep
         self._head = bytearray()  # the header, until `_total` is known
-        self._buf = bytearray()  # the whole stream (keep), sized once `_total` is known
+        self._buf = bytearray()  # the whole stream (keep), once `_total` is known
         self._n = 0  # bytes received
         self._total: int | None = None  # known once the header is read
         self._start = 0  # where the payload starts
@@ -178,8 +179,7 @@ class StreamReader:
 
     @property
     def stream(self) -> bytearray:
-        """The stream received so far (the whole of it once `done`), if kept: its buffer
-        has the stream's size once the header is known; bytes past `received` are 0."""
+        """The stream received so far (the whole of it once `done`), if kept."""
         return self._buf if self._total is not None else self._head
 
     @property
@@ -215,7 +215,7 @@ class StreamReader:
         assert self._total is not None
         at, size = self._n, piece.nbytes
         if self._keep:
-            self._buf[at : at + size] = piece
+            self._buf += piece
         end = min(at + size, self._total - 1)  # the payload ends before the EOF byte
         if end > at:
             self._crc = zlib.crc32(piece[: end - at], self._crc)
@@ -282,8 +282,7 @@ class StreamReader:
                 self._start = off_len + 8
                 self._crc = zlib.crc32(buf[_OFF_MAGIC : off_len + 4])
                 if self._keep:
-                    self._buf = bytearray(self._total)
-                    self._buf[:n] = buf
+                    self._buf = buf  # the header, which the rest is appended to
 
     def _check_prologue(self, upto: int) -> None:
         got = bytes(self._head[:upto])
