@@ -1,8 +1,7 @@
-"""Moving a device-model state between files: checked in pieces, copied by the kernel."""
+"""Moving a device-model state between files: checked in pieces while it is copied."""
 
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 
@@ -13,10 +12,9 @@ from stubdom.toolstack import fileio
 from stubdom.toolstack.fileio import (
     FileRegion,
     check_dm_state_file,
-    copy_region,
     locate_save_image_file,
     read_pieces,
-    write_file,
+    write_checked_file,
 )
 from stubdom.toolstack.savefile import (
     SaveFileError,
@@ -84,26 +82,33 @@ def test_pieces_cover_the_region(tmp_path: Path) -> None:
         os.close(fd)
 
 
-@pytest.mark.parametrize("kernel_copy", [True, False])
-def test_write_file_copies_the_region(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel_copy: bool
-) -> None:
-    if not kernel_copy:
-
-        def refused(*_: object, **__: object) -> int:
-            raise OSError(errno.EXDEV, "cross-device")
-
-        monkeypatch.setattr(os, "copy_file_range", refused)
+def test_a_checked_copy_is_the_region_or_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "out"
     fd, region = region_of(tmp_path / "state", STATE)
     try:
-        write_file(tmp_path / "out", b"head", region, b"tail")
-        assert (tmp_path / "out").read_bytes() == b"head" + STATE + b"tail"
-        out = os.open(tmp_path / "short", os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            with pytest.raises(OSError, match="file ended"):
-                copy_region(FileRegion(fd, region.offset, region.length + 1), out)
-        finally:
-            os.close(out)
+        write_checked_file(out, b"head", region, b"tail")
+        assert out.read_bytes() == b"head" + STATE + b"tail"
+        damaged = FileRegion(fd, region.offset - 1, region.length)  # not the state
+        with pytest.raises(SaveFileError):
+            write_checked_file(out, b"head", damaged, b"tail")
+        assert not out.exists()
+        longer = FileRegion(fd, 0, len(BEFORE) + len(STATE) + 1)  # the file ends first
+        with pytest.raises(SaveFileError):
+            write_checked_file(out, b"", longer, b"")
+        assert not out.exists()
+    finally:
+        os.close(fd)
+
+
+def test_a_state_not_ours_is_copied_whole(tmp_path: Path) -> None:
+    from stubdom.toolstack.savefile import fake_dm_state
+
+    blob = fake_dm_state({"timer": b"\x01" * 3000})
+    out = tmp_path / "out"
+    fd, region = region_of(tmp_path / "state", blob)
+    try:
+        write_checked_file(out, b"", region, b"")
+        assert out.read_bytes() == blob
     finally:
         os.close(fd)
 

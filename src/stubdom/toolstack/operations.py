@@ -33,7 +33,7 @@ from stubdom.xenstore import NoEntry, Transaction
 
 if TYPE_CHECKING:
     from stubdom.devicemodel.base import BytesLike
-    from stubdom.toolstack.fileio import FileRegion
+    from stubdom.toolstack.fileio import StagedFile
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ async def create_guest(
     *,
     paused: bool = False,
     timeout: float | None = None,
-    restore_state: BytesLike | FileRegion | None = None,
+    restore_state: BytesLike | StagedFile | None = None,
 ) -> Created:
     """``xl create``: the guest, its stubdomain, then the configured PCI devices."""
 
@@ -350,7 +350,7 @@ async def save_guest(
 ) -> int:
     """``xl save``: ``save`` -> ``paused``, the device-model state once complete, the
     save image; then the guest is destroyed unless ``keep``.  Returns the image size."""
-    from stubdom.toolstack.fileio import FileRegion, check_dm_state_file, write_file
+    from stubdom.toolstack.fileio import FileRegion, write_checked_file
     from stubdom.toolstack.savefile import (
         SaveFileError,
         SaveImage,
@@ -387,8 +387,8 @@ async def save_guest(
     # libxl trusts ``paused`` alone; we also check that the state is a whole stream.
     # The device model closes console 1 before it writes ``paused``, and a console's
     # close returns only once the backend has the data on disk: one look suffices.
-    # The state (hundreds of MB with guest RAM) is checked reading it once in pieces,
-    # then copied by the kernel into the image: it is never held in memory.
+    # The state (hundreds of MB with guest RAM) is never held in memory: it is checked
+    # while it is copied into the image, in one pass (an unusable one leaves no image).
     with contextlib.ExitStack() as files:
         try:
             fd = files.enter_context(open(state_file, "rb", buffering=0)).fileno()
@@ -396,14 +396,6 @@ async def save_guest(
             fd = os.open(os.devnull, os.O_RDONLY)
             files.callback(os.close, fd)
         blob = FileRegion(fd, start, max(0, os.fstat(fd).st_size - start))
-        try:
-            check_dm_state_file(blob)
-        except SaveFileError as e:
-            raise ToolstackError(
-                f"the device model of domain {guest} reported paused, but its "
-                f"saved state in {state_file} is unusable: {e}; nothing was saved, "
-                f"{await _carry_on(s, chan, guest)}"
-            ) from None
         image = SaveImage(
             config_json=config_to_json(cfg),
             emulator_xenstore=await _emulator_xenstore(s, stub, guest),
@@ -411,7 +403,14 @@ async def save_guest(
         )
         head, tail = encode_save_image_frame(image, blob.length)
         tmp = file.with_name(file.name + ".partial")
-        write_file(tmp, head, blob, tail)
+        try:
+            write_checked_file(tmp, head, blob, tail)
+        except SaveFileError as e:
+            raise ToolstackError(
+                f"the device model of domain {guest} reported paused, but its "
+                f"saved state in {state_file} is unusable: {e}; nothing was saved, "
+                f"{await _carry_on(s, chan, guest)}"
+            ) from None
         tmp.replace(file)
     if keep:
         await chan.resume()
@@ -437,26 +436,36 @@ async def restore_guest(
 ) -> Created:
     """``xl restore``: validate the image, recreate both domains from the saved state.
 
-    The image is mapped, not read: its device-model state is checked in place and
-    copied by the kernel into the restore file (`StubdomSpawner.create`)."""
-    from stubdom.toolstack.fileio import locate_save_image_file
+    The image is mapped, not read, and its device-model state is checked while it is
+    copied out (one pass) into a staged file, which the spawner moves into place as the
+    restore file: nothing is created unless the whole image is good."""
+    from stubdom.toolstack.fileio import StagedFile, locate_save_image_file, write_checked_file
     from stubdom.toolstack.savefile import SaveFileError, config_from_json
 
     try:
         f = open(file, "rb")  # noqa: SIM115 - closed by the with below
     except OSError as e:
         raise ToolstackError(f"cannot read {file}: {e.strerror or e}") from None
-    with f:
-        problem = None
-        try:
-            image, state = locate_save_image_file(f)
-        except SaveFileError as e:
-            problem = f"{file}: {e}; nothing was restored"
-        except (OSError, ValueError) as e:
-            problem = f"cannot read {file}: {getattr(e, 'strerror', None) or e}"
-        if problem is not None:
-            # Raised here, once the error (whose frames may hold views of the mapped
-            # file) is gone.
-            raise ToolstackError(problem)
+    s.paths.ensure()
+    staged = s.paths.state_dir / f"restore-staged.{os.getpid()}.{id(f):x}"
+    try:
+        with f:
+            problem = None
+            try:
+                image, state = locate_save_image_file(f, check_dm_state=False)
+                write_checked_file(staged, b"", state, b"", mode=0o600)
+            except SaveFileError as e:
+                problem = f"{file}: {e}; nothing was restored"
+            except (OSError, ValueError) as e:
+                problem = f"cannot read {file}: {getattr(e, 'strerror', None) or e}"
+            if problem is not None:
+                # Raised here, once the error (whose frames may hold views of the
+                # mapped file) is gone.
+                raise ToolstackError(problem)
         cfg = config_from_json(image.config_json)
-        return await create_guest(s, cfg, paused=paused, timeout=timeout, restore_state=state)
+        return await create_guest(
+            s, cfg, paused=paused, timeout=timeout, restore_state=StagedFile(staged)
+        )
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            staged.unlink()

@@ -27,7 +27,7 @@ from stubdom.host.records import DomainRecord, introduce_domain, make_domain, re
 from stubdom.host.xenbus import backend_root
 from stubdom.toolstack.config import DiskSpec, GuestConfig
 from stubdom.toolstack.dmargs import build_dm_argv
-from stubdom.toolstack.fileio import FileRegion, copy_region
+from stubdom.toolstack.fileio import StagedFile
 from stubdom.wire.perms import Access, Perm
 from stubdom.xenstore import Client, NoEntry, Transaction, XenStoreError
 
@@ -115,7 +115,7 @@ class StubdomSpawner:
         cfg: GuestConfig,
         *,
         paused: bool = False,
-        restore_state: BytesLike | FileRegion | None = None,
+        restore_state: BytesLike | StagedFile | None = None,
         attach_pcis: Callable[[int, int], Awaitable[None]] | None = None,
     ) -> Created:
         """Create the guest and its stubdomain; ``restore_state`` is a saved device-model
@@ -138,11 +138,11 @@ class StubdomSpawner:
             restore_file = self.paths.restore_file(guest) if restore_state is not None else None
             if restore_file is not None and restore_state is not None:
                 step = "writing the saved device-model state"
-                fd = os.open(restore_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "wb") as f:
-                    if isinstance(restore_state, FileRegion):
-                        copy_region(restore_state, f.fileno())  # in the kernel
-                    else:
+                if isinstance(restore_state, StagedFile):
+                    os.replace(restore_state.path, restore_file)
+                else:
+                    fd = os.open(restore_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                    with os.fdopen(fd, "wb") as f:
                         f.write(restore_state)
             step = "writing the guest's xenstore records"
             grec = DomainRecord(
