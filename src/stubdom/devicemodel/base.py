@@ -13,8 +13,12 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from stubdom.protocol import AUTO_PHP_SLOT, Bdf
+
+if TYPE_CHECKING:
+    from stubdom.devicemodel.stream import DecodedState
 
 #: Bytes, or a view of them: a saved state is passed on without being copied.
 BytesLike = bytes | bytearray | memoryview
@@ -110,9 +114,10 @@ class DeviceModel(ABC):
 
     @abstractmethod
     async def start(
-        self, machine: MachineConfig, log: LogFn, state: BytesLike | None = None
+        self, machine: MachineConfig, log: LogFn, state: BytesLike | DecodedState | None = None
     ) -> None:
-        """Build the machine; with ``state`` (from ``-loadvm``), restore it first.
+        """Build the machine; with ``state`` (from ``-loadvm``), restore it first: a
+        stream, or a `DecodedState` the agent's reader already checked whole.
         Returns once the machine runs."""
 
     @abstractmethod

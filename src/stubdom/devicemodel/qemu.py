@@ -52,7 +52,7 @@ from stubdom.devicemodel.base import (
     PciRemoveFailed,
     PciRequest,
 )
-from stubdom.devicemodel.stream import decode_state_for, encode_state
+from stubdom.devicemodel.stream import DecodedState, decode_state_for, encode_state
 from stubdom.protocol import AUTO_PHP_SLOT, PCI_INS_BAD_BDF, PCI_INS_NO_FREE_DEVFN, Bdf
 
 log = logging.getLogger(__name__)
@@ -317,7 +317,7 @@ class QemuDeviceModel(DeviceModel):
         return self.run_dir / FIRMWARE_NAME
 
     async def start(
-        self, machine: MachineConfig, log: LogFn, state: BytesLike | None = None
+        self, machine: MachineConfig, log: LogFn, state: BytesLike | DecodedState | None = None
     ) -> None:
         if self._proc is not None or self._stopped:
             raise DeviceModelError("this QEMU device model was already started")
@@ -712,7 +712,7 @@ class QemuDeviceModel(DeviceModel):
         self._log(f"qemu: saved {len(blob)} bytes of device state")
         return encode_state(BACKEND, pack_payload(header, blob))
 
-    def _decode(self, state: BytesLike) -> tuple[dict[str, Any], bytes]:
+    def _decode(self, state: BytesLike | DecodedState) -> tuple[dict[str, Any], bytes]:
         payload = decode_state_for(BACKEND, state)  # a StreamError is a DeviceModelError
         header, blob = unpack_payload(payload)
         try:

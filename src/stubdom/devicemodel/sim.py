@@ -57,7 +57,12 @@ from stubdom.devicemodel.base import (
     PciRemoveFailed,
     PciRequest,
 )
-from stubdom.devicemodel.stream import StreamError, decode_state_view_for, encode_state_parts
+from stubdom.devicemodel.stream import (
+    DecodedState,
+    StreamError,
+    decode_state_view_for,
+    encode_state_parts,
+)
 from stubdom.protocol import (
     AUTO_PHP_SLOT,
     PCI_INS_BAD_BDF,
@@ -279,7 +284,7 @@ class SimDeviceModel(DeviceModel):
     # -- the interface -----------------------------------------------------------------
 
     async def start(
-        self, machine: MachineConfig, log: LogFn, state: BytesLike | None = None
+        self, machine: MachineConfig, log: LogFn, state: BytesLike | DecodedState | None = None
     ) -> None:
         if self._started:
             raise DeviceModelError("the sim device model was already started")
@@ -530,7 +535,7 @@ class SimDeviceModel(DeviceModel):
         out.update({devfn_text(d): f"passthrough {p.host}" for d, p in self._pt.items()})
         return dict(sorted(out.items()))
 
-    def _restore(self, state: BytesLike) -> None:
+    def _restore(self, state: BytesLike | DecodedState) -> None:
         """Load a saved state into the machine just built; refuse one from another
         machine (its fixed part must be what this configuration builds)."""
         payload, nul, ram = _split_nul(decode_state_view_for(self.name, state))

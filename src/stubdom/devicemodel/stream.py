@@ -375,11 +375,15 @@ def decode_state(data: BytesLike) -> tuple[str, bytes]:
     return backend, payload.tobytes()
 
 
-def decode_state_view_for(backend: str, data: BytesLike) -> memoryview:
+def decode_state_view_for(backend: str, data: BytesLike | DecodedState) -> memoryview:
     """The payload (a view into ``data``) of a stream that ``backend`` wrote; `StreamError`
     naming the writer if another backend wrote it (a state cannot move between device
-    models)."""
-    writer, payload = decode_state_view(data)
+    models).  A `DecodedState` (a `StreamReader`'s result: the stream kept, checked
+    whole as it came) is not decoded or checked again."""
+    if isinstance(data, DecodedState):
+        writer, payload = data.backend, data.view
+    else:
+        writer, payload = decode_state_view(data)
     if writer != backend:
         raise StreamError(
             f"device-model state was written by the {writer!r} device model, "
@@ -388,7 +392,7 @@ def decode_state_view_for(backend: str, data: BytesLike) -> memoryview:
     return payload
 
 
-def decode_state_for(backend: str, data: BytesLike) -> bytes:
+def decode_state_for(backend: str, data: BytesLike | DecodedState) -> bytes:
     """The payload of a stream that ``backend`` wrote; `StreamError` naming the writer
     if another backend wrote it (a state cannot move between device models)."""
     return decode_state_view_for(backend, data).tobytes()

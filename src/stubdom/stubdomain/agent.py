@@ -30,7 +30,7 @@ from stubdom.devicemodel.base import (
     PciInsertFailed,
     PciRemoveFailed,
 )
-from stubdom.devicemodel.stream import StreamError, StreamReader
+from stubdom.devicemodel.stream import DecodedState, StreamError, StreamReader
 from stubdom.host.frontend.console import Console, ConsoleError, connect_console, open_console
 from stubdom.stubdomain import commands as cmds
 from stubdom.stubdomain.args import AgentOptions, DmArgsError, build_argv, parse_dm_args
@@ -195,9 +195,9 @@ class Agent:
         if state is not None:
             log.info("snapshot restored %s", _snapshot_json(self.dm))
 
-    async def _load_state(self, path: str) -> bytearray:
-        """``-loadvm``: the saved stream from console 2, read exactly to its end (into
-        one buffer of the stream's size, checked as it comes)."""
+    async def _load_state(self, path: str) -> DecodedState:
+        """``-loadvm``: the saved stream from console 2, read exactly to its end into one
+        buffer and checked whole as it comes (the device model does not check it again)."""
         log.info("loading the device-model state (%s) from console %d", path,
                  proto.CONSOLE_RESTORE)  # fmt: skip
         reader = StreamReader()
@@ -208,13 +208,13 @@ class Agent:
                     if not chunk:
                         break
                     reader.feed(chunk)
-            reader.result()
+            state = reader.result()
         except StreamError as e:
             raise AgentFatal(f"-loadvm {path}: {e}") from None
         except ConsoleError as e:
             raise AgentFatal(f"-loadvm {path}: console {proto.CONSOLE_RESTORE}: {e}") from None
         log.info("read %d bytes of device-model state", reader.received)
-        return reader.stream
+        return state
 
     # -- the event loop ----------------------------------------------------------------------
 
