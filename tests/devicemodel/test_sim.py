@@ -21,7 +21,14 @@ from stubdom.devicemodel.base import (
     PciRequest,
 )
 from stubdom.devicemodel.sim import SimDeviceModel
-from stubdom.devicemodel.stream import StreamError, decode_state, encode_state
+from stubdom.devicemodel.stream import (
+    DecodedState,
+    StreamError,
+    StreamReader,
+    decode_state,
+    decode_state_view_for,
+    encode_state,
+)
 from stubdom.protocol import AUTO_PHP_SLOT, PCI_INS_BAD_BDF, PCI_INS_NO_FREE_DEVFN, Bdf
 
 MAC1 = "00:16:3e:00:00:01"
@@ -37,7 +44,9 @@ def req(bdf: str, devfn: int = AUTO_PHP_SLOT) -> PciRequest:
 
 
 async def started(
-    cfg: MachineConfig | None = None, state: bytes | None = None, **kw: object
+    cfg: MachineConfig | None = None,
+    state: bytes | bytearray | DecodedState | None = None,
+    **kw: object,
 ) -> tuple[SimDeviceModel, list[str]]:
     lines: list[str] = []
     dm = SimDeviceModel(**kw)  # type: ignore[arg-type]
@@ -354,6 +363,24 @@ async def test_guest_ram_travels_in_the_state_bit_for_bit() -> None:
     payload = decode_state(state)[1]
     with pytest.raises(StreamError, match="bytes of RAM for a machine of 1 MiB"):
         await started(RICH, encode_state("sim", payload[:-1]), ram_mb=1)
+
+
+async def test_the_state_in_pieces_is_the_state() -> None:
+    """What the agent writes to console 1 (`save_state_parts`: the RAM not copied) and
+    what it hands back from console 2 (the stream in a bytearray) are the same state."""
+    dm, _ = await started(RICH, ram_mb=1)
+    parts = await dm.save_state_parts()
+    state = b"".join(parts)
+    assert state == await dm.save_state()
+    again, _ = await started(RICH, bytearray(state), ram_mb=1)
+    assert b"".join(await again.save_state_parts()) == state
+    reader = StreamReader()
+    reader.feed(state)
+    decoded = reader.result()  # checked as it was read: not decoded again
+    third, _ = await started(RICH, decoded, ram_mb=1)
+    assert b"".join(await third.save_state_parts()) == state
+    with pytest.raises(StreamError, match="written by the 'sim' device model, not 'qemu'"):
+        decode_state_view_for("qemu", decoded)
 
 
 async def test_restored_pending_eject_completes() -> None:

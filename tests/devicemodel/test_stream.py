@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -17,9 +18,11 @@ from stubdom.devicemodel.stream import (
     PROLOGUE_SIZE,
     StreamError,
     StreamReader,
+    check_pieces,
     decode_state,
     decode_state_for,
     encode_state,
+    encode_state_parts,
     is_complete,
 )
 from stubdom.toolstack.savefile import check_dm_state_complete
@@ -210,3 +213,52 @@ def test_header_known_gives_the_exact_remainder() -> None:
     assert reader.header_known and reader.needed == len(data) - 60
     with pytest.raises(StreamError, match=f"{len(data) - 60} missing"):
         reader.result()
+
+
+# -- pieces: writing without joining, checking without keeping ------------------------------
+
+
+@given(backends, st.lists(st.binary(max_size=50), max_size=6))
+def test_encoding_in_parts_is_encoding_the_joined_payload(
+    backend: str, parts: list[bytes]
+) -> None:
+    pieces = encode_state_parts(backend, [memoryview(p) for p in parts])
+    assert b"".join(pieces) == encode_state(backend, b"".join(parts))
+
+
+@given(backends, payloads)
+def test_the_reader_keeps_the_stream_in_one_buffer(backend: str, payload: bytes) -> None:
+    data = encode_state(backend, payload)
+    reader = StreamReader()
+    assert reader.feed(data + b"after") == len(data)
+    assert reader.stream == data
+    assert reader.result().view == payload and reader.result().payload == payload
+    checker = StreamReader(keep=False)
+    checker.feed(data)
+    assert checker.result().backend == backend
+    with pytest.raises(ValueError, match="did not keep"):
+        checker.result().view  # noqa: B018
+
+
+def _outcome(f: Callable[[], object]) -> object:
+    try:
+        return f()
+    except StreamError as e:
+        return str(e)
+
+
+@settings(max_examples=300)
+@given(st.data())
+def test_checking_in_pieces_is_decoding_the_whole(data: st.DataObject) -> None:
+    """`check_pieces` (the toolstack reading a state from a file in pieces) gives what
+    `decode_state` gives for the same bytes, whole or damaged, however they are cut."""
+    backend = data.draw(backends)
+    blob = bytearray(encode_state(backend, data.draw(payloads)))
+    for _ in range(data.draw(st.integers(0, 2))):
+        blob[data.draw(st.integers(0, len(blob) - 1))] = data.draw(st.integers(0, 255))
+    blob = blob[: data.draw(st.integers(0, len(blob)))] + data.draw(st.binary(max_size=3))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(blob)), max_size=6)))
+    pieces = [blob[a:b] for a, b in zip([0, *cuts], [*cuts, len(blob)], strict=True)]
+    whole = _outcome(lambda: decode_state(bytes(blob))[0])
+    assert _outcome(lambda: check_pieces(pieces)) == whole
+    assert is_complete(blob) == (whole == backend)

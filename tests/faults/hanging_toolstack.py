@@ -54,6 +54,7 @@ def install(point: str, flag: Path) -> None:
         RemoteHypervisor.unpause = hang  # type: ignore[method-assign]
     elif point == "save-image":
         savefile.encode_save_image = hang_sync
+        savefile.encode_save_image_frame = hang_sync  # what save_guest calls
 
 
 def main() -> None:

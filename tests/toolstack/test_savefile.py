@@ -21,14 +21,19 @@ from stubdom.toolstack.config import (
     VncConfig,
 )
 from stubdom.toolstack.savefile import (
+    DM_STATE_HEAD,
     SaveFileError,
     SaveImage,
     check_dm_state_complete,
+    check_dm_state_header,
+    check_dm_stream,
     config_from_json,
     config_to_json,
     decode_save_image,
     encode_save_image,
+    encode_save_image_frame,
     fake_dm_state,
+    locate_save_image,
 )
 
 
@@ -519,3 +524,57 @@ def test_check_dm_state_truncations() -> None:
             continue
         with pytest.raises(SaveFileError):
             check_dm_state_complete(blob[:n])
+
+
+# -- a state that is not held in memory -----------------------------------------------------
+
+
+def test_the_frame_around_a_state_is_the_file() -> None:
+    img = image()
+    head, tail = encode_save_image_frame(img, len(DM_STATE))
+    assert head + DM_STATE + tail == FILE
+    for ctx in (b"", b"x", b"1234567", b"12345678"):  # every padding
+        img = image(emulator_context=ctx)
+        head, tail = encode_save_image_frame(img, len(ctx))
+        assert head + ctx + tail == encode_save_image(img)
+
+
+def test_locating_the_state_leaves_it_in_place() -> None:
+    img, at, length = locate_save_image(memoryview(FILE))
+    assert FILE[at : at + length] == DM_STATE
+    assert img.emulator_context == b""
+    img.emulator_context = DM_STATE
+    assert img == image()
+
+
+@settings(max_examples=300)
+@given(st.data())
+def test_checking_a_state_by_parts_is_checking_it_whole(data: st.DataObject) -> None:
+    """What the toolstack does with a state in a file (`check_dm_state_header` on its head,
+    size and last byte, then `check_dm_stream` on its pieces) refuses what
+    `check_dm_state_complete` refuses, with the same message."""
+    from stubdom.devicemodel.stream import encode_state
+
+    blob = bytearray(encode_state("sim", data.draw(st.binary(max_size=300))))
+    for _ in range(data.draw(st.integers(0, 2))):
+        blob[data.draw(st.integers(0, len(blob) - 1))] = data.draw(st.integers(0, 255))
+    blob = blob[: data.draw(st.integers(0, len(blob)))]
+    cut = data.draw(st.integers(0, len(blob)))
+
+    def whole() -> str:
+        try:
+            check_dm_state_complete(bytes(blob))
+        except SaveFileError as e:
+            return str(e)
+        return "ok"
+
+    def by_parts() -> str:
+        try:
+            last = blob[-1] if blob else -1
+            if check_dm_state_header(blob[:DM_STATE_HEAD], len(blob), last) == b"stubdom-dm":
+                check_dm_stream([blob[:cut], blob[cut:]])
+        except SaveFileError as e:
+            return str(e)
+        return "ok"
+
+    assert by_parts() == whole()

@@ -11,10 +11,17 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from stubdom.protocol import AUTO_PHP_SLOT, Bdf
+
+if TYPE_CHECKING:
+    from stubdom.devicemodel.stream import DecodedState
+
+#: Bytes, or a view of them: a saved state is passed on without being copied.
+BytesLike = bytes | bytearray | memoryview
 
 
 class DeviceModelError(Exception):
@@ -106,8 +113,11 @@ class DeviceModel(ABC):
     name: str = "?"
 
     @abstractmethod
-    async def start(self, machine: MachineConfig, log: LogFn, state: bytes | None = None) -> None:
-        """Build the machine; with ``state`` (from ``-loadvm``), restore it first.
+    async def start(
+        self, machine: MachineConfig, log: LogFn, state: BytesLike | DecodedState | None = None
+    ) -> None:
+        """Build the machine; with ``state`` (from ``-loadvm``), restore it first: a
+        stream, or a `DecodedState` the agent's reader already checked whole.
         Returns once the machine runs."""
 
     @abstractmethod
@@ -133,6 +143,11 @@ class DeviceModel(ABC):
     @abstractmethod
     async def save_state(self) -> bytes:
         """The device state of the paused machine, as one self-describing stream."""
+
+    async def save_state_parts(self) -> Sequence[BytesLike]:
+        """`save_state` as pieces to write one after the other (a backend with a large
+        state overrides it to hand out its buffers without joining them)."""
+        return [await self.save_state()]
 
     @abstractmethod
     async def set_vcpus(self, online: set[int]) -> None:

@@ -42,6 +42,7 @@ from typing import Any, TypeVar
 from qemu.qmp import ConnectError, EventListener, ExecuteError, QMPClient, QMPError
 
 from stubdom.devicemodel.base import (
+    BytesLike,
     DeviceModel,
     DeviceModelError,
     DiskBus,
@@ -51,7 +52,7 @@ from stubdom.devicemodel.base import (
     PciRemoveFailed,
     PciRequest,
 )
-from stubdom.devicemodel.stream import decode_state_for, encode_state
+from stubdom.devicemodel.stream import DecodedState, decode_state_for, encode_state
 from stubdom.protocol import AUTO_PHP_SLOT, PCI_INS_BAD_BDF, PCI_INS_NO_FREE_DEVFN, Bdf
 
 log = logging.getLogger(__name__)
@@ -315,7 +316,9 @@ class QemuDeviceModel(DeviceModel):
     def firmware_path(self) -> Path:
         return self.run_dir / FIRMWARE_NAME
 
-    async def start(self, machine: MachineConfig, log: LogFn, state: bytes | None = None) -> None:
+    async def start(
+        self, machine: MachineConfig, log: LogFn, state: BytesLike | DecodedState | None = None
+    ) -> None:
         if self._proc is not None or self._stopped:
             raise DeviceModelError("this QEMU device model was already started")
         header: dict[str, Any] | None = None
@@ -709,7 +712,7 @@ class QemuDeviceModel(DeviceModel):
         self._log(f"qemu: saved {len(blob)} bytes of device state")
         return encode_state(BACKEND, pack_payload(header, blob))
 
-    def _decode(self, state: bytes) -> tuple[dict[str, Any], bytes]:
+    def _decode(self, state: BytesLike | DecodedState) -> tuple[dict[str, Any], bytes]:
         payload = decode_state_for(BACKEND, state)  # a StreamError is a DeviceModelError
         header, blob = unpack_payload(payload)
         try:

@@ -40,11 +40,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from stubdom.devicemodel.base import (
+    BytesLike,
     DeviceModel,
     DeviceModelError,
     Disk,
@@ -55,7 +56,12 @@ from stubdom.devicemodel.base import (
     PciRemoveFailed,
     PciRequest,
 )
-from stubdom.devicemodel.stream import StreamError, decode_state_for, encode_state
+from stubdom.devicemodel.stream import (
+    DecodedState,
+    StreamError,
+    decode_state_view_for,
+    encode_state_parts,
+)
 from stubdom.protocol import (
     AUTO_PHP_SLOT,
     PCI_INS_BAD_BDF,
@@ -141,7 +147,8 @@ class SimDeviceModel(DeviceModel):
         if ram_mb < 0:
             raise ValueError(f"ram_mb {ram_mb} is negative")
         self._ram_mb = ram_mb
-        self._ram = b""
+        #: The RAM contents: never copied (a restored machine's is a view of the state).
+        self._ram = memoryview(b"")
         self._php_request: tuple[int, ...] | None = None
         if php_slots is not None:
             slots = tuple(sorted(set(php_slots)))
@@ -275,7 +282,9 @@ class SimDeviceModel(DeviceModel):
 
     # -- the interface -----------------------------------------------------------------
 
-    async def start(self, machine: MachineConfig, log: LogFn, state: bytes | None = None) -> None:
+    async def start(
+        self, machine: MachineConfig, log: LogFn, state: BytesLike | DecodedState | None = None
+    ) -> None:
         if self._started:
             raise DeviceModelError("the sim device model was already started")
         self._log = log
@@ -286,7 +295,8 @@ class SimDeviceModel(DeviceModel):
         elif self._ram_mb:
             import random  # only for --sim-ram: not on every agent's start-up path
 
-            self._ram = random.Random(machine.guest_domid).randbytes(self._ram_mb << 20)
+            ram = random.Random(machine.guest_domid).randbytes(self._ram_mb << 20)
+            self._ram = memoryview(ram)
         self._started = True
         self._running.set()
         self._emit(
@@ -422,14 +432,19 @@ class SimDeviceModel(DeviceModel):
 
     async def save_state(self) -> bytes:
         """Like qemu-trad's ``do_savevm``, which stops the VM before it saves."""
+        return b"".join(await self.save_state_parts())
+
+    async def save_state_parts(self) -> Sequence[BytesLike]:
+        """`save_state` in pieces: the RAM is handed out as it is, not copied."""
         self._check_live()
         await self.pause()
-        payload = _canonical(self._describe())
+        payload: list[BytesLike] = [_canonical(self._describe())]
         if self._ram_mb:
-            payload = b"".join((payload, b"\0", self._ram))
-        data = encode_state(self.name, payload)
-        self._emit(f"sim: saved {len(data)} bytes of device state")
-        return data
+            payload += [b"\0", self._ram]
+        parts = encode_state_parts(self.name, payload)
+        size = sum(p.nbytes if isinstance(p, memoryview) else len(p) for p in parts)
+        self._emit(f"sim: saved {size} bytes of device state")
+        return parts
 
     async def set_vcpus(self, online: set[int]) -> None:
         self._check_live()
@@ -521,10 +536,10 @@ class SimDeviceModel(DeviceModel):
         out.update({devfn_text(d): f"passthrough {p.host}" for d, p in self._pt.items()})
         return dict(sorted(out.items()))
 
-    def _restore(self, state: bytes) -> None:
+    def _restore(self, state: BytesLike | DecodedState) -> None:
         """Load a saved state into the machine just built; refuse one from another
         machine (its fixed part must be what this configuration builds)."""
-        payload, nul, ram = decode_state_for(self.name, state).partition(b"\0")
+        payload, nul, ram = _split_nul(decode_state_view_for(self.name, state))
         try:
             saved = json.loads(payload)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -548,9 +563,9 @@ class SimDeviceModel(DeviceModel):
                 f"sim state does not fit this machine: ram_mb differs "
                 f"(saved {json.dumps(saved.get('ram_mb', 0))}, here {self._ram_mb})"
             )
-        if len(ram) != self._ram_mb << 20 or bool(nul) != bool(self._ram_mb):
+        if ram.nbytes != self._ram_mb << 20 or nul != bool(self._ram_mb):
             raise StreamError(
-                f"sim state: {len(ram)} bytes of RAM for a machine of {self._ram_mb} MiB"
+                f"sim state: {ram.nbytes} bytes of RAM for a machine of {self._ram_mb} MiB"
             )
         try:
             pt: dict[int, _Passthrough] = {}
@@ -583,6 +598,19 @@ class SimDeviceModel(DeviceModel):
             f"sim: restored {len(payload)} bytes of state: {len(pt)} passed-through "
             f"function(s), vcpus {sorted(online)}, usb {usb}"
         )
+
+
+def _split_nul(view: memoryview, piece: int = 1 << 16) -> tuple[bytes, bool, memoryview]:
+    """``bytes.partition(b"\\0")`` for a view: what is before the first NUL (copied),
+    whether there is one, and what is after it (a view, not copied)."""
+    at = 0
+    while at < view.nbytes:
+        found = bytes(view[at : at + piece]).find(b"\0")
+        if found >= 0:
+            nul = at + found
+            return view[:nul].tobytes(), True, view[nul + 1 :]
+        at += piece
+    return view.tobytes(), False, view[view.nbytes :]
 
 
 def _same_function(a: Bdf, b: Bdf) -> bool:

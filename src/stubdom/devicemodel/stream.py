@@ -39,9 +39,10 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from stubdom.devicemodel.base import DeviceModelError
+from stubdom.devicemodel.base import BytesLike, DeviceModelError
 
 QEVM_MAGIC = b"QEVM"
 QEVM_VERSION = 3
@@ -88,25 +89,51 @@ def _check_name(backend: str) -> bytes:
     return raw
 
 
-def encode_state(backend: str, payload: bytes) -> bytes:
-    """The whole stream for ``payload`` (``backend``'s own state)."""
+def _nbytes(part: BytesLike) -> int:
+    return part.nbytes if isinstance(part, memoryview) else len(part)
+
+
+def encode_state_parts(backend: str, parts: Sequence[BytesLike]) -> list[BytesLike]:
+    """The stream for the payload made of ``parts`` (``backend``'s own state), as pieces
+    to be written one after the other: the header, ``parts`` themselves (not copied),
+    the final ``QEMU_VM_EOF``."""
     name = _check_name(backend)
-    if len(payload) > MAX_PAYLOAD:
-        raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
-    head = (
-        MAGIC
-        + struct.pack(">HB", FORMAT_VERSION, len(name))
-        + name
-        + struct.pack(">I", len(payload))
-    )
-    crc = zlib.crc32(payload, zlib.crc32(head))
-    return _PROLOGUE + head + struct.pack(">I", crc) + payload + bytes([QEMU_VM_EOF])
+    length = sum(_nbytes(p) for p in parts)
+    if length > MAX_PAYLOAD:
+        raise ValueError(f"payload of {length} bytes exceeds {MAX_PAYLOAD}")
+    head = MAGIC + struct.pack(">HB", FORMAT_VERSION, len(name)) + name + struct.pack(">I", length)
+    crc = zlib.crc32(head)
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    return [_PROLOGUE + head + struct.pack(">I", crc), *parts, bytes([QEMU_VM_EOF])]
+
+
+def encode_state(backend: str, payload: BytesLike) -> bytes:
+    """The whole stream for ``payload`` (``backend``'s own state)."""
+    return b"".join(encode_state_parts(backend, [payload]))
 
 
 @dataclass(frozen=True)
 class DecodedState:
+    """A whole, intact stream: who wrote it and where its payload lies in ``stream``."""
+
     backend: str
-    payload: bytes
+    #: The whole stream, when the reader kept it (else empty).
+    stream: memoryview
+    offset: int
+    length: int
+
+    @property
+    def view(self) -> memoryview:
+        """The payload, without a copy."""
+        if self.stream.nbytes < self.offset + self.length:
+            raise ValueError("the reader did not keep the stream")
+        return self.stream[self.offset : self.offset + self.length]
+
+    @property
+    def payload(self) -> bytes:
+        """The payload, copied."""
+        return self.view.tobytes()
 
 
 class StreamReader:
@@ -115,16 +142,27 @@ class StreamReader:
     `needed` never reaches past the end of the stream, so a reader that reads exactly
     `needed` bytes at a time stops at the stream's last byte.  Errors are raised by
     `feed` as soon as the bytes at hand prove the stream bad.
+
+    The CRC is computed as the bytes come, and the stream is kept in one buffer
+    (`stream`) that the bytes are appended to (growing a buffer costs less than filling
+    one allocated at the stream's size: that one is zeroed first); with ``keep=False``
+    nothing past the header is kept (a check only).
     """
 
-    def __init__(self) -> None:
-        self._buf = bytearray()
+    def __init__(self, *, keep: bool = True) -> None:
+        self._keep = keep
+        self._head = bytearray()  # the header, until `_total` is known
+        self._buf = bytearray()  # the whole stream (keep), once `_total` is known
+        self._n = 0  # bytes received
         self._total: int | None = None  # known once the header is read
+        self._start = 0  # where the payload starts
+        self._crc = 0  # running CRC-32 of the header then the payload received so far
+        self._last = -1  # the last byte received
         self._result: DecodedState | None = None
 
     @property
     def received(self) -> int:
-        return len(self._buf)
+        return self._n
 
     @property
     def total(self) -> int | None:
@@ -140,27 +178,51 @@ class StreamReader:
         return self._total is not None
 
     @property
+    def stream(self) -> bytearray:
+        """The stream received so far (the whole of it once `done`), if kept."""
+        return self._buf if self._total is not None else self._head
+
+    @property
     def needed(self) -> int:
         """How many more bytes to read: exact once `header_known`, else the next header
         piece (a lower bound on what is missing); 0 when done."""
         if self._total is not None:
-            return self._total - len(self._buf)
-        n = len(self._buf)
+            return self._total - self._n
+        n = self._n
         if n < _OFF_NAMELEN + 1:
             return _OFF_NAMELEN + 1 - n
-        return _OFF_NAME + self._buf[_OFF_NAMELEN] + 8 - n
+        return _OFF_NAME + self._head[_OFF_NAMELEN] + 8 - n
 
-    def feed(self, data: bytes) -> int:
+    def feed(self, data: BytesLike) -> int:
         """Take bytes from ``data`` up to the end of the stream; returns how many were
         taken (fewer than ``len(data)`` only when the stream ended inside ``data``)."""
         taken = 0
-        with memoryview(data) as view:  # no copy of a large chunk before it is appended
-            while taken < len(data) and not self.done:
-                want = self.needed
-                self._buf += view[taken : taken + want]
-                taken = min(len(data), taken + want)
-                self._advance()
+        with memoryview(data) as whole, whole.cast("B") as view:  # no copy of a chunk
+            size = view.nbytes
+            while taken < size and not self.done:
+                piece = view[taken : taken + self.needed]
+                taken += piece.nbytes
+                if self._total is None:
+                    self._head += piece
+                    self._n += piece.nbytes
+                    self._advance()
+                else:
+                    self._body(piece)
         return taken
+
+    def _body(self, piece: memoryview) -> None:
+        """Bytes past the header (never past the end of the stream)."""
+        assert self._total is not None
+        at, size = self._n, piece.nbytes
+        if self._keep:
+            self._buf += piece
+        end = min(at + size, self._total - 1)  # the payload ends before the EOF byte
+        if end > at:
+            self._crc = zlib.crc32(piece[: end - at], self._crc)
+        self._n += size
+        self._last = piece[size - 1]
+        if self._n == self._total:
+            self._finish()
 
     def result(self) -> DecodedState:
         """The decoded state; `StreamError` (truncated) if the stream is not whole yet."""
@@ -169,7 +231,7 @@ class StreamReader:
         return self._result
 
     def _truncated_text(self) -> str:
-        n = len(self._buf)
+        n = self._n
         if self._total is not None:
             return (
                 f"device-model state truncated: {n} of {self._total} bytes, "
@@ -181,8 +243,8 @@ class StreamReader:
         )
 
     def _advance(self) -> None:
-        """Check what the new bytes complete; set `_total` / `_result`."""
-        buf = self._buf
+        """Check what the new header bytes complete; set `_total` once it is known."""
+        buf = self._head
         n = len(buf)
         self._check_prologue(min(n, PROLOGUE_SIZE))
         if n >= _OFF_MAGIC + len(MAGIC):
@@ -207,7 +269,7 @@ class StreamReader:
                     f"(1-{MAX_BACKEND_NAME} allowed)"
                 )
             off_len = _OFF_NAME + namelen
-            if self._total is None and n >= off_len + 8:
+            if n >= off_len + 8:
                 name = bytes(buf[_OFF_NAME:off_len])
                 if not all(0x20 < c < 0x7F for c in name):
                     raise StreamError(f"device-model state: backend name {name!r} not ASCII")
@@ -217,11 +279,13 @@ class StreamReader:
                         f"device-model state: payload length {length} exceeds {MAX_PAYLOAD}"
                     )
                 self._total = OVERHEAD + namelen + length
-        if self._total is not None and n == self._total:
-            self._finish()
+                self._start = off_len + 8
+                self._crc = zlib.crc32(buf[_OFF_MAGIC : off_len + 4])
+                if self._keep:
+                    self._buf = buf  # the header, which the rest is appended to
 
     def _check_prologue(self, upto: int) -> None:
-        got = bytes(self._buf[:upto])
+        got = bytes(self._head[:upto])
         if got == _PROLOGUE[:upto]:
             return
         if got[:4] != QEVM_MAGIC[: min(upto, 4)]:
@@ -240,44 +304,86 @@ class StreamReader:
         )
 
     def _finish(self) -> None:
-        buf = self._buf
-        namelen = buf[_OFF_NAMELEN]
-        off_len = _OFF_NAME + namelen
-        length, crc = struct.unpack_from(">II", buf, off_len)
-        start = off_len + 8
-        if buf[-1] != QEMU_VM_EOF:
+        assert self._total is not None
+        head = self._head
+        off_len = _OFF_NAME + head[_OFF_NAMELEN]
+        length, crc = struct.unpack_from(">II", head, off_len)
+        if self._last != QEMU_VM_EOF:
             raise StreamError(
-                f"device-model state: byte {len(buf) - 1} is 0x{buf[-1]:02x}, "
+                f"device-model state: byte {self._total - 1} is 0x{self._last:02x}, "
                 "not the final QEMU_VM_EOF"
             )
-        with memoryview(buf) as view:  # the payload is copied once
-            payload = bytes(view[start : start + length])
-            actual = zlib.crc32(payload, zlib.crc32(view[_OFF_MAGIC : off_len + 4]))
-        if actual != crc:
+        if self._crc != crc:
             raise StreamError(
-                f"device-model state: checksum mismatch (CRC-32 0x{actual:08x}, "
+                f"device-model state: checksum mismatch (CRC-32 0x{self._crc:08x}, "
                 f"header says 0x{crc:08x})"
             )
-        self._result = DecodedState(bytes(buf[_OFF_NAME:off_len]).decode("ascii"), payload)
+        name = bytes(head[_OFF_NAME:off_len]).decode("ascii")
+        self._result = DecodedState(name, memoryview(self._buf).toreadonly(), self._start, length)
 
 
-def decode_state(data: bytes) -> tuple[str, bytes]:
-    """``(backend, payload)`` of a whole stream; `StreamError` if it is not exactly one
-    complete, intact stream."""
-    reader = StreamReader()
-    taken = reader.feed(data)
-    if taken < len(data):
+def decode_state_view(data: BytesLike) -> tuple[str, memoryview]:
+    """``(backend, payload)`` of a whole stream, the payload a view into ``data`` (no
+    copy); `StreamError` if it is not exactly one complete, intact stream."""
+    reader = StreamReader(keep=False)
+    with memoryview(data) as whole:
+        view = whole.cast("B")
+    taken = reader.feed(view)
+    if taken < view.nbytes:
         raise StreamError(
-            f"device-model state: {len(data) - taken} trailing bytes after the {taken}-byte stream"
+            f"device-model state: {view.nbytes - taken} trailing bytes after the "
+            f"{taken}-byte stream"
         )
     result = reader.result()
-    return result.backend, result.payload
+    return result.backend, view[result.offset : result.offset + result.length]
 
 
-def decode_state_for(backend: str, data: bytes) -> bytes:
-    """The payload of a stream that ``backend`` wrote; `StreamError` naming the writer
-    if another backend wrote it (a state cannot move between device models)."""
-    writer, payload = decode_state(data)
+def check_pieces(pieces: Iterable[BytesLike]) -> str:
+    """Check a whole stream given in pieces (read from a file, say) without keeping it:
+    the backend's name, or the `StreamError` `decode_state` raises for the same bytes
+    (the header is gathered and fed as `decode_state` feeds it, whatever the pieces)."""
+    reader = StreamReader(keep=False)
+    pending = bytearray()  # the header piece being gathered
+    size = taken = 0
+    for piece in pieces:
+        with memoryview(piece) as whole, whole.cast("B") as view:
+            size += view.nbytes
+            at = 0
+            while at < view.nbytes and not reader.done:
+                if reader.header_known:
+                    taken += reader.feed(view[at:])
+                    break
+                want = reader.needed - len(pending)
+                pending += view[at : at + want]
+                at += want
+                if len(pending) == reader.needed:
+                    taken += reader.feed(pending)
+                    pending.clear()
+    if pending:
+        taken += reader.feed(pending)
+    if taken < size:
+        raise StreamError(
+            f"device-model state: {size - taken} trailing bytes after the {taken}-byte stream"
+        )
+    return reader.result().backend
+
+
+def decode_state(data: BytesLike) -> tuple[str, bytes]:
+    """``(backend, payload)`` of a whole stream; `StreamError` if it is not exactly one
+    complete, intact stream."""
+    backend, payload = decode_state_view(data)
+    return backend, payload.tobytes()
+
+
+def decode_state_view_for(backend: str, data: BytesLike | DecodedState) -> memoryview:
+    """The payload (a view into ``data``) of a stream that ``backend`` wrote; `StreamError`
+    naming the writer if another backend wrote it (a state cannot move between device
+    models).  A `DecodedState` (a `StreamReader`'s result: the stream kept, checked
+    whole as it came) is not decoded or checked again."""
+    if isinstance(data, DecodedState):
+        writer, payload = data.backend, data.view
+    else:
+        writer, payload = decode_state_view(data)
     if writer != backend:
         raise StreamError(
             f"device-model state was written by the {writer!r} device model, "
@@ -286,10 +392,16 @@ def decode_state_for(backend: str, data: bytes) -> bytes:
     return payload
 
 
-def is_complete(data: bytes) -> bool:
+def decode_state_for(backend: str, data: BytesLike | DecodedState) -> bytes:
+    """The payload of a stream that ``backend`` wrote; `StreamError` naming the writer
+    if another backend wrote it (a state cannot move between device models)."""
+    return decode_state_view_for(backend, data).tobytes()
+
+
+def is_complete(data: BytesLike) -> bool:
     """True iff ``data`` is exactly one complete, intact stream."""
     try:
-        decode_state(data)
+        decode_state_view(data)
     except StreamError:
         return False
     return True

@@ -21,7 +21,7 @@ import json
 import logging
 import signal
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stubdom import protocol as proto
 from stubdom.devicemodel.base import (
@@ -43,6 +43,9 @@ from stubdom.xenstore import (
     Watch,
     XenStoreError,
 )
+
+if TYPE_CHECKING:  # the stream module is imported only for -loadvm
+    from stubdom.devicemodel.stream import DecodedState
 
 log = logging.getLogger(__name__)
 
@@ -194,14 +197,14 @@ class Agent:
         if state is not None:
             log.info("snapshot restored %s", _snapshot_json(self.dm))
 
-    async def _load_state(self, path: str) -> bytes:
-        """``-loadvm``: the saved stream from console 2, read exactly to its end."""
+    async def _load_state(self, path: str) -> DecodedState:
+        """``-loadvm``: the saved stream from console 2, read exactly to its end into one
+        buffer and checked whole as it comes (the device model does not check it again)."""
         from stubdom.devicemodel.stream import StreamError, StreamReader
 
         log.info("loading the device-model state (%s) from console %d", path,
                  proto.CONSOLE_RESTORE)  # fmt: skip
         reader = StreamReader()
-        data = bytearray()
         try:
             async with open_console(self.client, proto.CONSOLE_RESTORE) as con:
                 while not reader.done:
@@ -209,14 +212,13 @@ class Agent:
                     if not chunk:
                         break
                     reader.feed(chunk)
-                    data += chunk
-            reader.result()
+            state = reader.result()
         except StreamError as e:
             raise AgentFatal(f"-loadvm {path}: {e}") from None
         except ConsoleError as e:
             raise AgentFatal(f"-loadvm {path}: console {proto.CONSOLE_RESTORE}: {e}") from None
-        log.info("read %d bytes of device-model state", len(data))
-        return bytes(data)
+        log.info("read %d bytes of device-model state", reader.received)
+        return state
 
     # -- the event loop ----------------------------------------------------------------------
 
@@ -361,10 +363,12 @@ class Agent:
         """Flush, the state to console 1 as one stream, close console 1, ``paused``."""
         await dm.pause()
         try:
-            data = await dm.save_state()
+            parts = await dm.save_state_parts()
+            size = sum(p.nbytes if isinstance(p, memoryview) else len(p) for p in parts)
             con = await connect_console(self.client, proto.CONSOLE_SAVE)
             try:
-                await con.write(data)
+                for part in parts:
+                    await con.write(part)
             finally:
                 await con.close()  # returns once the backend has it all (durable)
         except (DeviceModelError, ConsoleError, OSError) as e:
@@ -373,7 +377,7 @@ class Agent:
             return
         self.paused = True
         self._unpaused.clear()
-        log.info("saved %d bytes of device-model state to console %d", len(data),
+        log.info("saved %d bytes of device-model state to console %d", size,
                  proto.CONSOLE_SAVE)  # fmt: skip
         log.info("snapshot saved %s", _snapshot_json(dm))
         await self._write(cmds.saved())

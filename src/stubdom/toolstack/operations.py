@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stubdom import protocol as proto
 from stubdom.host import devices
@@ -28,6 +30,10 @@ from stubdom.toolstack.control import (
 from stubdom.toolstack.session import Session, ToolstackError
 from stubdom.toolstack.spawn import Created, StubdomSpawner
 from stubdom.xenstore import NoEntry, Transaction
+
+if TYPE_CHECKING:
+    from stubdom.devicemodel.base import BytesLike
+    from stubdom.toolstack.fileio import StagedFile
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +105,7 @@ async def create_guest(
     *,
     paused: bool = False,
     timeout: float | None = None,
-    restore_state: bytes | None = None,
+    restore_state: BytesLike | StagedFile | None = None,
 ) -> Created:
     """``xl create``: the guest, its stubdomain, then the configured PCI devices."""
 
@@ -344,12 +350,12 @@ async def save_guest(
 ) -> int:
     """``xl save``: ``save`` -> ``paused``, the device-model state once complete, the
     save image; then the guest is destroyed unless ``keep``.  Returns the image size."""
+    from stubdom.toolstack.fileio import FileRegion, write_checked_file
     from stubdom.toolstack.savefile import (
         SaveFileError,
         SaveImage,
-        check_dm_state_complete,
         config_to_json,
-        encode_save_image,
+        encode_save_image_frame,
     )
     from stubdom.toolstack.spawn import destroy_guest
 
@@ -381,31 +387,38 @@ async def save_guest(
     # libxl trusts ``paused`` alone; we also check that the state is a whole stream.
     # The device model closes console 1 before it writes ``paused``, and a console's
     # close returns only once the backend has the data on disk: one look suffices.
-    blob = state_file.read_bytes()[start:] if state_file.exists() else b""
-    try:
-        check_dm_state_complete(blob)
-    except SaveFileError as e:
-        raise ToolstackError(
-            f"the device model of domain {guest} reported paused, but its "
-            f"saved state in {state_file} is unusable: {e}; nothing was saved, "
-            f"{await _carry_on(s, chan, guest)}"
-        ) from None
-    image = SaveImage(
-        config_json=config_to_json(cfg),
-        emulator_xenstore=await _emulator_xenstore(s, stub, guest),
-        emulator_context=blob,
-    )
-    data = encode_save_image(image)
-    tmp = file.with_name(file.name + ".partial")
-    tmp.write_bytes(data)
-    tmp.replace(file)
+    # The state (hundreds of MB with guest RAM) is never held in memory: it is checked
+    # while it is copied into the image, in one pass (an unusable one leaves no image).
+    with contextlib.ExitStack() as files:
+        try:
+            fd = files.enter_context(open(state_file, "rb", buffering=0)).fileno()
+        except FileNotFoundError:
+            fd = os.open(os.devnull, os.O_RDONLY)
+            files.callback(os.close, fd)
+        blob = FileRegion(fd, start, max(0, os.fstat(fd).st_size - start))
+        image = SaveImage(
+            config_json=config_to_json(cfg),
+            emulator_xenstore=await _emulator_xenstore(s, stub, guest),
+            emulator_context=b"",
+        )
+        head, tail = encode_save_image_frame(image, blob.length)
+        tmp = file.with_name(file.name + ".partial")
+        try:
+            write_checked_file(tmp, head, blob, tail)
+        except SaveFileError as e:
+            raise ToolstackError(
+                f"the device model of domain {guest} reported paused, but its "
+                f"saved state in {state_file} is unusable: {e}; nothing was saved, "
+                f"{await _carry_on(s, chan, guest)}"
+            ) from None
+        tmp.replace(file)
     if keep:
         await chan.resume()
         if not leave_paused:
             await s.hv.unpause(guest)
     else:
         await destroy_guest(s.hv, s.xs, guest, s.paths)
-    return len(data)
+    return len(head) + blob.length + len(tail)
 
 
 async def _carry_on(s: Session, chan: DeviceModelChannel, guest: int) -> str:
@@ -421,18 +434,38 @@ async def _carry_on(s: Session, chan: DeviceModelChannel, guest: int) -> str:
 async def restore_guest(
     s: Session, file: Path, *, paused: bool = False, timeout: float | None = None
 ) -> Created:
-    """``xl restore``: validate the image, recreate both domains from the saved state."""
-    from stubdom.toolstack.savefile import SaveFileError, config_from_json, decode_save_image
+    """``xl restore``: validate the image, recreate both domains from the saved state.
+
+    The image is mapped, not read, and its device-model state is checked while it is
+    copied out (one pass) into a staged file, which the spawner moves into place as the
+    restore file: nothing is created unless the whole image is good."""
+    from stubdom.toolstack.fileio import StagedFile, locate_save_image_file, write_checked_file
+    from stubdom.toolstack.savefile import SaveFileError, config_from_json
 
     try:
-        data = file.read_bytes()
+        f = open(file, "rb")  # noqa: SIM115 - closed by the with below
     except OSError as e:
         raise ToolstackError(f"cannot read {file}: {e.strerror or e}") from None
+    s.paths.ensure()
+    staged = s.paths.state_dir / f"restore-staged.{os.getpid()}.{id(f):x}"
     try:
-        image = decode_save_image(data)
-    except SaveFileError as e:
-        raise ToolstackError(f"{file}: {e}; nothing was restored") from None
-    cfg = config_from_json(image.config_json)
-    return await create_guest(
-        s, cfg, paused=paused, timeout=timeout, restore_state=image.emulator_context
-    )
+        with f:
+            problem = None
+            try:
+                image, state = locate_save_image_file(f, check_dm_state=False)
+                write_checked_file(staged, b"", state, b"", mode=0o600)
+            except SaveFileError as e:
+                problem = f"{file}: {e}; nothing was restored"
+            except (OSError, ValueError) as e:
+                problem = f"cannot read {file}: {getattr(e, 'strerror', None) or e}"
+            if problem is not None:
+                # Raised here, once the error (whose frames may hold views of the
+                # mapped file) is gone.
+                raise ToolstackError(problem)
+        cfg = config_from_json(image.config_json)
+        return await create_guest(
+            s, cfg, paused=paused, timeout=timeout, restore_state=StagedFile(staged)
+        )
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            staged.unlink()

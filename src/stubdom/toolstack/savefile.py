@@ -67,6 +67,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from stubdom.devicemodel import stream
+from stubdom.devicemodel.base import BytesLike
 from stubdom.toolstack.config import GuestConfig
 
 # -- xl's header (tools/xl/xl.h) ---------------------------------------------------------
@@ -200,6 +201,14 @@ def _emulator_record(rtype: RecType, payload: bytes) -> list[bytes]:
 
 def encode_save_image(img: SaveImage) -> bytes:
     """The whole file (see the module docstring for the layout)."""
+    head, tail = encode_save_image_frame(img, len(img.emulator_context))
+    return b"".join((head, img.emulator_context, tail))
+
+
+def encode_save_image_frame(img: SaveImage, context_length: int) -> tuple[bytes, bytes]:
+    """The file around a device-model state of ``context_length`` bytes: it is ``head``,
+    the state, then ``tail`` (``img.emulator_context`` itself is not used), so that a
+    state of hundreds of MB can be copied into the file from where it lies."""
     config = _json_nul(img.config_json)
     meta: dict[str, Any] = {"tool": TOOL_NAME}
     if img.tool_version is not None:
@@ -218,20 +227,26 @@ def encode_save_image(img: SaveImage) -> bytes:
     xs = encode_xenstore_data(img.emulator_xenstore)
     if xs:  # libxl: "No record? - All done."
         out += _emulator_record(RecType.EMULATOR_XENSTORE_DATA, xs)
-    out += _emulator_record(RecType.EMULATOR_CONTEXT, img.emulator_context)
-    out += _record(RecType.END)
-    return b"".join(out)
+    size = _EMU_HEADER.size + context_length
+    out += [
+        _REC_HEADER.pack(RecType.EMULATOR_CONTEXT, size),
+        _EMU_HEADER.pack(EmulatorId.QEMU_TRADITIONAL, 0),
+    ]
+    tail = [b"\0" * (-size % REC_ALIGN), *_record(RecType.END)]
+    return b"".join(out), b"".join(tail)
 
 
 # -- decoding ---------------------------------------------------------------------------
 
 
 class _Cursor:
-    def __init__(self, data: bytes) -> None:
+    """Reads a view: what it takes is a view too (a record body is never copied)."""
+
+    def __init__(self, data: memoryview) -> None:
         self.data = data
         self.pos = 0
 
-    def take(self, n: int, part: str, what: str) -> bytes:
+    def take(self, n: int, part: str, what: str) -> memoryview:
         end = self.pos + n
         if end > len(self.data):
             raise SaveFileError(
@@ -244,7 +259,8 @@ class _Cursor:
         return chunk
 
 
-def _parse_json_nul(raw: bytes, part: str, offset: int) -> Any:
+def _parse_json_nul(view: memoryview, part: str, offset: int) -> Any:
+    raw = view.tobytes()
     if not raw or raw[-1] != 0:
         raise SaveFileError(part, "not NUL-terminated", offset)
     text = raw[:-1]
@@ -269,10 +285,12 @@ def _record_name(rtype: int) -> str:
         return f"0x{rtype:08x}"
 
 
-def decode_xenstore_data(raw: bytes, part: str = "emulator xenstore data") -> dict[str, str]:
+def decode_xenstore_data(
+    raw: BytesLike, part: str = "emulator xenstore data"
+) -> dict[str, str]:
     """Parse ``key\\0value\\0...`` with libxl's checks (and refuse duplicate keys)."""
     pairs: dict[str, str] = {}
-    items = raw.split(b"\0")
+    items = bytes(raw).split(b"\0")
     if items[-1] != b"":
         raise SaveFileError(part, "last string not NUL-terminated")
     items.pop()
@@ -312,7 +330,7 @@ def _decode_meta(meta: Any, offset: int) -> tuple[float | None, str | None, int 
     return (None if saved_at is None else float(saved_at)), version, domid
 
 
-def _take_block(opt: _Cursor, base: int, part: str, what: str) -> tuple[int, bytes]:
+def _take_block(opt: _Cursor, base: int, part: str, what: str) -> tuple[int, memoryview]:
     """A u32-length-prefixed block of xl's optional data: (file offset of its body, body).
     Running out of optional data is reported as that, at the file offset."""
     try:
@@ -327,8 +345,29 @@ def _take_block(opt: _Cursor, base: int, part: str, what: str) -> tuple[int, byt
         ) from None
 
 
-def decode_save_image(data: bytes, *, check_dm_state: bool = True) -> SaveImage:
+def decode_save_image(data: BytesLike, *, check_dm_state: bool = True) -> SaveImage:
     """Parse and validate a whole file; `SaveFileError` (and nothing else) if unusable."""
+    with memoryview(data) as whole, whole.cast("B") as view:
+        image, at, length = locate_save_image(view, check_dm_state=check_dm_state)
+        image.emulator_context = view[at : at + length].tobytes()
+    return image
+
+
+def locate_save_image(
+    data: BytesLike, *, check_dm_state: bool = True
+) -> tuple[SaveImage, int, int]:
+    """`decode_save_image` without copying the device-model state out of ``data`` (a
+    file mapped in memory, say): the image with an empty ``emulator_context``, and the
+    offset and length of the state in ``data``."""
+    with memoryview(data) as whole:
+        view = whole.cast("B")
+    try:
+        return _decode(view, check_dm_state)
+    finally:
+        view.release()
+
+
+def _decode(data: memoryview, check_dm_state: bool) -> tuple[SaveImage, int, int]:
     cur = _Cursor(data)
     part = "xl header"
     if data[:32] != XL_MAGIC[: len(data)]:
@@ -390,7 +429,8 @@ def decode_save_image(data: bytes, *, check_dm_state: bool = True) -> SaveImage:
         raise SaveFileError(part, "big-endian stream (libxl cannot read those either)", at + 12)
 
     xenstore: dict[str, str] | None = None
-    context: bytes | None = None
+    context: memoryview | None = None
+    context_at = 0
     index = 0
     while True:
         at = cur.pos
@@ -403,7 +443,7 @@ def decode_save_image(data: bytes, *, check_dm_state: bool = True) -> SaveImage:
         body_at = cur.pos
         chunk = cur.take(padded, part, f"a body of {length} bytes padded to {padded}")
         body, padding = chunk[:length], chunk[length:]
-        if padding.strip(b"\0"):
+        if bytes(padding).strip(b"\0"):
             raise SaveFileError(part, "padding is not zero", body_at + length)
         if rtype == RecType.END:
             if length:
@@ -440,6 +480,7 @@ def decode_save_image(data: bytes, *, check_dm_state: bool = True) -> SaveImage:
                 if context is not None:
                     raise SaveFileError(part, "duplicate emulator context", at)
                 context = payload
+                context_at = body_at + _EMU_HEADER.size
         elif rtype == RecType.LIBXC_CONTEXT:
             raise SaveFileError(
                 part, "a libxc (guest memory) stream: an xl save file, not one of ours", at
@@ -455,20 +496,21 @@ def decode_save_image(data: bytes, *, check_dm_state: bool = True) -> SaveImage:
         raise SaveFileError("libxl stream", "no EMULATOR_CONTEXT record (device-model state)")
     if check_dm_state:
         check_dm_state_complete(context)
-    return SaveImage(
+    image = SaveImage(
         config_json=config,
-        emulator_context=context,
+        emulator_context=b"",
         emulator_xenstore=xenstore or {},
         saved_at=saved_at,
         tool_version=version,
         guest_domid=domid,
     )
+    return image, context_at, context.nbytes
 
 
 # -- the device model's state -----------------------------------------------------------
 
 
-def check_dm_state_complete(blob: bytes) -> None:
+def check_dm_state_complete(blob: BytesLike) -> None:
     """Refuse a device-model state that is not a complete qemu-traditional savevm stream.
 
     qemu-trad (QEMU 0.10 ``savevm.c``) writes ``be32 QEVM``, ``be32 3``, then sections
@@ -485,15 +527,31 @@ def check_dm_state_complete(blob: bytes) -> None:
     section is stubdom-dm's (`stubdom.devicemodel.stream`) is decoded in full, so its
     length and CRC-32 are verified as well.
     """
+    size = len(blob)
+    idstr = check_dm_state_header(blob[:DM_STATE_HEAD], size, blob[-1] if size else -1)
+    if idstr == stream.SECTION_IDSTR:
+        check_dm_stream([blob])
+
+
+#: Bytes of a device-model state that `check_dm_state_header` looks at, at most.
+DM_STATE_HEAD = 14 + 255 + 8
+
+
+def check_dm_state_header(head: BytesLike, size: int, last: int) -> bytes:
+    """`check_dm_state_complete` on the parts of the state it looks at: its first
+    `DM_STATE_HEAD` bytes (or all of it, if shorter), its size and its last byte (-1 if
+    empty).  Returns the first section's idstr; it is for the caller to check a
+    stubdom-dm stream in full (`check_dm_stream`)."""
     part = "device-model state"
-    if len(blob) < 8:
-        raise SaveFileError(part, f"truncated: {len(blob)} bytes, not even a savevm header")
+    blob = bytes(head)
+    if size < 8:
+        raise SaveFileError(part, f"truncated: {size} bytes, not even a savevm header")
     magic, version = struct.unpack(">II", blob[:8])
     if magic != QEMU_VM_FILE_MAGIC:
         raise SaveFileError(part, f"not a QEMU savevm stream (magic 0x{magic:08x}, not QEVM)", 0)
     if version != QEMU_VM_FILE_VERSION:
         raise SaveFileError(part, f"unsupported savevm version {version}, expected 3", 4)
-    if len(blob) == 8:
+    if size == 8:
         raise SaveFileError(part, "truncated: no section and no EOF after the header", 8)
     stype = blob[8]
     if stype == QEMU_VM_EOF:
@@ -501,25 +559,32 @@ def check_dm_state_complete(blob: bytes) -> None:
     if stype not in (QEMU_VM_SECTION_START, QEMU_VM_SECTION_FULL):
         raise SaveFileError(part, f"first section has type 0x{stype:02x}, not START/FULL", 8)
     # type u8, section id be32, idstr len u8
-    if len(blob) < 14:
-        raise SaveFileError(part, "truncated inside the first section header", len(blob))
+    if size < 14:
+        raise SaveFileError(part, "truncated inside the first section header", size)
     idlen = blob[13]
     hdr_end = 14 + idlen + 8
     if idlen == 0:
         raise SaveFileError(part, "first section has an empty idstr", 13)
-    if len(blob) < hdr_end:
-        raise SaveFileError(part, "truncated inside the first section header", len(blob))
+    if size < hdr_end:
+        raise SaveFileError(part, "truncated inside the first section header", size)
     idstr = blob[14 : 14 + idlen]
     if not all(0x20 < c < 0x7F for c in idstr):
         raise SaveFileError(part, f"first section idstr {idstr!r} is not printable ASCII", 14)
-    if len(blob) == hdr_end or blob[-1] != QEMU_VM_EOF:
-        raise SaveFileError(part, "truncated: does not end with QEMU_VM_EOF", len(blob))
-    if idstr == stream.SECTION_IDSTR:
-        # stubdom-dm's self-describing record: its length and CRC-32 are checked too.
-        try:
-            stream.decode_state(blob)
-        except stream.StreamError as e:
-            raise SaveFileError(part, str(e).removeprefix("device-model state: ")) from None
+    if size == hdr_end or last != QEMU_VM_EOF:
+        raise SaveFileError(part, "truncated: does not end with QEMU_VM_EOF", size)
+    return idstr
+
+
+def check_dm_stream(chunks: Iterable[BytesLike]) -> None:
+    """stubdom-dm's self-describing record (`stubdom.devicemodel.stream`), given in
+    pieces that make the whole state (read from a file, say): its length and CRC-32 are
+    checked, nothing is kept.  `SaveFileError` as `check_dm_state_complete` raises it."""
+    try:
+        stream.check_pieces(chunks)
+    except stream.StreamError as e:
+        raise SaveFileError(
+            "device-model state", str(e).removeprefix("device-model state: ")
+        ) from None
 
 
 def fake_dm_state(sections: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) -> bytes:

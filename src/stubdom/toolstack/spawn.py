@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stubdom import protocol as proto
+from stubdom.devicemodel.base import BytesLike
 from stubdom.host import devices
 from stubdom.host.backends.console import add_console
 from stubdom.host.hypervisor import DomainConfig, Hypervisor, HypervisorError
@@ -26,6 +27,7 @@ from stubdom.host.records import DomainRecord, introduce_domain, make_domain, re
 from stubdom.host.xenbus import backend_root
 from stubdom.toolstack.config import DiskSpec, GuestConfig
 from stubdom.toolstack.dmargs import build_dm_argv
+from stubdom.toolstack.fileio import StagedFile
 from stubdom.wire.perms import Access, Perm
 from stubdom.xenstore import Client, NoEntry, Transaction, XenStoreError
 from stubdom.xenstore.pipeline import pipelined
@@ -114,7 +116,7 @@ class StubdomSpawner:
         cfg: GuestConfig,
         *,
         paused: bool = False,
-        restore_state: bytes | None = None,
+        restore_state: BytesLike | StagedFile | None = None,
         attach_pcis: Callable[[int, int], Awaitable[None]] | None = None,
     ) -> Created:
         """Create the guest and its stubdomain; ``restore_state`` is a saved device-model
@@ -137,9 +139,12 @@ class StubdomSpawner:
             restore_file = self.paths.restore_file(guest) if restore_state is not None else None
             if restore_file is not None and restore_state is not None:
                 step = "writing the saved device-model state"
-                fd = os.open(restore_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(restore_state)
+                if isinstance(restore_state, StagedFile):
+                    os.replace(restore_state.path, restore_file)
+                else:
+                    fd = os.open(restore_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                    with os.fdopen(fd, "wb") as f:
+                        f.write(restore_state)
             step = "writing the guest's xenstore records"
             grec = DomainRecord(
                 guest,

@@ -32,6 +32,7 @@ import dataclasses
 import enum
 import logging
 import os
+import socket
 import stat
 import tty
 from collections.abc import Awaitable, Callable
@@ -76,6 +77,13 @@ DEFAULT_OUTPUT = "pty"
 #: libxl's ``LIBXL_DESTROY_TIMEOUT``: how long a removal waits for Closed before forcing.
 REMOVE_TIMEOUT = 10.0
 CHUNK = 65536
+#: Reads of a ``file:`` console's connection and of a ``pipe:`` console's regular file:
+#: a saved state is hundreds of MB, and each read costs a turn of the event loop (and,
+#: for the file, a thread hop).
+BULK_CHUNK = 1 << 20
+#: A connection's send buffer (capped by the kernel at net.core.wmem_max): a restored
+#: state goes to the domain in a few large steps rather than ~200 KiB per loop turn.
+SEND_BUFFER = 4 << 20
 
 
 def console_frontend_path(domid: int, n: int) -> str:
@@ -254,7 +262,7 @@ class _PipeSource:
                 except BlockingIOError:
                     continue
         else:
-            data = await asyncio.to_thread(os.read, self.fd, CHUNK)
+            data = await asyncio.to_thread(os.read, self.fd, BULK_CHUNK)
         self.eof = not data
         return data
 
@@ -414,7 +422,9 @@ class ConsoleDevice:
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
-        self._server = await asyncio.start_unix_server(self._serve, path=str(self.socket_path))
+        self._server = await asyncio.start_unix_server(
+            self._serve, path=str(self.socket_path), limit=BULK_CHUNK
+        )
 
     async def _fail(self, why: str) -> None:
         """Log it, say it in the backend's ``error`` node, and close the device for good."""
@@ -512,6 +522,10 @@ class ConsoleDevice:
         self._conns.add(task)
         self._writers.add(writer)
         self.kick()
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         try:
             if self.spec is None:
                 return
@@ -537,7 +551,7 @@ class ConsoleDevice:
         fd = self._file_fd
         assert fd is not None
         try:
-            while data := await reader.read(CHUNK):
+            while data := await reader.read(BULK_CHUNK):
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]

@@ -55,6 +55,12 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT = 30.0
 #: Bytes buffered from the backend before we stop reading the socket.
 READ_LIMIT = 1 << 20
+#: A large write is handed to the socket in pieces of this size (each then waits for
+#: room), so that it is never copied whole into the transport's buffer.
+WRITE_CHUNK = 1 << 20
+#: The socket's send buffer (the kernel caps it at net.core.wmem_max): a saved state
+#: then goes out in a few large steps rather than ~200 KiB per turn of the loop.
+SEND_BUFFER = 4 << 20
 
 
 class ConsoleError(Exception):
@@ -237,6 +243,10 @@ class _ConsoleProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
 
     def data_received(self, data: bytes) -> None:
         if self.discard:
@@ -278,7 +288,8 @@ class _ConsoleProtocol(asyncio.Protocol):
             self._wanted = 0
 
     def take(self, n: int) -> bytes:
-        data = bytes(self.buffer[:n])
+        with memoryview(self.buffer) as view:
+            data = bytes(view[:n])  # one copy (a bytearray slice would be a second)
         del self.buffer[:n]
         if self._paused and len(self.buffer) <= READ_LIMIT // 2 and self.transport is not None:
             self._paused = False
@@ -324,12 +335,14 @@ class Console:
     def closed(self) -> bool:
         return self._closing is not None
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
         """Send ``data`` and wait until the socket buffer has room again."""
-        if self._closing is not None or self._proto.lost or self._proto.transport is None:
-            raise ConsoleClosed(f"console {self.n} is closed")
-        self._proto.transport.write(data)
-        await self._proto.drain()
+        with memoryview(data) as whole, whole.cast("B") as view:
+            for at in range(0, max(view.nbytes, 1), WRITE_CHUNK):
+                if self._closing is not None or self._proto.lost or self._proto.transport is None:
+                    raise ConsoleClosed(f"console {self.n} is closed")
+                self._proto.transport.write(view[at : at + WRITE_CHUNK])
+                await self._proto.drain()
 
     async def read(self, n: int = 65536) -> bytes:
         """Up to ``n`` bytes; b"" at EOF."""
