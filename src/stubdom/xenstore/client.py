@@ -451,15 +451,8 @@ class Client(_NodeOps):
     async def _pump(self) -> ConnectionClosed:
         """Read and dispatch until the connection ends; why it ended."""
         try:
-            while True:
-                data = await self._transport.read()
-                if not data:
-                    return ConnectionClosed(
-                        f"xenstore connection {self.description} closed by the server"
-                    )
-                self._proto.receive_data(data)
-                for event in self._proto.events():
-                    self._dispatch(event)
+            await self._transport.run(self._received)
+            return ConnectionClosed(f"xenstore connection {self.description} closed by the server")
         except (OSError, ProtocolError) as exc:
             log.warning("xenstore connection %s failed: %s", self.description, exc)
             reason = ConnectionClosed(f"xenstore connection {self.description} failed: {exc}")
@@ -549,6 +542,11 @@ class Client(_NodeOps):
                 _forgotten(_op_name(req.op), req.tx_id)
             )
             fut.exception()
+
+    def _received(self, data: bytes) -> None:
+        self._proto.receive_data(data)
+        for event in self._proto.events():
+            self._dispatch(event)
 
     def _dispatch(self, event: Reply | WatchEvent) -> None:
         if isinstance(event, WatchEvent):
