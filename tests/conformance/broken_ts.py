@@ -40,10 +40,12 @@ def _command_first(orig: Callable[..., Awaitable[control.Snapshot]]) -> Callable
     ) -> control.Snapshot:
         state = await self._read(self._state)
 
-        async def send() -> None:
+        async def send(watches: object) -> control.Snapshot:
             await self.client.write(self._command, command.value)
             if parameter is not None:
                 await self.client.write(self._parameter, parameter)
+            got = await self.client.read_many([self._state, self._parameter])
+            return control.Snapshot(*(None if v is None else v.decode() for v in got))
 
         try:
             return await self._wait(

@@ -246,6 +246,36 @@ async def test_a_running_device_model_needs_one_watch_set_per_command(env: Env) 
     assert watched == [state_path(S, G), parameter_path(S, G), "@releaseDomain"]
 
 
+async def test_a_channel_keeps_its_watches_and_asks_liveness_once(env: Env) -> None:
+    """Later commands register no watch and ask nothing about the stub until
+    @releaseDomain fires; a release between commands is still seen at once."""
+    await env.fake()
+    ch = env.channel()
+    watched: list[str] = []
+    asked: list[int] = []
+    real_watch, real_introduced = env.dom0.watch, env.dom0.is_domain_introduced
+
+    def counting_watch(path: str, *args: Any, **kw: Any) -> Any:
+        watched.append(path)
+        return real_watch(path, *args, **kw)
+
+    async def counting_introduced(domid: int, **kw: Any) -> bool:
+        asked.append(domid)
+        return await real_introduced(domid, **kw)
+
+    env.dom0.watch = counting_watch  # type: ignore[method-assign]
+    env.dom0.is_domain_introduced = counting_introduced  # type: ignore[method-assign]
+    await ch.pci_insert(DEV_A)
+    first = len(asked)
+    assert await env.channel().pci_insert(DEV_B) == 0x28  # another channel, same client
+    await ch.pci_remove(DEV_B, force=True)
+    assert watched == [state_path(S, G), parameter_path(S, G), "@releaseDomain"]
+    assert len(asked) == first
+    await env.dom0.release(S)
+    with pytest.raises(DeviceModelDied):
+        await ch.pci_insert(DEV_C)
+
+
 async def test_pci_insert_refusals_fail_fast_and_restore_state(env: Env) -> None:
     await env.fake(slots=(4,))
     ch = env.channel(timeout=SLOW)

@@ -164,6 +164,8 @@ class _Run:
                          "qemu-trad style")
             else:
                 self.add("pci-ins.refusal", F, f"{e}; DM wrote state {states} parameter {params}")
+        except DeviceModelError as e:  # e.g. a result left by a DM that broke the order
+            self.add("pci-ins.refusal", F, f"{type(e).__name__}: {e}")
         await self.reset_running()
 
         async def remove() -> None:

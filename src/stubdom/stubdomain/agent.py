@@ -39,6 +39,8 @@ from stubdom.xenstore import (
     Client,
     ConnectionClosed,
     NoEntry,
+    Read,
+    Rm,
     Transaction,
     Watch,
     XenStoreError,
@@ -304,9 +306,11 @@ class Agent:
         value = await self._read(path)
         if value is None:
             return
-        with contextlib.suppress(NoEntry):
-            await self.client.rm(path)
-        parameter = await self._read(proto.dm_relative_path(self.guest, cmds.PARAMETER))
+        # qemu-trad's rm, then read of parameter, in one round trip.
+        _, raw = await self.client.pipeline(
+            [Rm(path, missing_ok=True), Read(proto.dm_relative_path(self.guest, cmds.PARAMETER))]
+        )
+        parameter = raw.decode("utf-8", "replace") if raw is not None else None
         d = cmds.dispatch(value, parameter, compat=self.compat, paused=self.paused)
         for line in d.log:
             log.info("%s", line)

@@ -52,7 +52,17 @@ from stubdom.protocol import (
     pci_rem_parameter,
     state_path,
 )
-from stubdom.xenstore import Client, ConnectionClosed, Transaction
+from stubdom.xenstore import (
+    Client,
+    ConnectionClosed,
+    Read,
+    Transaction,
+    Watch,
+    WatchEvent,
+    Write,
+    XenStoreError,
+    XenStoreTimeout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -296,6 +306,66 @@ async def _watch_set(client: Client, paths: Sequence[str]) -> AsyncIterator[asyn
         yield queue
 
 
+class _ChannelWatches:
+    """A channel's watches on ``state``, ``parameter`` and ``@releaseDomain``, registered
+    by its first operation and kept on the client across operations (one set per
+    client, guest and lock, used under that lock), so a command costs no WATCH and
+    UNWATCH and no initial events.
+
+    ``events`` gets the path of each event (or the `ConnectionClosed` that ends the
+    watches); they only say "look again", and every look reads the nodes afresh.
+    ``releases`` counts the ``@releaseDomain`` events: a stubdomain found alive stays so
+    until one arrives (xenstored fires it when a domain is released, shuts down or
+    crashes), which spares a liveness query per look.
+    """
+
+    def __init__(self, client: Client, paths: Sequence[str]) -> None:
+        self.client = client
+        self.paths = list(paths)
+        self.events: asyncio.Queue[_Event] = asyncio.Queue()
+        self.releases = 0
+        #: ``releases`` when the last liveness query that found the stubdomain alive
+        #: began (None: no such query, or a later one found it dead).
+        self.alive_as_of: int | None = None
+        self.watches: list[Watch] = []
+
+    def _sink(self, path: str) -> Callable[[WatchEvent | ConnectionClosed], None]:
+        def sink(event: WatchEvent | ConnectionClosed) -> None:
+            if isinstance(event, ConnectionClosed):
+                self.events.put_nowait(event)
+                return
+            if path == RELEASE_DOMAIN:
+                self.releases += 1
+            self.events.put_nowait(path)
+
+        return sink
+
+    async def start(self) -> None:
+        try:
+            for p in self.paths:
+                w = self.client.watch(p, sink=self._sink(p))
+                await w.start()
+                self.watches.append(w)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        watches, self.watches = self.watches, []
+        for w in watches:
+            try:
+                await w.stop()
+            except (XenStoreError, ConnectionClosed, XenStoreTimeout) as err:
+                log.debug("UNWATCH %s failed: %s", w.path, err)
+
+    def take(self) -> list[_Event]:
+        """The events queued so far."""
+        out: list[_Event] = []
+        while not self.events.empty():
+            out.append(self.events.get_nowait())
+        return out
+
+
 _LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Path, asyncio.Lock]] = (
     weakref.WeakKeyDictionary()
 )
@@ -364,12 +434,19 @@ class DeviceModelChannel:
         self._state = state_path(stubdom, guest)
         self._parameter = parameter_path(stubdom, guest)
         self._command = command_path(stubdom, guest)
+        self._watched = [self._state, self._parameter, RELEASE_DOMAIN]
 
     # -- public operations ------------------------------------------------------------
 
     async def wait_running(self) -> None:
-        """Wait until ``state`` is ``running`` (libxl's pre-wait; no lock, no recovery)."""
-        await self._wait(CommandExchange(self.guest, State.RUNNING))
+        """Wait until ``state`` is ``running`` (libxl's pre-wait; no lock, no recovery,
+        so with watches of its own, removed when it returns)."""
+        w = _ChannelWatches(self.client, self._watched)
+        await w.start()
+        try:
+            await self._wait(CommandExchange(self.guest, State.RUNNING), watches=w)
+        finally:
+            await w.stop()
 
     async def pci_insert(
         self, bdf: Bdf, vdevfn: int = 0, msitranslate: bool = False, power_mgmt: bool = False
@@ -575,6 +652,7 @@ class DeviceModelChannel:
 
     async def _prepare(self, what: str) -> None:
         """The recovery of the class docstring, then libxl's wait for ``running``."""
+        watches = await self._watches()
         state = await self._read(self._state)
         if state in STALE_RESULTS:
             stale = state
@@ -603,9 +681,9 @@ class DeviceModelChannel:
             )
             self.save_marker.unlink(missing_ok=True)
             await self._exchange(Command.CONTINUE, None, State.RUNNING, Restore.NEVER)
-        elif state == State.RUNNING and await self._stub_alive():
-            return  # what wait_running would find at once, without its three watches
-        await self.wait_running()
+        elif state == State.RUNNING and await self._alive(watches):
+            return  # what wait_running would find at once
+        await self._wait(CommandExchange(self.guest, State.RUNNING))
 
     async def _exchange(
         self, command: Command, parameter: str | None, expect: State, restore: Restore
@@ -614,13 +692,24 @@ class DeviceModelChannel:
         ex = CommandExchange(self.guest, expect, command, parameter)
         orig: str | None = None
 
-        async def send() -> None:
+        async def send(w: _ChannelWatches) -> Snapshot:
+            """Read the state to restore, write parameter, then command (only if the
+            parameter was written), then look at state and parameter; the READs go in
+            the same round trip as the write before them."""
             nonlocal orig
-            orig = await self._read(self._state)
-            if parameter is not None:
-                await self.client.write(self._parameter, parameter)
-            await self.client.write(self._command, command.value)
+            if parameter is None:
+                orig = await self._read(self._state)
+            else:
+                got = await self.client.pipeline(
+                    [Read(self._state), Write(self._parameter, parameter)]
+                )
+                orig = _text(got[0])
+            _raise_closed(w.take())  # no await until the reads are sent
+            _, state, param = await self.client.pipeline(
+                [Write(self._command, command.value), Read(self._state), Read(self._parameter)]
+            )
             log.debug("guest %d: sent %s %r", self.guest, command, parameter)
+            return Snapshot(_text(state), _text(param))
 
         ok = died = False
         try:
@@ -642,38 +731,49 @@ class DeviceModelChannel:
         await self.client.write(self._state, orig)
 
     async def _wait(
-        self, ex: CommandExchange, send: Callable[[], Awaitable[None]] | None = None
+        self,
+        ex: CommandExchange,
+        send: Callable[[_ChannelWatches], Awaitable[Snapshot]] | None = None,
+        watches: _ChannelWatches | None = None,
     ) -> Snapshot:
-        """Watch state, parameter and @releaseDomain, run ``send``, and look again at
-        each event until ``ex`` decides."""
-        paths = [self._state, self._parameter, RELEASE_DOMAIN]
-        async with _watch_set(self.client, paths) as events:
-            if send is not None:
-                await send()
-            alive = await self._stub_alive()
-            cm = asyncio.timeout(self.timeout)
-            try:
-                async with cm:
-                    while True:
-                        state = await self._read(self._state)
-                        param = await self._read(self._parameter)
-                        if state is None and alive:
-                            # The stub's nodes go with it, before @releaseDomain fires.
-                            alive = await self._stub_alive()
-                        out = ex.observe(Snapshot(state, param, alive))
-                        if out.verdict is Verdict.DONE:
-                            return out.snapshot
-                        if out.error is not None:
-                            log.info("%s", out.error)
-                            raise await self._explained(out.error)
-                        alive = await self._next_events(events, alive)
-            except TimeoutError:
-                if not cm.expired():
-                    raise  # a xenstore request timed out, not our wait
-                pending = send is not None and await self._read(self._command) is not None
-                error = ex.timed_out(self.timeout, pending)
-                log.info("%s", error)
-                raise error from None
+        """With state, parameter and @releaseDomain watched (``watches``, else the
+        channel's, which need the lock), run ``send``, and look again at each event
+        until ``ex`` decides."""
+        w = watches if watches is not None else await self._watches()
+        # Each look (send ends with one) drops the events received before its reads are
+        # sent: the server sent them before it got the reads (a connection keeps its
+        # order), so the reads see what they announce.  @releaseDomain is still
+        # counted (`_alive`).
+        first = await send(w) if send is not None else None
+        cm = asyncio.timeout(self.timeout)
+        try:
+            async with cm:
+                while True:
+                    if first is not None:
+                        state, param = first.state, first.parameter
+                        first = None
+                    else:
+                        _raise_closed(w.take())  # no await until the reads are sent
+                        state, param = (_text(v) for v in await self.client.read_many(
+                            [self._state, self._parameter]))
+                    alive = await self._alive(w)
+                    if state is None and alive:
+                        # The stub's nodes go with it, before @releaseDomain fires.
+                        alive = await self._alive(w, fresh=True)
+                    out = ex.observe(Snapshot(state, param, alive))
+                    if out.verdict is Verdict.DONE:
+                        return out.snapshot
+                    if out.error is not None:
+                        log.info("%s", out.error)
+                        raise await self._explained(out.error)
+                    _raise_closed([await w.events.get()])
+        except TimeoutError:
+            if not cm.expired():
+                raise  # a xenstore request timed out, not our wait
+            pending = send is not None and await self._read(self._command) is not None
+            error = ex.timed_out(self.timeout, pending)
+            log.info("%s", error)
+            raise error from None
 
     async def _next_events(self, events: asyncio.Queue[_Event], alive: bool) -> bool:
         """Wait for the next event (and take the ones already queued); re-check the
@@ -681,11 +781,37 @@ class DeviceModelChannel:
         fired = [await events.get()]
         while not events.empty():
             fired.append(events.get_nowait())
-        for ev in fired:
-            if isinstance(ev, ConnectionClosed):
-                raise ev
+        _raise_closed(fired)
         if RELEASE_DOMAIN in fired:
             alive = await self._stub_alive()
+        return alive
+
+    async def _watches(self) -> _ChannelWatches:
+        """This channel's watches (the lock is held), registered on first use."""
+        key = (_ChannelWatches, self.stubdom, self.guest, self.lock_path)
+        w = self.client.shared.get(key)
+        if isinstance(w, _ChannelWatches) and w.watches:
+            return w
+        w = _ChannelWatches(self.client, self._watched)
+        await w.start()
+        self.client.shared[key] = w
+        return w
+
+    async def _alive(self, w: _ChannelWatches, fresh: bool = False) -> bool:
+        """`_stub_alive`, asked only if @releaseDomain fired since the stubdomain was
+        last found alive (or ``fresh``).  A dead stubdomain's watches are removed."""
+        if not fresh and w.alive_as_of is not None and w.alive_as_of == w.releases:
+            return True
+        start = w.releases
+        alive = await self._stub_alive()
+        if alive:
+            w.alive_as_of = start
+        else:
+            w.alive_as_of = None
+            key = (_ChannelWatches, self.stubdom, self.guest, self.lock_path)
+            if self.client.shared.get(key) is w:
+                del self.client.shared[key]
+                await w.stop()
         return alive
 
     async def _explained(self, error: DeviceModelError) -> DeviceModelError:
@@ -707,6 +833,16 @@ class DeviceModelChannel:
 
     async def _read(self, path: str) -> str | None:
         return await _read_text(self.client, path)
+
+
+def _raise_closed(events: list[_Event]) -> None:
+    for ev in events:
+        if isinstance(ev, ConnectionClosed):
+            raise ev
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("utf-8", "replace")
 
 
 async def _read_text(xs: Client | Transaction, path: str) -> str | None:

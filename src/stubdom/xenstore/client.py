@@ -40,6 +40,7 @@ import itertools
 import logging
 import random
 from collections.abc import Awaitable, Callable, Generator, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -104,6 +105,9 @@ class _Default(enum.Enum):
 DEFAULT = _Default.TOKEN
 TimeoutArg = float | None | _Default
 
+#: Where a `Watch` made with ``sink=`` hands its events (and its `ConnectionClosed`).
+WatchSink = Callable[["WatchEvent | ConnectionClosed"], None]
+
 # Aliases so that annotations inside classes with a ``list`` method stay unambiguous.
 Names = list[str]
 Perms = list[Perm]
@@ -130,11 +134,49 @@ def retry_pause(attempt: int, attempts: int | None, elapsed: float) -> float | N
     return random.uniform(0, RETRY_BACKOFF * 2 ** min(attempt - 1, 5))
 
 
+def _reply_payload(reply: Reply, what: str | None) -> bytes:
+    """The payload of a reply of the request's own type; an ERROR as `XenStoreError`."""
+    op_name = reply.request.op_name
+    if reply.is_error:
+        raise error_from_name(reply.error_name or "EINVAL", op=op_name, path=what)
+    if reply.packet.op != reply.request.op:
+        raise ProtocolError(
+            f"xenstore {op_name} {what or ''}: reply of type {reply.packet.type_name}"
+        )
+    return reply.payload
+
+
 def _op_name(op: int) -> str:
     try:
         return Op(op).name
     except ValueError:
         return str(op)
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """A READ step of `_NodeOps.pipeline`."""
+
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """A WRITE step of `_NodeOps.pipeline` (str is sent as UTF-8)."""
+
+    path: str
+    value: bytes | str
+
+
+@dataclass(frozen=True, slots=True)
+class Rm:
+    """An RM step of `_NodeOps.pipeline`; ``missing_ok``: ENOENT is no error."""
+
+    path: str
+    missing_ok: bool = False
+
+
+Step = Read | Write | Rm
 
 
 class _NodeOps:
@@ -147,6 +189,11 @@ class _NodeOps:
         return await self._client.request(
             op, payload, tx_id=self._tx_id, timeout=timeout, what=what
         )
+
+    async def _pipelined(
+        self, requests: Sequence[tuple[int, bytes, str | None]], timeout: TimeoutArg
+    ) -> list[Reply]:
+        return await self._client.pipelined(requests, tx_id=self._tx_id, timeout=timeout)
 
     def _path(self, path: str) -> bytes:
         if self._client.check_paths:
@@ -163,6 +210,43 @@ class _NodeOps:
             return await self.read(path, timeout=timeout)
         except NoEntry:
             return None
+
+    async def read_many(
+        self, paths: Sequence[str], *, timeout: TimeoutArg = DEFAULT
+    ) -> list[bytes | None]:
+        """`read_optional` of each of ``paths`` in one round trip: the values, None for
+        a node that does not exist (see `pipeline`)."""
+        return await self.pipeline([Read(p) for p in paths], timeout=timeout)
+
+    async def pipeline(
+        self, steps: Sequence[Step], *, timeout: TimeoutArg = DEFAULT
+    ) -> list[bytes | None]:
+        """`Read`, `Write` and `Rm` steps in one round trip: sent back to back, done by
+        the server one after the other in this order.  The value of each `Read` (None:
+        no such node), None for the others.  The first step that failed raises its
+        error, once every reply is in; a failed step does not stop the later ones, so
+        only put after a write what may happen even if that write fails."""
+        requests: list[tuple[int, bytes, str | None]] = []
+        for step in steps:
+            if isinstance(step, Write):
+                self._path(step.path)
+                payload = write_payload(step.path, _value(step.value))
+                requests.append((Op.WRITE, payload, step.path))
+            else:
+                op = Op.READ if isinstance(step, Read) else Op.RM
+                requests.append((op, self._path(step.path), step.path))
+        out: list[bytes | None] = []
+        for reply, step in zip(await self._pipelined(requests, timeout), steps, strict=True):
+            if (
+                reply.is_error
+                and reply.error_name == "ENOENT"
+                and (isinstance(step, Read) or (isinstance(step, Rm) and step.missing_ok))
+            ):
+                out.append(None)
+            else:
+                payload = _reply_payload(reply, step.path)
+                out.append(payload if isinstance(step, Read) else None)
+        return out
 
     async def exists(self, path: str, *, timeout: TimeoutArg = DEFAULT) -> bool:
         """Whether READ finds the node (ENOENT -> False; other errors propagate)."""
@@ -276,6 +360,9 @@ class Client(_NodeOps):
         #: Serialises this client's retries after a conflict (see `retry_transaction`).
         self._retry_lock = asyncio.Lock()
         self._retry_owner: asyncio.Task[Any] | None = None
+        #: State that layers above keep per connection, under keys of their own (e.g.
+        #: the watches a device-model channel keeps across commands).
+        self.shared: dict[object, Any] = {}
         self._reader = asyncio.get_running_loop().create_task(
             self._read_loop(), name=f"xenstore-reader {transport.description}"
         )
@@ -364,15 +451,8 @@ class Client(_NodeOps):
     async def _pump(self) -> ConnectionClosed:
         """Read and dispatch until the connection ends; why it ended."""
         try:
-            while True:
-                data = await self._transport.read()
-                if not data:
-                    return ConnectionClosed(
-                        f"xenstore connection {self.description} closed by the server"
-                    )
-                self._proto.receive_data(data)
-                for event in self._proto.events():
-                    self._dispatch(event)
+            await self._transport.run(self._received)
+            return ConnectionClosed(f"xenstore connection {self.description} closed by the server")
         except (OSError, ProtocolError) as exc:
             log.warning("xenstore connection %s failed: %s", self.description, exc)
             reason = ConnectionClosed(f"xenstore connection {self.description} failed: {exc}")
@@ -463,6 +543,11 @@ class Client(_NodeOps):
             )
             fut.exception()
 
+    def _received(self, data: bytes) -> None:
+        self._proto.receive_data(data)
+        for event in self._proto.events():
+            self._dispatch(event)
+
     def _dispatch(self, event: Reply | WatchEvent) -> None:
         if isinstance(event, WatchEvent):
             watch = self._watches.get(event.token)
@@ -507,14 +592,28 @@ class Client(_NodeOps):
         what: str | None = None,
     ) -> Reply:
         """Send one request and return its reply, ERROR replies included."""
+        return (await self.pipelined([(op, payload, what)], tx_id=tx_id, timeout=timeout))[0]
+
+    async def pipelined(
+        self,
+        requests: Sequence[tuple[int, bytes, str | None]],
+        *,
+        tx_id: int = 0,
+        timeout: TimeoutArg = DEFAULT,
+    ) -> list[Reply]:
+        """Send ``(op, payload, what)`` requests back to back, without waiting for each
+        reply (one round trip: the server still handles them one after the other, in
+        this order); their replies, ERROR replies included.  The timeout covers all."""
         self._raise_closed()
-        op_name = _op_name(op)
-        if len(payload) > PAYLOAD_MAX:
-            raise TooBig(
-                op=op_name,
-                path=what,
-                message=f"request of {len(payload)} bytes exceeds {PAYLOAD_MAX}",
-            )
+        if not requests:
+            return []
+        for op, payload, what in requests:
+            if len(payload) > PAYLOAD_MAX:
+                raise TooBig(
+                    op=_op_name(op),
+                    path=what,
+                    message=f"request of {len(payload)} bytes exceeds {PAYLOAD_MAX}",
+                )
         limit = self.timeout if timeout is DEFAULT else timeout
         if not self._online.is_set():
             try:
@@ -522,38 +621,48 @@ class Client(_NodeOps):
                     await self._online.wait()
             except TimeoutError:
                 raise XenStoreTimeout(
-                    f"xenstore {op_name}: not connected again within {limit:g} s"
+                    f"xenstore {_op_name(requests[0][0])}: not connected again within {limit:g} s"
                 ) from None
             self._raise_closed()
-        req, data = self._proto.send(op, payload, tx_id)
-        log.debug(
-            "%s: -> %s req_id=%d tx_id=%d %s",
-            self.description,
-            op_name,
-            req.req_id,
-            tx_id,
-            what or "",
-        )
-        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._waiters[req.req_id] = fut
+        loop = asyncio.get_running_loop()
+        sent: list[tuple[Request, asyncio.Future[Reply], str | None]] = []
+        messages: list[bytes] = []
+        for op, payload, what in requests:
+            req, data = self._proto.send(op, payload, tx_id)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "%s: -> %s req_id=%d tx_id=%d %s",
+                    self.description,
+                    _op_name(op),
+                    req.req_id,
+                    tx_id,
+                    what or "",
+                )
+            fut: asyncio.Future[Reply] = loop.create_future()
+            self._waiters[req.req_id] = fut
+            sent.append((req, fut, what))
+            messages.append(data)
         try:
             async with asyncio.timeout(limit):
                 try:
-                    self._transport.write(data)
+                    for data in messages:  # whole messages, one per write (xenbus)
+                        self._transport.write(data)
                     await self._transport.drain()
                 except ConnectionClosed:
                     if self.reconnect is None:
                         raise
-                    # The reader connects again and re-sends this request.
-                return await fut
+                    # The reader connects again and re-sends these requests.
+                return [await fut for _, fut, _ in sent]
         except TimeoutError:
-            where = " ".join(x for x in ("xenstore", op_name, what) if x)
+            req, _, what = next((x for x in sent if not x[1].done()), sent[-1])
+            where = " ".join(x for x in ("xenstore", _op_name(req.op), what) if x)
             raise XenStoreTimeout(f"{where}: no reply within {limit:g} s") from None
         finally:
-            if not fut.done():
-                self._proto.abandon(req)
-                self._waiters.pop(req.req_id, None)
-                fut.cancel()
+            for req, fut, _ in sent:
+                if not fut.done():
+                    self._proto.abandon(req)
+                    self._waiters.pop(req.req_id, None)
+                    fut.cancel()
 
     async def request(
         self,
@@ -569,28 +678,25 @@ class Client(_NodeOps):
         ``what`` (a path, a domid) only makes error messages clearer.
         """
         reply = await self.roundtrip(op, payload, tx_id=tx_id, timeout=timeout, what=what)
-        op_name = reply.request.op_name
-        if reply.is_error:
-            raise error_from_name(reply.error_name or "EINVAL", op=op_name, path=what)
-        if reply.packet.op != op:
-            raise ProtocolError(
-                f"xenstore {op_name} {what or ''}: reply of type {reply.packet.type_name}"
-            )
-        return reply.payload
+        return _reply_payload(reply, what)
 
     # -- watches ---------------------------------------------------------------
 
-    def watch(self, path: str, token: str | None = None) -> Watch:
+    def watch(
+        self, path: str, token: str | None = None, *, sink: WatchSink | None = None
+    ) -> Watch:
         """A watch on ``path``, not yet sent: use ``async with`` or ``await``.
 
         Without ``token`` a unique one is generated.  Tokens route events, so a token
-        may only be in use once per client at a time.
+        may only be in use once per client at a time.  With ``sink``, events (and the
+        `ConnectionClosed` that ends the watch) are handed to it as they arrive, from
+        the reader, instead of being queued for iteration.
         """
         if self.check_paths:
             check_client_path(path)
         if token is None:
             token = f"{self._token_prefix}{next(self._tokens)}"
-        return Watch(self, path, token)
+        return Watch(self, path, token, sink)
 
     async def unwatch(self, path: str, token: str, *, timeout: TimeoutArg = DEFAULT) -> None:
         """Raw UNWATCH; also stops routing events for ``token`` to its `Watch`."""
@@ -741,10 +847,13 @@ class Watch:
     while the watch is active lets the queue grow; leave the context to stop it.
     """
 
-    def __init__(self, client: Client, path: str, token: str) -> None:
+    def __init__(
+        self, client: Client, path: str, token: str, sink: WatchSink | None = None
+    ) -> None:
         self.client = client
         self.path = path
         self.token = token
+        self._sink = sink
         self._queue: asyncio.Queue[WatchEvent | _End | ConnectionClosed] = asyncio.Queue()
         self._active = False
         self._ended = False
@@ -813,7 +922,10 @@ class Watch:
             log.debug("UNWATCH %s after an error failed: %s", self.path, err)
 
     def _deliver(self, event: WatchEvent) -> None:
-        self._queue.put_nowait(event)
+        if self._sink is not None:
+            self._sink(event)
+        else:
+            self._queue.put_nowait(event)
 
     def _stopped(self) -> None:
         if self._active:
@@ -823,6 +935,8 @@ class Watch:
 
     def _lost(self, reason: ConnectionClosed) -> None:
         self._active = False
+        if self._sink is not None:
+            self._sink(reason)
         self._queue.put_nowait(reason)
 
     async def next_event(self, timeout: float | None = None) -> WatchEvent | None:
@@ -926,6 +1040,13 @@ class Transaction(_NodeOps):
         self._check_epoch(op.name)
         return await super()._rpc(op, payload, what, timeout)
 
+    async def _pipelined(
+        self, requests: Sequence[tuple[int, bytes, str | None]], timeout: TimeoutArg
+    ) -> list[Reply]:
+        self._check_open()
+        self._check_epoch(_op_name(requests[0][0]) if requests else "READ")
+        return await super()._pipelined(requests, timeout)
+
     async def __aenter__(self) -> Transaction:
         if not self._open:
             await self.start()
@@ -970,8 +1091,13 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "RECONNECT",
     "Client",
+    "Read",
+    "Rm",
+    "Step",
     "TimeoutArg",
     "Transaction",
     "Watch",
+    "WatchSink",
+    "Write",
     "open_client",
 ]

@@ -25,7 +25,7 @@ import os
 import socket
 import stat
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from stubdom.xenstore.errors import ConnectionClosed
 
@@ -82,51 +82,163 @@ class Transport(abc.ABC):
     async def wait_closed(self) -> None:  # noqa: B027 - optional hook, default no-op
         """Wait until `close` has finished (default: nothing to wait for)."""
 
+    async def run(self, sink: Callable[[bytes], None]) -> None:
+        """Hand everything received to ``sink`` until the end of stream; errors of
+        the connection and of ``sink`` are raised (default: `read` in a loop)."""
+        while data := await self.read():
+            sink(data)
+
+
+class _StreamProtocol(asyncio.Protocol):
+    """The protocol under `StreamTransport`: hands received bytes to a sink as they
+    arrive (`Transport.run`), or buffers them for `StreamTransport.read`."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.sink: Callable[[bytes], None] | None = None
+        self.buffer = bytearray()
+        self.eof = False
+        #: What ended the stream other than a clean EOF (an OSError, or the sink's error).
+        self.error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self.closed: asyncio.Future[None] = self._loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.error is not None:
+            return
+        if self.sink is None:
+            self.buffer += data
+            self._wake()
+            return
+        try:
+            self.sink(data)
+        except Exception as exc:  # the reader's to report, as a read would have
+            self.error = exc
+            if self.transport is not None:
+                self.transport.pause_reading()
+            self._wake()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        if exc is not None and not isinstance(exc, ConnectionResetError) and self.error is None:
+            self.error = exc
+        self._wake()
+        for fut in self._drain_waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self._drain_waiters.clear()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        for fut in self._drain_waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self._drain_waiters.clear()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Until something arrives or the stream ends."""
+        self._waiter = self._loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    async def drain(self) -> None:
+        if self._paused and not self.closed.done():
+            fut = self._loop.create_future()
+            self._drain_waiters.append(fut)
+            await fut
+
 
 class StreamTransport(Transport):
-    """A connected stream socket (the daemon's Unix socket), via asyncio streams."""
+    """A connected stream socket (the daemon's Unix socket).  In `run`, received bytes
+    go to the sink straight from the event loop's callback, with no task between."""
 
     def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, description: str
+        self, transport: asyncio.Transport, protocol: _StreamProtocol, description: str
     ) -> None:
-        self._reader = reader
-        self._writer = writer
+        self._transport = transport
+        self._protocol = protocol
         self.description = description
 
     @classmethod
     async def connect_unix(cls, path: str) -> StreamTransport:
-        reader, writer = await asyncio.open_unix_connection(path)
-        return cls(reader, writer, f"unix:{path}")
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.create_unix_connection(_StreamProtocol, path)
+        return cls(transport, protocol, f"unix:{path}")
 
     @classmethod
     async def from_socket(cls, sock: socket.socket, description: str = "socket") -> StreamTransport:
         """Wrap an already connected socket (e.g. one end of a socketpair)."""
-        reader, writer = await asyncio.open_connection(sock=sock)
-        return cls(reader, writer, description)
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.create_connection(_StreamProtocol, sock=sock)
+        return cls(transport, protocol, description)
 
     def write(self, message: bytes) -> None:
-        if self._writer.is_closing():
+        if self._transport.is_closing():
             raise ConnectionClosed(f"{self.description}: connection closed")
-        self._writer.write(message)
+        self._transport.write(message)
 
     async def drain(self) -> None:
-        try:
-            await self._writer.drain()
-        except (ConnectionError, BrokenPipeError) as exc:
-            raise ConnectionClosed(f"{self.description}: {exc}") from exc
+        await self._protocol.drain()
+        p = self._protocol
+        if p.closed.done():
+            raise ConnectionClosed(f"{self.description}: {p.error or 'connection lost'}")
 
     async def read(self) -> bytes:
+        p = self._protocol
+        while True:
+            if p.buffer:
+                data = bytes(p.buffer)
+                p.buffer.clear()
+                return data
+            if p.error is not None:
+                raise p.error
+            if p.eof:
+                return b""
+            await p.wait()
+
+    async def run(self, sink: Callable[[bytes], None]) -> None:
+        p = self._protocol
+        data = await self.read() if p.buffer else None
+        if data:
+            sink(data)
+        p.sink = sink
         try:
-            return await self._reader.read(_READ_SIZE)
-        except ConnectionResetError:
-            return b""
+            while p.error is None and not p.eof:
+                await p.wait()
+        finally:
+            p.sink = None
+        if p.error is not None:
+            raise p.error
 
     def close(self) -> None:
-        self._writer.close()
+        self._transport.close()
 
     async def wait_closed(self) -> None:
         with contextlib.suppress(OSError):
-            await self._writer.wait_closed()
+            await asyncio.shield(self._protocol.closed)
 
 
 class FdTransport(Transport):
