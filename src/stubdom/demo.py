@@ -23,7 +23,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,7 @@ from stubdom import protocol as proto
 from stubdom.host.rundir import RunDir, processes_using
 from stubdom.toolstack.config import GuestConfig
 from stubdom.toolstack.session import Session, open_session
-from stubdom.xenstore import Client, NoEntry, Write, XenStoreTimeout
-from stubdom.xenstore import Step as XsStep
+from stubdom.xenstore import Client, NoEntry, XenStoreTimeout
 
 #: The example guest; relative disk paths in it are resolved against the output dir.
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "demo.cfg"
@@ -199,7 +198,7 @@ async def _watching(s: Session, stub: int, guest: int) -> AsyncIterator[list[Nod
     base = proto.dm_path(stub, guest)
     stub_name = f"stub d{stub}"
     written: dict[str, list[str]] = {}
-    original, original_pipeline = s.xs.write, s.xs.pipeline
+    original = s.xs.write
     xs = await Client.connect(str(s.run_dir.xenstored_socket))
     try:
         async with xs.watch(base) as w:
@@ -231,15 +230,6 @@ async def _watching(s: Session, stub: int, guest: int) -> AsyncIterator[list[Nod
                 written.setdefault(path, []).append(text)
                 await original(path, value, **kw)
 
-            async def pipeline(steps: Sequence[XsStep], **kw: Any) -> list[bytes | None]:
-                await drain()
-                for step in steps:
-                    if isinstance(step, Write):
-                        v = step.value
-                        text = v.decode("utf-8", "replace") if isinstance(v, bytes) else v
-                        written.setdefault(step.path, []).append(text)
-                return await original_pipeline(steps, **kw)
-
             def drained_first(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
                 async def call(*args: Any, **kw: Any) -> Any:
                     await drain()  # e.g. destroying the stubdomain removes its nodes
@@ -247,8 +237,7 @@ async def _watching(s: Session, stub: int, guest: int) -> AsyncIterator[list[Nod
 
                 return call
 
-            patched = [(s.xs, "write", write), (s.xs, "pipeline", pipeline),
-                       (s.xs, "rm", drained_first(s.xs.rm)),
+            patched = [(s.xs, "write", write), (s.xs, "rm", drained_first(s.xs.rm)),
                        (s.hv, "pause", drained_first(s.hv.pause))]
             for obj, name, fn in patched:
                 setattr(obj, name, fn)

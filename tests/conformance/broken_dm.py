@@ -18,7 +18,6 @@ from stubdom import protocol as proto
 from stubdom.stubdomain import agent as agent_mod
 from stubdom.stubdomain import commands as cmds
 from stubdom.stubdomain.main import main
-from stubdom.xenstore import Rm
 
 Agent = agent_mod.Agent
 
@@ -31,21 +30,13 @@ def install(variant: str) -> None:
 
         def init(self: Any, client: Any, *a: Any) -> None:
             orig_init(self, client, *a)
-            real_rm, real_pipeline = client.rm, client.pipeline
+            real_rm = client.rm
 
-            def kept(step: Any) -> bool:
-                return not (isinstance(step, Rm) and step.path.endswith("/command"))
-
-            async def rm(path: str) -> None:
+            async def rm(path: str, **kw: Any) -> None:
                 if not path.endswith("/command"):
-                    await real_rm(path)
-
-            async def pipeline(steps: list[Any], **kw: Any) -> list[Any]:
-                got = iter(await real_pipeline([s for s in steps if kept(s)], **kw))
-                return [next(got) if kept(s) else None for s in steps]
+                    await real_rm(path, **kw)
 
             client.rm = rm
-            client.pipeline = pipeline
 
         Agent.__init__ = init  # type: ignore[method-assign]
     elif variant == "state-first":

@@ -44,7 +44,7 @@ def _command_first(orig: Callable[..., Awaitable[control.Snapshot]]) -> Callable
             await self.client.write(self._command, command.value)
             if parameter is not None:
                 await self.client.write(self._parameter, parameter)
-            got = await self.client.read_many([self._state, self._parameter])
+            got = [await self.client.read_optional(p) for p in (self._state, self._parameter)]
             return control.Snapshot(*(None if v is None else v.decode() for v in got))
 
         try:

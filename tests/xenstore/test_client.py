@@ -467,3 +467,12 @@ async def test_retry_transaction_keeps_trying_until_its_patience_runs_out(
     with pytest.raises(TransactionConflict):
         await client.retry_transaction(body)
     assert calls == 1
+
+
+async def test_rm_missing_ok(client: Client) -> None:
+    with pytest.raises(NoEntry):
+        await client.rm("/never/there")
+    await client.rm("/never/there", missing_ok=True)
+    await client.write("/gone/soon", "x")
+    await client.rm("/gone/soon", missing_ok=True)
+    assert not await client.exists("/gone/soon")

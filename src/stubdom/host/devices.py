@@ -24,7 +24,6 @@ connected, which pciback answers with 8 (Reconfigured) and then 4 again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable, Collection, Mapping
@@ -439,8 +438,7 @@ def ro_frontend_perms(ref: DeviceRef) -> Perms:
 
 async def _rm(t: Transaction, path: str) -> None:
     """``libxl__xs_rm_checked``: a node that is already gone is fine."""
-    with contextlib.suppress(NoEntry):
-        await t.rm(path)
+    await t.rm(path, missing_ok=True)
 
 
 async def _writev_perms(

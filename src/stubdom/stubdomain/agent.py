@@ -39,12 +39,11 @@ from stubdom.xenstore import (
     Client,
     ConnectionClosed,
     NoEntry,
-    Read,
-    Rm,
     Transaction,
     Watch,
     XenStoreError,
 )
+from stubdom.xenstore.pipeline import pipelined
 
 if TYPE_CHECKING:  # the stream module is imported only for -loadvm
     from stubdom.devicemodel.stream import DecodedState
@@ -307,8 +306,9 @@ class Agent:
         if value is None:
             return
         # qemu-trad's rm, then read of parameter, in one round trip.
-        _, raw = await self.client.pipeline(
-            [Rm(path, missing_ok=True), Read(proto.dm_relative_path(self.guest, cmds.PARAMETER))]
+        _, raw = await pipelined(
+            self.client.rm(path, missing_ok=True),
+            self.client.read_optional(proto.dm_relative_path(self.guest, cmds.PARAMETER)),
         )
         parameter = raw.decode("utf-8", "replace") if raw is not None else None
         d = cmds.dispatch(value, parameter, compat=self.compat, paused=self.paused)

@@ -55,14 +55,13 @@ from stubdom.protocol import (
 from stubdom.xenstore import (
     Client,
     ConnectionClosed,
-    Read,
     Transaction,
     Watch,
     WatchEvent,
-    Write,
     XenStoreError,
     XenStoreTimeout,
 )
+from stubdom.xenstore.pipeline import pipelined
 
 log = logging.getLogger(__name__)
 
@@ -700,13 +699,16 @@ class DeviceModelChannel:
             if parameter is None:
                 orig = await self._read(self._state)
             else:
-                got = await self.client.pipeline(
-                    [Read(self._state), Write(self._parameter, parameter)]
+                raw, _ = await pipelined(
+                    self.client.read_optional(self._state),
+                    self.client.write(self._parameter, parameter),
                 )
-                orig = _text(got[0])
-            _raise_closed(w.take())  # no await until the reads are sent
-            _, state, param = await self.client.pipeline(
-                [Write(self._command, command.value), Read(self._state), Read(self._parameter)]
+                orig = _text(raw)
+            _raise_closed(w.take())  # before the reads are sent
+            _, state, param = await pipelined(
+                self.client.write(self._command, command.value),
+                self.client.read_optional(self._state),
+                self.client.read_optional(self._parameter),
             )
             log.debug("guest %d: sent %s %r", self.guest, command, parameter)
             return Snapshot(_text(state), _text(param))
@@ -753,9 +755,11 @@ class DeviceModelChannel:
                         state, param = first.state, first.parameter
                         first = None
                     else:
-                        _raise_closed(w.take())  # no await until the reads are sent
-                        state, param = (_text(v) for v in await self.client.read_many(
-                            [self._state, self._parameter]))
+                        _raise_closed(w.take())  # before the reads are sent
+                        state, param = (_text(v) for v in await pipelined(
+                            self.client.read_optional(self._state),
+                            self.client.read_optional(self._parameter),
+                        ))
                     alive = await self._alive(w)
                     if state is None and alive:
                         # The stub's nodes go with it, before @releaseDomain fires.

@@ -40,7 +40,6 @@ import itertools
 import logging
 import random
 from collections.abc import Awaitable, Callable, Generator, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -153,32 +152,6 @@ def _op_name(op: int) -> str:
         return str(op)
 
 
-@dataclass(frozen=True, slots=True)
-class Read:
-    """A READ step of `_NodeOps.pipeline`."""
-
-    path: str
-
-
-@dataclass(frozen=True, slots=True)
-class Write:
-    """A WRITE step of `_NodeOps.pipeline` (str is sent as UTF-8)."""
-
-    path: str
-    value: bytes | str
-
-
-@dataclass(frozen=True, slots=True)
-class Rm:
-    """An RM step of `_NodeOps.pipeline`; ``missing_ok``: ENOENT is no error."""
-
-    path: str
-    missing_ok: bool = False
-
-
-Step = Read | Write | Rm
-
-
 class _NodeOps:
     """The node requests, shared by `Client` (no transaction) and `Transaction`."""
 
@@ -189,11 +162,6 @@ class _NodeOps:
         return await self._client.request(
             op, payload, tx_id=self._tx_id, timeout=timeout, what=what
         )
-
-    async def _pipelined(
-        self, requests: Sequence[tuple[int, bytes, str | None]], timeout: TimeoutArg
-    ) -> list[Reply]:
-        return await self._client.pipelined(requests, tx_id=self._tx_id, timeout=timeout)
 
     def _path(self, path: str) -> bytes:
         if self._client.check_paths:
@@ -210,43 +178,6 @@ class _NodeOps:
             return await self.read(path, timeout=timeout)
         except NoEntry:
             return None
-
-    async def read_many(
-        self, paths: Sequence[str], *, timeout: TimeoutArg = DEFAULT
-    ) -> list[bytes | None]:
-        """`read_optional` of each of ``paths`` in one round trip: the values, None for
-        a node that does not exist (see `pipeline`)."""
-        return await self.pipeline([Read(p) for p in paths], timeout=timeout)
-
-    async def pipeline(
-        self, steps: Sequence[Step], *, timeout: TimeoutArg = DEFAULT
-    ) -> list[bytes | None]:
-        """`Read`, `Write` and `Rm` steps in one round trip: sent back to back, done by
-        the server one after the other in this order.  The value of each `Read` (None:
-        no such node), None for the others.  The first step that failed raises its
-        error, once every reply is in; a failed step does not stop the later ones, so
-        only put after a write what may happen even if that write fails."""
-        requests: list[tuple[int, bytes, str | None]] = []
-        for step in steps:
-            if isinstance(step, Write):
-                self._path(step.path)
-                payload = write_payload(step.path, _value(step.value))
-                requests.append((Op.WRITE, payload, step.path))
-            else:
-                op = Op.READ if isinstance(step, Read) else Op.RM
-                requests.append((op, self._path(step.path), step.path))
-        out: list[bytes | None] = []
-        for reply, step in zip(await self._pipelined(requests, timeout), steps, strict=True):
-            if (
-                reply.is_error
-                and reply.error_name == "ENOENT"
-                and (isinstance(step, Read) or (isinstance(step, Rm) and step.missing_ok))
-            ):
-                out.append(None)
-            else:
-                payload = _reply_payload(reply, step.path)
-                out.append(payload if isinstance(step, Read) else None)
-        return out
 
     async def exists(self, path: str, *, timeout: TimeoutArg = DEFAULT) -> bool:
         """Whether READ finds the node (ENOENT -> False; other errors propagate)."""
@@ -265,9 +196,15 @@ class _NodeOps:
         """Create the node (empty value) if missing; an existing node is left alone."""
         await self._rpc(Op.MKDIR, self._path(path), path, timeout)
 
-    async def rm(self, path: str, *, timeout: TimeoutArg = DEFAULT) -> None:
-        """Remove the node and everything below it."""
-        await self._rpc(Op.RM, self._path(path), path, timeout)
+    async def rm(
+        self, path: str, *, missing_ok: bool = False, timeout: TimeoutArg = DEFAULT
+    ) -> None:
+        """Remove the node and everything below it; ``missing_ok``: ENOENT is no error."""
+        try:
+            await self._rpc(Op.RM, self._path(path), path, timeout)
+        except NoEntry:
+            if not missing_ok:
+                raise
 
     async def directory(self, path: str, *, timeout: TimeoutArg = DEFAULT) -> Names:
         """Raw DIRECTORY: the child names, or `TooBig` if they exceed one reply."""
@@ -591,29 +528,18 @@ class Client(_NodeOps):
         timeout: TimeoutArg = DEFAULT,
         what: str | None = None,
     ) -> Reply:
-        """Send one request and return its reply, ERROR replies included."""
-        return (await self.pipelined([(op, payload, what)], tx_id=tx_id, timeout=timeout))[0]
+        """Send one request and return its reply, ERROR replies included.
 
-    async def pipelined(
-        self,
-        requests: Sequence[tuple[int, bytes, str | None]],
-        *,
-        tx_id: int = 0,
-        timeout: TimeoutArg = DEFAULT,
-    ) -> list[Reply]:
-        """Send ``(op, payload, what)`` requests back to back, without waiting for each
-        reply (one round trip: the server still handles them one after the other, in
-        this order); their replies, ERROR replies included.  The timeout covers all."""
+        The request is on the wire before the first suspension, so requests issued back
+        to back (`stubdom.xenstore.pipeline.pipelined`) share one round trip.
+        """
         self._raise_closed()
-        if not requests:
-            return []
-        for op, payload, what in requests:
-            if len(payload) > PAYLOAD_MAX:
-                raise TooBig(
-                    op=_op_name(op),
-                    path=what,
-                    message=f"request of {len(payload)} bytes exceeds {PAYLOAD_MAX}",
-                )
+        if len(payload) > PAYLOAD_MAX:
+            raise TooBig(
+                op=_op_name(op),
+                path=what,
+                message=f"request of {len(payload)} bytes exceeds {PAYLOAD_MAX}",
+            )
         limit = self.timeout if timeout is DEFAULT else timeout
         if not self._online.is_set():
             try:
@@ -621,48 +547,39 @@ class Client(_NodeOps):
                     await self._online.wait()
             except TimeoutError:
                 raise XenStoreTimeout(
-                    f"xenstore {_op_name(requests[0][0])}: not connected again within {limit:g} s"
+                    f"xenstore {_op_name(op)}: not connected again within {limit:g} s"
                 ) from None
             self._raise_closed()
-        loop = asyncio.get_running_loop()
-        sent: list[tuple[Request, asyncio.Future[Reply], str | None]] = []
-        messages: list[bytes] = []
-        for op, payload, what in requests:
-            req, data = self._proto.send(op, payload, tx_id)
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug(
-                    "%s: -> %s req_id=%d tx_id=%d %s",
-                    self.description,
-                    _op_name(op),
-                    req.req_id,
-                    tx_id,
-                    what or "",
-                )
-            fut: asyncio.Future[Reply] = loop.create_future()
-            self._waiters[req.req_id] = fut
-            sent.append((req, fut, what))
-            messages.append(data)
+        req, data = self._proto.send(op, payload, tx_id)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s: -> %s req_id=%d tx_id=%d %s",
+                self.description,
+                _op_name(op),
+                req.req_id,
+                tx_id,
+                what or "",
+            )
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._waiters[req.req_id] = fut
         try:
             async with asyncio.timeout(limit):
                 try:
-                    for data in messages:  # whole messages, one per write (xenbus)
-                        self._transport.write(data)
+                    self._transport.write(data)
                     await self._transport.drain()
                 except ConnectionClosed:
                     if self.reconnect is None:
                         raise
-                    # The reader connects again and re-sends these requests.
-                return [await fut for _, fut, _ in sent]
+                    # The reader connects again and re-sends this request.
+                return await fut
         except TimeoutError:
-            req, _, what = next((x for x in sent if not x[1].done()), sent[-1])
-            where = " ".join(x for x in ("xenstore", _op_name(req.op), what) if x)
+            where = " ".join(x for x in ("xenstore", _op_name(op), what) if x)
             raise XenStoreTimeout(f"{where}: no reply within {limit:g} s") from None
         finally:
-            for req, fut, _ in sent:
-                if not fut.done():
-                    self._proto.abandon(req)
-                    self._waiters.pop(req.req_id, None)
-                    fut.cancel()
+            if not fut.done():
+                self._proto.abandon(req)
+                self._waiters.pop(req.req_id, None)
+                fut.cancel()
 
     async def request(
         self,
@@ -1040,13 +957,6 @@ class Transaction(_NodeOps):
         self._check_epoch(op.name)
         return await super()._rpc(op, payload, what, timeout)
 
-    async def _pipelined(
-        self, requests: Sequence[tuple[int, bytes, str | None]], timeout: TimeoutArg
-    ) -> list[Reply]:
-        self._check_open()
-        self._check_epoch(_op_name(requests[0][0]) if requests else "READ")
-        return await super()._pipelined(requests, timeout)
-
     async def __aenter__(self) -> Transaction:
         if not self._open:
             await self.start()
@@ -1091,13 +1001,9 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "RECONNECT",
     "Client",
-    "Read",
-    "Rm",
-    "Step",
     "TimeoutArg",
     "Transaction",
     "Watch",
     "WatchSink",
-    "Write",
     "open_client",
 ]
