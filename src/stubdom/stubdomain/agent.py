@@ -288,8 +288,11 @@ class Agent:
 
     async def _write(self, writes: list[cmds.Write]) -> None:
         if not cmds.must_be_atomic(writes):
-            for w in writes:
-                await self.client.write(proto.dm_relative_path(self.guest, w.node), str(w.value))
+            # Back to back: xenstored does them in this order (parameter before state).
+            await pipelined(
+                *(self.client.write(proto.dm_relative_path(self.guest, w.node), str(w.value))
+                  for w in writes)
+            )
             return
 
         async def together(t: Transaction) -> None:
