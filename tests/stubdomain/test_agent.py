@@ -31,7 +31,7 @@ from stubdom.toolstack.control import (
     PciRemoveError,
 )
 from stubdom.toolstack.session import Session
-from stubdom.toolstack.spawn import Created, CreateError, HostPaths
+from stubdom.toolstack.spawn import Created, CreateError, HostPaths, destroy_guest
 from stubdom.xenstore import Client
 from tests.support.daemons import Daemon, need_peer
 from tests.support.inprocess_host import inprocess_host
@@ -423,3 +423,15 @@ async def test_a_logdirty_command_is_answered_once(ours: Daemon) -> None:
         await c.rm(cmd)
         await agent.logdirty_event()  # the cleanup's own event: nothing to answer
         assert writes == [] and await c.read_optional(ret) is None
+
+
+async def test_destroy_removes_the_watches_a_channel_keeps(host: Host) -> None:
+    """A channel keeps its three watches on the session's client across commands; a
+    destroy through the same client must take them away (a long-lived toolstack would
+    otherwise keep three watches per guest it ever commanded)."""
+    c = await host.create()
+    await host.add_pciback(c, B1)
+    await host.chan(c).pci_insert(B1)
+    assert len(host.xs.shared) == 1
+    await destroy_guest(host.s.hv, host.xs, c.guest, host.s.paths)
+    assert host.xs.shared == {}

@@ -78,6 +78,7 @@ __all__ = [
     "Restore",
     "Snapshot",
     "Verdict",
+    "forget_channel_watches",
 ]
 
 #: Results nobody reset: the device model is running, the toolstack never wrote the
@@ -365,6 +366,19 @@ class _ChannelWatches:
         return out
 
 
+async def forget_channel_watches(client: Client, guest: int) -> None:
+    """Remove the watches that channels of ``guest`` keep on ``client``: its domains are
+    going, and no later command would find them dead and remove them."""
+    for key in [k for k in client.shared if _watches_key_guest(k) == guest]:
+        await client.shared.pop(key).stop()
+
+
+def _watches_key_guest(key: object) -> int | None:
+    if isinstance(key, tuple) and len(key) == 4 and key[0] is _ChannelWatches:
+        return int(key[2])
+    return None
+
+
 _LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Path, asyncio.Lock]] = (
     weakref.WeakKeyDictionary()
 )
@@ -434,6 +448,8 @@ class DeviceModelChannel:
         self._parameter = parameter_path(stubdom, guest)
         self._command = command_path(stubdom, guest)
         self._watched = [self._state, self._parameter, RELEASE_DOMAIN]
+        #: Where the kept watches live in ``client.shared`` (see `forget_channel_watches`).
+        self._watches_key = (_ChannelWatches, stubdom, guest, self.lock_path)
 
     # -- public operations ------------------------------------------------------------
 
@@ -792,7 +808,7 @@ class DeviceModelChannel:
 
     async def _watches(self) -> _ChannelWatches:
         """This channel's watches (the lock is held), registered on first use."""
-        key = (_ChannelWatches, self.stubdom, self.guest, self.lock_path)
+        key = self._watches_key
         w = self.client.shared.get(key)
         if isinstance(w, _ChannelWatches) and w.watches:
             return w
@@ -812,9 +828,8 @@ class DeviceModelChannel:
             w.alive_as_of = start
         else:
             w.alive_as_of = None
-            key = (_ChannelWatches, self.stubdom, self.guest, self.lock_path)
-            if self.client.shared.get(key) is w:
-                del self.client.shared[key]
+            if self.client.shared.get(self._watches_key) is w:
+                del self.client.shared[self._watches_key]
                 await w.stop()
         return alive
 

@@ -26,6 +26,7 @@ from stubdom.host.hypervisor import DomainConfig, Hypervisor, HypervisorError
 from stubdom.host.records import DomainRecord, introduce_domain, make_domain, remove_domain
 from stubdom.host.xenbus import backend_root
 from stubdom.toolstack.config import DiskSpec, GuestConfig
+from stubdom.toolstack.control import forget_channel_watches
 from stubdom.toolstack.dmargs import build_dm_argv
 from stubdom.toolstack.fileio import StagedFile
 from stubdom.wire.perms import Access, Perm
@@ -355,6 +356,7 @@ async def destroy_guest(hv: Hypervisor, xs: Client, guest: int, paths: HostPaths
     without xenstore records still has its ``/vm`` tree named by the hypervisor's
     uuid.  The guest's save marker goes too; logs stay, as with libxl.
     """
+    await forget_channel_watches(xs, guest)
     for stub, stub_uuid in await stubdoms_of(hv, xs, guest):
         await destroy_domain(hv, xs, stub, stub_uuid, paths)
     await destroy_domain(hv, xs, guest, await _uuid_of(hv, xs, guest), paths)
