@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import sys
 from collections.abc import AsyncIterator
@@ -435,3 +436,21 @@ async def test_destroy_removes_the_watches_a_channel_keeps(host: Host) -> None:
     assert len(host.xs.shared) == 1
     await destroy_guest(host.s.hv, host.xs, c.guest, host.s.paths)
     assert host.xs.shared == {}
+
+
+async def test_a_restore_removes_stages_of_dead_restores(host: Host) -> None:
+    """A toolstack killed while it copied a state out of an image leaves its staged copy
+    (up to 256 MB); the next restore removes those of dead processes, not live ones."""
+    dead = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+    await dead.wait()  # its pid is free now (reuse before the check is not a concern here)
+    host.s.paths.ensure()
+    state_dir = host.s.paths.state_dir
+    left = state_dir / f"{ops.RESTORE_STAGED}.{dead.pid}.7f00"
+    live = state_dir / f"{ops.RESTORE_STAGED}.{os.getpid()}.7f01"
+    left.write_bytes(b"x" * 4096)
+    live.write_bytes(b"y")
+    bad = host.root / "bad.save"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(ops.ToolstackError, match=r"bad\.save"):
+        await ops.restore_guest(host.s, bad)
+    assert not left.exists() and live.exists()

@@ -38,6 +38,25 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+#: A restore's checked copy of the state: ``<this>.<pid>.<id>`` in the state directory.
+RESTORE_STAGED = "restore-staged"
+
+
+def _remove_dead_stages(state_dir: Path) -> None:
+    """Staged states of restores whose toolstack died (killed mid-copy), up to 256 MB."""
+    for path in state_dir.glob(f"{RESTORE_STAGED}.*"):
+        pid = path.name.split(".")[1]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            log.info("removing %s, left by a restore that did not finish", path)
+            path.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # alive, someone else's
+
+
 def channel(s: Session, stub: int, guest: int, timeout: float | None = None) -> DeviceModelChannel:
     async def running(domid: int) -> bool:
         try:
@@ -447,7 +466,8 @@ async def restore_guest(
     except OSError as e:
         raise ToolstackError(f"cannot read {file}: {e.strerror or e}") from None
     s.paths.ensure()
-    staged = s.paths.state_dir / f"restore-staged.{os.getpid()}.{id(f):x}"
+    _remove_dead_stages(s.paths.state_dir)
+    staged = s.paths.state_dir / f"{RESTORE_STAGED}.{os.getpid()}.{id(f):x}"
     try:
         with f:
             problem = None
