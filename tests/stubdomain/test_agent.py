@@ -30,6 +30,7 @@ from stubdom.toolstack.control import (
     DeviceModelTimeout,
     PciInsertError,
     PciRemoveError,
+    kept_watches,
 )
 from stubdom.toolstack.session import Session
 from stubdom.toolstack.spawn import Created, CreateError, HostPaths, destroy_guest
@@ -433,9 +434,9 @@ async def test_destroy_removes_the_watches_a_channel_keeps(host: Host) -> None:
     c = await host.create()
     await host.add_pciback(c, B1)
     await host.chan(c).pci_insert(B1)
-    assert len(host.xs.shared) == 1
+    assert len(kept_watches(host.xs)) == 1
     await destroy_guest(host.s.hv, host.xs, c.guest, host.s.paths)
-    assert host.xs.shared == {}
+    assert kept_watches(host.xs) == {}
 
 
 async def test_a_restore_removes_stages_of_dead_restores(host: Host) -> None:

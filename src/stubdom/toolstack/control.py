@@ -366,17 +366,22 @@ class _ChannelWatches:
         return out
 
 
+#: (stubdom, guest, lock path) of a channel -> the watches it keeps on that client.
+_KeptWatches = dict[tuple[int, int, Path], _ChannelWatches]
+_KEPT: weakref.WeakKeyDictionary[Client, _KeptWatches] = weakref.WeakKeyDictionary()
+
+
+def kept_watches(client: Client) -> _KeptWatches:
+    """The watches channels keep on ``client`` across commands."""
+    return _KEPT.setdefault(client, {})
+
+
 async def forget_channel_watches(client: Client, guest: int) -> None:
     """Remove the watches that channels of ``guest`` keep on ``client``: its domains are
     going, and no later command would find them dead and remove them."""
-    for key in [k for k in client.shared if _watches_key_guest(k) == guest]:
-        await client.shared.pop(key).stop()
-
-
-def _watches_key_guest(key: object) -> int | None:
-    if isinstance(key, tuple) and len(key) == 4 and key[0] is _ChannelWatches:
-        return int(key[2])
-    return None
+    kept = kept_watches(client)
+    for key in [k for k in kept if k[1] == guest]:
+        await kept.pop(key).stop()
 
 
 _LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Path, asyncio.Lock]] = (
@@ -448,8 +453,8 @@ class DeviceModelChannel:
         self._parameter = parameter_path(stubdom, guest)
         self._command = command_path(stubdom, guest)
         self._watched = [self._state, self._parameter, RELEASE_DOMAIN]
-        #: Where the kept watches live in ``client.shared`` (see `forget_channel_watches`).
-        self._watches_key = (_ChannelWatches, stubdom, guest, self.lock_path)
+        #: This channel's entry in `kept_watches`.
+        self._watches_key = (stubdom, guest, self.lock_path)
 
     # -- public operations ------------------------------------------------------------
 
@@ -808,13 +813,13 @@ class DeviceModelChannel:
 
     async def _watches(self) -> _ChannelWatches:
         """This channel's watches (the lock is held), registered on first use."""
-        key = self._watches_key
-        w = self.client.shared.get(key)
-        if isinstance(w, _ChannelWatches) and w.watches:
+        kept = kept_watches(self.client)
+        w = kept.get(self._watches_key)
+        if w is not None and w.watches:
             return w
         w = _ChannelWatches(self.client, self._watched)
         await w.start()
-        self.client.shared[key] = w
+        kept[self._watches_key] = w
         return w
 
     async def _alive(self, w: _ChannelWatches, fresh: bool = False) -> bool:
@@ -828,8 +833,9 @@ class DeviceModelChannel:
             w.alive_as_of = start
         else:
             w.alive_as_of = None
-            if self.client.shared.get(self._watches_key) is w:
-                del self.client.shared[self._watches_key]
+            kept = kept_watches(self.client)
+            if kept.get(self._watches_key) is w:
+                del kept[self._watches_key]
                 await w.stop()
         return alive
 

@@ -297,9 +297,6 @@ class Client(_NodeOps):
         #: Serialises this client's retries after a conflict (see `retry_transaction`).
         self._retry_lock = asyncio.Lock()
         self._retry_owner: asyncio.Task[Any] | None = None
-        #: State that layers above keep per connection, under keys of their own (e.g.
-        #: the watches a device-model channel keeps across commands).
-        self.shared: dict[object, Any] = {}
         self._reader = asyncio.get_running_loop().create_task(
             self._read_loop(), name=f"xenstore-reader {transport.description}"
         )
