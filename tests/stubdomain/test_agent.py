@@ -366,6 +366,22 @@ async def test_a_restore_stream_cut_short_stops_the_agent(host: Host) -> None:
     assert [d.name for d in await host.s.hv.list_domains()] == ["Domain-0"]
 
 
+def bare_agent(c: Client) -> tuple[Agent, list[str]]:
+    """An agent for guest 7 on dom0's connection ``c``, not started (its handlers are
+    called directly), and the paths it writes outside a transaction from now on."""
+    agent = Agent(c, AgentOptions(), [], lambda o: SimDeviceModel())
+    agent.guest = 7
+    plain: list[str] = []
+    real_write = c.write
+
+    async def spy(path: str, value: str | bytes) -> None:
+        plain.append(path)
+        await real_write(path, value)
+
+    c.write = spy  # type: ignore[method-assign]
+    return agent, plain
+
+
 @pytest.mark.parametrize(
     ("writes", "atomic"),
     [
@@ -383,16 +399,7 @@ async def test_a_refusal_is_written_in_one_transaction(
     ``running`` and fail the next command (CI run of stop 10).  So the pair is one
     transaction; the other results keep their two plain writes."""
     async with await Client.connect(ours.socket) as c:
-        agent = Agent(c, AgentOptions(), [], lambda o: SimDeviceModel())
-        agent.guest = 7
-        plain: list[str] = []
-        real_write = c.write
-
-        async def spy(path: str, value: str | bytes) -> None:
-            plain.append(path)
-            await real_write(path, value)
-
-        c.write = spy  # type: ignore[method-assign]
+        agent, plain = bare_agent(c)
         await agent._write(writes)
         assert (plain == []) is atomic
         for w in writes:
@@ -406,19 +413,11 @@ async def test_a_logdirty_command_is_answered_once(ours: Daemon) -> None:
     # The agent names its nodes relative to its home: dom0's, on this connection.
     cmd, ret = proto.logdirty_path(0, 7, "cmd"), proto.logdirty_path(0, 7, "ret")
     async with await Client.connect(ours.socket) as c:
-        agent = Agent(c, AgentOptions(), [], lambda o: SimDeviceModel())
-        agent.guest = 7
+        agent, writes = bare_agent(c)
         await c.write(cmd, "disable")
         await agent.logdirty_event()
         assert await c.read(ret) == b"disable" and agent.logdirty is False
-        writes: list[str] = []
-        real_write = c.write
-
-        async def spy(path: str, value: str | bytes) -> None:
-            writes.append(path)
-            await real_write(path, value)
-
-        c.write = spy  # type: ignore[method-assign]
+        writes.clear()
         await agent.logdirty_event()  # the duplicate event
         assert writes == []
         await c.rm(ret)
