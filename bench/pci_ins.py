@@ -40,8 +40,6 @@ import asyncio
 import collections
 import json
 import os
-import socket
-import struct
 import subprocess
 import sys
 import time
@@ -61,12 +59,12 @@ from bench.hostkit import (  # noqa: E402
     table,
     verdict,
 )
+from bench.rawxs import RawConnection  # noqa: E402
 from stubdom.protocol import Bdf  # noqa: E402
 from stubdom.toolstack.control import DeviceModelChannel  # noqa: E402
 from stubdom.xenstore import Client  # noqa: E402
 from tests.support.daemons import Daemon, have_cx, short_tmpdir, start_cx, start_ours  # noqa: E402
 
-HDR = struct.Struct("=4I")
 OPS = {"READ": 2, "WATCH": 4, "RM": 13, "WRITE": 11, "EVENT": 15, "ERROR": 16,
        "INTRODUCE": 8, "SET_PERMS": 14}
 GUEST, STUB = 1, 2
@@ -79,19 +77,18 @@ def dm_dir(absolute: bool) -> str:
     return f"/local/domain/{STUB}/{rel}" if absolute else rel
 
 
-class Raw:
+class Raw(RawConnection):
     """A blocking raw client that keeps watch events (paths) in arrival order."""
 
     def __init__(self, path: str) -> None:
-        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.s.connect(path)
+        super().__init__(path)
         self.events: collections.deque[str] = collections.deque()
 
     def rpc(self, op: str, *args: str) -> bytes:
         payload = b"".join(a.encode() + b"\0" for a in args)
         if op == "WRITE":  # the value has no NUL
             payload = payload[:-1]
-        self.s.sendall(HDR.pack(OPS[op], 0, 0, len(payload)) + payload)
+        self.send(OPS[op], payload)
         while True:
             rop, body = self._packet()
             if rop != OPS["EVENT"]:
@@ -107,23 +104,10 @@ class Raw:
         return self.events.popleft()
 
     def _packet(self) -> tuple[int, bytes]:
-        rop, _, _, n = HDR.unpack(self._exact(16))
-        body = self._exact(n)
+        rop, body = self.packet()
         if rop == OPS["EVENT"]:
             self.events.append(body.split(b"\0")[0].decode())
         return rop, body
-
-    def _exact(self, n: int) -> bytes:
-        buf = b""
-        while len(buf) < n:
-            chunk = self.s.recv(n - len(buf))
-            if not chunk:
-                raise ConnectionError("daemon closed the connection")
-            buf += chunk
-        return buf
-
-    def close(self) -> None:
-        self.s.close()
 
 
 # -- the raw device model (a child process) ------------------------------------------------

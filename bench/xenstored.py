@@ -36,9 +36,7 @@ import contextlib
 import os
 import resource
 import selectors
-import socket
 import statistics
-import struct
 import sys
 import threading
 import time
@@ -48,22 +46,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.rawxs import HDR, RawConnection  # noqa: E402
 from tests.support.daemons import Daemon, have_cx, have_ox, start_cx, start_ours, start_ox  # noqa: E402
 
-HDR = struct.Struct("=4I")
 READ, WATCH, TSTART, TEND, WRITE, EVENT, ERROR = 2, 4, 6, 7, 11, 15, 16
 SERVER_CPU, CLIENT_CPU = 1, 0
 
 
-class Raw:
-    """A minimal blocking client: the same code path for every daemon."""
-
-    def __init__(self, path: str) -> None:
-        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.s.connect(path)
+class Raw(RawConnection):
+    """The same code path for every daemon; watch events are skipped."""
 
     def rpc(self, op: int, payload: bytes, tx: int = 0) -> tuple[int, bytes]:
-        self.s.sendall(HDR.pack(op, 0, tx, len(payload)) + payload)
+        self.send(op, payload, tx)
         return self._reply()
 
     def pipeline(self, op: int, payloads: list[bytes]) -> None:
@@ -78,22 +72,9 @@ class Raw:
 
     def _reply(self) -> tuple[int, bytes]:
         while True:
-            rop, _, _, n = HDR.unpack(self._exact(16))
-            body = self._exact(n)
+            rop, body = self.packet()
             if rop != EVENT:
                 return rop, body
-
-    def _exact(self, n: int) -> bytes:
-        buf = b""
-        while len(buf) < n:
-            chunk = self.s.recv(n - len(buf))
-            if not chunk:
-                raise ConnectionError("daemon closed the connection")
-            buf += chunk
-        return buf
-
-    def close(self) -> None:
-        self.s.close()
 
 
 def per_op(fn: Callable[[], None], ops: int) -> float:
