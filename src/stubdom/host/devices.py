@@ -441,19 +441,10 @@ async def _rm(t: Transaction, path: str) -> None:
     await t.rm(path, missing_ok=True)
 
 
-async def _writev_perms(
-    t: Transaction, base: str, entries: Mapping[str, str], perms: Perms | None
-) -> None:
-    for key, value in entries.items():
-        await t.write(f"{base}/{key}", value)
-        if perms is not None:
-            await t.set_perms(f"{base}/{key}", perms)
-
-
 def _writev_requests(
     t: Transaction, base: str, entries: Mapping[str, str], perms: Perms | None
 ) -> list[Awaitable[None]]:
-    """`_writev_perms` as requests for `pipelined`."""
+    """``libxl__xs_writev`` (and each node's ``perms``) as requests for `pipelined`."""
     out: list[Awaitable[None]] = []
     for key, value in entries.items():
         out.append(t.write(f"{base}/{key}", value))
@@ -779,18 +770,18 @@ async def add_pci(
             await _rm(t, be)
             await t.mkdir(be)
             await t.set_perms(be, backend_perms(ref))
-            await _writev_perms(t, be, back, None)
+            await pipelined(*_writev_requests(t, be, back, None))
             fe = ref.frontend
             await _rm(t, fe)
             await t.mkdir(fe)
             await t.set_perms(fe, frontend_perms(ref))
             front = {"backend": be, "backend-id": "0", "state": S.INITIALISING.node().decode()}
-            await _writev_perms(t, fe, front, None)
+            await pipelined(*_writev_requests(t, fe, front, None))
         entries = function.entries(num)
         entries["num_devs"] = str(num + 1)
         if num and not starting:
             entries["state"] = S.RECONFIGURING.node().decode()
-        await _writev_perms(t, be, entries, None)
+        await pipelined(*_writev_requests(t, be, entries, None))
         return num
 
     num = await _when_connected(client, be, timeout, body)
