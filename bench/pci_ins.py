@@ -13,7 +13,7 @@ that is 6 writes and 6 watch events.  Against it:
 - ``channel``: `DeviceModelChannel.pci_insert` (toolstack/control.py) with the real
   ``stubdom-dm`` agent (sim backend) on a real ``stubdom host``: the whole exchange, the
   recovery and the pre-wait for ``running`` included;
-- ``pci-attach``: `operations.pci_attach`, which also makes the stubdomain's pciback
+- ``pci-attach``: `pci.pci_attach`, which also makes the stubdomain's pciback
   device (xenbus handshake) before the channel exchange; ``CLI`` is ``stubdom
   pci-attach`` as a process (Python start-up included);
 - the same channel with a raw device model (``channel, raw dm``), which takes the agent

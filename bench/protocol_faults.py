@@ -39,6 +39,7 @@ from bench.hostkit import (  # noqa: E402
     verdict,
 )
 from stubdom.toolstack import operations as ops  # noqa: E402
+from stubdom.toolstack import pci, saverestore  # noqa: E402
 from stubdom.toolstack.configure import load_config  # noqa: E402
 from stubdom.toolstack.session import Session, open_session  # noqa: E402
 from stubdom.toolstack.specs import parse_pci  # noqa: E402
@@ -49,16 +50,16 @@ Op = Callable[[Session, int, Path], Awaitable[object]]
 
 
 async def pci_ins(s: Session, guest: int, _: Path) -> object:
-    return await ops.pci_attach(s, guest, parse_pci("03:00.0"), timeout=NO_TIMEOUT)
+    return await pci.pci_attach(s, guest, parse_pci("03:00.0"), timeout=NO_TIMEOUT)
 
 
 async def pci_rem(s: Session, guest: int, _: Path) -> object:
-    await ops.pci_attach(s, guest, parse_pci("03:00.0"), timeout=NO_TIMEOUT)
-    return await ops.pci_detach(s, guest, parse_pci("03:00.0").bdf, timeout=NO_TIMEOUT)
+    await pci.pci_attach(s, guest, parse_pci("03:00.0"), timeout=NO_TIMEOUT)
+    return await pci.pci_detach(s, guest, parse_pci("03:00.0").bdf, timeout=NO_TIMEOUT)
 
 
 async def save_keep(s: Session, guest: int, image: Path) -> object:
-    return await ops.save_guest(s, guest, image, keep=True, timeout=NO_TIMEOUT)
+    return await saverestore.save_guest(s, guest, image, keep=True, timeout=NO_TIMEOUT)
 
 
 #: (fault, the operation that meets it); None: the create itself.

@@ -3,8 +3,8 @@
 A guest whose ``sim`` device model holds N MiB of guest RAM (``stubdomain_cmdline =
 "--sim-ram=N"``) is saved and restored through the toolstack API on a real ``stubdom
 host``: the state goes out through console 1 into the host's file, then into the save
-image (`operations.save_guest`), and comes back from the image through the restore file
-and console 2 (`operations.restore_guest`: create, ``-loadvm``, ``running``).
+image (`saverestore.save_guest`), and comes back from the image through the restore file
+and console 2 (`saverestore.restore_guest`: create, ``-loadvm``, ``running``).
 
 Each round: create, save (1), restore (1), save (2), restore (2), destroy.  The two
 images' device-model states must be equal byte for byte (the restored machine re-saves
@@ -34,8 +34,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.hostkit import BenchHost, machine_busy, med, table, verdict  # noqa: E402
 from stubdom.toolstack.configure import load_config  # noqa: E402
-from stubdom.toolstack.operations import create_guest, restore_guest, save_guest  # noqa: E402
+from stubdom.toolstack.operations import create_guest  # noqa: E402
 from stubdom.toolstack.savefile import decode_save_image  # noqa: E402
+from stubdom.toolstack.saverestore import restore_guest, save_guest  # noqa: E402
 from stubdom.toolstack.session import open_session  # noqa: E402
 
 TARGET_MBS = 200.0

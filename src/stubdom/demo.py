@@ -385,14 +385,9 @@ async def run_demo(
 async def _guest_story(
     story: _Story, s: Session, cfg: GuestConfig, run_dir: RunDir, out_dir: Path
 ) -> None:
-    from stubdom.toolstack.operations import (
-        create_guest,
-        pci_attach,
-        pci_detach,
-        pci_list,
-        restore_guest,
-        save_guest,
-    )
+    from stubdom.toolstack.operations import create_guest
+    from stubdom.toolstack.pci import pci_attach, pci_detach, pci_list
+    from stubdom.toolstack.saverestore import restore_guest, save_guest
     from stubdom.toolstack.spawn import destroy_guest
     from stubdom.toolstack.specs import parse_pci
 

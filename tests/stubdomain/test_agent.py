@@ -24,6 +24,7 @@ from stubdom.stubdomain import commands as cmds
 from stubdom.stubdomain.agent import Agent
 from stubdom.stubdomain.args import AgentOptions
 from stubdom.toolstack import operations as ops
+from stubdom.toolstack import saverestore
 from stubdom.toolstack.config import DiskSpec, GuestConfig, NicSpec
 from stubdom.toolstack.control import (
     DeviceModelChannel,
@@ -185,10 +186,10 @@ async def test_save_and_restore_give_the_machine_back(host: Host) -> None:
     await host.add_pciback(c, B1)
     await host.chan(c).pci_insert(B1, vdevfn=0x30)
     image = host.root / "g.save"
-    await ops.save_guest(host.s, c.guest, image)
+    await saverestore.save_guest(host.s, c.guest, image)
     saved = snapshots(host.log(), "saved")
     assert len(saved) == 1
-    r = await ops.restore_guest(host.s, image, timeout=20)
+    r = await saverestore.restore_guest(host.s, image, timeout=20)
     assert await host.xs.read(proto.state_path(r.stubdom, r.guest)) == b"running"
     restored = snapshots(await host.wait_log("snapshot restored"), "restored")
     before, after = dict(saved[0]), dict(restored[0])
@@ -332,9 +333,9 @@ async def test_qemu_backend_through_every_command(host: Host) -> None:
         await ch.exchange(proto.Command.PCI_REM, "0000:09:00.0", proto.State.PCI_REMOVED)
     await host.xs.write(proto.state_path(c.stubdom, c.guest), "running")
     image = host.root / "q.save"
-    await ops.save_guest(host.s, c.guest, image)
+    await saverestore.save_guest(host.s, c.guest, image)
     saved = snapshots(host.log(), "saved")
-    r = await ops.restore_guest(host.s, image, timeout=60)
+    r = await saverestore.restore_guest(host.s, image, timeout=60)
     assert await host.xs.read(proto.state_path(r.stubdom, r.guest)) == b"running"
     restored = snapshots(await host.wait_log("snapshot restored", timeout=30), "restored")
     assert saved and restored
@@ -445,12 +446,12 @@ async def test_a_restore_removes_stages_of_dead_restores(host: Host) -> None:
     await dead.wait()  # its pid is free now (reuse before the check is not a concern here)
     host.s.paths.ensure()
     state_dir = host.s.paths.state_dir
-    left = state_dir / f"{ops.RESTORE_STAGED}.{dead.pid}.7f00"
-    live = state_dir / f"{ops.RESTORE_STAGED}.{os.getpid()}.7f01"
+    left = state_dir / f"{saverestore.RESTORE_STAGED}.{dead.pid}.7f00"
+    live = state_dir / f"{saverestore.RESTORE_STAGED}.{os.getpid()}.7f01"
     left.write_bytes(b"x" * 4096)
     live.write_bytes(b"y")
     bad = host.root / "bad.save"
     bad.write_bytes(b"not an image")
-    with pytest.raises(ops.ToolstackError, match=r"bad\.save"):
-        await ops.restore_guest(host.s, bad)
+    with pytest.raises(saverestore.ToolstackError, match=r"bad\.save"):
+        await saverestore.restore_guest(host.s, bad)
     assert not left.exists() and live.exists()

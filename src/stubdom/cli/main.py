@@ -20,10 +20,14 @@ def cli(verbose: int) -> None:
 
 def main() -> None:
     from stubdom.cli import conformance as _conformance  # noqa: F401  (registers the verbs)
+    from stubdom.cli import console as _console  # noqa: F401  (registers the verb)
     from stubdom.cli import demo as _demo  # noqa: F401  (registers the verb)
+    from stubdom.cli import domains as _domains  # noqa: F401  (registers the verbs)
     from stubdom.cli import host as _host  # noqa: F401  (registers the verb)
-    from stubdom.cli import toolstack as _toolstack  # noqa: F401  (registers the verbs)
+    from stubdom.cli import pci as _pci  # noqa: F401  (registers the verbs)
+    from stubdom.cli import saverestore as _saverestore  # noqa: F401  (registers the verbs)
     from stubdom.cli import trace as _trace  # noqa: F401  (registers the verbs)
     from stubdom.cli import xenstored as _xenstored  # noqa: F401  (registers the verb)
+    from stubdom.cli import xs as _xs  # noqa: F401  (registers the verbs)
 
     cli()

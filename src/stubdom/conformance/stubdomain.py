@@ -14,6 +14,7 @@ from stubdom.conformance.host import Recorder, Request, TracedHost, traced_host
 from stubdom.conformance.report import Result, Verdict
 from stubdom.host import devices
 from stubdom.toolstack import operations as ops
+from stubdom.toolstack import saverestore
 from stubdom.toolstack.config import DiskSpec, GuestConfig, NicSpec
 from stubdom.toolstack.control import (
     DeviceModelChannel,
@@ -295,9 +296,9 @@ class _Run:
         assert c is not None
         image = self.h.root / "conf.save"
         try:
-            await ops.save_guest(s, c.guest, image, timeout=self.t.command)
+            await saverestore.save_guest(s, c.guest, image, timeout=self.t.command)
             m = self.rec.mark()
-            r = await ops.restore_guest(s, image, timeout=self.t.startup)
+            r = await saverestore.restore_guest(s, image, timeout=self.t.startup)
         except (DeviceModelError, CreateError, ToolstackError, OSError) as e:
             self.add("loadvm.running", F, f"{type(e).__name__}: {e}")
             return

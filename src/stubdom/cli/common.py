@@ -1,0 +1,49 @@
+"""What the toolstack's verbs share: running a command on the host, its errors, options.
+
+DOMAIN is a name or a domid everywhere.  Exit status 0 on success; otherwise one line
+on stderr naming what failed and how to fix it, and status 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import click
+
+from stubdom.host.devices import DeviceError
+from stubdom.host.hypervisor import HypervisorError
+from stubdom.toolstack.control import DeviceModelError
+from stubdom.toolstack.session import Session, ToolstackError, open_session
+from stubdom.toolstack.spawn import CreateError
+from stubdom.toolstack.xlcfg import ConfigError
+from stubdom.xenstore import XenStoreError
+
+
+def run(body: Callable[[Session], Awaitable[None]], directory: str | None) -> None:
+    """Run one command against the host; every expected failure is a one-line error."""
+
+    async def main() -> None:
+        async with open_session(directory) as session:
+            await body(session)
+
+    try:
+        asyncio.run(main())
+    except EXPECTED as e:
+        raise click.ClickException(str(e)) from None
+
+
+#: Failures a user can act on: reported in one line, never as a traceback.
+EXPECTED: tuple[type[Exception], ...] = (
+    ToolstackError, HypervisorError, XenStoreError, DeviceError, DeviceModelError,
+    CreateError, ConfigError, ValueError, OSError,
+)
+
+
+timeout_option = click.option(
+    "--timeout",
+    type=float,
+    default=None,
+    help="Seconds to wait for the device model (default 60, libxl's).",
+)
+
