@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from stubdom.demo import DemoError, run_demo
+from stubdom.demo import DemoError, DemoResult, NodeWrite, Step, run_demo
 from tests.support.daemons import need_peer, short_tmpdir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,13 +60,12 @@ def check_story(out: Path, backend: str) -> None:
     table = result.table()
     assert table in text
     for s in result.steps:
-        assert f"{s.number:<3} {s.name}" in table
+        assert re.search(rf"^ *{s.number} +{re.escape(s.name)} ", table, re.M), s.name
     assert table.endswith(f"{len(STEPS)} steps, {sum(s.seconds for s in result.steps):.2f}s, "
                           "all steps passed")
     # The output directory holds what the demo wrote; the run directory is in it.
     assert result.run_dir == out / "host"
     assert (out / "demo.save").read_bytes().startswith(b"Xen saved domain, xl format")
-    assert (out / "demo-disk1.img").exists() and (out / "demo-disk2.img").exists()
     if result.trace is not None:
         assert result.trace == out / "trace.jsonl" and result.trace.stat().st_size > 0
     if result.picture is not None:
@@ -90,6 +90,7 @@ def test_the_story_on_qemu() -> None:
 def test_a_failed_step_fails_the_demo_and_still_stops_the_host() -> None:
     out = short_tmpdir("demo-f-")
     cfg = out / "bad.cfg"
+    shutil.copytree(ROOT / "examples" / "images", out / "images")
     cfg.write_text((ROOT / "examples" / "demo.cfg").read_text()
                    + "\nstubdomain_kernel = '/bin/false'\n")
     lines: list[str] = []
@@ -123,3 +124,28 @@ def test_the_xenstore_demo_still_runs() -> None:
     ).stdout
     assert "perms n1" in out and "EACCES" in out
     assert out.count("@releaseDomain fired, socket removed: True") == 2
+
+
+@pytest.mark.parametrize("width", [60, 80, 132, 250])
+def test_the_summary_fits_the_terminal_and_cuts_no_word(width: int) -> None:
+    long = ("stubdomain = domain 4, from the saved device-model state of "
+            "/a/rather/long/output/directory/with/many/parts/demo.save")
+    result = DemoResult(Path("/o"), Path("/o/host"), "sim", steps=[
+        Step(1, "host up", ok=True, result="started", seconds=0.31),
+        Step(2, "restore", ok=True, result=long, seconds=0.24, nodes=[
+            NodeWrite("stub d4", "/local/domain/4/device-model/3/state", "running")]),
+        Step(3, "destroy", ok=False, result="x" * 150, seconds=1.5),
+    ])
+    table = result.table(width)
+    lines = table.splitlines()
+    assert all(len(line) <= max(width, 60) for line in lines), table
+
+    def column(name: str, until: str) -> str:
+        start, end = lines[0].index(name), lines[0].index(until) - 1
+        return "".join(line[start:end] for line in lines[2:-1]).replace(" ", "")
+
+    results, nodes = column("result", "time"), column("last protocol node", "result")
+    for text in (long, "x" * 150, "FAILED:"):
+        assert text.replace(" ", "") in results, text
+    assert "stubd4:state=running" in nodes
+    assert lines[-1] == "3 steps, 2.05s, FAILED"

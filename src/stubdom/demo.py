@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
+import io
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -34,13 +35,11 @@ from stubdom.toolstack.config import GuestConfig
 from stubdom.toolstack.session import Session, open_session
 from stubdom.xenstore import Client, NoEntry, XenStoreTimeout
 
-#: The example guest; relative disk paths in it are resolved against the output dir.
+#: The example guest (its disk images are in examples/images/).
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "demo.cfg"
 #: The second function hot-plugged during the story.
 SECOND_PCI = "0000:04:00.0"
 BACKENDS = ("sim", "qemu")
-#: Size of each disk image the demo writes (the device model only opens them).
-DISK_BYTES = 1 << 20
 #: Failure guard for the host's own commands (never a timing assertion).
 HOST_COMMAND_TIMEOUT = 120.0
 
@@ -113,28 +112,29 @@ class DemoResult:
     def ok(self) -> bool:
         return bool(self.steps) and all(s.ok for s in self.steps)
 
-    def table(self) -> str:
-        """The summary: one aligned row per step."""
-        head = ("#", "step", "last protocol node", "result", "time")
-        rows = [
-            (str(s.number), s.name, s.node, ("ok: " if s.ok else "FAILED: ") + s.result,
-             f"{s.seconds:.2f}s")
-            for s in self.steps
-        ]
-        widths = [max(len(r[i]) for r in (head, *rows)) for i in range(4)]
-        widths[3] = min(widths[3], 60)
+    def table(self, width: int | None = None) -> str:
+        """The summary, fitted to ``width`` columns (the terminal's by default): long
+        cells wrap inside their column, nothing is cut."""
+        from rich import box
+        from rich.console import Console
+        from rich.table import Table
 
-        def fmt(r: tuple[str, ...]) -> str:
-            cells = [r[i][: widths[i]].ljust(widths[i]) for i in range(4)]
-            return "  ".join([*cells, r[4].rjust(7)]).rstrip()
-
-        rule = "-" * len(fmt(head))
-        total = sum(s.seconds for s in self.steps)
+        t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        t.add_column("#", justify="right", no_wrap=True)
+        t.add_column("step", no_wrap=True)
+        t.add_column("last protocol node", overflow="fold", ratio=2)
+        t.add_column("result", overflow="fold", ratio=3)
+        t.add_column("time", justify="right", no_wrap=True)
+        for st in self.steps:
+            verdict = "ok: " if st.ok else "FAILED: "
+            t.add_row(str(st.number), st.name, st.node, verdict + st.result, f"{st.seconds:.2f}s")
+        out = io.StringIO()
+        columns = width or shutil.get_terminal_size().columns
+        Console(file=out, width=max(columns, 60), color_system=None, highlight=False).print(t)
+        total = sum(st.seconds for st in self.steps)
         verdict = "all steps passed" if self.ok else "FAILED"
-        return "\n".join(
-            [fmt(head), rule, *map(fmt, rows), rule,
-             f"{len(self.steps)} steps, {total:.2f}s, {verdict}"]
-        )
+        lines = [line.rstrip() for line in out.getvalue().splitlines()]
+        return "\n".join([*lines, f"{len(self.steps)} steps, {total:.2f}s, {verdict}"])
 
 
 # -- the host, as a user starts and stops it ------------------------------------------------
@@ -255,20 +255,12 @@ async def _watching(s: Session, stub: int, guest: int) -> AsyncIterator[list[Nod
 # -- the story --------------------------------------------------------------------------------
 
 
-def prepare_config(config: Path, out_dir: Path, backend: str) -> GuestConfig:
-    """Load ``config``; write its relative disk images into ``out_dir`` and point at them."""
+def prepare_config(config: Path, backend: str) -> GuestConfig:
+    """``config`` as `stubdom create` loads it (disk images relative to the file), with
+    the device model the demo was asked for."""
     from stubdom.toolstack.configure import load_config
 
     cfg = load_config(config)
-    disks = []
-    for d in cfg.disks:
-        if d.target and not os.path.isabs(d.target) and not d.cdrom:
-            image = out_dir / d.target
-            with open(image, "wb") as f:
-                f.truncate(DISK_BYTES)
-            d = dataclasses.replace(d, target=str(image))
-        disks.append(d)
-    cfg.disks = disks
     if backend == "qemu":
         cfg.stubdomain_cmdline = f"{cfg.stubdomain_cmdline} --dm=qemu".strip()
     return cfg
@@ -326,7 +318,7 @@ async def run_demo(
         raise DemoError(f"output directory too deep for the host's sockets: {e}") from None
     result = DemoResult(out_dir, run_dir.root, backend)
     story = _Story(result, echo)
-    cfg = prepare_config(config or DEFAULT_CONFIG, out_dir, backend)
+    cfg = prepare_config(config or DEFAULT_CONFIG, backend)
     echo(f"stubdom demo: guest {cfg.name!r} from {config or DEFAULT_CONFIG}, "
          f"device model {backend}, output in {out_dir}")
 

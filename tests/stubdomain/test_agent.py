@@ -187,7 +187,8 @@ async def test_save_and_restore_give_the_machine_back(host: Host) -> None:
     await host.chan(c).pci_insert(B1, vdevfn=0x30)
     image = host.root / "g.save"
     await saverestore.save_guest(host.s, c.guest, image)
-    saved = snapshots(host.log(), "saved")
+    # Console 0 reaches its log file through the backend, maybe after ``paused``.
+    saved = snapshots(await host.wait_log("snapshot saved"), "saved")
     assert len(saved) == 1
     r = await saverestore.restore_guest(host.s, image, timeout=20)
     assert await host.xs.read(proto.state_path(r.stubdom, r.guest)) == b"running"

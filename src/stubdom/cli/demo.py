@@ -14,7 +14,7 @@ from stubdom.cli.main import cli
 @click.option("--backend", type=click.Choice(["sim", "qemu"]), default="sim", show_default=True,
               help="The device model in the stubdomain: the pure-Python machine or QEMU.")
 @click.option("--out", "out", type=click.Path(file_okay=False), default="demo-output",
-              show_default=True, help="Output directory: host run directory, images, save "
+              show_default=True, help="Output directory: host run directory, save "
               "file, trace and picture. Nothing is left outside it.")
 @click.option("--config", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Guest config (default: examples/demo.cfg).")

@@ -10,14 +10,16 @@ ignores unknown keys silently) and otherwise ignored.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import random
 import re
 import uuid as uuidlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from stubdom.toolstack.config import GuestConfig, RdmPolicy, VncConfig
+from stubdom.toolstack.config import DiskSpec, GuestConfig, RdmPolicy, VncConfig
 from stubdom.toolstack.specs import (
     SpecError,
     dmargs_word_problem,
@@ -533,4 +535,14 @@ def load_config(
         line = data.count(b"\n", 0, e.start) + 1
         col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
         raise ConfigError(str(p), line, col, "the file is not valid UTF-8") from None
-    return parse_config(text, str(p), overrides, rng=rng)
+    cfg = parse_config(text, str(p), overrides, rng=rng)
+    cfg.disks = [_beside(d, p.parent) for d in cfg.disks]
+    return cfg
+
+
+def _beside(disk: DiskSpec, base: Path) -> DiskSpec:
+    """A relative disk image names a file next to the config (xl would look in its own
+    working directory, which makes a config depend on where it is run from)."""
+    if not disk.target or os.path.isabs(disk.target):
+        return disk
+    return dataclasses.replace(disk, target=os.path.abspath(base / disk.target))

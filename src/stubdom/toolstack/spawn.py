@@ -100,6 +100,20 @@ def default_stubdom_kernel() -> str | None:
     return shutil.which(AGENT)
 
 
+def check_disks(cfg: GuestConfig) -> None:
+    """Every disk image must be there before anything is built, as libxl stats each
+    target while it prepares the domain (``libxl__device_disk_set_backend``)."""
+    for disk in cfg.disks:
+        if not disk.target:
+            continue  # an empty cdrom drive
+        if not os.path.isabs(disk.target):
+            raise ValueError(f"disk {disk.vdev}: {disk.target!r} is not an absolute path")
+        try:
+            os.stat(disk.target)
+        except OSError as e:
+            raise ValueError(f"disk {disk.vdev}: {disk.target}: {e.strerror}") from None
+
+
 @dataclass
 class StubdomSpawner:
     """Runs the creation steps; ``wait_running`` is the control channel's startup wait."""
@@ -126,6 +140,8 @@ class StubdomSpawner:
         made: list[tuple[int, str]] = []
         step = "starting"
         try:
+            step = "checking the guest's disks"
+            check_disks(cfg)
             step = "creating the guest domain"
             guest = await self.hv.create_domain(
                 DomainConfig(
