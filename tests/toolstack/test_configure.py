@@ -60,13 +60,13 @@ def test_g1_example_is_the_composite_of_the_reference() -> None:
     assert c.stubdomain_memkb == 32 * 1024 + 4 * 1024
     assert c.device_model_version == "qemu-xen-traditional"
     assert c.disks == [
-        DiskSpec(vdev="hda", target="/tmp/stubdom-examples/g1.img"),
+        DiskSpec(vdev="hda", target=str(EXAMPLES / "images" / "g1.img")),
         DiskSpec(vdev="hdc", format=DiskFormat.EMPTY, readwrite=False, cdrom=True),
     ]
     assert c.nics == [NicSpec(devid=0, mac="00:16:3e:00:00:01", model="e1000")]
     assert c.pcis == [
         PciSpec(bdf=Bdf(0, 3, 0, 0), vslot=5, msitranslate=True),
-        PciSpec(bdf=Bdf(0, 4, 0, 0), all_functions=True),
+        PciSpec(bdf=Bdf(0, 4, 0, 0), vslot=7, all_functions=True),
     ]
     assert c.vnc == VncConfig(enabled=True, listen="127.0.0.1", display=3)
     assert c.serial == ["pty"]
@@ -83,15 +83,25 @@ def test_legacy_example_uses_the_old_spellings() -> None:
         "dc",
     )
     assert [(d.vdev, d.target, d.cdrom, d.readwrite) for d in c.disks] == [
-        ("hda", "/tmp/stubdom-examples/legacy.img", False, True),
-        ("hdc", "/tmp/stubdom-examples/install.iso", True, False),
-        ("hdb", "/tmp/stubdom-examples/data.img", False, True),
+        ("hda", str(EXAMPLES / "images" / "legacy.img"), False, True),
+        ("hdc", str(EXAMPLES / "images" / "install.iso"), True, False),
+        ("hdb", str(EXAMPLES / "images" / "data.img"), False, True),
     ]
     (nic,) = c.nics
     assert (nic.bridge, nic.model, nic.ifname) == ("xenbr1", "e1000", "legacy0")
     assert nic.mac.startswith("00:16:3e:")
-    assert c.serial == ["file:/var/log/dm-serial.log"]
+    assert c.serial == ["file:/tmp/legacy-serial.log"]
     assert (c.on_crash, c.device_model_args) == ("preserve", ["-localtime"])
+
+
+def test_relative_disk_images_are_beside_the_config(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "g.cfg").write_text(
+        HVM + "disk = [ 'a.img,raw,hda,rw', '/abs/b.img,raw,hdb,rw', ',hdc:cdrom,r' ]\n")
+    c = load_config(tmp_path / "sub" / "g.cfg", ["disk=['../c.img,raw,hda,rw']"])
+    assert [d.target for d in c.disks] == [str(tmp_path / "c.img")]
+    c = load_config(tmp_path / "sub" / "g.cfg")
+    assert [d.target for d in c.disks] == [str(tmp_path / "sub" / "a.img"), "/abs/b.img", ""]
 
 
 def test_examples_take_overrides() -> None:
