@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ def install(point: str, flag: Path) -> None:
     def hang_sync(*_: Any, **__: Any) -> Any:
         flag.write_text(f"{os.getpid()}\n")
         while True:
-            os.pause()
+            signal.pause()
 
     if point == "stub-records":
         make_domain = spawn.make_domain

@@ -84,6 +84,18 @@ def hv(xsenv: XsEnv) -> SimulatedHypervisor:
     return SimulatedHypervisor(xsenv.dom0, xsenv.socket, xsenv.run_dir)
 
 
+async def test_a_wanted_domid_is_given_or_refused(hv: SimulatedHypervisor) -> None:
+    """What ``xl save -D`` relies on: a creation may ask for its domid (c_info.domid)."""
+    assert await hv.create_domain(DomainConfig(name="a", domid=7)) == 7
+    assert await hv.create_domain(DomainConfig(name="b")) == 1  # the rover goes on
+    with pytest.raises(DomainExists, match=r"^domain id 7 for 'c' is in use by 'a'; destroy"):
+        await hv.create_domain(DomainConfig(name="c", domid=7))
+    with pytest.raises(HypervisorError, match="domain id 0 for 'c' is not a guest's"):
+        await hv.create_domain(DomainConfig(name="c", domid=0))
+    await hv.destroy(7)
+    assert await hv.create_domain(DomainConfig(name="c", domid=7)) == 7
+
+
 async def test_create_is_paused_and_ids_are_not_reused_while_alive(hv: SimulatedHypervisor) -> None:
     a = await hv.create_domain(DomainConfig(name="a"))
     b = await hv.create_domain(DomainConfig(name="b"))

@@ -65,6 +65,9 @@ class DomainConfig:
     uuid: str = field(default_factory=lambda: str(uuidlib.uuid4()))
     max_vcpus: int = 1
     max_memkb: int = 0
+    #: The domain id wanted (libxl's ``c_info.domid``, set by ``xl save -D``); None lets
+    #: the hypervisor choose.  A wanted id that is in use fails the creation.
+    domid: int | None = None
 
 
 @dataclass(frozen=True)

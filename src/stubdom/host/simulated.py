@@ -83,7 +83,7 @@ class SimulatedHypervisor(Hypervisor):
                 f"a domain called {config.name!r} already exists; "
                 "choose another name or destroy it first"
             )
-        domid = self._allocate_domid()
+        domid = self._allocate_domid() if config.domid is None else self._wanted(config)
         self._domains[domid] = _Domain(domid, config)
         # xenstored asks the hypervisor whether a domain exists (permissions naming a
         # domain that does not are ignored); there is no hypervisor to ask, so tell it.
@@ -98,6 +98,23 @@ class SimulatedHypervisor(Hypervisor):
             if self._rover not in self._domains:
                 return self._rover
         raise HypervisorError("no free domain id: destroy some domains")
+
+    def _wanted(self, config: DomainConfig) -> int:
+        """The id a creation asks for (xc_domain_create with a domid): free, or refused."""
+        domid = config.domid
+        assert domid is not None
+        if not 1 <= domid < DOMID_FIRST_RESERVED:
+            raise HypervisorError(
+                f"domain id {domid} for {config.name!r} is not a guest's "
+                f"(1..{DOMID_FIRST_RESERVED - 1}); leave it to the hypervisor"
+            )
+        taken = self._domains.get(domid)
+        if taken is not None:
+            raise DomainExists(
+                f"domain id {domid} for {config.name!r} is in use by {taken.config.name!r}; "
+                "destroy that domain first"
+            )
+        return domid
 
     def scratch_dir(self, domid: int) -> Path:
         return self.log_dir / f"{domid}.tmp"

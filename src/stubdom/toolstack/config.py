@@ -109,6 +109,9 @@ class GuestConfig:
 
     name: str
     uuid: str = field(default_factory=lambda: str(uuidlib.uuid4()))
+    #: The domain id to create the guest with (libxl's ``c_info.domid``, which
+    #: ``xl save -D`` records); None lets the hypervisor choose.  No xl.cfg key sets it.
+    domid: int | None = None
     memory_mb: int = 128
     maxmem_mb: int | None = None
     vcpus: int = 1

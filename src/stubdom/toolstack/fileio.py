@@ -95,10 +95,26 @@ def check_dm_state_file(region: FileRegion, out_fd: int | None = None) -> None:
         raise OSError(errno.EIO, f"file ended after {copied} of {region.length} bytes")
 
 
+class WriteError(OSError):
+    """Writing the output failed (ENOSPC, EIO, EPIPE...), as opposed to reading the state."""
+
+
 def _write_all(fd: int, data: bytes | memoryview) -> None:
     with memoryview(data) as view:
         while view:
-            view = view[os.write(fd, view) :]
+            try:
+                written = os.write(fd, view)
+            except OSError as e:
+                raise WriteError(e.errno, e.strerror) from e
+            view = view[written:]
+
+
+def write_checked(fd: int, head: bytes, state: FileRegion, tail: bytes) -> None:
+    """Write ``head``, the region, then ``tail`` to ``fd``; the region is checked as a
+    device-model state while it is copied (`check_dm_state_file`, one pass over it)."""
+    _write_all(fd, head)
+    check_dm_state_file(state, fd)
+    _write_all(fd, tail)
 
 
 def write_checked_file(
@@ -109,15 +125,12 @@ def write_checked_file(
     *,
     mode: int = 0o666,
 ) -> None:
-    """Create (or truncate) ``path`` holding ``head``, the region, then ``tail``; the
-    region is checked as a device-model state while it is copied (`check_dm_state_file`,
-    one pass over it).  On any error ``path`` is removed."""
+    """Create (or truncate) ``path`` holding what `write_checked` writes.  On any error
+    ``path`` is removed."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         try:
-            _write_all(fd, head)
-            check_dm_state_file(state, fd)
-            _write_all(fd, tail)
+            write_checked(fd, head, state, tail)
         finally:
             os.close(fd)
     except BaseException:

@@ -642,8 +642,18 @@ def config_to_json(cfg: GuestConfig) -> dict[str, Any]:
 _T = TypeVar("_T")
 
 
+def _config_error(where: str, detail: str) -> SaveFileError:
+    """An error in the config at ``where`` (a field path such as ``disks[0].format``;
+    empty for the config itself, so the part is not named twice)."""
+    return SaveFileError("config", f"{where}: {detail}" if where else detail)
+
+
+def _field(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
 def _bad(where: str, value: Any, expected: str) -> SaveFileError:
-    return SaveFileError("config", f"{where}: {value!r} is not {expected}")
+    return _config_error(where, f"{value!r} is not {expected}")
 
 
 def _from_json(tp: Any, value: Any, where: str) -> Any:
@@ -710,7 +720,7 @@ def _from_json(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise _bad(where, value, "a string")
         return value
-    raise SaveFileError("config", f"{where}: cannot read a field of type {tp!r}")
+    raise _config_error(where, f"cannot read a field of type {tp!r}")
 
 
 def _dataclass_from_json(cls: type[_T], value: Any, where: str) -> _T:
@@ -719,30 +729,28 @@ def _dataclass_from_json(cls: type[_T], value: Any, where: str) -> _T:
     try:
         hints = typing.get_type_hints(cls)
     except Exception as exc:  # a forward reference that cannot be resolved
-        raise SaveFileError(
-            "config", f"{where}: cannot resolve {cls.__name__}'s types: {exc}"
-        ) from None
+        raise _config_error(where, f"cannot resolve {cls.__name__}'s types: {exc}") from None
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     unknown = sorted(set(value) - set(fields))
     if unknown:
-        raise SaveFileError(
-            "config",
-            f"{where}: unknown field(s) {', '.join(unknown)} in {cls.__name__}"
-            " (saved by a newer stubdom?)",
+        raise _config_error(
+            where,
+            f"unknown field(s) {', '.join(unknown)} in {cls.__name__}: the file is damaged "
+            "or was saved by a newer stubdom",
         )
     kwargs: dict[str, Any] = {}
     for name, f in fields.items():
         if name in value:
-            kwargs[name] = _from_json(hints[name], value[name], f"{where}.{name}")
+            kwargs[name] = _from_json(hints[name], value[name], _field(where, name))
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise SaveFileError("config", f"{where}: required field {name!r} is missing")
+            raise _config_error(where, f"required field {name!r} is missing")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise SaveFileError("config", f"{where}: {exc}") from None
+        raise _config_error(where, str(exc)) from None
 
 
 def config_from_json(data: Any) -> GuestConfig:
     """The inverse of `config_to_json`; `SaveFileError` (part ``config``) on any mismatch.
     Fields missing from the data take their defaults (a file from an older version)."""
-    return _dataclass_from_json(GuestConfig, data, "config")
+    return _dataclass_from_json(GuestConfig, data, "")

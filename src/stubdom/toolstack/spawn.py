@@ -150,6 +150,7 @@ class StubdomSpawner:
                     uuid=cfg.uuid,
                     max_vcpus=cfg.max_vcpus,
                     max_memkb=cfg.max_memkb,
+                    domid=cfg.domid,
                 )
             )
             made.append((guest, cfg.uuid))
