@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import logging
 import os
 import socket
+import stat
 from pathlib import Path
 from typing import cast
 
@@ -158,8 +160,7 @@ class XenStoreServer:
 
     async def start(self) -> None:
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
+        _remove_stale_socket(self.socket_path)
         loop = asyncio.get_running_loop()
         self._main = await loop.create_unix_server(
             lambda: _ClientProtocol(self, 0), path=str(self.socket_path)
@@ -337,6 +338,21 @@ class XenStoreServer:
         with contextlib.suppress(FileNotFoundError):
             self.domain_socket(domid).unlink()
         log.info("domain %d released", domid)
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """A crashed daemon's socket is replaced; any other file is not ours to delete."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise FileExistsError(
+            errno.EEXIST,
+            f"{path} exists and is not a socket; remove it or choose another socket path",
+            str(path),
+        )
+    path.unlink()
 
 
 async def run_server(server: XenStoreServer, ready: asyncio.Event | None = None) -> None:
