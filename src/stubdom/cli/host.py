@@ -302,6 +302,8 @@ def up(directory: str | None, trace: str | None, durable: bool) -> None:
         with rd.locked():
             probe = _probe(rd)
             if probe.healthy:
+                assert probe.xenstored_pid is not None
+                _refuse_other_options(rd, probe.xenstored_pid, trace, durable)
                 _say(
                     f"already running in {rd.root} (host pid {probe.host_pid}, "
                     f"xenstored pid {probe.xenstored_pid})"
@@ -316,6 +318,28 @@ def up(directory: str | None, trace: str | None, durable: bool) -> None:
     except RunDirError as e:
         raise click.ClickException(str(e)) from None
     _exports(rd, directory)
+
+
+def _refuse_other_options(rd: RunDir, xs_pid: int, trace: str | None, durable: bool) -> None:
+    """``up`` on a running host must not silently drop what it was asked for.
+
+    xenstored's trace and state directory are fixed when it starts, and restarting it
+    would lose the tree of a host that keeps none, so a different ``--trace`` or a
+    ``--durable`` the running host lacks is refused; no option keeps what runs.
+    """
+    args = process_cmdline(xs_pid)
+    running = args[args.index("--trace") + 1] if "--trace" in args[:-1] else None
+    if trace is not None and os.path.abspath(trace) != running:
+        now = f"traces to {running}" if running else "traces nothing"
+        raise click.ClickException(
+            f"the host in {rd.root} is already running and {now}, so --trace {trace} "
+            "cannot apply; run 'stubdom host down' first"
+        )
+    if durable and "--state-dir" not in args:
+        raise click.ClickException(
+            f"the host in {rd.root} is already running without --durable, so --durable cannot "
+            "apply; run 'stubdom host down' first"
+        )
 
 
 def _not_running(rd: RunDir) -> click.ClickException:
@@ -417,6 +441,8 @@ def restart_xenstored(directory: str | None, kill: bool) -> None:
     daemon, stubdomains, the toolstack) connect again by themselves.
     """
     rd = _run_dir(directory)
+    if not rd.root.is_dir():
+        raise _not_running(rd)
     with rd.locked():
         pid = _live_pid(rd, rd.xenstored_pid)
         if pid is None:
