@@ -109,7 +109,7 @@ def load_verbs() -> None:
 def main() -> None:
     load_verbs()
     try:
-        cli(prog_name="stubdom")
+        cli()
     except Exception as e:
         if logging.getLogger().isEnabledFor(logging.INFO):
             raise  # -v: the traceback, for a bug report
