@@ -118,3 +118,16 @@ def test_domains_of_a_killed_host_are_gone_when_the_next_verb_returns(
         assert re.fullmatch(f"stubdom host: nothing was running in {re.escape(str(rd.root))}; "
                             r"killed [1-9]\d* domain process\(es\) a dead host left, removed "
                             "stale pid files and sockets\n", r.stderr), r.stderr
+
+
+def test_a_shell_pointed_at_a_domain_socket_is_not_taken_for_a_domain(rd: RunDir) -> None:
+    """Someone's ``XENSTORED_PATH=DIR/xenstored/socket.d/5 sh`` is not a domain of ours."""
+    env = {"PATH": os.defpath, "XENSTORED_PATH": f"{rd.xenstored_socket}.d/5"}
+    bystander = subprocess.Popen(["sleep", "1000"], env=env, start_new_session=True)
+    try:
+        r = stubdom(rd, "host", "down")
+        assert (r.returncode, r.stderr) == (0, f"stubdom host: nothing is running in {rd.root}\n")
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()

@@ -258,20 +258,25 @@ def domain_processes(run_dir: RunDir) -> list[int]:
 
     Domain processes are sessions of their own, so a host daemon killed by SIGKILL
     leaves them running, and their command line need not name the run directory.  They
-    are known by the environment the hypervisor gave them: ``XENSTORED_PATH`` is this
-    host's ``<socket>.d/<domid>``, which their children inherit.
+    are known by the environment the hypervisor gave them, which their children
+    inherit: ``XENSTORED_PATH`` is this host's ``<socket>.d/<domid>`` and ``TMPDIR`` lies
+    in ``DIR/domains`` (both, so that a shell someone pointed at a domain socket is not
+    taken for a domain).
     """
-    marker = os.fsencode(f"XENSTORED_PATH={run_dir.xenstored_socket}.d/")
+    markers = (
+        os.fsencode(f"XENSTORED_PATH={run_dir.xenstored_socket}.d/"),
+        os.fsencode(f"TMPDIR={run_dir.domains}/"),
+    )
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
             with open(f"/proc/{entry}/environ", "rb") as f:
-                env = f.read()
+                env = f.read().split(b"\0")
         except OSError:
             continue  # gone, or not ours to read
-        if any(var.startswith(marker) for var in env.split(b"\0")) and process_alive(int(entry)):
+        if all(any(v.startswith(m) for v in env) for m in markers) and process_alive(int(entry)):
             found.append(int(entry))
     return found
 
