@@ -98,6 +98,33 @@ def test_up_prints_the_exports_and_is_idempotent(rd: RunDir) -> None:
     assert pids(rd) == recorded
 
 
+def test_up_on_a_running_host_refuses_options_it_cannot_apply(rd: RunDir) -> None:
+    """A second ``up --trace`` would otherwise trace nothing while saying nothing."""
+    up(rd)
+    recorded = pids(rd)
+    other = rd.root / "other.jsonl"
+    r = stubdom("host", "up", "--dir", str(rd.root), "--trace", str(other))
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr == (
+        f"Error: the host in {rd.root} is already running and traces nothing, so --trace "
+        f"{other} cannot apply; run 'stubdom host down' first\n"
+    )
+    r = stubdom("host", "up", "--dir", str(rd.root), "--durable")
+    assert r.returncode == 1 and "without --durable" in r.stderr
+    assert len(r.stderr.splitlines()) == 1
+    assert pids(rd) == recorded  # the running host is left alone
+    assert not other.exists()
+
+
+def test_up_again_with_the_same_trace_is_idempotent(rd: RunDir) -> None:
+    trace = rd.root / "t.jsonl"
+    assert stubdom("host", "up", "--dir", str(rd.root), "--trace", str(trace)).returncode == 0
+    again = stubdom("host", "up", "--dir", str(rd.root), "--trace", str(trace))
+    assert again.returncode == 0 and "already running" in again.stderr
+    r = stubdom("host", "up", "--dir", str(rd.root), "--trace", str(rd.root / "t2.jsonl"))
+    assert r.returncode == 1 and f"traces to {trace}, so --trace" in r.stderr
+
+
 @pytest.mark.peer
 def test_eval_of_up_points_xenstore_tools_at_the_host(rd: RunDir) -> None:
     need_peer(shutil.which("xenstore-ls") is not None, "xenstore-ls (Debian xenstore-utils)")

@@ -209,6 +209,30 @@ def test_unbindable_socket_gives_clear_error(run_dir: Path) -> None:
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+def test_a_file_that_is_not_a_socket_is_not_deleted(run_dir: Path) -> None:
+    """Only a stale socket is replaced: ``--socket notes.txt`` must not eat the notes."""
+    notes = run_dir / "notes.txt"
+    notes.write_text("keep me\n")
+    for extra in ((), ("--daemon",)):
+        r = subprocess.run([*STUBDOM, "xenstored", "--socket", str(notes), *extra],
+                           capture_output=True, text=True, timeout=GUARD)
+        assert r.returncode == 1
+        assert r.stderr.endswith(
+            f"{notes} exists and is not a socket; remove it or choose another socket path\n")
+        assert r.stderr.startswith("Error: ") and len(r.stderr.splitlines()) == 1, r.stderr
+        assert notes.read_text() == "keep me\n"
+
+
+def test_a_trace_file_that_cannot_be_opened(run_dir: Path) -> None:
+    (run_dir / "file").write_text("")
+    r = cli("xenstored", "--socket", str(run_dir / "sock"), "--trace",
+            str(run_dir / "file" / "t.jsonl"))
+    assert r.returncode == 1
+    assert r.stderr == (f"Error: cannot open the trace file {run_dir / 'file' / 't.jsonl'}: "
+                        "Not a directory; choose another --trace\n")
+    assert not (run_dir / "sock").exists()
+
+
 # ---------------------------------------------------------------------------------------
 # --trace, --state-dir
 

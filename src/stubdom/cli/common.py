@@ -7,10 +7,12 @@ on stderr naming what failed and how to fix it, and status 1.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable
 
 import click
 
+from stubdom.cli.main import stdout_closed
 from stubdom.host.devices import DeviceError
 from stubdom.host.hypervisor import HypervisorError
 from stubdom.toolstack.control import DeviceModelError
@@ -30,6 +32,8 @@ def run(body: Callable[[Session], Awaitable[None]], directory: str | None) -> No
     try:
         asyncio.run(main())
     except EXPECTED as e:
+        if isinstance(e, BrokenPipeError) and stdout_closed():
+            raise  # a closed stdout is no error: the root group exits quietly
         raise click.ClickException(str(e)) from None
 
 
@@ -40,9 +44,31 @@ EXPECTED: tuple[type[Exception], ...] = (
 )
 
 
+class Seconds(click.ParamType[float]):
+    """A duration: a positive, finite number of seconds (no nan, inf or negatives)."""
+
+    name = "seconds"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None
+                ) -> float:
+        if isinstance(value, float):
+            seconds = value
+        else:
+            try:
+                seconds = float(str(value))
+            except ValueError:
+                self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not (math.isfinite(seconds) and seconds > 0):
+            self.fail(f"{value!r}: give a positive number of seconds", param, ctx)
+        return seconds
+
+
+SECONDS = Seconds()
+
+
 timeout_option = click.option(
     "--timeout",
-    type=float,
+    type=SECONDS,
     default=None,
     help="Seconds to wait for the device model (default 60, libxl's).",
 )

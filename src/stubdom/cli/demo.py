@@ -21,9 +21,18 @@ from stubdom.cli.main import cli
 def demo(backend: str, out: str, config: str | None) -> None:
     """Host up, create with a stubdomain, PCI hot-plug, save, restore, destroy, host down."""
     from stubdom.demo import DemoError, run_demo
+    from stubdom.toolstack.xlcfg import ConfigError
 
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise click.ClickException(
+            f"cannot create the output directory {out}: {e.strerror or e}; choose another --out"
+        ) from None
     try:
         asyncio.run(run_demo(Path(out), backend, Path(config) if config else None,
                              echo=click.echo))
-    except DemoError as e:
+    except (DemoError, ConfigError) as e:
         raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(f"{e.filename or out}: {e.strerror or e}") from None

@@ -31,6 +31,8 @@ from stubdom.host.rundir import (
     ENV_VAR,
     RunDir,
     RunDirError,
+    domain_processes,
+    end_domain_processes,
     process_alive,
     process_cmdline,
     process_is_ours,
@@ -117,6 +119,7 @@ class _Probe:
     status: HostStatus | None  # the API answered
     xenstored_answers: bool
     files: list[Path]  # pid files and sockets present
+    domains: list[int]  # live domain processes (orphans, unless the host is healthy)
 
     @property
     def healthy(self) -> bool:
@@ -124,7 +127,7 @@ class _Probe:
 
     @property
     def anything(self) -> bool:
-        return bool(self.host_pid or self.xenstored_pid or self.files)
+        return bool(self.host_pid or self.xenstored_pid or self.files or self.domains)
 
 
 def _live_pid(rd: RunDir, pid_file: Path) -> int | None:
@@ -155,6 +158,7 @@ def _probe(rd: RunDir) -> _Probe:
         status,
         _socket_answers(rd.xenstored_socket),
         [p for p in (*rd.pid_files(), *rd.sockets()) if p.exists()],
+        domain_processes(rd),
     )
 
 
@@ -192,7 +196,16 @@ def _stop(rd: RunDir, probe: _Probe) -> None:
             _end(probe.host_pid, "the host daemon", STOP_TIMEOUT)
     if probe.xenstored_pid is not None:
         _end(probe.xenstored_pid, "xenstored", STOP_TIMEOUT)
+    _end_orphans(rd)
     rd.remove_runtime_files()
+
+
+def _end_orphans(rd: RunDir) -> None:
+    """Domains the host daemon did not destroy (it was killed) go now, before we return."""
+    survivors = end_domain_processes(rd, STOP_TIMEOUT)
+    if survivors:
+        _say(f"warning: domain processes of {rd.root} survived SIGKILL: "
+             f"{', '.join(map(str, survivors))}")
 
 
 # -- starting ---------------------------------------------------------------------
@@ -302,6 +315,8 @@ def up(directory: str | None, trace: str | None, durable: bool) -> None:
         with rd.locked():
             probe = _probe(rd)
             if probe.healthy:
+                assert probe.xenstored_pid is not None
+                _refuse_other_options(rd, probe.xenstored_pid, trace, durable)
                 _say(
                     f"already running in {rd.root} (host pid {probe.host_pid}, "
                     f"xenstored pid {probe.xenstored_pid})"
@@ -316,6 +331,28 @@ def up(directory: str | None, trace: str | None, durable: bool) -> None:
     except RunDirError as e:
         raise click.ClickException(str(e)) from None
     _exports(rd, directory)
+
+
+def _refuse_other_options(rd: RunDir, xs_pid: int, trace: str | None, durable: bool) -> None:
+    """``up`` on a running host must not silently drop what it was asked for.
+
+    xenstored's trace and state directory are fixed when it starts, and restarting it
+    would lose the tree of a host that keeps none, so a different ``--trace`` or a
+    ``--durable`` the running host lacks is refused; no option keeps what runs.
+    """
+    args = process_cmdline(xs_pid)
+    running = args[args.index("--trace") + 1] if "--trace" in args[:-1] else None
+    if trace is not None and os.path.abspath(trace) != running:
+        now = f"traces to {running}" if running else "traces nothing"
+        raise click.ClickException(
+            f"the host in {rd.root} is already running and {now}, so --trace {trace} "
+            "cannot apply; run 'stubdom host down' first"
+        )
+    if durable and "--state-dir" not in args:
+        raise click.ClickException(
+            f"the host in {rd.root} is already running without --durable, so --durable cannot "
+            "apply; run 'stubdom host down' first"
+        )
 
 
 def _not_running(rd: RunDir) -> click.ClickException:
@@ -394,17 +431,28 @@ def down(directory: str | None) -> None:
     with rd.locked():
         probe = _probe(rd)
         if probe.host_pid is None and probe.xenstored_pid is None:
-            if probe.files:
-                rd.remove_runtime_files()
-                _say(f"nothing was running in {rd.root}; removed stale pid files and sockets")
-            else:
-                _say(f"nothing is running in {rd.root}")
+            _tidy_after_crash(rd, probe)
             return
         _stop(rd, probe)
     stray = processes_using(rd)
     if stray:
         _say(f"warning: processes still use {rd.root}: {', '.join(map(str, stray))}")
     _say(f"stopped the host in {rd.root}")
+
+
+def _tidy_after_crash(rd: RunDir, probe: _Probe) -> None:
+    """Neither daemon runs: end the domains a killed host left, remove its files."""
+    if not probe.domains and not probe.files:
+        _say(f"nothing is running in {rd.root}")
+        return
+    done = []
+    if probe.domains:
+        _end_orphans(rd)
+        done.append(f"killed {len(probe.domains)} domain process(es) a dead host left")
+    rd.remove_runtime_files()
+    if probe.files:
+        done.append("removed stale pid files and sockets")
+    _say(f"nothing was running in {rd.root}; {', '.join(done)}")
 
 
 @host.command("restart-xenstored")
@@ -417,6 +465,8 @@ def restart_xenstored(directory: str | None, kill: bool) -> None:
     daemon, stubdomains, the toolstack) connect again by themselves.
     """
     rd = _run_dir(directory)
+    if not rd.root.is_dir():
+        raise _not_running(rd)
     with rd.locked():
         pid = _live_pid(rd, rd.xenstored_pid)
         if pid is None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from stubdom.cli.main import cli
-from stubdom.trace.model import load_trace
+from stubdom.trace.model import Event, TraceError, load_trace
 from stubdom.trace.svg import render_svg
 from stubdom.trace.timeline import Filter, render_text
 
@@ -30,7 +30,7 @@ def show(
     file: Path, domain: int | None, prefix: str | None, since: float | None, until: float | None
 ) -> None:
     """Print the trace as a timeline, protocol steps marked with ==."""
-    events = load_trace(file)
+    events = _load(file)
     click.echo(render_text(events, Filter(domain, prefix, since, until)), nl=False)
 
 
@@ -42,5 +42,20 @@ def show(
 @click.option("--all", "all_events", is_flag=True, help="Every request, not only the protocol's.")
 def render(file: Path, out: Path, all_events: bool) -> None:
     """Draw the trace as an SVG sequence diagram."""
-    render_svg(file, out, all_events)
+    events = _load(file)
+    try:
+        render_svg(file, out, all_events, events)
+    except OSError as e:
+        raise click.ClickException(
+            f"cannot write {out}: {e.strerror or e}; choose another -o/--output"
+        ) from None
     click.echo(f"wrote {out}")
+
+
+def _load(file: Path) -> list[Event]:
+    try:
+        return load_trace(file)
+    except TraceError as e:
+        raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(f"cannot read {file}: {e.strerror or e}") from None

@@ -143,8 +143,8 @@ def xenstored(
         except OSError as e:
             raise click.ClickException(f"state directory {state_dir}: {e.strerror or e}") from None
 
+    trace = _open_trace(trace_file) if trace_file else None
     ready_fd = _daemonize() if daemon else None
-    trace = PacketTrace(open(trace_file, "a", encoding="utf-8")) if trace_file else None  # noqa: SIM115
     server = XenStoreServer(socket_path, core, trace, durable)
     try:
         started = asyncio.run(_serve(server, ready_fd))
@@ -157,6 +157,16 @@ def xenstored(
         raise click.ClickException(server.failure)
     if durable is not None:
         durable.close()
+
+
+def _open_trace(path: str) -> PacketTrace:
+    """Opened before detaching, so that a bad path is an error the caller sees."""
+    try:
+        return PacketTrace(open(path, "a", encoding="utf-8"))
+    except OSError as e:
+        raise click.ClickException(
+            f"cannot open the trace file {path}: {e.strerror or e}; choose another --trace"
+        ) from None
 
 
 class _Outcome:
@@ -206,8 +216,7 @@ def _daemonize() -> int:
             status = pipe.read()
         if status[:1] != b"1":
             reason = status[1:].decode(errors="replace") or "it exited before listening"
-            click.echo(f"stubdom xenstored: the daemon failed to start: {reason}", err=True)
-            sys.exit(1)
+            raise click.ClickException(f"the daemon failed to start: {reason}")
         click.echo(pid)
         sys.exit(0)
     os.close(rfd)

@@ -325,6 +325,10 @@ async def read_live_perms(socket: str, events: list[Event]) -> dict[str, list[st
     return out
 
 
+class ScenarioError(Exception):
+    """The scenario could not be run at all (the traced host did not start)."""
+
+
 @dataclass
 class Run:
     results: list[Result]
@@ -379,7 +383,8 @@ def check_toolstack(
     )
     if up.returncode != 0:
         shutil.rmtree(root, ignore_errors=True)
-        raise RuntimeError(f"stubdom host up failed: {up.stderr.strip()}")
+        last = up.stderr.strip().splitlines()[-1:] or [f"exit status {up.returncode}"]
+        raise ScenarioError(f"the traced host did not start: {last[0]}")
     env["STUBDOM_HOST_DIR"] = str(hostdir)
     env["XENSTORED_PATH"] = str(hostdir / "xenstored" / "socket")
     try:
@@ -399,7 +404,10 @@ def check_toolstack(
             )
             status, output = p.returncode, p.stdout + p.stderr
         except subprocess.TimeoutExpired as e:
-            status, output = 124, f"scenario timed out after {timeout:.0f}s: {e}"
+            status, output = 124, f"scenario timed out after {timeout:g}s: {e}"
+        except OSError as e:  # argv[0] missing or not executable: what a shell says
+            status = 127 if isinstance(e, FileNotFoundError) else 126
+            output = f"{command[0]}: {e.strerror or e}\n"
         live = asyncio.run(read_live_perms(env["XENSTORED_PATH"], load_trace(trace)))
     finally:
         subprocess.run(

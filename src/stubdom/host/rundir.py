@@ -23,7 +23,9 @@ import errno
 import fcntl
 import os
 import shutil
+import signal
 import stat
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +163,11 @@ class RunDir:
         so every socket goes, not only the ones we know by name.  Returns what went.
         """
         removed = []
+        # The scratch TMPDIRs (`SimulatedHypervisor.scratch_dir`) of domains that died
+        # with a killed host: their hypervisor is not there to remove them.
+        for scratch in self.domains.glob("*.tmp"):
+            shutil.rmtree(scratch, ignore_errors=True)
+            removed.append(scratch)
         if self.xenstored_state.is_dir():
             # Its domains died with the host: a new host must not inherit the tree.
             shutil.rmtree(self.xenstored_state, ignore_errors=True)
@@ -244,6 +251,65 @@ def processes_using(run_dir: RunDir) -> list[int]:
         if entry.isdigit() and int(entry) != os.getpid() and process_is_ours(int(entry), run_dir):
             found.append(int(entry))
     return found
+
+
+def domain_processes(run_dir: RunDir) -> list[int]:
+    """Every live process started as a domain of this host, or by one.
+
+    Domain processes are sessions of their own, so a host daemon killed by SIGKILL
+    leaves them running, and their command line need not name the run directory.  They
+    are known by the environment the hypervisor gave them, which their children
+    inherit: ``XENSTORED_PATH`` is this host's ``<socket>.d/<domid>`` and ``TMPDIR`` lies
+    in ``DIR/domains`` (both, so that a shell someone pointed at a domain socket is not
+    taken for a domain).
+    """
+    markers = (
+        os.fsencode(f"XENSTORED_PATH={run_dir.xenstored_socket}.d/"),
+        os.fsencode(f"TMPDIR={run_dir.domains}/"),
+    )
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue  # gone, or not ours to read
+        if all(any(v.startswith(m) for v in env) for m in markers) and process_alive(int(entry)):
+            found.append(int(entry))
+    return found
+
+
+def end_domain_processes(run_dir: RunDir, timeout: float) -> list[int]:
+    """Kill what is left of this host's domains and return once it is gone.
+
+    A domain left by a dead host is destroyed as `SimulatedHypervisor.destroy` does it:
+    SIGKILL to its process group (SIGCONT too: a paused domain is stopped), no grace, as
+    a destroyed Xen domain gets none.  Returns the pids still alive after ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    killed: set[int] = set()
+    while True:
+        left = [pid for pid in {*killed, *domain_processes(run_dir)} if process_alive(pid)]
+        if not left or time.monotonic() >= deadline:
+            return sorted(left)
+        for pid in set(left) - killed:
+            _kill_group_or_process(pid)
+            killed.add(pid)
+        time.sleep(0.01)
+
+
+def _kill_group_or_process(pid: int) -> None:
+    try:
+        leader = os.getpgid(pid) == pid and pid != os.getpgrp()
+        for sig in (signal.SIGKILL, signal.SIGCONT):
+            if leader:  # a domain: its session's group holds the children it started
+                os.killpg(pid, sig)
+            else:
+                os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def signal_process(pid: int, sig: int) -> bool:

@@ -174,20 +174,36 @@ def pair(records: Iterable[Record]) -> list[Event]:
     return events
 
 
-def parse_lines(lines: Iterable[str]) -> list[Event]:
-    """Events of a trace's lines; blank lines are skipped, bad ones logged and skipped."""
+def parse_lines(lines: Iterable[str], name: str = "the trace") -> list[Event]:
+    """Events of a trace's lines; blank lines are skipped, damaged ones too.
+
+    A crash can cut a trace's last line short, so damaged lines are skipped with one
+    warning for all of them (a garbage file would otherwise log a line per line).  Lines
+    none of which is a record are no trace at all: `TraceError`.
+    """
     records = []
+    damaged: list[tuple[int, TraceError]] = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             records.append(parse_line(line))
         except TraceError as e:
-            log.warning("line %d: %s", n, e)
+            damaged.append((n, e))
+    if damaged and not records:
+        raise TraceError(
+            f"{name} is not a trace (line {damaged[0][0]} is no packet record); give a "
+            "file written by 'stubdom host up --trace' or 'stubdom xenstored --trace'"
+        )
+    if damaged:
+        log.warning("%s: skipped %d damaged line(s), the first: line %d: %s",
+                    name, len(damaged), *damaged[0])
     return pair(records)
 
 
 def load_trace(path: str | Path) -> list[Event]:
-    """The events of a trace file."""
-    with open(path, encoding="utf-8") as f:
-        return parse_lines(f)
+    """The events of a trace file; `TraceError` if it is none, `OSError` if unreadable."""
+    # Payloads are JSON-escaped, so a valid trace is ASCII: undecodable bytes can only
+    # be damage, which parse_line then reports as such.
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return parse_lines(f, str(path))

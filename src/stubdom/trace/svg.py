@@ -267,9 +267,12 @@ def render(events: Sequence[Event], title: str = "xenstore trace", all_events: b
     return "\n".join(out) + "\n"
 
 
-def render_svg(trace_path: Path, out: Path, all_events: bool = False) -> None:
-    """Draw the trace in ``trace_path`` as an SVG sequence diagram into ``out``."""
-    events = load_trace(trace_path)
+def render_svg(
+    trace_path: Path, out: Path, all_events: bool = False, events: list[Event] | None = None
+) -> None:
+    """Draw the trace in ``trace_path`` (read already: ``events``) as an SVG into ``out``."""
+    if events is None:
+        events = load_trace(trace_path)
     svg = render(events, title=f"stubdom trace · {Path(trace_path).name}", all_events=all_events)
     Path(out).write_text(svg, encoding="utf-8")
     log.info("wrote %s (%d events)", out, len(events))

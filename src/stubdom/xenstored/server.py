@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import logging
 import os
 import socket
+import stat
 from pathlib import Path
 from typing import cast
 
+from stubdom.ratelimit import LimitedLog
 from stubdom.wire.constants import Op
 from stubdom.wire.packet import DecodeError, PacketDecoder, encode
 from stubdom.xenstored.connection import Connection
@@ -67,7 +70,7 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         if not self.conn.privileged:
             self.transport.set_write_buffer_limits(high=UNPRIV_HIGH_WATER)
         self.server.clients[self.conn] = self
-        log.debug("%r connected", self.conn)
+        self.server.note(self.conn, logging.DEBUG, "%r connected", self.conn)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.server.read_buffer
@@ -84,7 +87,7 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         except DecodeError as e:
             # cx stops handling a connection that sent an over-long header; what came
             # before it is still answered.
-            log.warning("%r: %s; closing the connection", conn, e)
+            self.server.note(conn, logging.WARNING, "%r: %s; closing the connection", conn, e)
             self.server.process(conn, self)
             self.close()
             return
@@ -94,7 +97,7 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         if self.conn is not None:
             self.server.core.disconnect(self.conn)
             self.server.clients.pop(self.conn, None)
-            log.debug("%r disconnected", self.conn)
+            self.server.note(self.conn, logging.DEBUG, "%r disconnected", self.conn)
 
     def pause_writing(self) -> None:
         # Only unprivileged clients have a high-water mark low enough to get here
@@ -131,6 +134,7 @@ class XenStoreServer:
         core: XenStored | None = None,
         trace: PacketTrace | None = None,
         durable: DurableState | None = None,
+        guest_log: LimitedLog[int] | None = None,
     ) -> None:
         self.socket_path = Path(socket_path)
         self.core = core or XenStored()
@@ -148,6 +152,9 @@ class XenStoreServer:
         self._closed = asyncio.Event()
         #: Set by `close`: connections accepted from now on are closed at once.
         self.closing = False
+        #: What a guest's input makes us log is rate-limited per domain: a hostile
+        #: guest must not be able to fill dom0's disk through our log.
+        self.guest_log: LimitedLog[int] = guest_log or LimitedLog(log, describe=_domain)
 
     @property
     def domain_dir(self) -> Path:
@@ -158,8 +165,7 @@ class XenStoreServer:
 
     async def start(self) -> None:
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
+        _remove_stale_socket(self.socket_path)
         loop = asyncio.get_running_loop()
         self._main = await loop.create_unix_server(
             lambda: _ClientProtocol(self, 0), path=str(self.socket_path)
@@ -195,7 +201,15 @@ class XenStoreServer:
             self.socket_path.unlink()
         with contextlib.suppress(OSError):
             self.domain_dir.rmdir()
+        self.guest_log.flush()
         self._closed.set()
+
+    def note(self, conn: Connection, level: int, msg: str, *args: object) -> None:
+        """Log a line ``conn``'s input caused: dom0's always, a guest's within its limit."""
+        if conn.privileged:
+            log.log(level, msg, *args)
+        else:
+            self.guest_log.log(conn.domid, level, msg, *args)
 
     # -- requests -------------------------------------------------------------------
 
@@ -263,9 +277,8 @@ class XenStoreServer:
                 # once the backlog exceeds the domain's memory quota.  Replies stay.
                 kept = [p for p in packets if p.op != Op.WATCH_EVENT]
                 if len(kept) != len(packets):
-                    log.warning(
-                        "%r does not read its events; dropping %d", conn, len(packets) - len(kept)
-                    )
+                    self.note(conn, logging.WARNING, "%r does not read its events; dropping %d",
+                              conn, len(packets) - len(kept))
                 packets = kept
             if self.trace is not None:
                 for p in packets:
@@ -336,7 +349,27 @@ class XenStoreServer:
             pending[0].close()
         with contextlib.suppress(FileNotFoundError):
             self.domain_socket(domid).unlink()
+        self.guest_log.flush(domid)
         log.info("domain %d released", domid)
+
+
+def _domain(domid: int) -> str:
+    return f"domain {domid}"
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """A crashed daemon's socket is replaced; any other file is not ours to delete."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise FileExistsError(
+            errno.EEXIST,
+            f"{path} exists and is not a socket; remove it or choose another socket path",
+            str(path),
+        )
+    path.unlink()
 
 
 async def run_server(server: XenStoreServer, ready: asyncio.Event | None = None) -> None:
