@@ -43,6 +43,7 @@ from stubdom.toolstack.control import (
 from stubdom.toolstack.operations import channel, dead_stub_message, stub_of
 from stubdom.toolstack.session import Session, ToolstackError
 from stubdom.xenstore import NoEntry, Transaction
+from stubdom.xenstore.pipeline import pipelined
 
 log = logging.getLogger(__name__)
 
@@ -406,9 +407,9 @@ async def pci_list(s: Session, guest: int) -> list[AttachedPci]:
         names = await s.xs.directory(base)
     except NoEntry:
         return []
+    raws = await pipelined(*(s.xs.read_optional(f"{base}/{name}/vdevfn") for name in names))
     out = []
-    for name in names:
-        raw = await s.xs.read_optional(f"{base}/{name}/vdevfn")
+    for name, raw in zip(names, raws, strict=True):
         dom, bus, dev, func = name.split("-")
         bdf = proto.Bdf(int(dom, 16), int(bus, 16), int(dev, 16), int(func))
         out.append(AttachedPci(bdf, int(raw, 16) if raw is not None else None))
