@@ -109,13 +109,19 @@ def test_a_stub_that_never_answers_ends_in_a_clear_timeout(host: FaultHost, faul
     r = host.run("pci-attach", "g", "03:00.0", "--timeout", "1", check=False)
     assert r.returncode == 1
     assert r.stderr.splitlines() == [
-        "Error: guest 1: device model pci-ins: no pci-inserted within 1 s (state 'running')"
+        "Error: guest 1: device model pci-ins: no pci-inserted within 1 s (state 'running'); "
+        "0000:03:00.0 stays listed as unfinished, since the device model may still add it: "
+        "'stubdom pci-detach g 0000:03:00.0' removes it"
     ]
     # The state was written back and the next operation is not blocked.
     state = host.run("xenstore", "read", "/local/domain/2/device-model/1/state").stdout
     assert state == "running\n"
-    r = host.run("pci-detach", "-f", "g", "03:00.0", check=False)
-    assert "not attached" in r.stderr
+    # Whether the device model took the function is unknown: the record says so (issue 12).
+    assert host.run("pci-list", "g").stdout.splitlines()[1:] == [
+        "??.? 0000:03:00.0 (an unfinished pci-attach; pci-detach removes it)"
+    ]
+    host.run("pci-detach", "-f", "g", "03:00.0")
+    assert host.run("pci-list", "g").stdout.splitlines() == ["Vdev Device"]
 
 
 def test_a_silent_stub_does_not_hold_up_other_guests(host: FaultHost) -> None:

@@ -23,6 +23,7 @@ from stubdom.host.devices import (
     DeviceExists,
     DeviceFailed,
     DeviceRef,
+    DeviceTimeout,
     PciAddress,
     PciFunction,
     Vbd,
@@ -313,6 +314,15 @@ async def test_frontend_that_never_shows_up(host: Host) -> None:
     assert await remove_device(host.dom0, ref, timeout=GUARD) is True
     assert not await host.dom0.exists(ref.backend)
     assert not await host.dom0.exists(ref.frontend)
+
+
+async def test_a_state_wait_that_runs_out_says_what_the_node_held(host: Host) -> None:
+    """Issue 12: the state seen and the one awaited, in Xen's words; never a bare list."""
+    path = "/tool/a-backend/state"  # none of the host's backends touches it
+    await host.dom0.write(path, S.INIT_WAIT.node())
+    with pytest.raises(DeviceTimeout) as err:
+        await wait_for_state(host.dom0, path, S.CONNECTED, 0.2)
+    assert str(err.value) == f"{path} is 2 (InitWait) after 0.2 s, not 4 (Connected)"
 
 
 async def test_domain_dies_mid_handshake(host: Host) -> None:

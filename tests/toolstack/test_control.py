@@ -206,6 +206,30 @@ def test_exchange_stub_death_and_timeout_messages() -> None:
     assert "\n" not in str(err)
 
 
+def test_a_timeout_without_a_state_node_says_so_in_words() -> None:
+    ex = CommandExchange(G, State.PCI_INSERTED, Command.PCI_INS, "x")
+    ex.observe(Snapshot(None, "x"))
+    assert str(ex.timed_out(1)) == (
+        "guest 5: device model pci-ins: no pci-inserted within 1 s (no state node)"
+    )
+    assert "None" not in str(CommandExchange(G, State.RUNNING).timed_out(60))
+
+
+def test_a_stub_dead_before_a_command_is_not_said_to_die_before_running() -> None:
+    """Issue 12: the wait for running before a command meets a stub that had run."""
+    ex = CommandExchange(G, State.RUNNING, purpose="pci-ins")
+    out = ex.observe(Snapshot("running", None, stub_alive=False))
+    assert isinstance(out.error, DeviceModelDied)
+    assert str(out.error) == (
+        "guest 5: device model pci-ins: the stubdomain died after its device model "
+        "reported running"
+    )
+    starting = CommandExchange(G, State.RUNNING).observe(Snapshot(None, None, stub_alive=False))
+    assert str(starting.error) == (
+        "guest 5: device model wait for running: the stubdomain died before running"
+    )
+
+
 def test_plain_wait_for_running() -> None:
     ex = CommandExchange(G, State.RUNNING)
     assert ex.observe(Snapshot(None, None)).verdict is Verdict.WAIT

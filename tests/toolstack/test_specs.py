@@ -200,6 +200,14 @@ def test_pci_equivalent_forms() -> None:
     assert want.vdevfn == 0x1A << 3
 
 
+def test_a_single_function_sits_at_function_0_of_its_slot() -> None:
+    """As libxl: only function 0 raises the guest's hot-plug event, and pci-rem of a
+    guest function other than 0 is never sent, so 03:00.1@06 goes to 06.0, not 06.1."""
+    assert parse_pci("03:00.1@06").vdevfn == 0x06 << 3
+    assert parse_pci("03:00.*@06").vdevfn == 0x06 << 3
+    assert parse_pci("03:00.1").vdevfn == 0
+
+
 def test_vslot_is_always_hex() -> None:
     assert parse_pci("01:00.0@10").vslot == 0x10
     assert parse_pci("01:00.0,vslot=0x1f").vslot == 0x1F

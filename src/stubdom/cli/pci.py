@@ -1,4 +1,4 @@
-"""PCI hot-plug verbs: pci-attach, pci-detach, pci-list."""
+"""PCI verbs: pci-attach, pci-detach, pci-list and the pci-assignable-* list."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import click
 from stubdom.cli.common import run, timeout_option
 from stubdom.cli.host import dir_option
 from stubdom.cli.main import cli
+from stubdom.protocol import Bdf, parse_bdf
 from stubdom.toolstack.session import Session
 
 
@@ -41,7 +42,7 @@ def pci_attach(domain: str, pci_spec: str, timeout: float | None, directory: str
 def pci_detach(
     domain: str, pci_spec: str, force: bool, timeout: float | None, directory: str | None
 ) -> None:
-    """Hot-unplug a PCI function (only its BDF matters, as with xl)."""
+    """Hot-unplug a PCI function, or every one of ``BB:DD.*`` (only the BDF matters)."""
     from stubdom.toolstack.pci import pci_detach as detach
     from stubdom.toolstack.specs import parse_pci
 
@@ -52,7 +53,10 @@ def pci_detach(
 
     async def body(s: Session) -> None:
         info = await s.resolve_guest(domain)
-        await detach(s, info.domid, spec.bdf, force=force, timeout=timeout)
+        await detach(
+            s, info.domid, spec.bdf, all_functions=spec.all_functions, force=force,
+            timeout=timeout,
+        )
 
     run(body, directory)
 
@@ -70,5 +74,61 @@ def pci_list(domain: str, directory: str | None) -> None:
         click.echo("Vdev Device")
         for row in rows:
             click.echo(row.row())
+
+    run(body, directory)
+
+
+def _bdf(verb: str, text: str) -> Bdf:
+    """One function, as xl's ``xlu_pci_parse_bdf``: exit 2 on anything else."""
+    try:
+        return parse_bdf(text)
+    except ValueError:
+        click.echo(f'{verb}: malformed BDF "{text}" (one function: [DDDD:]BB:DD.F)', err=True)
+        raise SystemExit(2) from None
+
+
+@cli.command("pci-assignable-list")
+@dir_option
+def pci_assignable_list(directory: str | None) -> None:
+    """The functions that can be passed through and that no guest holds."""
+    from stubdom.toolstack.pci import assignable_list
+
+    async def body(s: Session) -> None:
+        for bdf in await assignable_list(s):
+            click.echo(str(bdf))
+
+    run(body, directory)
+
+
+@cli.command("pci-assignable-add")
+@click.argument("bdf")
+@dir_option
+def pci_assignable_add(bdf: str, directory: str | None) -> None:
+    """Make a function assignable (one BDF; adding it twice only warns, as xl)."""
+    from stubdom.toolstack.pci import assignable_add
+
+    function = _bdf("pci-assignable-add", bdf)
+
+    async def body(s: Session) -> None:
+        assignable_add(s, function)
+
+    run(body, directory)
+
+
+@cli.command("pci-assignable-remove")
+@click.argument("bdf")
+@click.option(
+    "-r", "rebind", is_flag=True,
+    help="Rebind to its dom0 driver (no effect: the simulated host has no drivers).",
+)
+@dir_option
+def pci_assignable_remove(bdf: str, rebind: bool, directory: str | None) -> None:
+    """Take a function off the assignable list (refused while a guest holds it)."""
+    from stubdom.toolstack.pci import assignable_remove
+
+    function = _bdf("pci-assignable-remove", bdf)
+
+    async def body(s: Session) -> None:
+        await assignable_remove(s, function)
 
     run(body, directory)

@@ -543,14 +543,13 @@ async def wait_for_state(
     """
     wanted = {states} if isinstance(states, XenbusState) else set(states)
     loop_time = _Deadline(timeout)
+    state: XenbusState | None = None
     async with client.watch(path) as w:
         while True:
             try:
                 await w.get(loop_time.left())
             except XenStoreTimeout:
-                raise DeviceTimeout(
-                    f"{path}: no state in {sorted(int(s) for s in wanted)} within {timeout:g} s"
-                ) from None
+                raise DeviceTimeout(_stuck(path, state, wanted, timeout)) from None
             try:
                 raw = await client.read(path)
             except NoEntry:
@@ -560,6 +559,16 @@ async def wait_for_state(
                 return state
             if state in fail:
                 raise DeviceFailed(f"{path} went to {state.name} ({int(state)})")
+
+
+def _stuck(
+    path: str, state: XenbusState | None, wanted: Collection[XenbusState], timeout: float
+) -> str:
+    """A state wait that ran out, in words: what the node held and what was awaited."""
+    awaited = " or ".join(s.label for s in sorted(wanted))
+    if state is None:
+        return f"{path}: not even read within {timeout:g} s (waiting for {awaited})"
+    return f"{path} is {state.label} after {timeout:g} s, not {awaited}"
 
 
 class _Deadline:

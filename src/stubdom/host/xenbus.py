@@ -38,6 +38,24 @@ class XenbusState(enum.IntEnum):
     def node(self) -> bytes:
         return str(int(self)).encode()
 
+    @property
+    def label(self) -> str:
+        """``4 (Connected)``: the number and Xen's name (``XenbusStateConnected``)."""
+        return f"{int(self)} ({_XEN_NAMES[self]})"
+
+
+_XEN_NAMES = {
+    XenbusState.UNKNOWN: "Unknown",
+    XenbusState.INITIALISING: "Initialising",
+    XenbusState.INIT_WAIT: "InitWait",
+    XenbusState.INITIALISED: "Initialised",
+    XenbusState.CONNECTED: "Connected",
+    XenbusState.CLOSING: "Closing",
+    XenbusState.CLOSED: "Closed",
+    XenbusState.RECONFIGURING: "Reconfiguring",
+    XenbusState.RECONFIGURED: "Reconfigured",
+}
+
 
 #: Device kinds and the frontend directory name under ``device/`` (console 0 differs).
 DEVICE_KINDS = ("vbd", "vif", "vfb", "vkbd", "console", "pci")

@@ -88,10 +88,11 @@ class PciSpec:
 
     @property
     def vdevfn(self) -> int:
-        """The devfn asked of the device model (0: let it choose)."""
-        if self.vslot is None:
-            return 0
-        return (self.vslot << 3) | (self.bdf.func if not self.all_functions else 0)
+        """The devfn asked of the device model (0: let it choose).  A single function
+        sits at function 0 of its slot whatever its host function, since only function
+        0 raises the guest's hot-plug event (libxl's ``device_pci_add_stubdom_done``);
+        ``BB:DD.*`` adds each function to the slot in `stubdom.toolstack.pci`."""
+        return 0 if self.vslot is None else self.vslot << 3
 
 
 @dataclass

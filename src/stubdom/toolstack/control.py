@@ -177,9 +177,9 @@ class Outcome:
 class CommandExchange:
     """Decides, from each observed `Snapshot`, whether a wait succeeded, failed or goes on.
 
-    ``command`` None is a plain wait for ``expect`` (e.g. ``running``).  ``parameter``
-    is what the toolstack wrote, so a different text the device model put there can be
-    recognised as its answer.
+    ``command`` None is a plain wait for ``expect`` (e.g. ``running``); ``purpose``
+    names the command it prepares, if any.  ``parameter`` is what the toolstack wrote,
+    so a different text the device model put there can be recognised as its answer.
     """
 
     def __init__(
@@ -188,24 +188,26 @@ class CommandExchange:
         expect: State,
         command: Command | None = None,
         parameter: str | None = None,
+        *,
+        purpose: str | None = None,
     ) -> None:
         self.guest = guest
         self.expect = expect
         self.command = command
         self.parameter = parameter
+        self.purpose = purpose
         self.last: Snapshot | None = None
 
     @property
     def what(self) -> str:
-        return self.command.value if self.command is not None else f"wait for {self.expect}"
+        if self.command is not None:
+            return self.command.value
+        return self.purpose or f"wait for {self.expect}"
 
     def observe(self, snap: Snapshot) -> Outcome:
         self.last = snap
         if not snap.stub_alive:
-            return self._fail(
-                snap,
-                DeviceModelDied(self.guest, self.what, f"the stubdomain died before {self.expect}"),
-            )
+            return self._fail(snap, DeviceModelDied(self.guest, self.what, self._death(snap)))
         if snap.state is None and self.command is not None:
             return self._fail(
                 snap, DeviceModelError(self.guest, self.what, "the state node was removed")
@@ -235,6 +237,14 @@ class CommandExchange:
             return Outcome(Verdict.DONE, snap)
         return Outcome(Verdict.WAIT, snap)
 
+    def _death(self, snap: Snapshot) -> str:
+        """What the stubdomain was doing when it died, as far as ``state`` tells."""
+        if self.command is None and snap.state in KNOWN_STATES:
+            # A state is there, so the device model had started: it died afterwards,
+            # not while starting (the wait before a command, a stub killed meanwhile).
+            return f"the stubdomain died after its device model reported {snap.state}"
+        return f"the stubdomain died before {self.expect}"
+
     def _pci_ins_refusal(self, snap: Snapshot) -> str | None:
         """qemu's error text, if ``parameter``/``state`` carry one (§3.3)."""
         if snap.state == State.PCI_INSERT_FAILED:
@@ -256,7 +266,8 @@ class CommandExchange:
     def timed_out(self, timeout: float, command_pending: bool = False) -> DeviceModelTimeout:
         """The error for a wait that ran out, saying what was last seen."""
         state = self.last.state if self.last is not None else None
-        detail = f"no {self.expect} within {timeout:g} s (state {state!r})"
+        seen = "no state node" if state is None else f"state {state!r}"
+        detail = f"no {self.expect} within {timeout:g} s ({seen})"
         if command_pending:
             detail += "; the device model never read the command"
         elif self.command is Command.PCI_REM:
@@ -703,7 +714,7 @@ class DeviceModelChannel:
             await self._exchange(Command.CONTINUE, None, State.RUNNING, Restore.NEVER)
         elif state == State.RUNNING and await self._alive(watches):
             return  # what wait_running would find at once
-        await self._wait(CommandExchange(self.guest, State.RUNNING))
+        await self._wait(CommandExchange(self.guest, State.RUNNING, purpose=what))
 
     async def _exchange(
         self, command: Command, parameter: str | None, expect: State, restore: Restore
@@ -848,6 +859,10 @@ class DeviceModelChannel:
         except Exception as e:  # the report must not hide the death
             detail = f"(no post-mortem: {e})"
         return DeviceModelDied(error.guest, error.what, f"{error.detail}{detail}")
+
+    async def stub_alive(self) -> bool:
+        """Whether the stubdomain still runs (the check a wait makes on ``@releaseDomain``)."""
+        return await self._stub_alive()
 
     async def _stub_alive(self) -> bool:
         """Still introduced, and (if we can ask the hypervisor) not shut down or crashed:

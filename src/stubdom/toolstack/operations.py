@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-
 def channel(s: Session, stub: int, guest: int, timeout: float | None = None) -> DeviceModelChannel:
     async def running(domid: int) -> bool:
         try:
@@ -64,16 +63,21 @@ async def stub_postmortem(s: Session, stub: int, guest: int) -> str:
     how = "it is gone"
     with contextlib.suppress(HypervisorError):
         how = _ENDED.get((await s.hv.domain_info(stub)).state, "it stopped answering")
+    return f" ({how}){await _log_tail(s, guest)}"
+
+
+async def _log_tail(s: Session, guest: int) -> str:
+    """``; the end of its log FILE:`` and its last lines quoted, one a line."""
     try:
         name = (await s.hv.domain_info(guest)).name
     except HypervisorError:
-        return f" ({how})"
+        return ""
     log_file = s.paths.dm_log(name)
     lines = tail_lines(log_file, POSTMORTEM_LINES)
     if not lines:
-        return f" ({how}); its log {log_file} is empty"
+        return f"; its log {log_file} is empty"
     quoted = "".join(f"\n    | {line}" for line in lines)
-    return f" ({how}); the end of its log {log_file}:{quoted}"
+    return f"; the end of its log {log_file}:{quoted}"
 
 
 def tail_lines(path: Path, count: int, window: int = 8192) -> list[str]:
@@ -105,11 +109,16 @@ async def create_guest(
     async def wait_running(stub: int, guest: int, limit: float) -> None:
         await channel(s, stub, guest, limit).wait_running()
 
-    async def attach_pcis(guest: int, stub: int) -> None:
-        from stubdom.toolstack.pci import pci_attach
+    from stubdom.toolstack.pci import check_config, pci_attach
 
+    async def attach_pcis(guest: int, stub: int) -> None:
         for spec in cfg.pcis:
             await pci_attach(s, guest, spec, starting=True)
+
+    try:
+        await check_config(s, cfg.pcis)  # before anything is built, not once it all is
+    except ToolstackError as e:
+        raise ToolstackError(f"{cfg.name!r} not created, nothing was built: pci: {e}") from None
 
     spawner = StubdomSpawner(
         s.hv, s.xs, s.paths, wait_running, timeout or proto.STUBDOM_START_TIMEOUT
@@ -123,13 +132,18 @@ async def create_guest(
     return created
 
 
-async def stub_of(s: Session, guest: int) -> int:
+async def stub_of(s: Session, guest: int, *, hint: bool = True) -> int:
+    """The guest's stubdomain, refused at once if it cannot answer (dead or never
+    started).  ``hint``: the error tells how to clean up (not while creating, which
+    cleans up by itself)."""
     stub = await s.stubdom_of(guest)
     if stub is None:
         raise ToolstackError(
             f"domain {guest} has no device-model stubdomain (a create that did not finish?); "
             f"'stubdom destroy {guest}' removes it"
         )
+    if not await channel(s, stub, guest).stub_alive():
+        raise ToolstackError(await dead_stub_message(s, stub, guest, hint=hint))
     if (await s.hv.domain_info(stub)).paused:
         # Only a create that did not finish leaves it so: nothing would ever answer.
         raise ToolstackError(
@@ -138,3 +152,24 @@ async def stub_of(s: Session, guest: int) -> int:
         )
     return stub
 
+
+_ENDED_VERB = {
+    DomainState.CRASHED: "crashed",
+    DomainState.SHUTDOWN: "shut down",
+    DomainState.DYING: "is being destroyed",
+}
+
+
+async def dead_stub_message(s: Session, stub: int, guest: int, *, hint: bool = True) -> str:
+    """A stubdomain that ended after it had started: which, how, what to do, its log."""
+    ended = "is gone"
+    with contextlib.suppress(HypervisorError):
+        ended = _ENDED_VERB.get((await s.hv.domain_info(stub)).state, ended)
+    name = str(guest)
+    with contextlib.suppress(HypervisorError):
+        name = (await s.hv.domain_info(guest)).name
+    fix = f"; 'stubdom destroy {name}' removes both" if hint else ""
+    return (
+        f"the stubdomain of {name} (domain {stub}) {ended} after it had started: "
+        f"{name} has no device model any more{fix}{await _log_tail(s, guest)}"
+    )
