@@ -231,6 +231,7 @@ def host_runs(ops: int, cli_runs: int, trace: Path | None = None
     """channel / pci-attach (API) / CLI on a real host with the sim agent; with ``trace``
     also the time window of one of each, for counting."""
     from stubdom.toolstack import operations as ops_mod
+    from stubdom.toolstack import pci as pci_mod
     from stubdom.toolstack.session import open_session
     from stubdom.toolstack.specs import parse_pci
 
@@ -266,14 +267,14 @@ def host_runs(ops: int, cli_runs: int, trace: Path | None = None
                             break
                     for bdf in inserted:
                         await chan.pci_remove(bdf)
-                # pci-attach through operations (pciback handshake + channel)
+                # pci-attach through toolstack.pci (pciback handshake + channel)
                 n = 0
                 while len(res["pci-attach"]) < count:
                     for k in range(20):
                         spec = parse_pci(f"{0x30 + k:02x}:00.0")
                         w0 = time.time()
                         t0 = time.perf_counter()
-                        await ops_mod.pci_attach(s, guest, spec)
+                        await pci_mod.pci_attach(s, guest, spec)
                         dt = (time.perf_counter() - t0) * 1e6
                         n += 1
                         if n > warm:
@@ -281,8 +282,8 @@ def host_runs(ops: int, cli_runs: int, trace: Path | None = None
                             res["pci-attach"].append(dt)
                         if len(res["pci-attach"]) >= count:
                             break
-                    for a in await ops_mod.pci_list(s, guest):
-                        await ops_mod.pci_detach(s, guest, a.bdf)
+                    for a in await pci_mod.pci_list(s, guest):
+                        await pci_mod.pci_detach(s, guest, a.bdf)
 
         asyncio.run(go())
         for k in range(cli_runs if trace is None else 0):
