@@ -53,9 +53,10 @@ XL_LIST_HEADER = "Name                                        ID   Mem VCPUs\tSt
 
 
 def xl_list_row(d: DomainInfo) -> str:
-    """``"%-40s %5d %5lu %5d     %c%c%c%c%c%c  %8.1f"``, memory in MiB."""
+    """``"%-40s %5d %5lu %5d     %c%c%c%c%c%c  %8.1f"``: current memory in MiB and
+    online vCPUs, as xl prints them (not the maximums)."""
     return (
-        f"{d.name:<40} {d.domid:5d} {d.max_memkb // 1024:5d} {d.max_vcpus:5d}"
+        f"{d.name:<40} {d.domid:5d} {d.memkb // 1024:5d} {d.vcpus:5d}"
         f"     {d.state_letters}  {d.cpu_time:8.1f}"
     )
 
