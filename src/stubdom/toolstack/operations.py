@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -121,6 +122,41 @@ async def create_guest(
 
     s.paths.userdata(created.guest, cfg.uuid).write_text(json.dumps(config_to_json(cfg)))
     return created
+
+
+async def recorded_config(s: Session, guest: int) -> GuestConfig:
+    """The configuration ``guest`` was created from, with the changes made since (its
+    userdata, as ``libxl_retrieve_domain_configuration`` gives it)."""
+    from stubdom.toolstack.savefile import config_from_json
+
+    info = await s.hv.domain_info(guest)
+    path = s.paths.userdata(guest, info.uuid)
+    try:
+        return config_from_json(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise ToolstackError(
+            f"no configuration recorded for {info.name!r} ({path}); "
+            "was it created with 'stubdom create'?"
+        ) from None
+
+
+async def update_recorded_config(
+    s: Session, guest: int, change: Callable[[GuestConfig], None]
+) -> None:
+    """Apply ``change`` to the recorded configuration, so that a restart or a save sees
+    the guest as it is now (renamed, another memory target, other vCPUs)."""
+    from stubdom.toolstack.savefile import config_to_json
+
+    try:
+        cfg = await recorded_config(s, guest)
+    except ToolstackError as e:
+        log.info("not recording the change: %s", e)
+        return
+    change(cfg)
+    path = s.paths.userdata(guest, cfg.uuid)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(config_to_json(cfg)))
+    tmp.replace(path)
 
 
 async def stub_of(s: Session, guest: int) -> int:
