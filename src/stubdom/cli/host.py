@@ -177,8 +177,22 @@ def _end(pid: int, what: str, timeout: float) -> None:
         _wait_gone(pid, timeout)
 
 
+def _end_monitors(rd: RunDir) -> None:
+    """SIGTERM the domain monitors first, so none acts on the domains the host destroys."""
+    from stubdom.toolstack.monitor import live_monitors
+
+    pids = live_monitors(rd)
+    for pid in pids:
+        signal_process(pid, signal.SIGTERM)
+    for pid in pids:
+        if not _wait_gone(pid, STOP_TIMEOUT):
+            _end(pid, "a domain monitor", STOP_TIMEOUT)
+
+
 def _stop(rd: RunDir, probe: _Probe) -> None:
-    """Stop whatever runs (daemon first: destroying domains needs xenstored) and tidy up."""
+    """Stop whatever runs (monitors, then the daemon: destroying domains needs
+    xenstored) and tidy up."""
+    _end_monitors(rd)
     if probe.host_pid is not None:
         asked = False
         if probe.status is not None:
@@ -395,6 +409,7 @@ def down(directory: str | None) -> None:
     with rd.locked():
         probe = _probe(rd)
         if probe.host_pid is None and probe.xenstored_pid is None:
+            _end_monitors(rd)
             if probe.files:
                 rd.remove_runtime_files()
                 _say(f"nothing was running in {rd.root}; removed stale pid files and sockets")
