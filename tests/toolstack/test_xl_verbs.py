@@ -4,6 +4,8 @@ reboot, mem-set, vcpu-set, rename, info, dmesg, console, create -n/-c/-V."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -169,3 +171,12 @@ def test_create_v_without_a_display_warns(host: Host) -> None:
     r = host.run("create", "-V", str(host.config("win7")))
     assert "Warning: no vncviewer" in r.stderr and "console/vnc-port" in r.stderr
     assert "win7" in host.names()
+
+
+def test_a_renamed_guests_dead_stub_is_quoted_from_its_log(host: Host) -> None:
+    host.run("create", "-e", str(host.config("win7")))  # -e: no monitor cleans up
+    host.run("rename", "win7", "xp")
+    os.kill(host.pid_of(2), signal.SIGKILL)
+    r = host.run("pci-attach", "xp", "03:00.0", check=False)
+    assert r.returncode == 1 and "(it crashed)" in r.stderr
+    assert "qemu-dm-win7.log:" in r.stderr and "| dmargs: -d 1 -domain-name win7" in r.stderr

@@ -23,6 +23,7 @@ from stubdom.toolstack.control import (
 )
 from stubdom.toolstack.session import Session, ToolstackError
 from stubdom.toolstack.spawn import Created, StubdomSpawner
+from stubdom.xenstore import XenStoreError
 
 if TYPE_CHECKING:
     from stubdom.devicemodel.base import BytesLike
@@ -69,12 +70,21 @@ async def stub_postmortem(s: Session, stub: int, guest: int) -> str:
         name = (await s.hv.domain_info(guest)).name
     except HypervisorError:
         return f" ({how})"
-    log_file = s.paths.dm_log(name)
+    log_file = await _console0_file(s, stub) or s.paths.dm_log(name)
     lines = tail_lines(log_file, POSTMORTEM_LINES)
     if not lines:
         return f" ({how}); its log {log_file} is empty"
     quoted = "".join(f"\n    | {line}" for line in lines)
     return f" ({how}); the end of its log {log_file}:{quoted}"
+
+
+async def _console0_file(s: Session, stub: int) -> Path | None:
+    """The file console 0 of ``stub`` writes to (named at create: a rename keeps it)."""
+    with contextlib.suppress(XenStoreError):
+        output = await s.xs.read_optional(f"/local/domain/{stub}/console/output")
+        if output is not None and output.startswith(b"file:"):
+            return Path(output[5:].decode())
+    return None
 
 
 def tail_lines(path: Path, count: int, window: int = 8192) -> list[str]:
