@@ -36,7 +36,7 @@ class ConsoleRef:
     what: str
 
 
-def _frontend(domid: int, n: int) -> str:
+def console_frontend(domid: int, n: int) -> str:
     """Console 0 lives at ``/local/domain/D/console``, the others below ``device/``."""
     base = f"/local/domain/{domid}"
     return f"{base}/console" if n == 0 else f"{base}/device/console/{n}"
@@ -45,7 +45,7 @@ def _frontend(domid: int, n: int) -> str:
 async def _pty(s: Session, domid: int, n: int, what: str, missing: str) -> str:
     """The pty of console ``n`` of ``domid`` (``what``); ``missing``: the error if the
     console does not exist."""
-    front = _frontend(domid, n)
+    front = console_frontend(domid, n)
     output = await s.xs.read_optional(f"{front}/output")
     if output is None and not await s.xs.exists(front):
         raise ToolstackError(missing)

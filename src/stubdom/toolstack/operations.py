@@ -80,8 +80,10 @@ async def stub_postmortem(s: Session, stub: int, guest: int) -> str:
 
 async def _console0_file(s: Session, stub: int) -> Path | None:
     """The file console 0 of ``stub`` writes to (named at create: a rename keeps it)."""
+    from stubdom.toolstack.console import console_frontend
+
     with contextlib.suppress(XenStoreError):
-        output = await s.xs.read_optional(f"/local/domain/{stub}/console/output")
+        output = await s.xs.read_optional(f"{console_frontend(stub, 0)}/output")
         if output is not None and output.startswith(b"file:"):
             return Path(output[5:].decode())
     return None
