@@ -85,7 +85,9 @@ class FaultHost:
         return cfg
 
     def create(self, name: str, fault: str | None = None) -> None:
-        self.run("create", str(self.config(name, fault)), "--timeout", NO_TIMEOUT)
+        # -e: no monitor applies on_crash, so a crashed stub stays for the test to see
+        # what the toolstack's command said and left.
+        self.run("create", "-e", str(self.config(name, fault)), "--timeout", NO_TIMEOUT)
 
     def domids(self) -> dict[str, int]:
         rows = self.run("list").stdout.splitlines()[1:]

@@ -94,6 +94,15 @@ class FakeHypervisor(Hypervisor):
         if not kernel.startswith("/"):
             raise KernelMissing(f"domain {domid}: kernel {kernel!r} not found; give a path")
 
+    async def build_hvm(self, domid: int, target_memkb: int, vcpus: int) -> None:
+        self.calls.append(("build_hvm", domid, target_memkb, vcpus))
+
+    async def set_memory_target(self, domid: int, memkb: int) -> None:
+        self.calls.append(("set_memory_target", domid, memkb))
+
+    async def rename(self, domid: int, name: str) -> None:
+        self.calls.append(("rename", domid, name))
+
     async def set_target(self, domid: int, target: int) -> None:
         self.calls.append(("set_target", domid, target))
 
@@ -144,6 +153,9 @@ REQUESTS: list[api.Request[Any]] = [
     api.SetMaxVcpus(1, 4),
     api.BuildPv(1, "/bin/k", "a b", {"X": "1"}),
     api.BuildPv(1, "/bin/k"),
+    api.BuildHvm(1, 131072, 2),
+    api.SetMemoryTarget(1, 204800),
+    api.Rename(1, "xp"),
     api.SetTarget(2, 1),
     api.Pause(1),
     api.Unpause(1),
@@ -186,6 +198,17 @@ def test_result_round_trip(req: api.Request[Any], value: Any) -> None:
     reply = api.decode_reply(api.encode_ok(9, req, value))
     assert reply.id == 9 and reply.error is None
     assert req.decode_result(reply.result) == value
+
+
+def test_domain_info_json_between_versions() -> None:
+    """A reply without the current memory and online vCPUs (an older host) decodes with
+    the maximums shown; keys a newer host adds are ignored."""
+    old = INFO.to_dict()
+    del old["current_memkb"], old["online_vcpus"]
+    info = DomainInfo.from_dict(old)
+    assert (info.memkb, info.vcpus) == (32768, 1)
+    newer = {**INFO.to_dict(), "current_memkb": 16384, "online_vcpus": 1, "numa_node": 0}
+    assert (DomainInfo.from_dict(newer).memkb, DomainInfo.from_dict(newer).vcpus) == (16384, 1)
 
 
 def test_request_wire_format() -> None:
@@ -307,6 +330,9 @@ async def test_every_hypervisor_method_goes_through(served: Served) -> None:
     await hv.set_max_vcpus(domid, 2)
     await hv.build_pv(domid, "/bin/k", "x y", {"A": "b"})
     await hv.set_target(domid, 7)
+    await hv.build_hvm(domid, 512, 1)
+    await hv.set_memory_target(domid, 256)
+    await hv.rename(domid, "g2")
     await hv.pause(domid)
     await hv.unpause(domid)
     await hv.shutdown(domid, ShutdownReason.POWEROFF)
@@ -321,6 +347,9 @@ async def test_every_hypervisor_method_goes_through(served: Served) -> None:
         ("set_max_vcpus", 1, 2),
         ("build_pv", 1, "/bin/k", "x y", {"A": "b"}),
         ("set_target", 1, 7),
+        ("build_hvm", 1, 512, 1),
+        ("set_memory_target", 1, 256),
+        ("rename", 1, "g2"),
         ("pause", 1),
         ("unpause", 1),
         ("shutdown", 1, ShutdownReason.POWEROFF),

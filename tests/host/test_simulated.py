@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -80,8 +81,10 @@ def report(hv: SimulatedHypervisor, domid: int, name: str) -> dict[str, object]:
 
 
 @pytest.fixture
-def hv(xsenv: XsEnv) -> SimulatedHypervisor:
-    return SimulatedHypervisor(xsenv.dom0, xsenv.socket, xsenv.run_dir)
+async def hv(xsenv: XsEnv) -> AsyncIterator[SimulatedHypervisor]:
+    hv = SimulatedHypervisor(xsenv.dom0, xsenv.socket, xsenv.run_dir)
+    yield hv
+    await hv.close()  # an HVM domain's simulated drivers stop with it
 
 
 async def test_a_wanted_domid_is_given_or_refused(hv: SimulatedHypervisor) -> None:

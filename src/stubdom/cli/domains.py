@@ -1,7 +1,10 @@
-"""xl's domain verbs on the simulated host: create, destroy, pause, unpause, list."""
+"""xl's domain verbs on the simulated host: create, destroy, pause, unpause, list, and
+the hidden ``monitor`` that create leaves behind."""
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Awaitable, Callable
 
 import click
@@ -11,6 +14,7 @@ from stubdom.cli.common import run
 from stubdom.cli.host import XL_LIST_HEADER, dir_option, xl_list_row
 from stubdom.cli.main import cli
 from stubdom.host.hypervisor import DomainInfo
+from stubdom.toolstack.config import GuestConfig
 from stubdom.toolstack.session import Session, ToolstackError
 from stubdom.toolstack.xlcfg import ConfigError
 
@@ -19,6 +23,17 @@ from stubdom.toolstack.xlcfg import ConfigError
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
 @click.option("-p", "paused", is_flag=True, help="Leave the guest paused after creating it.")
+@click.option("-c", "console", is_flag=True, help="Attach to the guest's serial port 0 after.")
+@click.option(
+    "-e", "no_monitor", is_flag=True,
+    help="Leave no monitor: on_poweroff, on_reboot and on_crash are not applied.",
+)
+@click.option("-F", "foreground", is_flag=True, help="Monitor the guest in the foreground.")
+@click.option("-V", "--vncviewer", "vncviewer", is_flag=True,
+              help="Start vncviewer on the guest's display.")
+@click.option("-n", "--dryrun", "dryrun", is_flag=True,
+              help="Print the guest and the stubdomain as JSON; create nothing.")
+@click.option("-q", "--quiet", "quiet", is_flag=True, help="No note on stderr.")
 @click.option(
     "--timeout",
     type=float,
@@ -30,12 +45,23 @@ def create(
     config: str,
     overrides: tuple[str, ...],
     paused: bool,
+    console: bool,
+    no_monitor: bool,
+    foreground: bool,
+    vncviewer: bool,
+    dryrun: bool,
+    quiet: bool,
     timeout: float | None,
     directory: str | None,
 ) -> None:
     """Create an HVM guest and its device-model stubdomain from an xl.cfg file.
 
     Trailing KEY=VALUE arguments override the file, as with 'xl create'.
+
+    A monitor process stays behind (in the foreground with -F, none with -e) and
+    applies on_poweroff, on_reboot and on_crash when the guest shuts down.  A guest
+    cannot run without its device model: if the stubdomain crashes or shuts down, the
+    monitor destroys it and treats that as a crash of the guest (on_crash).
     """
     from stubdom.toolstack.configure import load_config
     from stubdom.toolstack.operations import create_guest
@@ -44,16 +70,97 @@ def create(
         cfg = load_config(config, overrides)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
+    if dryrun:
+        _dry_run(cfg)
+        return
+    status = 0
 
     async def body(s: Session) -> None:
+        nonlocal status
         created = await create_guest(s, cfg, paused=paused, timeout=timeout)
-        click.echo(
-            f"Created {cfg.name} (domain {created.guest}) with stubdomain "
-            f"{cfg.name}-dm (domain {created.stubdom})",
-            err=True,
-        )
+        if not quiet:
+            click.echo(
+                f"Created {cfg.name} (domain {created.guest}) with stubdomain "
+                f"{cfg.name}-dm (domain {created.stubdom})",
+                err=True,
+            )
+        status = await _after_create(s, cfg, created.guest, console=console,
+                                     monitor="foreground" if foreground else
+                                     "none" if no_monitor else "background",
+                                     vncviewer=vncviewer)
 
     run(body, directory)
+    sys.exit(status)
+
+
+def _dry_run(cfg: GuestConfig) -> None:
+    import json
+
+    from stubdom.toolstack.dryrun import describe
+
+    try:
+        click.echo(json.dumps(describe(cfg), indent=2))
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+
+
+async def _after_create(
+    s: Session, cfg: GuestConfig, guest: int, *, console: bool, monitor: str, vncviewer: bool
+) -> int:
+    """xl's order after the domain is built: vncviewer, the monitor, the console."""
+    from stubdom.cli.console import announce
+    from stubdom.toolstack.console import attach, find_console, vnc_display
+    from stubdom.toolstack.monitor import monitor_domain, start_monitor
+
+    if vncviewer:
+        try:
+            _start_vncviewer(await vnc_display(s, guest, cfg.vnc.listen))
+        except ToolstackError as e:
+            click.echo(f"Warning: no vncviewer: {e}", err=True)
+    if monitor == "background":
+        start_monitor(s.run_dir, s.paths, guest, cfg.name)
+    if console:
+        try:
+            ref = await find_console(s, str(guest), "serial", 0)
+        except ToolstackError as e:
+            click.echo(f"Warning: {cfg.name} was created, but has no console: {e}", err=True)
+        else:
+            announce(ref.what)
+            await attach(ref.tty)
+    if monitor == "foreground":
+        logging.getLogger("stubdom.toolstack.monitor").setLevel(logging.INFO)
+        return await monitor_domain(s, guest)
+    return 0
+
+
+def _start_vncviewer(display: str) -> None:
+    import shutil
+    import subprocess
+
+    viewer = shutil.which("vncviewer")
+    if viewer is None:
+        raise ToolstackError(f"vncviewer is not installed; point a VNC viewer at {display}")
+    subprocess.Popen([viewer, display], stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+@cli.command("monitor", hidden=True)
+@click.argument("domid", type=int)
+@dir_option
+def monitor(domid: int, directory: str | None) -> None:
+    """Internal: the monitor 'stubdom create' leaves behind for guest DOMID."""
+    from stubdom.toolstack.monitor import monitor_domain
+
+    logging.getLogger("stubdom.toolstack.monitor").setLevel(logging.INFO)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    status = 0
+
+    async def body(s: Session) -> None:
+        nonlocal status
+        status = await monitor_domain(s, domid)
+
+    run(body, directory)
+    sys.exit(status)
 
 
 @cli.command("destroy")

@@ -55,9 +55,10 @@ XL_LIST_HEADER = "Name                                        ID   Mem VCPUs\tSt
 
 
 def xl_list_row(d: DomainInfo) -> str:
-    """``"%-40s %5d %5lu %5d     %c%c%c%c%c%c  %8.1f"``, memory in MiB."""
+    """``"%-40s %5d %5lu %5d     %c%c%c%c%c%c  %8.1f"``: current memory in MiB and
+    online vCPUs, as xl prints them (not the maximums)."""
     return (
-        f"{d.name:<40} {d.domid:5d} {d.max_memkb // 1024:5d} {d.max_vcpus:5d}"
+        f"{d.name:<40} {d.domid:5d} {d.memkb // 1024:5d} {d.vcpus:5d}"
         f"     {d.state_letters}  {d.cpu_time:8.1f}"
     )
 
@@ -180,8 +181,22 @@ def _end(pid: int, what: str, timeout: float) -> None:
         _wait_gone(pid, timeout)
 
 
+def _end_monitors(rd: RunDir) -> None:
+    """SIGTERM the domain monitors first, so none acts on the domains the host destroys."""
+    from stubdom.toolstack.monitor import live_monitors
+
+    pids = live_monitors(rd)
+    for pid in pids:
+        signal_process(pid, signal.SIGTERM)
+    for pid in pids:
+        if not _wait_gone(pid, STOP_TIMEOUT):
+            _end(pid, "a domain monitor", STOP_TIMEOUT)
+
+
 def _stop(rd: RunDir, probe: _Probe) -> None:
-    """Stop whatever runs (daemon first: destroying domains needs xenstored) and tidy up."""
+    """Stop whatever runs (monitors, then the daemon: destroying domains needs
+    xenstored) and tidy up."""
+    _end_monitors(rd)
     if probe.host_pid is not None:
         asked = False
         if probe.status is not None:
@@ -431,6 +446,7 @@ def down(directory: str | None) -> None:
     with rd.locked():
         probe = _probe(rd)
         if probe.host_pid is None and probe.xenstored_pid is None:
+            _end_monitors(rd)
             _tidy_after_crash(rd, probe)
             return
         _stop(rd, probe)

@@ -99,6 +99,8 @@ def load_verbs() -> None:
     from stubdom.cli import demo as _demo  # noqa: F401  (registers the verb)
     from stubdom.cli import domains as _domains  # noqa: F401  (registers the verbs)
     from stubdom.cli import host as _host  # noqa: F401  (registers the verb)
+    from stubdom.cli import info as _info  # noqa: F401  (registers the verbs)
+    from stubdom.cli import lifecycle as _lifecycle  # noqa: F401  (registers the verbs)
     from stubdom.cli import pci as _pci  # noqa: F401  (registers the verbs)
     from stubdom.cli import saverestore as _saverestore  # noqa: F401  (registers the verbs)
     from stubdom.cli import trace as _trace  # noqa: F401  (registers the verbs)

@@ -86,16 +86,27 @@ def save(
 @cli.command("restore")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("-p", "paused", is_flag=True, help="Leave the guest paused after restoring.")
+@click.option("-e", "no_monitor", is_flag=True,
+              help="Leave no monitor (on_poweroff, on_reboot, on_crash are not applied).")
 @timeout_option
 @dir_option
-def restore(file: str, paused: bool, timeout: float | None, directory: str | None) -> None:
-    """Recreate a guest and its stubdomain from a file written by 'stubdom save'."""
+def restore(
+    file: str, paused: bool, no_monitor: bool, timeout: float | None, directory: str | None
+) -> None:
+    """Recreate a guest and its stubdomain from a file written by 'stubdom save'.
+
+    As after 'stubdom create', a monitor applies on_poweroff, on_reboot and on_crash.
+    """
     from pathlib import Path
 
+    from stubdom.toolstack.monitor import start_monitor
     from stubdom.toolstack.saverestore import restore_guest
 
     async def body(s: Session) -> None:
         created = await restore_guest(s, Path(file), paused=paused, timeout=timeout)
         click.echo(f"Restored domain {created.guest} with stubdomain {created.stubdom}", err=True)
+        if not no_monitor:
+            name = (await s.hv.domain_info(created.guest)).name
+            start_monitor(s.run_dir, s.paths, created.guest, name)
 
     run(body, directory)

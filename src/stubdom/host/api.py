@@ -221,6 +221,37 @@ class BuildPv(_HypervisorCall[None], _NoResult):
 
 
 @dataclass(frozen=True)
+class BuildHvm(_HypervisorCall[None], _NoResult):
+    domid: int
+    target_memkb: int
+    vcpus: int
+    op: ClassVar[str] = "build_hvm"
+
+    async def call(self, hv: Hypervisor) -> None:
+        await hv.build_hvm(self.domid, self.target_memkb, self.vcpus)
+
+
+@dataclass(frozen=True)
+class SetMemoryTarget(_HypervisorCall[None], _NoResult):
+    domid: int
+    memkb: int
+    op: ClassVar[str] = "set_memory_target"
+
+    async def call(self, hv: Hypervisor) -> None:
+        await hv.set_memory_target(self.domid, self.memkb)
+
+
+@dataclass(frozen=True)
+class Rename(_HypervisorCall[None], _NoResult):
+    domid: int
+    name: str
+    op: ClassVar[str] = "rename"
+
+    async def call(self, hv: Hypervisor) -> None:
+        await hv.rename(self.domid, self.name)
+
+
+@dataclass(frozen=True)
 class SetTarget(_HypervisorCall[None], _NoResult):
     domid: int
     target: int
@@ -314,6 +345,9 @@ REQUESTS: dict[str, type[Request[Any]]] = {
         SetMaxMem,
         SetMaxVcpus,
         BuildPv,
+        BuildHvm,
+        SetMemoryTarget,
+        Rename,
         SetTarget,
         Pause,
         Unpause,
@@ -763,6 +797,15 @@ class RemoteHypervisor(Hypervisor):
         self, domid: int, kernel: str, cmdline: str = "", env: dict[str, str] | None = None
     ) -> None:
         await self.call(BuildPv(domid, kernel, cmdline, env))
+
+    async def build_hvm(self, domid: int, target_memkb: int, vcpus: int) -> None:
+        await self.call(BuildHvm(domid, target_memkb, vcpus))
+
+    async def set_memory_target(self, domid: int, memkb: int) -> None:
+        await self.call(SetMemoryTarget(domid, memkb))
+
+    async def rename(self, domid: int, name: str) -> None:
+        await self.call(Rename(domid, name))
 
     async def set_target(self, domid: int, target: int) -> None:
         await self.call(SetTarget(domid, target))

@@ -87,6 +87,25 @@ class DomainInfo:
     target: int | None = None
     kernel: str | None = None
     pid: int | None = None
+    #: The memory the domain has now (``current_memkb``; None: its maximum).
+    current_memkb: int | None = None
+    #: vCPUs the guest has online (``vcpu_online``; None: all of ``max_vcpus``).
+    online_vcpus: int | None = None
+
+    @property
+    def memkb(self) -> int:
+        """What ``xl list`` shows as Mem: the current memory, not the maximum."""
+        return self.max_memkb if self.current_memkb is None else self.current_memkb
+
+    @property
+    def vcpus(self) -> int:
+        """What ``xl list`` shows as VCPUs: those online, not the maximum."""
+        return self.max_vcpus if self.online_vcpus is None else self.online_vcpus
+
+    @property
+    def ended(self) -> bool:
+        """Shut down, crashed or dying: it will not run again."""
+        return self.state in (DomainState.SHUTDOWN, DomainState.CRASHED, DomainState.DYING)
 
     @property
     def state_letters(self) -> str:
@@ -119,10 +138,14 @@ class DomainInfo:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DomainInfo:
+        """Keys this version does not know are ignored and missing optional ones take
+        their defaults, so hosts and clients of neighbouring versions understand each
+        other."""
         reason = d.get("shutdown_reason")
+        known = {f.name for f in dataclasses.fields(cls)}
         return cls(
             **{
-                **d,
+                **{k: v for k, v in d.items() if k in known},
                 "state": DomainState(d["state"]),
                 "shutdown_reason": None if reason is None else ShutdownReason(reason),
             }
@@ -147,6 +170,22 @@ class Hypervisor(ABC):
         self, domid: int, kernel: str, cmdline: str = "", env: dict[str, str] | None = None
     ) -> None:
         """Load a PV kernel (an executable here) with its command line; no ramdisk."""
+
+    @abstractmethod
+    async def build_hvm(self, domid: int, target_memkb: int, vcpus: int) -> None:
+        """Build an HVM domain (``libxl__build_hvm``): ``target_memkb`` of memory
+        populated (the PoD target) and vCPUs 0..``vcpus``-1 online at boot."""
+
+    @abstractmethod
+    async def set_memory_target(self, domid: int, memkb: int) -> None:
+        """``xc_domain_set_pod_target``: the memory an HVM domain has from now on."""
+
+    @abstractmethod
+    async def rename(self, domid: int, name: str) -> None:
+        """Give the domain another name; `DomainExists` if another domain has it.
+
+        On Xen, names live in xenstore only and this does nothing; the simulated
+        hypervisor keeps them for its own list."""
 
     @abstractmethod
     async def set_target(self, domid: int, target: int) -> None:

@@ -40,6 +40,20 @@ RW_NODES = (
 )
 
 
+def control_shutdown_path(domid: int) -> str:
+    """``control/shutdown``: where a toolstack asks the guest to power off or reboot."""
+    return f"{domain_path(domid)}/control/shutdown"
+
+
+def name_path(domid: int) -> str:
+    return f"{domain_path(domid)}/name"
+
+
+def memory_path(domid: int, node: str) -> str:
+    """``memory/target``, ``memory/static-max`` or ``memory/videoram`` (KiB)."""
+    return f"{domain_path(domid)}/memory/{node}"
+
+
 def roperm(domid: int) -> list[Perm]:
     return [Perm(Access.NONE, 0), Perm(Access.READ, domid)]
 
@@ -61,6 +75,8 @@ class DomainRecord:
     max_memkb: int = 0
     target_memkb: int = 0
     vcpus: int = 1
+    #: vCPUs the domain may have (None: ``vcpus``); those above ``vcpus`` start offline.
+    max_vcpus: int | None = None
     #: Extra nodes below the domain's home (``xsdata``) and ``platform/`` (``platformdata``).
     xsdata: dict[str, str] = field(default_factory=dict)
     platformdata: dict[str, str] = field(default_factory=dict)
@@ -133,7 +149,10 @@ async def introduce_domain(xs: Client, rec: DomainRecord) -> None:
             t.write(f"{dom}/memory/target", str(rec.target_memkb or rec.max_memkb)),
             t.write(f"{dom}/store/port", str(STORE_PORT)),
             t.write(f"{dom}/store/ring-ref", "0"),
-            *(t.write(f"{dom}/cpu/{i}/availability", "online") for i in range(rec.vcpus)),
+            *(
+                t.write(f"{dom}/cpu/{i}/availability", "online" if i < rec.vcpus else "offline")
+                for i in range(max(rec.vcpus, rec.max_vcpus or 0))
+            ),
         )
 
     await xs.retry_transaction(body)

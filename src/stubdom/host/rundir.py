@@ -12,6 +12,8 @@ Layout::
     DIR/host.pid       .log   the host daemon
     DIR/consoles/             console sockets and logs
     DIR/domains/              per-domain files of the simulated hypervisor
+    DIR/monitors/<domid>.pid  the monitor 'stubdom create' leaves per guest (its log is
+                              DIR/log/xl-<name>.log, as xl's /var/log/xen/xl-<name>.log)
 
 Unix socket paths must fit ``sun_path`` (108 bytes with its NUL), which bounds DIR.
 """
@@ -107,8 +109,21 @@ class RunDir:
     def domains(self) -> Path:
         return self.root / "domains"
 
+    @property
+    def monitors(self) -> Path:
+        return self.root / "monitors"
+
+    def monitor_pid(self, guest: int) -> Path:
+        return self.monitors / f"{guest}.pid"
+
+    def monitor_pids(self) -> tuple[Path, ...]:
+        """The pid files of the domain monitors (`stubdom.toolstack.monitor`)."""
+        if not self.monitors.is_dir():
+            return ()
+        return tuple(sorted(self.monitors.glob("*.pid")))
+
     def pid_files(self) -> tuple[Path, ...]:
-        return (self.host_pid, self.xenstored_pid)
+        return (self.host_pid, self.xenstored_pid, *self.monitor_pids())
 
     def sockets(self) -> tuple[Path, ...]:
         return (self.host_socket, self.xenstored_socket)

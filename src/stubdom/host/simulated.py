@@ -6,7 +6,9 @@ nothing else of the host's environment is passed on.  Pause and unpause stop and
 continue the process group; the process ending is the domain shutting down (exit 0)
 or crashing (anything else).  What the real hypervisor signals to xenstored with
 VIRQ_DOM_EXC we report with CONTROL ``domain-state``.  An HVM guest has no kernel of
-ours: it is a domain without a process, whose state is what the toolstack makes it.
+ours: it is a domain without a process, whose state is what the toolstack makes it, and
+whose PV drivers the host plays (`stubdom.host.hvmguest`: it obeys ``control/shutdown``
+and brings vCPUs on- and offline as ``cpu/<n>/availability`` says).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stubdom.host.hvmguest import HvmGuestDrivers
 from stubdom.host.hypervisor import (
     DomainConfig,
     DomainExists,
@@ -57,6 +60,9 @@ class _Domain:
     waiter: asyncio.Task[None] | None = None
     created: float = field(default_factory=time.monotonic)
     ended_cpu: float = 0.0
+    current_memkb: int | None = None
+    online_vcpus: int | None = None
+    drivers: HvmGuestDrivers | None = None
 
 
 class SimulatedHypervisor(Hypervisor):
@@ -76,20 +82,32 @@ class SimulatedHypervisor(Hypervisor):
     async def create_domain(self, config: DomainConfig) -> int:
         if not config.name:
             raise HypervisorError("a domain needs a name")
-        if config.name == "Domain-0" or any(
-            d.config.name == config.name for d in self._domains.values()
-        ):
-            raise DomainExists(
-                f"a domain called {config.name!r} already exists; "
-                "choose another name or destroy it first"
-            )
+        self._check_name_free(config.name)
         domid = self._allocate_domid() if config.domid is None else self._wanted(config)
-        self._domains[domid] = _Domain(domid, config)
+        dom = self._domains[domid] = _Domain(domid, config)
         # xenstored asks the hypervisor whether a domain exists (permissions naming a
         # domain that does not are ignored); there is no hypervisor to ask, so tell it.
         await self._tell_xenstored(domid, "running")
+        if config.hvm:
+            dom.drivers = HvmGuestDrivers(
+                self.xenstore,
+                domid,
+                shutdown=lambda reason: self.shutdown(domid, reason),
+                set_online_vcpus=lambda n: setattr(dom, "online_vcpus", n),
+                paused=lambda: dom.paused,
+            )
+            dom.drivers.start()
         log.info("created domain %d (%s), paused", domid, config.name)
         return domid
+
+    def _check_name_free(self, name: str, domid: int | None = None) -> None:
+        if name == "Domain-0" or any(
+            d.config.name == name and d.domid != domid for d in self._domains.values()
+        ):
+            raise DomainExists(
+                f"a domain called {name!r} already exists; "
+                "choose another name or destroy it first"
+            )
 
     def _allocate_domid(self) -> int:
         """Like Xen: increasing from 1, wrapping below the reserved ids, never a live one."""
@@ -153,6 +171,34 @@ class SimulatedHypervisor(Hypervisor):
         dom.cmdline = cmdline
         dom.env = dict(env or {})
 
+    async def build_hvm(self, domid: int, target_memkb: int, vcpus: int) -> None:
+        dom = self._get(domid)
+        if not dom.config.hvm:
+            raise HypervisorError(f"domain {domid} is PV; build it with a kernel")
+        if not 1 <= vcpus <= dom.config.max_vcpus:
+            raise HypervisorError(
+                f"domain {domid}: {vcpus} vcpus online is out of range 1..{dom.config.max_vcpus}"
+            )
+        await self.set_memory_target(domid, target_memkb)
+        dom.online_vcpus = vcpus
+
+    async def set_memory_target(self, domid: int, memkb: int) -> None:
+        dom = self._get(domid)
+        if not 0 <= memkb <= dom.config.max_memkb:
+            raise HypervisorError(
+                f"domain {domid}: memory target {memkb} KiB is outside 0..{dom.config.max_memkb}"
+                " (its maximum)"
+            )
+        dom.current_memkb = memkb
+
+    async def rename(self, domid: int, name: str) -> None:
+        dom = self._get(domid)
+        if not name:
+            raise HypervisorError(f"domain {domid}: a domain needs a name")
+        self._check_name_free(name, domid)
+        log.info("domain %d renamed from %s to %s", domid, dom.config.name, name)
+        dom.config.name = name
+
     async def set_target(self, domid: int, target: int) -> None:
         self._get(target)
         self._get(domid).target = target
@@ -175,6 +221,8 @@ class SimulatedHypervisor(Hypervisor):
             self._signal(dom, signal.SIGCONT)
             await self._settle(dom, stopped=False)
         dom.paused = False
+        if dom.drivers is not None:
+            dom.drivers.unpaused()
 
     async def _boot(self, dom: _Domain) -> None:
         assert dom.kernel is not None
@@ -239,6 +287,8 @@ class SimulatedHypervisor(Hypervisor):
     async def destroy(self, domid: int) -> None:
         dom = self._get(domid)
         dom.state = DomainState.DYING
+        if dom.drivers is not None:
+            await dom.drivers.stop()
         await self._kill(dom)
         del self._domains[domid]
         shutil.rmtree(self.scratch_dir(domid), ignore_errors=True)
@@ -331,6 +381,8 @@ class SimulatedHypervisor(Hypervisor):
             target=dom.target,
             kernel=dom.kernel,
             pid=pid,
+            current_memkb=dom.current_memkb,
+            online_vcpus=dom.online_vcpus,
         )
 
     def _dom0_info(self) -> DomainInfo:

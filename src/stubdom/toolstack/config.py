@@ -143,9 +143,14 @@ class GuestConfig:
     stubdomain_cmdline: str = ""
     device_model_args: list[str] = field(default_factory=list)
     device_model_args_hvm: list[str] = field(default_factory=list)
+    #: What the domain's monitor does when it shuts down for each reason (xl.cfg(5)):
+    #: destroy, restart, rename-restart, preserve, coredump-destroy, coredump-restart
+    #: or soft-reset (see `stubdom.toolstack.actions`).
     on_poweroff: str = "destroy"
     on_reboot: str = "restart"
     on_crash: str = "destroy"
+    on_watchdog: str = "destroy"
+    on_soft_reset: str = "soft-reset"
     #: Where the file came from, for messages (``<command line>`` for overrides).
     source: str = "<config>"
 

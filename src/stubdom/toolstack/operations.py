@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,7 @@ from stubdom.toolstack.control import (
 )
 from stubdom.toolstack.session import Session, ToolstackError
 from stubdom.toolstack.spawn import Created, StubdomSpawner
+from stubdom.xenstore import XenStoreError
 
 if TYPE_CHECKING:
     from stubdom.devicemodel.base import BytesLike
@@ -63,21 +65,32 @@ async def stub_postmortem(s: Session, stub: int, guest: int) -> str:
     how = "it is gone"
     with contextlib.suppress(HypervisorError):
         how = _ENDED.get((await s.hv.domain_info(stub)).state, "it stopped answering")
-    return f" ({how}){await _log_tail(s, guest)}"
+    return f" ({how}){await _log_tail(s, stub, guest)}"
 
 
-async def _log_tail(s: Session, guest: int) -> str:
+async def _log_tail(s: Session, stub: int, guest: int) -> str:
     """``; the end of its log FILE:`` and its last lines quoted, one a line."""
     try:
         name = (await s.hv.domain_info(guest)).name
     except HypervisorError:
         return ""
-    log_file = s.paths.dm_log(name)
+    log_file = await _console0_file(s, stub) or s.paths.dm_log(name)
     lines = tail_lines(log_file, POSTMORTEM_LINES)
     if not lines:
         return f"; its log {log_file} is empty"
     quoted = "".join(f"\n    | {line}" for line in lines)
     return f"; the end of its log {log_file}:{quoted}"
+
+
+async def _console0_file(s: Session, stub: int) -> Path | None:
+    """The file console 0 of ``stub`` writes to (named at create: a rename keeps it)."""
+    from stubdom.toolstack.console import console_frontend
+
+    with contextlib.suppress(XenStoreError):
+        output = await s.xs.read_optional(f"{console_frontend(stub, 0)}/output")
+        if output is not None and output.startswith(b"file:"):
+            return Path(output[5:].decode())
+    return None
 
 
 def tail_lines(path: Path, count: int, window: int = 8192) -> list[str]:
@@ -132,6 +145,49 @@ async def create_guest(
     return created
 
 
+class UnusableRecord(ToolstackError):
+    """The recorded configuration of a guest is there but cannot be read back."""
+
+
+async def recorded_config(s: Session, guest: int) -> GuestConfig:
+    """The configuration ``guest`` was created from, with the changes made since (its
+    userdata, as ``libxl_retrieve_domain_configuration`` gives it)."""
+    from stubdom.toolstack.savefile import config_from_json
+
+    info = await s.hv.domain_info(guest)
+    path = s.paths.userdata(guest, info.uuid)
+    try:
+        return config_from_json(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise ToolstackError(
+            f"no configuration recorded for {info.name!r} ({path}); "
+            "was it created with 'stubdom create'?"
+        ) from None
+    except ValueError as e:  # SaveFileError, or not JSON at all
+        raise UnusableRecord(
+            f"the configuration recorded for {info.name!r} ({path}) is unusable: {e}"
+        ) from None
+
+
+async def update_recorded_config(
+    s: Session, guest: int, change: Callable[[GuestConfig], None]
+) -> None:
+    """Apply ``change`` to the recorded configuration, so that a restart or a save sees
+    the guest as it is now (renamed, another memory target, other vCPUs)."""
+    from stubdom.toolstack.savefile import config_to_json
+
+    try:
+        cfg = await recorded_config(s, guest)
+    except ToolstackError as e:
+        log.info("not recording the change: %s", e)
+        return
+    change(cfg)
+    path = s.paths.userdata(guest, cfg.uuid)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(config_to_json(cfg)))
+    tmp.replace(path)
+
+
 async def stub_of(s: Session, guest: int, *, hint: bool = True) -> int:
     """The guest's stubdomain, refused at once if it cannot answer (dead or never
     started).  ``hint``: the error tells how to clean up (not while creating, which
@@ -171,5 +227,5 @@ async def dead_stub_message(s: Session, stub: int, guest: int, *, hint: bool = T
     fix = f"; 'stubdom destroy {name}' removes both" if hint else ""
     return (
         f"the stubdomain of {name} (domain {stub}) {ended} after it had started: "
-        f"{name} has no device model any more{fix}{await _log_tail(s, guest)}"
+        f"{name} has no device model any more{fix}{await _log_tail(s, stub, guest)}"
     )

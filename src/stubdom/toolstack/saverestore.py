@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 from collections.abc import Awaitable
@@ -15,7 +14,13 @@ from typing import TypeVar
 from stubdom import protocol as proto
 from stubdom.toolstack.config import GuestConfig
 from stubdom.toolstack.control import DeviceModelChannel, DeviceModelDied, DeviceModelError
-from stubdom.toolstack.operations import channel, create_guest, stub_of
+from stubdom.toolstack.operations import (
+    UnusableRecord,
+    channel,
+    create_guest,
+    recorded_config,
+    stub_of,
+)
 from stubdom.toolstack.pci import pci_list
 from stubdom.toolstack.savetarget import SaveTarget
 from stubdom.toolstack.session import Session, ToolstackError
@@ -53,22 +58,10 @@ _LIVE_KEYS = frozenset({"state", "command", "parameter", "logdirty"})
 
 
 async def _guest_config(s: Session, guest: int) -> GuestConfig:
-    from stubdom.toolstack.savefile import config_from_json
-
-    info = await s.hv.domain_info(guest)
-    path = s.paths.userdata(guest, info.uuid)
     try:
-        return config_from_json(json.loads(path.read_text()))
-    except FileNotFoundError:
-        raise ToolstackError(
-            f"no configuration recorded for {info.name!r} ({path}); "
-            "was it created with 'stubdom create'?"
-        ) from None
-    except ValueError as e:  # SaveFileError, or not JSON at all
-        raise ToolstackError(
-            f"the configuration recorded for {info.name!r} ({path}) is unusable: {e}; "
-            "give one as CONFIGFILE"
-        ) from None
+        return await recorded_config(s, guest)
+    except UnusableRecord as e:
+        raise ToolstackError(f"{e}; give one as CONFIGFILE") from None
 
 
 async def _emulator_xenstore(s: Session, stub: int, guest: int) -> dict[str, str]:

@@ -172,10 +172,13 @@ class StubdomSpawner:
                 max_memkb=cfg.max_memkb,
                 target_memkb=cfg.memkb,
                 vcpus=cfg.vcpus,
+                max_vcpus=cfg.max_vcpus,
                 platformdata={"device-model": proto.DM_VERSION_TRADITIONAL},
             )
             await make_domain(self.xs, grec)
             await self.xs.write(proto.timeoffset_path(grec.vm_path), cfg.timeoffset)
+            step = "building the guest"
+            await self.hv.build_hvm(guest, cfg.memkb, cfg.vcpus)
             await introduce_domain(self.xs, grec)
             step = "attaching the guest's disks"
             for disk in cfg.disks:
