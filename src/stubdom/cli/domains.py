@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 import click
 
 from stubdom import protocol as proto
-from stubdom.cli.common import run
+from stubdom.cli.common import SECONDS, run
 from stubdom.cli.host import XL_LIST_HEADER, dir_option, xl_list_row
 from stubdom.cli.main import cli
 from stubdom.host.hypervisor import DomainInfo
@@ -36,7 +36,7 @@ from stubdom.toolstack.xlcfg import ConfigError
 @click.option("-q", "--quiet", "quiet", is_flag=True, help="No note on stderr.")
 @click.option(
     "--timeout",
-    type=float,
+    type=SECONDS,
     default=None,
     help="Seconds to wait for the device model to report running (default 30).",
 )
