@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stubdom.host.api import RemoteHypervisor
+from stubdom.host.hypervisor import DomainInfo
 from tests.support.daemons import short_tmpdir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,6 +79,36 @@ class Host:
             "serial = 'pty'\n" + kernel + "".join(f"{line}\n" for line in extra))
         return cfg
 
+    def pci_guest(self, name: str = "win7", pci: str | None = None) -> Path:
+        """A guest without devices whose stubdomain runs the agent (the sim guest ejects
+        at once), with ``pci`` as its ``pci = [...]`` entries."""
+        cfg = self.dir / f"{name}.cfg"
+        cfg.write_text(
+            f'type = "hvm"\nname = "{name}"\nmemory = 128\n'
+            'device_model_version = "qemu-xen-traditional"\n'
+            "device_model_stubdomain_override = 1\n"
+            + (f"pci = [ {pci} ]\n" if pci else "")
+        )
+        return cfg
+
+    def pci_rows(self, name: str = "win7") -> list[str]:
+        return self.run("pci-list", name).stdout.splitlines()[1:]
+
+    def domains(self) -> dict[str, DomainInfo]:
+        async def ask() -> dict[str, DomainInfo]:
+            async with await RemoteHypervisor.connect(self.dir) as hv:
+                return {d.name: d for d in await hv.list_domains()}
+
+        return asyncio.run(ask())
+
+    def read(self, path: str) -> str | None:
+        r = self.run("xenstore", "read", path, check=False)
+        return r.stdout.rstrip("\n") if r.returncode == 0 else None
+
+    def dm_node(self, node: str, name: str = "win7") -> str:
+        d = self.domains()
+        return f"/local/domain/{d[name + '-dm'].domid}/device-model/{d[name].domid}/{node}"
+
     def rows(self) -> list[Row]:
         out = []
         for line in self.run("list").stdout.splitlines()[1:]:
@@ -114,9 +145,9 @@ class Host:
         return path.read_text() if path.exists() else ""
 
 
-def running_host() -> Iterator[Host]:
+def running_host(prefix: str = "tsxl-") -> Iterator[Host]:
     """The body of a test module's ``host`` fixture: a host up, then down."""
-    h = Host(short_tmpdir("tsxl-"))
+    h = Host(short_tmpdir(prefix))
     h.run("host", "up")
     yield h
     h.run("host", "down", check=False)

@@ -4,57 +4,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from tests.support.daemons import short_tmpdir
-
-ROOT = Path(__file__).resolve().parents[2]
-STUBDOM = [sys.executable, "-m", "stubdom"]
-
-
-@dataclass
-class Host:
-    dir: Path
-
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "STUBDOM_HOST_DIR": str(self.dir)}
-        return subprocess.run([*STUBDOM, *args], env=env, capture_output=True, text=True,
-                              timeout=120, check=check)
-
-    def kernel(self) -> str:
-        path = self.dir / "stub-kernel"
-        path.write_text(f"#!/bin/sh\nexec {sys.executable} {ROOT}/tests/toolstack/stub_kernel.py"
-                        f" {ROOT}\n")
-        path.chmod(0o755)
-        return str(path)
-
-    def config(self, name: str = "win7") -> Path:
-        disk = self.dir / f"{name}.img"
-        disk.write_bytes(b"\0" * 8192)
-        cfg = self.dir / f"{name}.cfg"
-        cfg.write_text(
-            f'type = "hvm"\nname = "{name}"\nmemory = 128\nvcpus = 2\n'
-            'device_model_version = "qemu-xen-traditional"\n'
-            "device_model_stubdomain_override = 1\n"
-            f"disk = [ '{disk},raw,hda,rw' ]\n"
-            "vif = [ 'mac=00:16:3e:12:34:56' ]\n"
-            "serial = 'pty'\n"
-            f'stubdomain_kernel = "{self.kernel()}"\n')
-        return cfg
+from tests.toolstack.clihost import ROOT, STUBDOM, Host, running_host
 
 
 @pytest.fixture
 def host() -> Iterator[Host]:
-    d = short_tmpdir("tscli-")
-    h = Host(d)
-    h.run("host", "up")
-    yield h
-    h.run("host", "down", check=False)
+    yield from running_host("tscli-")
 
 
 def test_create_list_pci_save_restore_destroy(host: Host) -> None:

@@ -44,7 +44,7 @@ def test_on_crash_restart(host: Host) -> None:
     kill_stubdomain(host)
     host.wait_for("win7 to be created again", lambda: [g[:2] for g in guests(host)] == [
         ("win7", 3), ("win7-dm", 4)])
-    assert (host.dir / "monitors" / "3.pid").exists()
+    host.wait_for("the monitor of domain 3", (host.dir / "monitors" / "3.pid").exists)
     kill_stubdomain(host, 4)  # the monitor follows the new domain
     host.wait_for("the second restart", lambda: [g[:2] for g in guests(host)] == [
         ("win7", 5), ("win7-dm", 6)])

@@ -9,92 +9,23 @@ what the old behaviour took (10 s and more).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
-from stubdom.host.api import RemoteHypervisor
-from stubdom.host.hypervisor import DomainInfo
-from tests.support.daemons import short_tmpdir
+from tests.toolstack.clihost import GUARD, STUBDOM, Host, running_host
 
-ROOT = Path(__file__).resolve().parents[2]
-STUBDOM = [sys.executable, "-m", "stubdom"]
-#: A guard against a hang, never a synchronisation delay.
-GUARD = 120.0
 #: What "at once" is allowed, far below the 10 s the old code took.
 PROMPT = 5.0
 
 
-@dataclass
-class Host:
-    dir: Path
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "STUBDOM_HOST_DIR": str(self.dir)}
-
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        r = subprocess.run([*STUBDOM, *args], env=self.env, capture_output=True, text=True,
-                           timeout=GUARD)
-        if check and r.returncode != 0:
-            raise AssertionError(f"stubdom {' '.join(args)} failed: {r.stderr}")
-        return r
-
-    def config(self, name: str = "win7", pci: str | None = None) -> Path:
-        """A guest whose stubdomain runs the agent (the sim guest ejects at once)."""
-        cfg = self.dir / f"{name}.cfg"
-        cfg.write_text(
-            f'type = "hvm"\nname = "{name}"\nmemory = 128\n'
-            'device_model_version = "qemu-xen-traditional"\n'
-            "device_model_stubdomain_override = 1\n"
-            + (f"pci = [ {pci} ]\n" if pci else "")
-        )
-        return cfg
-
-    def rows(self, name: str = "win7") -> list[str]:
-        return self.run("pci-list", name).stdout.splitlines()[1:]
-
-    def domains(self) -> dict[str, DomainInfo]:
-        async def ask() -> dict[str, DomainInfo]:
-            async with await RemoteHypervisor.connect(self.dir) as hv:
-                return {d.name: d for d in await hv.list_domains()}
-
-        return asyncio.run(ask())
-
-    def read(self, path: str) -> str | None:
-        r = self.run("xenstore", "read", path, check=False)
-        return r.stdout.rstrip("\n") if r.returncode == 0 else None
-
-    def dm_node(self, node: str, name: str = "win7") -> str:
-        d = self.domains()
-        return f"/local/domain/{d[name + '-dm'].domid}/device-model/{d[name].domid}/{node}"
-
-
 @pytest.fixture
 def host() -> Iterator[Host]:
-    d = short_tmpdir("pcicli-")
-    h = Host(d)
-    h.run("host", "up")
-    try:
-        yield h
-    finally:
-        h.run("host", "down", check=False)
-        subprocess.run(["rm", "-rf", str(d)], check=False)
-
-
-def wait_for(what: str, ready: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + GUARD
-    while not ready():
-        assert time.monotonic() < deadline, f"no {what} within {GUARD} s"
-        time.sleep(0.02)
+    yield from running_host("pcicli-")
 
 
 # -- detach of every function the spec names ----------------------------------------------
@@ -102,24 +33,24 @@ def wait_for(what: str, ready: Callable[[], bool]) -> None:
 
 def test_a_wildcard_detach_removes_every_function(host: Host) -> None:
     (host.dir / "pci-assignable").write_text("0000:0b:00.0\n0000:0b:00.1\n0000:0b:00.3\n")
-    host.run("create", str(host.config()))
+    host.run("create", str(host.pci_guest()))
     host.run("pci-attach", "win7", "0b:00.*@0d")
-    assert host.rows() == ["0d.0 0000:0b:00.0", "0d.1 0000:0b:00.1", "0d.3 0000:0b:00.3"]
+    assert host.pci_rows() == ["0d.0 0000:0b:00.0", "0d.1 0000:0b:00.1", "0d.3 0000:0b:00.3"]
     # One function of a shared slot cannot go alone: the device model ejects whole slots.
     r = host.run("pci-detach", "win7", "0b:00.1", check=False)
     assert r.returncode == 1 and len(r.stderr.splitlines()) == 1, r.stderr
     assert "'stubdom pci-detach win7 0000:0b:00.*'" in r.stderr
-    assert len(host.rows()) == 3
+    assert len(host.pci_rows()) == 3
 
     host.run("pci-detach", "win7", "0b:00.*")
-    assert host.rows() == []
+    assert host.pci_rows() == []
     stub = host.domains()["win7-dm"].domid
     assert host.read(f"/local/domain/0/backend/pci/{stub}/0/num_devs") is None
     log = (host.dir / "log" / "qemu-dm-win7.log").read_text()
     assert "guest ejected slot 0d" in log
     # Toolstack and device model agree: the slot is free again for the same device.
     host.run("pci-attach", "win7", "0b:00.*@0d")
-    assert len(host.rows()) == 3
+    assert len(host.pci_rows()) == 3
     r = host.run("pci-detach", "win7", "0c:00.*", check=False)
     assert r.returncode == 1 and "no function of 0000:0c:00 is attached" in r.stderr
 
@@ -130,7 +61,7 @@ def test_a_wildcard_detach_removes_every_function(host: Host) -> None:
 def test_ctrl_c_during_an_attach_to_a_stopped_stub_leaves_an_undoable_record(
     host: Host,
 ) -> None:
-    host.run("create", str(host.config()))
+    host.run("create", str(host.pci_guest()))
     pid = host.domains()["win7-dm"].pid
     assert pid is not None
     command = host.dm_node("command")
@@ -138,7 +69,7 @@ def test_ctrl_c_during_an_attach_to_a_stopped_stub_leaves_an_undoable_record(
     try:
         proc = subprocess.Popen([*STUBDOM, "pci-attach", "win7", "0b:00.0"], env=host.env,
                                 stderr=subprocess.PIPE, text=True)
-        wait_for("the pci-ins command", lambda: host.read(command) == "pci-ins")
+        host.wait_for("the pci-ins command", lambda: host.read(command) == "pci-ins")
         assert proc.poll() is None
         sent = time.monotonic()
         proc.send_signal(signal.SIGINT)
@@ -147,19 +78,19 @@ def test_ctrl_c_during_an_attach_to_a_stopped_stub_leaves_an_undoable_record(
         assert proc.returncode != 0
         assert took < PROMPT, f"Ctrl-C took {took:.1f} s to end pci-attach: {err}"
         assert "Traceback" not in err, err
-        assert host.rows() == [
+        assert host.pci_rows() == [
             "??.? 0000:0b:00.0 (an unfinished pci-attach; pci-detach removes it)"]
     finally:
         os.kill(pid, signal.SIGCONT)
     # The device model reads the command once it runs again, and inserts the function.
     state = host.dm_node("state")
-    wait_for("the late pci-inserted", lambda: host.read(state) == "pci-inserted")
+    host.wait_for("the late pci-inserted", lambda: host.read(state) == "pci-inserted")
     r = host.run("pci-attach", "win7", "0b:00.0", check=False)
     assert r.returncode == 1 and "an earlier pci-attach of 0000:0b:00.0" in r.stderr
     host.run("pci-detach", "win7", "0b:00.0")
-    assert host.rows() == []
+    assert host.pci_rows() == []
     host.run("pci-attach", "win7", "0b:00.0")  # the device model no longer has it
-    (row,) = host.rows()
+    (row,) = host.pci_rows()
     assert row.endswith(" 0000:0b:00.0") and not row.startswith("??")
 
 
@@ -170,13 +101,14 @@ def test_ctrl_c_during_an_attach_to_a_stopped_stub_leaves_an_undoable_record(
 def test_a_killed_stub_is_named_dead_at_once_and_nothing_is_recorded(
     host: Host, attached: bool
 ) -> None:
-    host.run("create", str(host.config()))
+    # -e: no monitor, whose on_crash (destroy) would take the guest away first.
+    host.run("create", "-e", str(host.pci_guest()))
     if attached:
         host.run("pci-attach", "win7", "03:00.0")
     stub = host.domains()["win7-dm"]
     assert stub.pid is not None
     os.kill(stub.pid, signal.SIGKILL)
-    wait_for("the crash", lambda: host.domains()["win7-dm"].state.value == "c")
+    host.wait_for("the crash", lambda: host.domains()["win7-dm"].state.value == "c")
     started = time.monotonic()
     r = host.run("pci-attach", "win7", "04:00.0", "--timeout", "600", check=False)
     took = time.monotonic() - started
@@ -184,7 +116,7 @@ def test_a_killed_stub_is_named_dead_at_once_and_nothing_is_recorded(
     first = r.stderr.splitlines()[0]
     assert f"the stubdomain of win7 (domain {stub.domid}) crashed" in first, r.stderr
     assert "'stubdom destroy win7'" in first and "before running" not in r.stderr
-    assert [r.split()[1] for r in host.rows()] == (["0000:03:00.0"] if attached else [])
+    assert [r.split()[1] for r in host.pci_rows()] == (["0000:03:00.0"] if attached else [])
     r = host.run("pci-detach", "win7", "03:00.0", check=False)
     assert r.returncode == 1 and "crashed" in r.stderr
     host.run("destroy", "win7")
@@ -207,7 +139,7 @@ def test_pci_assignable_verbs(host: Host) -> None:
     assert r.returncode == 1 and len(r.stderr.splitlines()) == 1
     assert "0000:05:00.0 is not assignable" in r.stderr
 
-    host.run("create", str(host.config()))
+    host.run("create", str(host.pci_guest()))
     host.run("pci-attach", "win7", "03:00.*@06")
     # As xl: a function a guest holds is no longer listed, and cannot be removed.
     assert host.run("pci-assignable-list").stdout == ""
@@ -219,7 +151,7 @@ def test_pci_assignable_verbs(host: Host) -> None:
     assert host.run("pci-assignable-list").stdout == "0000:03:00.0\n"
     # A function one guest holds is not assignable to another.
     host.run("pci-attach", "win7", "03:00.0")
-    host.run("create", str(host.config("other")))
+    host.run("create", str(host.pci_guest("other")))
     r = host.run("pci-attach", "other", "03:00.0", check=False)
     assert r.returncode == 1 and "0000:03:00.0 is attached to win7" in r.stderr
 
@@ -227,12 +159,12 @@ def test_pci_assignable_verbs(host: Host) -> None:
 def test_create_checks_its_pci_entries_before_building_anything(host: Host) -> None:
     for entry, why in (("'04:00.*@05'", "no assignable function of 0000:04:00"),
                        ("'04:00.*'", "needs a virtual slot")):
-        r = host.run("create", str(host.config(pci=entry)), check=False)
+        r = host.run("create", str(host.pci_guest(pci=entry)), check=False)
         assert r.returncode == 1 and why in r.stderr, r.stderr
         assert "while attaching" not in r.stderr and len(r.stderr.splitlines()) == 1
     assert not (host.dir / "log" / "qemu-dm-win7.log").exists(), "a stubdomain was built"
     host.run("pci-assignable-add", "04:00.0")
     host.run("pci-assignable-add", "04:00.1")
-    host.run("create", str(host.config(pci="'04:00.*@05'")))
+    host.run("create", str(host.pci_guest(pci="'04:00.*@05'")))
     assert host.domains()["win7"].domid == 1, "the refused creates built domains"
-    assert host.rows() == ["05.0 0000:04:00.0", "05.1 0000:04:00.1"]
+    assert host.pci_rows() == ["05.0 0000:04:00.0", "05.1 0000:04:00.1"]

@@ -21,7 +21,7 @@ import pytest
 from stubdom.devicemodel.stream import encode_state
 from stubdom.toolstack.savefile import SaveImage, decode_save_image, encode_save_image
 from tests.support.daemons import short_tmpdir
-from tests.toolstack.test_cli import ROOT, STUBDOM, Host
+from tests.toolstack.clihost import ROOT, STUBDOM, Host
 
 MAGIC = b"Xen saved domain, xl format\n \0 \r"
 

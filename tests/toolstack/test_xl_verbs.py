@@ -178,5 +178,5 @@ def test_a_renamed_guests_dead_stub_is_quoted_from_its_log(host: Host) -> None:
     host.run("rename", "win7", "xp")
     os.kill(host.pid_of(2), signal.SIGKILL)
     r = host.run("pci-attach", "xp", "03:00.0", check=False)
-    assert r.returncode == 1 and "(it crashed)" in r.stderr
+    assert r.returncode == 1 and "the stubdomain of xp (domain 2) crashed" in r.stderr
     assert "qemu-dm-win7.log:" in r.stderr and "| dmargs: -d 1 -domain-name win7" in r.stderr

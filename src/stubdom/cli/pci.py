@@ -78,13 +78,14 @@ def pci_list(domain: str, directory: str | None) -> None:
     run(body, directory)
 
 
-def _bdf(verb: str, text: str) -> Bdf:
-    """One function, as xl's ``xlu_pci_parse_bdf``: exit 2 on anything else."""
+def _bdf(text: str) -> Bdf:
+    """One function, as xl's ``xlu_pci_parse_bdf``: a usage error (exit 2) otherwise."""
     try:
         return parse_bdf(text)
     except ValueError:
-        click.echo(f'{verb}: malformed BDF "{text}" (one function: [DDDD:]BB:DD.F)', err=True)
-        raise SystemExit(2) from None
+        raise click.BadParameter(
+            f'malformed BDF "{text}" (one function: [DDDD:]BB:DD.F)', param_hint="BDF"
+        ) from None
 
 
 @cli.command("pci-assignable-list")
@@ -107,7 +108,7 @@ def pci_assignable_add(bdf: str, directory: str | None) -> None:
     """Make a function assignable (one BDF; adding it twice only warns, as xl)."""
     from stubdom.toolstack.pci import assignable_add
 
-    function = _bdf("pci-assignable-add", bdf)
+    function = _bdf(bdf)
 
     async def body(s: Session) -> None:
         assignable_add(s, function)
@@ -126,7 +127,7 @@ def pci_assignable_remove(bdf: str, rebind: bool, directory: str | None) -> None
     """Take a function off the assignable list (refused while a guest holds it)."""
     from stubdom.toolstack.pci import assignable_remove
 
-    function = _bdf("pci-assignable-remove", bdf)
+    function = _bdf(bdf)
 
     async def body(s: Session) -> None:
         await assignable_remove(s, function)
