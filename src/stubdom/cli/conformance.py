@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import shutil
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,9 +14,12 @@ import click
 
 from stubdom.cli.common import SECONDS
 from stubdom.cli.main import cli
+from stubdom.conformance.timeouts import BOUND_FORMULA, Timeouts
 
 if TYPE_CHECKING:
     from stubdom.conformance.report import Result
+
+log = logging.getLogger(__name__)
 
 #: Where a report or trace goes: its directory must exist before a long run starts.
 _OUTPUT = click.Path(dir_okay=False, path_type=Path)
@@ -24,27 +30,113 @@ def conformance() -> None:
     """Check a peer against every clause of the protocol."""
 
 
-@conformance.command("stubdomain")
-@click.option("--kernel", "kernel", required=True,
+_STUBDOMAIN_HELP = f"""Boot a stubdomain for a test guest and drive it clause by clause, as
+libxl does.
+
+Give --kernel PROGRAM (a whole kernel) or --app PROGRAM (a device model under the
+Mini-OS layer).  Every clause gets pass, fail or not supported with a one-line reason,
+whatever the stubdomain does.
+
+The run is bounded: every clause has its verdict within {BOUND_FORMULA},
+{Timeouts().bound():g} s with the defaults; a clause not reached by then
+fails as "not reached (time bound)".  Tearing the test host down follows.
+
+Exit status 0 when no clause failed, 1 otherwise, 130 on Ctrl-C.  The report is
+printed, and written to --report, however the run ends.
+"""
+
+
+@conformance.command("stubdomain", help=_STUBDOMAIN_HELP)
+@click.option("--kernel", "kernel",
               type=click.Path(exists=True, dir_okay=False, executable=True),
-              help="The stubdomain program to boot.")
+              help="A whole stubdomain kernel (a program that does everything itself).")
 @click.option("--kernel-arg", "kernel_args", multiple=True, help="A kernel command-line word.")
-@click.option("--report", "report", type=_OUTPUT, help="Also write the results as JSON.")
+@click.option("--app", "app", type=click.Path(exists=True, dir_okay=False, executable=True),
+              help="A device model to run under the Mini-OS layer (stubdom-minios), "
+              "which brings the devices and consoles up for it.")
+@click.option("--app-arg", "app_args", multiple=True, help="A word of PROGRAM's argv.")
+@click.option("--report", "report", type=_OUTPUT,
+              help="Also write the results as JSON (always written, even when interrupted).")
 @click.option("--startup-timeout", type=SECONDS, default=10.0, show_default=True)
 @click.option("--command-timeout", type=SECONDS, default=5.0, show_default=True)
 @click.option("--refusal-timeout", type=SECONDS, default=1.5, show_default=True,
               help="How long a silent refusal is watched.")
-def stubdomain(kernel: str, kernel_args: tuple[str, ...], report: Path | None,
-               startup_timeout: float, command_timeout: float, refusal_timeout: float) -> None:
-    """Boot KERNEL as a test guest's stubdomain and drive it clause by clause."""
-    from stubdom.conformance import report as rep
-    from stubdom.conformance.stubdomain import Timeouts, check_stubdomain
-
+def stubdomain(kernel: str | None, kernel_args: tuple[str, ...], app: str | None,
+               app_args: tuple[str, ...], report: Path | None, startup_timeout: float,
+               command_timeout: float, refusal_timeout: float) -> None:
     _check_output(report, "--report")
+    argv = _boot_argv(kernel, kernel_args, app, app_args)
     t = Timeouts(startup_timeout, command_timeout, refusal_timeout)
-    results = asyncio.run(check_stubdomain(kernel, list(kernel_args), t))
+    _run_stubdomain(argv, t, report)
+
+
+def _boot_argv(kernel: str | None, kernel_args: tuple[str, ...], app: str | None,
+               app_args: tuple[str, ...]) -> list[str]:
+    """The stubdomain's kernel and command-line words: KERNEL ARGS, or the Mini-OS layer
+    with ``PROGRAM ARGS`` as its command line."""
+    if (kernel is None) == (app is None):
+        raise click.UsageError("give either --kernel PROGRAM or --app PROGRAM")
+    if kernel is not None:
+        if app_args:
+            raise click.UsageError("--app-arg goes with --app; use --kernel-arg")
+        return [kernel, *kernel_args]
+    if kernel_args:
+        raise click.UsageError("--kernel-arg goes with --kernel; use --app-arg")
+    assert app is not None
+    words = [os.path.abspath(app), *app_args]
+    spaced = next((w for w in words if not w or any(c.isspace() for c in w)), None)
+    if spaced is not None:
+        raise click.BadParameter(f"{spaced!r}: a kernel command line is split at spaces, "
+                                 "so a word cannot hold one (or be empty)",
+                                 param_hint="--app/--app-arg")
+    layer = minios_layer()
+    if layer is None:
+        raise click.ClickException(
+            f"--app needs the Mini-OS layer {MINIOS!r}, which is not installed beside "
+            f"{sys.executable} or on PATH; install it, or give a whole kernel with --kernel"
+        )
+    return [layer, *words]
+
+
+#: The Mini-OS layer's executable: a stubdomain kernel that runs an app.
+MINIOS = "stubdom-minios"
+
+
+def minios_layer() -> str | None:
+    """The Mini-OS layer beside this interpreter, else on PATH (as the agent is found)."""
+    beside = Path(sys.executable).with_name(MINIOS)
+    if beside.exists():
+        return str(beside)
+    return shutil.which(MINIOS)
+
+
+def _run_stubdomain(argv: list[str], t: Timeouts, report: Path | None) -> None:
+    """Run the kit; the report is printed and written however the run ends."""
+    from stubdom.conformance import report as rep
+    from stubdom.conformance.stubdomain import check_stubdomain, new_ledger
+
+    ledger = new_ledger()
+    kit_error: str | None = None
+    interrupted = False
+    try:
+        asyncio.run(check_stubdomain(argv[0], argv[1:], t, ledger))
+    except KeyboardInterrupt:
+        interrupted = True
+        ledger.ended = "interrupted"
+        ledger.close("not reached (interrupted)")
+    except Exception as e:  # the report comes first; then the error
+        log.debug("the conformance kit failed", exc_info=True)
+        kit_error = f"{type(e).__name__}: {e}"
+        ledger.ended = f"kit error: {kit_error}"
+        ledger.close(f"not reached (the kit failed: {kit_error})")
+    results = ledger.results()
     click.echo(rep.text(results))
-    _write_report(results, report)
+    _write_report(results, report, ledger.ended)
+    if interrupted:
+        click.echo("Error: interrupted; the clauses not reached are failed", err=True)
+        sys.exit(130)
+    if kit_error is not None:
+        raise click.ClickException(f"the conformance kit failed: {kit_error}")
     _verdict(results)
 
 
@@ -95,13 +187,14 @@ def _check_output(path: Path | None, option: str) -> None:
                                  param_hint=option)
 
 
-def _write_report(results: list[Result], report: Path | None) -> None:
+def _write_report(results: list[Result], report: Path | None, ended: str = "complete"
+                  ) -> None:
     from stubdom.conformance import report as rep
 
     if report is None:
         return
     try:
-        rep.write_json(results, report)
+        rep.write_json(results, report, ended)
     except OSError as e:
         raise click.ClickException(f"cannot write the report {report}: {e.strerror or e}"
                                    ) from None

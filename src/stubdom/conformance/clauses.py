@@ -34,6 +34,13 @@ STUBDOMAIN_CLAUSES: tuple[Clause, ...] = (
     Clause("vcpu-set", "§3.8", "a change under /local/domain/G/cpu is read by the DM"),
     Clause("loadvm.running", "§4.2", "-loadvm: state read from console 2, then running "
            "(never paused)"),
+    Clause("pci-ins.failed-state", "", "a refused pci-ins writes state=pci-insert-failed "
+           "(the documented failure result, which qemu-trad never writes)"),
+    Clause("pci-rem.failed-state", "", "a refused pci-rem writes state=pci-remove-failed "
+           "with the reason in parameter (qemu-trad writes nothing)"),
+    Clause("scope.writes", "", "writes only its own nodes: its frontends and consoles, and "
+           "state, parameter and logdirty/ret of device-model/G; nothing of the guest but "
+           "console/vnc-port and a vbd's eject; never target, vm, image or command"),
 )
 
 TOOLSTACK_CLAUSES: tuple[Clause, ...] = (
