@@ -7,7 +7,8 @@ crash-after-running  writes ``running``, then exits with status 1
 garbage              writes ``running``, then garbage into every node it can reach
                      (its own tree, its guest's, ``/vm``), and garbage into ``state``
                      and ``parameter`` on every command
-silent               never writes anything
+silent               never writes anything (touches the file named by its first
+                     word, if any, so that a test knows it booted)
 trespass             our agent, after a write into its guest's tree and its own
                      ``target``
 """
@@ -63,6 +64,8 @@ def garbage(xs: SyncClient, guest: int, me: str) -> None:
 def main() -> int:
     variant, *words = sys.argv[1:]
     if variant == "silent":
+        if words:  # a file to touch: tells a test the stub has booted
+            open(words[0], "a").close()
         time.sleep(3600)
         return 0
     if variant == "trespass":

@@ -1,0 +1,172 @@
+"""Whatever a stub does, the stubdomain mode ends in a report: every clause with a
+verdict and a one-line reason, the JSON written, the exit status saying it failed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stubdom.conformance.clauses import STUBDOMAIN_CLAUSES
+from stubdom.conformance.probes import Probes
+from stubdom.conformance.report import Result, Verdict
+from stubdom.conformance.stubdomain import PCI_CLAUSES, Timeouts, check_stubdomain
+
+HERE = Path(__file__).resolve().parent
+STUBDOM = str(Path(sys.executable).with_name("stubdom"))
+AGENT = str(Path(sys.executable).with_name("stubdom-dm"))
+ALL = {c.id for c in STUBDOMAIN_CLAUSES}
+FAST = Timeouts(startup=3.0, command=2.0, refusal=1.0)
+
+
+def hostile_kernel(tmp_path: Path, variant: str) -> str:
+    k = tmp_path / f"hostile-{variant}"
+    k.write_text(f"#!/bin/sh\nexec {sys.executable} {HERE / 'hostile_dm.py'} {variant} \"$@\"\n")
+    k.chmod(k.stat().st_mode | stat.S_IXUSR)
+    return str(k)
+
+
+def by_clause(results: list[Result]) -> dict[str, Result]:
+    res = {r.clause: r for r in results}
+    assert set(res) == ALL
+    assert all(r.seen and "\n" not in r.seen for r in res.values()), res
+    return res
+
+
+async def test_no_frontends_fails_the_pci_clauses_with_the_reason(tmp_path: Path) -> None:
+    res = by_clause(await check_stubdomain(hostile_kernel(tmp_path, "no-frontends"), [], FAST))
+    assert res["startup.running"].verdict is Verdict.PASS
+    for c in PCI_CLAUSES:
+        assert res[c].verdict is Verdict.FAIL
+        assert "pcifront did not come up" in res[c].seen, res[c]
+
+
+async def test_a_crash_after_running_fails_the_rest_as_dead(tmp_path: Path) -> None:
+    k = hostile_kernel(tmp_path, "crash-after-running")
+    res = by_clause(await check_stubdomain(k, [], FAST))
+    assert res["startup.running"].verdict is Verdict.PASS
+    for c in ("pci-ins.result", "command.unknown", "save.paused", "loadvm.running"):
+        assert res[c].verdict is Verdict.FAIL
+        assert "the stubdomain is dead (it crashed)" in res[c].seen, res[c]
+
+
+async def test_garbage_everywhere_is_judged(tmp_path: Path) -> None:
+    res = by_clause(await check_stubdomain(hostile_kernel(tmp_path, "garbage"), [], FAST))
+    assert res["scope.writes"].verdict is Verdict.FAIL
+    assert "changes to nodes it must not touch" in res["scope.writes"].seen
+    assert res["save.paused"].verdict is Verdict.FAIL
+    assert "unknown state" in res["save.paused"].seen
+
+
+async def test_a_silent_stub_fails_every_clause_but_scope(tmp_path: Path) -> None:
+    res = by_clause(await check_stubdomain(hostile_kernel(tmp_path, "silent"), [], FAST))
+    assert {c for c, r in res.items() if r.verdict is Verdict.FAIL} == ALL - {"scope.writes"}
+    assert "no running within 3 s" in res["startup.running"].seen
+    assert "did not start" in res["pci-ins.result"].seen
+
+
+async def test_a_write_into_the_guest_and_target_is_caught(tmp_path: Path) -> None:
+    res = by_clause(await check_stubdomain(hostile_kernel(tmp_path, "trespass"), [], FAST))
+    assert res["scope.writes"].verdict is Verdict.FAIL
+    assert "/data/trespass" in res["scope.writes"].seen
+    assert "/target" in res["scope.writes"].seen
+    assert res["pci-ins.result"].verdict is Verdict.PASS
+
+
+async def test_the_time_bound_fails_what_it_did_not_reach(tmp_path: Path) -> None:
+    class Spent(Timeouts):
+        def bound(self) -> float:
+            return 0.0
+
+    res = by_clause(await check_stubdomain(AGENT, [], Spent()))
+    for c in ALL - {"scope.writes"}:
+        assert res[c].verdict is Verdict.FAIL
+        assert res[c].seen.startswith("not reached (time bound)"), res[c]
+
+
+async def test_a_failing_step_of_the_kit_is_a_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(self: Probes) -> None:
+        raise RuntimeError("the kit's own bug")
+
+    monkeypatch.setattr(Probes, "vcpu", broken)
+    res = by_clause(await check_stubdomain(AGENT, [], FAST))
+    assert res["vcpu-set"].verdict is Verdict.FAIL
+    assert "the kit's step 'vcpu-set' failed" in res["vcpu-set"].seen
+    assert res["loadvm.running"].verdict is Verdict.PASS
+
+
+def test_bound_is_the_sum_of_the_step_budgets() -> None:
+    from stubdom.conformance.stubdomain import _Run
+
+    t = Timeouts(startup=7.0, command=3.0, refusal=2.0)
+    run = _Run.__new__(_Run)
+    run.t = t
+    assert sum(s.budget for s in run.steps()) == pytest.approx(t.bound())
+    out = subprocess.run([STUBDOM, "conformance", "stubdomain", "--help"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    assert f"{Timeouts().bound():g} s with the defaults" in " ".join(out.split())
+
+
+def test_cli_reports_a_stub_without_frontends(tmp_path: Path) -> None:
+    report = tmp_path / "r.json"
+    r = subprocess.run([STUBDOM, "conformance", "stubdomain", "--report", str(report),
+                        "--kernel", hostile_kernel(tmp_path, "no-frontends"),
+                        "--startup-timeout", "3", "--command-timeout", "2",
+                        "--refusal-timeout", "1"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("Error: ")
+    doc = json.loads(report.read_text())
+    assert doc["failed"] is True and doc["ended"] == "complete"
+    rows = {row["id"]: row for row in doc["results"]}
+    assert set(rows) == ALL
+    assert rows["pci-ins.result"]["verdict"] == "fail"
+    assert "pcifront did not come up" in rows["pci-ins.result"]["seen"]
+    assert any(line.startswith("fail") and " pci-ins.result " in line
+               for line in r.stdout.splitlines())
+
+
+def test_ctrl_c_still_writes_the_report(tmp_path: Path) -> None:
+    report, marker = tmp_path / "r.json", tmp_path / "booted"
+    p = subprocess.Popen([STUBDOM, "conformance", "stubdomain", "--report", str(report),
+                          "--kernel", hostile_kernel(tmp_path, "silent"),
+                          "--kernel-arg", str(marker), "--startup-timeout", "600"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(marker, p)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, out + err
+    assert "Traceback" not in err
+    doc = json.loads(report.read_text())
+    assert doc["ended"] == "interrupted" and doc["failed"] is True
+    rows = {row["id"]: row for row in doc["results"]}
+    assert set(rows) == ALL
+    assert rows["startup.running"]["seen"] == "not reached (interrupted)"
+
+
+def _wait_for(path: Path, p: subprocess.Popen[str]) -> None:
+    """Until the stub has booted (it touches ``path``); the kit must not end first."""
+    import time
+
+    while not path.exists():
+        assert p.poll() is None, p.communicate()
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("bad", [["--app-arg", "x"], ["--kernel-arg", "x", "--app", AGENT]])
+def test_kernel_and_app_options_go_together(bad: list[str]) -> None:
+    r = subprocess.run([STUBDOM, "conformance", "stubdomain", "--kernel", AGENT, *bad],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert os.linesep.join(r.stderr.splitlines()[-1:]).startswith("Error: ")
