@@ -170,3 +170,31 @@ def test_kernel_and_app_options_go_together(bad: list[str]) -> None:
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert os.linesep.join(r.stderr.splitlines()[-1:]).startswith("Error: ")
+
+
+def faulty_kernel(tmp_path: Path, fault: str) -> str:
+    k = tmp_path / f"faulty-{fault}"
+    k.write_text(f"#!/bin/sh\nexec {sys.executable} {HERE.parent / 'faults' / 'faulty_stub.py'} "
+                 f"{HERE.parents[1]} {fault} \"$@\"\n")
+    k.chmod(k.stat().st_mode | stat.S_IXUSR)
+    return str(k)
+
+
+@pytest.mark.parametrize(
+    ("fault", "clause"),
+    [
+        ("crash-before-running", "startup.running"),
+        ("crash-on-pci-ins", "pci-ins.result"),
+        ("garbage-parameter", "pci-ins.result"),
+        ("running-twice", "pci-ins.result"),
+        ("flood", "pci-ins.order"),
+        ("delete-nodes", "scope.writes"),
+        ("crash-mid-save", "save.complete"),
+        ("short-save", "save.complete"),
+        ("corrupt-restore", "loadvm.running"),
+    ],
+)
+async def test_a_faulty_stub_is_caught_on_its_clause(tmp_path: Path, fault: str,
+                                                     clause: str) -> None:
+    res = by_clause(await check_stubdomain(faulty_kernel(tmp_path, fault), [], FAST))
+    assert res[clause].verdict is Verdict.FAIL, res[clause]

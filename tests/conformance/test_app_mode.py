@@ -1,0 +1,84 @@
+"""The stubdomain mode with a device model under the Mini-OS layer (``--app``): the
+qemu-trad-faithful model passes every clause qemu-trad satisfies and is "not supported"
+on the rest, and each defect is caught on its clause."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stubdom.cli.conformance import minios_layer
+from stubdom.conformance.report import Result, Verdict
+from stubdom.conformance.stubdomain import Timeouts, check_stubdomain
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+QEMU_TRAD = ROOT / "tests" / "support" / "qemu_trad_dm.py"
+STUBDOM = str(Path(sys.executable).with_name("stubdom"))
+FAST = Timeouts(startup=5.0, command=3.0, refusal=1.0)
+#: What qemu-traditional never does.
+QEMU_TRAD_UNSUPPORTED = {"pci-ins.failed-state", "pci-rem.failed-state"}
+
+
+def layer() -> str:
+    found = minios_layer()
+    if found is None or not QEMU_TRAD.exists():
+        pytest.skip("the Mini-OS layer (stubdom-minios) and its qemu-trad model are not here")
+    return found
+
+
+def by_clause(results: list[Result]) -> dict[str, Result]:
+    return {r.clause: r for r in results}
+
+
+async def test_the_qemu_trad_model_passes_what_qemu_trad_does() -> None:
+    res = by_clause(await check_stubdomain(layer(), [sys.executable, str(QEMU_TRAD)], FAST))
+    assert {c for c, r in res.items() if r.verdict is Verdict.UNSUPPORTED} \
+        == QEMU_TRAD_UNSUPPORTED, res
+    assert all(r.verdict is Verdict.PASS for c, r in res.items()
+               if c not in QEMU_TRAD_UNSUPPORTED), res
+    assert res["pci-ins.refusal"].style == "qemu-trad style"
+
+
+@pytest.mark.parametrize(
+    ("variant", "clause"),
+    [
+        ("keep-command", "command.deleted"),
+        ("state-first", "pci-ins.order"),
+        ("never-running", "startup.running"),
+        ("paused-early", "save.complete"),
+        ("truncated-save", "save.complete"),
+        ("crash-on-pci-ins", "pci-ins.result"),
+        ("silent", "pci-ins.result"),
+        ("garbage-state", "pci-ins.result"),
+    ],
+)
+async def test_a_broken_app_is_caught(variant: str, clause: str) -> None:
+    t = Timeouts(startup=2.0, command=2.0, refusal=1.0)
+    args = [sys.executable, str(HERE / "broken_app.py"), variant]
+    res = by_clause(await check_stubdomain(layer(), args, t))
+    assert res[clause].verdict is Verdict.FAIL, res[clause]
+
+
+def test_cli_app_option(tmp_path: Path) -> None:
+    layer()
+    report = tmp_path / "r.json"
+    r = subprocess.run([STUBDOM, "conformance", "stubdomain", "--app", sys.executable,
+                        "--app-arg", str(QEMU_TRAD), "--report", str(report)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = {row["id"]: row for row in json.loads(report.read_text())["results"]}
+    assert rows["pci-ins.failed-state"]["verdict"] == "not supported"
+    assert any(line.startswith("not supported") and " pci-rem.failed-state " in line
+               for line in r.stdout.splitlines())
+
+
+def test_cli_app_refuses_a_word_with_a_space(tmp_path: Path) -> None:
+    r = subprocess.run([STUBDOM, "conformance", "stubdomain", "--app", sys.executable,
+                        "--app-arg", "two words"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "cannot hold one" in r.stderr
