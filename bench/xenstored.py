@@ -2,7 +2,8 @@
 
 All three daemons run in the same invocation, each pinned to CPU 1 while the client
 (this process) runs on CPU 0, and every daemon is driven by the same raw client code, so
-the ratios compare like with like (reference/xenstore.md §4, the performance anchor).
+the ratios compare like with like (the anchor: cx's watch dispatch, xenstored_watch.c
+``fire_watches``, costs O(connections + watches) per change).
 
 Setups, each measured on a freshly started daemon:
 

@@ -1,4 +1,4 @@
-"""The shared facts of the stubdomain protocol (reference/stubdom-protocol.md)."""
+"""The shared facts of the stubdomain protocol (docs/protocol.md)."""
 
 from __future__ import annotations
 

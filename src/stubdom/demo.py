@@ -9,7 +9,7 @@ restores it, destroys it and brings the host down, always, even after a failure.
 Each step is echoed as it happens: what it did, the protocol nodes it made (who wrote
 them, their value and permissions read back from xenstore; for the control channel,
 the writes seen by a watch while the exchange ran), its result and how long it took.
-The writer of a node is the one the protocol assigns it to (reference §1-§3): dom0
+The writer of a node is the one the protocol assigns it to (docs/protocol.md#nodes): dom0
 writes dmargs, ``command`` and a request's ``parameter``; the stubdomain writes
 ``state`` and the ``parameter`` of its answer.
 """

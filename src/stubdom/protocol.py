@@ -1,9 +1,10 @@
 """Every fact of the toolstack <-> stubdomain protocol, in one place for both sides.
 
 Paths, value formats, command and state names of the qemu-xen-traditional stubdomain
-protocol as libxl (Xen <= 4.20), qemu-trad and Mini-OS implement it
-(reference/stubdom-protocol.md §1-§4).  The toolstack and the device-model agent both
-import this module; neither spells a path or a command name of its own.
+protocol as libxl (Xen <= 4.20), qemu-trad and Mini-OS implement it, which
+``docs/protocol.md`` specifies (its rules are cited by clause ID, e.g. [ts.consoles]).
+The toolstack and the device-model agent both import this module; neither spells a path
+or a command name of its own.
 """
 
 from __future__ import annotations
@@ -28,14 +29,15 @@ DMARGS_DROPPED = frozenset({"-sdl", "-M", "xenfv"})
 STUBDOM_MEMKB = 28 * 1024
 STUBDOM_VCPUS = 1
 
-# Consoles of the stubdomain (``STUBDOM_CONSOLE_*``, reference §1.5).
+# Consoles of the stubdomain (libxl_internal.h ``STUBDOM_CONSOLE_*``, [ts.consoles]).
 CONSOLE_LOGGING = 0
 CONSOLE_SAVE = 1
 CONSOLE_RESTORE = 2
 CONSOLE_SERIAL = 3
 SPECIAL_CONSOLES = 3
 
-# Timeouts of libxl (seconds; reference §3.11).
+# Timeouts of libxl (seconds; libxl_internal.h ``LIBXL_STUBDOM_START_TIMEOUT``,
+# ``LIBXL_DEVICE_MODEL_START_TIMEOUT``; the logdirty one is a literal; [TIME-TIMEOUTS]).
 STUBDOM_START_TIMEOUT = 30.0
 DEVICE_MODEL_TIMEOUT = 60.0
 LOGDIRTY_TIMEOUT = 10.0

@@ -394,7 +394,7 @@ async def test_restored_pending_eject_completes() -> None:
 
 
 async def test_toolstack_reattach_after_restore_finds_the_function_in_place() -> None:
-    """§4.2 step 5: after a restore the toolstack re-inserts its PCI devices."""
+    """[RESTORE-TS]: after a restore the toolstack re-inserts its PCI devices."""
     dm, _ = await started(RICH)
     a = await dm.pci_insert(req("03:00.0"))
     b = await dm.pci_insert(req("04:00.0", 0x60))

@@ -6,7 +6,8 @@
     python -m tests.differential.report --ref cx --cand cx    # harness self-check
 
 The cx-vs-ox table is informative only: ox is a second real implementation, not the
-reference, and many differences are documented in xenstore.md Appendix A.
+reference, and the two differ in many known ways (DIRECTORY order, DIRECTORY_PART,
+errnos of malformed requests, quotas).
 """
 
 from __future__ import annotations

@@ -171,7 +171,8 @@ def sc_ls(d: Daemon, check: bool) -> list[Run]:
         assert lsf.out == '/t/a = "1"\n/t/b = ""\n/t/b/c = "hi"\n/t/b/d = ""\n'
         assert lsfp.out.splitlines()[0].startswith('/t/b/c = "hi"')
         assert lsfp.out.splitlines()[0].endswith("  (n0)")
-        # cx's initial tree is /tool/xenstored only; /local is not created (xenstore.md §2.2)
+        # cx's initial tree is /tool/xenstored only; /local is not created (xenstored_core.c
+        # ``setup_structure``)
         assert [line.split(" =")[0] for line in lsroot.out.splitlines()] == [
             "tool", " xenstored", "t", " a", " b", "  c", "  d"]
         assert lsmissing.rc != 0
@@ -285,7 +286,8 @@ def test_tools_ours_equals_cx(ours: Daemon, cx: Daemon, name: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# What the tools put on the wire (ecosystem.md §4.2), seen through our --trace
+# What the tools put on the wire (libxenstore xs.c, xenstore_client.c), seen through our
+# --trace
 
 
 def wire_ops(trace: list[dict[str, object]]) -> list[str]:

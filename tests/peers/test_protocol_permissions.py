@@ -11,7 +11,7 @@ its own domain connection:
   nothing changes -- and watch (does an event arrive when dom0 rewrites the node?).
 
 The expected answer of each cell comes from the permissions libxl gives each node
-(reference/stubdom-protocol.md §1.2, §7.5; libxl's device and domain records) and
+(docs/protocol.md#nodes, [GEN-3], [GEN-4]; libxl's device and domain records) and
 xenstored's rules (cxenstored's ``perm_for_conn``): dom0 may do anything; the owner, or a
 domain whose SET_TARGET target is the owner, has every right; otherwise the first ACL
 entry naming the domain or its target decides, else the owner entry's own letter.  A watch

@@ -21,7 +21,7 @@ WIN7 = (
 )
 
 
-def test_the_reference_example() -> None:
+def test_the_dmargs_example_of_docs_protocol() -> None:
     opts = parse_dm_args(build_argv([], WIN7))
     assert opts.domid == 5 and opts.name == "win7"
     assert opts.serial == ["pty"] and opts.videoram_mb == 4 and opts.boot == "cda"

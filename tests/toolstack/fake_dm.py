@@ -1,7 +1,8 @@
 """A fake qemu-traditional device model: the command channel exactly as qemu-trad speaks it.
 
-Reference §3.2-§3.7 (xenstore.c ``xenstore_process_dm_command_event``, xen-vl-extra.c,
-pass-through.c ``parse_bdf``/``insert_to_pci_devfn``/``bdf_to_devfn``): it watches
+docs/protocol.md#the-command-channel in compat style (xenstore.c
+``xenstore_process_dm_command_event``, xen-vl-extra.c, pass-through.c
+``parse_bdf``/``insert_to_pci_devfn``/``bdf_to_devfn``): it watches
 ``device-model/<G>/command`` (token ``dm-command``), reads and *deletes* the command,
 dispatches with qemu's prefix match, ignores a command whose ``parameter`` is absent,
 answers a failed ``pci-ins`` only in ``parameter`` (never ``pci-insert-failed``), and
@@ -52,7 +53,7 @@ SCI_NODE = "fake-dm/sci"
 DEFAULT_SLOTS = (4, 5, 6, 7)
 #: What a save writes (the test's sink receives it).
 SAVED_STATE = b"QEVM fake qemu-trad device state of guest %d\n"
-#: Commands that take a parameter (§3.2 step 4).
+#: Commands that take a parameter ([DM-PARAMETER]).
 WITH_PARAMETER = frozenset({Command.PCI_INS, Command.PCI_REM, Command.USB_ADD, Command.USB_DEL})
 NR_PCI_DEVFN = 0x100
 
@@ -170,7 +171,7 @@ class FakeDeviceModel:
         if self.on_die is not None:
             await self.on_die()
 
-    # -- dm-command (§3.2) ----------------------------------------------------------
+    # -- dm-command ([DM-COMMAND-EVENT]) --------------------------------------------
 
     async def _command_event(self) -> None:
         raw = await self.xs.read_optional(self.rel("command"))
@@ -291,7 +292,7 @@ class FakeDeviceModel:
         except ValueError as err:
             log.info("fake dm: %s", err)
 
-    # -- logdirty (§3.7) ---------------------------------------------------------------
+    # -- logdirty ([logdirty.echo]) ----------------------------------------------------
 
     async def _logdirty_event(self) -> None:
         raw = await self.xs.read_optional(self.rel("logdirty/cmd"))

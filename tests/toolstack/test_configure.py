@@ -39,7 +39,7 @@ def err(extra: str, overrides: tuple[str, ...] = ()) -> ConfigError:
 # -- the examples ------------------------------------------------------------------------------
 
 
-def test_win7_example_is_the_reference_guest_and_gives_its_dmargs() -> None:
+def test_win7_example_is_the_dmargs_example_guest() -> None:
     c = load_config(EXAMPLES / "win7.cfg")
     assert c.name == "win7"
     assert (c.vcpus, c.serial, c.memory_mb, c.bios, c.vga) == (2, ["pty"], 128, "rombios", "cirrus")
@@ -54,7 +54,7 @@ def test_win7_example_is_the_reference_guest_and_gives_its_dmargs() -> None:
     )
 
 
-def test_g1_example_is_the_composite_of_the_reference() -> None:
+def test_g1_example_has_every_kind_of_entry() -> None:
     c = load_config(EXAMPLES / "g1.cfg")
     assert (c.name, c.memory_mb, c.vcpus, c.stubdomain_memory_mb) == ("g1", 512, 1, 32)
     assert c.stubdomain_memkb == 32 * 1024 + 4 * 1024

@@ -1,8 +1,8 @@
 """The toolstack's control channel against a fake qemu-trad (tests/toolstack/fake_dm.py).
 
-Guest G=5, stubdomain S=6 as libxl sets them up (§1.1): S's home ``n0,r6`` with
-``target``, SET_TARGET(S, G), ``device-model/G`` ``n6,r5``; the fake runs over S's own,
-unprivileged connection.  Timing is asserted only as an upper bound far from the
+Guest G=5, stubdomain S=6 as libxl sets them up (docs/protocol.md#setup-order): S's home
+``n0,r6`` with ``target``, SET_TARGET(S, G), ``device-model/G`` ``n6,r5``; the fake runs
+over S's own, unprivileged connection.  Timing is asserted only as an upper bound far from the
 timeout ("failed fast"), never as a tight bound.
 """
 

@@ -1,4 +1,5 @@
-"""dmargs as libxl builds and encodes them (reference §1.3), including its example."""
+"""dmargs as libxl builds and encodes them ([ts.dmargs], [TS-DMARGS-ORDER]), including the
+example of docs/protocol.md#dmargs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from stubdom.protocol import encode_dmargs
 from stubdom.toolstack.config import GuestConfig, NicSpec, NicType, VncConfig
 from stubdom.toolstack.dmargs import DmArgsError, build_dm_argv, vcpu_avail_hex
 
-REFERENCE_EXAMPLE = (
+SPEC_EXAMPLE = (
     " -d 5 -domain-name win7 -vnc 127.0.0.1:0 -vncunused -serial pty -videoram 4"
     " -boot cda -acpi -vcpus 2 -vcpu_avail 0x03"
     " -net nic,vlan=0,macaddr=00:16:3e:12:34:56,model=rtl8139"
@@ -22,8 +23,8 @@ def win7() -> GuestConfig:
     )
 
 
-def test_reference_example() -> None:
-    assert encode_dmargs(build_dm_argv(win7(), 5)) == REFERENCE_EXAMPLE
+def test_the_example_of_docs_protocol() -> None:
+    assert encode_dmargs(build_dm_argv(win7(), 5)) == SPEC_EXAMPLE
 
 
 def test_restore_adds_loadvm_before_the_extras() -> None:

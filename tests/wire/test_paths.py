@@ -1,4 +1,4 @@
-"""Path rules of §2.1 of the reference (cx ``is_valid_nodename``)."""
+"""Path rules (cx xenstored_core.c ``is_valid_nodename``, xs_wire.h's size limits)."""
 
 from __future__ import annotations
 

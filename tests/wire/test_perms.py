@@ -1,4 +1,5 @@
-"""Permission strings as cx parses them (§2.7)."""
+"""Permission strings as cx parses them (xs_lib.c ``xs_strings_to_perms``,
+xenstored_core.c ``perm_for_conn``)."""
 
 from __future__ import annotations
 

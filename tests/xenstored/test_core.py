@@ -1,4 +1,5 @@
-"""cx 4.17 semantics of the sans-IO core, request by request (reference §2, §3)."""
+"""cx 4.17 semantics of the sans-IO core, request by request (cx xenstored_core.c,
+xenstored_transaction.c, xenstored_domain.c, xenstored_control.c)."""
 
 from __future__ import annotations
 
@@ -219,7 +220,7 @@ def test_domain_death_removes_owned_nodes_with_events(h: Harness) -> None:
     assert ("/local/domain/7", "w") in h.events(h.dom0)
 
 
-# -- transactions: the conflict table of reference §2.10 (cx column) ---------------------
+# -- transactions: cx's conflict rules (xenstored_transaction.c, top comment) --------------
 
 
 def _tx_case(h: Harness, inside: list[tuple[str, str]], outside: list[tuple[str, str]]) -> str:
@@ -339,7 +340,7 @@ def test_xsa440_two_transactions_remove_the_same_nodes(h: Harness) -> None:
     assert h.xs.store.count_owned(5) == before - 51
 
 
-# -- quotas (§3.1) ----------------------------------------------------------------------
+# -- quotas (cx 4.17 defaults) -----------------------------------------------------------
 
 
 def test_guest_quotas() -> None:
@@ -377,7 +378,7 @@ def test_path_quota_binds_dom0_too() -> None:
     assert h.write(h.dom0, "/" + "a" * 2048, "") == ("ERROR", b"EINVAL\0")
 
 
-# -- domain requests and CONTROL (§2.11, §2.12) ------------------------------------------
+# -- domain requests and CONTROL (xenstored_domain.c, xenstored_control.c) ---------------
 
 
 def test_domain_requests(h: Harness) -> None:

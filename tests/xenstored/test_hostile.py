@@ -1,4 +1,4 @@
-"""Hostile input, one test per XSA of xenstore.md §7 and per quirk listed after it.
+"""Hostile input, one test per xenstore XSA (xenbits.xen.org/xsa) and per cx quirk.
 
 Each test checks three things: the offending request gets the right errno (or only the
 offending connection is closed), everyone else keeps being served, and the daemon's state
@@ -540,7 +540,7 @@ def test_xsa484_reset_watches_with_live_tx(h: Harness) -> None:
     served(h)
 
 
-# -- quirks after §7 ----------------------------------------------------------------
+# -- cx quirks ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("op", [Op.READ, Op.DIRECTORY, Op.GET_PERMS, Op.MKDIR, Op.RM])
@@ -643,8 +643,9 @@ async def test_quirk_dom0_watcher_never_reads_while_guest_writes(
     server: XenStoreServer,
 ) -> None:
     """A dom0 watcher that never reads while a guest writes (the outstanding-request stall
-    of §3.1): the guest keeps being served and the core holds no queued output; what is
-    held is the dom0 transport buffer (dom0 is trusted and never throttled)."""
+    of cx's ``outstanding`` quota, 20 per domain): the guest keeps being served and the
+    core holds no queued output; what is held is the dom0 transport buffer (dom0 is trusted
+    and never throttled)."""
     dom0 = await Raw.open(server.socket_path)
     guest = await _guest(server, dom0, 5)
     lazy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -44,7 +44,7 @@ class Result:
     def line(self) -> str:
         c = BY_ID[self.clause]
         v = f"{self.verdict.value} ({self.style})" if self.style else self.verdict.value
-        return f"{v:<24} {c.id:<22} {c.section:<12} {c.text} -- {self.seen}"
+        return f"{v:<24} {c.id:<22} {c.section:<36} {c.text} -- {self.seen}"
 
 
 class Ledger:

@@ -2,7 +2,8 @@
 
 The stubdomain agent speaks qemu-trad's xenstore protocol; this backend carries each
 command out on a real ``qemu-system-x86_64`` the way libxl drives qemu-xen over QMP
-(reference/ecosystem.md §5.1b), with the stand-ins §5.3 found to work without Xen:
+(libxl_qmp.c, libxl_pci.c ``device_add``), with stand-ins that work without Xen (tried
+on Debian's QEMU 7.2):
 
 * the machine is ``q35`` with one ``pcie-root-port`` per hot-plug slot and the ICH9's
   ACPI hot-plug switched off, so a ``device_del`` completes with native PCIe hot-plug
@@ -88,7 +89,7 @@ XEN_MIGRATION_GLOBALS = (
     "migration.store-global-state=off",
     "migration.send-section-footer=off",
 )
-#: Native PCIe hot-plug on q35 root ports: removal needs no guest (ecosystem.md §5.3).
+#: Native PCIe hot-plug on q35 root ports: removal needs no guest (tried on QEMU 7.2).
 NATIVE_HOTPLUG_GLOBAL = "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off"
 
 # Guards against a wedged QEMU, not timing assumptions: every step takes milliseconds.

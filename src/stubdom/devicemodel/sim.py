@@ -24,7 +24,7 @@ the next free slot, in the order they are created)::
 
 So a machine with -usb, -acpi and one NIC is 00.0, 01.0-01.3, 02.0 VGA, 03.0 platform,
 04.0 NIC.  The hot-plug (php) slots are by default every slot left free (05-1f there);
-the set can be narrowed.  ``pci-ins`` follows qemu-trad (§3.3): a requested devfn must
+the set can be narrowed.  ``pci-ins`` follows qemu-trad ([DM-PCI-INS-SLOT]): a requested devfn must
 lie in a hot-plug slot and be free, else -2 ``wrong bdf or vdevfn``; AUTO takes
 function 0 of the first hot-plug slot whose 8 functions are all free (slot 2 skipped
 with gfx_passthru), else -1 ``no free hotplug devfn``; the IGD (host 00:02.x) with
@@ -182,7 +182,7 @@ class SimDeviceModel(DeviceModel):
         self._tasks: set[asyncio.Task[None]] = set()
         #: Passed-through functions that came back from a saved state and that the
         #: toolstack has not re-attached yet (it re-inserts its PCI devices after a
-        #: restore, §4.2 step 5; such a pci-ins finds its function in place).
+        #: restore, [RESTORE-TS]; such a pci-ins finds its function in place).
         self.awaiting_reattach: set[int] = set()
 
     # -- building ----------------------------------------------------------------------

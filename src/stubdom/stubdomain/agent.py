@@ -1,11 +1,12 @@
 """The device-model agent's asyncio shell: start-up, consoles, watches, dispatch, stop.
 
-Start-up in qemu-trad's order (reference §2.2): read ``domid``, ``target``, the guest's
-``vm`` and dmargs; parse argv; bring the devices up; with ``-loadvm``, read the saved
-state from console 2 (exactly to the stream's end); start the device model; set the
-watches on ``command``, ``logdirty/cmd`` and the guest's ``cpu``; write ``running``.
+Start-up in qemu-trad's order ([setup.reads], [startup.watch-first], [startup.running]):
+read ``domid``, ``target``, the guest's ``vm`` and dmargs; parse argv; bring the devices
+up; with ``-loadvm``, read the saved state from console 2 (exactly to the stream's end);
+start the device model; set the watches on ``command``, ``logdirty/cmd`` and the guest's
+``cpu``; write ``running``.
 Then events are served one at a time, in arrival order.  While paused by a save only
-those three kinds of event are served (§7.3); the guest's ejects wait.
+those three kinds of event are served ([DM-PAUSED]); the guest's ejects wait.
 
 Console 0 is the log: every log record of the process goes there as one line
 (`ConsoleLogHandler`).  For tests, the machine's `DeviceModel.snapshot` is logged as a
@@ -301,7 +302,7 @@ class Agent:
 
         await self.client.retry_transaction(together)
 
-    # -- dm-command (§3.2) ------------------------------------------------------------------
+    # -- dm-command ([DM-COMMAND-EVENT]) -----------------------------------------------------
 
     async def command_event(self) -> None:
         path = proto.dm_relative_path(self.guest, "command")
@@ -389,7 +390,7 @@ class Agent:
         log.info("snapshot saved %s", _snapshot_json(dm))
         await self._write(cmds.saved())
 
-    # -- logdirty (§3.7) and vcpus (§3.8) ---------------------------------------------------
+    # -- logdirty ([logdirty.echo]) and vcpus ([vcpu-set]) -----------------------------------
 
     async def logdirty_event(self) -> None:
         # ret before cmd: the toolstack removes both at once, so a ret equal to the cmd

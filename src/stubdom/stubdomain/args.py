@@ -1,4 +1,5 @@
-"""The device model's command line: Mini-OS's argv and qemu-trad's options (reference §1.3, §1.4).
+"""The device model's command line: Mini-OS's argv and qemu-trad's options ([DM-ARGV],
+[TS-DMARGS-ORDER]).
 
 argv is the kernel command line words followed by the dmargs words (`build_argv`).  The
 agent's own options (``--dm=``, ``--compat=``, ``--eject-delay=``, ``--sim-ram=``) may only
@@ -246,7 +247,7 @@ def _net(opts: DmOptions, value: str) -> None:
 
 
 def parse_dm_args(argv: list[str]) -> DmOptions:
-    """qemu-trad's options as libxl writes them (§1.3); `DmArgsError` if malformed."""
+    """qemu-trad's options as libxl writes them ([TS-DMARGS-ORDER]); `DmArgsError` if malformed."""
     opts = DmOptions()
     i = 0
     while i < len(argv):

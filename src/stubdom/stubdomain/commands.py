@@ -1,16 +1,18 @@
 """The command channel, sans-IO: what a command value means and what to write back.
 
-qemu-trad's ``xenstore_process_dm_command_event`` (reference §3.2-§3.9): the agent reads
+qemu-trad's ``xenstore_process_dm_command_event`` (docs/protocol.md#the-command-channel):
+the agent reads
 ``command`` (absent: nothing), deletes it, and `dispatch` says what to do; once the
 device model did it, the result functions give the exact xenstore writes, ``parameter``
-always before ``state`` (§7.1).  Two modes:
+always before ``state`` ([TIME-RESULT-ORDER]).  Two modes:
 
 * ours: exact command names; a failed ``pci-ins`` also writes ``pci-insert-failed`` and
   a refused ``pci-rem`` writes its reason and ``pci-remove-failed``, so the toolstack
-  fails at once instead of after 60 s (§8 q.1);
+  fails at once instead of after 60 s ([pci-ins.refusal], [pci-rem.refusal]);
 * compat (``--compat=qemu-trad``): qemu-trad to the letter -- prefix matching of the
   names (an empty value is ``save``), a failed ``pci-ins`` answers in ``parameter``
-  only, a refused ``pci-rem`` writes nothing, an unknown logdirty command is fatal.
+  only, a refused ``pci-rem`` writes nothing, an unknown logdirty command is fatal
+  (docs/protocol.md#qemu-trad-compatibility-mode).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from stubdom.protocol import (
 #: Nodes of ``device-model/<G>/`` the agent writes results to.
 PARAMETER = "parameter"
 STATE = "state"
-#: Commands that read ``parameter`` (absent: the command is ignored, §3.2 step 4).
+#: Commands that read ``parameter`` (absent: the command is ignored, [DM-PARAMETER]).
 WITH_PARAMETER = frozenset({Command.PCI_INS, Command.PCI_REM, Command.USB_ADD, Command.USB_DEL})
 #: qemu-trad's log line for a pci-rem of a function other than 0.
 NON_ZERO_FUNCTION = "Attempt to remove non-zero function"
@@ -243,7 +245,7 @@ def usb_done(action: Action) -> list[Write]:
     return [Write(STATE, State.USB_ADDED if action is Action.USB_ADD else State.USB_DELETED)]
 
 
-# -- logdirty (§3.7) ---------------------------------------------------------------------------
+# -- logdirty ([logdirty.echo]) ------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -273,7 +275,7 @@ def logdirty(value: str | None, compat: bool, answered: str | None = None) -> Lo
     )
 
 
-# -- vcpus (§3.8) ------------------------------------------------------------------------------
+# -- vcpus ([vcpu-set]) ----------------------------------------------------------------------
 
 
 def online_vcpus(availability: dict[int, str | None], current: set[int]) -> set[int]:

@@ -1,4 +1,5 @@
-"""The stubdomain's own devices, found as qemu-trad and Mini-OS find them (reference §1.4).
+"""The stubdomain's own devices, found as qemu-trad and Mini-OS find them
+([DEV-DISKS], [DEV-NICS], [DEV-VFB], [DEV-PCI]; qemu-trad ``xenstore_parse_domain_config``).
 
 Disks: every ``device/vbd/<id>`` whose backend is dom0's ``vbd``/``tap``/``qdisk``
 directory for us, placed by the backend's ``dev`` name: ``hdX`` on IDE (at most four),

@@ -1,18 +1,19 @@
-"""The toolstack's side of the qemu-trad control channel (reference §3, §7).
+"""The toolstack's side of the qemu-trad control channel
+(docs/protocol.md#the-command-channel, docs/protocol.md#timing-and-ordering).
 
-One implementation of libxl's command sequence (§3.1): wait for ``running``, remember
+One implementation of libxl's command sequence ([TS-EXCHANGE]): wait for ``running``, remember
 the state, write ``parameter``, write ``command``, wait for the result, read
 ``parameter``, restore the state.  It differs from libxl where libxl is known to hurt:
 
 * **Serialised per guest**, in-process (an `asyncio.Lock`) and across processes (an
   ``flock`` on ``<lock_dir>/dm-<G>.lock``) around the whole sequence: libxl has no lock
-  and two commands written close together merge into one (§3.10).
+  and two commands written close together merge into one ([ts.serialised]).
 * **Fails fast**: one watch set on ``state``, ``parameter`` and ``@releaseDomain``; the
   error texts qemu-trad writes to ``parameter``, a ``pci-insert-failed`` or
   ``pci-remove-failed`` state and the stubdomain's death end the wait at once.  The
   timeout (60 s, libxl's) is only the last resort.
-* **Recovers** from the states that make libxl fail every later operation (§3.4,
-  §7.2); see `DeviceModelChannel` for the exact rules.
+* **Recovers** from the states that make libxl fail every later operation
+  ([TIME-STALE]); see `DeviceModelChannel` for the exact rules.
 
 The decision "succeeded, failed or keep waiting" is the sans-IO `CommandExchange`;
 `DeviceModelChannel` is the asyncio shell around it.
@@ -246,7 +247,7 @@ class CommandExchange:
         return f"the stubdomain died before {self.expect}"
 
     def _pci_ins_refusal(self, snap: Snapshot) -> str | None:
-        """qemu's error text, if ``parameter``/``state`` carry one (§3.3)."""
+        """qemu's error text, if ``parameter``/``state`` carry one ([pci-ins.refusal])."""
         if snap.state == State.PCI_INSERT_FAILED:
             return snap.parameter or "(no reason given)"
         p = snap.parameter
@@ -279,7 +280,7 @@ class CommandExchange:
 
 
 class Restore(enum.Enum):
-    """When the state read before a command is written back (libxl's rules, §3.1)."""
+    """When the state read before a command is written back (libxl's rules, [ts.state-restored])."""
 
     ALWAYS = "always"  # pci-ins
     ON_SUCCESS = "on-success"  # pci-rem
@@ -566,7 +567,7 @@ class DeviceModelChannel:
             return await self._exchange(command, parameter, expect, restore)
 
     async def logdirty(self, enable: bool) -> None:
-        """Switch log-dirty mode (§3.7): ``logdirty/cmd`` -> wait for the same ``ret``."""
+        """Switch log-dirty mode ([TS-LOGDIRTY]): ``logdirty/cmd`` -> wait for the same ``ret``."""
         cmd = LOGDIRTY_ENABLE if enable else LOGDIRTY_DISABLE
         what = f"logdirty {cmd}"
         cmd_path = logdirty_path(self.stubdom, self.guest, "cmd")
@@ -719,7 +720,7 @@ class DeviceModelChannel:
     async def _exchange(
         self, command: Command, parameter: str | None, expect: State, restore: Restore
     ) -> Snapshot:
-        """§3.1 steps 2-7 (the lock is held)."""
+        """[TS-EXCHANGE] steps 2-7 (the lock is held)."""
         ex = CommandExchange(self.guest, expect, command, parameter)
         orig: str | None = None
 

@@ -1,7 +1,7 @@
 """The device model's command line, built like ``libxl__build_device_model_args_old``.
 
-The argv is what libxl would pass to qemu-xen-traditional for an HVM guest (reference
-§1.3, Xen 4.20); `stubdom.protocol.encode_dmargs` turns it into the string the
+The argv is what libxl would pass to qemu-xen-traditional for an HVM guest
+([TS-DMARGS-ORDER], Xen 4.20); `stubdom.protocol.encode_dmargs` turns it into the string the
 stubdomain reads from ``/vm/<uuid>/image/dmargs``.
 """
 

@@ -1,9 +1,10 @@
 """Creating an HVM guest with its device-model stubdomain, in libxl's order.
 
-The steps are those of ``libxl__spawn_stub_dm`` and its callbacks (reference §1.1);
-each is named, and a failure anywhere removes both domains and every node and file
-they had, then says which step failed.  The dom0 "pvqemu" libxl starts for the
-stubdomain's consoles and framebuffer is not needed: the host's backends serve them.
+The steps are those of ``libxl__spawn_stub_dm`` and its callbacks
+(docs/protocol.md#setup-order); each is named, and a failure anywhere removes both
+domains and every node and file they had, then says which step failed.  The dom0
+"pvqemu" libxl starts for the stubdomain's consoles and framebuffer is not needed: the
+host's backends serve them.
 """
 
 from __future__ import annotations

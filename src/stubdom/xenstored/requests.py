@@ -10,7 +10,8 @@ from stubdom.xenstored.errors import XsError
 def onearg(packet: Packet) -> bytes:
     """Exactly one NUL-terminated string.
 
-    Deliberate: where cx answers a stale errno (or aborts, §1.3 of the reference) for a
+    Deliberate: where cx answers a stale errno (or aborts: xenstored_core.c ``onearg`` fails
+    without setting errno, and with a stale 0 ``consider_message`` asserts) for a
     missing terminator, we answer EINVAL.
     """
     p = packet.payload

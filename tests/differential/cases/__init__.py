@@ -1,4 +1,5 @@
-"""The corpus, one module per area of xenstore.md §2 / §3 / §7. Importing registers them."""
+"""The corpus, one module per area of cx's behaviour (nodes, paths, permissions, watches,
+transactions, domains, quotas) plus hostile input. Importing registers them."""
 
 from tests.differential.cases import (  # noqa: F401
     domains,

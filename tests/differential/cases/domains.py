@@ -1,5 +1,6 @@
-"""Domain requests (§2.11-§2.13): INTRODUCE, RELEASE, GET_DOMAIN_PATH,
-IS_DOMAIN_INTRODUCED, RESUME, SET_TARGET, RESET_WATCHES, CONTROL, unknown types, death."""
+"""Domain requests (cx xenstored_domain.c, xenstored_control.c): INTRODUCE, RELEASE,
+GET_DOMAIN_PATH, IS_DOMAIN_INTRODUCED, RESUME, SET_TARGET, RESET_WATCHES, CONTROL, unknown
+types, death."""
 
 from tests.differential.corpus import S, case, kill
 

@@ -1,4 +1,4 @@
-"""Hostile inputs from xenstore.md §7 that cx survives (XSA-418/421/440/484, malformed
+"""Hostile inputs from the xenstore XSAs that cx survives (XSA-418/421/440/484, malformed
 requests), plus the one-string-without-NUL requests where we deliberately differ."""
 
 from tests.differential.corpus import S, case, many

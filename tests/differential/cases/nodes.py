@@ -1,5 +1,6 @@
-"""Nodes (§2.2-§2.6, §1.3): WRITE/MKDIR implicit parents, new-node permissions, RM,
-DIRECTORY order, DIRECTORY_PART, values with NULs, payload sizes."""
+"""Nodes (cx xenstored_core.c ``do_write``, ``do_mkdir``, ``do_rm``, directory
+replies): WRITE/MKDIR implicit parents, new-node permissions, RM, DIRECTORY order,
+DIRECTORY_PART, values with NULs, payload sizes."""
 
 from tests.differential.corpus import S, case, many
 

@@ -1,4 +1,5 @@
-"""Path syntax (§2.1, §1.4): valid/invalid characters, `@` paths, relative paths, lengths."""
+"""Path syntax (cx xenstored_core.c ``is_valid_nodename``, xs_wire.h's size limits): valid
+and invalid characters, `@` paths, relative paths, lengths."""
 
 from tests.differential.corpus import S, case
 

@@ -1,5 +1,6 @@
-"""Permissions (§2.7): string format, effective permissions, existence hiding, owner
-changes, SET_TARGET, the permission quota."""
+"""Permissions (cx xenstored_core.c ``perm_for_conn``, xs_lib.c ``xs_strings_to_perms``):
+string format, effective permissions, existence hiding, owner changes, SET_TARGET, the
+permission quota."""
 
 from tests.differential.corpus import S, case
 

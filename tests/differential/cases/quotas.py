@@ -1,5 +1,6 @@
-"""Quotas (§3.1): node size incl. the child list, node count (`-E`), and the cx quota flags
-our server must accept (`-E -W -t -A -S -M -Q`)."""
+"""Quotas (cx 4.17 defaults, xenstored_core.c and xenstored_domain.c): node size
+incl. the child list, node count (`-E`), and the cx quota flags our server must accept
+(`-E -W -t -A -S -M -Q`)."""
 
 from tests.differential.corpus import S, case, many
 

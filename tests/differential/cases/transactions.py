@@ -1,5 +1,6 @@
-"""Transactions (§2.10): the cx conflict table A-J, test-xenstore's "ta err", isolation,
-id errors, END arguments and the per-connection transaction quota."""
+"""Transactions (cx xenstored_transaction.c, its conflict rules in the comment at the top):
+the conflict cases A-J, test-xenstore's "ta err", isolation, id errors, END arguments
+and the per-connection transaction quota."""
 
 from tests.differential.corpus import S, Step, case
 
@@ -12,8 +13,8 @@ END = (S("dom0", "TRANSACTION_END", "T", tx="t"), S("dom0", "READ", "/tx/X"),
 
 
 def conflict(letter: str, doc: str, *body: Step) -> None:
-    """One row of the §2.10 table: tx on dom0, the outside writer on dom0b."""
-    case(f"tx_conflict_{letter}", f"§2.10 case {letter}: {doc}", *SETUP, *body, *END)
+    """One conflict case: tx on dom0, the outside writer on dom0b."""
+    case(f"tx_conflict_{letter}", f"conflict case {letter}: {doc}", *SETUP, *body, *END)
 
 
 conflict("A", "tx reads X; outside writes X; tx writes Y → EAGAIN.",

@@ -1,5 +1,6 @@
-"""Watches (§1.7, §2.8, §2.9): initial events, subtree matching, RM post-order, relative
-paths, permission filtering, transactions, special paths, errors and the watch quota."""
+"""Watches (cx xenstored_watch.c, docs/misc/xenstore.txt): initial events,
+subtree matching, RM post-order, relative paths, permission filtering, transactions, special
+paths, errors and the watch quota."""
 
 from tests.differential.corpus import S, case, close, many
 
