@@ -69,7 +69,11 @@ def judge(requests: list[Request]) -> tuple[bool, str]:
     changed = sum(1 for r in requests if r.dom in targets and r.type in CHANGES)
     bad = violations(requests, targets)
     if not bad:
-        return True, f"{changed} changes, all to its own nodes"
+        return True, f"{_changes(changed)}, all to its own nodes"
     paths = sorted({f"{r.type} {r.path}" for r in bad})
     shown = ", ".join(paths[:4]) + (f" and {len(paths) - 4} more" if len(paths) > 4 else "")
-    return False, f"{len(bad)} changes to nodes it must not touch: {shown}"
+    return False, f"{_changes(len(bad))} to nodes it must not touch: {shown}"
+
+
+def _changes(n: int) -> str:
+    return f"{n} change" if n == 1 else f"{n} changes"
