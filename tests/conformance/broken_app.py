@@ -1,5 +1,6 @@
-"""The channel-only qemu-trad device model (`tests.support.qemu_trad_dm`) with one defect,
-as an application of the Mini-OS layer: ``broken_app.py VARIANT [argv words...]``.
+"""The channel-only qemu-trad device model (``stubdom-qemu-trad-dm``,
+`stubdom.minios.qemu_trad_dm`) with one defect, as an application of the Mini-OS layer:
+``broken_app.py VARIANT [argv words...]``.
 
 The defects of `broken_dm` (our agent as a whole kernel) and some of `faulty_stub`:
 
@@ -17,13 +18,10 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the domain has no PYTHONPATH
-
+from stubdom.minios import qemu_trad_dm as qt
 from stubdom.protocol import State
-from tests.support import qemu_trad_dm as qt
 
 Dm = qt.Dm
 VARIANTS = ("keep-command", "state-first", "never-running", "paused-early",

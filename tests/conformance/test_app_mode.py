@@ -11,13 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from stubdom.cli.conformance import minios_layer
+from stubdom.cli.conformance import find_program, minios_layer
 from stubdom.conformance.report import Result, Verdict
 from stubdom.conformance.stubdomain import Timeouts, check_stubdomain
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
-QEMU_TRAD = ROOT / "tests" / "support" / "qemu_trad_dm.py"
 STUBDOM = str(Path(sys.executable).with_name("stubdom"))
 FAST = Timeouts(startup=5.0, command=3.0, refusal=1.0)
 #: What qemu-traditional never does.
@@ -26,9 +24,14 @@ QEMU_TRAD_UNSUPPORTED = {"pci-ins.failed-state", "pci-rem.failed-state"}
 
 def layer() -> str:
     found = minios_layer()
-    if found is None or not QEMU_TRAD.exists():
+    if found is None or qemu_trad() is None:
         pytest.skip("the Mini-OS layer (stubdom-minios) and its qemu-trad model are not here")
     return found
+
+
+def qemu_trad() -> str | None:
+    """The layer's qemu-trad-faithful device model (``stubdom-qemu-trad-dm``)."""
+    return find_program("stubdom-qemu-trad-dm")
 
 
 def by_clause(results: list[Result]) -> dict[str, Result]:
@@ -36,7 +39,7 @@ def by_clause(results: list[Result]) -> dict[str, Result]:
 
 
 async def test_the_qemu_trad_model_passes_what_qemu_trad_does() -> None:
-    res = by_clause(await check_stubdomain(layer(), [sys.executable, str(QEMU_TRAD)], FAST))
+    res = by_clause(await check_stubdomain(layer(), [str(qemu_trad())], FAST))
     assert {c for c, r in res.items() if r.verdict is Verdict.UNSUPPORTED} \
         == QEMU_TRAD_UNSUPPORTED, res
     assert all(r.verdict is Verdict.PASS for c, r in res.items()
@@ -67,8 +70,8 @@ async def test_a_broken_app_is_caught(variant: str, clause: str) -> None:
 def test_cli_app_option(tmp_path: Path) -> None:
     layer()
     report = tmp_path / "r.json"
-    r = subprocess.run([STUBDOM, "conformance", "stubdomain", "--app", sys.executable,
-                        "--app-arg", str(QEMU_TRAD), "--report", str(report)],
+    r = subprocess.run([STUBDOM, "conformance", "stubdomain", "--app", "stubdom-qemu-trad-dm",
+                        "--report", str(report)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     rows = {row["id"]: row for row in json.loads(report.read_text())["results"]}

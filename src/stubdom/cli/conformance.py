@@ -51,9 +51,10 @@ printed, and written to --report, however the run ends.
               type=click.Path(exists=True, dir_okay=False, executable=True),
               help="A whole stubdomain kernel (a program that does everything itself).")
 @click.option("--kernel-arg", "kernel_args", multiple=True, help="A kernel command-line word.")
-@click.option("--app", "app", type=click.Path(exists=True, dir_okay=False, executable=True),
+@click.option("--app", "app", metavar="PROGRAM",
               help="A device model to run under the Mini-OS layer (stubdom-minios), "
-              "which brings the devices and consoles up for it.")
+              "which brings the devices and consoles up for it: a path, or a bare name "
+              "looked up beside stubdom, then on PATH.")
 @click.option("--app-arg", "app_args", multiple=True, help="A word of PROGRAM's argv.")
 @click.option("--report", "report", type=_OUTPUT,
               help="Also write the results as JSON (always written, even when interrupted).")
@@ -83,7 +84,7 @@ def _boot_argv(kernel: str | None, kernel_args: tuple[str, ...], app: str | None
     if kernel_args:
         raise click.UsageError("--kernel-arg goes with --kernel; use --app-arg")
     assert app is not None
-    words = [os.path.abspath(app), *app_args]
+    words = [_app_path(app), *app_args]
     spaced = next((w for w in words if not w or any(c.isspace() for c in w)), None)
     if spaced is not None:
         raise click.BadParameter(f"{spaced!r}: a kernel command line is split at spaces, "
@@ -98,16 +99,32 @@ def _boot_argv(kernel: str | None, kernel_args: tuple[str, ...], app: str | None
     return [layer, *words]
 
 
+def _app_path(app: str) -> str:
+    """``--app``'s program as an absolute path: a path as given, a bare name looked up
+    as the layer looks up its program."""
+    found = os.path.abspath(app) if "/" in app else find_program(app)
+    if found is None or not os.path.isfile(found) or not os.access(found, os.X_OK):
+        where = "is not an executable file" if "/" in app else \
+            f"is not a program beside {sys.executable} or on PATH"
+        raise click.BadParameter(f"{app!r} {where}", param_hint="--app")
+    return found
+
+
 #: The Mini-OS layer's executable: a stubdomain kernel that runs an app.
 MINIOS = "stubdom-minios"
 
 
-def minios_layer() -> str | None:
-    """The Mini-OS layer beside this interpreter, else on PATH (as the agent is found)."""
-    beside = Path(sys.executable).with_name(MINIOS)
+def find_program(name: str) -> str | None:
+    """One of the project's programs: beside this interpreter, else on PATH."""
+    beside = Path(sys.executable).with_name(name)
     if beside.exists():
         return str(beside)
-    return shutil.which(MINIOS)
+    return shutil.which(name)
+
+
+def minios_layer() -> str | None:
+    """The Mini-OS layer, found as the toolstack finds a bare kernel name."""
+    return find_program(MINIOS)
 
 
 def _run_stubdomain(argv: list[str], t: Timeouts, report: Path | None) -> None:
