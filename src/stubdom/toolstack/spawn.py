@@ -92,12 +92,39 @@ class Created:
     stub_uuid: str
 
 
-def default_stubdom_kernel() -> str | None:
-    """The project's device-model agent: beside this interpreter, else on PATH."""
-    beside = Path(sys.executable).with_name(AGENT)
+def find_program(name: str) -> str | None:
+    """An installed program of ours (or any on PATH): beside this interpreter, else on
+    PATH."""
+    beside = Path(sys.executable).with_name(name)
     if beside.exists():
         return str(beside)
-    return shutil.which(AGENT)
+    return shutil.which(name)
+
+
+def default_stubdom_kernel() -> str | None:
+    """The project's device-model agent: beside this interpreter, else on PATH."""
+    return find_program(AGENT)
+
+
+def stubdom_kernel(configured: str | None) -> str:
+    """The stubdomain's kernel: ``stubdomain_kernel`` as a path, or a bare name (no
+    ``/``, such as ``stubdom-minios``) looked up as the default agent is; the agent
+    when unset.  `HypervisorError` naming the fix if there is no such program."""
+    name = configured or AGENT
+    if "/" in name:
+        return name
+    found = find_program(name)
+    if found is None:
+        if configured is None:
+            raise HypervisorError(
+                f"the device-model agent {AGENT!r} is not installed; "
+                "set stubdomain_kernel to an executable"
+            )
+        raise HypervisorError(
+            f"stubdomain_kernel {name!r} is not a program on PATH; "
+            "give its path or install it"
+        )
+    return found
 
 
 def check_disks(cfg: GuestConfig) -> None:
@@ -206,12 +233,7 @@ class StubdomSpawner:
             )
             await make_domain(self.xs, srec)
             step = "building the stubdomain"
-            kernel = cfg.stubdomain_kernel or default_stubdom_kernel()
-            if kernel is None:
-                raise HypervisorError(
-                    f"the device-model agent {AGENT!r} is not installed; "
-                    "set stubdomain_kernel to an executable"
-                )
+            kernel = stubdom_kernel(cfg.stubdomain_kernel)
             await self.hv.build_pv(stub, kernel, cfg.stubdomain_cmdline)
             await introduce_domain(self.xs, srec)
 
