@@ -45,6 +45,9 @@ from stubdom.xenstore import Client, Watch
 #: Hot-plug slots qemu-trad hands out for an automatic devfn (0-3 hold emulated devices).
 SLOTS = range(4, 0x20)
 SECTION = "qemu-trad-dm"
+#: MiB of "guest RAM" a save carries (``--ram-mib=N`` first on the command line):
+#: large enough that console 1 cannot have it all when ``paused`` is written.
+RAM_MIB = 0
 WITH_PARAMETER = frozenset({Command.PCI_INS, Command.PCI_REM, Command.USB_ADD, Command.USB_DEL})
 #: What a test asks the layer to show in the environment line.
 SHOWN_ENV = (
@@ -128,7 +131,8 @@ class Dm:
         """The stream to the save file, the file closed, then ``paused``."""
         self.state["saves"] = int(str(self.state.get("saves", 0))) + 1
         body = json.dumps(self.state, sort_keys=True).encode()
-        stream = fake_dm_state([(SECTION, body), ("ram", os.urandom(1 << 16))])
+        ram = os.urandom(1 << 16) * (RAM_MIB * 16 or 1)
+        stream = fake_dm_state([(SECTION, body), ("ram", ram)])
         with open(os.environ[proto.ENV_SAVE_FILE], "wb") as f:
             f.write(stream)
         self.paused = True
@@ -139,10 +143,10 @@ class Dm:
         parsed = parse_bdf(parameter)
         devfn = -1
         if parsed is not None:
-            bus, dev, func, devfn = parsed
-            if devfn & AUTO_PHP_SLOT:
+            devfn = parsed[3]
+            if devfn & AUTO_PHP_SLOT:  # insert_to_pci_devfn: the first free slot, function 0
                 free = [s for s in SLOTS if not any(s << 3 | f in self.present for f in range(8))]
-                devfn = free[0] << 3 | func if free else -1
+                devfn = free[0] << 3 if free else -1
             elif devfn in self.present or not 0 <= devfn < 0x100:
                 devfn = -2
         if devfn < 0:
@@ -241,7 +245,10 @@ async def serve(argv: list[str]) -> int:
 
 
 def main() -> int:
+    global RAM_MIB
     argv = sys.argv[1:]
+    if argv and argv[0].startswith("--ram-mib="):
+        RAM_MIB = int(argv.pop(0).partition("=")[2])
     say(f"argv {json.dumps(sys.argv)}")
     say(f"env {json.dumps({k: os.environ.get(k) for k in SHOWN_ENV}, sort_keys=True)}")
     return asyncio.run(serve(argv))

@@ -69,9 +69,23 @@ class Layer:
         self.proxy: XenstoreProxy | None = None
         self.console0: Console | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        #: Set when one of our own tasks fails: like a Mini-OS thread's crash, that is
+        #: the domain's crash.
+        self._failed: asyncio.Future[BaseException] | None = None
 
-    def _task(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
-        self._tasks.append(asyncio.get_running_loop().create_task(coro, name=name))
+    def _task(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or (exc := task.exception()) is None:
+            return
+        if self._failed is None:
+            self._failed = asyncio.get_running_loop().create_future()
+        if not self._failed.done():
+            self._failed.set_result(exc)
 
     async def run(self) -> int:
         try:
@@ -96,6 +110,8 @@ class Layer:
             self.scratch / SAVE_FIFO, lambda: connect_console(client, proto.CONSOLE_SAVE)
         )
         self.relay.start()
+        assert self.relay.task is not None
+        self.relay.task.add_done_callback(self._task_done)
         loadvm = loadvm_argument(argv[1:])
         source = (lambda: connect_console(client, proto.CONSOLE_RESTORE)) if loadvm else None
         self._task(feed_restore(self.scratch / RESTORE_FIFO, source), "restore relay")
@@ -134,7 +150,7 @@ class Layer:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._forward_signal, sig)
-        code = await self.proc.wait()
+        code = await self._wait_application(self.proc)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(output, OUTPUT_DRAIN)
         if code == 0:
@@ -143,6 +159,21 @@ class Layer:
         how = f"status {code}" if code > 0 else f"signal {signal.Signals(-code).name}"
         log.error("application exited with %s: the domain crashes", how)
         return code if code > 0 else EXIT_CRASH
+
+    async def _wait_application(self, proc: asyncio.subprocess.Process) -> int:
+        """The application's exit status; raises what one of our tasks failed with."""
+        if self._failed is None:
+            self._failed = asyncio.get_running_loop().create_future()
+        waiter = asyncio.get_running_loop().create_task(proc.wait())
+        try:
+            await asyncio.wait((waiter, self._failed), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+        if self._failed.done():
+            exc = self._failed.result()
+            raise LayerError(f"{type(exc).__name__}: {exc}") from exc
+        return waiter.result()
 
     def _forward_signal(self, sig: int) -> None:
         if self.proc is not None and self.proc.returncode is None:

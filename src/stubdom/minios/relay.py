@@ -58,14 +58,14 @@ class SaveRelay:
         self._active = False  # a session (the application's open..close) is in progress
         self._dropping = False  # console 1 could not be had: this session is discarded
         self._changed = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | None = None
         self.sessions = 0
         self.bytes = 0
 
     def start(self) -> None:
         os.mkfifo(self.path, 0o600)
         self._fd = _open_read_end(self.path)
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="save relay")
+        self.task = asyncio.get_running_loop().create_task(self._run(), name="save relay")
 
     def _pending(self) -> bool:
         """Unread bytes, or a writer that opened and closed since our read end opened."""
@@ -79,15 +79,15 @@ class SaveRelay:
     async def idle(self) -> None:
         """Return once nothing the application wrote to the FIFO is still on its way."""
         while self.busy():
-            if self._task is None or self._task.done():
+            if self.task is None or self.task.done():
                 return  # the relay is gone: nothing will ever drain it
             self._changed.clear()
             await self._changed.wait()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
         if self._console is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._console.close(), 10)
