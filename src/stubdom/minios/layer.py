@@ -26,6 +26,7 @@ from stubdom import protocol as proto
 from stubdom.host.frontend.console import Console, ConsoleError, connect_console
 from stubdom.minios.proxy import XenstoreProxy
 from stubdom.minios.relay import SaveRelay, feed_restore
+from stubdom.programs import find_program
 from stubdom.stubdomain.agent import ConsoleLogHandler
 from stubdom.stubdomain.args import build_argv, loadvm_argument
 from stubdom.stubdomain.boot import BootError, BootInfo, read_boot_info
@@ -53,6 +54,20 @@ def _die_with_parent() -> None:
     """In the child: SIGKILL when the layer dies, however it dies (Linux prctl)."""
     with contextlib.suppress(Exception):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _resolve(program: str, path: str | None) -> str:
+    """A bare PROGRAM is looked up as the toolstack looks up a bare stubdomain_kernel:
+    beside our interpreter, then on the domain's PATH."""
+    if "/" in program:
+        return program
+    found = find_program(program, path)
+    if found is None:
+        raise LayerError(
+            f"application {program!r} is neither beside {sys.executable} nor on PATH "
+            f"({path}); give its path in stubdomain_cmdline"
+        )
+    return found
 
 
 @dataclass
@@ -132,11 +147,12 @@ class Layer:
         }
 
     async def _run_application(self, argv: list[str], env: dict[str, str]) -> int:
+        program = _resolve(argv[0], env.get("PATH"))
         read_end, write_end = os.pipe()
         try:
             try:
                 self.proc = await asyncio.create_subprocess_exec(
-                    argv[0], *argv[1:], stdin=asyncio.subprocess.DEVNULL,
+                    program, *argv[1:], stdin=asyncio.subprocess.DEVNULL,
                     stdout=write_end, stderr=write_end, env=env,
                     preexec_fn=_die_with_parent,
                 )  # fmt: skip

@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
-import sys
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ from stubdom.host.backends.console import add_console
 from stubdom.host.hypervisor import DomainConfig, Hypervisor, HypervisorError
 from stubdom.host.records import DomainRecord, introduce_domain, make_domain, remove_domain
 from stubdom.host.xenbus import backend_root
+from stubdom.programs import find_program
 from stubdom.toolstack.config import DiskSpec, GuestConfig
 from stubdom.toolstack.control import forget_channel_watches
 from stubdom.toolstack.dmargs import build_dm_argv
@@ -90,15 +89,6 @@ class Created:
     stubdom: int
     guest_uuid: str
     stub_uuid: str
-
-
-def find_program(name: str) -> str | None:
-    """An installed program of ours (or any on PATH): beside this interpreter, else on
-    PATH."""
-    beside = Path(sys.executable).with_name(name)
-    if beside.exists():
-        return str(beside)
-    return shutil.which(name)
 
 
 def default_stubdom_kernel() -> str | None:

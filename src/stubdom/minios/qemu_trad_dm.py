@@ -1,11 +1,12 @@
-"""A qemu-traditional device model that speaks only the control channel, as a program.
+"""``stubdom-qemu-trad-dm``: a qemu-traditional device model that speaks only the channel.
 
 What ioemu is inside a Mini-OS stubdomain, without Mini-OS: no frontend, no console of
-its own.  It is run by ``stubdom-minios`` (``stubdomain_cmdline = "python THIS"``) and
-relies on it for everything else: argv is Mini-OS's (``-d <guest>`` and the other dmargs
-words), ``XENSTORED_PATH`` is the layer's proxy, the saved state goes to
-``$STUBDOM_SAVE_FILE`` and ``-loadvm`` reads ``$STUBDOM_RESTORE_FILE``.  stdout and
-stderr are console 0.
+its own, no machine behind it (the guest is simulated: it ejects a slot at once).  It
+is an application for ``stubdom-minios`` (``stubdomain_cmdline =
+"stubdom-qemu-trad-dm [--ram-mib=N]"``) and relies on it for everything else: argv is
+Mini-OS's (``-d <guest>`` and the other dmargs words), ``XENSTORED_PATH`` is the
+layer's proxy, the saved state goes to ``$STUBDOM_SAVE_FILE`` and ``-loadvm`` reads
+``$STUBDOM_RESTORE_FILE``.  stdout and stderr are console 0.
 
 The channel as qemu-trad answers it (``xenstore_process_dm_command_event``,
 ``xen-vl-extra.c``, ``pass-through.c``): the command is read and deleted, its name
@@ -16,6 +17,7 @@ slot (at once); ``save`` writes the savevm stream, closes the file, then ``pause
 ``continue`` writes ``running``; logdirty commands are echoed to ``logdirty/ret`` (an
 unknown one is fatal); the guest's ``cpu`` directory is watched for vcpu-set.
 
+``--ram-mib=N`` (first on the command line) makes a save carry N MiB of "guest RAM".
 For tests, the first lines it prints are ``argv [...]`` and ``env {...}`` (JSON), and
 ``snapshot saved {json}`` / ``snapshot restored {json}`` show what a save carried.
 """
@@ -45,9 +47,8 @@ from stubdom.xenstore import Client, Watch
 #: Hot-plug slots qemu-trad hands out for an automatic devfn (0-3 hold emulated devices).
 SLOTS = range(4, 0x20)
 SECTION = "qemu-trad-dm"
-#: MiB of "guest RAM" a save carries (``--ram-mib=N`` first on the command line):
-#: large enough that console 1 cannot have it all when ``paused`` is written.
-RAM_MIB = 0
+RAM_OPTION = "--ram-mib="
+RAM_PIECE = 1 << 16
 WITH_PARAMETER = frozenset({Command.PCI_INS, Command.PCI_REM, Command.USB_ADD, Command.USB_DEL})
 #: What a test asks the layer to show in the environment line.
 SHOWN_ENV = (
@@ -89,6 +90,7 @@ class Dm:
     state: dict[str, object] = field(default_factory=dict)
     present: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # devfn -> bdf
     paused: bool = False
+    ram_mib: int = 0
 
     def rel(self, node: str) -> str:
         return proto.dm_relative_path(self.guest, node)
@@ -131,7 +133,7 @@ class Dm:
         """The stream to the save file, the file closed, then ``paused``."""
         self.state["saves"] = int(str(self.state.get("saves", 0))) + 1
         body = json.dumps(self.state, sort_keys=True).encode()
-        ram = os.urandom(1 << 16) * (RAM_MIB * 16 or 1)
+        ram = os.urandom(RAM_PIECE) * max(1, self.ram_mib * ((1 << 20) // RAM_PIECE))
         stream = fake_dm_state([(SECTION, body), ("ram", ram)])
         with open(os.environ[proto.ENV_SAVE_FILE], "wb") as f:
             f.write(stream)
@@ -211,11 +213,11 @@ def restore(path: str) -> dict[str, object]:
     return state
 
 
-async def serve(argv: list[str]) -> int:
+async def serve(argv: list[str], ram_mib: int) -> int:
     guest = int(option(argv, "-d") or os.environ[proto.ENV_TARGET])
     xs = await Client.connect()
     loadvm = option(argv, "-loadvm")
-    dm = Dm(xs, guest)
+    dm = Dm(xs, guest, ram_mib=ram_mib)
     dm.state = restore(loadvm) if loadvm else {"guest": guest, "token": secrets.token_hex(8)}
     queue: asyncio.Queue[str] = asyncio.Queue()
 
@@ -245,13 +247,17 @@ async def serve(argv: list[str]) -> int:
 
 
 def main() -> int:
-    global RAM_MIB
     argv = sys.argv[1:]
-    if argv and argv[0].startswith("--ram-mib="):
-        RAM_MIB = int(argv.pop(0).partition("=")[2])
     say(f"argv {json.dumps(sys.argv)}")
     say(f"env {json.dumps({k: os.environ.get(k) for k in SHOWN_ENV}, sort_keys=True)}")
-    return asyncio.run(serve(argv))
+    ram_mib = 0
+    if argv and argv[0].startswith(RAM_OPTION):
+        value = argv.pop(0).removeprefix(RAM_OPTION)
+        if not value.isdigit():
+            say(f"{RAM_OPTION}{value}: a whole number of MiB")
+            return 1
+        ram_mib = int(value)
+    return asyncio.run(serve(argv, ram_mib))
 
 
 if __name__ == "__main__":
