@@ -247,6 +247,15 @@ def test_the_applications_exit_is_the_domains(host: Host, end: str, state: str) 
     assert f"told to end: {end}" in dm_log(host)  # its last words made it to console 0
 
 
+def test_an_application_that_is_not_there_fails_the_create_at_once(host: Host) -> None:
+    started = time.monotonic()
+    r = host.run("create", str(config(host, "no-such-dm")), check=False)
+    took = time.monotonic() - started
+    assert r.returncode == 1 and took < PROMPT, (took, r.stderr)
+    assert "crashed" in r.stderr and "application 'no-such-dm' is neither beside" in r.stderr
+    assert host.names() == ["Domain-0"]
+
+
 def test_a_crash_of_the_layer_kills_the_application_and_crashes_the_domain(host: Host) -> None:
     kernel = host.dir / "faulty-minios"
     kernel.write_text(f"#!/bin/sh\nexec {sys.executable} {ROOT}/tests/minios/faulty_layer.py "
