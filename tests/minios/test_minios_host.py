@@ -1,5 +1,5 @@
 """Issue 13: ``stubdomain_kernel = "stubdom-minios"`` with a device model that speaks only
-the channel (`tests/support/qemu_trad_dm.py`), on a real `stubdom host`.
+the channel (`stubdom-qemu-trad-dm`), on a real `stubdom host`.
 
 Every verb works as it does with our agent, and each duty of the layer is checked:
 argv, environment, console 0, the save and restore FIFOs, pcifront across hot-plugs,

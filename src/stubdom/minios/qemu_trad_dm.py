@@ -42,7 +42,7 @@ from stubdom.protocol import (
     qemu_trad_dispatch,
 )
 from stubdom.toolstack.savefile import check_dm_state_complete, fake_dm_state
-from stubdom.xenstore import Client, Watch
+from stubdom.xenstore import RECONNECT, Client, Watch
 
 #: Hot-plug slots qemu-trad hands out for an automatic devfn (0-3 hold emulated devices).
 SLOTS = range(4, 0x20)
@@ -215,7 +215,8 @@ def restore(path: str) -> dict[str, object]:
 
 async def serve(argv: list[str], ram_mib: int) -> int:
     guest = int(option(argv, "-d") or os.environ[proto.ENV_TARGET])
-    xs = await Client.connect()
+    # Like every long-lived client of the host: back by itself after a xenstored restart.
+    xs = await Client.connect(reconnect=RECONNECT)
     loadvm = option(argv, "-loadvm")
     dm = Dm(xs, guest, ram_mib=ram_mib)
     dm.state = restore(loadvm) if loadvm else {"guest": guest, "token": secrets.token_hex(8)}
