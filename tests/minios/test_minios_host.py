@@ -271,12 +271,14 @@ def test_a_crash_of_the_layer_kills_the_application_and_crashes_the_domain(host:
     assert "stubdom-minios: fatal: RuntimeError: injected fault" in dm_log(host)
 
 
-def test_the_application_never_outlives_its_layer(host: Host) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_the_application_never_outlives_its_layer(host: Host, sig: signal.Signals) -> None:
     host.run("create", "-e", str(config(host, EXITING)))
     _, stub = ids(host)
     pid = app_pid(host)
-    # The layer alone killed (not its process group, as destroy does): the kernel ends
-    # the application with it.
-    os.kill(host.pid_of(stub), signal.SIGKILL)
+    # The layer alone signalled (not its process group, as destroy does): SIGKILL, and
+    # the kernel ends the application with it; SIGTERM, and the layer passes it on.
+    os.kill(host.pid_of(stub), sig)
     host.wait_for("the application's end", lambda: not process_alive(pid))
+    host.wait_for("the stubdomain's end", lambda: host.domains()["win7-dm"].state.value in "sc")
     assert host.domains()["win7-dm"].state.value == "c"
