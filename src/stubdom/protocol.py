@@ -346,8 +346,6 @@ def log_file_name(guest_name: str) -> str:
 
 # -- the Mini-OS layer (stubdom-minios) ------------------------------------------------------
 
-#: The executable that plays Mini-OS for a device model that speaks only the channel.
-MINIOS_LAYER = "stubdom-minios"
 #: What the layer gives its application, besides the domain's own environment.
 ENV_XENSTORED_PATH = "XENSTORED_PATH"
 ENV_DOMID = "STUBDOM_DOMID"
