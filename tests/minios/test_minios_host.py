@@ -190,6 +190,34 @@ def test_qemu_trads_refusal_text_fails_the_attach_at_once(host: Host) -> None:
     assert len(host.pci_rows()) == 2
 
 
+def test_detaching_an_interrupted_attach_qemu_trad_refused_is_at_once(host: Host) -> None:
+    # qemu-trad answers a pci-rem of a function it does not hold with nothing at all.
+    # The toolstack reads its answer to the interrupted pci-ins instead of waiting.
+    host.run("create", str(config(host)))
+    host.run("pci-attach", "win7", "03:00.0@05")
+    pid = app_pid(host)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        proc = host.popen("pci-attach", "win7", "04:00.0@05")  # slot 5 is taken
+        host.wait_for("the pci-ins", lambda: host.read(host.dm_node("command")) == "pci-ins")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=GUARD) != 0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    host.wait_for("qemu's refusal", lambda: host.read(host.dm_node("parameter"))
+                  == "wrong bdf or vdevfn")
+    assert host.pci_rows() == [
+        "05.0 0000:03:00.0", "??.? 0000:04:00.0 (an unfinished pci-attach; pci-detach removes it)"]
+    started = time.monotonic()
+    host.run("pci-detach", "win7", "04:00.0", "--timeout", "600")
+    took = time.monotonic() - started
+    assert took < PROMPT, f"pci-detach took {took:.1f} s"
+    assert host.pci_rows() == ["05.0 0000:03:00.0"]
+    assert "dm-command: pci-rem" not in dm_log(host)  # nothing was asked of qemu
+    host.run("pci-attach", "win7", "04:00.0")  # the channel goes on
+    assert len(host.pci_rows()) == 2
+
+
 # -- save, restore, pause, console, destroy ------------------------------------------------
 
 

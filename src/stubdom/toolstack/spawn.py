@@ -392,9 +392,11 @@ async def destroy_guest(hv: Hypervisor, xs: Client, guest: int, paths: HostPaths
     for stub, stub_uuid in await stubdoms_of(hv, xs, guest):
         await destroy_domain(hv, xs, stub, stub_uuid, paths)
     await destroy_domain(hv, xs, guest, await _uuid_of(hv, xs, guest), paths)
-    # A save marker outlives the save that wrote it (the save destroys the guest).
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(paths.lock_dir / f"dm-{guest}.saved")
+    # A save marker outlives the save that wrote it (the save destroys the guest); the
+    # record of the last command sent goes with the guest too.
+    for marker in (f"dm-{guest}.saved", f"dm-{guest}.last"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(paths.lock_dir / marker)
 
 
 async def stubdoms_of(hv: Hypervisor, xs: Client, guest: int) -> list[tuple[int, str | None]]:
