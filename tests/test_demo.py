@@ -42,9 +42,9 @@ def processes_naming(text: str) -> list[int]:
     return found
 
 
-def check_story(out: Path, backend: str) -> None:
+def check_story(out: Path, backend: str, config: Path | None = None, name: str = "demo") -> None:
     lines: list[str] = []
-    result = asyncio.run(run_demo(out, backend, echo=lines.append))
+    result = asyncio.run(run_demo(out, backend, config=config, echo=lines.append))
     text = "\n".join(lines)
     assert result.ok
     assert [s.name for s in result.steps] == STEPS
@@ -55,7 +55,7 @@ def check_story(out: Path, backend: str) -> None:
     assert "stub d2    wrote /local/domain/2/device-model/1/state = 'pci-removed'" in text
     assert "stub d2    wrote /local/domain/2/device-model/1/state = 'paused'" in text
     assert "a saved guest cannot keep them" in text
-    assert "/image/dmargs = ' -d 1 -domain-name demo" in text and "(n0,r2)" in text
+    assert f"/image/dmargs = ' -d 1 -domain-name {name}" in text and "(n0,r2)" in text
     # The summary table, after the steps.
     table = result.table()
     assert table in text
@@ -79,6 +79,10 @@ def check_story(out: Path, backend: str) -> None:
 
 def test_the_story_on_the_sim_device_model() -> None:
     check_story(short_tmpdir("demo-"), "sim")
+
+
+def test_the_story_with_a_channel_only_device_model_under_stubdom_minios() -> None:
+    check_story(short_tmpdir("demo-m-"), "sim", ROOT / "examples" / "minios.cfg", "minios")
 
 
 @pytest.mark.peer

@@ -58,7 +58,7 @@ def host() -> Iterator[Host]:
 
 
 def test_every_example_is_covered() -> None:
-    assert {"demo.cfg", "g1.cfg", "legacy.cfg", "win7.cfg"} == set(CONFIGS)
+    assert {"demo.cfg", "g1.cfg", "legacy.cfg", "minios.cfg", "win7.cfg"} == set(CONFIGS)
     assert SCRIPTS == ["xenstore_demo.py"]  # run by tests/test_demo.py
 
 

@@ -344,3 +344,21 @@ def restore_file_name(guest: int) -> str:
 def log_file_name(guest_name: str) -> str:
     """``qemu-dm-<guest>.log``: console 0 of the stubdomain."""
     return f"qemu-dm-{guest_name}.log"
+
+
+# -- the Mini-OS layer (stubdom-minios) ------------------------------------------------------
+
+#: What the layer gives its application, besides the domain's own environment.
+ENV_XENSTORED_PATH = "XENSTORED_PATH"
+ENV_DOMID = "STUBDOM_DOMID"
+ENV_TARGET = "STUBDOM_TARGET"
+ENV_SAVE_FILE = "STUBDOM_SAVE_FILE"
+ENV_RESTORE_FILE = "STUBDOM_RESTORE_FILE"
+#: The qemu option whose presence makes console 2 the source of the restore FIFO.
+LOADVM_OPTIONS = ("-loadvm", "--loadvm")
+
+
+def dm_state_write_paths(stubdom: int, guest: int) -> tuple[str, str]:
+    """The ``state`` node as a device model in ``stubdom`` may name it in a WRITE:
+    relative to its home, and absolute."""
+    return dm_relative_path(guest, "state"), state_path(stubdom, guest)

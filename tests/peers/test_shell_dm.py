@@ -62,13 +62,13 @@ def host() -> Iterator[Host]:
 
 
 def test_shell_dm_through_a_guest_s_life(host: Host) -> None:
-    layer = need_tools_and_layer()
-    cfg = host.dir / "shdm.cfg"
+    need_tools_and_layer()
+    cfg = host.dir / "shdm.cfg"  # as the README shows it
     cfg.write_text(
         'type = "hvm"\nname = "shdm"\nvif = [ "mac=00:16:3e:00:00:01" ]\n'
         'device_model_version = "qemu-xen-traditional"\n'
         "device_model_stubdomain_override = 1\n"
-        f'stubdomain_kernel = "{layer}"\nstubdomain_cmdline = "{SHELL_DM}"\n'
+        f'stubdomain_kernel = "stubdom-minios"\nstubdomain_cmdline = "{SHELL_DM}"\n'
     )
     host.run("create", str(cfg))
     host.run("pci-attach", "shdm", "0000:03:00.0")

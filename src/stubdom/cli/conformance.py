@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +14,7 @@ import click
 from stubdom.cli.common import SECONDS
 from stubdom.cli.main import cli
 from stubdom.conformance.timeouts import BOUND_FORMULA, Timeouts
+from stubdom.programs import find_program
 
 if TYPE_CHECKING:
     from stubdom.conformance.report import Result
@@ -112,14 +112,6 @@ def _app_path(app: str) -> str:
 
 #: The Mini-OS layer's executable: a stubdomain kernel that runs an app.
 MINIOS = "stubdom-minios"
-
-
-def find_program(name: str) -> str | None:
-    """One of the project's programs: beside this interpreter, else on PATH."""
-    beside = Path(sys.executable).with_name(name)
-    if beside.exists():
-        return str(beside)
-    return shutil.which(name)
 
 
 def minios_layer() -> str | None:

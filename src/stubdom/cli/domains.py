@@ -62,6 +62,13 @@ def create(
     applies on_poweroff, on_reboot and on_crash when the guest shuts down.  A guest
     cannot run without its device model: if the stubdomain crashes or shuts down, the
     monitor destroys it and treats that as a crash of the guest (on_crash).
+
+    \b
+    The stubdomain boots stubdom-dm unless the config names another kernel:
+      stubdomain_kernel = "stubdom-minios"      (a bare name is looked up on PATH)
+      stubdomain_cmdline = "PROGRAM [ARG...]"   (the device model Mini-OS runs)
+    stubdom-minios plays Mini-OS (consoles, PV devices, pcifront) for a PROGRAM that
+    speaks only the control channel; see the README.
     """
     from stubdom.toolstack.configure import load_config
     from stubdom.toolstack.operations import create_guest

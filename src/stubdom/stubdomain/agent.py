@@ -34,6 +34,7 @@ from stubdom.devicemodel.base import (
 from stubdom.host.frontend.console import Console, ConsoleError, connect_console, open_console
 from stubdom.stubdomain import commands as cmds
 from stubdom.stubdomain.args import AgentOptions, DmArgsError, build_argv, parse_dm_args
+from stubdom.stubdomain.boot import BootError, read_boot_info
 from stubdom.stubdomain.discovery import Discovered, discover, run_pcifront
 from stubdom.xenstore import (
     RECONNECT,
@@ -143,17 +144,10 @@ class Agent:
     async def setup(self) -> None:
         """Everything before ``running``; `AgentFatal` if the stub cannot serve."""
         try:
-            self.self_domid = int(await self._read(proto.DOMID_RELATIVE) or "")
-        except ValueError:
-            raise AgentFatal("cannot read our own domid") from None
-        try:
-            target = int(await self._read(proto.TARGET_RELATIVE) or "")
-        except ValueError:
-            raise AgentFatal("Couldn't read target") from None
-        vm = await self._read(proto.vm_path_node(target))
-        if vm is None:
-            raise AgentFatal(f"cannot read the vm path of domain {target}")
-        dmargs = await self._read(proto.dmargs_path(vm)) or ""
+            boot = await read_boot_info(self.client)
+        except BootError as e:
+            raise AgentFatal(str(e)) from None
+        self.self_domid, target, dmargs = boot.self_domid, boot.target, boot.dmargs
         argv = build_argv(self.cmdline, dmargs)
         log.info("stubdom-dm %d for domain %d: argv %s", self.self_domid, target, " ".join(argv))
         try:

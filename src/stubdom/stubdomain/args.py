@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 
 from stubdom.devicemodel.base import MachineConfig, Nic
-from stubdom.protocol import split_dmargs
+from stubdom.protocol import LOADVM_OPTIONS, split_dmargs
 
 #: Backends the agent can drive (``--dm=``).
 BACKENDS = ("sim", "qemu")
@@ -102,6 +102,16 @@ def split_agent_options(words: list[str]) -> tuple[AgentOptions, list[str]]:
 def build_argv(cmdline_words: list[str], dmargs: str) -> list[str]:
     """Mini-OS ``call_main``: the kernel command line words, then the dmargs words."""
     return [*cmdline_words, *split_dmargs(dmargs)]
+
+
+def loadvm_argument(argv: list[str]) -> str | None:
+    """The argument of qemu's ``-loadvm`` (or ``--loadvm``) in ``argv``, the last one
+    winning as in qemu's option loop; None without one."""
+    found = None
+    for i, word in enumerate(argv[:-1]):
+        if word in LOADVM_OPTIONS:
+            found = argv[i + 1]
+    return found
 
 
 @dataclass(frozen=True)

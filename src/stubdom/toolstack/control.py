@@ -73,6 +73,7 @@ __all__ = [
     "DeviceModelDied",
     "DeviceModelError",
     "DeviceModelTimeout",
+    "InsertOutcome",
     "Outcome",
     "PciInsertError",
     "PciRemoveError",
@@ -160,6 +161,14 @@ class Snapshot:
     state: str | None
     parameter: str | None
     stub_alive: bool = True
+
+
+class InsertOutcome(enum.Enum):
+    """What became of a ``pci-ins`` whose sender stopped waiting (`unanswered_insert`)."""
+
+    REFUSED = "refused"  # qemu's text answered it: the device model does not hold it
+    INSERTED = "inserted"
+    UNKNOWN = "unknown"  # not answered yet, or not the last command sent
 
 
 class Verdict(enum.Enum):
@@ -459,6 +468,9 @@ class DeviceModelChannel:
         self.logdirty_timeout = logdirty_timeout
         self.lock_path = self.lock_dir / f"dm-{guest}.lock"
         self.save_marker = self.lock_dir / f"dm-{guest}.saved"
+        #: The last command any toolstack of ours sent this guest's device model, and its
+        #: parameter (written under the lock, before the parameter).
+        self.last_sent = self.lock_dir / f"dm-{guest}.last"
         #: The marker of our own save, flocked until `resume` or this process's end.
         self._marker_held: IO[str] | None = None
         self._state = state_path(stubdom, guest)
@@ -524,6 +536,38 @@ class DeviceModelChannel:
                     "forced" if force else f"function {func}",
                 )
         return send
+
+    async def unanswered_insert(self, bdf: Bdf) -> InsertOutcome:
+        """What the device model made of an interrupted attach's ``pci-ins`` of ``bdf``.
+
+        Known only if that was the last command we sent and the device model took it
+        (``command`` is gone): it answers one command at a time, so ``parameter`` then
+        holds its answer to it -- qemu's refusal text, or the devfn.  A refused function
+        needs no ``pci-rem``, which qemu-trad would not answer at all."""
+        async with self.locked():
+            try:
+                sent = self.last_sent.read_text().strip()
+            except FileNotFoundError:
+                return InsertOutcome.UNKNOWN
+            name, _, sent_parameter = sent.partition(" ")
+            if name != Command.PCI_INS or not _names_function(sent_parameter, bdf):
+                return InsertOutcome.UNKNOWN
+
+            async def look(t: Transaction) -> tuple[bytes | None, bytes | None]:
+                command, param = await pipelined(
+                    t.read_optional(self._command), t.read_optional(self._parameter)
+                )
+                return command, param
+
+            command, raw = await self.client.retry_transaction(look)
+            answer = _text(raw)
+            if command is not None or answer is None:
+                return InsertOutcome.UNKNOWN
+            if answer in PCI_INS_ERRORS:
+                return InsertOutcome.REFUSED
+            if answer.startswith("0x"):
+                return InsertOutcome.INSERTED
+            return InsertOutcome.UNKNOWN
 
     async def save(self) -> None:
         """Pause the device model and have it dump its state (-> ``paused``); no state
@@ -729,6 +773,7 @@ class DeviceModelChannel:
             parameter was written), then look at state and parameter; the READs go in
             the same round trip as the write before them."""
             nonlocal orig
+            self.last_sent.write_text(f"{command.value} {parameter or ''}\n")
             if parameter is None:
                 orig = await self._read(self._state)
             else:
@@ -880,6 +925,12 @@ def _raise_closed(events: list[_Event]) -> None:
     for ev in events:
         if isinstance(ev, ConnectionClosed):
             raise ev
+
+
+def _names_function(parameter: str, bdf: Bdf) -> bool:
+    """Whether a ``pci-ins`` parameter (``PCI_BDF[@vdevfn],options``) is for ``bdf``."""
+    head = parameter.partition(",")[0].partition("@")[0]
+    return head == str(bdf)
 
 
 def _text(value: bytes | None) -> str | None:

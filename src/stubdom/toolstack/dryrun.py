@@ -12,10 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 from stubdom import protocol as proto
+from stubdom.host.hypervisor import HypervisorError
 from stubdom.toolstack.config import GuestConfig
 from stubdom.toolstack.dmargs import build_dm_argv
 from stubdom.toolstack.savefile import config_to_json
-from stubdom.toolstack.spawn import default_stubdom_kernel
+from stubdom.toolstack.spawn import stubdom_kernel
 
 #: Stands for the guest's domid while the argv is built (an id Xen never allocates).
 _SENTINEL = 0x7FEF
@@ -61,7 +62,7 @@ def describe(cfg: GuestConfig) -> dict[str, Any]:
             "type": "pv",
             "max_memkb": cfg.stubdomain_memkb,
             "vcpus": proto.STUBDOM_VCPUS,
-            "kernel": cfg.stubdomain_kernel or default_stubdom_kernel(),
+            "kernel": _kernel(cfg.stubdomain_kernel),
             "cmdline": cfg.stubdomain_cmdline,
             "disks": [d.vdev for d in cfg.disks],
             "nics": [n.mac for n in cfg.nics],
@@ -72,3 +73,11 @@ def describe(cfg: GuestConfig) -> dict[str, Any]:
         },
         "pci": [str(p.bdf) for p in cfg.pcis],
     }
+
+
+def _kernel(configured: str | None) -> str | None:
+    """The program create would boot (a bare name resolved as create resolves it)."""
+    try:
+        return stubdom_kernel(configured)
+    except HypervisorError:
+        return configured

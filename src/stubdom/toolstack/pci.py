@@ -38,6 +38,7 @@ from stubdom.toolstack.control import (
     DeviceModelDied,
     DeviceModelError,
     DeviceModelTimeout,
+    InsertOutcome,
     PciRemoveError,
 )
 from stubdom.toolstack.operations import channel, dead_stub_message, stub_of
@@ -391,11 +392,16 @@ async def _detach_one(
         await chan.pci_remove(a.bdf, force=force, vdevfn=a.vdevfn)
     else:
         # An unfinished attach: the device model may or may not have the function.
-        # One that never had it refuses (ours) or stays silent (qemu-trad).
-        try:
-            await chan.pci_remove(a.bdf, force=force)
-        except (PciRemoveError, DeviceModelTimeout) as e:
-            log.info("%s was never inserted (%s); removing what the attach left", a.bdf, e)
+        # If its answer to that pci-ins is still there and is a refusal, it does not;
+        # otherwise one that never had it refuses (ours) or stays silent (qemu-trad).
+        if await chan.unanswered_insert(a.bdf) is InsertOutcome.REFUSED:
+            log.info("%s was refused by the device model; removing what the attach left",
+                     a.bdf)  # fmt: skip
+        else:
+            try:
+                await chan.pci_remove(a.bdf, force=force)
+            except (PciRemoveError, DeviceModelTimeout) as e:
+                log.info("%s was never inserted (%s); removing what the attach left", a.bdf, e)
     with contextlib.suppress(devices.DeviceError):
         await devices.remove_pci(s.xs, chan.stubdom, a.bdf)
     await _drop_record(s, _pci_record(chan.guest, a.bdf))

@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
-import sys
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,6 +24,7 @@ from stubdom.host.backends.console import add_console
 from stubdom.host.hypervisor import DomainConfig, Hypervisor, HypervisorError
 from stubdom.host.records import DomainRecord, introduce_domain, make_domain, remove_domain
 from stubdom.host.xenbus import backend_root
+from stubdom.programs import find_program
 from stubdom.toolstack.config import DiskSpec, GuestConfig
 from stubdom.toolstack.control import forget_channel_watches
 from stubdom.toolstack.dmargs import build_dm_argv
@@ -95,10 +94,28 @@ class Created:
 
 def default_stubdom_kernel() -> str | None:
     """The project's device-model agent: beside this interpreter, else on PATH."""
-    beside = Path(sys.executable).with_name(AGENT)
-    if beside.exists():
-        return str(beside)
-    return shutil.which(AGENT)
+    return find_program(AGENT)
+
+
+def stubdom_kernel(configured: str | None) -> str:
+    """The stubdomain's kernel: ``stubdomain_kernel`` as a path, or a bare name (no
+    ``/``, such as ``stubdom-minios``) looked up as the default agent is; the agent
+    when unset.  `HypervisorError` naming the fix if there is no such program."""
+    name = configured or AGENT
+    if "/" in name:
+        return name
+    found = find_program(name)
+    if found is None:
+        if configured is None:
+            raise HypervisorError(
+                f"the device-model agent {AGENT!r} is not installed; "
+                "set stubdomain_kernel to an executable"
+            )
+        raise HypervisorError(
+            f"stubdomain_kernel {name!r} is not a program on PATH; "
+            "give its path or install it"
+        )
+    return found
 
 
 def check_disks(cfg: GuestConfig) -> None:
@@ -207,12 +224,7 @@ class StubdomSpawner:
             )
             await make_domain(self.xs, srec)
             step = "building the stubdomain"
-            kernel = cfg.stubdomain_kernel or default_stubdom_kernel()
-            if kernel is None:
-                raise HypervisorError(
-                    f"the device-model agent {AGENT!r} is not installed; "
-                    "set stubdomain_kernel to an executable"
-                )
+            kernel = stubdom_kernel(cfg.stubdomain_kernel)
             await self.hv.build_pv(stub, kernel, cfg.stubdomain_cmdline)
             await introduce_domain(self.xs, srec)
 
@@ -381,9 +393,11 @@ async def destroy_guest(hv: Hypervisor, xs: Client, guest: int, paths: HostPaths
     for stub, stub_uuid in await stubdoms_of(hv, xs, guest):
         await destroy_domain(hv, xs, stub, stub_uuid, paths)
     await destroy_domain(hv, xs, guest, await _uuid_of(hv, xs, guest), paths)
-    # A save marker outlives the save that wrote it (the save destroys the guest).
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(paths.lock_dir / f"dm-{guest}.saved")
+    # A save marker outlives the save that wrote it (the save destroys the guest); the
+    # record of the last command sent goes with the guest too.
+    for marker in (f"dm-{guest}.saved", f"dm-{guest}.last"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(paths.lock_dir / marker)
 
 
 async def stubdoms_of(hv: Hypervisor, xs: Client, guest: int) -> list[tuple[int, str | None]]:

@@ -1,0 +1,26 @@
+"""``stubdom-minios``: the executable the simulated host boots as a stubdomain kernel.
+
+argv is the kernel command line (``stubdomain_cmdline``): ``PROGRAM [ARG...]``, the
+application the layer runs as Mini-OS runs ioemu.  Exit status: the application's
+(0 is the domain shutting down, anything else a crash); 1 when the layer fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from stubdom.minios.layer import run_layer
+
+
+def main(argv: list[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
+    return asyncio.run(run_layer(words))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
