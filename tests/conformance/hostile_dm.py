@@ -80,7 +80,8 @@ def main() -> int:
     with SyncClient() as xs:
         guest = setup(xs)
         if variant == "garbage":
-            me = os.environ["XENSTORED_PATH"].rsplit("/", 1)[1]  # <socket>.d/<domid>
+            # under the Mini-OS layer, else from the domain socket <socket>.d/<domid>
+            me = os.environ.get("STUBDOM_DOMID") or os.environ["XENSTORED_PATH"].rsplit("/")[-1]
             garbage(xs, guest, f"/local/domain/{me}")
             return 0
         xs.write(f"device-model/{guest}/state", "running")

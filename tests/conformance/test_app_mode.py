@@ -85,3 +85,19 @@ def test_cli_app_refuses_a_word_with_a_space(tmp_path: Path) -> None:
                         "--app-arg", "two words"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "cannot hold one" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("variant", "clause", "seen"),
+    [
+        ("crash-after-running", "pci-ins.result", "the stubdomain is dead (it crashed)"),
+        ("silent", "startup.running", "no running within 2 s"),
+        ("garbage", "scope.writes", "changes to nodes it must not touch"),
+    ],
+)
+async def test_a_hostile_app_is_judged(variant: str, clause: str, seen: str) -> None:
+    t = Timeouts(startup=2.0, command=2.0, refusal=1.0)
+    args = [sys.executable, str(HERE / "hostile_dm.py"), variant]
+    res = by_clause(await check_stubdomain(layer(), args, t))
+    assert res[clause].verdict is Verdict.FAIL, res[clause]
+    assert seen in res[clause].seen, res[clause]
