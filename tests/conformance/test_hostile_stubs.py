@@ -111,6 +111,8 @@ def test_bound_is_the_sum_of_the_step_budgets() -> None:
     out = subprocess.run([STUBDOM, "conformance", "stubdomain", "--help"],
                          capture_output=True, text=True, timeout=60, check=True).stdout
     assert f"{Timeouts().bound():g} s with the defaults" in " ".join(out.split())
+    readme = (HERE.parents[1] / "README.md").read_text()
+    assert f"({Timeouts().bound():g} s with the defaults)" in " ".join(readme.split())
 
 
 def test_cli_reports_a_stub_without_frontends(tmp_path: Path) -> None:
