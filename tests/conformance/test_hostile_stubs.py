@@ -200,3 +200,31 @@ async def test_a_faulty_stub_is_caught_on_its_clause(tmp_path: Path, fault: str,
                                                      clause: str) -> None:
     res = by_clause(await check_stubdomain(faulty_kernel(tmp_path, fault), [], FAST))
     assert res[clause].verdict is Verdict.FAIL, res[clause]
+
+
+def test_a_failure_of_the_kit_itself_still_writes_the_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import contextlib
+    from collections.abc import AsyncIterator
+
+    from click.testing import CliRunner
+
+    from stubdom.cli.conformance import conformance  # the verb, registered on import
+    from stubdom.conformance import stubdomain
+
+    @contextlib.asynccontextmanager
+    async def no_host() -> AsyncIterator[None]:
+        raise OSError("no room for a host")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(stubdomain, "traced_host", no_host)
+    report = tmp_path / "r.json"
+    r = CliRunner().invoke(conformance, ["stubdomain", "--kernel", AGENT,
+                                         "--report", str(report)])
+    assert r.exit_code == 1, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+    doc = json.loads(report.read_text())
+    assert doc["ended"] == "kit error: OSError: no room for a host"
+    assert {row["seen"] for row in doc["results"]} \
+        == {"not reached (the kit failed: OSError: no room for a host)"}
