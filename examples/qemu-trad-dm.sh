@@ -134,7 +134,7 @@ save() {
 
 restore() {
     cat "$STUBDOM_RESTORE_FILE" > "$work/restored" || { log "cannot read the saved state"; return; }
-    if [ "$(head -c 4 "$work/restored")" != QEVM ]; then
+    if [ "$(dd if="$work/restored" bs=4 count=1 2>/dev/null)" != QEVM ]; then
         log "Error -22 while loading savevm file $loadvm"  # qemu goes on regardless
         return
     fi
