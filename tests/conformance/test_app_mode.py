@@ -90,14 +90,19 @@ def test_cli_app_refuses_a_word_with_a_space(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("variant", "clause", "seen"),
     [
-        ("crash-after-running", "pci-ins.result", "the stubdomain is dead (it crashed)"),
-        ("silent", "startup.running", "no running within 2 s"),
-        ("garbage", "scope.writes", "changes to nodes it must not touch"),
+        # The layer may still be ending when the kit hot-plugs: then pcifront's half-done
+        # reconfiguration is the reason instead of the death.  Either way: a failure.
+        ("crash-after-running", "pci-ins.result",
+         ("the stubdomain is dead (it crashed)", "backend/pci/")),
+        ("silent", "startup.running", ("no running within 2 s",)),
+        ("garbage", "scope.writes", ("changes to nodes it must not touch",)),
     ],
 )
-async def test_a_hostile_app_is_judged(variant: str, clause: str, seen: str) -> None:
+async def test_a_hostile_app_is_judged(
+    variant: str, clause: str, seen: tuple[str, ...]
+) -> None:
     t = Timeouts(startup=2.0, command=2.0, refusal=1.0)
     args = [sys.executable, str(HERE / "hostile_dm.py"), variant]
     res = by_clause(await check_stubdomain(layer(), args, t))
     assert res[clause].verdict is Verdict.FAIL, res[clause]
-    assert seen in res[clause].seen, res[clause]
+    assert any(s in res[clause].seen for s in seen), res[clause]
