@@ -123,6 +123,12 @@ def dm_version_path(guest: int) -> str:
     return f"/libxl/{guest}/dm-version"
 
 
+def dm_last_sent_path(guest: int) -> str:
+    """The toolstack's own note of the last command it sent the guest's device model
+    (``"<command> <parameter>"``), in its private area, gone with the domain."""
+    return f"/libxl/{guest}/dm-last-sent"
+
+
 def allow_memory_relocate_path(guest: int) -> str:
     return f"{domain_path(guest)}/hvmloader/allow-memory-relocate"
 

@@ -46,6 +46,7 @@ from stubdom.protocol import (
     Command,
     State,
     command_path,
+    dm_last_sent_path,
     logdirty_path,
     parameter_path,
     parse_pci_inserted,
@@ -469,8 +470,8 @@ class DeviceModelChannel:
         self.lock_path = self.lock_dir / f"dm-{guest}.lock"
         self.save_marker = self.lock_dir / f"dm-{guest}.saved"
         #: The last command any toolstack of ours sent this guest's device model, and its
-        #: parameter (written under the lock, before the parameter).
-        self.last_sent = self.lock_dir / f"dm-{guest}.last"
+        #: parameter (written under the lock, in the round trip of the parameter).
+        self.last_sent = dm_last_sent_path(guest)
         #: The marker of our own save, flocked until `resume` or this process's end.
         self._marker_held: IO[str] | None = None
         self._state = state_path(stubdom, guest)
@@ -545,11 +546,10 @@ class DeviceModelChannel:
         holds its answer to it -- qemu's refusal text, or the devfn.  A refused function
         needs no ``pci-rem``, which qemu-trad would not answer at all."""
         async with self.locked():
-            try:
-                sent = self.last_sent.read_text().strip()
-            except FileNotFoundError:
+            sent = _text(await self.client.read_optional(self.last_sent))
+            if sent is None:
                 return InsertOutcome.UNKNOWN
-            name, _, sent_parameter = sent.partition(" ")
+            name, _, sent_parameter = sent.strip().partition(" ")
             if name != Command.PCI_INS or not _names_function(sent_parameter, bdf):
                 return InsertOutcome.UNKNOWN
 
@@ -773,15 +773,16 @@ class DeviceModelChannel:
             parameter was written), then look at state and parameter; the READs go in
             the same round trip as the write before them."""
             nonlocal orig
-            self.last_sent.write_text(f"{command.value} {parameter or ''}\n")
+            note = self.client.write(self.last_sent, f"{command.value} {parameter or ''}")
             if parameter is None:
-                orig = await self._read(self._state)
+                raw, _ = await pipelined(self.client.read_optional(self._state), note)
             else:
-                raw, _ = await pipelined(
+                raw, _, _ = await pipelined(
                     self.client.read_optional(self._state),
+                    note,
                     self.client.write(self._parameter, parameter),
                 )
-                orig = _text(raw)
+            orig = _text(raw)
             _raise_closed(w.take())  # before the reads are sent
             _, state, param = await pipelined(
                 self.client.write(self._command, command.value),
