@@ -8,7 +8,18 @@ from stubdom.cli.common import run, timeout_option
 from stubdom.cli.host import dir_option
 from stubdom.cli.main import cli
 from stubdom.protocol import Bdf, parse_bdf
+from stubdom.toolstack.config import PciSpec
 from stubdom.toolstack.session import Session
+
+
+def _pci_spec(text: str) -> PciSpec:
+    """xl's PCI_SPEC_STRING; a bad one is a usage error naming the argument."""
+    from stubdom.toolstack.specs import parse_pci
+
+    try:
+        return parse_pci(text)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="PCI_SPEC_STRING") from None
 
 
 @cli.command("pci-attach")
@@ -19,12 +30,8 @@ from stubdom.toolstack.session import Session
 def pci_attach(domain: str, pci_spec: str, timeout: float | None, directory: str | None) -> None:
     """Hot-plug a PCI function into a running guest (PCI_SPEC_STRING as xl)."""
     from stubdom.toolstack.pci import pci_attach as attach
-    from stubdom.toolstack.specs import parse_pci
 
-    try:
-        spec = parse_pci(pci_spec)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="PCI_SPEC_STRING") from None
+    spec = _pci_spec(pci_spec)
 
     async def body(s: Session) -> None:
         info = await s.resolve_guest(domain)
@@ -44,12 +51,8 @@ def pci_detach(
 ) -> None:
     """Hot-unplug a PCI function, or every one of ``BB:DD.*`` (only the BDF matters)."""
     from stubdom.toolstack.pci import pci_detach as detach
-    from stubdom.toolstack.specs import parse_pci
 
-    try:
-        spec = parse_pci(pci_spec)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="PCI_SPEC_STRING") from None
+    spec = _pci_spec(pci_spec)
 
     async def body(s: Session) -> None:
         info = await s.resolve_guest(domain)

@@ -234,10 +234,8 @@ async def run_layer(words: list[str], client: Client | None = None) -> int:
     upstream = os.environ.get(proto.ENV_XENSTORED_PATH, "")
     if client is None:
         client = await Client.connect(reconnect=RECONNECT)
-    handler = ConsoleLogHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler = ConsoleLogHandler.installed()
     root = logging.getLogger()
-    root.addHandler(handler)
     layer: Layer | None = None
     try:
         try:

@@ -66,6 +66,14 @@ class AgentFatal(Exception):
 class ConsoleLogHandler(logging.Handler):
     """Log records as lines on console 0 (Mini-OS sends qemu's stderr there)."""
 
+    @classmethod
+    def installed(cls) -> ConsoleLogHandler:
+        """A handler of the root logger, in the line format of every stubdomain log."""
+        handler = cls()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(handler)
+        return handler
+
     def __init__(self) -> None:
         super().__init__()
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -445,10 +453,8 @@ async def run_agent(
     With ``fatal`` (the kernel command line was bad) only log it there and fail."""
     if client is None:
         client = await Client.connect(reconnect=RECONNECT)
-    handler = ConsoleLogHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler = ConsoleLogHandler.installed()
     root = logging.getLogger()
-    root.addHandler(handler)
     try:
         try:
             handler.attach(await connect_console(client, proto.CONSOLE_LOGGING))
