@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 from stubdom.cli.conformance import find_program, minios_layer
-from stubdom.conformance.report import Result, Verdict
+from stubdom.conformance.report import Verdict
 from stubdom.conformance.stubdomain import Timeouts, check_stubdomain
+from tests.conformance.judging import assert_judged_as_qemu_trad, by_clause
 
 HERE = Path(__file__).resolve().parent
 STUBDOM = str(Path(sys.executable).with_name("stubdom"))
 FAST = Timeouts(startup=5.0, command=3.0, refusal=1.0)
 #: What qemu-traditional never does.
-QEMU_TRAD_UNSUPPORTED = {"pci-ins.failed-state", "pci-rem.failed-state"}
 
 
 def layer() -> str:
@@ -34,17 +34,10 @@ def qemu_trad() -> str | None:
     return find_program("stubdom-qemu-trad-dm")
 
 
-def by_clause(results: list[Result]) -> dict[str, Result]:
-    return {r.clause: r for r in results}
-
 
 async def test_the_qemu_trad_model_passes_what_qemu_trad_does() -> None:
     res = by_clause(await check_stubdomain(layer(), [str(qemu_trad())], FAST))
-    assert {c for c, r in res.items() if r.verdict is Verdict.UNSUPPORTED} \
-        == QEMU_TRAD_UNSUPPORTED, res
-    assert all(r.verdict is Verdict.PASS for c, r in res.items()
-               if c not in QEMU_TRAD_UNSUPPORTED), res
-    assert res["pci-ins.refusal"].style == "qemu-trad style"
+    assert_judged_as_qemu_trad(res)
 
 
 @pytest.mark.parametrize(

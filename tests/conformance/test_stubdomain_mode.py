@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from stubdom.conformance.report import Result, Verdict
+from stubdom.conformance.report import Verdict
 from stubdom.conformance.stubdomain import Timeouts, check_stubdomain
+from tests.conformance.judging import assert_judged_as_qemu_trad, by_clause
 
 AGENT = str(Path(sys.executable).with_name("stubdom-dm"))
 STUBDOM = str(Path(sys.executable).with_name("stubdom"))
@@ -19,28 +20,17 @@ HERE = Path(__file__).resolve().parent
 FAST = Timeouts(startup=5.0, command=3.0, refusal=1.0)
 
 
-def verdicts(results: list[Result]) -> dict[str, Result]:
-    return {r.clause: r for r in results}
-
 
 async def test_our_agent_passes_every_clause() -> None:
-    res = verdicts(await check_stubdomain(AGENT, [], FAST))
+    res = by_clause(await check_stubdomain(AGENT, [], FAST))
     assert all(r.verdict is Verdict.PASS for r in res.values()), res
     assert res["pci-ins.refusal"].style == ""
 
 
-#: What qemu-traditional never does: these are "not supported" for a faithful model.
-QEMU_TRAD_UNSUPPORTED = {"pci-ins.failed-state", "pci-rem.failed-state"}
-
 
 async def test_compat_agent_passes_qemu_trad_style() -> None:
-    res = verdicts(await check_stubdomain(AGENT, ["--compat=qemu-trad"], FAST))
-    assert {c for c, r in res.items() if r.verdict is Verdict.UNSUPPORTED} \
-        == QEMU_TRAD_UNSUPPORTED, res
-    assert all(r.verdict is Verdict.PASS for c, r in res.items()
-               if c not in QEMU_TRAD_UNSUPPORTED), res
-    assert res["pci-ins.refusal"].style == "qemu-trad style"
-    assert res["pci-rem.refusal"].style == "qemu-trad style"
+    res = by_clause(await check_stubdomain(AGENT, ["--compat=qemu-trad"], FAST))
+    assert_judged_as_qemu_trad(res)
 
 
 def broken_kernel(tmp_path: Path, variant: str) -> str:
@@ -63,7 +53,7 @@ def broken_kernel(tmp_path: Path, variant: str) -> str:
 )
 async def test_broken_variant_is_caught(tmp_path: Path, variant: str, clause: str) -> None:
     t = Timeouts(startup=2.0, command=3.0, refusal=1.0)
-    res = verdicts(await check_stubdomain(broken_kernel(tmp_path, variant), [], t))
+    res = by_clause(await check_stubdomain(broken_kernel(tmp_path, variant), [], t))
     assert res[clause].verdict is Verdict.FAIL, res[clause]
 
 
