@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from stubdom.fdio import wait_fd, write_fd_all
 from stubdom.host.frontend.console import Console, ConsoleError
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class SaveRelay:
         self._changed.set()
 
     async def _readable(self) -> None:
-        await _ready(self._fd, write=False)
+        await wait_fd(self._fd)
 
     async def _run(self) -> None:
         try:
@@ -188,34 +189,6 @@ def _settle(fut: asyncio.Future[Any], error: BaseException | None) -> None:
             fut.set_exception(error)
 
 
-async def _ready(fd: int, *, write: bool) -> None:
-    """Until ``fd`` is readable (or writable)."""
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Future[None] = loop.create_future()
-    if write:
-        loop.add_writer(fd, _settle, ready, None)
-    else:
-        loop.add_reader(fd, _settle, ready, None)
-    try:
-        await ready
-    finally:
-        if write:
-            loop.remove_writer(fd)
-        else:
-            loop.remove_reader(fd)
-
-
-async def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            n = os.write(fd, view)
-        except BlockingIOError:
-            await _ready(fd, write=True)
-            continue
-        view = view[n:]
-
-
 async def feed_restore(path: Path, open_console: Callable[[], Awaitable[Console]] | None) -> int:
     """Console 2 into the restore FIFO once the application opens it (nothing without
     ``open_console``); the bytes relayed."""
@@ -229,7 +202,7 @@ async def feed_restore(path: Path, open_console: Callable[[], Awaitable[Console]
         con = await open_console()
         try:
             while chunk := await con.read(CHUNK):
-                await _write_all(fd, chunk)
+                await write_fd_all(fd, chunk)
                 total += len(chunk)
         finally:
             await con.close()

@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from stubdom.fdio import wait_fd, write_fd_all
 from stubdom.host.devices import (
     XENCONSOLE_LIMIT,
     XENCONSOLE_PROTOCOL,
@@ -203,38 +204,6 @@ class OutputSpec:
         raise ValueError(f"unsupported console output {spec!r} (file:PATH, pipe:PATH, pty, null)")
 
 
-async def _wait_fd(fd: int, writable: bool = False) -> None:
-    """Until ``fd`` is readable (or writable); cancellable, unlike a blocking call."""
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[None] = loop.create_future()
-
-    def ready() -> None:
-        if not fut.done():
-            fut.set_result(None)
-
-    if writable:
-        loop.add_writer(fd, ready)
-    else:
-        loop.add_reader(fd, ready)
-    try:
-        await fut
-    finally:
-        if writable:
-            loop.remove_writer(fd)
-        else:
-            loop.remove_reader(fd)
-
-
-async def _write_fd_all(fd: int, data: bytes) -> None:
-    """Write all of ``data`` to a non-blocking fd (a pty master)."""
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view) :]
-        except BlockingIOError:
-            await _wait_fd(fd, writable=True)
-
-
 class _PipeSource:
     """The ``pipe:`` input, opened once at initialisation and shared by reconnects.
 
@@ -255,7 +224,7 @@ class _PipeSource:
             return b""
         if self.fifo:
             while True:
-                await _wait_fd(self.fd)
+                await wait_fd(self.fd)
                 try:
                     data = os.read(self.fd, CHUNK)
                     break
@@ -590,14 +559,14 @@ class ConsoleDevice:
             pump = asyncio.get_running_loop().create_task(self._pump_pty(pty, writer))
             try:
                 while data := await reader.read(CHUNK):
-                    await _write_fd_all(pty.master, data)
+                    await write_fd_all(pty.master, data)
             finally:
                 pump.cancel()
                 await asyncio.gather(pump, return_exceptions=True)
 
     async def _pump_pty(self, pty: _Pty, writer: asyncio.StreamWriter) -> None:
         while True:
-            await _wait_fd(pty.master)
+            await wait_fd(pty.master)
             try:
                 data = os.read(pty.master, CHUNK)
             except BlockingIOError:
