@@ -23,8 +23,8 @@ import pytest
 from stubdom.cli.host import XL_LIST_HEADER
 from stubdom.host.api import RemoteHypervisor
 from stubdom.host.hypervisor import DomainConfig
-from stubdom.host.records import DomainRecord, make_domain
 from stubdom.host.rundir import RunDir, process_alive, processes_using
+from stubdom.toolstack.records import DomainRecord, make_domain
 from stubdom.xenstore import Client
 from tests.support.daemons import need_peer, short_tmpdir
 

@@ -22,17 +22,14 @@ from pathlib import Path
 import pytest
 
 from stubdom.host.backends.console import (
-    CONSOLE_LIMIT,
     ConsoleBackend,
-    add_console,
     console_backend_path,
     console_frontend_path,
     console_socket_path,
-    remove_console,
 )
-from stubdom.host.devices import DeviceExists
 from stubdom.host.frontend.console import ConsoleError, SyncConsole, open_console
-from stubdom.host.xenbus import XenbusState
+from stubdom.host.xenbus import XENCONSOLE_LIMIT, XenbusState
+from stubdom.toolstack.devices import DeviceExists, add_console, remove_console
 from stubdom.xenstore import Client, NoEntry, PermissionDenied
 from stubdom.xenstored.server import XenStoreServer
 from tests.support.daemons import short_tmpdir
@@ -126,7 +123,7 @@ async def test_nodes_and_permissions_as_libxl_writes_them(env: Env) -> None:
     assert perms(await ts.get_perms(f"{fe0}/backend-id")) == rw
     expected0 = {
         "name": b"c0",
-        "limit": str(CONSOLE_LIMIT).encode(),
+        "limit": str(XENCONSOLE_LIMIT).encode(),
         "type": b"ioemu",
         "output": f"file:{log}".encode(),
         "port": b"0",

@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 
 from stubdom.host.api import RemoteHypervisor
-from stubdom.host.backends.console import add_console
-from stubdom.host.devices import Vbd, Vif, add_device
 from stubdom.host.hypervisor import DomainConfig, DomainState
-from stubdom.host.records import DomainRecord, introduce_domain, make_domain, remove_domain
+from stubdom.toolstack.devices import Vbd, Vif, add_console, add_device
+from stubdom.toolstack.records import DomainRecord, introduce_domain, make_domain, remove_domain
 from stubdom.xenstore import Client
 from tests.support.daemons import need_peer, short_tmpdir
 

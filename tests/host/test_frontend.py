@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from stubdom.host.devices import (
-    PciAddress,
+from stubdom.host.frontend import Frontend, FrontendError, list_devices
+from stubdom.host.xenbus import XenbusState
+from stubdom.protocol import Bdf
+from stubdom.toolstack.devices import (
     PciFunction,
     Vbd,
     Vfb,
@@ -22,9 +24,7 @@ from stubdom.host.devices import (
     remove_device,
     wait_for_state,
 )
-from stubdom.host.frontend import Frontend, FrontendError, list_devices
-from stubdom.host.xenbus import XenbusState
-from tests.host.test_devices import GUARD, GUEST, Host, start_host, stop_host
+from tests.support.device_host import GUARD, GUEST, Host, start_host, stop_host
 
 S = XenbusState
 
@@ -104,11 +104,11 @@ async def test_missing_device_and_absent_backend(host: Host) -> None:
 
 async def test_pcifront_follows_a_hot_add(host: Host) -> None:
     guest = await host.guest()
-    first = PciAddress(0, 3, 0, 0)
+    first = Bdf(0, 3, 0, 0)
     await add_pci(host.dom0, GUEST, PciFunction(first), domain_name="g-dm", starting=True)
     async with Frontend(guest, "pci", 0, timeout=GUARD) as dev:
         assert dev.nodes["magic"] == "7"
-        await add_pci(host.dom0, GUEST, PciFunction(PciAddress(0, 5, 2, 0)), domain_name="g-dm")
+        await add_pci(host.dom0, GUEST, PciFunction(Bdf(0, 5, 2, 0)), domain_name="g-dm")
         functions = await dev.pci_functions()
         assert [(str(f.physical), str(f.virtual), f.state) for f in functions] == [
             ("0000:03:00.0", "0000:00:00.0", S.INITIALISED),

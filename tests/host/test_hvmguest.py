@@ -16,10 +16,10 @@ from stubdom.host.hypervisor import (
     HypervisorError,
     ShutdownReason,
 )
-from stubdom.host.records import DomainRecord, introduce_domain, make_domain
 from stubdom.host.simulated import SimulatedHypervisor
+from stubdom.toolstack.records import DomainRecord, introduce_domain, make_domain
 from stubdom.xenstore import Client
-from tests.host.conftest import XsEnv
+from tests.support.xsenv import XsEnv
 
 GUARD = 20.0  # failure guard only
 

@@ -19,9 +19,9 @@ from stubdom.host.hypervisor import (
     NoSuchDomain,
     ShutdownReason,
 )
-from stubdom.host.records import DomainRecord, introduce_domain, make_domain, remove_domain
 from stubdom.host.simulated import SimulatedHypervisor
-from tests.host.conftest import XsEnv
+from stubdom.toolstack.records import DomainRecord, introduce_domain, make_domain, remove_domain
+from tests.support.xsenv import XsEnv
 
 # A PV "kernel": reaches xenstore as its own domain, reports what it may and may not do.
 KERNEL = """\

@@ -17,14 +17,13 @@ import pytest
 from stubdom import protocol as proto
 from stubdom.devicemodel.sim import SimDeviceModel
 from stubdom.devicemodel.stream import StreamReader, is_complete
-from stubdom.host import devices
 from stubdom.host.hypervisor import DomainState
 from stubdom.host.rundir import RunDir
 from stubdom.stubdomain import commands as cmds
 from stubdom.stubdomain.agent import Agent
 from stubdom.stubdomain.args import AgentOptions
+from stubdom.toolstack import devices, saverestore
 from stubdom.toolstack import operations as ops
-from stubdom.toolstack import saverestore
 from stubdom.toolstack.config import DiskSpec, GuestConfig, NicSpec
 from stubdom.toolstack.control import (
     DeviceModelChannel,

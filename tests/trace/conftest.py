@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from stubdom import protocol as proto
-from stubdom.host import devices
 from stubdom.host.rundir import RunDir
+from stubdom.toolstack import devices
 from stubdom.toolstack import operations as ops
 from stubdom.toolstack.config import DiskSpec, GuestConfig
 from stubdom.toolstack.session import Session

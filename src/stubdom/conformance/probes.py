@@ -12,9 +12,9 @@ from stubdom import protocol as proto
 from stubdom.conformance.host import Recorder, Request, TracedHost
 from stubdom.conformance.report import Ledger, Verdict
 from stubdom.conformance.timeouts import Timeouts
-from stubdom.host import devices
 from stubdom.host.hypervisor import DomainState, HypervisorError
 from stubdom.host.xenbus import XenbusState
+from stubdom.toolstack import devices
 from stubdom.toolstack import operations as ops
 from stubdom.toolstack.config import DiskSpec, GuestConfig, NicSpec
 from stubdom.toolstack.control import (

@@ -20,8 +20,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 
 from stubdom.host.hypervisor import ShutdownReason
-from stubdom.host.records import control_shutdown_path
-from stubdom.wire.paths import domain_path
+from stubdom.wire.paths import control_shutdown_path, domain_path
 from stubdom.xenstore import Client, NoEntry, Transaction, XenStoreError
 
 log = logging.getLogger(__name__)

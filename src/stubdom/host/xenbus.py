@@ -8,6 +8,7 @@ directory under the backend domain (dom0 here), each pointing at the other.
 from __future__ import annotations
 
 import enum
+import re
 from typing import TYPE_CHECKING
 
 from stubdom.wire.paths import domain_path
@@ -57,11 +58,19 @@ _XEN_NAMES = {
 }
 
 
-#: Device kinds and the frontend directory name under ``device/`` (console 0 differs).
-DEVICE_KINDS = ("vbd", "vif", "vfb", "vkbd", "console", "pci")
-
-#: libxl's backend directory names for the device kinds (vkb is "vkbd" in xenstore).
+#: Every backend here lives in dom0.
 BACKEND_DOMID = 0
+
+#: What libxl writes into a console's ``protocol`` and ``limit`` nodes.
+XENCONSOLE_PROTOCOL = "vt100"
+XENCONSOLE_LIMIT = 1048576
+
+_MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
+
+
+def valid_mac(mac: str) -> bool:
+    """A vif ``mac`` node as netback accepts it: six colon-separated hex pairs."""
+    return _MAC_RE.fullmatch(mac) is not None
 
 
 def frontend_path(domid: int, kind: str, devid: int) -> str:

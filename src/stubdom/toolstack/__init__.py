@@ -1,2 +1,6 @@
-"""The toolstack side of the protocol: xl.cfg, the stubdomain spawner (libxl's order),
-the control channel, PCI hot-plug and save/restore, on the `Hypervisor` interface."""
+"""The toolstack side of the protocol: everything libxl writes and waits for.
+
+xl.cfg, the domain records (`records`), device add and remove (`devices`), the
+stubdomain spawner in libxl's order, the control channel, PCI hot-plug and
+save/restore, on the `Hypervisor` interface of `stubdom.host`.
+"""

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 from stubdom import protocol as proto
 from stubdom.host.hypervisor import DomainState, NoSuchDomain
-from stubdom.host.records import control_shutdown_path, memory_path, name_path
 from stubdom.toolstack.config import GuestConfig
 from stubdom.toolstack.operations import update_recorded_config
 from stubdom.toolstack.session import Session, ToolstackError
+from stubdom.wire.paths import control_shutdown_path, memory_path, name_path
 from stubdom.xenstore import Transaction
 
 log = logging.getLogger(__name__)

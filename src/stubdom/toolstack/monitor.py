@@ -34,7 +34,6 @@ from typing import Any
 
 from stubdom import protocol as proto
 from stubdom.host.hypervisor import DomainState, HypervisorError, NoSuchDomain, ShutdownReason
-from stubdom.host.records import roperm
 from stubdom.host.rundir import (
     RunDir,
     process_alive,
@@ -48,6 +47,7 @@ from stubdom.toolstack.config import GuestConfig
 from stubdom.toolstack.control import DeviceModelError
 from stubdom.toolstack.domain import rename_guest
 from stubdom.toolstack.operations import create_guest, recorded_config
+from stubdom.toolstack.records import roperm
 from stubdom.toolstack.session import Session, ToolstackError
 from stubdom.toolstack.spawn import CreateError, HostPaths, destroy_domain, destroy_guest
 from stubdom.xenstore import Transaction, XenStoreError

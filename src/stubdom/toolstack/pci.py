@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from stubdom import protocol as proto
-from stubdom.host import devices
+from stubdom.toolstack import devices
 from stubdom.toolstack.config import PciSpec
 from stubdom.toolstack.control import (
     DeviceModelChannel,

@@ -19,16 +19,16 @@ from pathlib import Path
 
 from stubdom import protocol as proto
 from stubdom.devicemodel.base import BytesLike
-from stubdom.host import devices
-from stubdom.host.backends.console import add_console
 from stubdom.host.hypervisor import DomainConfig, Hypervisor, HypervisorError
-from stubdom.host.records import DomainRecord, introduce_domain, make_domain, remove_domain
 from stubdom.host.xenbus import backend_root
 from stubdom.programs import find_program
+from stubdom.toolstack import devices
 from stubdom.toolstack.config import DiskSpec, GuestConfig
 from stubdom.toolstack.control import forget_channel_watches
+from stubdom.toolstack.devices import add_console
 from stubdom.toolstack.dmargs import build_dm_argv
 from stubdom.toolstack.fileio import StagedFile
+from stubdom.toolstack.records import DomainRecord, introduce_domain, make_domain, remove_domain
 from stubdom.wire.perms import Access, Perm
 from stubdom.xenstore import Client, NoEntry, Transaction, XenStoreError
 from stubdom.xenstore.pipeline import pipelined

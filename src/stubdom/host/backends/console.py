@@ -17,8 +17,8 @@ console is connected to, as qemu-trad's ``con_init`` reads it (absent means ``pt
   xenconsoled and qemu write it) and bytes are bridged both ways.
 * ``null`` -- writes are discarded, nothing is ever read.
 
-`add_console`/`remove_console` are the toolstack half (``libxl__device_console_add``
-and the generic device removal).  The xenbus state machine is `BackendHandshake`;
+The toolstack half (``libxl__device_console_add``) is `stubdom.toolstack.devices`.
+The xenbus state machine is `BackendHandshake`;
 console 0's frontend directory is read-only for the domain, so its frontend has no
 ``state`` node and the backend counts a live socket connection as a connected frontend
 (qemu's console backend ignores the frontend state altogether, DEVOPS_FLAG_IGNORE_STATE).
@@ -40,14 +40,6 @@ from pathlib import Path
 from typing import Any
 
 from stubdom.fdio import wait_fd, write_fd_all
-from stubdom.host.devices import (
-    XENCONSOLE_LIMIT,
-    XENCONSOLE_PROTOCOL,
-    Console,
-    DeviceRef,
-    add_device,
-    remove_device,
-)
 from stubdom.host.xenbus import (
     BackendHandshake,
     XenbusState,
@@ -55,7 +47,6 @@ from stubdom.host.xenbus import (
     backend_root,
     frontend_path,
 )
-from stubdom.wire.perms import Access, Perm
 from stubdom.xenstore import (
     Client,
     ConnectionClosed,
@@ -71,12 +62,8 @@ log = logging.getLogger(__name__)
 
 S = XenbusState
 
-CONSOLE_LIMIT = XENCONSOLE_LIMIT
-CONSOLE_PROTOCOL = XENCONSOLE_PROTOCOL
 #: What qemu-trad's ``con_init`` uses when the frontend has no ``output`` node.
 DEFAULT_OUTPUT = "pty"
-#: libxl's ``LIBXL_DESTROY_TIMEOUT``: how long a removal waits for Closed before forcing.
-REMOVE_TIMEOUT = 10.0
 CHUNK = 65536
 #: Reads of a ``file:`` console's connection and of a ``pipe:`` console's regular file:
 #: a saved state is hundreds of MB, and each read costs a turn of the event loop (and,
@@ -99,79 +86,6 @@ def console_backend_path(domid: int, n: int, backend_domid: int = 0) -> str:
 def console_socket_path(run_dir: Path, domid: int, n: int) -> Path:
     """Where the backend listens for console ``n`` of domain ``domid``."""
     return Path(run_dir) / "consoles" / str(domid) / str(n)
-
-
-# -- the toolstack half ------------------------------------------------------------------
-
-
-def _frontend_perms(domid: int, backend_domid: int) -> list[Perm]:
-    """libxl ``frontend_perms``: the domain owns it, the backend may read."""
-    return [Perm(Access.NONE, domid), Perm(Access.READ, backend_domid)]
-
-
-def _ro_perms(domid: int, backend_domid: int) -> list[Perm]:
-    """libxl ``ro_frontend_perms`` / ``backend_perms``: the backend owns it, the domain reads."""
-    return [Perm(Access.NONE, backend_domid), Perm(Access.READ, domid)]
-
-
-async def _rm_quiet(t: Transaction | Client, path: str) -> None:
-    with contextlib.suppress(NoEntry):
-        await t.rm(path)
-
-
-async def add_console(
-    client: Client,
-    domid: int,
-    n: int,
-    output: str | None,
-    name: str | None = None,
-    *,
-    backend_domid: int = 0,
-    port: int = 0,
-    ring_ref: int = 0,
-) -> None:
-    """Write console ``n`` of ``domid`` as ``libxl__device_console_add`` does, atomically.
-
-    ``output`` None writes no ``output`` node (libxl's restore console when not
-    restoring), which the backend treats as ``pty``.  Console 0 gets the read-only
-    ``port``/``ring-ref`` (placeholders here) instead of a frontend ``state``.
-    """
-    build = n == 0
-    await add_device(
-        client,
-        domid,
-        Console(
-            number=n,
-            output=output,
-            name=name,
-            backend_domid=backend_domid,
-            port=port if build else None,
-            ring_ref=ring_ref if build else None,
-        ),
-    )
-
-
-async def remove_console(
-    client: Client,
-    domid: int,
-    n: int,
-    force: bool = False,
-    *,
-    backend_domid: int = 0,
-    timeout: float = REMOVE_TIMEOUT,
-) -> None:
-    """Remove console ``n`` of ``domid`` like libxl's generic device removal: Closing,
-    wait for Closed (forcing the removal after ``timeout`` s), then the records go."""
-    ref = DeviceRef("console", domid, n, backend_domid)
-    await remove_device(client, ref, force=force, timeout=timeout)
-    log.info("console %d of domain %d removed", n, domid)
-
-
-async def _backend_closed(client: Client, be: str) -> bool:
-    try:
-        return XenbusState.parse(await client.read(f"{be}/state")) is S.CLOSED
-    except NoEntry:
-        return True
 
 
 # -- output specs --------------------------------------------------------------------------

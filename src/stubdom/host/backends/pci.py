@@ -17,8 +17,8 @@ from __future__ import annotations
 from typing import ClassVar
 
 from stubdom.host.backends.generic import BackendDevice, BackendDriver, Nodes, SetupFailed
-from stubdom.host.devices import PciAddress
 from stubdom.host.xenbus import XenbusState
+from stubdom.protocol import Bdf
 
 S = XenbusState
 
@@ -36,9 +36,9 @@ class _Bus:
 
     def __init__(self) -> None:
         #: index -> (physical address, virtual slot)
-        self.slots: dict[int, tuple[PciAddress, int]] = {}
+        self.slots: dict[int, tuple[Bdf, int]] = {}
 
-    def place(self, index: int, address: PciAddress) -> str:
+    def place(self, index: int, address: Bdf) -> str:
         physical = (address.domain, address.bus, address.dev)
         shared = [s for a, s in self.slots.values() if (a.domain, a.bus, a.dev) == physical]
         if shared:
@@ -67,10 +67,10 @@ class PciBackend(BackendDriver):
             raise SetupFailed(f"num_devs {num} out of range")
         return num
 
-    async def _address(self, dev: BackendDevice, index: int) -> PciAddress:
+    async def _address(self, dev: BackendDevice, index: int) -> Bdf:
         raw = await dev.read(f"dev-{index}")
         try:
-            return PciAddress.parse(raw or "")
+            return Bdf.parse(raw or "")
         except ValueError as exc:
             raise SetupFailed(f"dev-{index}: {exc}") from None
 
@@ -83,7 +83,7 @@ class PciBackend(BackendDriver):
             if state not in (S.INITIALISED, S.CONNECTED) or vdev is None:
                 continue
             try:
-                virtual = PciAddress.parse(vdev)
+                virtual = Bdf.parse(vdev)
             except ValueError:
                 continue
             bus.slots[i] = (await self._address(dev, i), virtual.dev)

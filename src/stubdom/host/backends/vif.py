@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from stubdom.host.backends.generic import BackendDevice, BackendDriver, Nodes, SetupFailed
-from stubdom.host.devices import valid_mac
+from stubdom.host.xenbus import valid_mac
 
 NETBACK_FEATURES: Nodes = {
     "feature-sg": "1",

@@ -23,9 +23,9 @@ import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING
 
 from stubdom.host.xenbus import FrontendHandshake, XenbusState
+from stubdom.protocol import Bdf
 from stubdom.xenstore import (
     Client,
     ConnectionClosed,
@@ -37,10 +37,6 @@ from stubdom.xenstore import (
     XenStoreTimeout,
 )
 from stubdom.xenstore.pipeline import pipelined
-
-if TYPE_CHECKING:
-    # Only pcifront needs it: not imported at start-up (the toolstack's device module).
-    from stubdom.host.devices import PciAddress
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +108,8 @@ class PciFunctionInfo:
     """One ``dev-N`` of pciback: the host address and where the domain sees it."""
 
     index: int
-    physical: PciAddress
-    virtual: PciAddress | None
+    physical: Bdf
+    virtual: Bdf | None
     state: XenbusState
 
 
@@ -406,8 +402,6 @@ class Frontend:
 
     async def pci_functions(self) -> list[PciFunctionInfo]:
         """pcifront: every ``dev-N`` of the backend, read now (they change on hot-plug)."""
-        from stubdom.host.devices import PciAddress
-
         try:
             num = int(await self._read(f"{self.backend}/num_devs") or "0")
         except ValueError:
@@ -415,24 +409,22 @@ class Frontend:
         out = []
         for i in range(num):
             try:
-                physical = PciAddress.parse(await self._read(f"{self.backend}/dev-{i}") or "")
+                physical = Bdf.parse(await self._read(f"{self.backend}/dev-{i}") or "")
             except ValueError:
                 continue
             vdev = await self._read(f"{self.backend}/vdev-{i}")
             try:
-                virtual = PciAddress.parse(vdev) if vdev else None
+                virtual = Bdf.parse(vdev) if vdev else None
             except ValueError:
                 virtual = None
             state = S.parse(await self._read(f"{self.backend}/state-{i}"))
             out.append(PciFunctionInfo(i, physical, virtual, state))
         return out
 
-    async def physical_to_virtual(self, address: PciAddress | str) -> PciAddress | None:
+    async def physical_to_virtual(self, address: Bdf | str) -> Bdf | None:
         """Mini-OS ``pcifront_physical_to_virtual``: where the host function shows up."""
-        from stubdom.host.devices import PciAddress
-
         if isinstance(address, str):
-            address = PciAddress.parse(address)
+            address = Bdf.parse(address)
         for fn in await self.pci_functions():
             if fn.physical == address:
                 return fn.virtual

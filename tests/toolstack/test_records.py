@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from stubdom.host.records import DomainRecord, introduce_domain, make_domain, remove_domain
+from stubdom.toolstack.records import DomainRecord, introduce_domain, make_domain, remove_domain
 from stubdom.xenstore import Client, PermissionDenied
-from tests.host.conftest import XsEnv
+from tests.support.xsenv import XsEnv
 
 UUID = "8a3b9e2c-1111-2222-3333-444455556666"
 

@@ -40,20 +40,6 @@ RW_NODES = (
 )
 
 
-def control_shutdown_path(domid: int) -> str:
-    """``control/shutdown``: where a toolstack asks the guest to power off or reboot."""
-    return f"{domain_path(domid)}/control/shutdown"
-
-
-def name_path(domid: int) -> str:
-    return f"{domain_path(domid)}/name"
-
-
-def memory_path(domid: int, node: str) -> str:
-    """``memory/target``, ``memory/static-max`` or ``memory/videoram`` (KiB)."""
-    return f"{domain_path(domid)}/memory/{node}"
-
-
 def roperm(domid: int) -> list[Perm]:
     return [Perm(Access.NONE, 0), Perm(Access.READ, domid)]
 

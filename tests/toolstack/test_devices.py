@@ -11,20 +11,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from stubdom.host.backends import BackendManager
-from stubdom.host.devices import (
+from stubdom.host.frontend import Frontend, FrontendError
+from stubdom.host.xenbus import XenbusState
+from stubdom.protocol import Bdf
+from stubdom.toolstack.devices import (
     Console,
     DeviceExists,
     DeviceFailed,
     DeviceRef,
     DeviceTimeout,
-    PciAddress,
     PciFunction,
     Vbd,
     Vfb,
@@ -39,59 +39,10 @@ from stubdom.host.devices import (
     wait_device_connection,
     wait_for_state,
 )
-from stubdom.host.frontend import Frontend, FrontendError
-from stubdom.host.xenbus import XenbusState
 from stubdom.xenstore import Client, NoEntry, PermissionDenied
-from stubdom.xenstored.server import XenStoreServer
-from tests.support.daemons import short_tmpdir
+from tests.support.device_host import GUARD, GUEST, Host, start_host, stop_host
 
 S = XenbusState
-GUEST = 5
-GUARD = 10.0  # failure guard only: every wait ends on a watch event long before
-
-
-@dataclass
-class Host:
-    server: XenStoreServer
-    dom0: Client
-    run_dir: Path
-    manager: BackendManager
-    guests: list[Client] = field(default_factory=list)
-
-    async def guest(self, domid: int = GUEST) -> Client:
-        """Introduce ``domid`` with its home ``n0,r<domid>`` (as libxl) and connect as it."""
-        await self.dom0.introduce(domid, 0, 15)
-        home = f"/local/domain/{domid}"
-        await self.dom0.mkdir(home)
-        await self.dom0.set_perms(home, ["n0", f"r{domid}"])
-        client = await Client.connect(str(self.server.domain_socket(domid)))
-        self.guests.append(client)
-        return client
-
-    async def read(self, path: str) -> str:
-        return (await self.dom0.read(path)).decode()
-
-    async def state(self, path: str) -> S:
-        return S.parse(await self.dom0.read(f"{path}/state"))
-
-
-async def start_host() -> Host:
-    """xenstored on a short temp dir, the dom0 client, and the backends running."""
-    run_dir = short_tmpdir("dev-")
-    server = XenStoreServer(run_dir / "xs")
-    await server.start()
-    dom0 = await Client.connect(str(server.socket_path))
-    manager = BackendManager(dom0, run_dir)
-    await manager.start()
-    return Host(server, dom0, run_dir, manager)
-
-
-async def stop_host(h: Host) -> None:
-    await h.manager.stop()
-    for g in h.guests:
-        await g.close()
-    await h.dom0.close()
-    await h.server.close()
 
 
 @pytest.fixture
@@ -447,7 +398,7 @@ async def test_frontend_pointing_outside_its_domain_is_ignored(host: Host) -> No
 
 async def test_pci_connect_hot_add_and_hot_remove(host: Host) -> None:
     guest = await host.guest()
-    first = PciAddress.parse("0000:03:00.0")
+    first = Bdf.parse("0000:03:00.0")
     await add_pci(host.dom0, GUEST, PciFunction(first), domain_name="g-dm", starting=True)
     ref: DeviceRef = pci_ref(GUEST)
     be = ref.backend
@@ -463,17 +414,17 @@ async def test_pci_connect_hot_add_and_hot_remove(host: Host) -> None:
         assert await host.read(f"{be}/state-0") == "3"
         assert await host.read(f"{be}/vdev-0") == "0000:00:00.00"
         assert await host.read(f"{be}/root_num") == "1"
-        assert await dev.physical_to_virtual(first) == PciAddress(0, 0, 0, 0)
+        assert await dev.physical_to_virtual(first) == Bdf(0, 0, 0, 0)
 
         # Hot-add function 1 of the same slot and a function of another device.
-        sibling = PciAddress.parse("0000:03:00.1")
-        other = PciAddress.parse("0000:04:00.0")
+        sibling = Bdf.parse("0000:03:00.1")
+        other = Bdf.parse("0000:04:00.0")
         assert await add_pci(host.dom0, GUEST, PciFunction(sibling), domain_name="g-dm") == 1
         assert await add_pci(host.dom0, GUEST, PciFunction(other), domain_name="g-dm") == 2
         assert await host.read(f"{be}/num_devs") == "3"
         assert [await host.read(f"{be}/state-{i}") for i in range(3)] == ["3", "3", "3"]
-        assert await dev.physical_to_virtual(sibling) == PciAddress(0, 0, 0, 1)
-        assert await dev.physical_to_virtual("0000:04:00.0") == PciAddress(0, 0, 1, 0)
+        assert await dev.physical_to_virtual(sibling) == Bdf(0, 0, 0, 1)
+        assert await dev.physical_to_virtual("0000:04:00.0") == Bdf(0, 0, 1, 0)
         assert dev.state is S.CONNECTED and not dev.closed.is_set()
 
         # Hot-remove the sibling: entries renumbered, the rest unchanged.
@@ -497,7 +448,7 @@ async def test_pci_connect_hot_add_and_hot_remove(host: Host) -> None:
 async def test_pci_bad_dev_entry_fails_setup(host: Host) -> None:
     await host.manager.stop()
     await add_pci(
-        host.dom0, GUEST, PciFunction(PciAddress(0, 3, 0, 0)), domain_name="g", starting=True
+        host.dom0, GUEST, PciFunction(Bdf(0, 3, 0, 0)), domain_name="g", starting=True
     )
     be = pci_ref(GUEST).backend
     await host.dom0.write(f"{be}/dev-0", "not-a-bdf")
@@ -512,7 +463,7 @@ async def test_a_hot_plug_never_reconfigures_into_another(host: Host) -> None:
     (three `pci-attach` at once left pciback never Connected, once in a CI run)."""
     await host.manager.stop()  # pciback is played by the test
     be = pci_ref(GUEST).backend
-    first = PciFunction(PciAddress(0, 3, 0, 0))
+    first = PciFunction(Bdf(0, 3, 0, 0))
     await add_pci(host.dom0, GUEST, first, domain_name="g", starting=True)
     await host.dom0.write(f"{be}/state", S.CONNECTED.node())
 
@@ -537,7 +488,7 @@ async def test_a_hot_plug_never_reconfigures_into_another(host: Host) -> None:
     host.dom0.watch = watch  # type: ignore[method-assign]
     try:
         task = asyncio.create_task(
-            add_pci(host.dom0, GUEST, PciFunction(PciAddress(0, 4, 0, 0)), domain_name="g")
+            add_pci(host.dom0, GUEST, PciFunction(Bdf(0, 4, 0, 0)), domain_name="g")
         )
         await asyncio.wait_for(waiting.wait(), GUARD)
         assert await host.read(f"{be}/num_devs") == "1"  # nothing written meanwhile
@@ -558,11 +509,11 @@ async def test_concurrent_hot_plugs_all_connect(host: Host) -> None:
     pciback and pcifront: every one ends set up, on its own slot, and Connected."""
     await host.guest()
     be = pci_ref(GUEST).backend
-    first = PciAddress.parse("0000:03:00.0")
+    first = Bdf.parse("0000:03:00.0")
     await add_pci(host.dom0, GUEST, PciFunction(first), domain_name="g", starting=True)
     async with Frontend(host.guests[0], "pci", 0, timeout=GUARD) as dev:
         await wait_for_state(host.dom0, f"{be}/state", S.CONNECTED, GUARD)
-        more = [PciAddress(0, n, 0, 0) for n in range(4, 8)]
+        more = [Bdf(0, n, 0, 0) for n in range(4, 8)]
         got = await asyncio.gather(
             *(add_pci(host.dom0, GUEST, PciFunction(a), domain_name="g", timeout=GUARD)
               for a in more)

@@ -32,10 +32,13 @@ from typing import ClassVar, TypeVar
 
 from stubdom.host.xenbus import (
     BACKEND_DOMID,
+    XENCONSOLE_LIMIT,
+    XENCONSOLE_PROTOCOL,
     XenbusState,
     backend_path,
     frontend_path,
     read_text,
+    valid_mac,
 )
 from stubdom.protocol import Bdf
 from stubdom.wire.paths import domain_path
@@ -54,8 +57,6 @@ LIBXL_INIT_TIMEOUT = 10.0
 #: libxl__wait_for_backend (pci) waits this long for Connected.
 LIBXL_PCI_BACKEND_TIMEOUT = 10.0
 
-XENCONSOLE_PROTOCOL = "vt100"
-XENCONSOLE_LIMIT = 1048576
 XEN_SCRIPT_DIR = "/etc/xen/scripts"
 
 #: ``struct xs_permissions`` vectors of libxl__device_generic_add, as wire strings.
@@ -232,13 +233,6 @@ class Vbd(Device):
             "device-type": "cdrom" if self.cdrom else "disk",
             "trusted": "1",
         }
-
-
-_MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
-
-
-def valid_mac(mac: str) -> bool:
-    return _MAC_RE.fullmatch(mac) is not None
 
 
 @dataclass
@@ -703,18 +697,65 @@ async def remove_device(
     return clean
 
 
+# -- consoles ------------------------------------------------------------------------------
+
+
+async def add_console(
+    client: Client,
+    domid: int,
+    n: int,
+    output: str | None,
+    name: str | None = None,
+    *,
+    backend_domid: int = 0,
+    port: int = 0,
+    ring_ref: int = 0,
+) -> None:
+    """Write console ``n`` of ``domid`` as ``libxl__device_console_add`` does, atomically.
+
+    ``output`` None writes no ``output`` node (libxl's restore console when not
+    restoring), which the backend treats as ``pty``.  Console 0 gets the read-only
+    ``port``/``ring-ref`` (placeholders here) instead of a frontend ``state``.
+    """
+    build = n == 0
+    await add_device(
+        client,
+        domid,
+        Console(
+            number=n,
+            output=output,
+            name=name,
+            backend_domid=backend_domid,
+            port=port if build else None,
+            ring_ref=ring_ref if build else None,
+        ),
+    )
+
+
+async def remove_console(
+    client: Client,
+    domid: int,
+    n: int,
+    force: bool = False,
+    *,
+    backend_domid: int = 0,
+    timeout: float = LIBXL_DESTROY_TIMEOUT,
+) -> None:
+    """Remove console ``n`` of ``domid`` like libxl's generic device removal: Closing,
+    wait for Closed (forcing the removal after ``timeout`` s), then the records go."""
+    ref = DeviceRef("console", domid, n, backend_domid)
+    await remove_device(client, ref, force=force, timeout=timeout)
+    log.info("console %d of domain %d removed", n, domid)
+
+
 # -- PCI ---------------------------------------------------------------------------------------
-
-
-#: A PCI function's address (domain, bus, slot, function): the protocol's `Bdf`.
-PciAddress = Bdf
 
 
 @dataclass
 class PciFunction:
     """One passed-through function (``libxl_device_pci``) as pciback is told about it."""
 
-    address: PciAddress
+    address: Bdf
     vdevfn: int = 0
     msitranslate: bool = False
     power_mgmt: bool = False
@@ -829,7 +870,7 @@ async def _when_connected(
 
 
 async def remove_pci(
-    client: Client, domid: int, address: PciAddress, *, timeout: float = LIBXL_PCI_BACKEND_TIMEOUT
+    client: Client, domid: int, address: Bdf, *, timeout: float = LIBXL_PCI_BACKEND_TIMEOUT
 ) -> None:
     """``libxl__device_pci_remove_xenstore`` for a PV domain.
 
@@ -849,7 +890,7 @@ async def remove_pci(
         for i in range(num):
             dev = await read_text(t, f"{be}/dev-{i}")
             try:
-                if dev is not None and PciAddress.parse(dev) == address:
+                if dev is not None and Bdf.parse(dev) == address:
                     return num, i
             except ValueError:
                 continue
@@ -893,12 +934,12 @@ __all__ = [
     "DeviceFailed",
     "DeviceRef",
     "DeviceTimeout",
-    "PciAddress",
     "PciFunction",
     "Vbd",
     "Vfb",
     "Vif",
     "Vkbd",
+    "add_console",
     "add_device",
     "add_pci",
     "destroy_device",
@@ -906,6 +947,7 @@ __all__ = [
     "disk_devid",
     "generic_add",
     "pci_ref",
+    "remove_console",
     "remove_device",
     "remove_pci",
     "wait_device_connection",
