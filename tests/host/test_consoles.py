@@ -34,7 +34,6 @@ from stubdom.xenstore import Client, NoEntry, PermissionDenied
 from stubdom.xenstored.server import XenStoreServer
 from tests.support.daemons import short_tmpdir
 
-S = XenbusState
 D = 5
 GUARD = 30.0  # failure guard only
 
@@ -155,7 +154,7 @@ async def test_nodes_and_permissions_as_libxl_writes_them(env: Env) -> None:
     # The backend publishes its socket and moves to InitWait.
     for n in (0, 1, 2):
         be = console_backend_path(D, n)
-        await wait_state(ts, be, S.INIT_WAIT)
+        await wait_state(ts, be, XenbusState.INIT_WAIT)
         sock = console_socket_path(env.run_dir, D, n)
         assert await ts.read(f"{be}/socket") == str(sock).encode()
         assert sock.is_socket()
@@ -172,7 +171,7 @@ async def test_nodes_and_permissions_as_libxl_writes_them(env: Env) -> None:
             await dom.write(path, "x")
     with pytest.raises(PermissionDenied):
         await dom.write(f"{be1}/state", "4")
-    await dom.write("device/console/1/state", S.INITIALISING.node())
+    await dom.write("device/console/1/state", XenbusState.INITIALISING.node())
 
 
 # -- file ------------------------------------------------------------------------------
@@ -184,13 +183,13 @@ async def test_file_console_is_durable_when_close_returns(env: Env) -> None:
     payload = os.urandom(4 * 1024 * 1024 + 123)
     async with open_console(env.dom, 1) as con:
         assert con.socket_path == str(console_socket_path(env.run_dir, D, 1))
-        assert await env.dom.read("device/console/1/state") == S.CONNECTED.node()
+        assert await env.dom.read("device/console/1/state") == XenbusState.CONNECTED.node()
         assert await env.toolstack.read(f"{console_backend_path(D, 1)}/state") == b"4"
         for i in range(0, len(payload), 100_000):
             await con.write(payload[i : i + 100_000])
     # No waiting: close returned, so every byte must already be in the file.
     assert path.read_bytes() == payload
-    assert await env.dom.read("device/console/1/state") == S.CLOSED.node()
+    assert await env.dom.read("device/console/1/state") == XenbusState.CLOSED.node()
     assert await env.toolstack.read(f"{console_backend_path(D, 1)}/state") == b"6"
 
 
@@ -198,7 +197,7 @@ async def test_file_truncated_at_init_then_appended_across_reconnects(env: Env) 
     path = env.files / "log"
     path.write_bytes(b"stale contents of an earlier run\n")
     await add_console(env.toolstack, D, 1, f"file:{path}")
-    await wait_state(env.toolstack, console_backend_path(D, 1), S.INIT_WAIT)
+    await wait_state(env.toolstack, console_backend_path(D, 1), XenbusState.INIT_WAIT)
     assert path.read_bytes() == b""
     assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
     for part in (b"first\n", b"second\n", b"third\n"):
@@ -266,7 +265,7 @@ async def test_pipe_close_before_the_end_of_the_stream(env: Env) -> None:
     await add_console(env.toolstack, D, 2, f"pipe:{saved}")
     async with open_console(env.dom, 2) as con:
         assert len(await con.readexactly(10)) == 10
-    await wait_state(env.toolstack, console_backend_path(D, 2), S.CLOSED)
+    await wait_state(env.toolstack, console_backend_path(D, 2), XenbusState.CLOSED)
 
 
 # -- pty -------------------------------------------------------------------------------
@@ -419,7 +418,7 @@ async def test_removal_of_a_console_never_connected(
     await add_console(env.toolstack, D, 3, "pty")
     await add_console(env.toolstack, D, 0, "pty")
     for n in (3, 0):
-        await wait_state(env.toolstack, console_backend_path(D, n), S.INIT_WAIT)
+        await wait_state(env.toolstack, console_backend_path(D, n), XenbusState.INIT_WAIT)
     for n in (3, 0):
         await remove_console(env.toolstack, D, n)
         assert await gone(env.toolstack, console_backend_path(D, n))
@@ -456,7 +455,7 @@ async def test_bad_output_spec_fails_that_console_only(
     await add_console(env.toolstack, D, 1, f"file:{env.files / 'save'}")
     for n in (3, 4):
         be = console_backend_path(D, n)
-        await wait_state(env.toolstack, be, S.CLOSED)
+        await wait_state(env.toolstack, be, XenbusState.CLOSED)
         assert await env.toolstack.read(f"{be}/error")
         with pytest.raises(ConsoleError, match="backend failed"):
             async with open_console(env.dom, n):
@@ -539,7 +538,7 @@ async def test_re_adding_a_console_restarts_its_backend(env: Env) -> None:
     first, second = env.files / "first", env.files / "second"
     be = console_backend_path(D, 1)
     await add_console(env.toolstack, D, 1, f"file:{first}")
-    await wait_state(env.toolstack, be, S.INIT_WAIT)
+    await wait_state(env.toolstack, be, XenbusState.INIT_WAIT)
     with pytest.raises(DeviceExists):  # libxl refuses a device that is already there
         await add_console(env.toolstack, D, 1, f"file:{second}")
     await remove_console(env.toolstack, D, 1, force=True)

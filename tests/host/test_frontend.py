@@ -26,8 +26,6 @@ from stubdom.toolstack.devices import (
 )
 from tests.support.device_host import GUARD, GUEST, Host, start_host, stop_host
 
-S = XenbusState
-
 
 @pytest.fixture
 async def host() -> AsyncIterator[Host]:
@@ -85,7 +83,7 @@ async def test_backend_initiated_close_is_reported(host: Host) -> None:
         removal = asyncio.ensure_future(remove_device(host.dom0, ref, timeout=GUARD))
         await asyncio.wait_for(dev.closed.wait(), GUARD)
         assert dev.closed_by_backend
-        assert dev.state is S.CLOSED
+        assert dev.state is XenbusState.CLOSED
         assert await removal is True
     # Leaving the context after the backend closed is quiet.
     assert dev.closed.is_set()
@@ -111,10 +109,10 @@ async def test_pcifront_follows_a_hot_add(host: Host) -> None:
         await add_pci(host.dom0, GUEST, PciFunction(Bdf(0, 5, 2, 0)), domain_name="g-dm")
         functions = await dev.pci_functions()
         assert [(str(f.physical), str(f.virtual), f.state) for f in functions] == [
-            ("0000:03:00.0", "0000:00:00.0", S.INITIALISED),
-            ("0000:05:02.0", "0000:00:01.0", S.INITIALISED),
+            ("0000:03:00.0", "0000:00:00.0", XenbusState.INITIALISED),
+            ("0000:05:02.0", "0000:00:01.0", XenbusState.INITIALISED),
         ]
-        assert dev.state is S.CONNECTED
+        assert dev.state is XenbusState.CONNECTED
         assert await dev.physical_to_virtual("0000:09:00.0") is None
 
 
@@ -155,6 +153,6 @@ async def test_frontend_in_a_real_domain_process(host: Host) -> None:
     assert proc.returncode == 0, err.decode()
     assert out.decode().split() == ["00:16:3e:5a:5a:01", "CONNECTED"]
     # The program closed the device on its way out; the backend followed.
-    await wait_for_state(host.dom0, f"{ref.backend}/state", S.CLOSED, GUARD)
+    await wait_for_state(host.dom0, f"{ref.backend}/state", XenbusState.CLOSED, GUARD)
     assert await host.read(f"{ref.frontend}/state") == "6"
     assert await remove_device(host.dom0, ref, timeout=GUARD) is True

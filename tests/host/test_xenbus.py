@@ -10,12 +10,14 @@ from stubdom.host.xenbus import (
     frontend_path,
 )
 
-S = XenbusState
-
 
 def run(
-    backend: S, frontend: S, online: bool = True, closing: bool = False, ready: bool = True
-) -> list[tuple[S, S]]:
+    backend: XenbusState,
+    frontend: XenbusState,
+    online: bool = True,
+    closing: bool = False,
+    ready: bool = True,
+) -> list[tuple[XenbusState, XenbusState]]:
     """Let both sides react until nothing changes; the trace of (backend, frontend)."""
     be, fe = BackendHandshake(), FrontendHandshake()
     trace = [(backend, frontend)]
@@ -33,35 +35,43 @@ def run(
 
 
 def test_connect() -> None:
-    trace = run(S.INITIALISING, S.INITIALISING)
-    assert trace[-1] == (S.CONNECTED, S.CONNECTED)
+    trace = run(XenbusState.INITIALISING, XenbusState.INITIALISING)
+    assert trace[-1] == (XenbusState.CONNECTED, XenbusState.CONNECTED)
     backends = [b for b, _ in trace]
-    assert backends.index(S.INIT_WAIT) < backends.index(S.CONNECTED)
+    assert backends.index(XenbusState.INIT_WAIT) < backends.index(XenbusState.CONNECTED)
 
 
 def test_backend_waits_until_set_up() -> None:
-    assert run(S.INITIALISING, S.INITIALISING, ready=False)[-1] == (S.INITIALISING, S.INITIALISING)
+    assert run(XenbusState.INITIALISING, XenbusState.INITIALISING, ready=False)[-1] == (
+        XenbusState.INITIALISING,
+        XenbusState.INITIALISING,
+    )
 
 
 def test_toolstack_removal_goes_through_closing_to_closed() -> None:
-    trace = run(S.CLOSING, S.CONNECTED, online=False)
-    assert trace[-1] == (S.CLOSED, S.CLOSED)
-    assert (S.CLOSING, S.CLOSING) in trace
+    trace = run(XenbusState.CLOSING, XenbusState.CONNECTED, online=False)
+    assert trace[-1] == (XenbusState.CLOSED, XenbusState.CLOSED)
+    assert (XenbusState.CLOSING, XenbusState.CLOSING) in trace
 
 
 def test_removal_without_a_frontend_closes_at_once() -> None:
-    assert run(S.CLOSING, S.UNKNOWN, online=False)[-1][0] is S.CLOSED
-    assert run(S.INIT_WAIT, S.INITIALISING, online=False)[-1][0] is S.CLOSED
+    assert run(XenbusState.CLOSING, XenbusState.UNKNOWN, online=False)[-1][0] is XenbusState.CLOSED
+    assert (
+        run(XenbusState.INIT_WAIT, XenbusState.INITIALISING, online=False)[-1][0]
+        is XenbusState.CLOSED
+    )
 
 
 def test_frontend_initiated_close() -> None:
-    trace = run(S.CONNECTED, S.CONNECTED, closing=True)
-    assert trace[-1] == (S.CLOSED, S.CLOSED)
+    trace = run(XenbusState.CONNECTED, XenbusState.CONNECTED, closing=True)
+    assert trace[-1] == (XenbusState.CLOSED, XenbusState.CLOSED)
 
 
 def test_parse_and_paths() -> None:
     assert (
-        S.parse(b"4") is S.CONNECTED and S.parse(b"x") is S.UNKNOWN and S.parse(None) is S.UNKNOWN
+        XenbusState.parse(b"4") is XenbusState.CONNECTED
+        and XenbusState.parse(b"x") is XenbusState.UNKNOWN
+        and XenbusState.parse(None) is XenbusState.UNKNOWN
     )
     assert frontend_path(5, "console", 0) == "/local/domain/5/console"
     assert frontend_path(5, "vbd", 768) == "/local/domain/5/device/vbd/768"
@@ -70,5 +80,7 @@ def test_parse_and_paths() -> None:
 
 def test_a_frontend_that_missed_connected_catches_up_with_a_reconfiguring_backend() -> None:
     fe = FrontendHandshake()
-    assert fe.next_state(S.INITIALISED, S.RECONFIGURING) is S.CONNECTED
-    assert fe.next_state(S.INITIALISED, S.RECONFIGURED) is S.CONNECTED
+    assert (
+        fe.next_state(XenbusState.INITIALISED, XenbusState.RECONFIGURING) is XenbusState.CONNECTED
+    )
+    assert fe.next_state(XenbusState.INITIALISED, XenbusState.RECONFIGURED) is XenbusState.CONNECTED

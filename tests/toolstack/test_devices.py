@@ -42,8 +42,6 @@ from stubdom.toolstack.devices import (
 from stubdom.xenstore import Client, NoEntry, PermissionDenied
 from tests.support.device_host import GUARD, GUEST, Host, start_host, stop_host
 
-S = XenbusState
-
 
 @pytest.fixture
 async def host() -> AsyncIterator[Host]:
@@ -194,11 +192,14 @@ async def test_each_kind_connects_and_is_removed(host: Host, kind: str) -> None:
     guest = await host.guest()
     device = device_for(kind, host)
     ref = await add_device(host.dom0, GUEST, device)
-    assert await wait_device_connection(host.dom0, ref, GUARD) in (S.INIT_WAIT, S.CONNECTED)
+    assert await wait_device_connection(host.dom0, ref, GUARD) in (
+        XenbusState.INIT_WAIT,
+        XenbusState.CONNECTED,
+    )
     async with Frontend(guest, kind, ref.devid, timeout=GUARD) as dev:
-        assert dev.state is S.CONNECTED
-        assert await host.state(ref.backend) is S.CONNECTED
-        assert await host.state(ref.frontend) is S.CONNECTED
+        assert dev.state is XenbusState.CONNECTED
+        assert await host.state(ref.backend) is XenbusState.CONNECTED
+        assert await host.state(ref.frontend) is XenbusState.CONNECTED
         assert dev.backend == ref.backend
         if kind == "vbd":
             assert (dev.sectors, dev.sector_size, dev.readonly) == (2048, 512, False)
@@ -219,7 +220,7 @@ async def test_each_kind_connects_and_is_removed(host: Host, kind: str) -> None:
         assert await remove_device(host.dom0, ref, timeout=GUARD) is True
         await dev.wait_closed(GUARD)
         assert dev.closed_by_backend
-        assert dev.state is S.CLOSED
+        assert dev.state is XenbusState.CLOSED
     for path in (ref.backend, ref.frontend, ref.libxl):
         assert not await host.dom0.exists(path)
     assert not await host.dom0.exists("/local/domain/0/backend/" + kind)  # path cleanup
@@ -233,11 +234,11 @@ async def test_frontend_close_then_reconnect(host: Host) -> None:
     ref = await add_device(host.dom0, GUEST, Vif(mac="00:16:3e:00:00:07"))
     async with Frontend(guest, "vif", 0, timeout=GUARD) as dev:
         pass
-    assert dev.state is S.CLOSED and not dev.closed_by_backend
-    await wait_for_state(host.dom0, f"{ref.backend}/state", S.CLOSED, GUARD)
+    assert dev.state is XenbusState.CLOSED and not dev.closed_by_backend
+    await wait_for_state(host.dom0, f"{ref.backend}/state", XenbusState.CLOSED, GUARD)
     assert await host.read(f"{ref.backend}/online") == "1"
     async with Frontend(guest, "vif", 0, timeout=GUARD) as again:
-        assert await host.state(ref.backend) is S.CONNECTED
+        assert await host.state(ref.backend) is XenbusState.CONNECTED
         assert again.mac == "00:16:3e:00:00:07"
     assert await remove_device(host.dom0, ref, timeout=GUARD)
     assert not await host.dom0.exists(ref.backend)
@@ -254,14 +255,16 @@ async def test_forced_removal_just_removes(host: Host) -> None:
         assert not await host.dom0.exists(path)
     # The manager noticed the directory went away and forgot the device.
     await add_device(host.dom0, GUEST, Vif(handle=1))
-    await wait_for_state(host.dom0, "/local/domain/0/backend/vif/5/1/state", S.INIT_WAIT, GUARD)
+    await wait_for_state(
+        host.dom0, "/local/domain/0/backend/vif/5/1/state", XenbusState.INIT_WAIT, GUARD
+    )
     assert ("vif", GUEST, 0) not in host.manager.devices
 
 
 async def test_frontend_that_never_shows_up(host: Host) -> None:
     """Nobody runs the frontend: removal still completes (backend closes on its own)."""
     ref = await add_device(host.dom0, GUEST, Vkbd())
-    await wait_for_state(host.dom0, f"{ref.backend}/state", S.INIT_WAIT, GUARD)
+    await wait_for_state(host.dom0, f"{ref.backend}/state", XenbusState.INIT_WAIT, GUARD)
     assert await remove_device(host.dom0, ref, timeout=GUARD) is True
     assert not await host.dom0.exists(ref.backend)
     assert not await host.dom0.exists(ref.frontend)
@@ -270,9 +273,9 @@ async def test_frontend_that_never_shows_up(host: Host) -> None:
 async def test_a_state_wait_that_runs_out_says_what_the_node_held(host: Host) -> None:
     """Issue 12: the state seen and the one awaited, in Xen's words; never a bare list."""
     path = "/tool/a-backend/state"  # none of the host's backends touches it
-    await host.dom0.write(path, S.INIT_WAIT.node())
+    await host.dom0.write(path, XenbusState.INIT_WAIT.node())
     with pytest.raises(DeviceTimeout) as err:
-        await wait_for_state(host.dom0, path, S.CONNECTED, 0.2)
+        await wait_for_state(host.dom0, path, XenbusState.CONNECTED, 0.2)
     assert str(err.value) == f"{path} is 2 (InitWait) after 0.2 s, not 4 (Connected)"
 
 
@@ -280,7 +283,7 @@ async def test_domain_dies_mid_handshake(host: Host) -> None:
     """The guest's tree vanishes while the backend waits: removal still completes."""
     await host.guest()
     ref = await add_device(host.dom0, GUEST, Vfb())
-    await wait_for_state(host.dom0, f"{ref.backend}/state", S.INIT_WAIT, GUARD)
+    await wait_for_state(host.dom0, f"{ref.backend}/state", XenbusState.INIT_WAIT, GUARD)
     await host.dom0.rm("/local/domain/5")
     await host.dom0.release(GUEST)
     assert await remove_device(host.dom0, ref, timeout=GUARD) is True
@@ -310,7 +313,7 @@ async def test_vbd_with_missing_image_fails_cleanly(
         pytest.raises(DeviceFailed, match="does not exist"),
     ):
         await wait_device_connection(host.dom0, ref, GUARD)
-    await wait_for_state(host.dom0, f"{ref.backend}/state", S.CLOSED, GUARD)
+    await wait_for_state(host.dom0, f"{ref.backend}/state", XenbusState.CLOSED, GUARD)
     assert await host.read(f"{ref.backend}/hotplug-status") == "error"
     assert await host.read(f"{ref.backend}/hotplug-error") == f"{missing} does not exist."
     error_node = "/local/domain/0/error/backend/vbd/5/51728/error"
@@ -319,7 +322,7 @@ async def test_vbd_with_missing_image_fails_cleanly(
     with pytest.raises(FrontendError, match="does not exist"):
         async with Frontend(guest, "vbd", ref.devid, timeout=GUARD):
             pass
-    assert await host.state(ref.backend) is S.CLOSED  # a failed device never reconnects
+    assert await host.state(ref.backend) is XenbusState.CLOSED  # a failed device never reconnects
     assert await remove_device(host.dom0, ref, timeout=GUARD) is True
     assert not await host.dom0.exists(ref.backend)
     await _settled(host)
@@ -329,7 +332,7 @@ async def test_vbd_with_missing_image_fails_cleanly(
 async def _settled(host: Host) -> None:
     """Let the manager process what it has been told (a round trip through a watch)."""
     probe = await add_device(host.dom0, 9, Vkbd(id=7))
-    await wait_for_state(host.dom0, f"{probe.backend}/state", S.INIT_WAIT, GUARD)
+    await wait_for_state(host.dom0, f"{probe.backend}/state", XenbusState.INIT_WAIT, GUARD)
     await remove_device(host.dom0, probe, force=True)
 
 
@@ -358,7 +361,7 @@ async def test_guest_cannot_write_backend_or_readonly_nodes(host: Host) -> None:
             await guest.read("/libxl/5/device/vif/0/mac")
         # It can read the backend (that is how it learns the features).
         assert (await guest.read(f"{ref.backend}/feature-sg")) == b"1"
-        assert await host.state(ref.backend) is S.CONNECTED
+        assert await host.state(ref.backend) is XenbusState.CONNECTED
 
 
 async def test_manager_survives_garbage_state_nodes(
@@ -366,7 +369,7 @@ async def test_manager_survives_garbage_state_nodes(
 ) -> None:
     guest = await host.guest()
     bad = await add_device(host.dom0, GUEST, Vkbd(id=0))
-    await wait_for_state(host.dom0, f"{bad.backend}/state", S.INIT_WAIT, GUARD)
+    await wait_for_state(host.dom0, f"{bad.backend}/state", XenbusState.INIT_WAIT, GUARD)
     with caplog.at_level(logging.WARNING, logger="stubdom.host.backends"):
         await guest.write("device/vkbd/0/state", "banana")  # the guest's own node
         await host.dom0.write(f"{bad.backend}/state", "\x00\xff")  # a toolstack bug
@@ -374,7 +377,7 @@ async def test_manager_survives_garbage_state_nodes(
         # Another device is still served while the bad one sits there.
         ref = await add_device(host.dom0, GUEST, Vif())
         async with Frontend(guest, "vif", 0, timeout=GUARD):
-            assert await host.state(ref.backend) is S.CONNECTED
+            assert await host.state(ref.backend) is XenbusState.CONNECTED
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert any("'banana' is not a xenbus state" in w for w in warnings), warnings
     assert sum("is not a xenbus state" in w and "state '\\x00" in w for w in warnings) == 1
@@ -388,7 +391,7 @@ async def test_frontend_pointing_outside_its_domain_is_ignored(host: Host) -> No
     ref = await add_device(host.dom0, GUEST, Vkbd())
     await host.dom0.write(f"{ref.backend}/frontend", "/local/domain/0/device/vkbd/0")
     await host.manager.start()
-    await wait_for_state(host.dom0, f"{ref.backend}/state", S.INIT_WAIT, GUARD)
+    await wait_for_state(host.dom0, f"{ref.backend}/state", XenbusState.INIT_WAIT, GUARD)
     # The bogus frontend never counts as a live peer: removal closes at once.
     assert await remove_device(host.dom0, ref, timeout=GUARD) is True
 
@@ -410,7 +413,7 @@ async def test_pci_connect_hot_add_and_hot_remove(host: Host) -> None:
     )
     assert await host.read(f"{be}/num_devs") == "1"
     async with Frontend(guest, "pci", 0, timeout=GUARD) as dev:
-        assert await host.state(be) is S.CONNECTED
+        assert await host.state(be) is XenbusState.CONNECTED
         assert await host.read(f"{be}/state-0") == "3"
         assert await host.read(f"{be}/vdev-0") == "0000:00:00.00"
         assert await host.read(f"{be}/root_num") == "1"
@@ -425,7 +428,7 @@ async def test_pci_connect_hot_add_and_hot_remove(host: Host) -> None:
         assert [await host.read(f"{be}/state-{i}") for i in range(3)] == ["3", "3", "3"]
         assert await dev.physical_to_virtual(sibling) == Bdf(0, 0, 0, 1)
         assert await dev.physical_to_virtual("0000:04:00.0") == Bdf(0, 0, 1, 0)
-        assert dev.state is S.CONNECTED and not dev.closed.is_set()
+        assert dev.state is XenbusState.CONNECTED and not dev.closed.is_set()
 
         # Hot-remove the sibling: entries renumbered, the rest unchanged.
         await remove_pci(host.dom0, GUEST, sibling, timeout=GUARD)
@@ -434,7 +437,7 @@ async def test_pci_connect_hot_add_and_hot_remove(host: Host) -> None:
         assert await host.read(f"{be}/vdev-1") == "0000:00:01.00"
         assert not await host.dom0.exists(f"{be}/dev-2")
         assert await dev.physical_to_virtual(sibling) is None
-        assert await host.state(be) is S.CONNECTED
+        assert await host.state(be) is XenbusState.CONNECTED
 
         # Removing the last functions takes the device away.
         await remove_pci(host.dom0, GUEST, other, timeout=GUARD)
@@ -447,13 +450,11 @@ async def test_pci_connect_hot_add_and_hot_remove(host: Host) -> None:
 
 async def test_pci_bad_dev_entry_fails_setup(host: Host) -> None:
     await host.manager.stop()
-    await add_pci(
-        host.dom0, GUEST, PciFunction(Bdf(0, 3, 0, 0)), domain_name="g", starting=True
-    )
+    await add_pci(host.dom0, GUEST, PciFunction(Bdf(0, 3, 0, 0)), domain_name="g", starting=True)
     be = pci_ref(GUEST).backend
     await host.dom0.write(f"{be}/dev-0", "not-a-bdf")
     await host.manager.start()
-    await wait_for_state(host.dom0, f"{be}/state", S.CLOSED, GUARD)
+    await wait_for_state(host.dom0, f"{be}/state", XenbusState.CLOSED, GUARD)
     assert "dev-0" in await host.read(f"{be}/hotplug-error")
 
 
@@ -465,7 +466,7 @@ async def test_a_hot_plug_never_reconfigures_into_another(host: Host) -> None:
     be = pci_ref(GUEST).backend
     first = PciFunction(Bdf(0, 3, 0, 0))
     await add_pci(host.dom0, GUEST, first, domain_name="g", starting=True)
-    await host.dom0.write(f"{be}/state", S.CONNECTED.node())
+    await host.dom0.write(f"{be}/state", XenbusState.CONNECTED.node())
 
     other = await Client.connect(str(host.server.socket_path))
     real_retry, real_watch = host.dom0.retry_transaction, host.dom0.watch
@@ -476,7 +477,7 @@ async def test_a_hot_plug_never_reconfigures_into_another(host: Host) -> None:
         nonlocal sneaked
         if not sneaked:  # the other toolstack's hot-plug starts right now
             sneaked = True
-            await other.write(f"{be}/state", S.RECONFIGURING.node())
+            await other.write(f"{be}/state", XenbusState.RECONFIGURING.node())
         return await real_retry(fn, attempts)
 
     def watch(path: str, *args: Any, **kwargs: Any) -> Any:
@@ -494,11 +495,11 @@ async def test_a_hot_plug_never_reconfigures_into_another(host: Host) -> None:
         assert await host.read(f"{be}/num_devs") == "1"  # nothing written meanwhile
         assert not await host.dom0.exists(f"{be}/dev-1")
         waiting.clear()
-        await other.write(f"{be}/state", S.CONNECTED.node())  # the other one is done
+        await other.write(f"{be}/state", XenbusState.CONNECTED.node())  # the other one is done
         await asyncio.wait_for(waiting.wait(), GUARD)  # ours reconfigures now
         assert await host.read(f"{be}/num_devs") == "2"
-        assert await host.state(be) is S.RECONFIGURING
-        await other.write(f"{be}/state", S.CONNECTED.node())
+        assert await host.state(be) is XenbusState.RECONFIGURING
+        await other.write(f"{be}/state", XenbusState.CONNECTED.node())
         assert await asyncio.wait_for(task, GUARD) == 1
     finally:
         await other.close()
@@ -512,20 +513,20 @@ async def test_concurrent_hot_plugs_all_connect(host: Host) -> None:
     first = Bdf.parse("0000:03:00.0")
     await add_pci(host.dom0, GUEST, PciFunction(first), domain_name="g", starting=True)
     async with Frontend(host.guests[0], "pci", 0, timeout=GUARD) as dev:
-        await wait_for_state(host.dom0, f"{be}/state", S.CONNECTED, GUARD)
+        await wait_for_state(host.dom0, f"{be}/state", XenbusState.CONNECTED, GUARD)
         more = [Bdf(0, n, 0, 0) for n in range(4, 8)]
         got = await asyncio.gather(
-            *(add_pci(host.dom0, GUEST, PciFunction(a), domain_name="g", timeout=GUARD)
-              for a in more)
+            *(
+                add_pci(host.dom0, GUEST, PciFunction(a), domain_name="g", timeout=GUARD)
+                for a in more
+            )
         )
         assert sorted(got) == [1, 2, 3, 4]
         assert [await host.read(f"{be}/state-{i}") for i in range(5)] == ["3"] * 5
         slots = {await dev.physical_to_virtual(a) for a in [first, *more]}
         assert None not in slots and len(slots) == 5
-        await asyncio.gather(
-            *(remove_pci(host.dom0, GUEST, a, timeout=GUARD) for a in more[:2])
-        )
+        await asyncio.gather(*(remove_pci(host.dom0, GUEST, a, timeout=GUARD) for a in more[:2]))
         assert await host.read(f"{be}/num_devs") == "3"
-        assert await host.state(be) is S.CONNECTED
+        assert await host.state(be) is XenbusState.CONNECTED
         assert await dev.physical_to_virtual(more[0]) is None
         assert await dev.physical_to_virtual(more[3]) is not None

@@ -88,9 +88,6 @@ def backend_root(backend_domid: int = BACKEND_DOMID) -> str:
     return f"{domain_path(backend_domid)}/backend"
 
 
-S = XenbusState
-
-
 class BackendHandshake:
     """The backend half of the xenbus handshake, as a transition function (no I/O).
 
@@ -104,27 +101,27 @@ class BackendHandshake:
     def next_state(
         self, own: XenbusState, frontend: XenbusState, online: bool, ready: bool = True
     ) -> XenbusState | None:
-        if own is S.INITIALISING:
+        if own is XenbusState.INITIALISING:
             if not online:
-                return S.CLOSED
-            return S.INIT_WAIT if ready else None
-        if own is S.INIT_WAIT:
-            if not online or frontend in (S.CLOSING, S.CLOSED):
-                return S.CLOSING
-            if frontend in (S.INITIALISED, S.CONNECTED):
-                return S.CONNECTED
+                return XenbusState.CLOSED
+            return XenbusState.INIT_WAIT if ready else None
+        if own is XenbusState.INIT_WAIT:
+            if not online or frontend in (XenbusState.CLOSING, XenbusState.CLOSED):
+                return XenbusState.CLOSING
+            if frontend in (XenbusState.INITIALISED, XenbusState.CONNECTED):
+                return XenbusState.CONNECTED
             return None
-        if own is S.CONNECTED:
-            if not online or frontend in (S.CLOSING, S.CLOSED):
-                return S.CLOSING
+        if own is XenbusState.CONNECTED:
+            if not online or frontend in (XenbusState.CLOSING, XenbusState.CLOSED):
+                return XenbusState.CLOSING
             return None
-        if own is S.CLOSING:
+        if own is XenbusState.CLOSING:
             # Closed once the frontend let go, or if there is no live frontend at all.
-            if frontend in (S.CLOSED, S.UNKNOWN, S.INITIALISING):
-                return S.CLOSED
+            if frontend in (XenbusState.CLOSED, XenbusState.UNKNOWN, XenbusState.INITIALISING):
+                return XenbusState.CLOSED
             return None
-        if own is S.CLOSED and online and frontend is S.INITIALISING:
-            return S.INIT_WAIT  # the frontend came back (reconnect after a close)
+        if own is XenbusState.CLOSED and online and frontend is XenbusState.INITIALISING:
+            return XenbusState.INIT_WAIT  # the frontend came back (reconnect after a close)
         return None
 
 
@@ -134,18 +131,27 @@ class FrontendHandshake:
     def next_state(
         self, own: XenbusState, backend: XenbusState, closing: bool = False
     ) -> XenbusState | None:
-        if closing or backend in (S.CLOSING, S.CLOSED):
-            if own in (S.CLOSED, S.UNKNOWN):
+        if closing or backend in (XenbusState.CLOSING, XenbusState.CLOSED):
+            if own in (XenbusState.CLOSED, XenbusState.UNKNOWN):
                 return None
-            if own is not S.CLOSING:
-                return S.CLOSING
-            return S.CLOSED if backend in (S.CLOSING, S.CLOSED) else None
-        if own is S.INITIALISING and backend in (S.INIT_WAIT, S.CONNECTED):
-            return S.INITIALISED
+            if own is not XenbusState.CLOSING:
+                return XenbusState.CLOSING
+            return (
+                XenbusState.CLOSED if backend in (XenbusState.CLOSING, XenbusState.CLOSED) else None
+            )
+        if own is XenbusState.INITIALISING and backend in (
+            XenbusState.INIT_WAIT,
+            XenbusState.CONNECTED,
+        ):
+            return XenbusState.INITIALISED
         # A backend past Connected (pciback reconfiguring for a hot-plug that came
         # before we saw it connect) has connected too: catch up, then follow it.
-        if own is S.INITIALISED and backend in (S.CONNECTED, S.RECONFIGURING, S.RECONFIGURED):
-            return S.CONNECTED
+        if own is XenbusState.INITIALISED and backend in (
+            XenbusState.CONNECTED,
+            XenbusState.RECONFIGURING,
+            XenbusState.RECONFIGURED,
+        ):
+            return XenbusState.CONNECTED
         return None
 
 

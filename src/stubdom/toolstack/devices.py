@@ -49,7 +49,6 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-S = XenbusState
 
 #: libxl_internal.h: how long libxl waits for a backend to close or to come up.
 LIBXL_DESTROY_TIMEOUT = 10.0
@@ -385,7 +384,7 @@ class Console(Device):
     def frontend_entries(self, domid: int) -> dict[str, str]:
         if self.has_build_state:
             return {}
-        return {"state": S.INITIALISING.node().decode(), "protocol": XENCONSOLE_PROTOCOL}
+        return {"state": XenbusState.INITIALISING.node().decode(), "protocol": XENCONSOLE_PROTOCOL}
 
     def ro_frontend_entries(self, domid: int) -> dict[str, str]:
         e: dict[str, str] = {}
@@ -495,10 +494,14 @@ def device_entries(
 ) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
     """(back, front, ro_front) as ``libxl__device_add_async`` assembles them."""
     ref = device.ref(domid)
-    back = {"frontend-id": str(domid), "online": "1", "state": S.INITIALISING.node().decode()}
+    back = {
+        "frontend-id": str(domid),
+        "online": "1",
+        "state": XenbusState.INITIALISING.node().decode(),
+    }
     front: dict[str, str] = {"backend-id": str(ref.backend_domid)}
     if not isinstance(device, Console):
-        front["state"] = S.INITIALISING.node().decode()
+        front["state"] = XenbusState.INITIALISING.node().decode()
     back.update(device.backend_entries(domid))
     front.update(device.frontend_entries(domid))
     return back, front, device.ro_frontend_entries(domid)
@@ -588,9 +591,9 @@ async def wait_device_connection(
         state = await wait_for_state(
             client,
             f"{be}/state",
-            (S.INIT_WAIT, S.INITIALISED, S.CONNECTED),
+            (XenbusState.INIT_WAIT, XenbusState.INITIALISED, XenbusState.CONNECTED),
             timeout,
-            fail=(S.CLOSING, S.CLOSED),
+            fail=(XenbusState.CLOSING, XenbusState.CLOSED),
         )
     except DeviceFailed as exc:
         error = await read_text(client, f"{be}/hotplug-error")
@@ -657,8 +660,8 @@ async def _initiate_close(client: Client, ref: DeviceRef, remove_frontend: bool)
         if state is None:
             return False
         await t.write(f"{be}/online", "0")
-        if XenbusState.parse(state) is not S.CLOSED:
-            await t.write(f"{be}/state", S.CLOSING.node())
+        if XenbusState.parse(state) is not XenbusState.CLOSED:
+            await t.write(f"{be}/state", XenbusState.CLOSING.node())
         return True
 
     return await client.retry_transaction(body)
@@ -683,7 +686,7 @@ async def remove_device(
             log.info("backend %s already removed, cleanup frontend only", ref.backend)
             break
         try:
-            await wait_for_state(client, f"{ref.backend}/state", S.CLOSED, timeout)
+            await wait_for_state(client, f"{ref.backend}/state", XenbusState.CLOSED, timeout)
             break
         except BackendGone:
             break
@@ -774,7 +777,7 @@ class PciFunction:
             f"msitranslate={int(self.msitranslate)},power_mgmt={int(self.power_mgmt)},"
             f"permissive={int(self.permissive)},rdm_policy={self.rdm_policy}"
         )
-        e[f"state-{num}"] = S.INITIALISING.node().decode()
+        e[f"state-{num}"] = XenbusState.INITIALISING.node().decode()
         return e
 
 
@@ -814,7 +817,7 @@ async def add_pci(
                 "frontend": ref.frontend,
                 "frontend-id": str(domid),
                 "online": "1",
-                "state": S.INITIALISING.node().decode(),
+                "state": XenbusState.INITIALISING.node().decode(),
                 "domain": domain_name,
             }
             await _rm(t, be)
@@ -825,19 +828,23 @@ async def add_pci(
             await _rm(t, fe)
             await t.mkdir(fe)
             await t.set_perms(fe, frontend_perms(ref))
-            front = {"backend": be, "backend-id": "0", "state": S.INITIALISING.node().decode()}
+            front = {
+                "backend": be,
+                "backend-id": "0",
+                "state": XenbusState.INITIALISING.node().decode(),
+            }
             await pipelined(*_writev_requests(t, fe, front, None))
         entries = function.entries(num)
         entries["num_devs"] = str(num + 1)
         if num and not starting:
-            entries["state"] = S.RECONFIGURING.node().decode()
+            entries["state"] = XenbusState.RECONFIGURING.node().decode()
         await pipelined(*_writev_requests(t, be, entries, None))
         return num
 
     num = await _when_connected(client, be, timeout, body)
     log.debug("pci %s added to domain %d as dev-%d", function.address, domid, num)
     if num and not starting:
-        await wait_for_state(client, f"{be}/state", S.CONNECTED, timeout)
+        await wait_for_state(client, f"{be}/state", XenbusState.CONNECTED, timeout)
     return num
 
 
@@ -847,7 +854,7 @@ class _NotConnected(Exception):
 
 async def _require_connected(t: Transaction, be: str) -> None:
     """Read pciback's state inside ``t``: the commit then fails if anyone changes it."""
-    if XenbusState.parse(await read_text(t, f"{be}/state")) is not S.CONNECTED:
+    if XenbusState.parse(await read_text(t, f"{be}/state")) is not XenbusState.CONNECTED:
         raise _NotConnected
 
 
@@ -866,7 +873,7 @@ async def _when_connected(
         try:
             return await client.retry_transaction(body)
         except _NotConnected:
-            await wait_for_state(client, f"{be}/state", S.CONNECTED, timeout)
+            await wait_for_state(client, f"{be}/state", XenbusState.CONNECTED, timeout)
 
 
 async def remove_pci(
@@ -899,8 +906,8 @@ async def remove_pci(
     async def mark(t: Transaction) -> None:
         _, index = await find(t)
         await _require_connected(t, be)
-        await t.write(f"{be}/state-{index}", S.CLOSING.node())
-        await t.write(f"{be}/state", S.RECONFIGURING.node())
+        await t.write(f"{be}/state-{index}", XenbusState.CLOSING.node())
+        await t.write(f"{be}/state", XenbusState.RECONFIGURING.node())
 
     await _when_connected(client, be, timeout, mark)
 

@@ -60,7 +60,6 @@ from stubdom.xenstore.pipeline import pipelined
 
 log = logging.getLogger(__name__)
 
-S = XenbusState
 
 #: What qemu-trad's ``con_init`` uses when the frontend has no ``output`` node.
 DEFAULT_OUTPUT = "pty"
@@ -317,7 +316,7 @@ class ConsoleDevice:
         async def mark(t: Transaction) -> None:
             if await t.exists(f"{self.be}/frontend"):
                 await t.write(f"{self.be}/error", why)
-                await t.write(f"{self.be}/state", S.CLOSED.node())
+                await t.write(f"{self.be}/state", XenbusState.CLOSED.node())
 
         await self.client.retry_transaction(mark)
 
@@ -357,7 +356,7 @@ class ConsoleDevice:
             return XenbusState.parse(await t.read(f"{self.fe}/state"))
         except NoEntry:
             # Console 0: no state node (read-only directory); a live connection is it.
-            return S.CONNECTED if self._conns else S.UNKNOWN
+            return XenbusState.CONNECTED if self._conns else XenbusState.UNKNOWN
 
     async def _step(self) -> None:
         async def decide(t: Transaction) -> tuple[_Exit | None, XenbusState, bool]:
@@ -368,15 +367,15 @@ class ConsoleDevice:
                     self._frontend_state(t),
                 )
             except NoEntry:
-                return _Exit.GONE, S.UNKNOWN, False
+                return _Exit.GONE, XenbusState.UNKNOWN, False
             own = XenbusState.parse(raw_own)
             online = raw_online.strip() == b"1"
-            if own is S.INITIALISING and self._announced:
+            if own is XenbusState.INITIALISING and self._announced:
                 return _Exit.RESTART, own, online
             if self.failed is not None:
-                if own is not S.CLOSED:
-                    await t.write(f"{self.be}/state", S.CLOSED.node())
-                return None, S.CLOSED, online
+                if own is not XenbusState.CLOSED:
+                    await t.write(f"{self.be}/state", XenbusState.CLOSED.node())
+                return None, XenbusState.CLOSED, online
             start = own
             for _ in range(8):  # follow the transitions this view allows, e.g. Closing->Closed
                 new = self.backend.handshake.next_state(own, frontend, online, ready=True)
@@ -391,9 +390,9 @@ class ConsoleDevice:
         if exit_ is not None:
             self.exit = exit_
             return
-        if own is not S.INITIALISING:
+        if own is not XenbusState.INITIALISING:
             self._announced = True
-        if own is S.CLOSED and not online and self._server is not None:
+        if own is XenbusState.CLOSED and not online and self._server is not None:
             log.info("console %d of domain %d: closed for removal", self.n, self.domid)
             await self._close_data_path()
 

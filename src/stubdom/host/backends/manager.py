@@ -44,7 +44,6 @@ from stubdom.xenstore.pipeline import pipelined
 
 log = logging.getLogger(__name__)
 
-S = XenbusState
 
 Key = tuple[str, int, int]
 
@@ -74,9 +73,9 @@ class _Entry:
 def _parse_state(dev: BackendDevice, what: str, raw: str | None) -> XenbusState | None:
     """The state in ``raw``; None (after one log line) for a value that is not a state."""
     if raw is None:
-        return S.UNKNOWN
-    state = S.parse(raw)
-    if state is S.UNKNOWN and raw.strip() != "0":
+        return XenbusState.UNKNOWN
+    state = XenbusState.parse(raw)
+    if state is XenbusState.UNKNOWN and raw.strip() != "0":
         dev.warn_once(f"{what}={raw}", "%s %r is not a xenbus state; ignored", what, raw)
         return None
     return state
@@ -257,7 +256,10 @@ class BackendManager:
         raw_online, fe_path, fe_id = await pipelined(
             *(dev.read(node) for node in ("online", "frontend", "frontend-id"))
         )
-        if own is S.INITIALISING and dev.last_state not in (None, S.INITIALISING):
+        if own is XenbusState.INITIALISING and dev.last_state not in (
+            None,
+            XenbusState.INITIALISING,
+        ):
             log.info("%s: directory re-created; starting over", dev.name)
             dev.reset()
             await self._unwatch_frontend(entry)
@@ -266,31 +268,31 @@ class BackendManager:
         await self._find_frontend(entry, fe_path, fe_id)
         fe_state = await self._frontend_state(dev)
         if fe_state is None:
-            fe_state = S.UNKNOWN
+            fe_state = XenbusState.UNKNOWN
 
         nodes: Nodes = {}
         try:
-            if own in (S.RECONFIGURING, S.RECONFIGURED):
+            if own in (XenbusState.RECONFIGURING, XenbusState.RECONFIGURED):
                 nxt, nodes = await driver.reconfigure(dev, own, fe_state)
             else:
-                if own is S.INITIALISING and online and not dev.set_up and not dev.failed:
+                if own is XenbusState.INITIALISING and online and not dev.set_up and not dev.failed:
                     nodes = await driver.setup(dev)
                 ready = not dev.failed
                 nxt = self._handshake.next_state(own, fe_state, online, ready)
-                if dev.failed and nxt is S.INIT_WAIT:
+                if dev.failed and nxt is XenbusState.INIT_WAIT:
                     nxt = None  # a failed device stays closed
-                if nxt is S.CONNECTED:
+                if nxt is XenbusState.CONNECTED:
                     nodes.update(await driver.connect(dev))
         except SetupFailed as exc:
             await self._fail(entry, own, exc)
             return False
 
         if nxt is None:
-            if own is S.CLOSED and not online:
+            if own is XenbusState.CLOSED and not online:
                 await self._teardown(entry)
             return False
         if await self._apply(dev, own, nxt, nodes):
-            if own is S.INITIALISING and nxt is S.INIT_WAIT:
+            if own is XenbusState.INITIALISING and nxt is XenbusState.INIT_WAIT:
                 dev.set_up = True
             log.info("%s: %s -> %s", dev.name, own.name, nxt.name)
         entry.kick.set()  # look again: the new state may call for another step
@@ -355,7 +357,7 @@ class BackendManager:
 
         async def body(t: Transaction) -> bool:
             try:
-                current = S.parse(await t.read(f"{dev.path}/state"))
+                current = XenbusState.parse(await t.read(f"{dev.path}/state"))
             except NoEntry:
                 return False
             if current is not own:
@@ -375,7 +377,7 @@ class BackendManager:
         log.error("%s: %s", dev.name, message)
         dev.failed = True
         nodes = {"hotplug-status": "error", "hotplug-error": message}
-        if await self._apply(dev, own, S.CLOSING, nodes):
+        if await self._apply(dev, own, XenbusState.CLOSING, nodes):
             await self.client.write(
                 f"{dev.error_path}/error", f"{exc.errno or errno.EINVAL} {message}"
             )

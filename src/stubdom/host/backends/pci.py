@@ -20,8 +20,6 @@ from stubdom.host.backends.generic import BackendDevice, BackendDriver, Nodes, S
 from stubdom.host.xenbus import XenbusState
 from stubdom.protocol import Bdf
 
-S = XenbusState
-
 #: xen/include/public/io/pciif.h ``XEN_PCI_MAGIC``: pcifront writes it as ``magic``.
 XEN_PCI_MAGIC = "7"
 PCI_SLOTS = 32
@@ -78,9 +76,9 @@ class PciBackend(BackendDriver):
         """The functions already attached (state-N 3 or 4 with a vdev-N)."""
         bus = _Bus()
         for i in range(num):
-            state = S.parse(await dev.read(f"state-{i}"))
+            state = XenbusState.parse(await dev.read(f"state-{i}"))
             vdev = await dev.read(f"vdev-{i}")
-            if state not in (S.INITIALISED, S.CONNECTED) or vdev is None:
+            if state not in (XenbusState.INITIALISED, XenbusState.CONNECTED) or vdev is None:
                 continue
             try:
                 virtual = Bdf.parse(vdev)
@@ -95,7 +93,7 @@ class PciBackend(BackendDriver):
         nodes: Nodes = {}
         for i in range(num):
             nodes[f"vdev-{i}"] = bus.place(i, await self._address(dev, i))
-            nodes[f"state-{i}"] = S.INITIALISED.node().decode()
+            nodes[f"state-{i}"] = XenbusState.INITIALISED.node().decode()
         nodes["root_num"] = "1"
         nodes["root-0"] = "0000:00"
         return nodes
@@ -110,19 +108,19 @@ class PciBackend(BackendDriver):
     async def reconfigure(
         self, dev: BackendDevice, own: XenbusState, frontend: XenbusState
     ) -> tuple[XenbusState | None, Nodes]:
-        if own is S.RECONFIGURED:
-            return (S.CONNECTED, {}) if frontend is S.CONNECTED else (None, {})
-        if own is not S.RECONFIGURING or frontend is not S.RECONFIGURING:
+        if own is XenbusState.RECONFIGURED:
+            return (XenbusState.CONNECTED, {}) if frontend is XenbusState.CONNECTED else (None, {})
+        if own is not XenbusState.RECONFIGURING or frontend is not XenbusState.RECONFIGURING:
             return None, {}  # pciback acts once pcifront has followed to Reconfiguring
         num = await self._num_devs(dev)
         bus = await self._bus(dev, num)
         nodes: Nodes = {}
         for i in range(num):
-            sub = S.parse(await dev.read(f"state-{i}"))
-            if sub is S.INITIALISING:
+            sub = XenbusState.parse(await dev.read(f"state-{i}"))
+            if sub is XenbusState.INITIALISING:
                 nodes[f"vdev-{i}"] = bus.place(i, await self._address(dev, i))
-                nodes[f"state-{i}"] = S.INITIALISED.node().decode()
-            elif sub is S.CLOSING:
+                nodes[f"state-{i}"] = XenbusState.INITIALISED.node().decode()
+            elif sub is XenbusState.CLOSING:
                 bus.slots.pop(i, None)
-                nodes[f"state-{i}"] = S.CLOSED.node().decode()
-        return S.RECONFIGURED, nodes
+                nodes[f"state-{i}"] = XenbusState.CLOSED.node().decode()
+        return XenbusState.RECONFIGURED, nodes

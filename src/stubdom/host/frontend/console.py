@@ -48,7 +48,6 @@ from stubdom.xenstore.pipeline import pipelined
 
 log = logging.getLogger(__name__)
 
-S = XenbusState
 T = TypeVar("T")
 
 #: Guard for opening (backend ready, handshake) and for closing; not a pacing delay.
@@ -94,7 +93,7 @@ async def _read_state(client: Client | Transaction, path: str) -> XenbusState:
     try:
         return XenbusState.parse(await client.read(path))
     except NoEntry:
-        return S.UNKNOWN
+        return XenbusState.UNKNOWN
 
 
 async def _set_state(client: Client, att: _Attachment, state: XenbusState) -> bool:
@@ -115,9 +114,7 @@ async def _set_state(client: Client, att: _Attachment, state: XenbusState) -> bo
 async def _locate(client: Client, n: int) -> _Attachment:
     fe = console_dir(n)
     try:
-        raw, has_state = await pipelined(
-            client.read(f"{fe}/backend"), client.exists(f"{fe}/state")
-        )
+        raw, has_state = await pipelined(client.read(f"{fe}/backend"), client.exists(f"{fe}/state"))
     except NoEntry:
         raise ConsoleError(
             f"console {n}: no frontend directory {fe} (or no backend node)"
@@ -133,14 +130,18 @@ async def _attach(
     conn: T | None = None
     try:
         async with asyncio.timeout(timeout), client.watch(att.be) as w:
-            own = await _read_state(client, f"{att.fe}/state") if att.has_state else S.UNKNOWN
-            if att.has_state and own is not S.INITIALISING:
+            own = (
+                await _read_state(client, f"{att.fe}/state")
+                if att.has_state
+                else XenbusState.UNKNOWN
+            )
+            if att.has_state and own is not XenbusState.INITIALISING:
                 # A previous session left Closed (or died mid-way): start over.
-                own = S.INITIALISING
+                own = XenbusState.INITIALISING
                 await _set_state(client, att, own)
             while True:
                 backend = await _backend_view(client, att)
-                if conn is None and backend in (S.INIT_WAIT, S.CONNECTED):
+                if conn is None and backend in (XenbusState.INIT_WAIT, XenbusState.CONNECTED):
                     raw = await client.read_optional(f"{att.be}/socket")
                     if raw:
                         att.socket_path = raw.decode()
@@ -148,15 +149,15 @@ async def _attach(
                         log.debug("console %d: connected to %s", n, att.socket_path)
                 if conn is not None:
                     if not att.has_state:
-                        if backend is S.CONNECTED:
+                        if backend is XenbusState.CONNECTED:
                             return att, conn
                     else:
                         new = _HANDSHAKE.next_state(own, backend)
-                        if new is not None and new is not S.CLOSING:
+                        if new is not None and new is not XenbusState.CLOSING:
                             own = new
                             await _set_state(client, att, own)
                             continue
-                        if own is S.CONNECTED:
+                        if own is XenbusState.CONNECTED:
                             return att, conn
                 await w.get()
     except TimeoutError:
@@ -205,7 +206,10 @@ async def _detach(client: Client, att: _Attachment, timeout: float | None) -> No
                     if not await _set_state(client, att, own):
                         return  # the toolstack removed the device already
                     continue
-                if own is S.CLOSED and backend in (S.CLOSED, S.UNKNOWN):
+                if own is XenbusState.CLOSED and backend in (
+                    XenbusState.CLOSED,
+                    XenbusState.UNKNOWN,
+                ):
                     return
                 await w.get()
     except TimeoutError:
@@ -404,7 +408,11 @@ class Console:
                 async for _ in w:
                     state = await _read_state(self.client, f"{self._att.be}/state")
                     online = await self.client.read_optional(f"{self._att.be}/online")
-                    if state in (S.CLOSING, S.CLOSED) or online is None or online != b"1":
+                    if (
+                        state in (XenbusState.CLOSING, XenbusState.CLOSED)
+                        or online is None
+                        or online != b"1"
+                    ):
                         log.info("console %d: backend closing, closing too", self.n)
                         if self._closing is None:
                             self._closing = asyncio.get_running_loop().create_task(self._close())

@@ -40,7 +40,6 @@ from stubdom.xenstore.pipeline import pipelined
 
 log = logging.getLogger(__name__)
 
-S = XenbusState
 
 DEFAULT_TIMEOUT = 30.0
 #: What Mini-OS and Linux on x86-64 publish as the ring ABI (XEN_IO_PROTO_ABI_NATIVE).
@@ -137,8 +136,8 @@ class Frontend:
         self.path = f"device/{kind}/{devid}"
         self.backend = ""
         self.backend_id = 0
-        self.state = S.UNKNOWN
-        self.backend_state = S.UNKNOWN
+        self.state = XenbusState.UNKNOWN
+        self.backend_state = XenbusState.UNKNOWN
         #: The backend's nodes and our own, as read once Connected.
         self.info: dict[str, str] = {}
         self.nodes: dict[str, str] = {}
@@ -187,11 +186,11 @@ class Frontend:
             self.backend_id = int(backend_id or "0")
         except ValueError:
             self.backend_id = 0
-        self.state = S.parse(state)
-        if self.state is not S.INITIALISING:
+        self.state = XenbusState.parse(state)
+        if self.state is not XenbusState.INITIALISING:
             # A reconnect after a close (or a stale state): start over as a new frontend,
             # and give a Closed backend the time to see us and go back to InitWait.
-            await self._set_state(S.INITIALISING)
+            await self._set_state(XenbusState.INITIALISING)
             self._reconnecting = True
         self._watch = self.client.watch(f"{self.backend}/state")
         await self._watch.start()
@@ -202,7 +201,7 @@ class Frontend:
             loop.create_task(self._run(), name=f"{self.path} frontend"),
         ]
         try:
-            await self._wait(lambda: self.state is S.CONNECTED or self.closed.is_set())
+            await self._wait(lambda: self.state is XenbusState.CONNECTED or self.closed.is_set())
         except FrontendError:
             await self._stop()
             raise
@@ -293,9 +292,13 @@ class Frontend:
             if raw is None and not await self._backend_exists():
                 self._mark_closed("the backend directory was removed")
                 return
-            self.backend_state = be = S.parse(raw)
+            self.backend_state = be = XenbusState.parse(raw)
             if self._reconnecting:
-                if be is S.CLOSED and not self._closing and not await self._backend_failed():
+                if (
+                    be is XenbusState.CLOSED
+                    and not self._closing
+                    and not await self._backend_failed()
+                ):
                     return  # the backend has not seen our Initialising yet
                 self._reconnecting = False
             nxt = self._pci_step(be) if self.kind == "pci" else None
@@ -304,7 +307,7 @@ class Frontend:
             if nxt is None:
                 return
             try:
-                if nxt is S.INITIALISED:
+                if nxt is XenbusState.INITIALISED:
                     await self._publish_rings()
                 else:
                     await self._set_state(nxt)
@@ -312,7 +315,7 @@ class Frontend:
                 self._mark_closed("our device directory was removed")
                 return
             log.debug("%s: %s (backend %s)", self.path, nxt.name, be.name)
-            if nxt is S.CLOSED:
+            if nxt is XenbusState.CLOSED:
                 self._mark_closed(None)
 
     async def _backend_exists(self) -> bool:
@@ -329,10 +332,10 @@ class Frontend:
         """pcifront_watches: follow pciback into Reconfiguring and back to Connected."""
         if self._closing:
             return None
-        if self.state is S.CONNECTED and be is S.RECONFIGURING:
-            return S.RECONFIGURING
-        if self.state is S.RECONFIGURING and be is S.RECONFIGURED:
-            return S.CONNECTED
+        if self.state is XenbusState.CONNECTED and be is XenbusState.RECONFIGURING:
+            return XenbusState.RECONFIGURING
+        if self.state is XenbusState.RECONFIGURING and be is XenbusState.RECONFIGURED:
+            return XenbusState.CONNECTED
         return None
 
     def _mark_closed(self, why: str | None) -> None:
@@ -347,10 +350,10 @@ class Frontend:
         async def body(t: Transaction) -> None:
             for node, value in nodes.items():
                 await t.write(f"{self.path}/{node}", value)
-            await t.write(f"{self.path}/state", S.INITIALISED.node())
+            await t.write(f"{self.path}/state", XenbusState.INITIALISED.node())
 
         await self.client.retry_transaction(body)
-        self.state = S.INITIALISED
+        self.state = XenbusState.INITIALISED
 
     async def _set_state(self, state: XenbusState) -> None:
         await self.client.write(f"{self.path}/state", state.node())
@@ -417,7 +420,7 @@ class Frontend:
                 virtual = Bdf.parse(vdev) if vdev else None
             except ValueError:
                 virtual = None
-            state = S.parse(await self._read(f"{self.backend}/state-{i}"))
+            state = XenbusState.parse(await self._read(f"{self.backend}/state-{i}"))
             out.append(PciFunctionInfo(i, physical, virtual, state))
         return out
 
