@@ -66,10 +66,9 @@ def check_story(out: Path, backend: str, config: Path | None = None, name: str =
     # The output directory holds what the demo wrote; the run directory is in it.
     assert result.run_dir == out / "host"
     assert (out / "demo.save").read_bytes().startswith(b"Xen saved domain, xl format")
-    if result.trace is not None:
-        assert result.trace == out / "trace.jsonl" and result.trace.stat().st_size > 0
-    if result.picture is not None:
-        assert result.picture.read_text().lstrip().startswith(("<svg", "<?xml"))
+    assert result.trace == out / "trace.jsonl" and result.trace.stat().st_size > 0
+    assert result.picture == out / "trace.svg"
+    assert result.picture.read_text().lstrip().startswith(("<svg", "<?xml"))
     # Nothing is left behind.
     assert processes_naming(str(out)) == []
     run = out / "host"
