@@ -205,11 +205,13 @@ async def _control_perms(s: Session, base: str) -> dict[str, str]:
 
 
 def _traced_since(trace: Path, offset: int) -> list[Event]:
-    """What xenstored traced from byte ``offset`` on, in whole lines (it may be in the
-    middle of writing one)."""
+    """The lines xenstored traced after byte ``offset``: whole lines only, as it may be
+    writing one at either end (one begun before ``offset`` is not ours)."""
     with open(trace, "rb") as f:
-        f.seek(offset)
+        f.seek(max(offset - 1, 0))
         data = f.read()
+    if offset > 0:
+        data = data[data.find(b"\n") + 1 :]
     whole = data[: data.rfind(b"\n") + 1].decode("utf-8", "replace")
     return parse_lines(whole.splitlines(), str(trace))
 
