@@ -6,12 +6,12 @@ hot-plugs a second PCI function and unplugs it, unplugs the configured one (a sa
 guest cannot keep passed-through functions), saves the guest to ``OUT/demo.save``,
 restores it, destroys it and brings the host down, always, even after a failure.
 
-Each step is echoed as it happens: what it did, the protocol nodes it made (who wrote
-them, their value and permissions read back from xenstore; for the control channel,
-the writes seen by a watch while the exchange ran), its result and how long it took.
-The writer of a node is the one the protocol assigns it to (docs/protocol.md#nodes): dom0
-writes dmargs, ``command`` and a request's ``parameter``; the stubdomain writes
-``state`` and the ``parameter`` of its answer.
+Each step is echoed as it happens: what it did, the protocol nodes it made, its result
+and how long it took.  The nodes of setting up a stubdomain are read back from xenstore
+with their permissions; the writer of each is the one the protocol assigns it to
+(docs/protocol.md#nodes).  The control channel's exchanges (``command``, ``parameter``,
+``state``) are read from the host's xenstored packet trace (``host up --trace``), which
+names the connection that wrote each node: dom0's or the stubdomain's.
 """
 
 from __future__ import annotations
@@ -21,30 +21,39 @@ import contextlib
 import io
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple, TypeVar
 
 from stubdom import protocol as proto
-from stubdom.host.rundir import RunDir, processes_using
+from stubdom.host import supervisor
+from stubdom.host.hypervisor import DomainInfo
+from stubdom.host.rundir import RunDir, RunDirError
 from stubdom.toolstack.config import GuestConfig
+from stubdom.toolstack.configure import load_config
+from stubdom.toolstack.operations import create_guest
+from stubdom.toolstack.pci import pci_attach, pci_detach, pci_list
+from stubdom.toolstack.saverestore import restore_guest, save_guest
 from stubdom.toolstack.session import Session, open_session
-from stubdom.xenstore import Client, NoEntry, XenStoreTimeout
+from stubdom.toolstack.spawn import destroy_guest
+from stubdom.toolstack.specs import parse_pci
+from stubdom.trace import Event, render_svg
+from stubdom.trace.model import parse_lines
+from stubdom.xenstore import NoEntry
 
 #: The example guest (its disk images are in examples/images/).
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "demo.cfg"
 #: The second function hot-plugged during the story.
 SECOND_PCI = "0000:04:00.0"
 BACKENDS = ("sim", "qemu")
-#: Failure guard for the host's own commands (never a timing assertion).
-HOST_COMMAND_TIMEOUT = 120.0
+#: The control channel's nodes in ``device-model/<guest>``.
+CONTROL_NODES = ("command", "parameter", "state")
 
 Echo = Callable[[str], None]
 ABSENT = "(absent)"
+_T = TypeVar("_T")
 
 
 class DemoError(Exception):
@@ -137,45 +146,51 @@ class DemoResult:
         return "\n".join([*lines, f"{len(self.steps)} steps, {total:.2f}s, {verdict}"])
 
 
-# -- the host, as a user starts and stops it ------------------------------------------------
+# -- the host, started and stopped as 'stubdom host up/down' do it -----------------------------
 
 
-def _stubdom(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "stubdom", *args],
-        capture_output=True, text=True, timeout=HOST_COMMAND_TIMEOUT, check=False,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def _host_up_takes_trace() -> bool:
-    return "--trace" in _stubdom("host", "up", "--help").stdout
-
-
-def _renderer() -> Callable[[Path, Path], object] | None:
+async def _supervise(action: Callable[[supervisor.Say], _T]) -> tuple[_T, list[str]]:
+    """Run a supervisor action off the event loop (it waits for processes); its notes
+    come back for the step's result, a failure as a `DemoError` with them."""
+    notes: list[str] = []
     try:
-        from stubdom.trace import render_svg  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        return None
-    return render_svg  # type: ignore[no-any-return,unused-ignore]
+        return await asyncio.to_thread(action, notes.append), notes
+    except supervisor.SupervisorError as e:
+        raise DemoError(" ".join([*notes, str(e)])) from None
 
 
-def _host_lines(proc: subprocess.CompletedProcess[str]) -> str:
-    return " ".join(
-        ln.removeprefix("stubdom host: ").strip()
-        for ln in (proc.stderr + proc.stdout).splitlines()
-        if ln.strip() and not ln.startswith("export ")
-    )
+def _host_up(run_dir: RunDir, trace: Path) -> Callable[[Step], Awaitable[str]]:
+    async def up(step: Step) -> str:
+        started, notes = await _supervise(
+            lambda say: supervisor.start(run_dir, str(trace), say=say))
+        return " ".join([*notes, started.summary])
+
+    return up
+
+
+async def _host_down(story: _Story, run_dir: RunDir) -> None:
+    """Stop the host, then check that no process and no runtime file is left."""
+
+    async def down(step: Step) -> str:
+        stopped, notes = await _supervise(lambda say: supervisor.stop(run_dir, say=say))
+        if stopped.stray:
+            raise DemoError(f"processes left using {run_dir.root}: {list(stopped.stray)}")
+        left = [p.name for p in (*run_dir.pid_files(), *run_dir.sockets()) if p.exists()]
+        if left:
+            raise DemoError(f"runtime files left: {', '.join(left)}")
+        return " ".join([*notes, stopped.summary]) + "; no process left"
+
+    with contextlib.suppress(Exception):  # recorded as a failed step
+        await story.step("host down", down)
 
 
 # -- reading the protocol back ----------------------------------------------------------------
 
 
-async def _node(s: Session | Client, writer: str, path: str) -> NodeWrite:
-    xs = s.xs if isinstance(s, Session) else s
-    raw = await xs.read_optional(path)
+async def _node(s: Session, writer: str, path: str) -> NodeWrite:
+    raw = await s.xs.read_optional(path)
     try:
-        perms = ",".join(str(p) for p in await xs.get_perms(path))
+        perms = ",".join(str(p) for p in await s.xs.get_perms(path))
     except NoEntry:
         raw = None
     if raw is None:
@@ -183,73 +198,58 @@ async def _node(s: Session | Client, writer: str, path: str) -> NodeWrite:
     return NodeWrite(writer, path, raw.decode("utf-8", "replace"), perms)
 
 
+async def _control_perms(s: Session, base: str) -> dict[str, str]:
+    """The permissions of those control nodes that exist now."""
+    nodes = [await _node(s, "", f"{base}/{leaf}") for leaf in CONTROL_NODES]
+    return {n.path: n.perms for n in nodes if n.value != ABSENT}
+
+
+def _traced_since(trace: Path, offset: int) -> list[Event]:
+    """The lines xenstored traced after byte ``offset``: whole lines only, as it may be
+    writing one at either end (one begun before ``offset`` is not ours)."""
+    with open(trace, "rb") as f:
+        f.seek(max(offset - 1, 0))
+        data = f.read()
+    if offset > 0:
+        data = data[data.find(b"\n") + 1 :]
+    whole = data[: data.rfind(b"\n") + 1].decode("utf-8", "replace")
+    return parse_lines(whole.splitlines(), str(trace))
+
+
+def _control_write(ev: Event, perms: dict[str, str]) -> NodeWrite:
+    """What one traced request did to a control node: a ``command`` the stubdomain
+    removes is one it took."""
+    assert ev.path is not None
+    writer = "dom0" if ev.dom == 0 else f"stub d{ev.dom}"
+    if ev.op == "RM":
+        taken = ev.dom != 0 and ev.path.endswith("/command")
+        return NodeWrite(writer, ev.path, "(taken: removed)" if taken else ABSENT)
+    value = (ev.value or "").encode("latin-1").decode("utf-8", "replace")  # as traced
+    return NodeWrite(writer, ev.path, value, perms.get(ev.path, "") if ev.dom != 0 else "")
+
+
 @contextlib.asynccontextmanager
-async def _watching(s: Session, stub: int, guest: int) -> AsyncIterator[list[NodeWrite]]:
-    """Record the control channel's writes (command, parameter, state) while in the block.
+async def _control_channel(
+    s: Session, trace: Path, stub: int, guest: int
+) -> AsyncIterator[list[NodeWrite]]:
+    """The control channel's writes made while in the block, in xenstored's order.
 
-    A second dom0 connection watches ``device-model/<G>``; xenstored orders its events
-    as the writes happened.  The session's writes are recorded as dom0 makes them, and
-    before each one the events so far are taken in: an event on a node dom0 has a
-    pending write for is dom0's, any other is the stubdomain's, whose value is read
-    back then (it cannot change before dom0 acts again).  A ``command`` that is gone
-    was taken by the stubdomain.
+    They are read from the trace afterwards: its lines name the domain of the
+    connection that wrote, dom0 or the stubdomain.  A stubdomain's write is shown with
+    the node's permissions (a write keeps them), read back after the block, or before
+    it for a node that went with the stubdomain (saving destroys it).
     """
-    seen: list[NodeWrite] = []
     base = proto.dm_path(stub, guest)
-    stub_name = f"stub d{stub}"
-    written: dict[str, list[str]] = {}
-    original = s.xs.write
-    xs = await Client.connect(str(s.run_dir.xenstored_socket))
-    try:
-        async with xs.watch(base) as w:
-            await w.next_event(None)  # the watch being set
-
-            async def drain() -> None:
-                await xs.read_optional(base)  # events sent before this answer are queued
-                while True:
-                    try:
-                        ev = await w.next_event(0)
-                    except XenStoreTimeout:
-                        return
-                    if ev is None:
-                        return
-                    leaf = ev.path.removeprefix(base + "/")
-                    if leaf not in ("command", "parameter", "state"):
-                        continue
-                    if written.get(ev.path):
-                        seen.append(NodeWrite("dom0", ev.path, written[ev.path].pop(0)))
-                        continue
-                    node = await _node(xs, stub_name, ev.path)
-                    if leaf == "command" and node.value == ABSENT:
-                        node = NodeWrite(stub_name, ev.path, "(taken: removed)")
-                    seen.append(node)
-
-            async def write(path: str, value: str | bytes, **kw: Any) -> None:
-                await drain()
-                text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-                written.setdefault(path, []).append(text)
-                await original(path, value, **kw)
-
-            def drained_first(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-                async def call(*args: Any, **kw: Any) -> Any:
-                    await drain()  # e.g. destroying the stubdomain removes its nodes
-                    return await fn(*args, **kw)
-
-                return call
-
-            patched = [(s.xs, "write", write), (s.xs, "rm", drained_first(s.xs.rm)),
-                       (s.hv, "pause", drained_first(s.hv.pause))]
-            for obj, name, fn in patched:
-                setattr(obj, name, fn)
-            try:
-                yield seen
-            finally:
-                for obj, name, _ in patched:
-                    with contextlib.suppress(AttributeError):
-                        delattr(obj, name)
-            await drain()
-    finally:
-        await xs.close()
+    nodes = {f"{base}/{leaf}" for leaf in CONTROL_NODES}
+    offset = trace.stat().st_size
+    perms = await _control_perms(s, base)
+    seen: list[NodeWrite] = []
+    yield seen
+    perms.update(await _control_perms(s, base))
+    seen += [
+        _control_write(ev, perms) for ev in _traced_since(trace, offset)
+        if ev.op in ("WRITE", "RM") and ev.path in nodes and ev.error is None
+    ]
 
 
 # -- the story --------------------------------------------------------------------------------
@@ -258,12 +258,18 @@ async def _watching(s: Session, stub: int, guest: int) -> AsyncIterator[list[Nod
 def prepare_config(config: Path, backend: str) -> GuestConfig:
     """``config`` as `stubdom create` loads it (disk images relative to the file), with
     the device model the demo was asked for."""
-    from stubdom.toolstack.configure import load_config
-
     cfg = load_config(config)
     if backend == "qemu":
         cfg.stubdomain_cmdline = f"{cfg.stubdomain_cmdline} --dm=qemu".strip()
     return cfg
+
+
+class _Named(NamedTuple):
+    """A step of the story: its name, what it does, a note echoed before it."""
+
+    name: str
+    body: Callable[[Step], Awaitable[str]]
+    note: str = ""
 
 
 class _Story:
@@ -295,6 +301,124 @@ class _Story:
                 self.echo(f"       {n.line()}")
 
 
+class _Guest:
+    """The guest of the story and its stubdomain, as the steps create, change and end them."""
+
+    def __init__(self, s: Session, cfg: GuestConfig, result: DemoResult, trace: Path) -> None:
+        self.s = s
+        self.cfg = cfg
+        self.result = result
+        self.trace = trace
+        self.save_file = result.out_dir / "demo.save"
+        self.guest = -1
+        self.stub = -1
+
+    def steps(self) -> list[_Named]:
+        """The story, in order."""
+        second = SECOND_PCI[5:]
+        why = "detach the passed-through functions: a saved guest cannot keep them"
+        configured = [str(p.bdf) for p in self.cfg.pcis]
+        return [
+            _Named("create (stubdomain)", self.create),
+            _Named("wait for running", self.running),
+            _Named(f"pci-attach {second}", self.attach),
+            _Named("pci-list", self.listing),
+            _Named(f"pci-detach {second}", self.detach(SECOND_PCI)),
+            *(_Named(f"pci-detach {bdf[5:]}", self.detach(bdf), why) for bdf in configured),
+            _Named("save", self.save),
+            _Named("restore", self.restore),
+            _Named("destroy", self.destroy),
+        ]
+
+    def _channel(self) -> contextlib.AbstractAsyncContextManager[list[NodeWrite]]:
+        return _control_channel(self.s, self.trace, self.stub, self.guest)
+
+    async def _setup_nodes(self) -> list[NodeWrite]:
+        """What dom0 wrote to set up the stubdomain, and its first ``state``."""
+        s, guest, stub = self.s, self.guest, self.stub
+        vm = (await s.xs.read(proto.vm_path_node(guest))).decode()
+        return [
+            await _node(s, "dom0", proto.dmargs_path(vm)),
+            await _node(s, "dom0", proto.device_model_domid_path(guest)),
+            await _node(s, "dom0", proto.target_path(stub)),
+            await _node(s, f"stub d{stub}", proto.state_path(stub, guest)),
+        ]
+
+    async def create(self, step: Step) -> str:
+        created = await create_guest(self.s, self.cfg)
+        self.guest, self.stub = created.guest, created.stubdom
+        step.nodes += await self._setup_nodes()
+        return (f"guest {self.cfg.name} = domain {created.guest}, stubdomain "
+                f"{proto.stubdom_name(self.cfg.name)} = domain {created.stubdom}")
+
+    async def _wait_running(self) -> DomainInfo:
+        """Until the device model says ``running`` and the guest is unpaused."""
+        deadline = time.monotonic() + proto.STUBDOM_START_TIMEOUT
+        while True:
+            state = await self.s.xs.read_optional(proto.state_path(self.stub, self.guest))
+            info = await self.s.hv.domain_info(self.guest)
+            if state == proto.State.RUNNING.value.encode() and "p" not in info.state_letters:
+                return info
+            if time.monotonic() > deadline:
+                raise DemoError(f"device model state {state!r}, guest {info.state_letters}")
+            await asyncio.sleep(0.05)
+
+    async def running(self, step: Step) -> str:
+        info = await self._wait_running()
+        stub, guest = self.stub, self.guest
+        step.nodes.append(await _node(self.s, f"stub d{stub}", proto.state_path(stub, guest)))
+        rows = await pci_list(self.s, guest)
+        return (f"device model running, guest unpaused ({info.state_letters.strip('-')}); "
+                f"PCI: {', '.join(r.row() for r in rows) or 'none'}")
+
+    async def attach(self, step: Step) -> str:
+        async with self._channel() as seen:
+            done = await pci_attach(self.s, self.guest, parse_pci(SECOND_PCI))
+        step.nodes += seen
+        return "inserted " + ", ".join(f"{a.bdf} at slot {a.row().split()[0]}" for a in done)
+
+    async def listing(self, step: Step) -> str:
+        rows = await pci_list(self.s, self.guest)
+        return "Vdev Device: " + "; ".join(r.row() for r in rows)
+
+    def detach(self, bdf: str) -> Callable[[Step], Awaitable[str]]:
+        async def body(step: Step) -> str:
+            async with self._channel() as seen:
+                await pci_detach(self.s, self.guest, proto.parse_bdf(bdf), force=False)
+            step.nodes += seen
+            left = await pci_list(self.s, self.guest)
+            return f"removed {bdf}; left: {', '.join(str(a.bdf) for a in left) or 'none'}"
+
+        return body
+
+    async def save(self, step: Step) -> str:
+        async with self._channel() as seen:
+            size = await save_guest(self.s, self.guest, self.save_file)
+        step.nodes += seen
+        self.result.save_file = self.save_file
+        names = [d.name for d in await self.s.domains()]
+        return f"{size} bytes to {self.save_file.name}; domains left: {', '.join(names)}"
+
+    async def restore(self, step: Step) -> str:
+        created = await restore_guest(self.s, self.save_file)
+        self.guest, self.stub = created.guest, created.stubdom
+        step.nodes += await self._setup_nodes()
+        return (f"guest = domain {created.guest}, stubdomain = domain {created.stubdom}, "
+                "from the saved device-model state")
+
+    async def destroy(self, step: Step) -> str:
+        s = self.s
+        await destroy_guest(s.hv, s.xs, self.guest, s.paths)
+        names = [d.name for d in await s.domains()]
+        if any(n.startswith(self.cfg.name) for n in names):
+            raise DemoError(f"domains left after destroy: {', '.join(names)}")
+        step.nodes.append(await _node(s, "dom0", proto.device_model_domid_path(self.guest)))
+        return f"domains left: {', '.join(names) or 'Domain-0'}"
+
+
+# -- the demo ---------------------------------------------------------------------------------
+
+
 async def run_demo(
     out_dir: Path,
     backend: str = "sim",
@@ -307,6 +431,30 @@ async def run_demo(
     disk images, the save file, the trace and its picture.  The host is brought down
     in every case.
     """
+    result, run_dir, trace = _prepare(out_dir, backend)
+    cfg = prepare_config(config or DEFAULT_CONFIG, backend)
+    echo(f"stubdom demo: guest {cfg.name!r} from {config or DEFAULT_CONFIG}, "
+         f"device model {backend}, output in {result.out_dir}")
+    story = _Story(result, echo)
+    failure: Exception | None = None
+    try:
+        await story.step("host up", _host_up(run_dir, trace))
+        async with open_session(str(run_dir.root)) as s:
+            for named in _Guest(s, cfg, result, trace).steps():
+                await story.step(named.name, named.body, note=named.note)
+    except Exception as e:
+        failure = e
+    finally:
+        await _host_down(story, run_dir)
+    _draw(result, trace)
+    _report(result, echo)
+    if not result.ok:
+        raise DemoError(_what_failed(result, failure), result)
+    return result
+
+
+def _prepare(out_dir: Path, backend: str) -> tuple[DemoResult, RunDir, Path]:
+    """The output directory, the host's run directory in it and a fresh trace's path."""
     if backend not in BACKENDS:
         raise DemoError(f"unknown backend {backend!r} (one of {', '.join(BACKENDS)})")
     out_dir = Path(os.path.abspath(out_dir))
@@ -314,50 +462,28 @@ async def run_demo(
     run_dir = RunDir.at(out_dir / "host")
     try:
         run_dir.check_socket_paths()
-    except Exception as e:
+    except RunDirError as e:
         raise DemoError(f"output directory too deep for the host's sockets: {e}") from None
-    result = DemoResult(out_dir, run_dir.root, backend)
-    story = _Story(result, echo)
-    cfg = prepare_config(config or DEFAULT_CONFIG, backend)
-    echo(f"stubdom demo: guest {cfg.name!r} from {config or DEFAULT_CONFIG}, "
-         f"device model {backend}, output in {out_dir}")
-
     trace = out_dir / "trace.jsonl"
-    host_args = ["host", "up", "--dir", str(run_dir.root)]
-    if _host_up_takes_trace():
-        with contextlib.suppress(FileNotFoundError):
-            trace.unlink()
-        host_args += ["--trace", str(trace)]
-        result.trace = trace
-    else:
-        result.notes.append("'stubdom host up' has no --trace here: no trace, no picture")
+    with contextlib.suppress(FileNotFoundError):
+        trace.unlink()
+    return DemoResult(out_dir, run_dir.root, backend, trace=trace), run_dir, trace
 
-    async def host_up(step: Step) -> str:
-        r = _stubdom(*host_args)
-        if r.returncode != 0:
-            raise DemoError(_host_lines(r) or f"'stubdom host up' exited {r.returncode}")
-        return _host_lines(r)
 
-    failure: BaseException | None = None
+def _draw(result: DemoResult, trace: Path) -> None:
+    """The trace as a picture; one that cannot be drawn is a note, not a failed demo."""
+    if not trace.exists():
+        return
+    picture = result.out_dir / "trace.svg"
     try:
-        await story.step("host up", host_up)
-        async with open_session(str(run_dir.root)) as s:
-            await _guest_story(story, s, cfg, run_dir, out_dir)
+        render_svg(trace, picture)
     except Exception as e:
-        failure = e
-    finally:
-        await _host_down(story, run_dir)
-    if result.trace is not None and result.trace.exists():
-        render = _renderer()
-        if render is None:
-            result.notes.append("no trace renderer (stubdom.trace.render_svg): no picture")
-        else:
-            picture = out_dir / "trace.svg"
-            try:
-                render(result.trace, picture)
-                result.picture = picture
-            except Exception as e:
-                result.notes.append(f"the picture could not be drawn: {e}")
+        result.notes.append(f"the picture could not be drawn: {e}")
+    else:
+        result.picture = picture
+
+
+def _report(result: DemoResult, echo: Echo) -> None:
     for n in result.notes:
         echo(f"note: {n}")
     echo("")
@@ -366,134 +492,10 @@ async def run_demo(
         echo(f"trace: {result.trace}")
     if result.picture is not None:
         echo(f"picture: {result.picture}")
-    if not result.ok:
-        failed = next((st for st in result.steps if not st.ok), None)
-        what = f"step {failed.number} ({failed.name}) failed: {failed.result}" if failed else (
-            f"the demo failed: {failure}")
-        raise DemoError(what, result)
-    return result
 
 
-async def _guest_story(
-    story: _Story, s: Session, cfg: GuestConfig, run_dir: RunDir, out_dir: Path
-) -> None:
-    from stubdom.toolstack.operations import create_guest
-    from stubdom.toolstack.pci import pci_attach, pci_detach, pci_list
-    from stubdom.toolstack.saverestore import restore_guest, save_guest
-    from stubdom.toolstack.spawn import destroy_guest
-    from stubdom.toolstack.specs import parse_pci
-
-    ids = {"guest": -1, "stub": -1}
-    save_file = out_dir / "demo.save"
-
-    async def created_nodes(step: Step, guest: int, stub: int) -> None:
-        vm = (await s.xs.read(proto.vm_path_node(guest))).decode()
-        step.nodes += [
-            await _node(s, "dom0", proto.dmargs_path(vm)),
-            await _node(s, "dom0", proto.device_model_domid_path(guest)),
-            await _node(s, "dom0", proto.target_path(stub)),
-            await _node(s, f"stub d{stub}", proto.state_path(stub, guest)),
-        ]
-
-    async def create(step: Step) -> str:
-        created = await create_guest(s, cfg)
-        ids["guest"], ids["stub"] = created.guest, created.stubdom
-        await created_nodes(step, created.guest, created.stubdom)
-        return (f"guest {cfg.name} = domain {created.guest}, stubdomain "
-                f"{proto.stubdom_name(cfg.name)} = domain {created.stubdom}")
-
-    async def running(step: Step) -> str:
-        guest, stub = ids["guest"], ids["stub"]
-        deadline = time.monotonic() + proto.STUBDOM_START_TIMEOUT
-        while True:
-            state = await s.xs.read_optional(proto.state_path(stub, guest))
-            info = await s.hv.domain_info(guest)
-            if state == proto.State.RUNNING.value.encode() and "p" not in info.state_letters:
-                break
-            if time.monotonic() > deadline:
-                raise DemoError(f"device model state {state!r}, guest {info.state_letters}")
-            await asyncio.sleep(0.05)
-        step.nodes.append(await _node(s, f"stub d{stub}", proto.state_path(stub, guest)))
-        rows = await pci_list(s, guest)
-        return (f"device model running, guest unpaused ({info.state_letters.strip('-')}); "
-                f"PCI: {', '.join(r.row() for r in rows) or 'none'}")
-
-    async def attach(step: Step) -> str:
-        guest, stub = ids["guest"], ids["stub"]
-        async with _watching(s, stub, guest) as seen:
-            done = await pci_attach(s, guest, parse_pci(SECOND_PCI))
-        step.nodes += seen
-        return "inserted " + ", ".join(f"{a.bdf} at slot {a.row().split()[0]}" for a in done)
-
-    async def listing(step: Step) -> str:
-        rows = await pci_list(s, ids["guest"])
-        return "Vdev Device: " + "; ".join(r.row() for r in rows)
-
-    def detach(bdf: str) -> Callable[[Step], Awaitable[str]]:
-        async def body(step: Step) -> str:
-            guest, stub = ids["guest"], ids["stub"]
-            async with _watching(s, stub, guest) as seen:
-                await pci_detach(s, guest, proto.parse_bdf(bdf), force=False)
-            step.nodes += seen
-            left = await pci_list(s, guest)
-            return (f"removed {bdf}; left: "
-                    f"{', '.join(str(a.bdf) for a in left) or 'none'}")
-        return body
-
-    async def save(step: Step) -> str:
-        guest, stub = ids["guest"], ids["stub"]
-        async with _watching(s, stub, guest) as seen:
-            size = await save_guest(s, guest, save_file)
-        step.nodes += seen
-        story.result.save_file = save_file
-        names = [d.name for d in await s.domains()]
-        return f"{size} bytes to {save_file.name}; domains left: {', '.join(names)}"
-
-    async def restore(step: Step) -> str:
-        created = await restore_guest(s, save_file)
-        ids["guest"], ids["stub"] = created.guest, created.stubdom
-        await created_nodes(step, created.guest, created.stubdom)
-        return (f"guest = domain {created.guest}, stubdomain = domain {created.stubdom}, "
-                f"from the saved device-model state")
-
-    async def destroy(step: Step) -> str:
-        await destroy_guest(s.hv, s.xs, ids["guest"], s.paths)
-        names = [d.name for d in await s.domains()]
-        if any(n.startswith(cfg.name) for n in names):
-            raise DemoError(f"domains left after destroy: {', '.join(names)}")
-        step.nodes.append(await _node(s, "dom0", proto.device_model_domid_path(ids["guest"])))
-        return f"domains left: {', '.join(names) or 'Domain-0'}"
-
-    configured = [str(p.bdf) for p in cfg.pcis]
-    await story.step("create (stubdomain)", create)
-    await story.step("wait for running", running)
-    await story.step(f"pci-attach {SECOND_PCI[5:]}", attach)
-    await story.step("pci-list", listing)
-    await story.step(f"pci-detach {SECOND_PCI[5:]}", detach(SECOND_PCI))
-    for bdf in configured:
-        await story.step(
-            f"pci-detach {bdf[5:]}", detach(bdf),
-            note="detach the passed-through functions: a saved guest cannot keep them",
-        )
-    await story.step("save", save)
-    await story.step("restore", restore)
-    await story.step("destroy", destroy)
-
-
-async def _host_down(story: _Story, run_dir: RunDir) -> None:
-    """``stubdom host down``, then a check that no process uses the run directory."""
-
-    async def down(step: Step) -> str:
-        r = await asyncio.to_thread(_stubdom, "host", "down", "--dir", str(run_dir.root))
-        if r.returncode != 0:
-            raise DemoError(_host_lines(r) or f"'stubdom host down' exited {r.returncode}")
-        stray = processes_using(run_dir)
-        if stray:
-            raise DemoError(f"processes left using {run_dir.root}: {stray}")
-        left = [p.name for p in (*run_dir.pid_files(), *run_dir.sockets()) if p.exists()]
-        if left:
-            raise DemoError(f"runtime files left: {', '.join(left)}")
-        return _host_lines(r) + "; no process left"
-
-    with contextlib.suppress(Exception):  # recorded as a failed step
-        await story.step("host down", down)
+def _what_failed(result: DemoResult, failure: Exception | None) -> str:
+    failed = next((st for st in result.steps if not st.ok), None)
+    if failed is None:
+        return f"the demo failed: {failure}"
+    return f"step {failed.number} ({failed.name}) failed: {failed.result}"

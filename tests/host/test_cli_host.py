@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from stubdom.cli.host import XL_LIST_HEADER
+from stubdom.cli.common import XL_LIST_HEADER
 from stubdom.host.api import RemoteHypervisor
 from stubdom.host.hypervisor import DomainConfig
 from stubdom.host.rundir import RunDir, process_alive, processes_using

@@ -1,4 +1,4 @@
-"""What the toolstack's verbs share: running a command on the host, its errors, options.
+"""What the verbs share: running a command on the host, its errors, options, xl's list.
 
 DOMAIN is a name or a domid everywhere.  Exit status 0 on success; otherwise one line
 on stderr naming what failed and how to fix it, and status 1.
@@ -13,7 +13,8 @@ from collections.abc import Awaitable, Callable
 import click
 
 from stubdom.cli.main import stdout_closed
-from stubdom.host.hypervisor import HypervisorError
+from stubdom.host.hypervisor import DomainInfo, HypervisorError
+from stubdom.host.rundir import ENV_VAR
 from stubdom.toolstack.control import DeviceModelError
 from stubdom.toolstack.devices import DeviceError
 from stubdom.toolstack.session import Session, ToolstackError, open_session
@@ -73,3 +74,25 @@ timeout_option = click.option(
     help="Seconds to wait for the device model (default 60, libxl's).",
 )
 
+
+
+dir_option = click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False),
+    help=f"Run directory (default: ${ENV_VAR}, else $XDG_RUNTIME_DIR/stubdom, "
+    "else /run/stubdom if writable, else /tmp/stubdom-UID).",
+)
+
+
+#: ``xl list`` (tools/xl/xl_info.c@4.17.7).
+XL_LIST_HEADER = "Name                                        ID   Mem VCPUs\tState\tTime(s)"
+
+
+def xl_list_row(d: DomainInfo) -> str:
+    """``"%-40s %5d %5lu %5d     %c%c%c%c%c%c  %8.1f"``: current memory in MiB and
+    online vCPUs, as xl prints them (not the maximums)."""
+    return (
+        f"{d.name:<40} {d.domid:5d} {d.memkb // 1024:5d} {d.vcpus:5d}"
+        f"     {d.state_letters}  {d.cpu_time:8.1f}"
+    )

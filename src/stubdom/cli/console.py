@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from stubdom.cli.common import run
-from stubdom.cli.host import dir_option
+from stubdom.cli.common import dir_option, run
 from stubdom.cli.main import cli
 from stubdom.toolstack.session import Session
 

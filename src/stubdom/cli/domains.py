@@ -10,8 +10,7 @@ from collections.abc import Awaitable, Callable
 import click
 
 from stubdom import protocol as proto
-from stubdom.cli.common import SECONDS, run
-from stubdom.cli.host import XL_LIST_HEADER, dir_option, xl_list_row
+from stubdom.cli.common import SECONDS, XL_LIST_HEADER, dir_option, run, xl_list_row
 from stubdom.cli.main import cli
 from stubdom.host.hypervisor import DomainInfo
 from stubdom.toolstack.config import GuestConfig

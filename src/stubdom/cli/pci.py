@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from stubdom.cli.common import run, timeout_option
-from stubdom.cli.host import dir_option
+from stubdom.cli.common import dir_option, run, timeout_option
 from stubdom.cli.main import cli
 from stubdom.protocol import Bdf, parse_bdf
 from stubdom.toolstack.config import PciSpec

@@ -6,8 +6,7 @@ import functools
 
 import click
 
-from stubdom.cli.common import run
-from stubdom.cli.host import dir_option
+from stubdom.cli.common import dir_option, run
 from stubdom.cli.main import cli
 from stubdom.toolstack.session import Session
 from stubdom.wire.perms import InvalidPermission, parse_perm

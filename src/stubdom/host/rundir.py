@@ -268,6 +268,16 @@ def processes_using(run_dir: RunDir) -> list[int]:
     return found
 
 
+def monitor_processes(run_dir: RunDir) -> list[int]:
+    """The live domain monitors of this host, from their pid files (a pid file may
+    outlive its monitor and the pid be reused by another process)."""
+    pids = (read_pid(f) for f in run_dir.monitor_pids())
+    return [
+        pid for pid in pids
+        if pid is not None and process_is_ours(pid, run_dir) and "monitor" in process_cmdline(pid)
+    ]
+
+
 def domain_processes(run_dir: RunDir) -> list[int]:
     """Every live process started as a domain of this host, or by one.
 
