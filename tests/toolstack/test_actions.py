@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from stubdom.cli.host import xl_list_row
+from stubdom.cli.common import xl_list_row
 from stubdom.host.hypervisor import DomainInfo, DomainState, ShutdownReason
 from stubdom.toolstack.actions import Outcome, decide, preserved_suffix
 from stubdom.toolstack.config import GuestConfig

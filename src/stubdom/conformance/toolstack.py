@@ -24,6 +24,8 @@ from pathlib import Path
 from stubdom import protocol as proto
 from stubdom.conformance.clauses import TOOLSTACK_CLAUSES
 from stubdom.conformance.report import Result, Verdict
+from stubdom.host import supervisor
+from stubdom.host.rundir import RunDir
 from stubdom.trace.model import Event, load_trace
 
 P, F, N = Verdict.PASS, Verdict.FAIL, Verdict.NOT_EXERCISED
@@ -336,10 +338,6 @@ class Run:
     output: str
 
 
-def _stubdom() -> str:
-    return str(Path(sys.executable).with_name("stubdom"))
-
-
 def write_env(root: Path, agent_args: list[str]) -> dict[str, str]:
     """The kernel wrapper, a disk image and a guest xl.cfg; their environment variables."""
     agent = Path(sys.executable).with_name("stubdom-dm")
@@ -375,23 +373,15 @@ def check_toolstack(
     # our tools (stubdom, stubdom-dm) on PATH for the scenario
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.update(write_env(root, agent_args if agent_args is not None else ["--eject-delay=0.2"]))
-    up = subprocess.run(
-        [_stubdom(), "host", "up", "--dir", str(hostdir), "--trace", str(trace)],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    if up.returncode != 0:
-        shutil.rmtree(root, ignore_errors=True)
-        last = up.stderr.strip().splitlines()[-1:] or [f"exit status {up.returncode}"]
-        raise ScenarioError(f"the traced host did not start: {last[0]}")
-    env["STUBDOM_HOST_DIR"] = str(hostdir)
-    env["XENSTORED_PATH"] = str(hostdir / "xenstored" / "socket")
+    rd = RunDir(hostdir)
     try:
-        for line in up.stdout.splitlines():  # the host's own export lines win
-            if line.startswith("export ") and "=" in line:
-                k, _, v = line[7:].partition("=")
-                env[k] = shlex.split(v)[0] if v else ""
+        supervisor.start(rd, trace=str(trace))
+    except supervisor.SupervisorError as e:
+        shutil.rmtree(root, ignore_errors=True)
+        raise ScenarioError(f"the traced host did not start: {e}") from None
+    env["STUBDOM_HOST_DIR"] = str(hostdir)
+    env["XENSTORED_PATH"] = str(rd.xenstored_socket)
+    try:
         shell = len(command) == 1
         try:
             p = subprocess.run(
@@ -410,9 +400,8 @@ def check_toolstack(
             output = f"{command[0]}: {e.strerror or e}\n"
         live = asyncio.run(read_live_perms(env["XENSTORED_PATH"], load_trace(trace)))
     finally:
-        subprocess.run(
-            [_stubdom(), "host", "down", "--dir", str(hostdir)], capture_output=True, env=env
-        )
+        with contextlib.suppress(supervisor.SupervisorError):
+            supervisor.stop(rd)
     results = evaluate(load_trace(trace), live)
     if keep is not None:
         shutil.copy(trace, keep)

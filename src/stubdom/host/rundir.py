@@ -268,14 +268,16 @@ def processes_using(run_dir: RunDir) -> list[int]:
     return found
 
 
+def is_monitor(pid: int, run_dir: RunDir) -> bool:
+    """Whether ``pid`` is a live domain monitor of this host (not a re-used pid)."""
+    return process_is_ours(pid, run_dir) and "monitor" in process_cmdline(pid)
+
+
 def monitor_processes(run_dir: RunDir) -> list[int]:
     """The live domain monitors of this host, from their pid files (a pid file may
     outlive its monitor and the pid be reused by another process)."""
     pids = (read_pid(f) for f in run_dir.monitor_pids())
-    return [
-        pid for pid in pids
-        if pid is not None and process_is_ours(pid, run_dir) and "monitor" in process_cmdline(pid)
-    ]
+    return [pid for pid in pids if pid is not None and is_monitor(pid, run_dir)]
 
 
 def domain_processes(run_dir: RunDir) -> list[int]:

@@ -36,9 +36,8 @@ from stubdom import protocol as proto
 from stubdom.host.hypervisor import DomainState, HypervisorError, NoSuchDomain, ShutdownReason
 from stubdom.host.rundir import (
     RunDir,
+    is_monitor,
     process_alive,
-    process_cmdline,
-    process_is_ours,
     read_pid,
     write_pid,
 )
@@ -222,16 +221,6 @@ async def _host_gone(rd: RunDir) -> None:
         pass
     finally:
         writer.close()
-
-
-def is_monitor(pid: int, rd: RunDir) -> bool:
-    """Whether ``pid`` is a live monitor of this host (not a re-used pid)."""
-    return process_is_ours(pid, rd) and "monitor" in process_cmdline(pid)
-
-
-def live_monitors(rd: RunDir) -> list[int]:
-    pids = (read_pid(f) for f in rd.monitor_pids())
-    return [pid for pid in pids if pid is not None and is_monitor(pid, rd)]
 
 
 def _claim(rd: RunDir, guest: int) -> None:
