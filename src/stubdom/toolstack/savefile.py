@@ -55,17 +55,14 @@ Optional flags are ignored, as xl does (its comment says otherwise; its code doe
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import json
-import math
 import struct
-import types
-import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
+from stubdom import typedjson
 from stubdom.devicemodel import stream
 from stubdom.devicemodel.base import BytesLike
 from stubdom.toolstack.config import GuestConfig
@@ -607,150 +604,22 @@ def fake_dm_state(sections: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) -
 # -- GuestConfig <-> JSON ---------------------------------------------------------------
 
 
-def _to_json(value: Any, where: str) -> Any:
-    if isinstance(value, enum.Enum):
-        return _to_json(value.value, where)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {
-            f.name: _to_json(getattr(value, f.name), f"{where}.{f.name}")
-            for f in dataclasses.fields(value)
-            if f.init
-        }
-    if isinstance(value, list | tuple):
-        return [_to_json(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, dict):
-        if not all(isinstance(k, str) for k in value):
-            raise TypeError(f"{where}: dict keys must be strings")
-        return {k: _to_json(v, f"{where}[{k!r}]") for k, v in value.items()}
-    if value is None or isinstance(value, str | bool | int):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise TypeError(f"{where}: {value!r} has no JSON form")
-        return value
-    raise TypeError(f"{where}: cannot put a {type(value).__name__} in JSON")
-
-
 def config_to_json(cfg: GuestConfig) -> dict[str, Any]:
     """The config as JSON data: generic over dataclass fields (``init`` ones), enums as
     their values, `Bdf` as ``{"domain", "bus", "dev", "func"}`` (libxl's JSON shape)."""
-    out = _to_json(cfg, "config")
+    out = typedjson.to_json(cfg, "config")
     assert isinstance(out, dict)
     return out
-
-
-_T = TypeVar("_T")
-
-
-def _config_error(where: str, detail: str) -> SaveFileError:
-    """An error in the config at ``where`` (a field path such as ``disks[0].format``;
-    empty for the config itself, so the part is not named twice)."""
-    return SaveFileError("config", f"{where}: {detail}" if where else detail)
-
-
-def _field(where: str, name: str) -> str:
-    return f"{where}.{name}" if where else name
-
-
-def _bad(where: str, value: Any, expected: str) -> SaveFileError:
-    return _config_error(where, f"{value!r} is not {expected}")
-
-
-def _from_json(tp: Any, value: Any, where: str) -> Any:
-    if tp is Any:
-        return value
-    origin = typing.get_origin(tp)
-    if origin is typing.Union or origin is types.UnionType:
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors: list[SaveFileError] = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _from_json(arg, value, where)
-            except SaveFileError as exc:
-                errors.append(exc)
-        if len(errors) == 1:
-            raise errors[0]
-        raise _bad(where, value, f"any of {tp}")
-    if origin is list or origin is tuple:
-        if not isinstance(value, list):
-            raise _bad(where, value, "a list")
-        args = typing.get_args(tp)
-        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
-            if len(args) != len(value):
-                raise _bad(where, value, f"a list of {len(args)} items")
-            return tuple(
-                _from_json(a, v, f"{where}[{i}]")
-                for i, (a, v) in enumerate(zip(args, value, strict=True))
-            )
-        item = args[0] if args else Any
-        items = [_from_json(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
-        return items if origin is list else tuple(items)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise _bad(where, value, "an object")
-        args = typing.get_args(tp)
-        vt = args[1] if args else Any
-        return {k: _from_json(vt, v, f"{where}[{k!r}]") for k, v in value.items()}
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        try:
-            return tp(value)
-        except (ValueError, TypeError):
-            raise _bad(
-                where, value, f"a {tp.__name__} ({', '.join(repr(m.value) for m in tp)})"
-            ) from None
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        return _dataclass_from_json(tp, value, where)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise _bad(where, value, "a boolean")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _bad(where, value, "an integer")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _bad(where, value, "a number")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise _bad(where, value, "a string")
-        return value
-    raise _config_error(where, f"cannot read a field of type {tp!r}")
-
-
-def _dataclass_from_json(cls: type[_T], value: Any, where: str) -> _T:
-    if not isinstance(value, dict):
-        raise _bad(where, value, f"an object ({cls.__name__})")
-    try:
-        hints = typing.get_type_hints(cls)
-    except Exception as exc:  # a forward reference that cannot be resolved
-        raise _config_error(where, f"cannot resolve {cls.__name__}'s types: {exc}") from None
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
-    unknown = sorted(set(value) - set(fields))
-    if unknown:
-        raise _config_error(
-            where,
-            f"unknown field(s) {', '.join(unknown)} in {cls.__name__}: the file is damaged "
-            "or was saved by a newer stubdom",
-        )
-    kwargs: dict[str, Any] = {}
-    for name, f in fields.items():
-        if name in value:
-            kwargs[name] = _from_json(hints[name], value[name], _field(where, name))
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise _config_error(where, f"required field {name!r} is missing")
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise _config_error(where, str(exc)) from None
 
 
 def config_from_json(data: Any) -> GuestConfig:
     """The inverse of `config_to_json`; `SaveFileError` (part ``config``) on any mismatch.
     Fields missing from the data take their defaults (a file from an older version)."""
-    return _dataclass_from_json(GuestConfig, data, "")
+    try:
+        return typedjson.dataclass_from_json(GuestConfig, data)
+    except typedjson.UnknownFields as exc:
+        raise SaveFileError(
+            "config", f"{exc}: the file is damaged or was saved by a newer stubdom"
+        ) from None
+    except typedjson.JsonTypeError as exc:
+        raise SaveFileError("config", str(exc)) from None
