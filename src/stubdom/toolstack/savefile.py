@@ -366,8 +366,34 @@ def locate_save_image(
 
 def _decode(data: memoryview, check_dm_state: bool) -> tuple[SaveImage, int, int]:
     cur = _Cursor(data)
+    optlen = _decode_xl_header(cur)
+    optdata_at = cur.pos
+    optdata = cur.take(optlen, "xl optional data", f"the optional data ({optlen} bytes)")
+    config, (saved_at, version, domid) = _decode_optional_data(optdata, optdata_at)
+    _decode_stream_header(cur)
+    records = _Records()
+    index = 0
+    while not _decode_record(cur, index, records):
+        index += 1
+    if records.context is None:
+        raise SaveFileError("libxl stream", "no EMULATOR_CONTEXT record (device-model state)")
+    if check_dm_state:
+        check_dm_state_complete(records.context)
+    image = SaveImage(
+        config_json=config,
+        emulator_context=b"",
+        emulator_xenstore=records.xenstore or {},
+        saved_at=saved_at,
+        tool_version=version,
+        guest_domid=domid,
+    )
+    return image, records.context_at, records.context.nbytes
+
+
+def _decode_xl_header(cur: _Cursor) -> int:
+    """Check xl's header; the length of the optional data that follows it."""
     part = "xl header"
-    if data[:32] != XL_MAGIC[: len(data)]:
+    if cur.data[:32] != XL_MAGIC[: len(cur.data)]:
         raise SaveFileError(part, "not an xl save file (wrong magic)", 0)
     _magic, byteorder, mandatory, _optional, optlen = _XL_HEADER.unpack(
         cur.take(_XL_HEADER.size, part, "the xl header")
@@ -387,30 +413,31 @@ def _decode(data: memoryview, check_dm_state: bool) -> tuple[SaveImage, int, int
         raise SaveFileError(
             part, "config is not JSON (JSON flag clear): xl.cfg text unsupported", 36
         )
+    return int(optlen)
 
-    optdata_at = cur.pos
-    optdata = cur.take(optlen, "xl optional data", f"the optional data ({optlen} bytes)")
+
+def _decode_optional_data(
+    optdata: memoryview, base: int
+) -> tuple[dict[str, Any], tuple[float | None, str | None, int | None]]:
+    """The config and the metadata (saved_at, tool_version, guest_domid) from xl's
+    optional data, which starts at file offset ``base``."""
     opt = _Cursor(optdata)
-    base = optdata_at
     _, config_raw = _take_block(opt, base, "config", "config")
-    config_len = len(config_raw)
-    if config_len == 0:
+    if len(config_raw) == 0:
         raise SaveFileError("config", "the save file holds no guest config", base)
     config = _parse_json_nul(config_raw, "config", base + 4)
     if not isinstance(config, dict):
         raise SaveFileError(
             "config", f"expected a JSON object, got {type(config).__name__}", base + 4
         )
-    saved_at: float | None = None
-    version: str | None = None
-    domid: int | None = None
-    if opt.pos < len(optdata):
-        meta_at, meta_raw = _take_block(opt, base, "metadata", "metadata")
-        saved_at, version, domid = _decode_meta(
-            _parse_json_nul(meta_raw, "metadata", meta_at), meta_at
-        )
-        # Anything after it: skipped, as xl does with optional data it does not understand.
+    if opt.pos == len(optdata):
+        return config, (None, None, None)
+    meta_at, meta_raw = _take_block(opt, base, "metadata", "metadata")
+    # Anything after it: skipped, as xl does with optional data it does not understand.
+    return config, _decode_meta(_parse_json_nul(meta_raw, "metadata", meta_at), meta_at)
 
+
+def _decode_stream_header(cur: _Cursor) -> None:
     part = "libxl stream header"
     at = cur.pos
     ident, sversion, options = _STREAM_HEADER.unpack(
@@ -425,83 +452,77 @@ def _decode(data: memoryview, check_dm_state: bool) -> tuple[SaveImage, int, int
     if options & LIBXL_OPT_BIG_ENDIAN:
         raise SaveFileError(part, "big-endian stream (libxl cannot read those either)", at + 12)
 
+
+@dataclass
+class _Records:
+    """What the records of a stream held, as they are read."""
+
     xenstore: dict[str, str] | None = None
     context: memoryview | None = None
-    context_at = 0
-    index = 0
-    while True:
-        at = cur.pos
-        if at == len(data):
-            raise SaveFileError("libxl stream", "truncated: ends without an END record", at)
-        part = f"record {index}"
-        rtype, length = _REC_HEADER.unpack(cur.take(_REC_HEADER.size, part, "the record header"))
-        part = f"record {index} ({_record_name(rtype)})"
-        padded = length + (-length % REC_ALIGN)
-        body_at = cur.pos
-        chunk = cur.take(padded, part, f"a body of {length} bytes padded to {padded}")
-        body, padding = chunk[:length], chunk[length:]
-        if bytes(padding).strip(b"\0"):
-            raise SaveFileError(part, "padding is not zero", body_at + length)
-        if rtype == RecType.END:
-            if length:
-                raise SaveFileError(part, f"END record has a {length}-byte body", at)
-            if cur.pos != len(data):
-                raise SaveFileError(
-                    part, f"{len(data) - cur.pos} bytes of trailing data after END", cur.pos
-                )
-            break
-        if rtype in (RecType.EMULATOR_XENSTORE_DATA, RecType.EMULATOR_CONTEXT):
-            if length < _EMU_HEADER.size:
-                raise SaveFileError(part, "too short to contain the emulator header", at)
-            emu_id, emu_index = _EMU_HEADER.unpack(body[: _EMU_HEADER.size])
-            if emu_id != EmulatorId.QEMU_TRADITIONAL:
-                what = {
-                    EmulatorId.QEMU_UPSTREAM: "qemu-upstream (qemu-xen)",
-                    EmulatorId.UNKNOWN: "unknown (a converted legacy stream)",
-                }.get(emu_id, f"unknown emulator id {emu_id}")
-                raise SaveFileError(
-                    part, f"emulator is {what}, not qemu-traditional (id 1)", body_at
-                )
-            if emu_index != 0:
-                raise SaveFileError(
-                    part,
-                    f"emulator index {emu_index}: only one device model (index 0)",
-                    body_at + 4,
-                )
-            payload = body[_EMU_HEADER.size :]
-            if rtype == RecType.EMULATOR_XENSTORE_DATA:
-                if xenstore is not None:
-                    raise SaveFileError(part, "duplicate emulator xenstore data", at)
-                xenstore = decode_xenstore_data(payload, part)
-            else:
-                if context is not None:
-                    raise SaveFileError(part, "duplicate emulator context", at)
-                context = payload
-                context_at = body_at + _EMU_HEADER.size
-        elif rtype == RecType.LIBXC_CONTEXT:
-            raise SaveFileError(
-                part, "a libxc (guest memory) stream: an xl save file, not one of ours", at
-            )
-        elif rtype in (RecType.CHECKPOINT_END, RecType.CHECKPOINT_STATE):
-            raise SaveFileError(part, "unexpected checkpoint record in a saved image", at)
-        else:
-            kind = "optional" if rtype & 0x80000000 else "mandatory"
-            raise SaveFileError(part, f"unrecognised ({kind}) record type; libxl refuses it", at)
-        index += 1
+    #: The file offset of ``context``.
+    context_at: int = 0
 
-    if context is None:
-        raise SaveFileError("libxl stream", "no EMULATOR_CONTEXT record (device-model state)")
-    if check_dm_state:
-        check_dm_state_complete(context)
-    image = SaveImage(
-        config_json=config,
-        emulator_context=b"",
-        emulator_xenstore=xenstore or {},
-        saved_at=saved_at,
-        tool_version=version,
-        guest_domid=domid,
+
+def _decode_record(cur: _Cursor, index: int, records: _Records) -> bool:
+    """Read record ``index`` into ``records``; True if it was the END record."""
+    at = cur.pos
+    if at == len(cur.data):
+        raise SaveFileError("libxl stream", "truncated: ends without an END record", at)
+    rtype, length = _REC_HEADER.unpack(
+        cur.take(_REC_HEADER.size, f"record {index}", "the record header")
     )
-    return image, context_at, context.nbytes
+    part = f"record {index} ({_record_name(rtype)})"
+    padded = length + (-length % REC_ALIGN)
+    body_at = cur.pos
+    chunk = cur.take(padded, part, f"a body of {length} bytes padded to {padded}")
+    if bytes(chunk[length:]).strip(b"\0"):
+        raise SaveFileError(part, "padding is not zero", body_at + length)
+    if rtype == RecType.END:
+        if length:
+            raise SaveFileError(part, f"END record has a {length}-byte body", at)
+        if cur.pos != len(cur.data):
+            raise SaveFileError(
+                part, f"{len(cur.data) - cur.pos} bytes of trailing data after END", cur.pos
+            )
+        return True
+    if rtype == RecType.LIBXC_CONTEXT:
+        raise SaveFileError(
+            part, "a libxc (guest memory) stream: an xl save file, not one of ours", at
+        )
+    if rtype in (RecType.CHECKPOINT_END, RecType.CHECKPOINT_STATE):
+        raise SaveFileError(part, "unexpected checkpoint record in a saved image", at)
+    if rtype not in (RecType.EMULATOR_XENSTORE_DATA, RecType.EMULATOR_CONTEXT):
+        kind = "optional" if rtype & 0x80000000 else "mandatory"
+        raise SaveFileError(part, f"unrecognised ({kind}) record type; libxl refuses it", at)
+    payload = _emulator_payload(chunk[:length], part, at, body_at)
+    if rtype == RecType.EMULATOR_XENSTORE_DATA:
+        if records.xenstore is not None:
+            raise SaveFileError(part, "duplicate emulator xenstore data", at)
+        records.xenstore = decode_xenstore_data(payload, part)
+    else:
+        if records.context is not None:
+            raise SaveFileError(part, "duplicate emulator context", at)
+        records.context = payload
+        records.context_at = body_at + _EMU_HEADER.size
+    return False
+
+
+def _emulator_payload(body: memoryview, part: str, at: int, body_at: int) -> memoryview:
+    """An emulator record's body past its header, which must name qemu-traditional."""
+    if len(body) < _EMU_HEADER.size:
+        raise SaveFileError(part, "too short to contain the emulator header", at)
+    emu_id, emu_index = _EMU_HEADER.unpack(body[: _EMU_HEADER.size])
+    if emu_id != EmulatorId.QEMU_TRADITIONAL:
+        what = {
+            EmulatorId.QEMU_UPSTREAM: "qemu-upstream (qemu-xen)",
+            EmulatorId.UNKNOWN: "unknown (a converted legacy stream)",
+        }.get(emu_id, f"unknown emulator id {emu_id}")
+        raise SaveFileError(part, f"emulator is {what}, not qemu-traditional (id 1)", body_at)
+    if emu_index != 0:
+        raise SaveFileError(
+            part, f"emulator index {emu_index}: only one device model (index 0)", body_at + 4
+        )
+    return body[_EMU_HEADER.size :]
 
 
 # -- the device model's state -----------------------------------------------------------
