@@ -55,10 +55,11 @@ Optional flags are ignored, as xl does (its comment says otherwise; its code doe
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,17 +105,6 @@ class EmulatorId(enum.IntEnum):
     QEMU_TRADITIONAL = 0x00000001  # "Dropped in Xen 4.21"
     QEMU_UPSTREAM = 0x00000002
 
-
-# -- qemu-traditional's savevm stream (QEMU 0.10 savevm.c) ------------------------------
-
-QEMU_VM_FILE_MAGIC = 0x5145564D  # "QEVM"
-QEMU_VM_FILE_VERSION_COMPAT = 0x00000002
-QEMU_VM_FILE_VERSION = 0x00000003
-QEMU_VM_EOF = 0x00
-QEMU_VM_SECTION_START = 0x01
-QEMU_VM_SECTION_PART = 0x02
-QEMU_VM_SECTION_END = 0x03
-QEMU_VM_SECTION_FULL = 0x04
 
 TOOL_NAME = "stubdom"
 
@@ -529,97 +519,36 @@ def _emulator_payload(body: memoryview, part: str, at: int, body_at: int) -> mem
 
 
 def check_dm_state_complete(blob: BytesLike) -> None:
-    """Refuse a device-model state that is not a complete qemu-traditional savevm stream.
-
-    qemu-trad (QEMU 0.10 ``savevm.c``) writes ``be32 QEVM``, ``be32 3``, then sections
-    (``START``/``FULL``: type u8, section id be32, idstr length u8, idstr, instance id be32,
-    version id be32, body; ``PART``/``END``: type u8, section id be32, body) and a final
-    ``QEMU_VM_EOF`` byte.  No section body length is recorded, so the sections cannot be
-    walked without each device's own loader.  Verified: the magic, the version (3; the
-    older v2 format is refused), that a first section follows and its header is complete
-    and well-formed (type START or FULL, an idstr of printable ASCII), and that the last
-    byte is ``QEMU_VM_EOF`` after that header.  NOT verified: the bodies, the number of
-    sections, or that the final zero byte is the EOF marker rather than a zero inside a
-    body of a stream cut short (a zero byte is common in device state) -- that is what
-    waiting for ``paused`` before reading the file is for.  A stream whose first
-    section is stubdom-dm's (`stubdom.devicemodel.stream`) is decoded in full, so its
-    length and CRC-32 are verified as well.
-    """
-    size = len(blob)
-    idstr = check_dm_state_header(blob[:DM_STATE_HEAD], size, blob[-1] if size else -1)
-    if idstr == stream.SECTION_IDSTR:
-        check_dm_stream([blob])
-
-
-#: Bytes of a device-model state that `check_dm_state_header` looks at, at most.
-DM_STATE_HEAD = 14 + 255 + 8
+    """`stream.check_savevm_complete`, its errors a `SaveFileError`."""
+    with _dm_state_errors():
+        stream.check_savevm_complete(blob)
 
 
 def check_dm_state_header(head: BytesLike, size: int, last: int) -> bytes:
-    """`check_dm_state_complete` on the parts of the state it looks at: its first
-    `DM_STATE_HEAD` bytes (or all of it, if shorter), its size and its last byte (-1 if
-    empty).  Returns the first section's idstr; it is for the caller to check a
-    stubdom-dm stream in full (`check_dm_stream`)."""
-    part = "device-model state"
-    blob = bytes(head)
-    if size < 8:
-        raise SaveFileError(part, f"truncated: {size} bytes, not even a savevm header")
-    magic, version = struct.unpack(">II", blob[:8])
-    if magic != QEMU_VM_FILE_MAGIC:
-        raise SaveFileError(part, f"not a QEMU savevm stream (magic 0x{magic:08x}, not QEVM)", 0)
-    if version != QEMU_VM_FILE_VERSION:
-        raise SaveFileError(part, f"unsupported savevm version {version}, expected 3", 4)
-    if size == 8:
-        raise SaveFileError(part, "truncated: no section and no EOF after the header", 8)
-    stype = blob[8]
-    if stype == QEMU_VM_EOF:
-        raise SaveFileError(part, "empty: EOF right after the header, no device state", 8)
-    if stype not in (QEMU_VM_SECTION_START, QEMU_VM_SECTION_FULL):
-        raise SaveFileError(part, f"first section has type 0x{stype:02x}, not START/FULL", 8)
-    # type u8, section id be32, idstr len u8
-    if size < 14:
-        raise SaveFileError(part, "truncated inside the first section header", size)
-    idlen = blob[13]
-    hdr_end = 14 + idlen + 8
-    if idlen == 0:
-        raise SaveFileError(part, "first section has an empty idstr", 13)
-    if size < hdr_end:
-        raise SaveFileError(part, "truncated inside the first section header", size)
-    idstr = blob[14 : 14 + idlen]
-    if not all(0x20 < c < 0x7F for c in idstr):
-        raise SaveFileError(part, f"first section idstr {idstr!r} is not printable ASCII", 14)
-    if size == hdr_end or last != QEMU_VM_EOF:
-        raise SaveFileError(part, "truncated: does not end with QEMU_VM_EOF", size)
-    return idstr
+    """`stream.check_savevm_header`, its errors a `SaveFileError`."""
+    with _dm_state_errors():
+        return stream.check_savevm_header(head, size, last)
 
 
 def check_dm_stream(chunks: Iterable[BytesLike]) -> None:
     """stubdom-dm's self-describing record (`stubdom.devicemodel.stream`), given in
     pieces that make the whole state (read from a file, say): its length and CRC-32 are
     checked, nothing is kept.  `SaveFileError` as `check_dm_state_complete` raises it."""
-    try:
+    with _dm_state_errors():
         stream.check_pieces(chunks)
+
+
+@contextlib.contextmanager
+def _dm_state_errors() -> Iterator[None]:
+    """A device-model state the stream module refuses, as the save file's error."""
+    try:
+        yield
+    except stream.SavevmError as e:
+        raise SaveFileError("device-model state", e.detail, e.offset) from None
     except stream.StreamError as e:
         raise SaveFileError(
             "device-model state", str(e).removeprefix("device-model state: ")
         ) from None
-
-
-def fake_dm_state(sections: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) -> bytes:
-    """A well-formed qemu-trad savevm stream: the header, one FULL section per entry
-    (section ids 0, 1, ..., instance id 0, version id 1), then ``QEMU_VM_EOF``."""
-    items = list(sections.items() if isinstance(sections, Mapping) else sections)
-    if not items:
-        raise ValueError("a savevm stream needs at least one section")
-    out = bytearray(struct.pack(">II", QEMU_VM_FILE_MAGIC, QEMU_VM_FILE_VERSION))
-    for section_id, (idstr, body) in enumerate(items):
-        name = idstr.encode("ascii")
-        if not 0 < len(name) < 256 or not all(0x20 < c < 0x7F for c in name):
-            raise ValueError(f"section idstr {idstr!r}: 1-255 printable ASCII characters")
-        out += struct.pack(">BIB", QEMU_VM_SECTION_FULL, section_id, len(name)) + name
-        out += struct.pack(">II", 0, 1) + body
-    out.append(QEMU_VM_EOF)
-    return bytes(out)
 
 
 # -- GuestConfig <-> JSON ---------------------------------------------------------------
