@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
 from stubdom import typedjson
+from stubdom.host.dom0 import dom0_info
 from stubdom.host.hypervisor import (
     DomainConfig,
     DomainExists,
     DomainInfo,
-    DomainState,
     Hypervisor,
     HypervisorError,
     NoSuchDomain,
@@ -518,29 +518,6 @@ def decode_reply(line: bytes) -> Reply:
 # -- the server ------------------------------------------------------------------
 
 
-def _dom0_info() -> DomainInfo:
-    """Domain-0 as ``xl list`` shows it: here, the host daemon itself."""
-    memkb = 0
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memkb = int(line.split()[1])
-    t = os.times()
-    return DomainInfo(
-        domid=0,
-        name="Domain-0",
-        uuid="00000000-0000-0000-0000-000000000000",
-        hvm=False,
-        state=DomainState.RUNNING,
-        paused=False,
-        shutdown_reason=None,
-        max_memkb=memkb,
-        max_vcpus=os.cpu_count() or 1,
-        cpu_time=t.user + t.system,
-        pid=os.getpid(),
-    )
-
-
 class ApiServer:
     """Serve a `Hypervisor` on a unix socket; `Shutdown` calls ``on_shutdown``.
 
@@ -647,7 +624,7 @@ class ApiServer:
 
     async def status(self) -> HostStatus:
         domains = list(await self.hypervisor.list_domains())
-        dom0 = next((d for d in domains if d.domid == 0), None) or _dom0_info()
+        dom0 = next((d for d in domains if d.domid == 0), None) or dom0_info()
         return HostStatus(
             pid=os.getpid(),
             uptime=time.monotonic() - self.started,
