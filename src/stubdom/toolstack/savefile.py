@@ -84,7 +84,6 @@ _U32 = struct.Struct("<I")
 LIBXL_STREAM_IDENT = 0x4C6962786C466D74  # "LibxlFmt"
 LIBXL_STREAM_VERSION = 2
 LIBXL_OPT_BIG_ENDIAN = 1 << 0
-LIBXL_OPT_LEGACY = 1 << 1
 _STREAM_HEADER = struct.Struct(">QII")  # always big-endian
 _REC_HEADER = struct.Struct("<II")  # type, body_length: the stream's (little) endianness
 _EMU_HEADER = struct.Struct("<II")  # emulator_id, index
