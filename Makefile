@@ -21,11 +21,13 @@ demo: venv
 test: venv
 	$(BIN)/ruff check src tests --extend-exclude tests/oracle
 	$(BIN)/mypy
+	$(BIN)/vulture
 	$(BIN)/pytest -q
 
 lint: venv
 	$(BIN)/ruff check src tests --extend-exclude tests/oracle
 	$(BIN)/mypy
+	$(BIN)/vulture
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

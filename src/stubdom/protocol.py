@@ -34,7 +34,6 @@ CONSOLE_LOGGING = 0
 CONSOLE_SAVE = 1
 CONSOLE_RESTORE = 2
 CONSOLE_SERIAL = 3
-SPECIAL_CONSOLES = 3
 
 # Timeouts of libxl (seconds; libxl_internal.h ``LIBXL_STUBDOM_START_TIMEOUT``,
 # ``LIBXL_DEVICE_MODEL_START_TIMEOUT``; the logdirty one is a literal; [TIME-TIMEOUTS]).

@@ -105,8 +105,8 @@ def _state_faults(variant: str) -> None:
     Dm.set_state = set_state  # type: ignore[method-assign]
     Dm.save = save  # type: ignore[method-assign]
     if variant == "truncated-save":
-        real = qt.fake_dm_state
-        qt.fake_dm_state = lambda sections: (lambda s: s[: len(s) // 2])(real(sections))
+        real = qt.savevm_stream
+        qt.savevm_stream = lambda sections: (lambda s: s[: len(s) // 2])(real(sections))
 
 
 def _skip_paused(set_state: Any) -> Any:

@@ -16,8 +16,8 @@ import sys
 
 async def main() -> int:
     from stubdom import protocol as p
+    from stubdom.devicemodel.stream import savevm_stream
     from stubdom.host.frontend.console import SyncConsole, open_console
-    from stubdom.toolstack.savefile import fake_dm_state
     from stubdom.xenstore import Client
     from tests.toolstack.fake_dm import FakeDeviceModel
 
@@ -36,7 +36,7 @@ async def main() -> int:
 
     def save(_: bytes) -> None:
         with SyncConsole(p.CONSOLE_SAVE) as con:
-            con.write(fake_dm_state({"guest": f"guest {guest}".encode()}))
+            con.write(savevm_stream({"guest": f"guest {guest}".encode()}))
 
     fake = FakeDeviceModel(xs, guest, save_sink=save)
     loop = asyncio.get_running_loop()

@@ -101,9 +101,9 @@ def test_a_checked_copy_is_the_region_or_nothing(tmp_path: Path) -> None:
 
 
 def test_a_state_not_ours_is_copied_whole(tmp_path: Path) -> None:
-    from stubdom.toolstack.savefile import fake_dm_state
+    from stubdom.devicemodel.stream import savevm_stream
 
-    blob = fake_dm_state({"timer": b"\x01" * 3000})
+    blob = savevm_stream({"timer": b"\x01" * 3000})
     out = tmp_path / "out"
     fd, region = region_of(tmp_path / "state", blob)
     try:

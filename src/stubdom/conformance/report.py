@@ -65,9 +65,6 @@ class Ledger:
             raise KeyError(f"no clause {clause!r}")
         self._by_id.setdefault(clause, Result(clause, verdict, seen, style))
 
-    def decided(self, clause: str) -> bool:
-        return clause in self._by_id
-
     def undecided(self, clauses: Iterable[str]) -> list[str]:
         return [c for c in clauses if c not in self._by_id]
 

@@ -53,7 +53,12 @@ from stubdom.devicemodel.base import (
     PciRemoveFailed,
     PciRequest,
 )
-from stubdom.devicemodel.stream import DecodedState, decode_state_for, encode_state
+from stubdom.devicemodel.stream import (
+    QEMU_VM_FILE_MAGIC,
+    DecodedState,
+    decode_state_for,
+    encode_state,
+)
 from stubdom.protocol import AUTO_PHP_SLOT, PCI_INS_BAD_BDF, PCI_INS_NO_FREE_DEVFN, Bdf
 
 log = logging.getLogger(__name__)
@@ -111,7 +116,6 @@ FIRMWARE_NAME = "halt.bin"
 #: The version of the payload layout below.
 STATE_VERSION = 1
 _HEADER_LEN = struct.Struct(">I")
-_QEVM_MAGIC = b"QEVM"
 
 T = TypeVar("T")
 
@@ -259,7 +263,7 @@ def unpack_payload(payload: bytes) -> tuple[dict[str, Any], bytes]:
             f"qemu state: device state is {len(blob)} bytes, the header says "
             f"{header.get('qemu_len')}"
         )
-    if not blob.startswith(_QEVM_MAGIC):
+    if not blob.startswith(QEMU_VM_FILE_MAGIC):
         raise DeviceModelError("qemu state: the device state is not a QEMU (QEVM) stream")
     return header, blob
 

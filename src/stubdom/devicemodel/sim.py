@@ -94,7 +94,6 @@ USB_PREFIXES = ("host:", "disk:", "serial:", "net:", "bt:")
 FIXED_KEYS = ("fixed_pci", "php_slots", "disks", "nics", "vcpus", "videoram_mb", "usb")
 
 SleepFn = Callable[[float], Awaitable[None]]
-Json = Any
 
 
 def devfn_text(devfn: int) -> str:
@@ -109,7 +108,7 @@ class _Passthrough:
     power_mgmt: bool
     permissive: bool
 
-    def describe(self, devfn: int) -> dict[str, Json]:
+    def describe(self, devfn: int) -> dict[str, Any]:
         return {
             "devfn": devfn,
             "host": str(self.host),
@@ -119,7 +118,7 @@ class _Passthrough:
         }
 
 
-def _canonical(obj: Json) -> bytes:
+def _canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
@@ -166,10 +165,10 @@ class SimDeviceModel(DeviceModel):
         self._machine: MachineConfig | None = None
         self._gfx_passthru = False
         # -- the machine's state (what a save carries) --
-        self._fixed: dict[int, dict[str, Json]] = {}
+        self._fixed: dict[int, dict[str, Any]] = {}
         self._php: tuple[int, ...] = ()
-        self._disks: list[dict[str, Json]] = []
-        self._nics: list[dict[str, Json]] = []
+        self._disks: list[dict[str, Any]] = []
+        self._nics: list[dict[str, Any]] = []
         self._vcpus = 1
         self._videoram_mb = 0
         self._usb = False
@@ -192,11 +191,11 @@ class SimDeviceModel(DeviceModel):
 
     def _build(self, machine: MachineConfig) -> None:
         """The fixed devices, disks, NICs and vCPUs the dmargs describe."""
-        fixed: dict[int, dict[str, Json]] = {}
+        fixed: dict[int, dict[str, Any]] = {}
         # With gfx_passthru slot 2 is kept for the IGD: no next-free device goes there.
         reserved = {IGD_SLOT} if machine.gfx_passthru else set()
 
-        def place(kind: str, devfn: int | None = None, **attrs: Json) -> None:
+        def place(kind: str, devfn: int | None = None, **attrs: Any) -> None:
             if devfn is None:
                 free = [s for s in range(NR_SLOTS) if (s << 3) not in fixed and s not in reserved]
                 if not free:
@@ -220,7 +219,7 @@ class SimDeviceModel(DeviceModel):
         if vga is not None:
             place(vga, IGD_SLOT << 3, vram_mb=machine.videoram_mb)
         place("xen-platform")
-        nics: list[dict[str, Json]] = []
+        nics: list[dict[str, Any]] = []
         for nic in machine.nics:
             if nic.model not in NIC_MODELS:
                 raise DeviceModelError(f"qemu: Unsupported NIC: {nic.model}")
@@ -255,9 +254,9 @@ class SimDeviceModel(DeviceModel):
             else:
                 self._usb_devices.append(spec)
 
-    def _place_disks(self, disks: Iterable[Disk]) -> list[dict[str, Json]]:
+    def _place_disks(self, disks: Iterable[Disk]) -> list[dict[str, Any]]:
         """IDE by index (bus/unit), SCSI by id; what qemu-trad skips is logged."""
-        placed: dict[tuple[str, int], dict[str, Json]] = {}
+        placed: dict[tuple[str, int], dict[str, Any]] = {}
         for d in disks:
             limit = IDE_MAX_DISKS - 1 if d.bus == DiskBus.IDE else SCSI_MAX_ID
             if not 0 <= d.index <= limit:
@@ -267,7 +266,7 @@ class SimDeviceModel(DeviceModel):
             if key in placed:
                 self._emit(f"disk {d.vdev}: {d.bus.value} {d.index} already used, ignored")
                 continue
-            entry: dict[str, Json] = {
+            entry: dict[str, Any] = {
                 "vdev": d.vdev,
                 "bus": d.bus.value,
                 "index": d.index,
@@ -498,9 +497,9 @@ class SimDeviceModel(DeviceModel):
     def running(self) -> bool:
         return self._started and not self._stopped and self._running.is_set()
 
-    def _describe(self) -> dict[str, Json]:
+    def _describe(self) -> dict[str, Any]:
         """The whole machine as JSON data, every collection in a canonical order."""
-        out: dict[str, Json] = {
+        out: dict[str, Any] = {
             "format": PAYLOAD_FORMAT,
             "version": PAYLOAD_VERSION,
             "fixed_pci": list(self._fixed.values()),

@@ -6,7 +6,7 @@ header exactly how many bytes make it whole, reads no further, and can tell a st
 short or damaged from a complete one.
 
 The toolstack checks what console 1 delivered as a qemu-traditional savevm stream
-(`stubdom.toolstack.savefile.check_dm_state_complete`: ``QEVM``, version 3, a first
+(`check_savevm_complete`, at the end of this module: ``QEVM``, version 3, a first
 ``START``/``FULL`` section with a printable idstr, a final ``QEMU_VM_EOF``).  So the
 self-describing record travels as the body of one ``FULL`` section of such a stream.
 Byte layout (all integers big-endian, like QEMU's)::
@@ -39,23 +39,25 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from stubdom.devicemodel.base import BytesLike, DeviceModelError
 
-QEVM_MAGIC = b"QEVM"
-QEVM_VERSION = 3
-QEMU_VM_SECTION_FULL = 0x04
+# qemu-traditional's savevm stream (QEMU 0.10 savevm.c), which ours is one section of.
+QEMU_VM_FILE_MAGIC = b"QEVM"
+QEMU_VM_FILE_VERSION = 3
 QEMU_VM_EOF = 0x00
+QEMU_VM_SECTION_START = 0x01
+QEMU_VM_SECTION_FULL = 0x04
 SECTION_IDSTR = b"stubdom-dm"
 SECTION_INSTANCE_ID = 0
 SECTION_VERSION_ID = 1
 
 #: Where our record starts: the fixed savevm prologue before it.
 _PROLOGUE = (
-    QEVM_MAGIC
-    + struct.pack(">IBIB", QEVM_VERSION, QEMU_VM_SECTION_FULL, 0, len(SECTION_IDSTR))
+    QEMU_VM_FILE_MAGIC
+    + struct.pack(">IBIB", QEMU_VM_FILE_VERSION, QEMU_VM_SECTION_FULL, 0, len(SECTION_IDSTR))
     + SECTION_IDSTR
     + struct.pack(">II", SECTION_INSTANCE_ID, SECTION_VERSION_ID)
 )
@@ -80,9 +82,14 @@ class StreamError(DeviceModelError, ValueError):
     """A device-model state stream that cannot be used; the message is one line."""
 
 
+def is_printable_name(raw: BytesLike) -> bool:
+    """A savevm section idstr or a backend name: printable ASCII, without spaces."""
+    return all(0x20 < c < 0x7F for c in bytes(raw))
+
+
 def _check_name(backend: str) -> bytes:
     raw = backend.encode("utf-8")
-    if not 0 < len(raw) <= MAX_BACKEND_NAME or not all(0x20 < c < 0x7F for c in raw):
+    if not 0 < len(raw) <= MAX_BACKEND_NAME or not is_printable_name(raw):
         raise ValueError(
             f"backend name {backend!r}: 1-{MAX_BACKEND_NAME} printable ASCII characters"
         )
@@ -271,7 +278,7 @@ class StreamReader:
             off_len = _OFF_NAME + namelen
             if n >= off_len + 8:
                 name = bytes(buf[_OFF_NAME:off_len])
-                if not all(0x20 < c < 0x7F for c in name):
+                if not is_printable_name(name):
                     raise StreamError(f"device-model state: backend name {name!r} not ASCII")
                 (length,) = struct.unpack_from(">I", buf, off_len)
                 if length > MAX_PAYLOAD:
@@ -288,15 +295,16 @@ class StreamReader:
         got = bytes(self._head[:upto])
         if got == _PROLOGUE[:upto]:
             return
-        if got[:4] != QEVM_MAGIC[: min(upto, 4)]:
+        if got[:4] != QEMU_VM_FILE_MAGIC[: min(upto, 4)]:
             raise StreamError(
-                f"device-model state: wrong magic {got[:4]!r}, expected {QEVM_MAGIC!r} "
+                f"device-model state: wrong magic {got[:4]!r}, expected {QEMU_VM_FILE_MAGIC!r} "
                 "(a qemu savevm stream)"
             )
         if upto >= 8 and got[4:8] != _PROLOGUE[4:8]:
             (version,) = struct.unpack(">I", got[4:8])
             raise StreamError(
-                f"device-model state: unknown savevm version {version}, expected {QEVM_VERSION}"
+                "device-model state: unknown savevm version "
+                f"{version}, expected {QEMU_VM_FILE_VERSION}"
             )
         raise StreamError(
             "device-model state: not a stubdom device-model section "
@@ -405,3 +413,98 @@ def is_complete(data: BytesLike) -> bool:
     except StreamError:
         return False
     return True
+
+
+# -- any qemu-traditional savevm stream ------------------------------------------------
+
+
+class SavevmError(StreamError):
+    """A device-model state that is not a complete savevm stream: ``detail`` says why,
+    ``offset`` where in the state (when known)."""
+
+    def __init__(self, detail: str, offset: int | None = None) -> None:
+        where = f" (at offset {offset})" if offset is not None else ""
+        super().__init__(f"device-model state: {detail}{where}")
+        self.detail = detail
+        self.offset = offset
+
+
+def check_savevm_complete(blob: BytesLike) -> None:
+    """Refuse a device-model state that is not a complete qemu-traditional savevm stream.
+
+    qemu-trad (QEMU 0.10 ``savevm.c``) writes ``be32 QEVM``, ``be32 3``, then sections
+    (``START``/``FULL``: type u8, section id be32, idstr length u8, idstr, instance id be32,
+    version id be32, body; ``PART``/``END``: type u8, section id be32, body) and a final
+    ``QEMU_VM_EOF`` byte.  No section body length is recorded, so the sections cannot be
+    walked without each device's own loader.  Verified: the magic, the version (3; the
+    older v2 format is refused), that a first section follows and its header is complete
+    and well-formed (type START or FULL, an idstr of printable ASCII), and that the last
+    byte is ``QEMU_VM_EOF`` after that header.  NOT verified: the bodies, the number of
+    sections, or that the final zero byte is the EOF marker rather than a zero inside a
+    body of a stream cut short (a zero byte is common in device state) -- that is what
+    waiting for ``paused`` before reading the file is for.  A stream whose first
+    section is stubdom-dm's is decoded in full, so its length and CRC-32 are verified
+    as well.  `StreamError` (a `SavevmError` for the savevm framing) if unusable.
+    """
+    size = len(blob)
+    idstr = check_savevm_header(blob[:SAVEVM_HEAD], size, blob[-1] if size else -1)
+    if idstr == SECTION_IDSTR:
+        check_pieces([blob])
+
+
+#: Bytes of a device-model state that `check_savevm_header` looks at, at most.
+SAVEVM_HEAD = 14 + 255 + 8
+
+
+def check_savevm_header(head: BytesLike, size: int, last: int) -> bytes:
+    """`check_savevm_complete` on the parts of the state it looks at: its first
+    `SAVEVM_HEAD` bytes (or all of it, if shorter), its size and its last byte (-1 if
+    empty).  Returns the first section's idstr; it is for the caller to check a
+    stubdom-dm stream in full (`check_pieces`)."""
+    blob = bytes(head)
+    if size < 8:
+        raise SavevmError(f"truncated: {size} bytes, not even a savevm header")
+    magic, version = struct.unpack(">II", blob[:8])
+    if blob[:4] != QEMU_VM_FILE_MAGIC:
+        raise SavevmError(f"not a QEMU savevm stream (magic 0x{magic:08x}, not QEVM)", 0)
+    if version != QEMU_VM_FILE_VERSION:
+        raise SavevmError(f"unsupported savevm version {version}, expected 3", 4)
+    if size == 8:
+        raise SavevmError("truncated: no section and no EOF after the header", 8)
+    stype = blob[8]
+    if stype == QEMU_VM_EOF:
+        raise SavevmError("empty: EOF right after the header, no device state", 8)
+    if stype not in (QEMU_VM_SECTION_START, QEMU_VM_SECTION_FULL):
+        raise SavevmError(f"first section has type 0x{stype:02x}, not START/FULL", 8)
+    # type u8, section id be32, idstr len u8
+    if size < 14:
+        raise SavevmError("truncated inside the first section header", size)
+    idlen = blob[13]
+    hdr_end = 14 + idlen + 8
+    if idlen == 0:
+        raise SavevmError("first section has an empty idstr", 13)
+    if size < hdr_end:
+        raise SavevmError("truncated inside the first section header", size)
+    idstr = blob[14 : 14 + idlen]
+    if not is_printable_name(idstr):
+        raise SavevmError(f"first section idstr {idstr!r} is not printable ASCII", 14)
+    if size == hdr_end or last != QEMU_VM_EOF:
+        raise SavevmError("truncated: does not end with QEMU_VM_EOF", size)
+    return idstr
+
+
+def savevm_stream(sections: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) -> bytes:
+    """A well-formed qemu-trad savevm stream: the header, one FULL section per entry
+    (section ids 0, 1, ..., instance id 0, version id 1), then ``QEMU_VM_EOF``."""
+    items = list(sections.items() if isinstance(sections, Mapping) else sections)
+    if not items:
+        raise ValueError("a savevm stream needs at least one section")
+    out = bytearray(QEMU_VM_FILE_MAGIC + struct.pack(">I", QEMU_VM_FILE_VERSION))
+    for section_id, (idstr, body) in enumerate(items):
+        name = idstr.encode("ascii")
+        if not 0 < len(name) < 256 or not is_printable_name(name):
+            raise ValueError(f"section idstr {idstr!r}: 1-255 printable ASCII characters")
+        out += struct.pack(">BIB", QEMU_VM_SECTION_FULL, section_id, len(name)) + name
+        out += struct.pack(">II", 0, 1) + body
+    out.append(QEMU_VM_EOF)
+    return bytes(out)

@@ -23,19 +23,18 @@ import json
 import logging
 import os
 import time
-import types
-import typing
 from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
+from stubdom import typedjson
+from stubdom.host.dom0 import dom0_info
 from stubdom.host.hypervisor import (
     DomainConfig,
     DomainExists,
     DomainInfo,
-    DomainState,
     Hypervisor,
     HypervisorError,
     NoSuchDomain,
@@ -103,23 +102,15 @@ class Request(Generic[R]):
     op: ClassVar[str]
 
     def to_args(self) -> dict[str, Any]:
-        return {f.name: _to_json(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        args = typedjson.to_json(self, self.op)
+        assert isinstance(args, dict)
+        return args
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any]) -> Request[R]:
         """Build the request from decoded JSON, checking every argument's type."""
-        hints = typing.get_type_hints(cls)
-        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = set(args) - set(fields)
-        if unknown:
-            raise ApiProtocolError(f"{cls.op}: unknown argument(s) {', '.join(sorted(unknown))}")
-        values = {}
-        for name, f in fields.items():
-            if name in args:
-                values[name] = _from_json(args[name], hints[name], f"{cls.op}: {name}")
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ApiProtocolError(f"{cls.op}: missing argument {name!r}")
-        return cls(**values)
+        request: Request[R] = _decoded(cls, args, cls.op)
+        return request
 
     def encode_result(self, value: R) -> Any:
         return None
@@ -185,7 +176,7 @@ class CreateDomain(_HypervisorCall[int]):
         return value
 
     def decode_result(self, raw: Any) -> int:
-        return int(_from_json(raw, int, self.op))
+        return int(_decoded(int, raw, self.op))
 
 
 @dataclass(frozen=True)
@@ -360,53 +351,27 @@ REQUESTS: dict[str, type[Request[Any]]] = {
 }
 
 
-def _to_json(value: Any) -> Any:
-    if isinstance(value, DomainConfig):
-        return dataclasses.asdict(value)
-    if isinstance(value, ShutdownReason):
-        return int(value)
-    return value
+def _decoded(tp: Any, value: Any, op: str) -> Any:
+    """`typedjson.from_json`, its errors worded for the API (arguments, keys)."""
+    try:
+        return typedjson.from_json(tp, value)
+    except typedjson.JsonTypeError as e:
+        raise _protocol_error(op, e) from None
 
 
-def _from_json(value: Any, tp: Any, what: str) -> Any:
-    """``value`` checked against (and converted to) the annotation ``tp``."""
-    origin = typing.get_origin(tp)
-    if origin in (types.UnionType, typing.Union):
-        if value is None and type(None) in typing.get_args(tp):
-            return None
-        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _from_json(value, inner, what)
-    if origin is dict:
-        key_tp, val_tp = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise ApiProtocolError(f"{what}: expected an object, got {value!r:.80}")
-        return {_from_json(k, key_tp, what): _from_json(v, val_tp, what) for k, v in value.items()}
-    if tp is DomainConfig:
-        if not isinstance(value, dict):
-            raise ApiProtocolError(f"{what}: expected a domain config object, got {value!r:.80}")
-        return _config_from_json(value, what)
-    if tp is ShutdownReason:
-        try:
-            return ShutdownReason(_from_json(value, int, what))
-        except ValueError:
-            raise ApiProtocolError(f"{what}: {value!r} is not a shutdown reason (0-5)") from None
-    ok = isinstance(value, tp) and not (tp in (int, float) and isinstance(value, bool))
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not ok:
-        raise ApiProtocolError(f"{what}: expected {tp.__name__}, got {value!r:.80}")
-    return value
-
-
-def _config_from_json(value: Mapping[str, Any], what: str) -> DomainConfig:
-    hints = typing.get_type_hints(DomainConfig)
-    names = {f.name for f in dataclasses.fields(DomainConfig)}
-    unknown = set(value) - names
-    if unknown:
-        raise ApiProtocolError(f"{what}: unknown domain config key(s) {', '.join(sorted(unknown))}")
-    if "name" not in value:
-        raise ApiProtocolError(f"{what}: the domain config has no 'name'")
-    return DomainConfig(**{k: _from_json(v, hints[k], f"{what}.{k}") for k, v in value.items()})
+def _protocol_error(op: str, e: typedjson.JsonTypeError) -> ApiProtocolError:
+    where = f"{op}: {e.where}" if e.where else op
+    if isinstance(e, typedjson.WrongType):
+        expected = e.tp.__name__ if isinstance(e.tp, type) else str(e.tp)
+        return ApiProtocolError(f"{where}: expected {expected}, got {e.value!r:.80}")
+    if isinstance(e, typedjson.UnknownFields):
+        what = f"{e.cls.__name__} key(s)" if e.where else "argument(s)"
+        return ApiProtocolError(f"{where}: unknown {what} {', '.join(e.names)}")
+    if isinstance(e, typedjson.MissingField):
+        if e.where:
+            return ApiProtocolError(f"{where}: the {e.cls.__name__} has no {e.name!r}")
+        return ApiProtocolError(f"{op}: missing argument {e.name!r}")
+    return ApiProtocolError(f"{where}: {e.detail}")
 
 
 def _decode(build: Callable[[], R], what: str) -> R:
@@ -553,29 +518,6 @@ def decode_reply(line: bytes) -> Reply:
 # -- the server ------------------------------------------------------------------
 
 
-def _dom0_info() -> DomainInfo:
-    """Domain-0 as ``xl list`` shows it: here, the host daemon itself."""
-    memkb = 0
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memkb = int(line.split()[1])
-    t = os.times()
-    return DomainInfo(
-        domid=0,
-        name="Domain-0",
-        uuid="00000000-0000-0000-0000-000000000000",
-        hvm=False,
-        state=DomainState.RUNNING,
-        paused=False,
-        shutdown_reason=None,
-        max_memkb=memkb,
-        max_vcpus=os.cpu_count() or 1,
-        cpu_time=t.user + t.system,
-        pid=os.getpid(),
-    )
-
-
 class ApiServer:
     """Serve a `Hypervisor` on a unix socket; `Shutdown` calls ``on_shutdown``.
 
@@ -682,7 +624,7 @@ class ApiServer:
 
     async def status(self) -> HostStatus:
         domains = list(await self.hypervisor.list_domains())
-        dom0 = next((d for d in domains if d.domid == 0), None) or _dom0_info()
+        dom0 = next((d for d in domains if d.domid == 0), None) or dom0_info()
         return HostStatus(
             pid=os.getpid(),
             uptime=time.monotonic() - self.started,

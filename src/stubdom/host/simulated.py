@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stubdom.host.dom0 import dom0_info
 from stubdom.host.hvmguest import HvmGuestDrivers
 from stubdom.host.hypervisor import (
     DomainConfig,
@@ -40,7 +41,6 @@ from stubdom.xenstore import Client, XenStoreError
 
 log = logging.getLogger(__name__)
 
-DOM0_UUID = "00000000-0000-0000-0000-000000000000"
 #: What a domain process inherits of the host: enough to run an interpreter, no more.
 _BASE_ENV = {"PATH": os.defpath, "LANG": "C.UTF-8"}
 
@@ -351,13 +351,13 @@ class SimulatedHypervisor(Hypervisor):
     # -- information ------------------------------------------------------------------
 
     async def list_domains(self) -> Sequence[DomainInfo]:
-        return [self._dom0_info()] + [
+        return [dom0_info()] + [
             self._info(d) for d in sorted(self._domains.values(), key=lambda d: d.domid)
         ]
 
     async def domain_info(self, domid: int) -> DomainInfo:
         if domid == 0:
-            return self._dom0_info()
+            return dom0_info()
         return self._info(self._get(domid))
 
     def _info(self, dom: _Domain) -> DomainInfo:
@@ -384,33 +384,6 @@ class SimulatedHypervisor(Hypervisor):
             current_memkb=dom.current_memkb,
             online_vcpus=dom.online_vcpus,
         )
-
-    def _dom0_info(self) -> DomainInfo:
-        return DomainInfo(
-            domid=0,
-            name="Domain-0",
-            uuid=DOM0_UUID,
-            hvm=False,
-            state=DomainState.RUNNING,
-            paused=False,
-            shutdown_reason=None,
-            max_memkb=_host_memkb(),
-            max_vcpus=os.cpu_count() or 1,
-            cpu_time=time.process_time(),
-            pid=os.getpid(),
-        )
-
-
-def _host_memkb() -> int:
-    """Domain-0 is the host: it has the host's memory."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
 
 
 def _stat_fields(pid: int) -> list[str] | None:

@@ -33,6 +33,7 @@ import sys
 from dataclasses import dataclass, field
 
 from stubdom import protocol as proto
+from stubdom.devicemodel.stream import check_savevm_complete, savevm_stream
 from stubdom.protocol import (
     AUTO_PHP_SLOT,
     PCI_INS_BAD_BDF,
@@ -41,7 +42,6 @@ from stubdom.protocol import (
     State,
     qemu_trad_dispatch,
 )
-from stubdom.toolstack.savefile import check_dm_state_complete, fake_dm_state
 from stubdom.xenstore import RECONNECT, Client, Watch
 
 #: Hot-plug slots qemu-trad hands out for an automatic devfn (0-3 hold emulated devices).
@@ -134,7 +134,7 @@ class Dm:
         self.state["saves"] = int(str(self.state.get("saves", 0))) + 1
         body = json.dumps(self.state, sort_keys=True).encode()
         ram = os.urandom(RAM_PIECE) * max(1, self.ram_mib * ((1 << 20) // RAM_PIECE))
-        stream = fake_dm_state([(SECTION, body), ("ram", ram)])
+        stream = savevm_stream([(SECTION, body), ("ram", ram)])
         with open(os.environ[proto.ENV_SAVE_FILE], "wb") as f:
             f.write(stream)
         self.paused = True
@@ -205,7 +205,7 @@ def restore(path: str) -> dict[str, object]:
     """``-loadvm``: the whole stream from the restore file, checked, its state back."""
     with open(os.environ[proto.ENV_RESTORE_FILE], "rb") as f:
         data = f.read()
-    check_dm_state_complete(data)
+    check_savevm_complete(data)
     head = 8 + 1 + 4 + 1 + len(SECTION) + 8
     end = data.index(b'}', head) + 1
     state: dict[str, object] = json.loads(data[head:end])

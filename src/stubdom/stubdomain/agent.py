@@ -141,7 +141,6 @@ class Agent:
         self._unpaused = asyncio.Event()
         self._unpaused.set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self.exit_status = EXIT_OK
 
     # -- start-up ------------------------------------------------------------------------
 

@@ -40,8 +40,6 @@ PARAMETER = "parameter"
 STATE = "state"
 #: Commands that read ``parameter`` (absent: the command is ignored, [DM-PARAMETER]).
 WITH_PARAMETER = frozenset({Command.PCI_INS, Command.PCI_REM, Command.USB_ADD, Command.USB_DEL})
-#: qemu-trad's log line for a pci-rem of a function other than 0.
-NON_ZERO_FUNCTION = "Attempt to remove non-zero function"
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,6 @@ from stubdom.toolstack.session import Session, ToolstackError
 DETACH = b"\x1d"  # Ctrl+]
 
 
-#: ``xl console -t``'s types.
-CONSOLE_TYPES = ("serial", "pv", "vuart")
-
-
 @dataclass(frozen=True)
 class ConsoleRef:
     """A console to attach to: its pty and what it is, for the banner."""

@@ -20,7 +20,6 @@ from typing import BinaryIO
 
 from stubdom.devicemodel import stream
 from stubdom.toolstack.savefile import (
-    DM_STATE_HEAD,
     SaveImage,
     check_dm_state_header,
     check_dm_stream,
@@ -68,7 +67,7 @@ def check_dm_state_file(region: FileRegion, out_fd: int | None = None) -> None:
     checks and errors, reading the state once in pieces.  With ``out_fd``, each piece
     is also written there as it is read (a copy in the same pass; incomplete if the
     check fails); OSError if the file is shorter than the region."""
-    head = os.pread(region.fd, min(region.length, DM_STATE_HEAD), region.offset)
+    head = os.pread(region.fd, min(region.length, stream.SAVEVM_HEAD), region.offset)
     last = -1
     if region.length:
         end = os.pread(region.fd, 1, region.offset + region.length - 1)

@@ -55,17 +55,15 @@ Optional flags are ignored, as xl does (its comment says otherwise; its code doe
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import enum
 import json
-import math
 import struct
-import types
-import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
+from stubdom import typedjson
 from stubdom.devicemodel import stream
 from stubdom.devicemodel.base import BytesLike
 from stubdom.toolstack.config import GuestConfig
@@ -86,7 +84,6 @@ _U32 = struct.Struct("<I")
 LIBXL_STREAM_IDENT = 0x4C6962786C466D74  # "LibxlFmt"
 LIBXL_STREAM_VERSION = 2
 LIBXL_OPT_BIG_ENDIAN = 1 << 0
-LIBXL_OPT_LEGACY = 1 << 1
 _STREAM_HEADER = struct.Struct(">QII")  # always big-endian
 _REC_HEADER = struct.Struct("<II")  # type, body_length: the stream's (little) endianness
 _EMU_HEADER = struct.Struct("<II")  # emulator_id, index
@@ -107,17 +104,6 @@ class EmulatorId(enum.IntEnum):
     QEMU_TRADITIONAL = 0x00000001  # "Dropped in Xen 4.21"
     QEMU_UPSTREAM = 0x00000002
 
-
-# -- qemu-traditional's savevm stream (QEMU 0.10 savevm.c) ------------------------------
-
-QEMU_VM_FILE_MAGIC = 0x5145564D  # "QEVM"
-QEMU_VM_FILE_VERSION_COMPAT = 0x00000002
-QEMU_VM_FILE_VERSION = 0x00000003
-QEMU_VM_EOF = 0x00
-QEMU_VM_SECTION_START = 0x01
-QEMU_VM_SECTION_PART = 0x02
-QEMU_VM_SECTION_END = 0x03
-QEMU_VM_SECTION_FULL = 0x04
 
 TOOL_NAME = "stubdom"
 
@@ -369,8 +355,34 @@ def locate_save_image(
 
 def _decode(data: memoryview, check_dm_state: bool) -> tuple[SaveImage, int, int]:
     cur = _Cursor(data)
+    optlen = _decode_xl_header(cur)
+    optdata_at = cur.pos
+    optdata = cur.take(optlen, "xl optional data", f"the optional data ({optlen} bytes)")
+    config, (saved_at, version, domid) = _decode_optional_data(optdata, optdata_at)
+    _decode_stream_header(cur)
+    records = _Records()
+    index = 0
+    while not _decode_record(cur, index, records):
+        index += 1
+    if records.context is None:
+        raise SaveFileError("libxl stream", "no EMULATOR_CONTEXT record (device-model state)")
+    if check_dm_state:
+        check_dm_state_complete(records.context)
+    image = SaveImage(
+        config_json=config,
+        emulator_context=b"",
+        emulator_xenstore=records.xenstore or {},
+        saved_at=saved_at,
+        tool_version=version,
+        guest_domid=domid,
+    )
+    return image, records.context_at, records.context.nbytes
+
+
+def _decode_xl_header(cur: _Cursor) -> int:
+    """Check xl's header; the length of the optional data that follows it."""
     part = "xl header"
-    if data[:32] != XL_MAGIC[: len(data)]:
+    if cur.data[:32] != XL_MAGIC[: len(cur.data)]:
         raise SaveFileError(part, "not an xl save file (wrong magic)", 0)
     _magic, byteorder, mandatory, _optional, optlen = _XL_HEADER.unpack(
         cur.take(_XL_HEADER.size, part, "the xl header")
@@ -390,30 +402,31 @@ def _decode(data: memoryview, check_dm_state: bool) -> tuple[SaveImage, int, int
         raise SaveFileError(
             part, "config is not JSON (JSON flag clear): xl.cfg text unsupported", 36
         )
+    return int(optlen)
 
-    optdata_at = cur.pos
-    optdata = cur.take(optlen, "xl optional data", f"the optional data ({optlen} bytes)")
+
+def _decode_optional_data(
+    optdata: memoryview, base: int
+) -> tuple[dict[str, Any], tuple[float | None, str | None, int | None]]:
+    """The config and the metadata (saved_at, tool_version, guest_domid) from xl's
+    optional data, which starts at file offset ``base``."""
     opt = _Cursor(optdata)
-    base = optdata_at
     _, config_raw = _take_block(opt, base, "config", "config")
-    config_len = len(config_raw)
-    if config_len == 0:
+    if len(config_raw) == 0:
         raise SaveFileError("config", "the save file holds no guest config", base)
     config = _parse_json_nul(config_raw, "config", base + 4)
     if not isinstance(config, dict):
         raise SaveFileError(
             "config", f"expected a JSON object, got {type(config).__name__}", base + 4
         )
-    saved_at: float | None = None
-    version: str | None = None
-    domid: int | None = None
-    if opt.pos < len(optdata):
-        meta_at, meta_raw = _take_block(opt, base, "metadata", "metadata")
-        saved_at, version, domid = _decode_meta(
-            _parse_json_nul(meta_raw, "metadata", meta_at), meta_at
-        )
-        # Anything after it: skipped, as xl does with optional data it does not understand.
+    if opt.pos == len(optdata):
+        return config, (None, None, None)
+    meta_at, meta_raw = _take_block(opt, base, "metadata", "metadata")
+    # Anything after it: skipped, as xl does with optional data it does not understand.
+    return config, _decode_meta(_parse_json_nul(meta_raw, "metadata", meta_at), meta_at)
 
+
+def _decode_stream_header(cur: _Cursor) -> None:
     part = "libxl stream header"
     at = cur.pos
     ident, sversion, options = _STREAM_HEADER.unpack(
@@ -428,329 +441,134 @@ def _decode(data: memoryview, check_dm_state: bool) -> tuple[SaveImage, int, int
     if options & LIBXL_OPT_BIG_ENDIAN:
         raise SaveFileError(part, "big-endian stream (libxl cannot read those either)", at + 12)
 
+
+@dataclass
+class _Records:
+    """What the records of a stream held, as they are read."""
+
     xenstore: dict[str, str] | None = None
     context: memoryview | None = None
-    context_at = 0
-    index = 0
-    while True:
-        at = cur.pos
-        if at == len(data):
-            raise SaveFileError("libxl stream", "truncated: ends without an END record", at)
-        part = f"record {index}"
-        rtype, length = _REC_HEADER.unpack(cur.take(_REC_HEADER.size, part, "the record header"))
-        part = f"record {index} ({_record_name(rtype)})"
-        padded = length + (-length % REC_ALIGN)
-        body_at = cur.pos
-        chunk = cur.take(padded, part, f"a body of {length} bytes padded to {padded}")
-        body, padding = chunk[:length], chunk[length:]
-        if bytes(padding).strip(b"\0"):
-            raise SaveFileError(part, "padding is not zero", body_at + length)
-        if rtype == RecType.END:
-            if length:
-                raise SaveFileError(part, f"END record has a {length}-byte body", at)
-            if cur.pos != len(data):
-                raise SaveFileError(
-                    part, f"{len(data) - cur.pos} bytes of trailing data after END", cur.pos
-                )
-            break
-        if rtype in (RecType.EMULATOR_XENSTORE_DATA, RecType.EMULATOR_CONTEXT):
-            if length < _EMU_HEADER.size:
-                raise SaveFileError(part, "too short to contain the emulator header", at)
-            emu_id, emu_index = _EMU_HEADER.unpack(body[: _EMU_HEADER.size])
-            if emu_id != EmulatorId.QEMU_TRADITIONAL:
-                what = {
-                    EmulatorId.QEMU_UPSTREAM: "qemu-upstream (qemu-xen)",
-                    EmulatorId.UNKNOWN: "unknown (a converted legacy stream)",
-                }.get(emu_id, f"unknown emulator id {emu_id}")
-                raise SaveFileError(
-                    part, f"emulator is {what}, not qemu-traditional (id 1)", body_at
-                )
-            if emu_index != 0:
-                raise SaveFileError(
-                    part,
-                    f"emulator index {emu_index}: only one device model (index 0)",
-                    body_at + 4,
-                )
-            payload = body[_EMU_HEADER.size :]
-            if rtype == RecType.EMULATOR_XENSTORE_DATA:
-                if xenstore is not None:
-                    raise SaveFileError(part, "duplicate emulator xenstore data", at)
-                xenstore = decode_xenstore_data(payload, part)
-            else:
-                if context is not None:
-                    raise SaveFileError(part, "duplicate emulator context", at)
-                context = payload
-                context_at = body_at + _EMU_HEADER.size
-        elif rtype == RecType.LIBXC_CONTEXT:
-            raise SaveFileError(
-                part, "a libxc (guest memory) stream: an xl save file, not one of ours", at
-            )
-        elif rtype in (RecType.CHECKPOINT_END, RecType.CHECKPOINT_STATE):
-            raise SaveFileError(part, "unexpected checkpoint record in a saved image", at)
-        else:
-            kind = "optional" if rtype & 0x80000000 else "mandatory"
-            raise SaveFileError(part, f"unrecognised ({kind}) record type; libxl refuses it", at)
-        index += 1
+    #: The file offset of ``context``.
+    context_at: int = 0
 
-    if context is None:
-        raise SaveFileError("libxl stream", "no EMULATOR_CONTEXT record (device-model state)")
-    if check_dm_state:
-        check_dm_state_complete(context)
-    image = SaveImage(
-        config_json=config,
-        emulator_context=b"",
-        emulator_xenstore=xenstore or {},
-        saved_at=saved_at,
-        tool_version=version,
-        guest_domid=domid,
+
+def _decode_record(cur: _Cursor, index: int, records: _Records) -> bool:
+    """Read record ``index`` into ``records``; True if it was the END record."""
+    at = cur.pos
+    if at == len(cur.data):
+        raise SaveFileError("libxl stream", "truncated: ends without an END record", at)
+    rtype, length = _REC_HEADER.unpack(
+        cur.take(_REC_HEADER.size, f"record {index}", "the record header")
     )
-    return image, context_at, context.nbytes
+    part = f"record {index} ({_record_name(rtype)})"
+    padded = length + (-length % REC_ALIGN)
+    body_at = cur.pos
+    chunk = cur.take(padded, part, f"a body of {length} bytes padded to {padded}")
+    if bytes(chunk[length:]).strip(b"\0"):
+        raise SaveFileError(part, "padding is not zero", body_at + length)
+    if rtype == RecType.END:
+        if length:
+            raise SaveFileError(part, f"END record has a {length}-byte body", at)
+        if cur.pos != len(cur.data):
+            raise SaveFileError(
+                part, f"{len(cur.data) - cur.pos} bytes of trailing data after END", cur.pos
+            )
+        return True
+    if rtype == RecType.LIBXC_CONTEXT:
+        raise SaveFileError(
+            part, "a libxc (guest memory) stream: an xl save file, not one of ours", at
+        )
+    if rtype in (RecType.CHECKPOINT_END, RecType.CHECKPOINT_STATE):
+        raise SaveFileError(part, "unexpected checkpoint record in a saved image", at)
+    if rtype not in (RecType.EMULATOR_XENSTORE_DATA, RecType.EMULATOR_CONTEXT):
+        kind = "optional" if rtype & 0x80000000 else "mandatory"
+        raise SaveFileError(part, f"unrecognised ({kind}) record type; libxl refuses it", at)
+    payload = _emulator_payload(chunk[:length], part, at, body_at)
+    if rtype == RecType.EMULATOR_XENSTORE_DATA:
+        if records.xenstore is not None:
+            raise SaveFileError(part, "duplicate emulator xenstore data", at)
+        records.xenstore = decode_xenstore_data(payload, part)
+    else:
+        if records.context is not None:
+            raise SaveFileError(part, "duplicate emulator context", at)
+        records.context = payload
+        records.context_at = body_at + _EMU_HEADER.size
+    return False
+
+
+def _emulator_payload(body: memoryview, part: str, at: int, body_at: int) -> memoryview:
+    """An emulator record's body past its header, which must name qemu-traditional."""
+    if len(body) < _EMU_HEADER.size:
+        raise SaveFileError(part, "too short to contain the emulator header", at)
+    emu_id, emu_index = _EMU_HEADER.unpack(body[: _EMU_HEADER.size])
+    if emu_id != EmulatorId.QEMU_TRADITIONAL:
+        what = {
+            EmulatorId.QEMU_UPSTREAM: "qemu-upstream (qemu-xen)",
+            EmulatorId.UNKNOWN: "unknown (a converted legacy stream)",
+        }.get(emu_id, f"unknown emulator id {emu_id}")
+        raise SaveFileError(part, f"emulator is {what}, not qemu-traditional (id 1)", body_at)
+    if emu_index != 0:
+        raise SaveFileError(
+            part, f"emulator index {emu_index}: only one device model (index 0)", body_at + 4
+        )
+    return body[_EMU_HEADER.size :]
 
 
 # -- the device model's state -----------------------------------------------------------
 
 
 def check_dm_state_complete(blob: BytesLike) -> None:
-    """Refuse a device-model state that is not a complete qemu-traditional savevm stream.
-
-    qemu-trad (QEMU 0.10 ``savevm.c``) writes ``be32 QEVM``, ``be32 3``, then sections
-    (``START``/``FULL``: type u8, section id be32, idstr length u8, idstr, instance id be32,
-    version id be32, body; ``PART``/``END``: type u8, section id be32, body) and a final
-    ``QEMU_VM_EOF`` byte.  No section body length is recorded, so the sections cannot be
-    walked without each device's own loader.  Verified: the magic, the version (3; the
-    older v2 format is refused), that a first section follows and its header is complete
-    and well-formed (type START or FULL, an idstr of printable ASCII), and that the last
-    byte is ``QEMU_VM_EOF`` after that header.  NOT verified: the bodies, the number of
-    sections, or that the final zero byte is the EOF marker rather than a zero inside a
-    body of a stream cut short (a zero byte is common in device state) -- that is what
-    waiting for ``paused`` before reading the file is for.  A stream whose first
-    section is stubdom-dm's (`stubdom.devicemodel.stream`) is decoded in full, so its
-    length and CRC-32 are verified as well.
-    """
-    size = len(blob)
-    idstr = check_dm_state_header(blob[:DM_STATE_HEAD], size, blob[-1] if size else -1)
-    if idstr == stream.SECTION_IDSTR:
-        check_dm_stream([blob])
-
-
-#: Bytes of a device-model state that `check_dm_state_header` looks at, at most.
-DM_STATE_HEAD = 14 + 255 + 8
+    """`stream.check_savevm_complete`, its errors a `SaveFileError`."""
+    with _dm_state_errors():
+        stream.check_savevm_complete(blob)
 
 
 def check_dm_state_header(head: BytesLike, size: int, last: int) -> bytes:
-    """`check_dm_state_complete` on the parts of the state it looks at: its first
-    `DM_STATE_HEAD` bytes (or all of it, if shorter), its size and its last byte (-1 if
-    empty).  Returns the first section's idstr; it is for the caller to check a
-    stubdom-dm stream in full (`check_dm_stream`)."""
-    part = "device-model state"
-    blob = bytes(head)
-    if size < 8:
-        raise SaveFileError(part, f"truncated: {size} bytes, not even a savevm header")
-    magic, version = struct.unpack(">II", blob[:8])
-    if magic != QEMU_VM_FILE_MAGIC:
-        raise SaveFileError(part, f"not a QEMU savevm stream (magic 0x{magic:08x}, not QEVM)", 0)
-    if version != QEMU_VM_FILE_VERSION:
-        raise SaveFileError(part, f"unsupported savevm version {version}, expected 3", 4)
-    if size == 8:
-        raise SaveFileError(part, "truncated: no section and no EOF after the header", 8)
-    stype = blob[8]
-    if stype == QEMU_VM_EOF:
-        raise SaveFileError(part, "empty: EOF right after the header, no device state", 8)
-    if stype not in (QEMU_VM_SECTION_START, QEMU_VM_SECTION_FULL):
-        raise SaveFileError(part, f"first section has type 0x{stype:02x}, not START/FULL", 8)
-    # type u8, section id be32, idstr len u8
-    if size < 14:
-        raise SaveFileError(part, "truncated inside the first section header", size)
-    idlen = blob[13]
-    hdr_end = 14 + idlen + 8
-    if idlen == 0:
-        raise SaveFileError(part, "first section has an empty idstr", 13)
-    if size < hdr_end:
-        raise SaveFileError(part, "truncated inside the first section header", size)
-    idstr = blob[14 : 14 + idlen]
-    if not all(0x20 < c < 0x7F for c in idstr):
-        raise SaveFileError(part, f"first section idstr {idstr!r} is not printable ASCII", 14)
-    if size == hdr_end or last != QEMU_VM_EOF:
-        raise SaveFileError(part, "truncated: does not end with QEMU_VM_EOF", size)
-    return idstr
+    """`stream.check_savevm_header`, its errors a `SaveFileError`."""
+    with _dm_state_errors():
+        return stream.check_savevm_header(head, size, last)
 
 
 def check_dm_stream(chunks: Iterable[BytesLike]) -> None:
     """stubdom-dm's self-describing record (`stubdom.devicemodel.stream`), given in
     pieces that make the whole state (read from a file, say): its length and CRC-32 are
     checked, nothing is kept.  `SaveFileError` as `check_dm_state_complete` raises it."""
-    try:
+    with _dm_state_errors():
         stream.check_pieces(chunks)
+
+
+@contextlib.contextmanager
+def _dm_state_errors() -> Iterator[None]:
+    """A device-model state the stream module refuses, as the save file's error."""
+    try:
+        yield
+    except stream.SavevmError as e:
+        raise SaveFileError("device-model state", e.detail, e.offset) from None
     except stream.StreamError as e:
         raise SaveFileError(
             "device-model state", str(e).removeprefix("device-model state: ")
         ) from None
 
 
-def fake_dm_state(sections: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) -> bytes:
-    """A well-formed qemu-trad savevm stream: the header, one FULL section per entry
-    (section ids 0, 1, ..., instance id 0, version id 1), then ``QEMU_VM_EOF``."""
-    items = list(sections.items() if isinstance(sections, Mapping) else sections)
-    if not items:
-        raise ValueError("a savevm stream needs at least one section")
-    out = bytearray(struct.pack(">II", QEMU_VM_FILE_MAGIC, QEMU_VM_FILE_VERSION))
-    for section_id, (idstr, body) in enumerate(items):
-        name = idstr.encode("ascii")
-        if not 0 < len(name) < 256 or not all(0x20 < c < 0x7F for c in name):
-            raise ValueError(f"section idstr {idstr!r}: 1-255 printable ASCII characters")
-        out += struct.pack(">BIB", QEMU_VM_SECTION_FULL, section_id, len(name)) + name
-        out += struct.pack(">II", 0, 1) + body
-    out.append(QEMU_VM_EOF)
-    return bytes(out)
-
-
 # -- GuestConfig <-> JSON ---------------------------------------------------------------
-
-
-def _to_json(value: Any, where: str) -> Any:
-    if isinstance(value, enum.Enum):
-        return _to_json(value.value, where)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {
-            f.name: _to_json(getattr(value, f.name), f"{where}.{f.name}")
-            for f in dataclasses.fields(value)
-            if f.init
-        }
-    if isinstance(value, list | tuple):
-        return [_to_json(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, dict):
-        if not all(isinstance(k, str) for k in value):
-            raise TypeError(f"{where}: dict keys must be strings")
-        return {k: _to_json(v, f"{where}[{k!r}]") for k, v in value.items()}
-    if value is None or isinstance(value, str | bool | int):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise TypeError(f"{where}: {value!r} has no JSON form")
-        return value
-    raise TypeError(f"{where}: cannot put a {type(value).__name__} in JSON")
 
 
 def config_to_json(cfg: GuestConfig) -> dict[str, Any]:
     """The config as JSON data: generic over dataclass fields (``init`` ones), enums as
     their values, `Bdf` as ``{"domain", "bus", "dev", "func"}`` (libxl's JSON shape)."""
-    out = _to_json(cfg, "config")
+    out = typedjson.to_json(cfg, "config")
     assert isinstance(out, dict)
     return out
-
-
-_T = TypeVar("_T")
-
-
-def _config_error(where: str, detail: str) -> SaveFileError:
-    """An error in the config at ``where`` (a field path such as ``disks[0].format``;
-    empty for the config itself, so the part is not named twice)."""
-    return SaveFileError("config", f"{where}: {detail}" if where else detail)
-
-
-def _field(where: str, name: str) -> str:
-    return f"{where}.{name}" if where else name
-
-
-def _bad(where: str, value: Any, expected: str) -> SaveFileError:
-    return _config_error(where, f"{value!r} is not {expected}")
-
-
-def _from_json(tp: Any, value: Any, where: str) -> Any:
-    if tp is Any:
-        return value
-    origin = typing.get_origin(tp)
-    if origin is typing.Union or origin is types.UnionType:
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors: list[SaveFileError] = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _from_json(arg, value, where)
-            except SaveFileError as exc:
-                errors.append(exc)
-        if len(errors) == 1:
-            raise errors[0]
-        raise _bad(where, value, f"any of {tp}")
-    if origin is list or origin is tuple:
-        if not isinstance(value, list):
-            raise _bad(where, value, "a list")
-        args = typing.get_args(tp)
-        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
-            if len(args) != len(value):
-                raise _bad(where, value, f"a list of {len(args)} items")
-            return tuple(
-                _from_json(a, v, f"{where}[{i}]")
-                for i, (a, v) in enumerate(zip(args, value, strict=True))
-            )
-        item = args[0] if args else Any
-        items = [_from_json(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
-        return items if origin is list else tuple(items)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise _bad(where, value, "an object")
-        args = typing.get_args(tp)
-        vt = args[1] if args else Any
-        return {k: _from_json(vt, v, f"{where}[{k!r}]") for k, v in value.items()}
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        try:
-            return tp(value)
-        except (ValueError, TypeError):
-            raise _bad(
-                where, value, f"a {tp.__name__} ({', '.join(repr(m.value) for m in tp)})"
-            ) from None
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        return _dataclass_from_json(tp, value, where)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise _bad(where, value, "a boolean")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _bad(where, value, "an integer")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _bad(where, value, "a number")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise _bad(where, value, "a string")
-        return value
-    raise _config_error(where, f"cannot read a field of type {tp!r}")
-
-
-def _dataclass_from_json(cls: type[_T], value: Any, where: str) -> _T:
-    if not isinstance(value, dict):
-        raise _bad(where, value, f"an object ({cls.__name__})")
-    try:
-        hints = typing.get_type_hints(cls)
-    except Exception as exc:  # a forward reference that cannot be resolved
-        raise _config_error(where, f"cannot resolve {cls.__name__}'s types: {exc}") from None
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
-    unknown = sorted(set(value) - set(fields))
-    if unknown:
-        raise _config_error(
-            where,
-            f"unknown field(s) {', '.join(unknown)} in {cls.__name__}: the file is damaged "
-            "or was saved by a newer stubdom",
-        )
-    kwargs: dict[str, Any] = {}
-    for name, f in fields.items():
-        if name in value:
-            kwargs[name] = _from_json(hints[name], value[name], _field(where, name))
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise _config_error(where, f"required field {name!r} is missing")
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise _config_error(where, str(exc)) from None
 
 
 def config_from_json(data: Any) -> GuestConfig:
     """The inverse of `config_to_json`; `SaveFileError` (part ``config``) on any mismatch.
     Fields missing from the data take their defaults (a file from an older version)."""
-    return _dataclass_from_json(GuestConfig, data, "")
+    try:
+        return typedjson.dataclass_from_json(GuestConfig, data)
+    except typedjson.UnknownFields as exc:
+        raise SaveFileError(
+            "config", f"{exc}: the file is damaged or was saved by a newer stubdom"
+        ) from None
+    except typedjson.JsonTypeError as exc:
+        raise SaveFileError("config", str(exc)) from None

@@ -14,7 +14,7 @@ import logging
 import os
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from stubdom import protocol as proto
@@ -141,8 +141,6 @@ class StubdomSpawner:
     paths: HostPaths
     wait_running: Callable[[int, int, float], Awaitable[None]]
     start_timeout: float = proto.STUBDOM_START_TIMEOUT
-    #: Steps done so far, for messages and tests.
-    steps: list[str] = field(default_factory=list)
 
     async def create(
         self,

@@ -33,12 +33,6 @@ class Analysis:
     #: stubdomain domid -> guest domid, from ``target`` (and device-model-domid).
     stubdoms: dict[int, int] = field(default_factory=dict)
 
-    def step_of(self, ev: Event) -> Step | None:
-        for s in self.steps:
-            if s.event is ev:
-                return s
-        return None
-
 
 def parse_dm_path(path: str) -> tuple[int, int, str] | None:
     """(stubdom, guest, node) of a path in a device-model control directory."""

@@ -35,8 +35,6 @@ class Op(enum.IntEnum):
 
 #: ``XS_TYPE_COUNT`` in 4.17: types at or above it are answered with ENOSYS.
 TYPE_COUNT = 23
-#: ``XS_INVALID``: guaranteed never to be a valid type.
-INVALID_TYPE = 0xFFFF
 
 HEADER_SIZE = 16
 PAYLOAD_MAX = 4096
@@ -70,9 +68,3 @@ ERRNO_NAMES: tuple[str, ...] = (
 
 #: The reply payload of every request that succeeds without returning data.
 OK = b"OK\0"
-
-# Shared-ring page layout (docs/misc/xenstore-ring.txt).
-RING_SIZE = 1024
-RING_ERROR_COMM = 1
-RING_ERROR_RINGIDX = 2
-RING_ERROR_PROTO = 3

@@ -370,14 +370,3 @@ def _remove_stale_socket(path: Path) -> None:
             str(path),
         )
     path.unlink()
-
-
-async def run_server(server: XenStoreServer, ready: asyncio.Event | None = None) -> None:
-    """Serve until cancelled or until `XenStoreServer.close` is called."""
-    await server.start()
-    if ready is not None:
-        ready.set()
-    try:
-        await server.serve_forever()
-    finally:
-        await server.close()

@@ -229,14 +229,6 @@ class Frontend:
         """Wait until the device is closed (e.g. the toolstack removed it)."""
         await self._wait(self.closed.is_set, timeout)
 
-    async def wait_backend(
-        self, states: XenbusState | tuple[XenbusState, ...], timeout: float | None = None
-    ) -> XenbusState:
-        """Wait until the backend is in one of ``states`` (as this frontend saw it)."""
-        wanted = (states,) if isinstance(states, XenbusState) else states
-        await self._wait(lambda: self.backend_state in wanted, timeout)
-        return self.backend_state
-
     async def _stop(self) -> None:
         for task in self._tasks:
             task.cancel()
