@@ -22,12 +22,14 @@ test: venv
 	$(BIN)/ruff check src tests --extend-exclude tests/oracle
 	$(BIN)/mypy
 	$(BIN)/vulture
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/pytest -q
 
 lint: venv
 	$(BIN)/ruff check src tests --extend-exclude tests/oracle
 	$(BIN)/mypy
 	$(BIN)/vulture
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
