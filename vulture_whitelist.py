@@ -27,6 +27,7 @@ _.__cause__  # exception chaining, read by Python when the traceback is printed
 # -- dataclass fields and enum members, written to or read from data --------------------
 _.device_model_version  # GuestConfig field: kept in the saved config, checked by configure
 _.device_model_stubdomain_override  # GuestConfig field: kept in the saved config
+_.nographic  # GuestConfig field: xl.cfg nographic=, kept in the saved config (dmargs needs no more than VNC and SDL)
 _.VIF  # NicType member: parsed from xl.cfg ``type=vif``
 _.STRICT  # RdmPolicy member: parsed from xl.cfg ``rdm_policy=strict``
 _.RESTRICT  # wire message type 20: known so that daemons answer it ENOSYS
@@ -55,9 +56,8 @@ _.filter_events  # trace timeline: the events a Filter keeps
 _.validate_type  # wire: the Op for a type number, UnknownType past 4.17's
 _.next_packet  # wire: the packet reader's next whole packet
 _.letter  # wire perms: a permission's access as its letter
+_.guest_uuid  # spawn.Created: the guest's uuid, for a caller that did not choose it
 
 # -- PENDING: in files being rewritten (issue 14); to be deleted or used, then removed here
-_.default_stubdom_kernel  # toolstack/spawn.py: never called
-_.guest_uuid  # toolstack/spawn.py: Created field never read outside tests
 _.from_socket  # xenstore/transport.py: never called
 _.active  # xenstore/client.py: a property only tests read

@@ -104,45 +104,17 @@ def xenstored(
     Connections on SOCKET are dom0.  After dom0 INTRODUCEs domain D, connections on
     SOCKET.d/D act as domain D.  Point Xen's tools at it with XENSTORED_PATH=SOCKET.
     """
-    if len(os.fsencode(socket_path)) >= 108:
-        raise click.BadParameter(
-            f"{socket_path!r} is {len(socket_path)} bytes; unix socket "
-            "paths must be shorter than 108",
-            param_hint="--socket",
-        )
-    quotas = Quotas()
-    try:
-        for name, value in (
-            ("nodes", entry_nb),
-            ("node-size", entry_size),
-            ("watches", watch_nb),
-            ("transactions", transaction),
-            ("permissions", perm_nb),
-            ("path-max", path_max),
-        ):
-            if value is not None:
-                quotas.set(name, value)
-        for name, value in _quota_pairs(quota, "-Q"):
-            quotas.set(name, value)
-        for name, value in _quota_pairs(quota_soft, "-q"):
-            if name != "memory":
-                raise QuotaError(f"unknown soft quota {name!r}; only 'memory' exists")
-            quotas.memory_soft = value
-    except QuotaError as e:
-        raise click.BadParameter(str(e)) from None
-
-    core = XenStored(quotas)
-    durable = None
-    if state_dir is not None:
-        durable = persist.DurableState(core, state_dir, journal_compact_at)
-        try:
-            if durable.open():
-                log.info("tree restored from %s", state_dir)
-        except persist.StateError as e:
-            raise click.ClickException(str(e)) from None
-        except OSError as e:
-            raise click.ClickException(f"state directory {state_dir}: {e.strerror or e}") from None
-
+    _check_socket_path(socket_path)
+    limits = {
+        "nodes": entry_nb,
+        "node-size": entry_size,
+        "watches": watch_nb,
+        "transactions": transaction,
+        "permissions": perm_nb,
+        "path-max": path_max,
+    }
+    core = XenStored(_quotas(limits, quota, quota_soft))
+    durable = _open_state(core, state_dir, journal_compact_at) if state_dir is not None else None
     trace = _open_trace(trace_file) if trace_file else None
     ready_fd = _daemonize() if daemon else None
     server = XenStoreServer(socket_path, core, trace, durable)
@@ -157,6 +129,49 @@ def xenstored(
         raise click.ClickException(server.failure)
     if durable is not None:
         durable.close()
+
+
+def _check_socket_path(socket_path: str) -> None:
+    """``sun_path`` holds 108 bytes with the NUL; a longer path would fail only at bind."""
+    if len(os.fsencode(socket_path)) >= 108:
+        raise click.BadParameter(
+            f"{socket_path!r} is {len(socket_path)} bytes; unix socket "
+            "paths must be shorter than 108",
+            param_hint="--socket",
+        )
+
+
+def _quotas(
+    limits: dict[str, int | None], quota: tuple[str, ...], quota_soft: tuple[str, ...]
+) -> Quotas:
+    """cxenstored's quota options, in its order: the named ones, then ``-Q``, then ``-q``."""
+    quotas = Quotas()
+    try:
+        for name, value in limits.items():
+            if value is not None:
+                quotas.set(name, value)
+        for name, value in _quota_pairs(quota, "-Q"):
+            quotas.set(name, value)
+        for name, value in _quota_pairs(quota_soft, "-q"):
+            if name != "memory":
+                raise QuotaError(f"unknown soft quota {name!r}; only 'memory' exists")
+            quotas.memory_soft = value
+    except QuotaError as e:
+        raise click.BadParameter(str(e)) from None
+    return quotas
+
+
+def _open_state(core: XenStored, state_dir: Path, compact_at: int) -> persist.DurableState:
+    """The journalled tree, restored into ``core`` if the directory has one."""
+    durable = persist.DurableState(core, state_dir, compact_at)
+    try:
+        if durable.open():
+            log.info("tree restored from %s", state_dir)
+    except persist.StateError as e:
+        raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(f"state directory {state_dir}: {e.strerror or e}") from None
+    return durable
 
 
 def _open_trace(path: str) -> PacketTrace:

@@ -52,6 +52,7 @@ from stubdom.devicemodel.base import (
     DiskBus,
     LogFn,
     MachineConfig,
+    Nic,
     PciInsertFailed,
     PciRemoveFailed,
     PciRequest,
@@ -191,68 +192,44 @@ class SimDeviceModel(DeviceModel):
 
     def _build(self, machine: MachineConfig) -> None:
         """The fixed devices, disks, NICs and vCPUs the dmargs describe."""
-        fixed: dict[int, dict[str, Any]] = {}
         # With gfx_passthru slot 2 is kept for the IGD: no next-free device goes there.
-        reserved = {IGD_SLOT} if machine.gfx_passthru else set()
-
-        def place(kind: str, devfn: int | None = None, **attrs: Any) -> None:
-            if devfn is None:
-                free = [s for s in range(NR_SLOTS) if (s << 3) not in fixed and s not in reserved]
-                if not free:
-                    raise DeviceModelError(f"no PCI slot left for {kind}")
-                devfn = free[0] << 3
-            fixed[devfn] = {"devfn": devfn, "kind": kind, **attrs}
-
+        bus = _Bus(reserved={IGD_SLOT} if machine.gfx_passthru else set())
         self._usb = machine.usb or bool(machine.usbdevices)
-        place("host-bridge", 0x00)
-        place("piix3-isa", 0x08)
-        place("piix3-ide", 0x09)
-        if self._usb:
-            place("piix3-uhci", 0x0A)
-        if machine.acpi:
-            place("piix4-acpi", 0x0B)
-        if machine.vga not in VGA_KINDS:
-            raise DeviceModelError(f"unknown VGA type {machine.vga!r} (cirrus, stdvga, none)")
-        vga = VGA_KINDS[machine.vga]
-        if machine.gfx_passthru:
-            vga = None
-        if vga is not None:
-            place(vga, IGD_SLOT << 3, vram_mb=machine.videoram_mb)
-        place("xen-platform")
-        nics: list[dict[str, Any]] = []
-        for nic in machine.nics:
-            if nic.model not in NIC_MODELS:
-                raise DeviceModelError(f"qemu: Unsupported NIC: {nic.model}")
-            place(nic.model, mac=nic.mac.lower(), vlan=nic.vlan)
-            nics.append({"mac": nic.mac.lower(), "model": nic.model, "vlan": nic.vlan})
-        sound = (machine.soundhw or "").split(",")
-        for card in PCI_SOUND:
-            if card in sound or "all" in sound:
-                place(card)
+        _place_chipset(bus, machine, usb=self._usb)
+        nics = _place_nics(bus, machine.nics)
+        _place_sound(bus, machine.soundhw)
         disks = self._place_disks(machine.disks)
         if any(d["bus"] == DiskBus.SCSI.value for d in disks):
-            place("lsi53c895a")
+            bus.place("lsi53c895a")
 
-        self._fixed = dict(sorted(fixed.items()))
-        used = {devfn >> 3 for devfn in self._fixed}
-        if self._php_request is None:
-            php = tuple(s for s in range(NR_SLOTS) if s not in used)
-        else:
-            php = self._php_request
-        self._php = php
+        self._fixed = dict(sorted(bus.fixed.items()))
+        self._php = self._hotplug_slots()
         self._disks = disks
         self._nics = nics
         self._gfx_passthru = machine.gfx_passthru
         self._videoram_mb = machine.videoram_mb
         self._vcpus = max(1, machine.vcpus)
         self._vcpus_online = {i for i in range(self._vcpus) if machine.vcpu_avail >> i & 1}
-        self._usb_devices = []
-        for spec in machine.usbdevices:
+        self._usb_devices = self._usable_usb_devices(machine.usbdevices)
+
+    def _hotplug_slots(self) -> tuple[int, ...]:
+        """The slots asked for, else every slot no fixed device took."""
+        if self._php_request is not None:
+            return self._php_request
+        used = {devfn >> 3 for devfn in self._fixed}
+        return tuple(s for s in range(NR_SLOTS) if s not in used)
+
+    def _usable_usb_devices(self, specs: Iterable[str]) -> list[str]:
+        """The ``-usbdevice`` devices qemu-trad would add; each other one is logged as
+        qemu-trad does, and the machine starts without it."""
+        usable = []
+        for spec in specs:
             problem = self._usb_problem(spec)
             if problem:
                 self._emit(f"Could not add USB device '{spec}': {problem}")
             else:
-                self._usb_devices.append(spec)
+                usable.append(spec)
+        return usable
 
     def _place_disks(self, disks: Iterable[Disk]) -> list[dict[str, Any]]:
         """IDE by index (bus/unit), SCSI by id; what qemu-trad skips is logged."""
@@ -539,17 +516,24 @@ class SimDeviceModel(DeviceModel):
         """Load a saved state into the machine just built; refuse one from another
         machine (its fixed part must be what this configuration builds)."""
         payload, nul, ram = _split_nul(decode_state_view_for(self.name, state))
-        try:
-            saved = json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise StreamError(f"sim state: payload is not JSON: {e}") from None
-        if not isinstance(saved, dict):
-            raise StreamError("sim state: payload is not a JSON object")
-        if saved.get("format") != PAYLOAD_FORMAT or saved.get("version") != PAYLOAD_VERSION:
-            raise StreamError(
-                f"sim state: format {saved.get('format')!r} version {saved.get('version')!r}, "
-                f"expected {PAYLOAD_FORMAT!r} version {PAYLOAD_VERSION}"
-            )
+        saved = _load_payload(payload)
+        self._check_fits(saved, ram, has_ram=nul)
+        got = self._read_changing_part(saved)
+        self._pt = got.pt
+        self._eject_pending = got.eject_pending
+        self._vcpus_online = got.vcpus_online
+        self._usb_devices = got.usb_devices
+        self.awaiting_reattach = set(got.pt)
+        self._ram = ram
+        if _canonical(self._describe()) != payload:
+            raise StreamError("sim state: not in canonical form (re-encoding differs)")
+        self._emit(
+            f"sim: restored {len(payload)} bytes of state: {len(got.pt)} passed-through "
+            f"function(s), vcpus {sorted(got.vcpus_online)}, usb {got.usb_devices}"
+        )
+
+    def _check_fits(self, saved: dict[str, Any], ram: memoryview, *, has_ram: bool) -> None:
+        """The saved fixed part and RAM size must be this machine's."""
         here = self._describe()
         for key in FIXED_KEYS:
             if saved.get(key) != here[key]:
@@ -562,22 +546,15 @@ class SimDeviceModel(DeviceModel):
                 f"sim state does not fit this machine: ram_mb differs "
                 f"(saved {json.dumps(saved.get('ram_mb', 0))}, here {self._ram_mb})"
             )
-        if ram.nbytes != self._ram_mb << 20 or nul != bool(self._ram_mb):
+        if ram.nbytes != self._ram_mb << 20 or has_ram != bool(self._ram_mb):
             raise StreamError(
                 f"sim state: {ram.nbytes} bytes of RAM for a machine of {self._ram_mb} MiB"
             )
+
+    def _read_changing_part(self, saved: dict[str, Any]) -> _ChangingPart:
+        """What the guest's run changed: checked against the machine, nothing set yet."""
         try:
-            pt: dict[int, _Passthrough] = {}
-            for entry in saved["passthrough"]:
-                devfn = _int(entry["devfn"], 0, NR_SLOTS * NR_FUNCS - 1)
-                if self._used(devfn) or devfn in pt:
-                    raise ValueError(f"passthrough at {devfn_text(devfn)} collides")
-                pt[devfn] = _Passthrough(
-                    Bdf.parse(_str(entry["host"])),
-                    _bool(entry["msitranslate"]),
-                    _bool(entry["power_mgmt"]),
-                    _bool(entry["permissive"]),
-                )
+            pt = self._read_passthrough(saved["passthrough"])
             pending = {_int(s, 0, NR_SLOTS - 1) for s in saved["eject_pending"]}
             if not all(any(d >> 3 == s for d in pt) for s in pending):
                 raise ValueError("eject pending for an empty slot")
@@ -585,18 +562,102 @@ class SimDeviceModel(DeviceModel):
             usb = [_str(s) for s in saved["usb_devices"]]
         except (KeyError, TypeError, ValueError) as e:
             raise StreamError(f"sim state: malformed: {e}") from None
-        self._pt = pt
-        self._eject_pending = pending
-        self._vcpus_online = online
-        self._usb_devices = usb
-        self.awaiting_reattach = set(pt)
-        self._ram = ram
-        if _canonical(self._describe()) != payload:
-            raise StreamError("sim state: not in canonical form (re-encoding differs)")
-        self._emit(
-            f"sim: restored {len(payload)} bytes of state: {len(pt)} passed-through "
-            f"function(s), vcpus {sorted(online)}, usb {usb}"
+        return _ChangingPart(pt, pending, online, usb)
+
+    def _read_passthrough(self, entries: Any) -> dict[int, _Passthrough]:
+        pt: dict[int, _Passthrough] = {}
+        for entry in entries:
+            devfn = _int(entry["devfn"], 0, NR_SLOTS * NR_FUNCS - 1)
+            if self._used(devfn) or devfn in pt:
+                raise ValueError(f"passthrough at {devfn_text(devfn)} collides")
+            pt[devfn] = _Passthrough(
+                Bdf.parse(_str(entry["host"])),
+                _bool(entry["msitranslate"]),
+                _bool(entry["power_mgmt"]),
+                _bool(entry["permissive"]),
+            )
+        return pt
+
+
+@dataclass(frozen=True)
+class _ChangingPart:
+    """The part of a saved state a guest's run changes (the rest is `FIXED_KEYS`)."""
+
+    pt: dict[int, _Passthrough]
+    eject_pending: set[int]
+    vcpus_online: set[int]
+    usb_devices: list[str]
+
+
+def _load_payload(payload: bytes) -> dict[str, Any]:
+    """The payload's JSON object, of this sim's format and version."""
+    try:
+        saved = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StreamError(f"sim state: payload is not JSON: {e}") from None
+    if not isinstance(saved, dict):
+        raise StreamError("sim state: payload is not a JSON object")
+    if saved.get("format") != PAYLOAD_FORMAT or saved.get("version") != PAYLOAD_VERSION:
+        raise StreamError(
+            f"sim state: format {saved.get('format')!r} version {saved.get('version')!r}, "
+            f"expected {PAYLOAD_FORMAT!r} version {PAYLOAD_VERSION}"
         )
+    return saved
+
+
+class _Bus:
+    """PCI bus 0 while the machine is built: each device at its fixed devfn, or at
+    function 0 of the first free slot that is not ``reserved``."""
+
+    def __init__(self, reserved: set[int]) -> None:
+        self.fixed: dict[int, dict[str, Any]] = {}
+        self.reserved = reserved
+
+    def place(self, kind: str, devfn: int | None = None, **attrs: Any) -> None:
+        if devfn is None:
+            free = [
+                s for s in range(NR_SLOTS) if (s << 3) not in self.fixed and s not in self.reserved
+            ]
+            if not free:
+                raise DeviceModelError(f"no PCI slot left for {kind}")
+            devfn = free[0] << 3
+        self.fixed[devfn] = {"devfn": devfn, "kind": kind, **attrs}
+
+
+def _place_chipset(bus: _Bus, machine: MachineConfig, *, usb: bool) -> None:
+    """PIIX3 (with its USB and ACPI functions), the VGA and the Xen platform device."""
+    bus.place("host-bridge", 0x00)
+    bus.place("piix3-isa", 0x08)
+    bus.place("piix3-ide", 0x09)
+    if usb:
+        bus.place("piix3-uhci", 0x0A)
+    if machine.acpi:
+        bus.place("piix4-acpi", 0x0B)
+    if machine.vga not in VGA_KINDS:
+        raise DeviceModelError(f"unknown VGA type {machine.vga!r} (cirrus, stdvga, none)")
+    vga = None if machine.gfx_passthru else VGA_KINDS[machine.vga]
+    if vga is not None:
+        bus.place(vga, IGD_SLOT << 3, vram_mb=machine.videoram_mb)
+    bus.place("xen-platform")
+
+
+def _place_nics(bus: _Bus, nics: Iterable[Nic]) -> list[dict[str, Any]]:
+    """A PCI NIC per ``-net nic``, in order; what a save records of each."""
+    described: list[dict[str, Any]] = []
+    for nic in nics:
+        if nic.model not in NIC_MODELS:
+            raise DeviceModelError(f"qemu: Unsupported NIC: {nic.model}")
+        bus.place(nic.model, mac=nic.mac.lower(), vlan=nic.vlan)
+        described.append({"mac": nic.mac.lower(), "model": nic.model, "vlan": nic.vlan})
+    return described
+
+
+def _place_sound(bus: _Bus, soundhw: str | None) -> None:
+    """The PCI cards of ``-soundhw`` (a comma list, or ``all``), in qemu's order."""
+    sound = (soundhw or "").split(",")
+    for card in PCI_SOUND:
+        if card in sound or "all" in sound:
+            bus.place(card)
 
 
 def _split_nul(view: memoryview, piece: int = 1 << 16) -> tuple[bytes, bool, memoryview]:

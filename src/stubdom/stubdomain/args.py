@@ -13,6 +13,7 @@ stubdomain is kept as a note for the log.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from stubdom.devicemodel.base import MachineConfig, Nic
@@ -294,46 +295,76 @@ def parse_dm_args(argv: list[str]) -> DmOptions:
 
 
 def _one(opts: DmOptions, opt: str, value: str) -> None:
-    if opt == "-d":
-        opts.domid = _int(opt, value)
-        if not 0 < opts.domid < DOMID_FIRST_RESERVED:
-            raise DmArgsError(f"-d {_r(value)}: not the domain id of a guest (1 to 32751)")
-    elif opt == "-domain-name":
-        opts.name = value
-    elif opt == "-vnc":
-        opts.graphics = True
-        opts.notes.append(f"-vnc {_w(value)}: VNC is served by the dom0 backend of the vfb")
-    elif opt == "-serial":
-        opts.serial.append(value)
-    elif opt == "-videoram":
-        opts.videoram_mb = _int(opt, value)
-    elif opt == "-vga":
-        if value not in _VGA:
-            raise DmArgsError(f"-vga {_r(value)}: unknown (std, cirrus or none)")
-        opts.vga = _VGA[value]
-    elif opt == "-boot":
-        if not value or any(c not in "acdn" for c in value):
-            raise DmArgsError(f"-boot {_r(value)}: the order is made of a, c, d and n")
-        opts.boot = value
-    elif opt == "-usbdevice":
-        opts.usbdevices.append(value)
-    elif opt == "-soundhw":
-        opts.soundhw = value
-    elif opt == "-vcpus":
-        opts.vcpus = _int(opt, value)
-        if not 1 <= opts.vcpus <= HVM_MAX_VCPUS:
-            raise DmArgsError(f"-vcpus {_r(value)}: between 1 and {HVM_MAX_VCPUS}")
-    elif opt == "-vcpu_avail":
-        if not value.lower().startswith("0x"):
-            raise DmArgsError(f"-vcpu_avail {_r(value)}: expected 0x<hex>")
-        opts.vcpu_avail = _int(opt, value[2:], 16)
-        if opts.vcpu_avail >> HVM_MAX_VCPUS:
-            raise DmArgsError(f"-vcpu_avail {_r(value)}: names vcpus above {HVM_MAX_VCPUS}")
-    elif opt == "-net":
-        _net(opts, value)
-    elif opt == "-loadvm":
-        opts.loadvm = value
-    elif opt in ("-k", "-keymap"):
-        opts.keymap = value
+    """One option with its argument: stored, appended, checked, or noted as ignored."""
+    if opt in _STORED:
+        setattr(opts, _STORED[opt], value)
+    elif opt in _APPENDED:
+        getattr(opts, _APPENDED[opt]).append(value)
+    elif opt in _CHECKED:
+        _CHECKED[opt](opts, value)
     else:
         opts.notes.append(f"{opt} {_w(value)}: ignored, {_IGNORED_WITH_ARG[opt]}")
+
+
+def _domid(opts: DmOptions, value: str) -> None:
+    opts.domid = _int("-d", value)
+    if not 0 < opts.domid < DOMID_FIRST_RESERVED:
+        raise DmArgsError(f"-d {_r(value)}: not the domain id of a guest (1 to 32751)")
+
+
+def _vnc(opts: DmOptions, value: str) -> None:
+    opts.graphics = True
+    opts.notes.append(f"-vnc {_w(value)}: VNC is served by the dom0 backend of the vfb")
+
+
+def _videoram(opts: DmOptions, value: str) -> None:
+    opts.videoram_mb = _int("-videoram", value)
+
+
+def _vga(opts: DmOptions, value: str) -> None:
+    if value not in _VGA:
+        raise DmArgsError(f"-vga {_r(value)}: unknown (std, cirrus or none)")
+    opts.vga = _VGA[value]
+
+
+def _boot(opts: DmOptions, value: str) -> None:
+    if not value or any(c not in "acdn" for c in value):
+        raise DmArgsError(f"-boot {_r(value)}: the order is made of a, c, d and n")
+    opts.boot = value
+
+
+def _vcpus(opts: DmOptions, value: str) -> None:
+    opts.vcpus = _int("-vcpus", value)
+    if not 1 <= opts.vcpus <= HVM_MAX_VCPUS:
+        raise DmArgsError(f"-vcpus {_r(value)}: between 1 and {HVM_MAX_VCPUS}")
+
+
+def _vcpu_avail(opts: DmOptions, value: str) -> None:
+    if not value.lower().startswith("0x"):
+        raise DmArgsError(f"-vcpu_avail {_r(value)}: expected 0x<hex>")
+    opts.vcpu_avail = _int("-vcpu_avail", value[2:], 16)
+    if opts.vcpu_avail >> HVM_MAX_VCPUS:
+        raise DmArgsError(f"-vcpu_avail {_r(value)}: names vcpus above {HVM_MAX_VCPUS}")
+
+
+#: Options whose argument is kept as given, and the `DmOptions` field it goes to.
+_STORED = {
+    "-domain-name": "name",
+    "-soundhw": "soundhw",
+    "-loadvm": "loadvm",
+    "-k": "keymap",
+    "-keymap": "keymap",
+}
+#: Options that may be repeated, and the `DmOptions` list each adds to.
+_APPENDED = {"-serial": "serial", "-usbdevice": "usbdevices"}
+#: Options whose argument is checked (a `DmArgsError` if malformed) or interpreted.
+_CHECKED: dict[str, Callable[[DmOptions, str], None]] = {
+    "-d": _domid,
+    "-vnc": _vnc,
+    "-videoram": _videoram,
+    "-vga": _vga,
+    "-boot": _boot,
+    "-vcpus": _vcpus,
+    "-vcpu_avail": _vcpu_avail,
+    "-net": _net,
+}

@@ -91,6 +91,39 @@ def place(dev: str, have_hd: bool) -> tuple[DiskBus, int] | None:
 async def discover(client: Client, self_domid: int, timeout: float = 30.0) -> Discovered:
     """Bring up our vbds, vifs, vfb and vkbd; what the machine is built from."""
     found = Discovered()
+    vbds = await _connect_vbds(client, self_domid, timeout, found)
+    await _place_vbds(client, vbds, found)
+    for devid in await list_devices(client, "vif"):
+        fe = await _connected(client, "vif", devid, timeout, found)
+        if fe is not None:
+            found.vifs.append(devid)
+            found.macs[devid] = fe.mac
+    for kind in ("vfb", "vkbd"):
+        for devid in await list_devices(client, kind):
+            if await _connected(client, kind, devid, timeout, found) is not None:
+                setattr(found, kind, True)
+    return found
+
+
+async def _connected(
+    client: Client, kind: str, devid: int, timeout: float, found: Discovered
+) -> Frontend | None:
+    """The device's frontend, connected and added to ``found``; None (with a note) if it
+    would not connect."""
+    fe = _frontend(client, kind, devid, timeout)
+    try:
+        await fe.connect()
+    except FrontendError as e:
+        found.notes.append(f"{kind} {devid}: {e}")
+        return None
+    found.frontends.append(fe)
+    return fe
+
+
+async def _connect_vbds(
+    client: Client, self_domid: int, timeout: float, found: Discovered
+) -> list[tuple[int, str, Frontend]]:
+    """Each vbd whose dom0 backend points back to us, connected, with its ``dev``."""
     vbds: list[tuple[int, str, Frontend]] = []
     for devid in await list_devices(client, "vbd"):
         fe_dir = f"device/vbd/{devid}"
@@ -114,6 +147,13 @@ async def discover(client: Client, self_domid: int, timeout: float = 30.0) -> Di
             continue
         found.frontends.append(fe)
         vbds.append((devid, dev, fe))
+    return vbds
+
+
+async def _place_vbds(
+    client: Client, vbds: list[tuple[int, str, Frontend]], found: Discovered
+) -> None:
+    """The emulated drive of each vbd (no ``xvd`` drive beside an ``hd`` one)."""
     have_hd = any(dev.startswith("hd") for _, dev, _ in vbds)
     for devid, dev, fe in vbds:
         where = place(dev, have_hd)
@@ -132,27 +172,6 @@ async def discover(client: Client, self_domid: int, timeout: float = 30.0) -> Di
                 sectors=fe.sectors,
             )
         )
-    for devid in await list_devices(client, "vif"):
-        fe = _frontend(client, "vif", devid, timeout)
-        try:
-            await fe.connect()
-        except FrontendError as e:
-            found.notes.append(f"vif {devid}: {e}")
-            continue
-        found.frontends.append(fe)
-        found.vifs.append(devid)
-        found.macs[devid] = fe.mac
-    for kind in ("vfb", "vkbd"):
-        for devid in await list_devices(client, kind):
-            fe = _frontend(client, kind, devid, timeout)
-            try:
-                await fe.connect()
-            except FrontendError as e:
-                found.notes.append(f"{kind} {devid}: {e}")
-                continue
-            found.frontends.append(fe)
-            setattr(found, kind, True)
-    return found
 
 
 async def run_pcifront(client: Client, timeout: float = 30.0) -> None:

@@ -10,13 +10,14 @@ ignores unknown keys silently) and otherwise ignored.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import random
 import re
 import uuid as uuidlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from stubdom.toolstack.config import DiskSpec, GuestConfig, RdmPolicy, VncConfig
@@ -186,14 +187,37 @@ def _spec(value: Value, exc: SpecError) -> ConfigError:
     return ConfigError.at(value.pos, str(exc))
 
 
+@dataclasses.dataclass
+class _Build:
+    """What every section of `configure` reads from and adds to: one section per concern
+    keeps each check next to the keys it judges."""
+
+    r: _Reader
+    cfg: GuestConfig
+    source: str
+    rng: random.Random | None
+
+
 def configure(
     settings: Settings, source: str = "<config>", rng: random.Random | None = None
 ) -> GuestConfig:
     """Build the guest's configuration from parsed settings (see the module doc); ``rng``
     draws the MACs of vifs without ``mac=`` (reproducible in tests)."""
     r = _Reader(settings)
+    _check_domain_type(r, source)
+    b = _Build(r, _identity(r, source), source, rng)
+    # In xl's order: which of two bad keys is reported depends on it.
+    for section in _SECTIONS:
+        section(b)
+    _note_unused(r)
+    return b.cfg
 
-    # -- domain type and identity --------------------------------------------------------
+
+# -- domain type and identity ----------------------------------------------------------------
+
+
+def _check_domain_type(r: _Reader, source: str) -> None:
+    """Only an HVM guest has a qemu-xen-traditional stubdomain; say so in xl's terms."""
     dtype = r.string("type")
     if dtype is not None and dtype != "hvm":
         raise r.error(
@@ -202,21 +226,40 @@ def configure(
         )
     builder = r.string("builder")
     if builder is not None:
-        if builder not in ("hvm", "generic"):
-            raise r.error("builder", f"invalid domain type {clip(builder)} for `builder'")
-        if builder != "hvm":
-            if dtype is not None:
-                raise r.error("builder", 'contradicting "builder" and "type" options')
-            raise r.error(
-                "builder",
-                'builder = "generic" is a PV guest: only "hvm" guests have a '
-                "qemu-xen-traditional stubdomain",
-            )
+        _check_builder(r, builder, dtype)
     if dtype is None and builder is None:
         raise ConfigError(
             source, 1, 1, 'type = "hvm" is required (xl would build a PV guest without it)'
         )
 
+
+def _check_builder(r: _Reader, builder: str, dtype: str | None) -> None:
+    """``builder=`` is xl's older spelling of ``type=``."""
+    if builder not in ("hvm", "generic"):
+        raise r.error("builder", f"invalid domain type {clip(builder)} for `builder'")
+    if builder != "hvm":
+        if dtype is not None:
+            raise r.error("builder", 'contradicting "builder" and "type" options')
+        raise r.error(
+            "builder",
+            'builder = "generic" is a PV guest: only "hvm" guests have a '
+            "qemu-xen-traditional stubdomain",
+        )
+
+
+def _identity(r: _Reader, source: str) -> GuestConfig:
+    """The configuration started from its name and uuid, the two things naming the guest."""
+    cfg = GuestConfig(name=_name(r, source), source=source)
+    u = r.string("uuid")
+    if u is not None:
+        try:
+            cfg.uuid = str(uuidlib.UUID(u))
+        except ValueError:
+            raise r.error("uuid", f"failed to parse UUID {clip(u)}") from None
+    return cfg
+
+
+def _name(r: _Reader, source: str) -> str:
     name = r.string("name")
     if not name:
         if r.has("name"):
@@ -229,16 +272,14 @@ def configure(
             source,
             name,
         )
-    cfg = GuestConfig(name=name, source=source)
+    return name
 
-    u = r.string("uuid")
-    if u is not None:
-        try:
-            cfg.uuid = str(uuidlib.UUID(u))
-        except ValueError:
-            raise r.error("uuid", f"failed to parse UUID {clip(u)}") from None
 
-    # -- memory and vcpus ----------------------------------------------------------------
+# -- memory and vcpus --------------------------------------------------------------------------
+
+
+def _memory(b: _Build) -> None:
+    r, cfg = b.r, b.cfg
     memory = r.integer("memory", minimum=1)
     if memory is not None:
         cfg.memory_mb = memory
@@ -247,6 +288,10 @@ def configure(
         if maxmem < cfg.memory_mb:
             raise r.error("maxmem", f"maxmem ({maxmem}) is below memory ({cfg.memory_mb})")
         cfg.maxmem_mb = maxmem
+
+
+def _vcpus(b: _Build) -> None:
+    r, cfg = b.r, b.cfg
     vcpus = r.integer("vcpus", minimum=1, maximum=HVM_MAX_VCPUS)
     if vcpus is not None:
         cfg.vcpus = vcpus
@@ -256,19 +301,30 @@ def configure(
             raise r.error("maxvcpus", f"maxvcpus ({maxvcpus}) < vcpus ({cfg.vcpus})")
         cfg.maxvcpus = maxvcpus
 
-    # -- device model ----------------------------------------------------------------------
+
+# -- device model ------------------------------------------------------------------------------
+
+
+def _device_model_version(b: _Build) -> None:
+    """Only qemu-xen-traditional runs in this toolstack's (Mini-OS) stubdomain."""
+    r = b.r
     dmv = r.string("device_model_version")
-    if dmv is not None:
-        if dmv == "qemu-xen":
-            raise r.error(
-                "device_model_version",
-                'device_model_version "qemu-xen" is not supported: this toolstack runs '
-                "only qemu-xen-traditional stubdomains (device_model_version = "
-                '"qemu-xen-traditional")',
-            )
-        if dmv != TRADITIONAL:
-            raise r.error("device_model_version", f"unknown device_model_version {clip(dmv)}")
-        cfg.device_model_version = dmv
+    if dmv is None:
+        return
+    if dmv == "qemu-xen":
+        raise r.error(
+            "device_model_version",
+            'device_model_version "qemu-xen" is not supported: this toolstack runs '
+            "only qemu-xen-traditional stubdomains (device_model_version = "
+            '"qemu-xen-traditional")',
+        )
+    if dmv != TRADITIONAL:
+        raise r.error("device_model_version", f"unknown device_model_version {clip(dmv)}")
+    b.cfg.device_model_version = dmv
+
+
+def _stubdomain(b: _Build) -> None:
+    r, cfg = b.r, b.cfg
     stub = r.boolean("device_model_stubdomain_override")
     if stub is False:
         raise r.error(
@@ -283,8 +339,13 @@ def configure(
     cmdline = r.string("stubdomain_cmdline")
     if cmdline is not None:
         cfg.stubdomain_cmdline = cmdline
+
+
+def _device_model_args(b: _Build) -> None:
+    """Extra dmargs are kept as given, with a warning for an item the stubdomain's
+    blank-splitting will not pass on whole."""
     for key in ("device_model_args", "device_model_args_hvm"):
-        args = r.string_list(key)
+        args = b.r.string_list(key)
         if args is None:
             continue
         for a in args:
@@ -292,11 +353,17 @@ def configure(
                 log.warning(
                     "%s: %s item %r will not reach the stubdomain as one argument "
                     "(dmargs are split on blanks)",
-                    source,
+                    b.source,
                     key,
                     a,
                 )
-        setattr(cfg, key, args)
+        setattr(b.cfg, key, args)
+
+
+def _firmware(b: _Build) -> None:
+    """What qemu-xen-traditional cannot do: a restricted device model, a direct kernel
+    boot, a BIOS other than ROMBIOS."""
+    r = b.r
     if r.boolean("dm_restrict"):
         raise r.error("dm_restrict", "dm_restrict is not supported with qemu-xen-traditional")
     kernel = r.string("kernel")
@@ -305,14 +372,18 @@ def configure(
             "kernel",
             "HVM direct kernel boot (kernel=) is not supported with qemu-xen-traditional",
         )
-
     bios = r.choice("bios", BIOSES)
     if bios is not None:
         if bios != "rombios":
             raise r.error("bios", f'qemu-xen-traditional requires bios=rombios (bios = "{bios}")')
-        cfg.bios = bios
+        b.cfg.bios = bios
 
-    # -- display -----------------------------------------------------------------------------
+
+# -- display -----------------------------------------------------------------------------------
+
+
+def _vnc(b: _Build) -> None:
+    r = b.r
     vnc = VncConfig()
     enabled = r.boolean("vnc")
     if enabled is not None:
@@ -331,7 +402,11 @@ def configure(
     vnc.password = passwd or None
     if listen is not None and ":" in listen and vnc.display:
         raise r.error("vncdisplay", "display specified both in vnclisten and vncdisplay")
-    cfg.vnc = vnc
+    b.cfg.vnc = vnc
+
+
+def _other_displays(b: _Build) -> None:
+    r, cfg = b.r, b.cfg
     cfg.sdl = bool(r.boolean("sdl"))
     cfg.opengl = bool(r.boolean("opengl"))
     cfg.nographic = bool(r.boolean("nographic"))
@@ -340,6 +415,10 @@ def configure(
     if r.boolean("spice"):
         raise r.error("spice", "spice is not supported with qemu-xen-traditional")
 
+
+def _vga(b: _Build) -> None:
+    """``vga=``, else the older ``stdvga=`` boolean."""
+    r, cfg = b.r, b.cfg
     vga = r.choice("vga", VGAS)
     if vga is not None:
         if vga == "qxl":
@@ -349,22 +428,33 @@ def configure(
         stdvga = r.boolean("stdvga")
         if stdvga is not None:
             cfg.vga = "stdvga" if stdvga else "cirrus"
-    videoram = r.integer("videoram", minimum=0)
-    if videoram is not None:
-        if cfg.vga == "stdvga" and videoram < 8:
-            raise r.error(
-                "videoram",
-                f"videoram must be at least 8 MB for stdvga on qemu-xen-traditional "
-                f"(videoram = {videoram})",
-            )
-        if cfg.vga == "cirrus" and videoram != 4:
-            log.warning(
-                "%s: ignoring videoram other than 4 MB for cirrus on qemu-xen-traditional",
-                source,
-            )
-        cfg.videoram_mb = videoram
 
-    # -- other emulated devices ------------------------------------------------------------
+
+def _videoram(b: _Build) -> None:
+    """Judged against the card chosen by `_vga`, as libxl does."""
+    r, cfg = b.r, b.cfg
+    videoram = r.integer("videoram", minimum=0)
+    if videoram is None:
+        return
+    if cfg.vga == "stdvga" and videoram < 8:
+        raise r.error(
+            "videoram",
+            f"videoram must be at least 8 MB for stdvga on qemu-xen-traditional "
+            f"(videoram = {videoram})",
+        )
+    if cfg.vga == "cirrus" and videoram != 4:
+        log.warning(
+            "%s: ignoring videoram other than 4 MB for cirrus on qemu-xen-traditional",
+            b.source,
+        )
+    cfg.videoram_mb = videoram
+
+
+# -- other emulated devices --------------------------------------------------------------------
+
+
+def _usb(b: _Build) -> None:
+    r, cfg = b.r, b.cfg
     cfg.usb = bool(r.boolean("usb"))
     usbdevice = r.string_or_list("usbdevice")
     if usbdevice is not None:
@@ -373,14 +463,23 @@ def configure(
             if problem is not None:
                 raise ConfigError.at(v.pos, f"`usbdevice' value {clip(v.text)} {problem}")
         cfg.usbdevice = [v.text for v in usbdevice]
+
+
+def _sound_and_passthrough(b: _Build) -> None:
+    r, cfg = b.r, b.cfg
     soundhw = r.string("soundhw")
     cfg.soundhw = _dm_word(r, "soundhw", soundhw) if soundhw is not None else None
     if r.has("gfx_passthru"):
         s = r.settings["gfx_passthru"]
+        # xl takes a kind name as well as a boolean.
         if not s.value.is_list and strtol(s.value.text) is None:
             cfg.gfx_passthru = r.choice("gfx_passthru", GFX_PASSTHRU_KINDS) is not None
         else:
             cfg.gfx_passthru = bool(r.boolean("gfx_passthru"))
+
+
+def _platform(b: _Build) -> None:
+    r, cfg = b.r, b.cfg
     acpi = r.boolean("acpi")
     if acpi is not None:
         cfg.acpi = acpi
@@ -396,6 +495,9 @@ def configure(
     if timeoffset is not None:
         cfg.timeoffset = timeoffset
 
+
+def _serial(b: _Build) -> None:
+    r = b.r
     serial = r.string_or_list("serial")
     serial_list = r.items("serial_list")
     if serial is not None and serial_list is not None:
@@ -404,52 +506,92 @@ def configure(
             "serial and serial_list are both set; libxl accepts only one of them",
         )
     for v in serial or serial_list or []:
-        try:
-            cfg.serial.append(parse_serial(v.text))
-        except SpecError as e:
-            raise _spec(v, e) from None
+        with _spec_errors_at(v):
+            b.cfg.serial.append(parse_serial(v.text))
 
-    # -- devices -----------------------------------------------------------------------------
-    for v in r.items("disk") or []:
-        try:
-            cfg.disks.append(parse_disk(v.text))
-        except SpecError as e:
-            raise _spec(v, e) from None
-    for devid, v in enumerate(r.items("vif") or []):
-        try:
-            cfg.nics.append(parse_vif(v.text, devid, rng))
-        except SpecError as e:
-            raise _spec(v, e) from None
+
+# -- devices -----------------------------------------------------------------------------------
+
+
+def _disks(b: _Build) -> None:
+    for v in b.r.items("disk") or []:
+        with _spec_errors_at(v):
+            b.cfg.disks.append(parse_disk(v.text))
+
+
+def _vifs(b: _Build) -> None:
+    for devid, v in enumerate(b.r.items("vif") or []):
+        with _spec_errors_at(v):
+            b.cfg.nics.append(parse_vif(v.text, devid, b.rng))
+
+
+def _pcis(b: _Build) -> None:
+    """``pci_<option>=`` are defaults for every ``pci=`` item; passthrough rules out PoD."""
+    r, cfg = b.r, b.cfg
     pci_defaults = {
         key: bool(r.boolean(f"pci_{key}"))
         for key in ("msitranslate", "power_mgmt", "permissive", "seize")
     }
     for v in r.items("pci") or []:
-        try:
+        with _spec_errors_at(v):
             cfg.pcis.append(parse_pci(v.text, rdm_policy=RdmPolicy.RELAXED, **pci_defaults))
-        except SpecError as e:
-            raise _spec(v, e) from None
     if cfg.pcis and cfg.maxmem_mb is not None and cfg.maxmem_mb > cfg.memory_mb:
         raise r.error(
             "maxmem",
             "PCI device assignment for an HVM guest fails with PoD enabled "
             f"(maxmem {cfg.maxmem_mb} > memory {cfg.memory_mb})",
         )
-    _check_unique_vdevs(cfg, r)
-    _check_unique_devids(cfg, r)
 
-    # -- lifecycle ---------------------------------------------------------------------------
+
+def _unique_devices(b: _Build) -> None:
+    _check_unique_vdevs(b.cfg, b.r)
+    _check_unique_devids(b.cfg, b.r)
+
+
+# -- lifecycle ---------------------------------------------------------------------------------
+
+
+def _lifecycle(b: _Build) -> None:
     for key in ("on_poweroff", "on_reboot", "on_crash", "on_watchdog", "on_soft_reset"):
-        action = r.string(key)
+        action = b.r.string(key)
         if action is None:
             continue
         if action not in SHUTDOWN_ACTIONS:
-            raise r.error(key, f"unknown {key} action {clip(action)}")
-        if hasattr(cfg, key):
-            setattr(cfg, key, action)
+            raise b.r.error(key, f"unknown {key} action {clip(action)}")
+        if hasattr(b.cfg, key):
+            setattr(b.cfg, key, action)
 
-    # -- the rest -----------------------------------------------------------------------------
-    for key, setting in settings.items():
+
+_SECTIONS: tuple[Callable[[_Build], None], ...] = (
+    _memory,
+    _vcpus,
+    _device_model_version,
+    _stubdomain,
+    _device_model_args,
+    _firmware,
+    _vnc,
+    _other_displays,
+    _vga,
+    _videoram,
+    _usb,
+    _sound_and_passthrough,
+    _platform,
+    _serial,
+    _disks,
+    _vifs,
+    _pcis,
+    _unique_devices,
+    _lifecycle,
+)
+
+
+# -- the rest ----------------------------------------------------------------------------------
+
+
+def _note_unused(r: _Reader) -> None:
+    """xl ignores unknown keys silently; say which ones, louder for those a user may expect
+    to matter."""
+    for key, setting in r.settings.items():
         if key in r.used:
             continue
         note = _IGNORED_WITH_NOTE.get(key)
@@ -457,7 +599,15 @@ def configure(
             log.warning("%s: `%s' ignored: %s", setting.pos, key, note)
         else:
             log.info("%s: `%s' is not used by this toolstack; ignored", setting.pos, key)
-    return cfg
+
+
+@contextlib.contextmanager
+def _spec_errors_at(value: Value) -> Iterator[None]:
+    """A specs parser's `SpecError` as a `ConfigError` pointing at the item it judged."""
+    try:
+        yield
+    except SpecError as e:
+        raise _spec(value, e) from None
 
 
 #: The stubdomain's pvqemu logs to ``qemu-dm-<name>-dm.log``, which must be a file name.

@@ -44,12 +44,36 @@ def vcpu_avail_hex(vcpus: int, max_vcpus: int) -> str:
 
 def build_dm_argv(cfg: GuestConfig, domid: int, saved_state: str | None = None) -> list[str]:
     """The qemu-trad argv for guest ``domid`` (argv[0] is ``stubdom-dm``)."""
+    _check_vcpus(cfg)
+    argv = [DM_ARGV0, "-d", str(domid), "-domain-name", cfg.name]
+    argv += _display_args(cfg)
+    for spec in cfg.serial:
+        argv += ["-serial", spec]
+    argv += _video_args(cfg)
+    argv += _platform_args(cfg)
+    argv += _nic_args(cfg, domid)
+    if cfg.gfx_passthru:
+        argv.append("-gfx_passthru")
+    if saved_state:
+        argv += ["-loadvm", saved_state]
+    argv += cfg.device_model_args
+    argv += ["-M", "xenfv"]
+    argv += cfg.device_model_args_hvm
+    return argv
+
+
+def _check_vcpus(cfg: GuestConfig) -> None:
     if not 1 <= cfg.vcpus <= cfg.max_vcpus <= HVM_MAX_VCPUS:
         raise DmArgsError(
             f"{cfg.source}: vcpus {cfg.vcpus} and maxvcpus {cfg.max_vcpus}: qemu-xen-traditional "
             f"needs 1 <= vcpus <= maxvcpus <= {HVM_MAX_VCPUS}"
         )
-    argv = [DM_ARGV0, "-d", str(domid), "-domain-name", cfg.name]
+
+
+def _display_args(cfg: GuestConfig) -> list[str]:
+    """VNC, else SDL, else ``-nographic``. (libxl adds ``-nographic`` a second time for
+    ``nographic=1`` without VNC or SDL, after the serial ports; once is enough.)"""
+    argv: list[str] = []
     if cfg.vnc.enabled:
         argv += ["-vnc", vnc_argument(cfg)]
         if cfg.vnc.findunused:
@@ -62,10 +86,11 @@ def build_dm_argv(cfg: GuestConfig, domid: int, saved_state: str | None = None) 
             argv.append("-disable-opengl")
     if cfg.keymap:
         argv += ["-k", cfg.keymap]
-    for spec in cfg.serial:
-        argv += ["-serial", spec]
-    if cfg.nographic and not cfg.vnc.enabled and not cfg.sdl and "-nographic" not in argv:
-        argv.append("-nographic")
+    return argv
+
+
+def _video_args(cfg: GuestConfig) -> list[str]:
+    argv: list[str] = []
     if cfg.video_memkb:
         argv += ["-videoram", str(cfg.video_memkb // 1024)]
     if cfg.vga == "stdvga":
@@ -77,6 +102,12 @@ def build_dm_argv(cfg: GuestConfig, domid: int, saved_state: str | None = None) 
             f"{cfg.source}: emulated video card {cfg.vga!r} is not supported by "
             "qemu-xen-traditional; use stdvga, cirrus or none"
         )
+    return argv
+
+
+def _platform_args(cfg: GuestConfig) -> list[str]:
+    """Boot order, USB, sound, ACPI and the vcpus."""
+    argv: list[str] = []
     if cfg.boot:
         argv += ["-boot", cfg.boot]
     if cfg.usb or cfg.usbdevice:
@@ -90,6 +121,12 @@ def build_dm_argv(cfg: GuestConfig, domid: int, saved_state: str | None = None) 
     if cfg.max_vcpus > 1:
         argv += ["-vcpus", str(cfg.max_vcpus)]
     argv += ["-vcpu_avail", vcpu_avail_hex(cfg.vcpus, cfg.max_vcpus)]
+    return argv
+
+
+def _nic_args(cfg: GuestConfig, domid: int) -> list[str]:
+    """An emulated NIC and its tap per ioemu vif; ``-net none`` when there is none."""
+    argv: list[str] = []
     ioemu = [nic for nic in cfg.nics if nic.type is NicType.IOEMU]
     for nic in ioemu:
         ifname = f"{nic.ifname}-emu" if nic.ifname else f"vif{domid}.{nic.devid}-emu"
@@ -101,11 +138,4 @@ def build_dm_argv(cfg: GuestConfig, domid: int, saved_state: str | None = None) 
         ]
     if not ioemu:
         argv += ["-net", "none"]
-    if cfg.gfx_passthru:
-        argv.append("-gfx_passthru")
-    if saved_state:
-        argv += ["-loadvm", saved_state]
-    argv += cfg.device_model_args
-    argv += ["-M", "xenfv"]
-    argv += cfg.device_model_args_hvm
     return argv

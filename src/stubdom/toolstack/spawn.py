@@ -92,11 +92,6 @@ class Created:
     stub_uuid: str
 
 
-def default_stubdom_kernel() -> str | None:
-    """The project's device-model agent: beside this interpreter, else on PATH."""
-    return find_program(AGENT)
-
-
 def stubdom_kernel(configured: str | None) -> str:
     """The stubdomain's kernel: ``stubdomain_kernel`` as a path, or a bare name (no
     ``/``, such as ``stubdom-minios``) looked up as the default agent is; the agent
@@ -153,146 +148,21 @@ class StubdomSpawner:
         """Create the guest and its stubdomain; ``restore_state`` is a saved device-model
         state to resume from (``-loadvm``, fed through console 2)."""
         self.paths.ensure()
-        made: list[tuple[int, str]] = []
+        c = _Creation(self, cfg, paused, restore_state, attach_pcis)
         step = "starting"
         try:
-            step = "checking the guest's disks"
-            check_disks(cfg)
-            step = "creating the guest domain"
-            guest = await self.hv.create_domain(
-                DomainConfig(
-                    name=cfg.name,
-                    hvm=True,
-                    uuid=cfg.uuid,
-                    max_vcpus=cfg.max_vcpus,
-                    max_memkb=cfg.max_memkb,
-                    domid=cfg.domid,
-                )
-            )
-            made.append((guest, cfg.uuid))
-            restore_file = self.paths.restore_file(guest) if restore_state is not None else None
-            if restore_file is not None and restore_state is not None:
-                step = "writing the saved device-model state"
-                if isinstance(restore_state, StagedFile):
-                    os.replace(restore_state.path, restore_file)
-                else:
-                    fd = os.open(restore_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                    with os.fdopen(fd, "wb") as f:
-                        f.write(restore_state)
-            step = "writing the guest's xenstore records"
-            grec = DomainRecord(
-                guest,
-                cfg.name,
-                cfg.uuid,
-                hvm=True,
-                max_memkb=cfg.max_memkb,
-                target_memkb=cfg.memkb,
-                vcpus=cfg.vcpus,
-                max_vcpus=cfg.max_vcpus,
-                platformdata={"device-model": proto.DM_VERSION_TRADITIONAL},
-            )
-            await make_domain(self.xs, grec)
-            await self.xs.write(proto.timeoffset_path(grec.vm_path), cfg.timeoffset)
-            step = "building the guest"
-            await self.hv.build_hvm(guest, cfg.memkb, cfg.vcpus)
-            await introduce_domain(self.xs, grec)
-            step = "attaching the guest's disks"
-            for disk in cfg.disks:
-                await devices.add_device(self.xs, guest, _vbd(disk))
-
-            step = "creating the stubdomain"
-            stub_name = proto.stubdom_name(cfg.name)
-            stub_uuid = str(uuidlib.uuid4())
-            stub = await self.hv.create_domain(
-                DomainConfig(
-                    name=stub_name,
-                    hvm=False,
-                    uuid=stub_uuid,
-                    max_vcpus=proto.STUBDOM_VCPUS,
-                    max_memkb=cfg.stubdomain_memkb,
-                )
-            )
-            made.append((stub, stub_uuid))
-            srec = DomainRecord(
-                stub,
-                stub_name,
-                stub_uuid,
-                max_memkb=cfg.stubdomain_memkb,
-                vcpus=proto.STUBDOM_VCPUS,
-            )
-            await make_domain(self.xs, srec)
-            step = "building the stubdomain"
-            kernel = stubdom_kernel(cfg.stubdomain_kernel)
-            await self.hv.build_pv(stub, kernel, cfg.stubdomain_cmdline)
-            await introduce_domain(self.xs, srec)
-
-            step = "writing the device model's setup"
-            saved = str(restore_file) if restore_file is not None else None
-            argv = build_dm_argv(cfg, guest, saved_state=saved)
-            await self.xs.write(proto.dm_version_path(guest), proto.DM_VERSION_TRADITIONAL)
-            await self._write_dmargs(grec.vm_path, stub, proto.encode_dmargs(argv))
-            # Back to back (a failure fails the create, whose undo removes all three).
-            await pipelined(
-                self.xs.write(proto.device_model_domid_path(guest), str(stub)),
-                self.xs.write(proto.target_path(stub), str(guest)),
-                self.xs.write(proto.allow_memory_relocate_path(guest), "1"),
-            )
-            step = "giving the stubdomain its target"
-            await self.hv.set_target(stub, guest)
-            await self.xs.set_target(stub, guest)
-            await self._make_dm_dir(stub, guest)
-
-            step = "attaching the stubdomain's disks"
-            for disk in cfg.disks:
-                ref = await devices.add_device(self.xs, stub, _vbd(disk))
-                await devices.wait_device_connection(self.xs, ref)
-            step = "adding the stubdomain's framebuffer, keyboard and consoles"
-            if cfg.graphics:
-                await devices.add_device(
-                    self.xs,
-                    stub,
-                    devices.Vfb(
-                        vnc=cfg.vnc.enabled,
-                        vnclisten=cfg.vnc.listen,
-                        vncdisplay=cfg.vnc.display,
-                        vncunused=cfg.vnc.findunused,
-                        sdl=cfg.sdl,
-                    ),
-                )
-                await devices.add_device(self.xs, stub, devices.Vkbd())
-            await self._add_consoles(cfg, guest, stub, restore_file)
-            step = "attaching the stubdomain's nics"
-            for nic in cfg.nics:
-                ref = await devices.add_device(
-                    self.xs,
-                    stub,
-                    devices.Vif(
-                        handle=nic.devid,
-                        mac=nic.mac,
-                        bridge=nic.bridge,
-                        ifname=f"{nic.ifname}-emu" if nic.ifname else None,
-                    ),
-                )
-                await devices.wait_device_connection(self.xs, ref)
-
-            step = "starting the stubdomain"
-            await self.hv.unpause(stub)
-            step = "waiting for the device model to report running"
-            await self.wait_running(stub, guest, self.start_timeout)
-            if attach_pcis is not None and cfg.pcis:
-                step = "attaching the guest's PCI devices"
-                await attach_pcis(guest, stub)
-            if not paused:
-                step = "unpausing the guest"
-                await self.hv.unpause(guest)
-            return Created(guest, stub, cfg.uuid, stub_uuid)
+            for s in _STEPS:
+                if s.when(c):
+                    step = s.name
+                    await s.run(c)
+            return Created(c.guest, c.stub, cfg.uuid, c.stub_uuid)
         except Exception as e:  # every failure is reported with its step
             reason = str(e) or f"no answer in time ({type(e).__name__})"
             log.info("creating %s failed while %s: %s", cfg.name, step, reason)
-            await self._undo(made)
+            await self._undo(c.made)
             raise CreateError(cfg.name, step, reason) from e
         except BaseException:
-            await self._undo(made)
+            await self._undo(c.made)
             raise
 
     async def _write_dmargs(self, vm_path: str, stub: int, dmargs: str) -> None:
@@ -339,6 +209,235 @@ class StubdomSpawner:
         """Remove every domain made so far, newest first, with its nodes and files."""
         for domid, uuid in reversed(made):
             await destroy_domain(self.hv, self.xs, domid, uuid, self.paths)
+
+
+class _Creation:
+    """One `StubdomSpawner.create` under way: what was asked, and what its steps have
+    made so far for the later steps (``made``: the domains a failure removes)."""
+
+    # Each set by the step that makes it; a later step may rely on it.
+    guest: int
+    guest_rec: DomainRecord
+    stub: int
+    stub_uuid: str
+    stub_rec: DomainRecord
+
+    def __init__(
+        self,
+        sp: StubdomSpawner,
+        cfg: GuestConfig,
+        paused: bool,
+        restore_state: BytesLike | StagedFile | None,
+        attach_pcis: Callable[[int, int], Awaitable[None]] | None,
+    ) -> None:
+        self.sp = sp
+        self.cfg = cfg
+        self.paused = paused
+        self.restore_state = restore_state
+        self.attach_pcis = attach_pcis
+        self.made: list[tuple[int, str]] = []
+
+    @property
+    def restore_file(self) -> Path | None:
+        """Where console 2 reads the saved state from, when restoring."""
+        if self.restore_state is None:
+            return None
+        return self.sp.paths.restore_file(self.guest)
+
+    # -- when a step applies ---------------------------------------------------------------
+
+    def restoring(self) -> bool:
+        return self.restore_state is not None
+
+    def has_pcis_to_attach(self) -> bool:
+        return self.attach_pcis is not None and bool(self.cfg.pcis)
+
+    def unpausing(self) -> bool:
+        return not self.paused
+
+    # -- the steps ---------------------------------------------------------------------------
+
+    async def check_disks(self) -> None:
+        check_disks(self.cfg)
+
+    async def create_guest(self) -> None:
+        cfg = self.cfg
+        self.guest = await self.sp.hv.create_domain(
+            DomainConfig(
+                name=cfg.name,
+                hvm=True,
+                uuid=cfg.uuid,
+                max_vcpus=cfg.max_vcpus,
+                max_memkb=cfg.max_memkb,
+                domid=cfg.domid,
+            )
+        )
+        self.made.append((self.guest, cfg.uuid))
+
+    async def write_saved_state(self) -> None:
+        restore_file, state = self.restore_file, self.restore_state
+        assert restore_file is not None and state is not None  # see `restoring`
+        if isinstance(state, StagedFile):
+            os.replace(state.path, restore_file)
+        else:
+            fd = os.open(restore_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(state)
+
+    async def write_guest_records(self) -> None:
+        cfg = self.cfg
+        self.guest_rec = DomainRecord(
+            self.guest,
+            cfg.name,
+            cfg.uuid,
+            hvm=True,
+            max_memkb=cfg.max_memkb,
+            target_memkb=cfg.memkb,
+            vcpus=cfg.vcpus,
+            max_vcpus=cfg.max_vcpus,
+            platformdata={"device-model": proto.DM_VERSION_TRADITIONAL},
+        )
+        await make_domain(self.sp.xs, self.guest_rec)
+        await self.sp.xs.write(proto.timeoffset_path(self.guest_rec.vm_path), cfg.timeoffset)
+
+    async def build_guest(self) -> None:
+        await self.sp.hv.build_hvm(self.guest, self.cfg.memkb, self.cfg.vcpus)
+        await introduce_domain(self.sp.xs, self.guest_rec)
+
+    async def attach_guest_disks(self) -> None:
+        for disk in self.cfg.disks:
+            await devices.add_device(self.sp.xs, self.guest, _vbd(disk))
+
+    async def create_stubdomain(self) -> None:
+        cfg = self.cfg
+        stub_name = proto.stubdom_name(cfg.name)
+        self.stub_uuid = str(uuidlib.uuid4())
+        self.stub = await self.sp.hv.create_domain(
+            DomainConfig(
+                name=stub_name,
+                hvm=False,
+                uuid=self.stub_uuid,
+                max_vcpus=proto.STUBDOM_VCPUS,
+                max_memkb=cfg.stubdomain_memkb,
+            )
+        )
+        self.made.append((self.stub, self.stub_uuid))
+        self.stub_rec = DomainRecord(
+            self.stub,
+            stub_name,
+            self.stub_uuid,
+            max_memkb=cfg.stubdomain_memkb,
+            vcpus=proto.STUBDOM_VCPUS,
+        )
+        await make_domain(self.sp.xs, self.stub_rec)
+
+    async def build_stubdomain(self) -> None:
+        kernel = stubdom_kernel(self.cfg.stubdomain_kernel)
+        await self.sp.hv.build_pv(self.stub, kernel, self.cfg.stubdomain_cmdline)
+        await introduce_domain(self.sp.xs, self.stub_rec)
+
+    async def write_dm_setup(self) -> None:
+        sp, guest, stub = self.sp, self.guest, self.stub
+        saved = str(self.restore_file) if self.restore_file is not None else None
+        argv = build_dm_argv(self.cfg, guest, saved_state=saved)
+        await sp.xs.write(proto.dm_version_path(guest), proto.DM_VERSION_TRADITIONAL)
+        await sp._write_dmargs(self.guest_rec.vm_path, stub, proto.encode_dmargs(argv))
+        # Back to back (a failure fails the create, whose undo removes all three).
+        await pipelined(
+            sp.xs.write(proto.device_model_domid_path(guest), str(stub)),
+            sp.xs.write(proto.target_path(stub), str(guest)),
+            sp.xs.write(proto.allow_memory_relocate_path(guest), "1"),
+        )
+
+    async def give_target(self) -> None:
+        await self.sp.hv.set_target(self.stub, self.guest)
+        await self.sp.xs.set_target(self.stub, self.guest)
+        await self.sp._make_dm_dir(self.stub, self.guest)
+
+    async def attach_stubdomain_disks(self) -> None:
+        for disk in self.cfg.disks:
+            ref = await devices.add_device(self.sp.xs, self.stub, _vbd(disk))
+            await devices.wait_device_connection(self.sp.xs, ref)
+
+    async def add_display_and_consoles(self) -> None:
+        cfg, xs = self.cfg, self.sp.xs
+        if cfg.graphics:
+            vfb = devices.Vfb(
+                vnc=cfg.vnc.enabled,
+                vnclisten=cfg.vnc.listen,
+                vncdisplay=cfg.vnc.display,
+                vncunused=cfg.vnc.findunused,
+                sdl=cfg.sdl,
+            )
+            await devices.add_device(xs, self.stub, vfb)
+            await devices.add_device(xs, self.stub, devices.Vkbd())
+        await self.sp._add_consoles(cfg, self.guest, self.stub, self.restore_file)
+
+    async def attach_stubdomain_nics(self) -> None:
+        for nic in self.cfg.nics:
+            vif = devices.Vif(
+                handle=nic.devid,
+                mac=nic.mac,
+                bridge=nic.bridge,
+                ifname=f"{nic.ifname}-emu" if nic.ifname else None,
+            )
+            ref = await devices.add_device(self.sp.xs, self.stub, vif)
+            await devices.wait_device_connection(self.sp.xs, ref)
+
+    async def start_stubdomain(self) -> None:
+        await self.sp.hv.unpause(self.stub)
+
+    async def wait_running(self) -> None:
+        await self.sp.wait_running(self.stub, self.guest, self.sp.start_timeout)
+
+    async def attach_guest_pcis(self) -> None:
+        assert self.attach_pcis is not None  # see `has_pcis_to_attach`
+        await self.attach_pcis(self.guest, self.stub)
+
+    async def unpause_guest(self) -> None:
+        await self.sp.hv.unpause(self.guest)
+
+
+def _always(c: _Creation) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class _Step:
+    """A step of the creation: ``name`` completes "failed while …" in its error."""
+
+    name: str
+    run: Callable[[_Creation], Awaitable[None]]
+    when: Callable[[_Creation], bool] = _always
+
+
+#: ``libxl__spawn_stub_dm``'s order (docs/protocol.md#setup-order).
+_STEPS: tuple[_Step, ...] = (
+    _Step("checking the guest's disks", _Creation.check_disks),
+    _Step("creating the guest domain", _Creation.create_guest),
+    _Step("writing the saved device-model state", _Creation.write_saved_state, _Creation.restoring),
+    _Step("writing the guest's xenstore records", _Creation.write_guest_records),
+    _Step("building the guest", _Creation.build_guest),
+    _Step("attaching the guest's disks", _Creation.attach_guest_disks),
+    _Step("creating the stubdomain", _Creation.create_stubdomain),
+    _Step("building the stubdomain", _Creation.build_stubdomain),
+    _Step("writing the device model's setup", _Creation.write_dm_setup),
+    _Step("giving the stubdomain its target", _Creation.give_target),
+    _Step("attaching the stubdomain's disks", _Creation.attach_stubdomain_disks),
+    _Step(
+        "adding the stubdomain's framebuffer, keyboard and consoles",
+        _Creation.add_display_and_consoles,
+    ),
+    _Step("attaching the stubdomain's nics", _Creation.attach_stubdomain_nics),
+    _Step("starting the stubdomain", _Creation.start_stubdomain),
+    _Step("waiting for the device model to report running", _Creation.wait_running),
+    _Step(
+        "attaching the guest's PCI devices",
+        _Creation.attach_guest_pcis,
+        _Creation.has_pcis_to_attach,
+    ),
+    _Step("unpausing the guest", _Creation.unpause_guest, _Creation.unpausing),
+)
 
 
 def _vbd(disk: DiskSpec) -> devices.Vbd:

@@ -79,6 +79,22 @@ _SCRIPT_PREFIX = re.compile(r"(iscsi|e?nbd|drbd):")
 _IGNORED_PREFIX = re.compile(r"(tapdisk|tap2?|aio|ioemu|file|phy):")
 _UNKNOWN_PREFIX = re.compile(r"[a-z][a-z0-9]*:(?![a-z0-9])")
 _UNKNOWN_KEY = re.compile(r"[a-z][-a-z0-9]*\Z")
+#: Keys whose value is a string that may be given once (libxlu's savestring).
+_SAVED_KEYS = ("backend", "vdev", "script")
+#: Keys with a fixed set of values, and how an unknown value's message lists them.
+_CHOSEN_KEYS: dict[str, tuple[tuple[str, ...], str]] = {
+    "backendtype": (_BACKENDTYPES, ""),
+    "specification": (_SPECIFICATIONS, " (xen or virtio)"),
+}
+#: Words without ``=``, and the attribute each sets.
+_FLAG_WORDS: dict[str, tuple[str, bool]] = {
+    "cdrom": ("cdrom", True),
+    "direct-io-safe": ("direct_io_safe", True),
+    "discard": ("discard", True),
+    "no-discard": ("discard", False),
+    "trusted": ("trusted", True),
+    "untrusted": ("trusted", False),
+}
 
 
 class _Disk:
@@ -140,33 +156,32 @@ class _Disk:
             raise self.err("unknown deprecated type (cdrom or disk)", devtype)
         return True
 
+    def set_devtype(self, value: str, token: str) -> None:
+        if value not in ("cdrom", "disk"):
+            raise self.err("unknown value for type (cdrom or disk)", token)
+        self.cdrom = value == "cdrom"
+
+    def choose(self, key: str, value: str) -> str:
+        """A value from a fixed set: saying it again is fine, changing it is not."""
+        allowed, hint = _CHOSEN_KEYS[key]
+        if value not in allowed:
+            raise self.err(f"unknown value for {key}{hint}", value)
+        current = getattr(self, key)
+        if current is not None and current != value:
+            raise self.err(f"{key} respecified", value)
+        return value
+
     def keyword(self, key: str, value: str, token: str) -> None:
         if key == "format":
             self.set_format(value)
         elif key == "devtype":
-            if value not in ("cdrom", "disk"):
-                raise self.err("unknown value for type (cdrom or disk)", token)
-            self.cdrom = value == "cdrom"
+            self.set_devtype(value, token)
         elif key == "access":
             self.set_access(value)
-        elif key == "backend":
-            self.backend = self.save("backend", self.backend, value)
-        elif key == "backendtype":
-            if value not in _BACKENDTYPES:
-                raise self.err("unknown value for backendtype", value)
-            if self.backendtype is not None and self.backendtype != value:
-                raise self.err("backendtype respecified", value)
-            self.backendtype = value
-        elif key == "specification":
-            if value not in _SPECIFICATIONS:
-                raise self.err("unknown value for specification (xen or virtio)", value)
-            if self.specification is not None and self.specification != value:
-                raise self.err("specification respecified", value)
-            self.specification = value
-        elif key == "vdev":
-            self.vdev = self.save("vdev", self.vdev, value)
-        elif key == "script":
-            self.script = self.save("script", self.script, value)
+        elif key in _SAVED_KEYS:
+            setattr(self, key, self.save(key, getattr(self, key), value))
+        elif key in _CHOSEN_KEYS:
+            setattr(self, key, self.choose(key, value))
         elif key == "grant_usage" and value in ("0", "1"):
             pass  # a Xen-on-virtio knob; nothing here uses it
         elif _UNKNOWN_KEY.match(key):
@@ -192,64 +207,53 @@ class _Disk:
             raise self.err("too many positional parameters", value)
 
     def parse(self) -> DiskSpec:
-        s = self.spec
-        i, n = 0, len(s)
-        while i < n:
-            while i < n and s[i] in " \t\n":
-                i += 1
-            if i >= n:
-                break
-            m = _FORMAT_PREFIX.match(s, i)
-            if m:
-                self.had_depr_prefix = True
-                self.set_format(m.group(1))
-                i = m.end()
+        s, i = self.spec, 0
+        while (i := _skip_blanks(s, i)) < len(s):
+            after_prefix = self.deprecated_prefix(i)
+            if after_prefix is not None:
+                i = after_prefix
                 continue
-            m = _SCRIPT_PREFIX.match(s, i)
-            if m:
-                self.had_depr_prefix = True
-                self.script = self.save("script", self.script, f"block-{m.group(1)}")
-                i = m.end()
-                continue
-            m = _IGNORED_PREFIX.match(s, i)
-            if m:
-                self.had_depr_prefix = True
-                i = m.end()
-                continue
-            if not s.startswith("target=", i):
-                m = _UNKNOWN_PREFIX.match(s, i)
-                if m:
-                    raise self.err("unknown deprecated disk prefix", m.group())
-            comma = s.find(",", i)
-            end = n if comma < 0 else comma
-            token = s[i:end]
-            nxt = n if comma < 0 else comma + 1
-            if token.startswith("target="):
+            if s.startswith("target=", i):
                 # The magic parameter: the rest of the string, commas and all.
                 rest = s[i + len("target=") :]
                 if rest.endswith(","):
                     rest = rest[:-1]
                 self.target = self.save("target", self.target, rest)
                 break
-            key, eq, value = token.partition("=")
-            if eq:
-                self.keyword(key, value, token)
-            elif token in ("cdrom",):
-                self.cdrom = True
-            elif token == "direct-io-safe":
-                self.direct_io_safe = True
-            elif token == "discard":
-                self.discard = True
-            elif token == "no-discard":
-                self.discard = False
-            elif token == "trusted":
-                self.trusted = True
-            elif token == "untrusted":
-                self.trusted = False
-            else:
-                self.positional(token)
-            i = nxt
+            m = _UNKNOWN_PREFIX.match(s, i)
+            if m:
+                raise self.err("unknown deprecated disk prefix", m.group())
+            token, i = _next_token(s, i)
+            self.word(token)
+        return self.result()
 
+    def deprecated_prefix(self, i: int) -> int | None:
+        """Where the spec goes on after a deprecated ``<prefix>:`` at ``i``; None if
+        there is none."""
+        s = self.spec
+        if m := _FORMAT_PREFIX.match(s, i):
+            self.set_format(m.group(1))
+        elif m := _SCRIPT_PREFIX.match(s, i):
+            self.script = self.save("script", self.script, f"block-{m.group(1)}")
+        elif not (m := _IGNORED_PREFIX.match(s, i)):
+            return None
+        self.had_depr_prefix = True
+        return m.end()
+
+    def word(self, token: str) -> None:
+        """A ``key=value``, a flag word or a positional parameter."""
+        key, eq, value = token.partition("=")
+        if eq:
+            self.keyword(key, value, token)
+        elif token in _FLAG_WORDS:
+            attr, on = _FLAG_WORDS[token]
+            setattr(self, attr, on)
+        else:
+            self.positional(token)
+
+    def result(self) -> DiskSpec:
+        """libxl's defaults for what the spec left out: a cdrom is read-only, and empty
+        without a target."""
         fmt = self.format or DiskFormat.RAW
         readwrite = self.readwrite
         if self.cdrom:
@@ -274,6 +278,20 @@ class _Disk:
             trusted=self.trusted,
             specification=self.specification or "xen",
         )
+
+
+def _skip_blanks(s: str, i: int) -> int:
+    while i < len(s) and s[i] in " \t\n":
+        i += 1
+    return i
+
+
+def _next_token(s: str, i: int) -> tuple[str, int]:
+    """The token at ``i`` up to the next comma, and where the one after it starts."""
+    comma = s.find(",", i)
+    if comma < 0:
+        return s[i:], len(s)
+    return s[i:comma], comma + 1
 
 
 def parse_disk(spec: str) -> DiskSpec:
@@ -315,13 +333,18 @@ def _uint(kind: str, spec: str, key: str, value: str) -> int:
 
 
 _VIF_IGNORED = {"rate", "accel", "gatewaydev", "forwarddev", "netdev", "vid", "vlan"}
+#: Keys whose value becomes a dmargs word, and the `NicSpec` field each sets.
+_VIF_WORDS = {"bridge": "bridge", "model": "model", "vifname": "ifname"}
+#: Keys set as given.
+_VIF_STRINGS = ("script", "ip", "backend")
+#: Keys with a number.
+_VIF_NUMBERS = ("mtu", "devid")
 
 
 def parse_vif(spec: str, devid: int, rng: random.Random | None = None) -> NicSpec:
     """One ``vif=`` item (comma-separated ``key=value``, every key optional; ``''`` is
     a NIC with all defaults). ``devid`` is its position unless ``devid=`` says otherwise;
     without ``mac=`` the MAC is random in 00:16:3e (``rng`` makes it reproducible)."""
-    mac: str | None = None
     nic = NicSpec(devid=devid, mac="")
     for raw in spec.split(","):
         token = raw.lstrip(" ")
@@ -332,44 +355,41 @@ def parse_vif(spec: str, devid: int, rng: random.Random | None = None) -> NicSpe
         key, eq, value = token.partition("=")
         if not eq:
             raise SpecError("vif", spec, f"`{_c(token)}' is not key=value")
-        if key == "mac":
-            try:
-                mac = parse_mac(value)
-            except ValueError:
-                raise SpecError(
-                    "vif", spec, f"invalid mac {clip(value)} (expected xx:xx:xx:xx:xx:xx, hex)"
-                ) from None
-        elif key in ("bridge", "model", "vifname") and (problem := dmargs_word_problem(value)):
-            raise SpecError("vif", spec, f"{key}={clip(value)} {problem}")
-        elif key == "bridge":
-            nic.bridge = value
-        elif key == "model":
-            nic.model = value
-        elif key == "type":
-            if value not in ("ioemu", "vif"):
-                raise SpecError(
-                    "vif", spec, f"invalid type {clip(value)}: must be 'vif' or 'ioemu'"
-                )
-            nic.type = NicType(value)
-        elif key == "vifname":
-            nic.ifname = value
-        elif key == "script":
-            nic.script = value
-        elif key == "ip":
-            nic.ip = value
-        elif key == "backend":
-            nic.backend = value
-        elif key == "mtu":
-            nic.mtu = _uint("vif", spec, key, value)
-        elif key == "devid":
-            nic.devid = _uint("vif", spec, key, value)
-        elif key in _VIF_IGNORED:
-            log.info("vif %r: %s= is accepted and not used here", spec, key)
-        else:
-            # xl warns and goes on.
-            log.warning("vif %r: unknown parameter %r ignored", spec, key)
-    nic.mac = mac if mac is not None else random_mac(rng)
+        _vif_setting(nic, spec, key, value)
+    if not nic.mac:  # no mac=
+        nic.mac = random_mac(rng)
     return nic
+
+
+def _vif_setting(nic: NicSpec, spec: str, key: str, value: str) -> None:
+    """One ``key=value``; an unknown key is only logged, as xl warns and goes on."""
+    if key == "mac":
+        nic.mac = _vif_mac(spec, value)
+    elif key in _VIF_WORDS:
+        if problem := dmargs_word_problem(value):
+            raise SpecError("vif", spec, f"{key}={clip(value)} {problem}")
+        setattr(nic, _VIF_WORDS[key], value)
+    elif key == "type":
+        if value not in ("ioemu", "vif"):
+            raise SpecError("vif", spec, f"invalid type {clip(value)}: must be 'vif' or 'ioemu'")
+        nic.type = NicType(value)
+    elif key in _VIF_STRINGS:
+        setattr(nic, key, value)
+    elif key in _VIF_NUMBERS:
+        setattr(nic, key, _uint("vif", spec, key, value))
+    elif key in _VIF_IGNORED:
+        log.info("vif %r: %s= is accepted and not used here", spec, key)
+    else:
+        log.warning("vif %r: unknown parameter %r ignored", spec, key)
+
+
+def _vif_mac(spec: str, value: str) -> str:
+    try:
+        return parse_mac(value)
+    except ValueError:
+        raise SpecError(
+            "vif", spec, f"invalid mac {clip(value)} (expected xx:xx:xx:xx:xx:xx, hex)"
+        ) from None
 
 
 # -- pci ---------------------------------------------------------------------------------
@@ -425,81 +445,99 @@ def parse_pci(
     (hex), msitranslate, power_mgmt, permissive, seize, rdm_policy and name; a function
     of ``*`` means all functions. The keyword defaults are the domain-wide ``pci_*``
     settings."""
-    bdf: Bdf | None = None
-    all_functions = False
-    vslot: int | None = None
-    name: str | None = None
-    rest = spec
     flags = {
         "msitranslate": msitranslate,
         "power_mgmt": power_mgmt,
         "permissive": permissive,
         "seize": seize,
     }
-    policy = rdm_policy
+    p = _Pci(spec, flags, rdm_policy)
+    rest = p.leading_bdf()
+    for n, item in enumerate(rest.split(",") if rest else []):
+        # Only a first item that is not after a BDF may be the BDF itself.
+        p.option(item, may_be_bdf=n == 0 and p.bdf is None)
+    return p.result()
 
-    got = _pci_bdf(spec, spec, whole=False)
-    if got is not None:
-        bdf, all_functions, end = got
+
+class _Pci:
+    """What a PCI_SPEC_STRING has said so far."""
+
+    def __init__(self, spec: str, flags: dict[str, bool], policy: RdmPolicy) -> None:
+        self.spec = spec
+        self.flags = flags
+        self.policy = policy
+        self.bdf: Bdf | None = None
+        self.all_functions = False
+        self.vslot: int | None = None
+        self.name: str | None = None
+
+    def err(self, message: str) -> SpecError:
+        return SpecError("PCI", self.spec, message)
+
+    def leading_bdf(self) -> str:
+        """Take a ``<bdf>[@<vslot>]`` the spec starts with; the options after it."""
+        spec = self.spec
+        got = _pci_bdf(spec, spec, whole=False)
+        if got is None:
+            return spec
+        self.bdf, self.all_functions, end = got
         rest = spec[end:]
         if rest.startswith("@"):
             at, _, rest = rest[1:].partition(",")
-            vslot = _vslot(spec, at)
+            self.vslot = _vslot(spec, at)
         elif rest.startswith(","):
             rest = rest[1:]
         elif rest:
-            raise SpecError("PCI", spec, f"unexpected `{_c(rest)}' after the BDF")
+            raise self.err(f"unexpected `{_c(rest)}' after the BDF")
+        return rest
 
-    for n, item in enumerate(rest.split(",") if rest else []):
+    def option(self, item: str, *, may_be_bdf: bool) -> None:
         key, eq, value = item.partition("=")
-        if not eq and n == 0 and got is None:
-            raise SpecError(
-                "PCI", spec, f"`{_c(item)}' is not a PCI address ([DDDD:]BB:DD.F, hex; F 0-7 or *)"
-            )
+        if not eq and may_be_bdf:
+            raise self.err(f"`{_c(item)}' is not a PCI address ([DDDD:]BB:DD.F, hex; F 0-7 or *)")
         if not eq:
-            raise SpecError("PCI", spec, f"`{_c(item)}' is not key=value")
+            raise self.err(f"`{_c(item)}' is not key=value")
         if key == "bdf":
-            if bdf is not None:
-                raise SpecError("PCI", spec, "bdf given twice")
-            got = _pci_bdf(spec, value, whole=True)
-            if got is None:
-                raise SpecError(
-                    "PCI", spec, f"bdf={clip(value)} is not a PCI address ([DDDD:]BB:DD.F, hex)"
-                )
-            bdf, all_functions, _ = got
+            self.set_bdf(value)
         elif key == "vslot":
-            vslot = _vslot(spec, value)
-        elif key in flags:
-            flags[key] = _flag(spec, key, value)
+            self.vslot = _vslot(self.spec, value)
+        elif key in self.flags:
+            self.flags[key] = _flag(self.spec, key, value)
         elif key == "rdm_policy":
             if value not in ("strict", "relaxed"):
-                raise SpecError(
-                    "PCI", spec, f"rdm_policy={clip(value)}: must be 'strict' or 'relaxed'"
-                )
-            policy = RdmPolicy(value)
+                raise self.err(f"rdm_policy={clip(value)}: must be 'strict' or 'relaxed'")
+            self.policy = RdmPolicy(value)
         elif key == "name":
-            name = value
+            self.name = value
         else:
-            raise SpecError("PCI", spec, f"unknown PCI_SPEC_STRING option {clip(key)}")
+            raise self.err(f"unknown PCI_SPEC_STRING option {clip(key)}")
 
-    if bdf is not None and name is not None:
-        raise SpecError("PCI", spec, "bdf and name= exclude each other")
-    if bdf is None and name is None:
-        raise SpecError("PCI", spec, "no device: give a BDF ([DDDD:]BB:DD.F) or name=")
-    if bdf is None:
-        # Looked up among the assignable devices when the device is added.
-        bdf = Bdf(0, 0, 0, 0)
-    return PciSpec(
-        bdf=bdf,
-        vslot=vslot,
-        all_functions=all_functions,
-        msitranslate=flags["msitranslate"],
-        power_mgmt=flags["power_mgmt"],
-        permissive=flags["permissive"],
-        seize=flags["seize"],
-        rdm_policy=policy,
-        name=name,
-    )
+    def set_bdf(self, value: str) -> None:
+        if self.bdf is not None:
+            raise self.err("bdf given twice")
+        got = _pci_bdf(self.spec, value, whole=True)
+        if got is None:
+            raise self.err(f"bdf={clip(value)} is not a PCI address ([DDDD:]BB:DD.F, hex)")
+        self.bdf, self.all_functions, _ = got
+
+    def result(self) -> PciSpec:
+        """A device is named by its BDF or by ``name=``, never both."""
+        if self.bdf is not None and self.name is not None:
+            raise self.err("bdf and name= exclude each other")
+        if self.bdf is None and self.name is None:
+            raise self.err("no device: give a BDF ([DDDD:]BB:DD.F) or name=")
+        return PciSpec(
+            # A named device is looked up among the assignable ones when it is added.
+            bdf=self.bdf if self.bdf is not None else Bdf(0, 0, 0, 0),
+            vslot=self.vslot,
+            all_functions=self.all_functions,
+            msitranslate=self.flags["msitranslate"],
+            power_mgmt=self.flags["power_mgmt"],
+            permissive=self.flags["permissive"],
+            seize=self.flags["seize"],
+            rdm_policy=self.policy,
+            name=self.name,
+        )
 
 
 # -- serial ------------------------------------------------------------------------------

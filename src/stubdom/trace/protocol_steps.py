@@ -63,59 +63,84 @@ def _short(v: str, n: int = 40) -> str:
 def analyse(events: Sequence[Event]) -> Analysis:
     """The protocol steps of ``events`` (requests that failed are ignored)."""
     a = Analysis()
-    waiting: dict[tuple[int, int], Step] = {}  # (stubdom, guest) -> command without result
-    running_seen: set[tuple[int, int]] = set()
+    channels = _Channels(a)
     for ev in events:
         if ev.op not in ("WRITE", "MKDIR") or ev.path is None or ev.error is not None:
             continue
         path, value = ev.path, ev.value or ""
-        if _DMARGS.search(path) and value:
-            a.steps.append(Step(ev.t, "setup", f"setup: dmargs ({len(value.split())} args)", ev))
-            continue
-        m = _TARGET.match(path)
-        if m and value.isdigit():
-            s, g = int(m[1]), int(value)
-            a.stubdoms[s] = g
-            a.steps.append(Step(ev.t, "setup", f"setup: dom{s} is stubdom of dom{g}", ev, s, g))
-            continue
-        m = _DM_DOMID.match(path)
-        if m and value.isdigit():
-            g, s = int(m[1]), int(value)
-            a.stubdoms.setdefault(s, g)
-            a.steps.append(Step(ev.t, "setup", f"setup: device-model-domid {s}", ev, s, g))
+        if _setup(a, ev, path, value):
             continue
         dm = parse_dm_path(path)
-        if dm is None:
-            continue
-        s, g, node = dm
-        key = (s, g)
-        if node == "" and ev.dom != s:
-            a.steps.append(Step(ev.t, "setup", f"setup: device-model/{g} dir", ev, s, g))
-        elif node == "command" and ev.dom != s and value:
-            cmd = proto.qemu_trad_dispatch(value)
-            step = Step(ev.t, "command", f"command: {value}", ev, s, g)
-            if cmd is None:
-                step.label += " (unknown)"
-            a.steps.append(step)
-            waiting[key] = step
-        elif node == "parameter" and ev.dom != s:
-            a.steps.append(Step(ev.t, "parameter", f"parameter: {_short(value)}", ev, s, g))
-        elif node == "parameter" and ev.dom == s:
-            a.steps.append(Step(ev.t, "parameter", f"→ parameter {_short(value)}", ev, s, g))
-        elif node == "state" and ev.dom == s:
-            cmd_step = waiting.pop(key, None)
-            failed = value in {st.value for st in proto.FAILURE_STATES}
-            if cmd_step is None and value == proto.State.RUNNING and key not in running_seen:
-                running_seen.add(key)
-                a.steps.append(Step(ev.t, "running", f"dom{s} running", ev, s, g))
-            elif cmd_step is not None:
-                kind = "failure" if failed else "result"
-                label = f"→ {value} ({cmd_step.label.removeprefix('command: ')})"
-                a.steps.append(Step(ev.t, kind, label, ev, s, g))
-            else:
-                a.steps.append(
-                    Step(ev.t, "failure" if failed else "result", f"state {value}", ev, s, g)
-                )
-        elif node.startswith("logdirty/"):
-            a.steps.append(Step(ev.t, "command", f"{node}: {value}", ev, s, g))
+        if dm is not None:
+            channels.write(ev, *dm, value)
     return a
+
+
+def _setup(a: Analysis, ev: Event, path: str, value: str) -> bool:
+    """Record a write of the toolstack's setup (dmargs, target, device-model-domid);
+    False if ``path`` is none of them."""
+    if _DMARGS.search(path) and value:
+        a.steps.append(Step(ev.t, "setup", f"setup: dmargs ({len(value.split())} args)", ev))
+        return True
+    m = _TARGET.match(path)
+    if m and value.isdigit():
+        s, g = int(m[1]), int(value)
+        a.stubdoms[s] = g
+        a.steps.append(Step(ev.t, "setup", f"setup: dom{s} is stubdom of dom{g}", ev, s, g))
+        return True
+    m = _DM_DOMID.match(path)
+    if m and value.isdigit():
+        g, s = int(m[1]), int(value)
+        a.stubdoms.setdefault(s, g)
+        a.steps.append(Step(ev.t, "setup", f"setup: device-model-domid {s}", ev, s, g))
+        return True
+    return False
+
+
+class _Channels:
+    """Writes in the control directories, pairing each command with the state that
+    answers it."""
+
+    def __init__(self, a: Analysis) -> None:
+        self.a = a
+        self.waiting: dict[tuple[int, int], Step] = {}  # command without result
+        self.running_seen: set[tuple[int, int]] = set()
+
+    def write(self, ev: Event, s: int, g: int, node: str, value: str) -> None:
+        if node.startswith("logdirty/"):
+            self.a.steps.append(Step(ev.t, "command", f"{node}: {value}", ev, s, g))
+        elif ev.dom == s:
+            self._from_stubdom(ev, s, g, node, value)
+        else:
+            self._from_toolstack(ev, s, g, node, value)
+
+    def _from_toolstack(self, ev: Event, s: int, g: int, node: str, value: str) -> None:
+        if node == "":
+            self.a.steps.append(Step(ev.t, "setup", f"setup: device-model/{g} dir", ev, s, g))
+        elif node == "command" and value:
+            step = Step(ev.t, "command", f"command: {value}", ev, s, g)
+            if proto.qemu_trad_dispatch(value) is None:
+                step.label += " (unknown)"
+            self.a.steps.append(step)
+            self.waiting[(s, g)] = step
+        elif node == "parameter":
+            self.a.steps.append(Step(ev.t, "parameter", f"parameter: {_short(value)}", ev, s, g))
+
+    def _from_stubdom(self, ev: Event, s: int, g: int, node: str, value: str) -> None:
+        if node == "parameter":
+            self.a.steps.append(Step(ev.t, "parameter", f"→ parameter {_short(value)}", ev, s, g))
+        elif node == "state":
+            self.a.steps.append(self._state(ev, s, g, value))
+
+    def _state(self, ev: Event, s: int, g: int, value: str) -> Step:
+        """A command's result, the first ``running``, or a state nobody asked for."""
+        key = (s, g)
+        cmd_step = self.waiting.pop(key, None)
+        failed = value in {st.value for st in proto.FAILURE_STATES}
+        if cmd_step is None and value == proto.State.RUNNING and key not in self.running_seen:
+            self.running_seen.add(key)
+            return Step(ev.t, "running", f"dom{s} running", ev, s, g)
+        if cmd_step is not None:
+            label = f"→ {value} ({cmd_step.label.removeprefix('command: ')})"
+            return Step(ev.t, "failure" if failed else "result", label, ev, s, g)
+        return Step(ev.t, "failure" if failed else "result", f"state {value}", ev, s, g)

@@ -161,40 +161,73 @@ def _lanes(events: Sequence[Event], a: Analysis) -> list[tuple[int, str]]:
     return lanes
 
 
+@dataclass(frozen=True)
+class _Canvas:
+    """The diagram's geometry: each lane's x, the size, and the time rows count from."""
+
+    x_of: dict[int, int]
+    width: int
+    height: int
+    start: float
+
+
 def render(events: Sequence[Event], title: str = "xenstore trace", all_events: bool = False) -> str:
     """The SVG text of the sequence diagram of ``events``."""
     a = analyse(events)
     rows = select_rows(events, a, all_events)
     lanes = _lanes(events, a)
-    x_of = {key: LEFT + 90 + i * LANE_GAP for i, (key, _) in enumerate(lanes)}
-    width = LEFT + 90 + (len(lanes) - 1) * LANE_GAP + 300
-    height = HEAD + (len(rows) + 1) * ROW + 40
-    start = min((e.t for e in events), default=0.0)
-    out: list[str] = []
-    w = out.append
-    w(
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" font-family="{FONT}" font-size="11">'
+    c = _Canvas(
+        x_of={key: LEFT + 90 + i * LANE_GAP for i, (key, _) in enumerate(lanes)},
+        width=LEFT + 90 + (len(lanes) - 1) * LANE_GAP + 300,
+        height=HEAD + (len(rows) + 1) * ROW + 40,
+        start=min((e.t for e in events), default=0.0),
     )
-    w("<defs>")
+    out = _open_svg(c)
+    out += _titles(events, a, len(rows), title, all_events, c.start)
+    out += _legend()
+    out += _lane_heads(lanes, c)
+    for i, r in enumerate(rows):
+        out += _row_svg(r, HEAD + (i + 1) * ROW, c)
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def _open_svg(c: _Canvas) -> list[str]:
+    """The ``<svg>`` element, an arrowhead marker per colour and the white background."""
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{c.width}" height="{c.height}" '
+        f'viewBox="0 0 {c.width} {c.height}" font-family="{FONT}" font-size="11">',
+        "<defs>",
+    ]
     for name, colour in COLOURS.items():
-        w(
+        out.append(
             f'<marker id="arrow-{name}" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '
             f'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" '
             f'fill="{colour}"/></marker>'
         )
-    w("</defs>")
-    w(f'<rect width="{width}" height="{height}" fill="#ffffff"/>')
+    out.append("</defs>")
+    out.append(f'<rect width="{c.width}" height="{c.height}" fill="#ffffff"/>')
+    return out
+
+
+def _titles(
+    events: Sequence[Event], a: Analysis, shown: int, title: str, all_events: bool, start: float
+) -> list[str]:
     n_cmd = sum(1 for s in a.steps if s.kind == "command")
     dur = (max(e.t for e in events) - start) if events else 0.0
-    w(f'<text x="20" y="30" font-size="18" font-weight="bold" fill="#222">{escape(title)}</text>')
     subtitle = (
-        f"{len(events)} requests/events over {dur:.3f} s · {len(rows)} shown"
+        f"{len(events)} requests/events over {dur:.3f} s · {shown} shown"
         f"{'' if all_events else ' (protocol writes and watch events; --all for everything)'}"
         f" · {len(a.stubdoms)} stubdomain(s) · {n_cmd} command(s)"
     )
-    w(f'<text x="20" y="50" fill="#555">{escape(subtitle)}</text>')
-    # legend
+    return [
+        f'<text x="20" y="30" font-size="18" font-weight="bold" fill="#222">{escape(title)}</text>',
+        f'<text x="20" y="50" fill="#555">{escape(subtitle)}</text>',
+    ]
+
+
+def _legend() -> list[str]:
+    out: list[str] = []
     lx = 20
     for style, text, dash in (
         ("write", "write", ""),
@@ -204,67 +237,82 @@ def render(events: Sequence[Event], title: str = "xenstore trace", all_events: b
     ):
         colour = COLOURS[style]
         sw = 1.0 if style == "read" else 2.0
-        w(
+        out.append(
             f'<line x1="{lx}" y1="70" x2="{lx + 40}" y2="70" stroke="{colour}" stroke-width="{sw}"'
             f'{dash} marker-end="url(#arrow-{style})"/>'
         )
-        w(f'<text x="{lx + 48}" y="74" fill="#333">{text}</text>')
+        out.append(f'<text x="{lx + 48}" y="74" fill="#333">{text}</text>')
         lx += 150
-    # lanes
-    top, bottom = HEAD - 14, height - 30
+    return out
+
+
+def _lane_heads(lanes: list[tuple[int, str]], c: _Canvas) -> list[str]:
+    """Each lane's line and name box, and the headings of the two left columns."""
+    out: list[str] = []
+    top, bottom = HEAD - 14, c.height - 30
     for key, name in lanes:
-        x = x_of[key]
+        x = c.x_of[key]
         fill = "#444" if key == XS else ("#1f5fbf" if key == 0 else "#2e8b57")
-        w(f'<line x1="{x}" y1="{top}" x2="{x}" y2="{bottom}" stroke="#ccc" stroke-width="2"/>')
+        out.append(
+            f'<line x1="{x}" y1="{top}" x2="{x}" y2="{bottom}" stroke="#ccc" stroke-width="2"/>'
+        )
         bw = max(110, len(name) * 7.5 + 20)
-        w(f'<rect x="{x - bw / 2}" y="{top - 20}" width="{bw}" height="24" rx="5" fill="{fill}"/>')
-        w(
+        out.append(
+            f'<rect x="{x - bw / 2}" y="{top - 20}" width="{bw}" height="24" rx="5" fill="{fill}"/>'
+        )
+        out.append(
             f'<text x="{x}" y="{top - 4}" fill="#fff" text-anchor="middle" font-weight="bold">'
             f"{escape(name)}</text>"
         )
-    w(f'<text x="20" y="{top - 4}" fill="#777">time (s)</text>')
-    w(f'<text x="90" y="{top - 4}" fill="#777">protocol step</text>')
-    # rows
-    for i, r in enumerate(rows):
-        y = HEAD + (i + 1) * ROW
-        if r.step is not None:
-            s = r.step
-            bg = STEP_COLOURS.get(s.kind, "#eee")
-            if s.kind in ("command", "running", "result", "failure"):
-                w(
-                    f'<rect x="84" y="{y - ROW + 5}" width="{width - 100}" height="{ROW - 2}" '
-                    f'fill="{bg}" opacity="0.45"/>'
-                )
-            w(
-                f'<rect x="84" y="{y - ROW + 5}" width="{LEFT - 100}" height="{ROW - 2}" rx="4" '
-                f'fill="{bg}"/>'
-            )
-            weight = ' font-weight="bold"' if s.kind in ("command", "running") else ""
-            w(
-                f'<text x="92" y="{y - 4}" fill="#222"{weight}>'
-                f"{escape(_fit(s.label, LEFT - 116, keep_end=False))}</text>"
-            )
-        w(f'<text x="20" y="{y - 4}" fill="#888">{r.t - start:7.3f}</text>')
-        if r.src not in x_of or r.dst not in x_of:
-            continue
-        x1, x2 = x_of[r.src], x_of[r.dst]
-        colour = COLOURS[r.style]
-        sw = 1.0 if r.style == "read" else 2.0 if r.style != "other" else 1.5
-        dash = ' stroke-dasharray="6,4"' if r.style == "event" else ""
-        ly = y - 8
-        w(
-            f'<line x1="{x1}" y1="{ly}" x2="{x2 - 4 if x2 > x1 else x2 + 4}" y2="{ly}" '
-            f'stroke="{colour}" stroke-width="{sw}"{dash} marker-end="url(#arrow-{r.style})"/>'
+    out.append(f'<text x="20" y="{top - 4}" fill="#777">time (s)</text>')
+    out.append(f'<text x="90" y="{top - 4}" fill="#777">protocol step</text>')
+    return out
+
+
+def _row_svg(r: Row, y: int, c: _Canvas) -> list[str]:
+    """A row whose baseline is ``y``: its step's label, its time, and its arrow."""
+    out = _step_cell(r.step, y, c.width) if r.step is not None else []
+    out.append(f'<text x="20" y="{y - 4}" fill="#888">{r.t - c.start:7.3f}</text>')
+    if r.src in c.x_of and r.dst in c.x_of:
+        out += _arrow(r, c.x_of[r.src], c.x_of[r.dst], y - 8)
+    return out
+
+
+def _step_cell(s: Step, y: int, width: int) -> list[str]:
+    """The step's label box; a command, its answer and ``running`` shade the whole row."""
+    out: list[str] = []
+    bg = STEP_COLOURS.get(s.kind, "#eee")
+    if s.kind in ("command", "running", "result", "failure"):
+        out.append(
+            f'<rect x="84" y="{y - ROW + 5}" width="{width - 100}" height="{ROW - 2}" '
+            f'fill="{bg}" opacity="0.45"/>'
         )
-        span = abs(x2 - x1) - 30
-        lx = min(x1, x2) + (20 if x2 < x1 else 8)
-        text_colour = "#c62828" if r.style == "error" else "#222"
-        w(
-            f'<text x="{lx}" y="{ly - 3}" fill="{text_colour}" font-size="11">'
-            f"{escape(_fit(r.label, span, keep_end=not r.summary))}</text>"
-        )
-    w("</svg>")
-    return "\n".join(out) + "\n"
+    out.append(
+        f'<rect x="84" y="{y - ROW + 5}" width="{LEFT - 100}" height="{ROW - 2}" rx="4" '
+        f'fill="{bg}"/>'
+    )
+    weight = ' font-weight="bold"' if s.kind in ("command", "running") else ""
+    out.append(
+        f'<text x="92" y="{y - 4}" fill="#222"{weight}>'
+        f"{escape(_fit(s.label, LEFT - 116, keep_end=False))}</text>"
+    )
+    return out
+
+
+def _arrow(r: Row, x1: int, x2: int, ly: int) -> list[str]:
+    """The request's (or event's) arrow between two lanes at height ``ly``, labelled."""
+    colour = COLOURS[r.style]
+    sw = 1.0 if r.style == "read" else 2.0 if r.style != "other" else 1.5
+    dash = ' stroke-dasharray="6,4"' if r.style == "event" else ""
+    span = abs(x2 - x1) - 30
+    lx = min(x1, x2) + (20 if x2 < x1 else 8)
+    text_colour = "#c62828" if r.style == "error" else "#222"
+    return [
+        f'<line x1="{x1}" y1="{ly}" x2="{x2 - 4 if x2 > x1 else x2 + 4}" y2="{ly}" '
+        f'stroke="{colour}" stroke-width="{sw}"{dash} marker-end="url(#arrow-{r.style})"/>',
+        f'<text x="{lx}" y="{ly - 3}" fill="{text_colour}" font-size="11">'
+        f"{escape(_fit(r.label, span, keep_end=not r.summary))}</text>",
+    ]
 
 
 def render_svg(
