@@ -14,11 +14,6 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 #: Lines from ``def`` to the function's last line (decorators not counted).
 MAX_LINES = 80
 
-#: Being split in the same change by other branches; the integrator empties this set
-#: when they merge.
-PENDING = {"stubdom/toolstack/savefile.py:_decode", "stubdom/demo.py:_guest_story"}
-
-
 def _functions(tree: ast.AST, prefix: str = "") -> Iterator[tuple[str, int]]:
     """(qualified name, length in lines) of every function, methods and nested ones too."""
     for node in ast.iter_child_nodes(tree):
@@ -46,17 +41,9 @@ def test_no_function_is_longer_than_80_lines() -> None:
     too_long = [
         f"{key} ({lines} lines)"
         for key, lines in _lengths().items()
-        if lines > MAX_LINES and key not in PENDING
+        if lines > MAX_LINES
     ]
     assert not too_long, (
         f"functions over {MAX_LINES} lines; split them into named helpers:\n  "
         + "\n  ".join(too_long)
     )
-
-
-def test_pending_names_functions_that_are_still_long() -> None:
-    """An entry whose function was split (or renamed) must go, or it would exempt
-    whatever takes its name later."""
-    lengths = _lengths()
-    stale = sorted(key for key in PENDING if lengths.get(key, 0) <= MAX_LINES)
-    assert not stale, f"remove from PENDING: {', '.join(stale)}"
