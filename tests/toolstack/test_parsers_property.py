@@ -275,6 +275,7 @@ NAMES = st.one_of(
 @example("a\x00b")  # Mini-OS reads dmargs as a C string: the rest would vanish
 @example("line\nbreak")
 @example("x" * 300)  # longer than a file name may be
+@example("xenfv")  # a word libxl drops from dmargs, as it drops -M xenfv
 def test_domain_names(name: str) -> None:
     from stubdom.protocol import encode_dmargs, split_dmargs, stubdom_name
     from stubdom.toolstack.spawn import HostPaths

@@ -20,6 +20,7 @@ import uuid as uuidlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from stubdom.protocol import DMARGS_DROPPED
 from stubdom.toolstack.config import DiskSpec, GuestConfig, RdmPolicy, VncConfig
 from stubdom.toolstack.specs import (
     SpecError,
@@ -271,6 +272,14 @@ def _name(r: _Reader, source: str) -> str:
             "%s: name %r has a blank; the stubdomain's argument splitting will cut it apart",
             source,
             name,
+        )
+    if name in DMARGS_DROPPED:
+        log.warning(
+            "%s: name %r is a word libxl leaves out of dmargs (%s): the stubdomain gets "
+            "no domain name; choose another name",
+            source,
+            name,
+            ", ".join(sorted(DMARGS_DROPPED)),
         )
     return name
 
