@@ -44,6 +44,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from stubdom.wire.constants import PAYLOAD_MAX, Op
+from stubdom.wire.packet import op_name
 from stubdom.wire.paths import check_client_path
 from stubdom.wire.perms import Perm
 from stubdom.xenstore.errors import (
@@ -135,21 +136,14 @@ def retry_pause(attempt: int, attempts: int | None, elapsed: float) -> float | N
 
 def _reply_payload(reply: Reply, what: str | None) -> bytes:
     """The payload of a reply of the request's own type; an ERROR as `XenStoreError`."""
-    op_name = reply.request.op_name
+    name = reply.request.op_name
     if reply.is_error:
-        raise error_from_name(reply.error_name or "EINVAL", op=op_name, path=what)
+        raise error_from_name(reply.error_name or "EINVAL", op=name, path=what)
     if reply.packet.op != reply.request.op:
         raise ProtocolError(
-            f"xenstore {op_name} {what or ''}: reply of type {reply.packet.type_name}"
+            f"xenstore {name} {what or ''}: reply of type {reply.packet.type_name}"
         )
     return reply.payload
-
-
-def _op_name(op: int) -> str:
-    try:
-        return Op(op).name
-    except ValueError:
-        return str(op)
 
 
 class _NodeOps:
@@ -473,7 +467,7 @@ class Client(_NodeOps):
         for req, fut in void:
             del self._waiters[req.req_id]
             fut.set_exception(
-                _forgotten(_op_name(req.op), req.tx_id)
+                _forgotten(op_name(req.op), req.tx_id)
             )
             fut.exception()
 
@@ -533,7 +527,7 @@ class Client(_NodeOps):
         self._raise_closed()
         if len(payload) > PAYLOAD_MAX:
             raise TooBig(
-                op=_op_name(op),
+                op=op_name(op),
                 path=what,
                 message=f"request of {len(payload)} bytes exceeds {PAYLOAD_MAX}",
             )
@@ -544,7 +538,7 @@ class Client(_NodeOps):
                     await self._online.wait()
             except TimeoutError:
                 raise XenStoreTimeout(
-                    f"xenstore {_op_name(op)}: not connected again within {limit:g} s"
+                    f"xenstore {op_name(op)}: not connected again within {limit:g} s"
                 ) from None
             self._raise_closed()
         req, data = self._proto.send(op, payload, tx_id)
@@ -552,7 +546,7 @@ class Client(_NodeOps):
             log.debug(
                 "%s: -> %s req_id=%d tx_id=%d %s",
                 self.description,
-                _op_name(op),
+                op_name(op),
                 req.req_id,
                 tx_id,
                 what or "",
@@ -570,7 +564,7 @@ class Client(_NodeOps):
                     # The reader connects again and re-sends this request.
                 return await fut
         except TimeoutError:
-            where = " ".join(x for x in ("xenstore", _op_name(op), what) if x)
+            where = " ".join(x for x in ("xenstore", op_name(op), what) if x)
             raise XenStoreTimeout(f"{where}: no reply within {limit:g} s") from None
         finally:
             if not fut.done():
