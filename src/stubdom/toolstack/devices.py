@@ -37,7 +37,6 @@ from stubdom.host.xenbus import (
     XenbusState,
     backend_path,
     frontend_path,
-    read_text,
     valid_mac,
 )
 from stubdom.protocol import Bdf
@@ -596,12 +595,12 @@ async def wait_device_connection(
             fail=(XenbusState.CLOSING, XenbusState.CLOSED),
         )
     except DeviceFailed as exc:
-        error = await read_text(client, f"{be}/hotplug-error")
+        error = await client.read_text(f"{be}/hotplug-error")
         raise DeviceFailed(f"{ref}: backend failed: {error or exc}") from None
-    if await read_text(client, f"{be}/script") is not None:
+    if await client.read_text(f"{be}/script") is not None:
         status = await _wait_hotplug_status(client, ref, timeout)
         if status != "connected":
-            error = await read_text(client, f"{be}/hotplug-error")
+            error = await client.read_text(f"{be}/hotplug-error")
             raise DeviceFailed(f"{ref}: hotplug status {status!r}: {error or 'no hotplug-error'}")
     return state
 
@@ -615,7 +614,7 @@ async def _wait_hotplug_status(client: Client, ref: DeviceRef, timeout: float) -
                 await w.get(deadline.left())
             except XenStoreTimeout:
                 raise DeviceTimeout(f"{path}: no hotplug status within {timeout:g} s") from None
-            value = await read_text(client, path)
+            value = await client.read_text(path)
             if value:
                 return value
 
@@ -656,7 +655,7 @@ async def _initiate_close(client: Client, ref: DeviceRef, remove_frontend: bool)
     async def body(t: Transaction) -> bool:
         if remove_frontend:
             await _path_cleanup(t, ref.frontend, domain_path(ref.domid))
-        state = await read_text(t, f"{be}/state")
+        state = await t.read_text(f"{be}/state")
         if state is None:
             return False
         await t.write(f"{be}/online", "0")
@@ -808,7 +807,7 @@ async def add_pci(
     be = ref.backend
 
     async def body(t: Transaction) -> int:
-        raw = await read_text(t, f"{be}/num_devs")
+        raw = await t.read_text(f"{be}/num_devs")
         num = int(raw) if raw else 0
         if num and not starting:
             await _require_connected(t, be)
@@ -854,7 +853,7 @@ class _NotConnected(Exception):
 
 async def _require_connected(t: Transaction, be: str) -> None:
     """Read pciback's state inside ``t``: the commit then fails if anyone changes it."""
-    if XenbusState.parse(await read_text(t, f"{be}/state")) is not XenbusState.CONNECTED:
+    if XenbusState.parse(await t.read_text(f"{be}/state")) is not XenbusState.CONNECTED:
         raise _NotConnected
 
 
@@ -890,12 +889,12 @@ async def remove_pci(
     be = ref.backend
 
     async def find(t: Transaction) -> tuple[int, int]:
-        raw = await read_text(t, f"{be}/num_devs")
+        raw = await t.read_text(f"{be}/num_devs")
         if raw is None:
             raise DeviceError(f"domain {domid} has no pci device")
         num = int(raw)
         for i in range(num):
-            dev = await read_text(t, f"{be}/dev-{i}")
+            dev = await t.read_text(f"{be}/dev-{i}")
             try:
                 if dev is not None and Bdf.parse(dev) == address:
                     return num, i
@@ -919,7 +918,7 @@ async def remove_pci(
         await t.write(f"{be}/num_devs", str(num - 1))
         for j in range(index + 1, num):
             for key in PCI_PER_FUNCTION:
-                value = await read_text(t, f"{be}/{key}-{j}")
+                value = await t.read_text(f"{be}/{key}-{j}")
                 if value is not None:
                     await t.write(f"{be}/{key}-{j - 1}", value)
                     await _rm(t, f"{be}/{key}-{j}")

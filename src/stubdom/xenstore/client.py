@@ -41,7 +41,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast, overload
 
 from stubdom.wire.constants import PAYLOAD_MAX, Op
 from stubdom.wire.packet import op_name
@@ -51,6 +51,7 @@ from stubdom.xenstore.errors import (
     ConnectionClosed,
     NoEntry,
     NotSupported,
+    PermissionDenied,
     ProtocolError,
     TooBig,
     TransactionConflict,
@@ -76,6 +77,7 @@ from stubdom.xenstore.protocol import (
     write_payload,
 )
 from stubdom.xenstore.transport import Transport, open_transport
+from stubdom.xenstore.waiting import wait_until
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +174,22 @@ class _NodeOps:
             return await self.read(path, timeout=timeout)
         except NoEntry:
             return None
+
+    async def read_text(
+        self, path: str, *, denied_as_absent: bool = False, timeout: TimeoutArg = DEFAULT
+    ) -> str | None:
+        """The node's value as text, or None if it does not exist -- or, with
+        ``denied_as_absent``, if we may not read it (a guest cannot even learn that a
+        node is gone once its parents are).  Bytes that are not UTF-8 are replaced, not
+        raised: the nodes read as text are ASCII, and a stray byte a peer wrote must
+        not kill the reader."""
+        try:
+            raw = await self.read_optional(path, timeout=timeout)
+        except PermissionDenied:
+            if not denied_as_absent:
+                raise
+            return None
+        return None if raw is None else raw.decode("utf-8", "replace")
 
     async def exists(self, path: str, *, timeout: TimeoutArg = DEFAULT) -> bool:
         """Whether READ finds the node (ENOENT -> False; other errors propagate)."""
@@ -605,6 +623,40 @@ class Client(_NodeOps):
         if token is None:
             token = f"{self._token_prefix}{next(self._tokens)}"
         return Watch(self, path, token, sink)
+
+    @overload
+    async def wait_until(
+        self, paths: str, check: Callable[[str | None], T | None], timeout: float | None
+    ) -> T: ...
+    @overload
+    async def wait_until(
+        self,
+        paths: Sequence[str],
+        check: Callable[[tuple[str | None, ...]], T | None],
+        timeout: float | None,
+    ) -> T: ...
+
+    async def wait_until(
+        self,
+        paths: str | Sequence[str],
+        check: Callable[[str | None], T | None] | Callable[[tuple[str | None, ...]], T | None],
+        timeout: float | None,
+    ) -> T:
+        """Watch ``paths``, then read them (as `read_text`: None for a node that does not
+        exist) now and after each event until ``check`` of what was read is not None;
+        return that.
+
+        ``check`` gets the value of a single path, or the tuple of values of a sequence
+        of paths; it may raise to end the wait.  After ``timeout`` seconds (None: no
+        limit) `WaitTimeout` says so; its ``last`` is the values of the last look.  The
+        watches are registered before the first read (a change in between is not lost)
+        and removed however the wait ends, cancellation included.
+        """
+        if isinstance(paths, str):
+            one = cast("Callable[[str | None], T | None]", check)
+            return await wait_until(self, (paths,), lambda values: one(values[0]), timeout)
+        many = cast("Callable[[tuple[str | None, ...]], T | None]", check)
+        return await wait_until(self, paths, many, timeout)
 
     async def unwatch(self, path: str, token: str, *, timeout: TimeoutArg = DEFAULT) -> None:
         """Raw UNWATCH; also stops routing events for ``token`` to its `Watch`."""
