@@ -23,7 +23,6 @@ connected, which pciback answers with 8 (Reconfigured) and then 4 again.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable, Collection, Mapping
@@ -41,7 +40,7 @@ from stubdom.host.xenbus import (
 )
 from stubdom.protocol import Bdf
 from stubdom.wire.paths import domain_path
-from stubdom.xenstore import Client, NoEntry, Transaction, XenStoreTimeout
+from stubdom.xenstore import Client, NoEntry, Transaction, WaitTimeout
 from stubdom.xenstore.pipeline import pipelined
 
 T = TypeVar("T")
@@ -538,23 +537,22 @@ async def wait_for_state(
     `BackendGone` if the node is removed, `DeviceFailed` on a state in ``fail``.
     """
     wanted = {states} if isinstance(states, XenbusState) else set(states)
-    loop_time = _Deadline(timeout)
-    state: XenbusState | None = None
-    async with client.watch(path) as w:
-        while True:
-            try:
-                await w.get(loop_time.left())
-            except XenStoreTimeout:
-                raise DeviceTimeout(_stuck(path, state, wanted, timeout)) from None
-            try:
-                raw = await client.read(path)
-            except NoEntry:
-                raise BackendGone(f"{path} was removed while waiting for its state") from None
-            state = XenbusState.parse(raw)
-            if state in wanted:
-                return state
-            if state in fail:
-                raise DeviceFailed(f"{path} went to {state.name} ({int(state)})")
+
+    def reached(raw: str | None) -> XenbusState | None:
+        if raw is None:
+            raise BackendGone(f"{path} was removed while waiting for its state")
+        state = XenbusState.parse(raw)
+        if state in wanted:
+            return state
+        if state in fail:
+            raise DeviceFailed(f"{path} went to {state.name} ({int(state)})")
+        return None
+
+    try:
+        return await client.wait_until(path, reached, timeout)
+    except WaitTimeout as err:
+        seen = None if err.last is None else XenbusState.parse(err.last[0])
+        raise DeviceTimeout(_stuck(path, seen, wanted, timeout)) from None
 
 
 def _stuck(
@@ -565,15 +563,6 @@ def _stuck(
     if state is None:
         return f"{path}: not even read within {timeout:g} s (waiting for {awaited})"
     return f"{path} is {state.label} after {timeout:g} s, not {awaited}"
-
-
-class _Deadline:
-    def __init__(self, timeout: float) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._end = self._loop.time() + timeout
-
-    def left(self) -> float:
-        return max(0.0, self._end - self._loop.time())
 
 
 async def wait_device_connection(
@@ -607,16 +596,10 @@ async def wait_device_connection(
 
 async def _wait_hotplug_status(client: Client, ref: DeviceRef, timeout: float) -> str:
     path = f"{ref.backend}/hotplug-status"
-    deadline = _Deadline(timeout)
-    async with client.watch(path) as w:
-        while True:
-            try:
-                await w.get(deadline.left())
-            except XenStoreTimeout:
-                raise DeviceTimeout(f"{path}: no hotplug status within {timeout:g} s") from None
-            value = await client.read_text(path)
-            if value:
-                return value
+    try:
+        return await client.wait_until(path, lambda status: status or None, timeout)
+    except WaitTimeout:
+        raise DeviceTimeout(f"{path}: no hotplug status within {timeout:g} s") from None
 
 
 async def _path_cleanup(t: Transaction, path: str, stop: str) -> None:
