@@ -197,9 +197,35 @@ async def test_a_channel_keeps_its_watches_and_asks_liveness_once(env: Env) -> N
     await ch.pci_remove(DEV_B, force=True)
     assert watched == [state_path(S, G), parameter_path(S, G), "@releaseDomain"]
     assert len(asked) == first
+    assert len(env.channels.kept) == 1  # the session keeps them, not the channel
     await env.dom0.release(S)
     with pytest.raises(DeviceModelDied):
         await ch.pci_insert(DEV_C)
+
+
+def _server_watches(env: Env) -> int:
+    return sum(len(conn.watches) for conn in env.server.clients)
+
+
+async def test_forgetting_a_guest_removes_the_watches_kept_for_it(env: Env) -> None:
+    await env.fake()
+    await env.channel().pci_insert(DEV_A)
+    kept = _server_watches(env)
+    await env.channels.forget(G + 1)  # another guest: nothing of ours
+    assert len(env.channels.kept) == 1 and _server_watches(env) == kept
+    await env.channels.forget(G)
+    assert len(env.channels.kept) == 0 and _server_watches(env) == kept - 3
+    assert await env.channel().pci_insert(DEV_B) == 0x28  # registered again when needed
+    assert len(env.channels.kept) == 1
+
+
+async def test_a_dead_stubdomain_takes_its_kept_watches_with_it(env: Env) -> None:
+    await env.fake()
+    await env.channel().pci_insert(DEV_A)
+    await env.dom0.release(S)
+    with pytest.raises(DeviceModelDied):
+        await env.channel().pci_insert(DEV_B)
+    assert len(env.channels.kept) == 0
 
 
 async def test_pci_insert_refusals_fail_fast_and_restore_state(env: Env) -> None:
