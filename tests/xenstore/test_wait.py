@@ -57,7 +57,7 @@ def equals(wanted: str) -> Any:
 
 async def started(xs: Xs, wait: Any, looked: asyncio.Event) -> asyncio.Task[Any]:
     """``wait`` as a task, once its first look is done (its watches are set by then)."""
-    task = asyncio.ensure_future(wait)
+    task: asyncio.Task[Any] = asyncio.ensure_future(wait)
     await asyncio.wait_for(looked.wait(), GUARD)
     return task
 
