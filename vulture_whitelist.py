@@ -57,7 +57,3 @@ _.validate_type  # wire: the Op for a type number, UnknownType past 4.17's
 _.next_packet  # wire: the packet reader's next whole packet
 _.letter  # wire perms: a permission's access as its letter
 _.guest_uuid  # spawn.Created: the guest's uuid, for a caller that did not choose it
-
-# -- PENDING: in files being rewritten (issue 14); to be deleted or used, then removed here
-_.from_socket  # xenstore/transport.py: never called
-_.active  # xenstore/client.py: a property only tests read

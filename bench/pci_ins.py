@@ -10,7 +10,7 @@ xenstore writes and watch events of one ``pci-ins`` and nothing else::
 
 that is 6 writes and 6 watch events.  Against it:
 
-- ``channel``: `DeviceModelChannel.pci_insert` (toolstack/control.py) with the real
+- ``channel``: `DeviceModelChannel.pci_insert` (toolstack/channel.py) with the real
   ``stubdom-dm`` agent (sim backend) on a real ``stubdom host``: the whole exchange, the
   recovery and the pre-wait for ``running`` included;
 - ``pci-attach``: `pci.pci_attach`, which also makes the stubdomain's pciback
@@ -61,7 +61,7 @@ from bench.hostkit import (  # noqa: E402
 )
 from bench.rawxs import RawConnection  # noqa: E402
 from stubdom.protocol import Bdf  # noqa: E402
-from stubdom.toolstack.control import DeviceModelChannel  # noqa: E402
+from stubdom.toolstack.channel import ChannelRegistry, DeviceModelChannel  # noqa: E402
 from stubdom.xenstore import Client  # noqa: E402
 from tests.support.daemons import Daemon, have_cx, short_tmpdir, start_cx, start_ours  # noqa: E402
 
@@ -194,7 +194,7 @@ def floor(ts_sock: str, dm_sock: str, dm_absolute: bool, ops: int) -> list[float
 
 async def channel_loop(client: Client, lock_dir: Path, ops: int) -> list[float]:
     """µs per `DeviceModelChannel.pci_insert` (the raw device model takes any function)."""
-    chan = DeviceModelChannel(client, STUB, GUEST, lock_dir)
+    chan = DeviceModelChannel(client, STUB, GUEST, lock_dir, channels=ChannelRegistry())
     out: list[float] = []
     for i in range(ops + max(ops // 10, 2)):
         t0 = time.perf_counter()

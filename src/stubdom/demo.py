@@ -408,7 +408,7 @@ class _Guest:
 
     async def destroy(self, step: Step) -> str:
         s = self.s
-        await destroy_guest(s.hv, s.xs, self.guest, s.paths)
+        await destroy_guest(s.hv, s.xs, self.guest, s.paths, channels=s.channels)
         names = [d.name for d in await s.domains()]
         if any(n.startswith(self.cfg.name) for n in names):
             raise DemoError(f"domains left after destroy: {', '.join(names)}")

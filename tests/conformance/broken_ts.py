@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from stubdom import protocol as proto
 from stubdom.cli.main import main
-from stubdom.toolstack import control, spawn
+from stubdom.toolstack import channel, exchange, spawn
 from stubdom.wire.perms import Access, Perm
 from stubdom.xenstore import Transaction
 
@@ -30,32 +30,32 @@ def _perms_dm_dir(self: spawn.StubdomSpawner, stub: int, guest: int) -> Awaitabl
     return self.xs.retry_transaction(body)
 
 
-def _command_first(orig: Callable[..., Awaitable[control.Snapshot]]) -> Callable[..., object]:
-    async def exchange(
-        self: control.DeviceModelChannel,
-        command: control.Command,
+def _command_first(orig: Callable[..., Awaitable[exchange.Snapshot]]) -> Callable[..., object]:
+    async def command_first(
+        self: channel.DeviceModelChannel,
+        command: proto.Command,
         parameter: str | None,
-        expect: control.State,
-        restore: control.Restore,
-    ) -> control.Snapshot:
-        state = await self._read(self._state)
+        expect: proto.State,
+        restore: exchange.Restore,
+    ) -> exchange.Snapshot:
+        state = await self.client.read_text(self._state)
 
-        async def send(watches: object) -> control.Snapshot:
+        async def send(watches: object) -> exchange.Snapshot:
             await self.client.write(self._command, command.value)
             if parameter is not None:
                 await self.client.write(self._parameter, parameter)
-            got = [await self.client.read_optional(p) for p in (self._state, self._parameter)]
-            return control.Snapshot(*(None if v is None else v.decode() for v in got))
+            got = [await self.client.read_text(p) for p in (self._state, self._parameter)]
+            return exchange.Snapshot(*got)
 
         try:
             return await self._wait(
-                control.CommandExchange(self.guest, expect, command, parameter), send
+                exchange.CommandExchange(self.guest, expect, command, parameter), send
             )
         finally:
-            if state is not None and restore is not control.Restore.NEVER:
+            if state is not None and restore is not exchange.Restore.NEVER:
                 await self._restore(state)
 
-    return exchange
+    return command_first
 
 
 def patch(variant: str) -> None:
@@ -74,19 +74,19 @@ def patch(variant: str) -> None:
         spawn.StubdomSpawner._make_dm_dir = _perms_dm_dir  # type: ignore[method-assign,assignment]
     elif variant == "no-restore":
 
-        async def no_restore(self: control.DeviceModelChannel, orig: str) -> None:
+        async def no_restore(self: channel.DeviceModelChannel, orig: str) -> None:
             return None
 
-        control.DeviceModelChannel._restore = no_restore  # type: ignore[method-assign]
+        channel.DeviceModelChannel._restore = no_restore  # type: ignore[method-assign]
     elif variant == "command-first":
-        ch = control.DeviceModelChannel
+        ch = channel.DeviceModelChannel
         ch._exchange = _command_first(ch._exchange)  # type: ignore[method-assign,assignment]
     elif variant == "pci-ins-format":
 
         def fmt(bdf: proto.Bdf, vdevfn: int, msi: bool, pm: bool) -> str:
             return f"{bdf},msitranslate={int(msi)}"
 
-        control.pci_ins_parameter = fmt
+        channel.pci_ins_parameter = fmt
     else:
         raise SystemExit(f"unknown variant {variant!r}")
 

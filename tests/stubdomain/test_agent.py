@@ -24,14 +24,9 @@ from stubdom.stubdomain.agent import Agent
 from stubdom.stubdomain.args import AgentOptions
 from stubdom.toolstack import devices, saverestore
 from stubdom.toolstack import operations as ops
+from stubdom.toolstack.channel import DeviceModelChannel
 from stubdom.toolstack.config import DiskSpec, GuestConfig, NicSpec
-from stubdom.toolstack.control import (
-    DeviceModelChannel,
-    DeviceModelTimeout,
-    PciInsertError,
-    PciRemoveError,
-    kept_watches,
-)
+from stubdom.toolstack.exchange import DeviceModelTimeout, PciInsertError, PciRemoveError
 from stubdom.toolstack.session import Session
 from stubdom.toolstack.spawn import Created, CreateError, HostPaths, destroy_guest
 from stubdom.xenstore import Client
@@ -429,14 +424,14 @@ async def test_a_logdirty_command_is_answered_once(ours: Daemon) -> None:
 
 async def test_destroy_removes_the_watches_a_channel_keeps(host: Host) -> None:
     """A channel keeps its three watches on the session's client across commands; a
-    destroy through the same client must take them away (a long-lived toolstack would
+    destroy in the same session must take them away (a long-lived toolstack would
     otherwise keep three watches per guest it ever commanded)."""
     c = await host.create()
     await host.add_pciback(c, B1)
     await host.chan(c).pci_insert(B1)
-    assert len(kept_watches(host.xs)) == 1
-    await destroy_guest(host.s.hv, host.xs, c.guest, host.s.paths)
-    assert kept_watches(host.xs) == {}
+    assert len(host.s.channels.kept) == 1
+    await destroy_guest(host.s.hv, host.xs, c.guest, host.s.paths, host.s.channels)
+    assert len(host.s.channels.kept) == 0
 
 
 async def test_a_restore_removes_stages_of_dead_restores(host: Host) -> None:

@@ -22,7 +22,7 @@ from stubdom.wire import (
     split_args,
 )
 from stubdom.wire.constants import ERRNO_NAMES, TYPE_COUNT
-from stubdom.wire.packet import error_packet, validate_type, watch_event
+from stubdom.wire.packet import error_packet, op_name, validate_type, watch_event
 
 
 def test_message_type_numbers_match_xs_wire_h() -> None:
@@ -141,3 +141,8 @@ def test_error_and_event_packets() -> None:
     assert (err.op, err.payload, err.req_id, err.tx_id) == (Op.ERROR, b"ENOENT\0", 9, 4)
     ev = watch_event(b"/a", b"tok")
     assert (ev.op, ev.payload, ev.req_id, ev.tx_id) == (Op.WATCH_EVENT, b"/a\0tok\0", 0, 0)
+
+
+def test_op_name_names_known_types_and_numbers_unknown_ones() -> None:
+    assert op_name(Op.READ) == "READ" == Packet(Op.READ).type_name
+    assert op_name(TYPE_COUNT + 5) == str(TYPE_COUNT + 5) == Packet(TYPE_COUNT + 5).type_name

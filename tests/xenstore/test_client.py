@@ -476,3 +476,4 @@ async def test_rm_missing_ok(client: Client) -> None:
     await client.write("/gone/soon", "x")
     await client.rm("/gone/soon", missing_ok=True)
     assert not await client.exists("/gone/soon")
+

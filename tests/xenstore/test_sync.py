@@ -137,3 +137,11 @@ def test_connect_failure_cleans_up(sock_dir: Path) -> None:
     with pytest.raises(FileNotFoundError):
         SyncClient(str(sock_dir / "missing"))
     assert threading.active_count() == before
+
+
+def test_wait_until_blocks_until_the_condition_holds(sync_client: SyncClient) -> None:
+    sync_client.write("/w", "ready")
+    assert sync_client.wait_until("/w", lambda v: v if v == "ready" else None, GUARD) == "ready"
+    assert sync_client.wait_until(["/w", "/none"], lambda vs: vs, GUARD) == ("ready", None)
+    assert sync_client.read_text("/none") is None
+    assert sync_client.read_optional("/w") == b"ready"

@@ -15,8 +15,8 @@ import click
 from stubdom.cli.main import stdout_closed
 from stubdom.host.hypervisor import DomainInfo, HypervisorError
 from stubdom.host.rundir import ENV_VAR
-from stubdom.toolstack.control import DeviceModelError
 from stubdom.toolstack.devices import DeviceError
+from stubdom.toolstack.exchange import DeviceModelError
 from stubdom.toolstack.session import Session, ToolstackError, open_session
 from stubdom.toolstack.spawn import CreateError
 from stubdom.toolstack.xlcfg import ConfigError

@@ -186,7 +186,7 @@ def destroy(domain: str, directory: str | None) -> None:
             await destroy_domain(s.hv, s.xs, orphan.domid, orphan.uuid, s.paths)
             return
         info = await s.resolve_guest(domain)
-        await destroy_guest(s.hv, s.xs, info.domid, s.paths)
+        await destroy_guest(s.hv, s.xs, info.domid, s.paths, channels=s.channels)
 
     run(body, directory)
 

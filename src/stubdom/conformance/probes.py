@@ -16,9 +16,9 @@ from stubdom.host.hypervisor import DomainState, HypervisorError
 from stubdom.host.xenbus import XenbusState
 from stubdom.toolstack import devices
 from stubdom.toolstack import operations as ops
+from stubdom.toolstack.channel import DeviceModelChannel
 from stubdom.toolstack.config import DiskSpec, GuestConfig, NicSpec
-from stubdom.toolstack.control import (
-    DeviceModelChannel,
+from stubdom.toolstack.exchange import (
     DeviceModelError,
     DeviceModelTimeout,
     PciInsertError,

@@ -114,8 +114,8 @@ def _explain(step: str, e: Exception) -> str:
     """One line for a failed step: the error as the peer's fault when it is a protocol
     or I/O error, else as an error of the kit's step (still a verdict, not a crash)."""
     from stubdom.host.hypervisor import HypervisorError
-    from stubdom.toolstack.control import DeviceModelError
     from stubdom.toolstack.devices import DeviceError
+    from stubdom.toolstack.exchange import DeviceModelError
     from stubdom.toolstack.session import ToolstackError
     from stubdom.toolstack.spawn import CreateError
     from stubdom.xenstore import XenStoreError

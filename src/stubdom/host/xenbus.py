@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import TYPE_CHECKING
 
 from stubdom.wire.paths import domain_path
-
-if TYPE_CHECKING:
-    from stubdom.xenstore import Client, Transaction
 
 
 class XenbusState(enum.IntEnum):
@@ -153,9 +149,3 @@ class FrontendHandshake:
         ):
             return XenbusState.CONNECTED
         return None
-
-
-async def read_text(client: Client | Transaction, path: str) -> str | None:
-    """A node's value as text (device nodes are ASCII), or None if it does not exist."""
-    raw = await client.read_optional(path)
-    return None if raw is None else raw.decode("utf-8", "replace")

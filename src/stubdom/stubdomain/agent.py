@@ -144,10 +144,6 @@ class Agent:
 
     # -- start-up ------------------------------------------------------------------------
 
-    async def _read(self, path: str) -> str | None:
-        raw = await self.client.read_optional(path)
-        return raw.decode("utf-8", "replace") if raw is not None else None
-
     async def setup(self) -> None:
         """Everything before ``running``; `AgentFatal` if the stub cannot serve."""
         try:
@@ -307,15 +303,14 @@ class Agent:
 
     async def command_event(self) -> None:
         path = proto.dm_relative_path(self.guest, "command")
-        value = await self._read(path)
+        value = await self.client.read_text(path)
         if value is None:
             return
         # qemu-trad's rm, then read of parameter, in one round trip.
-        _, raw = await pipelined(
+        _, parameter = await pipelined(
             self.client.rm(path, missing_ok=True),
-            self.client.read_optional(proto.dm_relative_path(self.guest, cmds.PARAMETER)),
+            self.client.read_text(proto.dm_relative_path(self.guest, cmds.PARAMETER)),
         )
-        parameter = raw.decode("utf-8", "replace") if raw is not None else None
         d = cmds.dispatch(value, parameter, compat=self.compat, paused=self.paused)
         for line in d.log:
             log.info("%s", line)
@@ -396,8 +391,8 @@ class Agent:
     async def logdirty_event(self) -> None:
         # ret before cmd: the toolstack removes both at once, so a ret equal to the cmd
         # read after it means this very command was answered.
-        answered = await self._read(proto.dm_relative_path(self.guest, "logdirty/ret"))
-        value = await self._read(proto.dm_relative_path(self.guest, "logdirty/cmd"))
+        answered = await self.client.read_text(proto.dm_relative_path(self.guest, "logdirty/ret"))
+        value = await self.client.read_text(proto.dm_relative_path(self.guest, "logdirty/cmd"))
         d = cmds.logdirty(value, self.compat, answered)
         if d.error is not None:
             log.error("%s", d.error)
@@ -419,7 +414,7 @@ class Agent:
         avail: dict[int, str | None] = {}
         for name in names:
             if name.isdigit():
-                avail[int(name)] = await self._read(f"{base}/{name}/availability")
+                avail[int(name)] = await self.client.read_text(f"{base}/{name}/availability")
         online = cmds.online_vcpus(avail, self.vcpus)
         if online != self.vcpus:
             assert self.dm is not None

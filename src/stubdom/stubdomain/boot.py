@@ -25,23 +25,18 @@ class BootInfo:
     dmargs: str
 
 
-async def _read(client: Client, path: str) -> str | None:
-    raw = await client.read_optional(path)
-    return raw.decode("utf-8", "replace") if raw is not None else None
-
-
 async def read_boot_info(client: Client) -> BootInfo:
     """Our domid, the guest's, its vm path and dmargs; `BootError` if one is missing."""
     try:
-        self_domid = int(await _read(client, proto.DOMID_RELATIVE) or "")
+        self_domid = int(await client.read_text(proto.DOMID_RELATIVE) or "")
     except ValueError:
         raise BootError("cannot read our own domid") from None
     try:
-        target = int(await _read(client, proto.TARGET_RELATIVE) or "")
+        target = int(await client.read_text(proto.TARGET_RELATIVE) or "")
     except ValueError:
         raise BootError("Couldn't read target") from None
-    vm = await _read(client, proto.vm_path_node(target))
+    vm = await client.read_text(proto.vm_path_node(target))
     if vm is None:
         raise BootError(f"cannot read the vm path of domain {target}")
-    dmargs = await _read(client, proto.dmargs_path(vm)) or ""
+    dmargs = await client.read_text(proto.dmargs_path(vm)) or ""
     return BootInfo(self_domid, target, vm, dmargs)

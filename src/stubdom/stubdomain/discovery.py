@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass, field
 
@@ -60,14 +61,6 @@ class Discovered:
                 async with asyncio.timeout(CLOSE_TIMEOUT):
                     await fe.close()
         self.frontends.clear()
-
-
-async def _read(client: Client, path: str) -> str | None:
-    try:
-        raw = await client.read_optional(path)
-    except PermissionDenied:
-        return None
-    return raw.decode("utf-8", "replace") if raw is not None else None
 
 
 def place(dev: str, have_hd: bool) -> tuple[DiskBus, int] | None:
@@ -124,21 +117,22 @@ async def _connect_vbds(
     client: Client, self_domid: int, timeout: float, found: Discovered
 ) -> list[tuple[int, str, Frontend]]:
     """Each vbd whose dom0 backend points back to us, connected, with its ``dev``."""
+    read = functools.partial(client.read_text, denied_as_absent=True)
     vbds: list[tuple[int, str, Frontend]] = []
     for devid in await list_devices(client, "vbd"):
         fe_dir = f"device/vbd/{devid}"
-        backend = await _read(client, f"{fe_dir}/backend")
+        backend = await read(f"{fe_dir}/backend")
         allowed = {f"/local/domain/0/backend/{k}/{self_domid}/{devid}" for k in BACKEND_KINDS}
         if backend not in allowed:
             found.notes.append(f"vbd {devid}: backend {backend!r} is not dom0's, skipped")
             continue
-        if await _read(client, f"{backend}/frontend") not in (
+        if await read(f"{backend}/frontend") not in (
             f"/local/domain/{self_domid}/{fe_dir}",
             None,
         ):
             found.notes.append(f"vbd {devid}: the backend does not point back to us, skipped")
             continue
-        dev = await _read(client, f"{backend}/dev") or ""
+        dev = await read(f"{backend}/dev") or ""
         fe = _frontend(client, "vbd", devid, timeout)
         try:
             await fe.connect()
@@ -154,13 +148,14 @@ async def _place_vbds(
     client: Client, vbds: list[tuple[int, str, Frontend]], found: Discovered
 ) -> None:
     """The emulated drive of each vbd (no ``xvd`` drive beside an ``hd`` one)."""
+    read = functools.partial(client.read_text, denied_as_absent=True)
     have_hd = any(dev.startswith("hd") for _, dev, _ in vbds)
     for devid, dev, fe in vbds:
         where = place(dev, have_hd)
         if where is None:
             found.notes.append(f"vbd {devid}: cannot place drive {dev!r}, not emulated")
             continue
-        cdrom = (await _read(client, f"device/vbd/{devid}/device-type")) == "cdrom"
+        cdrom = await read(f"device/vbd/{devid}/device-type") == "cdrom"
         found.disks.append(
             Disk(
                 vdev=dev,

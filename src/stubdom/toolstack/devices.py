@@ -23,7 +23,6 @@ connected, which pciback answers with 8 (Reconfigured) and then 4 again.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable, Collection, Mapping
@@ -37,12 +36,11 @@ from stubdom.host.xenbus import (
     XenbusState,
     backend_path,
     frontend_path,
-    read_text,
     valid_mac,
 )
 from stubdom.protocol import Bdf
 from stubdom.wire.paths import domain_path
-from stubdom.xenstore import Client, NoEntry, Transaction, XenStoreTimeout
+from stubdom.xenstore import Client, NoEntry, Transaction, WaitTimeout
 from stubdom.xenstore.pipeline import pipelined
 
 T = TypeVar("T")
@@ -539,23 +537,22 @@ async def wait_for_state(
     `BackendGone` if the node is removed, `DeviceFailed` on a state in ``fail``.
     """
     wanted = {states} if isinstance(states, XenbusState) else set(states)
-    loop_time = _Deadline(timeout)
-    state: XenbusState | None = None
-    async with client.watch(path) as w:
-        while True:
-            try:
-                await w.get(loop_time.left())
-            except XenStoreTimeout:
-                raise DeviceTimeout(_stuck(path, state, wanted, timeout)) from None
-            try:
-                raw = await client.read(path)
-            except NoEntry:
-                raise BackendGone(f"{path} was removed while waiting for its state") from None
-            state = XenbusState.parse(raw)
-            if state in wanted:
-                return state
-            if state in fail:
-                raise DeviceFailed(f"{path} went to {state.name} ({int(state)})")
+
+    def reached(raw: str | None) -> XenbusState | None:
+        if raw is None:
+            raise BackendGone(f"{path} was removed while waiting for its state")
+        state = XenbusState.parse(raw)
+        if state in wanted:
+            return state
+        if state in fail:
+            raise DeviceFailed(f"{path} went to {state.name} ({int(state)})")
+        return None
+
+    try:
+        return await client.wait_until(path, reached, timeout)
+    except WaitTimeout as err:
+        seen = None if err.last is None else XenbusState.parse(err.last[0])
+        raise DeviceTimeout(_stuck(path, seen, wanted, timeout)) from None
 
 
 def _stuck(
@@ -566,15 +563,6 @@ def _stuck(
     if state is None:
         return f"{path}: not even read within {timeout:g} s (waiting for {awaited})"
     return f"{path} is {state.label} after {timeout:g} s, not {awaited}"
-
-
-class _Deadline:
-    def __init__(self, timeout: float) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._end = self._loop.time() + timeout
-
-    def left(self) -> float:
-        return max(0.0, self._end - self._loop.time())
 
 
 async def wait_device_connection(
@@ -596,28 +584,22 @@ async def wait_device_connection(
             fail=(XenbusState.CLOSING, XenbusState.CLOSED),
         )
     except DeviceFailed as exc:
-        error = await read_text(client, f"{be}/hotplug-error")
+        error = await client.read_text(f"{be}/hotplug-error")
         raise DeviceFailed(f"{ref}: backend failed: {error or exc}") from None
-    if await read_text(client, f"{be}/script") is not None:
+    if await client.read_text(f"{be}/script") is not None:
         status = await _wait_hotplug_status(client, ref, timeout)
         if status != "connected":
-            error = await read_text(client, f"{be}/hotplug-error")
+            error = await client.read_text(f"{be}/hotplug-error")
             raise DeviceFailed(f"{ref}: hotplug status {status!r}: {error or 'no hotplug-error'}")
     return state
 
 
 async def _wait_hotplug_status(client: Client, ref: DeviceRef, timeout: float) -> str:
     path = f"{ref.backend}/hotplug-status"
-    deadline = _Deadline(timeout)
-    async with client.watch(path) as w:
-        while True:
-            try:
-                await w.get(deadline.left())
-            except XenStoreTimeout:
-                raise DeviceTimeout(f"{path}: no hotplug status within {timeout:g} s") from None
-            value = await read_text(client, path)
-            if value:
-                return value
+    try:
+        return await client.wait_until(path, lambda status: status or None, timeout)
+    except WaitTimeout:
+        raise DeviceTimeout(f"{path}: no hotplug status within {timeout:g} s") from None
 
 
 async def _path_cleanup(t: Transaction, path: str, stop: str) -> None:
@@ -656,7 +638,7 @@ async def _initiate_close(client: Client, ref: DeviceRef, remove_frontend: bool)
     async def body(t: Transaction) -> bool:
         if remove_frontend:
             await _path_cleanup(t, ref.frontend, domain_path(ref.domid))
-        state = await read_text(t, f"{be}/state")
+        state = await t.read_text(f"{be}/state")
         if state is None:
             return False
         await t.write(f"{be}/online", "0")
@@ -808,7 +790,7 @@ async def add_pci(
     be = ref.backend
 
     async def body(t: Transaction) -> int:
-        raw = await read_text(t, f"{be}/num_devs")
+        raw = await t.read_text(f"{be}/num_devs")
         num = int(raw) if raw else 0
         if num and not starting:
             await _require_connected(t, be)
@@ -854,7 +836,7 @@ class _NotConnected(Exception):
 
 async def _require_connected(t: Transaction, be: str) -> None:
     """Read pciback's state inside ``t``: the commit then fails if anyone changes it."""
-    if XenbusState.parse(await read_text(t, f"{be}/state")) is not XenbusState.CONNECTED:
+    if XenbusState.parse(await t.read_text(f"{be}/state")) is not XenbusState.CONNECTED:
         raise _NotConnected
 
 
@@ -890,12 +872,12 @@ async def remove_pci(
     be = ref.backend
 
     async def find(t: Transaction) -> tuple[int, int]:
-        raw = await read_text(t, f"{be}/num_devs")
+        raw = await t.read_text(f"{be}/num_devs")
         if raw is None:
             raise DeviceError(f"domain {domid} has no pci device")
         num = int(raw)
         for i in range(num):
-            dev = await read_text(t, f"{be}/dev-{i}")
+            dev = await t.read_text(f"{be}/dev-{i}")
             try:
                 if dev is not None and Bdf.parse(dev) == address:
                     return num, i
@@ -919,7 +901,7 @@ async def remove_pci(
         await t.write(f"{be}/num_devs", str(num - 1))
         for j in range(index + 1, num):
             for key in PCI_PER_FUNCTION:
-                value = await read_text(t, f"{be}/{key}-{j}")
+                value = await t.read_text(f"{be}/{key}-{j}")
                 if value is not None:
                     await t.write(f"{be}/{key}-{j - 1}", value)
                     await _rm(t, f"{be}/{key}-{j}")

@@ -43,8 +43,8 @@ from stubdom.host.rundir import (
 )
 from stubdom.toolstack.actions import Decision, Outcome, decide, preserved_suffix
 from stubdom.toolstack.config import GuestConfig
-from stubdom.toolstack.control import DeviceModelError
 from stubdom.toolstack.domain import rename_guest
+from stubdom.toolstack.exchange import DeviceModelError
 from stubdom.toolstack.operations import create_guest, recorded_config
 from stubdom.toolstack.records import roperm
 from stubdom.toolstack.session import Session, ToolstackError
@@ -128,7 +128,7 @@ class DomainMonitor:
             await preserve_domain(s, self.guest, cfg.name)
             return True
         log.info("Domain %d needs to be cleaned up: destroying the domain", self.guest)
-        await destroy_guest(s.hv, s.xs, self.guest, s.paths)
+        await destroy_guest(s.hv, s.xs, self.guest, s.paths, s.channels)
         return decision.outcome.restarts and cfg is not None
 
     def _moved(self, guest: int) -> None:

@@ -17,10 +17,8 @@ from typing import TYPE_CHECKING
 
 from stubdom import protocol as proto
 from stubdom.host.hypervisor import DomainState, HypervisorError
+from stubdom.toolstack.channel import DeviceModelChannel
 from stubdom.toolstack.config import GuestConfig
-from stubdom.toolstack.control import (
-    DeviceModelChannel,
-)
 from stubdom.toolstack.session import Session, ToolstackError
 from stubdom.toolstack.spawn import Created, StubdomSpawner
 from stubdom.xenstore import XenStoreError
@@ -48,6 +46,7 @@ def channel(s: Session, stub: int, guest: int, timeout: float | None = None) -> 
         timeout=timeout or proto.DEVICE_MODEL_TIMEOUT,
         running=running,
         postmortem=lambda: stub_postmortem(s, stub, guest),
+        channels=s.channels,
     )
 
 

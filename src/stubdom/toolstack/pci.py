@@ -32,9 +32,9 @@ from dataclasses import dataclass
 
 from stubdom import protocol as proto
 from stubdom.toolstack import devices
+from stubdom.toolstack.channel import DeviceModelChannel
 from stubdom.toolstack.config import PciSpec
-from stubdom.toolstack.control import (
-    DeviceModelChannel,
+from stubdom.toolstack.exchange import (
     DeviceModelDied,
     DeviceModelError,
     DeviceModelTimeout,

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from stubdom import protocol as proto
+from stubdom.toolstack.channel import DeviceModelChannel
 from stubdom.toolstack.config import GuestConfig
-from stubdom.toolstack.control import DeviceModelChannel, DeviceModelDied, DeviceModelError
+from stubdom.toolstack.exchange import DeviceModelDied, DeviceModelError
 from stubdom.toolstack.operations import (
     UnusableRecord,
     channel,
@@ -262,7 +263,7 @@ async def _after_save(
         if not leave_paused:
             await s.hv.unpause(guest)
     else:
-        await destroy_guest(s.hv, s.xs, guest, s.paths)
+        await destroy_guest(s.hv, s.xs, guest, s.paths, s.channels)
 
 
 async def _uninterrupted(aw: Awaitable[T]) -> T:

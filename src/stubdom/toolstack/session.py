@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from stubdom import protocol as proto
 from stubdom.host.api import HostNotRunning, RemoteHypervisor
 from stubdom.host.hypervisor import DomainInfo, Hypervisor, HypervisorError
 from stubdom.host.rundir import RunDir, resolve
+from stubdom.toolstack.channel import ChannelRegistry
 from stubdom.toolstack.spawn import HostPaths
 from stubdom.xenstore import RECONNECT, Client
 
@@ -28,6 +29,9 @@ class Session:
     xs: Client
     paths: HostPaths
     run_dir: RunDir
+    #: What the device-model channels opened on ``xs`` keep between commands (their
+    #: watches, the in-process locks): it lives as long as the connection.
+    channels: ChannelRegistry = field(default_factory=ChannelRegistry)
 
     async def domains(self) -> Sequence[DomainInfo]:
         return await self.hv.list_domains()

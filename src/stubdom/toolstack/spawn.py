@@ -23,8 +23,8 @@ from stubdom.host.hypervisor import DomainConfig, Hypervisor, HypervisorError
 from stubdom.host.xenbus import backend_root
 from stubdom.programs import find_program
 from stubdom.toolstack import devices
+from stubdom.toolstack.channel import ChannelRegistry
 from stubdom.toolstack.config import DiskSpec, GuestConfig
-from stubdom.toolstack.control import forget_channel_watches
 from stubdom.toolstack.devices import add_console
 from stubdom.toolstack.dmargs import build_dm_argv
 from stubdom.toolstack.fileio import StagedFile
@@ -478,15 +478,23 @@ async def _names(xs: Client, path: str) -> list[str]:
         return []
 
 
-async def destroy_guest(hv: Hypervisor, xs: Client, guest: int, paths: HostPaths) -> None:
+async def destroy_guest(
+    hv: Hypervisor,
+    xs: Client,
+    guest: int,
+    paths: HostPaths,
+    channels: ChannelRegistry | None = None,
+) -> None:
     """Destroy a guest and its stubdomain, as ``libxl__domain_destroy`` does.
 
     It works on whatever a toolstack killed half-way left: the stubdomain is found from
     ``device-model-domid``, else from the hypervisor (see `stubdoms_of`); a domain
     without xenstore records still has its ``/vm`` tree named by the hypervisor's
-    uuid.  The guest's save marker goes too; logs stay, as with libxl.
+    uuid.  The guest's save marker goes too; logs stay, as with libxl.  The watches
+    ``channels`` (the session's) keep for the guest go first.
     """
-    await forget_channel_watches(xs, guest)
+    if channels is not None:
+        await channels.forget(guest)
     for stub, stub_uuid in await stubdoms_of(hv, xs, guest):
         await destroy_domain(hv, xs, stub, stub_uuid, paths)
     await destroy_domain(hv, xs, guest, await _uuid_of(hv, xs, guest), paths)

@@ -16,6 +16,15 @@ from stubdom.wire.constants import HEADER_SIZE, PAYLOAD_MAX, TYPE_COUNT, Op
 _HEADER = struct.Struct("=4I")
 
 
+def op_name(op: int) -> str:
+    """The name of message type ``op`` (``READ``), or its number if 4.17 has none, so
+    logs and errors can name types a peer made up."""
+    try:
+        return Op(op).name
+    except ValueError:
+        return str(op)
+
+
 class WireError(Exception):
     """Base class of every error raised by the wire layer."""
 
@@ -65,10 +74,7 @@ class Packet(NamedTuple):
 
     @property
     def type_name(self) -> str:
-        try:
-            return Op(self.op).name
-        except ValueError:
-            return str(self.op)
+        return op_name(self.op)
 
     def args(self) -> list[bytes]:
         """The NUL-separated strings of the payload (the last one need not be empty)."""

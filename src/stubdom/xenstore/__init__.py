@@ -3,7 +3,8 @@
 Layers, bottom up: `protocol` (sans-IO: requests to bytes, bytes to replies and
 watch events, reply matching, DIRECTORY_PART paging), `transport` (Unix socket or
 xenbus device, chosen like libxenstore), `client` (the asyncio `Client`, `Watch`,
-`Transaction`), `sync` (`SyncClient`).  Errors are in `errors`.
+`Transaction`), `waiting` (`Client.wait_until`: watch nodes until a condition on them
+holds), `sync` (`SyncClient`).  Errors are in `errors`.
 """
 
 from stubdom.wire.perms import Access, Perm, parse_perm
@@ -38,6 +39,7 @@ from stubdom.xenstore.errors import (
     ServerIOError,
     TooBig,
     TransactionConflict,
+    WaitTimeout,
     XenStoreError,
     XenStoreTimeout,
     error_from_name,
@@ -58,6 +60,7 @@ from stubdom.xenstore.transport import (
     domain_dev_path,
     open_transport,
 )
+from stubdom.xenstore.waiting import WatchGroup
 
 __all__ = [
     "DEFAULT",
@@ -95,8 +98,10 @@ __all__ = [
     "Transaction",
     "TransactionConflict",
     "Transport",
+    "WaitTimeout",
     "Watch",
     "WatchEvent",
+    "WatchGroup",
     "WatchSink",
     "XenStoreError",
     "XenStoreTimeout",

@@ -41,15 +41,17 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast, overload
 
 from stubdom.wire.constants import PAYLOAD_MAX, Op
+from stubdom.wire.packet import op_name
 from stubdom.wire.paths import check_client_path
 from stubdom.wire.perms import Perm
 from stubdom.xenstore.errors import (
     ConnectionClosed,
     NoEntry,
     NotSupported,
+    PermissionDenied,
     ProtocolError,
     TooBig,
     TransactionConflict,
@@ -75,6 +77,7 @@ from stubdom.xenstore.protocol import (
     write_payload,
 )
 from stubdom.xenstore.transport import Transport, open_transport
+from stubdom.xenstore.waiting import wait_until
 
 log = logging.getLogger(__name__)
 
@@ -135,21 +138,14 @@ def retry_pause(attempt: int, attempts: int | None, elapsed: float) -> float | N
 
 def _reply_payload(reply: Reply, what: str | None) -> bytes:
     """The payload of a reply of the request's own type; an ERROR as `XenStoreError`."""
-    op_name = reply.request.op_name
+    name = reply.request.op_name
     if reply.is_error:
-        raise error_from_name(reply.error_name or "EINVAL", op=op_name, path=what)
+        raise error_from_name(reply.error_name or "EINVAL", op=name, path=what)
     if reply.packet.op != reply.request.op:
         raise ProtocolError(
-            f"xenstore {op_name} {what or ''}: reply of type {reply.packet.type_name}"
+            f"xenstore {name} {what or ''}: reply of type {reply.packet.type_name}"
         )
     return reply.payload
-
-
-def _op_name(op: int) -> str:
-    try:
-        return Op(op).name
-    except ValueError:
-        return str(op)
 
 
 class _NodeOps:
@@ -178,6 +174,22 @@ class _NodeOps:
             return await self.read(path, timeout=timeout)
         except NoEntry:
             return None
+
+    async def read_text(
+        self, path: str, *, denied_as_absent: bool = False, timeout: TimeoutArg = DEFAULT
+    ) -> str | None:
+        """The node's value as text, or None if it does not exist -- or, with
+        ``denied_as_absent``, if we may not read it (a guest cannot even learn that a
+        node is gone once its parents are).  Bytes that are not UTF-8 are replaced, not
+        raised: the nodes read as text are ASCII, and a stray byte a peer wrote must
+        not kill the reader."""
+        try:
+            raw = await self.read_optional(path, timeout=timeout)
+        except PermissionDenied:
+            if not denied_as_absent:
+                raise
+            return None
+        return None if raw is None else raw.decode("utf-8", "replace")
 
     async def exists(self, path: str, *, timeout: TimeoutArg = DEFAULT) -> bool:
         """Whether READ finds the node (ENOENT -> False; other errors propagate)."""
@@ -473,7 +485,7 @@ class Client(_NodeOps):
         for req, fut in void:
             del self._waiters[req.req_id]
             fut.set_exception(
-                _forgotten(_op_name(req.op), req.tx_id)
+                _forgotten(op_name(req.op), req.tx_id)
             )
             fut.exception()
 
@@ -533,7 +545,7 @@ class Client(_NodeOps):
         self._raise_closed()
         if len(payload) > PAYLOAD_MAX:
             raise TooBig(
-                op=_op_name(op),
+                op=op_name(op),
                 path=what,
                 message=f"request of {len(payload)} bytes exceeds {PAYLOAD_MAX}",
             )
@@ -544,7 +556,7 @@ class Client(_NodeOps):
                     await self._online.wait()
             except TimeoutError:
                 raise XenStoreTimeout(
-                    f"xenstore {_op_name(op)}: not connected again within {limit:g} s"
+                    f"xenstore {op_name(op)}: not connected again within {limit:g} s"
                 ) from None
             self._raise_closed()
         req, data = self._proto.send(op, payload, tx_id)
@@ -552,7 +564,7 @@ class Client(_NodeOps):
             log.debug(
                 "%s: -> %s req_id=%d tx_id=%d %s",
                 self.description,
-                _op_name(op),
+                op_name(op),
                 req.req_id,
                 tx_id,
                 what or "",
@@ -570,7 +582,7 @@ class Client(_NodeOps):
                     # The reader connects again and re-sends this request.
                 return await fut
         except TimeoutError:
-            where = " ".join(x for x in ("xenstore", _op_name(op), what) if x)
+            where = " ".join(x for x in ("xenstore", op_name(op), what) if x)
             raise XenStoreTimeout(f"{where}: no reply within {limit:g} s") from None
         finally:
             if not fut.done():
@@ -611,6 +623,40 @@ class Client(_NodeOps):
         if token is None:
             token = f"{self._token_prefix}{next(self._tokens)}"
         return Watch(self, path, token, sink)
+
+    @overload
+    async def wait_until(
+        self, paths: str, check: Callable[[str | None], T | None], timeout: float | None
+    ) -> T: ...
+    @overload
+    async def wait_until(
+        self,
+        paths: Sequence[str],
+        check: Callable[[tuple[str | None, ...]], T | None],
+        timeout: float | None,
+    ) -> T: ...
+
+    async def wait_until(
+        self,
+        paths: str | Sequence[str],
+        check: Callable[[str | None], T | None] | Callable[[tuple[str | None, ...]], T | None],
+        timeout: float | None,
+    ) -> T:
+        """Watch ``paths``, then read them (as `read_text`: None for a node that does not
+        exist) now and after each event until ``check`` of what was read is not None;
+        return that.
+
+        ``check`` gets the value of a single path, or the tuple of values of a sequence
+        of paths; it may raise to end the wait.  After ``timeout`` seconds (None: no
+        limit) `WaitTimeout` says so; its ``last`` is the values of the last look.  The
+        watches are registered before the first read (a change in between is not lost)
+        and removed however the wait ends, cancellation included.
+        """
+        if isinstance(paths, str):
+            one = cast("Callable[[str | None], T | None]", check)
+            return await wait_until(self, (paths,), lambda values: one(values[0]), timeout)
+        many = cast("Callable[[tuple[str | None, ...]], T | None]", check)
+        return await wait_until(self, paths, many, timeout)
 
     async def unwatch(self, path: str, token: str, *, timeout: TimeoutArg = DEFAULT) -> None:
         """Raw UNWATCH; also stops routing events for ``token`` to its `Watch`."""

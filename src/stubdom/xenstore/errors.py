@@ -199,6 +199,17 @@ class XenStoreTimeout(TimeoutError):
     """No reply to a request, or no watch event, within the allowed time."""
 
 
+class WaitTimeout(XenStoreTimeout):
+    """A condition on nodes did not hold in time (`Client.wait_until`); a request that
+    timed out meanwhile is a plain `XenStoreTimeout`, so callers can tell the two apart.
+    ``last`` holds the values the last look read (None: no look finished), so the
+    caller can say what it saw."""
+
+    def __init__(self, message: str, last: tuple[str | None, ...] | None = None) -> None:
+        super().__init__(message)
+        self.last = last
+
+
 class ProtocolError(Exception):
     """The server sent bytes or a reply that the xenstore protocol does not allow."""
 
@@ -224,6 +235,7 @@ __all__ = [
     "ServerIOError",
     "TooBig",
     "TransactionConflict",
+    "WaitTimeout",
     "XenStoreError",
     "XenStoreTimeout",
     "error_from_name",

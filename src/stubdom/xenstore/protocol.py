@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from stubdom.wire.constants import Op
-from stubdom.wire.packet import DecodeError, Packet, PacketDecoder, encode, join_args
+from stubdom.wire.packet import DecodeError, Packet, PacketDecoder, encode, join_args, op_name
 from stubdom.wire.perms import InvalidPermission, Perm, parse_perm
 from stubdom.xenstore.errors import ProtocolError
 
@@ -65,10 +65,7 @@ class Request:
 
     @property
     def op_name(self) -> str:
-        try:
-            return Op(self.op).name
-        except ValueError:
-            return str(self.op)
+        return op_name(self.op)
 
 
 @dataclass(frozen=True, slots=True)

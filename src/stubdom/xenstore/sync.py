@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from stubdom.wire.perms import Perm
 from stubdom.xenstore.client import (
@@ -87,6 +87,16 @@ class _SyncNodeOps:
 
     def read(self, path: str, *, timeout: TimeoutArg = DEFAULT) -> bytes:
         return self._runner.call(self._ops().read(path, timeout=timeout))
+
+    def read_optional(self, path: str, *, timeout: TimeoutArg = DEFAULT) -> bytes | None:
+        return self._runner.call(self._ops().read_optional(path, timeout=timeout))
+
+    def read_text(
+        self, path: str, *, denied_as_absent: bool = False, timeout: TimeoutArg = DEFAULT
+    ) -> str | None:
+        return self._runner.call(
+            self._ops().read_text(path, denied_as_absent=denied_as_absent, timeout=timeout)
+        )
 
     def exists(self, path: str, *, timeout: TimeoutArg = DEFAULT) -> bool:
         return self._runner.call(self._ops().exists(path, timeout=timeout))
@@ -270,6 +280,22 @@ class SyncClient(_SyncNodeOps):
 
     async def _make_watch(self, path: str, token: str | None) -> Watch:
         return self._client.watch(path, token)  # builds its queue inside the loop
+
+    @overload
+    def wait_until(
+        self, paths: str, check: Callable[[str | None], T | None], timeout: float | None
+    ) -> T: ...
+    @overload
+    def wait_until(
+        self,
+        paths: Sequence[str],
+        check: Callable[[tuple[str | None, ...]], T | None],
+        timeout: float | None,
+    ) -> T: ...
+
+    def wait_until(self, paths: Any, check: Any, timeout: float | None) -> Any:
+        """`Client.wait_until`; ``check`` runs in the loop thread, so keep it quick."""
+        return self._runner.call(self._client.wait_until(paths, check, timeout))
 
     def unwatch(self, path: str, token: str, *, timeout: TimeoutArg = DEFAULT) -> None:
         self._runner.call(self._client.unwatch(path, token, timeout=timeout))

@@ -22,7 +22,6 @@ import contextlib
 import errno
 import logging
 import os
-import socket
 import stat
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -187,13 +186,6 @@ class StreamTransport(Transport):
         loop = asyncio.get_running_loop()
         transport, protocol = await loop.create_unix_connection(_StreamProtocol, path)
         return cls(transport, protocol, f"unix:{path}")
-
-    @classmethod
-    async def from_socket(cls, sock: socket.socket, description: str = "socket") -> StreamTransport:
-        """Wrap an already connected socket (e.g. one end of a socketpair)."""
-        loop = asyncio.get_running_loop()
-        transport, protocol = await loop.create_connection(_StreamProtocol, sock=sock)
-        return cls(transport, protocol, description)
 
     def write(self, message: bytes) -> None:
         if self._transport.is_closing():

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from stubdom.host.xenbus import XenbusState, read_text
+from stubdom.host.xenbus import XenbusState
 from stubdom.wire.paths import domain_path
 from stubdom.xenstore import Client
 
@@ -81,12 +81,12 @@ class BackendDevice:
 
     async def read(self, node: str) -> str | None:
         """A backend node's value, or None if missing."""
-        return await read_text(self.client, f"{self.path}/{node}")
+        return await self.client.read_text(f"{self.path}/{node}")
 
     async def read_frontend(self, node: str) -> str | None:
         if self.frontend is None:
             return None
-        return await read_text(self.client, f"{self.frontend}/{node}")
+        return await self.client.read_text(f"{self.frontend}/{node}")
 
 
 Nodes = dict[str, str]

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -351,12 +351,9 @@ class Frontend:
         await self.client.write(f"{self.path}/state", state.node())
         self.state = state
 
-    async def _read(self, path: str) -> str | None:
+    def _read(self, path: str) -> Awaitable[str | None]:
         """A node's value; None if it is missing or (its parents gone) unreadable."""
-        try:
-            return (await self.client.read(path)).decode("utf-8", "replace")
-        except (NoEntry, PermissionDenied):
-            return None
+        return self.client.read_text(path, denied_as_absent=True)
 
     async def _read_dir(self, path: str, only: Collection[str] | None = None) -> dict[str, str]:
         """The nodes of ``path`` (``only`` those named, if given) that exist."""

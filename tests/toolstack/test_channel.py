@@ -1,4 +1,5 @@
-"""The toolstack's control channel against a fake qemu-trad (tests/toolstack/fake_dm.py).
+"""The toolstack's control channel against a fake qemu-trad (tests/toolstack/fake_dm.py);
+its sans-IO decisions are tested alone in test_exchange.py.
 
 Guest G=5, stubdomain S=6 as libxl sets them up (docs/protocol.md#setup-order): S's home
 ``n0,r6`` with ``target``, SET_TARGET(S, G), ``device-model/G`` ``n6,r5``; the fake runs
@@ -26,7 +27,6 @@ from stubdom.protocol import (
     DM_VERSION_TRADITIONAL,
     PCI_INS_BAD_BDF,
     PCI_INS_NO_FREE_DEVFN,
-    RESULT_STATE,
     Command,
     State,
     command_path,
@@ -39,17 +39,13 @@ from stubdom.protocol import (
     state_path,
     target_path,
 )
-from stubdom.toolstack.control import (
-    CommandExchange,
-    DeviceModelChannel,
+from stubdom.toolstack.channel import ChannelRegistry, DeviceModelChannel
+from stubdom.toolstack.exchange import (
     DeviceModelDied,
     DeviceModelError,
     DeviceModelTimeout,
     PciInsertError,
-    PciRemoveError,
     Restore,
-    Snapshot,
-    Verdict,
 )
 from stubdom.wire.paths import domain_path
 from stubdom.xenstore import Client
@@ -77,9 +73,13 @@ class Env:
     lock_dir: Path
     clients: list[Client] = field(default_factory=list)
     fakes: list[FakeDeviceModel] = field(default_factory=list)
+    #: What a toolstack session would keep: the channels' watches and locks.
+    channels: ChannelRegistry = field(default_factory=ChannelRegistry)
 
     def channel(self, timeout: float = SLOW, client: Client | None = None) -> DeviceModelChannel:
-        return DeviceModelChannel(client or self.dom0, S, G, self.lock_dir, timeout=timeout)
+        return DeviceModelChannel(
+            client or self.dom0, S, G, self.lock_dir, timeout=timeout, channels=self.channels
+        )
 
     async def client(self, path: Path | None = None) -> Client:
         c = await Client.connect(str(path or self.server.socket_path))
@@ -137,104 +137,6 @@ async def env() -> AsyncIterator[Env]:
         await dom0.close()
         await server.close()
         shutil.rmtree(run_dir, ignore_errors=True)
-
-
-# -- the sans-IO decision -----------------------------------------------------------------
-
-
-def _ins() -> CommandExchange:
-    return CommandExchange(G, State.PCI_INSERTED, Command.PCI_INS, "0000:03:00.0,x=0")
-
-
-def test_exchange_waits_on_unchanged_state_and_own_parameter() -> None:
-    ex = _ins()
-    assert ex.observe(Snapshot("running", "0000:03:00.0,x=0")).verdict is Verdict.WAIT
-    assert ex.observe(Snapshot("running", None)).verdict is Verdict.WAIT
-    # parameter first, state second: the devfn alone is not yet an answer
-    assert ex.observe(Snapshot("running", "0x28")).verdict is Verdict.WAIT
-    assert ex.observe(Snapshot("pci-inserted", "0x28")).verdict is Verdict.DONE
-
-
-@pytest.mark.parametrize("text", [PCI_INS_NO_FREE_DEVFN, PCI_INS_BAD_BDF, "something else"])
-def test_exchange_pci_ins_error_text_fails_at_once(text: str) -> None:
-    out = _ins().observe(Snapshot("running", text))
-    assert out.verdict is Verdict.FAILED
-    assert isinstance(out.error, PciInsertError)
-    assert out.error.reason == text
-    assert str(out.error) == f"guest 5: device model pci-ins: qemu refused to add device: {text}"
-
-
-def test_exchange_failure_states_and_bad_devfn() -> None:
-    out = _ins().observe(Snapshot("pci-insert-failed", "busy"))
-    assert isinstance(out.error, PciInsertError) and out.error.reason == "busy"
-    rem = CommandExchange(G, State.PCI_REMOVED, Command.PCI_REM, "0000:03:00.0")
-    out = rem.observe(Snapshot("pci-remove-failed", "0000:03:00.0"))
-    assert isinstance(out.error, PciRemoveError)
-    ex = _ins()
-    ex.parameter = None
-    out = ex.observe(Snapshot("pci-inserted", None))
-    assert out.verdict is Verdict.FAILED and "wrong format for the vdevfn" in str(out.error)
-
-
-@pytest.mark.parametrize("command", [Command.PCI_REM, Command.SAVE, Command.CONTINUE])
-def test_exchange_waits_past_another_commands_late_failure(command: Command) -> None:
-    """A ``pci-insert-failed`` that lands after the toolstack wrote the state back (a
-    stub writing the refusal text and the state apart) is not the next command's answer."""
-    expect = RESULT_STATE[command]
-    ex = CommandExchange(G, expect, command, "0000:03:00.0" if command.value[:3] == "pci" else None)
-    assert ex.observe(Snapshot("pci-insert-failed", "no free hotplug devfn")).verdict is (
-        Verdict.WAIT
-    )
-    assert ex.observe(Snapshot(expect.value, "0000:03:00.0")).verdict is Verdict.DONE
-    ins = _ins()
-    assert ins.observe(Snapshot("pci-remove-failed", "0000:03:00.0,x=0")).verdict is Verdict.WAIT
-
-
-def test_exchange_stub_death_and_timeout_messages() -> None:
-    ex = CommandExchange(G, State.PAUSED, Command.SAVE)
-    out = ex.observe(Snapshot("running", None, stub_alive=False))
-    assert isinstance(out.error, DeviceModelDied)
-    assert str(out.error) == "guest 5: device model save: the stubdomain died before paused"
-    err = ex.timed_out(60, command_pending=True)
-    assert str(err) == (
-        "guest 5: device model save: no paused within 60 s (state 'running'); "
-        "the device model never read the command"
-    )
-    rem = CommandExchange(G, State.PCI_REMOVED, Command.PCI_REM, "x")
-    rem.observe(Snapshot("running", "x"))
-    assert "the guest did not eject the device" in str(rem.timed_out(1))
-    assert "\n" not in str(err)
-
-
-def test_a_timeout_without_a_state_node_says_so_in_words() -> None:
-    ex = CommandExchange(G, State.PCI_INSERTED, Command.PCI_INS, "x")
-    ex.observe(Snapshot(None, "x"))
-    assert str(ex.timed_out(1)) == (
-        "guest 5: device model pci-ins: no pci-inserted within 1 s (no state node)"
-    )
-    assert "None" not in str(CommandExchange(G, State.RUNNING).timed_out(60))
-
-
-def test_a_stub_dead_before_a_command_is_not_said_to_die_before_running() -> None:
-    """Issue 12: the wait for running before a command meets a stub that had run."""
-    ex = CommandExchange(G, State.RUNNING, purpose="pci-ins")
-    out = ex.observe(Snapshot("running", None, stub_alive=False))
-    assert isinstance(out.error, DeviceModelDied)
-    assert str(out.error) == (
-        "guest 5: device model pci-ins: the stubdomain died after its device model "
-        "reported running"
-    )
-    starting = CommandExchange(G, State.RUNNING).observe(Snapshot(None, None, stub_alive=False))
-    assert str(starting.error) == (
-        "guest 5: device model wait for running: the stubdomain died before running"
-    )
-
-
-def test_plain_wait_for_running() -> None:
-    ex = CommandExchange(G, State.RUNNING)
-    assert ex.observe(Snapshot(None, None)).verdict is Verdict.WAIT
-    assert ex.observe(Snapshot("running", None)).verdict is Verdict.DONE
-    assert ex.what == "wait for running"
 
 
 # -- pci-ins ------------------------------------------------------------------------------
@@ -295,9 +197,35 @@ async def test_a_channel_keeps_its_watches_and_asks_liveness_once(env: Env) -> N
     await ch.pci_remove(DEV_B, force=True)
     assert watched == [state_path(S, G), parameter_path(S, G), "@releaseDomain"]
     assert len(asked) == first
+    assert len(env.channels.kept) == 1  # the session keeps them, not the channel
     await env.dom0.release(S)
     with pytest.raises(DeviceModelDied):
         await ch.pci_insert(DEV_C)
+
+
+def _server_watches(env: Env) -> int:
+    return sum(len(conn.watches) for conn in env.server.clients)
+
+
+async def test_forgetting_a_guest_removes_the_watches_kept_for_it(env: Env) -> None:
+    await env.fake()
+    await env.channel().pci_insert(DEV_A)
+    kept = _server_watches(env)
+    await env.channels.forget(G + 1)  # another guest: nothing of ours
+    assert len(env.channels.kept) == 1 and _server_watches(env) == kept
+    await env.channels.forget(G)
+    assert len(env.channels.kept) == 0 and _server_watches(env) == kept - 3
+    assert await env.channel().pci_insert(DEV_B) == 0x28  # registered again when needed
+    assert len(env.channels.kept) == 1
+
+
+async def test_a_dead_stubdomain_takes_its_kept_watches_with_it(env: Env) -> None:
+    await env.fake()
+    await env.channel().pci_insert(DEV_A)
+    await env.dom0.release(S)
+    with pytest.raises(DeviceModelDied):
+        await env.channel().pci_insert(DEV_B)
+    assert len(env.channels.kept) == 0
 
 
 async def test_pci_insert_refusals_fail_fast_and_restore_state(env: Env) -> None:
@@ -350,7 +278,7 @@ async def test_pci_remove_timeout_then_late_eject_is_recovered(
     assert await env.state() == "running"  # untouched (libxl: no restore on failure)
     await fake.eject(devfn)  # the guest ejects after we gave up
     assert await env.state() == "pci-removed"
-    caplog.set_level(logging.WARNING, logger="stubdom.toolstack.control")
+    caplog.set_level(logging.WARNING, logger="stubdom.toolstack.channel")
     t0 = time.monotonic()
     assert await env.channel().pci_insert(DEV_B) == 0x20  # libxl would wait 60 s and fail
     assert time.monotonic() - t0 < SLOW / 2
@@ -433,7 +361,7 @@ async def test_left_over_paused_is_continued_before_the_next_operation(
     ch = env.channel()
     await ch.save()
     ch.save_marker.unlink()  # the toolstack that saved died without resuming
-    caplog.set_level(logging.WARNING, logger="stubdom.toolstack.control")
+    caplog.set_level(logging.WARNING, logger="stubdom.toolstack.channel")
     assert await ch.pci_insert(DEV_A) == 0x20
     assert fake.commands == ["save", "continue", "pci-ins"]
     assert "left paused with no save in progress" in caplog.text
@@ -471,7 +399,8 @@ async def test_logdirty_refuses_while_a_command_is_unanswered(env: Env) -> None:
 
 
 async def test_logdirty_timeout(env: Env) -> None:
-    ch = DeviceModelChannel(env.dom0, S, G, env.lock_dir, logdirty_timeout=SHORT)
+    ch = env.channel()
+    ch.logdirty_timeout = SHORT
     with pytest.raises(DeviceModelTimeout, match="logdirty enable: no answer"):
         await ch.logdirty(True)
 
@@ -584,13 +513,14 @@ CHILD = textwrap.dedent(
     import asyncio, sys
     from pathlib import Path
     from stubdom.protocol import parse_bdf
-    from stubdom.toolstack.control import DeviceModelChannel
+    from stubdom.toolstack.channel import ChannelRegistry, DeviceModelChannel
     from stubdom.xenstore import Client
 
     async def main():
         sock, lock_dir, bdf = sys.argv[1:4]
         async with await Client.connect(sock) as xs:
-            ch = DeviceModelChannel(xs, 6, 5, Path(lock_dir), timeout=30)
+            channels = ChannelRegistry()
+            ch = DeviceModelChannel(xs, 6, 5, Path(lock_dir), timeout=30, channels=channels)
             print(hex(await ch.pci_insert(parse_bdf(bdf))), flush=True)
 
     asyncio.run(main())

@@ -1,0 +1,105 @@
+"""The files that serialise device-model commands across toolstack processes.
+
+``<lock_dir>/dm-<G>.lock`` is flocked around each command to guest G's device model:
+libxl takes no lock, and two commands written close together merge into one
+([ts.serialised]).  ``<lock_dir>/dm-<G>.saved`` marks a save in progress: it names the
+stubdomain and stays flocked while the process that saved lives, so a marker nobody
+holds is a dead toolstack's, not a reason to refuse a command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import IO
+
+log = logging.getLogger(__name__)
+
+#: How often a process waiting for another process's flock retries (local lock only).
+LOCK_POLL = 0.02
+
+
+def lock_path(lock_dir: Path, guest: int) -> Path:
+    return lock_dir / f"dm-{guest}.lock"
+
+
+def save_marker_path(lock_dir: Path, guest: int) -> Path:
+    return lock_dir / f"dm-{guest}.saved"
+
+
+@contextlib.asynccontextmanager
+async def flocked(path: Path) -> AsyncIterator[None]:
+    """An exclusive ``flock`` on ``path`` (created if missing), polled with LOCK_NB:
+    waiting for it never blocks the event loop, and a cancelled wait holds nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        logged = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not logged:
+                    log.debug("waiting for %s", path)
+                    logged = True
+                await asyncio.sleep(LOCK_POLL)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+class SaveMarker:
+    """The save marker of one guest, as one toolstack process sees it (use it under
+    the guest's lock)."""
+
+    def __init__(self, path: Path, guest: int) -> None:
+        self.path = path
+        self.guest = guest
+        #: Our own marker, flocked until `release` or this process's end.
+        self._held: IO[str] | None = None
+
+    def hold(self, stubdom: int) -> None:
+        """Write the marker for ``stubdom`` and keep it flocked: it dies with this
+        process, so a marker nobody holds is a dead toolstack's."""
+        self.release()
+        f = open(self.path, "a+")  # noqa: SIM115 -- held until release
+        with contextlib.suppress(BlockingIOError):  # another channel of ours holds it
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        f.truncate(0)
+        f.write(f"{stubdom}\n")
+        f.flush()
+        self._held = f
+
+    def release(self) -> None:
+        if self._held is not None:
+            self._held.close()
+            self._held = None
+
+    def remove(self) -> None:
+        """The save is over: the marker goes, and our hold on it."""
+        self.path.unlink(missing_ok=True)
+        self.release()
+
+    def in_progress(self, stubdom: int) -> bool:
+        """The marker names ``stubdom`` and the process that saved still holds it."""
+        try:
+            f = open(self.path)  # noqa: SIM115 -- closed below
+        except FileNotFoundError:
+            return False
+        with f:
+            if f.read().strip() != str(stubdom):
+                return False
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+        log.warning(
+            "guest %d: the save marker %s is left by a toolstack that died", self.guest, self.path
+        )
+        return False

@@ -1,0 +1,76 @@
+"""The guest's flock and save marker, alone (the channel's use of them is in
+test_channel.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stubdom.toolstack.locks import SaveMarker, flocked, lock_path, save_marker_path
+
+
+def free(path: Path) -> bool:
+    """Whether another open file could take the flock now."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+@pytest.fixture
+def lock_dir(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "locks"  # made by the first lock
+
+
+async def test_flocked_holds_the_lock_only_inside(lock_dir: Path) -> None:
+    path = lock_path(lock_dir, 5)
+    assert path == lock_dir / "dm-5.lock"
+    async with flocked(path):
+        assert not free(path)
+    assert free(path)
+
+
+async def test_a_cancelled_wait_for_the_flock_holds_nothing(lock_dir: Path) -> None:
+    path = lock_path(lock_dir, 5)
+
+    async def take() -> None:
+        async with flocked(path):
+            raise AssertionError("got a lock someone holds")
+
+    async with flocked(path):
+        waiter = asyncio.create_task(take())
+        await asyncio.sleep(0)  # let it start (a cancel before that must hold nothing too)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+    assert free(path)
+
+
+def test_a_held_marker_is_a_save_in_progress_of_its_stubdomain_only(
+    lock_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    lock_dir.mkdir()
+    path = save_marker_path(lock_dir, 5)
+    ours, theirs = SaveMarker(path, 5), SaveMarker(path, 5)
+    assert not theirs.in_progress(6)  # no marker at all
+    ours.hold(6)
+    assert path.read_text() == "6\n"
+    assert theirs.in_progress(6)
+    assert not theirs.in_progress(7)
+    ours.release()  # as if the process that saved died
+    caplog.set_level(logging.WARNING, logger="stubdom.toolstack.locks")
+    assert not theirs.in_progress(6)
+    assert "guest 5: the save marker" in caplog.text and "toolstack that died" in caplog.text
+    ours.hold(6)
+    ours.remove()
+    assert not path.exists() and not theirs.in_progress(6)
