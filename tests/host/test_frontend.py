@@ -6,7 +6,6 @@ import asyncio
 import os
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -24,14 +23,7 @@ from stubdom.toolstack.devices import (
     remove_device,
     wait_for_state,
 )
-from tests.support.device_host import GUARD, GUEST, Host, start_host, stop_host
-
-
-@pytest.fixture
-async def host() -> AsyncIterator[Host]:
-    h = await start_host()
-    yield h
-    await stop_host(h)
+from tests.support.device_host import GUARD, GUEST, Host
 
 
 async def test_list_devices_reads_our_own_tree(host: Host) -> None:

@@ -5,8 +5,11 @@ The device tests (toolstack records, backends, frontends) all start from this.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 from stubdom.host.backends import BackendManager
 from stubdom.host.xenbus import XenbusState
@@ -62,3 +65,8 @@ async def stop_host(h: Host) -> None:
     await h.server.close()
 
 
+@pytest.fixture
+async def host() -> AsyncIterator[Host]:
+    h = await start_host()
+    yield h
+    await stop_host(h)

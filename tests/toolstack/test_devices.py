@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +39,7 @@ from stubdom.toolstack.devices import (
     wait_for_state,
 )
 from stubdom.xenstore import Client, NoEntry, PermissionDenied
-from tests.support.device_host import GUARD, GUEST, Host, start_host, stop_host
-
-
-@pytest.fixture
-async def host() -> AsyncIterator[Host]:
-    h = await start_host()
-    yield h
-    await stop_host(h)
+from tests.support.device_host import GUARD, GUEST, Host
 
 
 def image(host: Host, size: int = 1 << 20) -> Path:
