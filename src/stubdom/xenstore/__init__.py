@@ -2,7 +2,8 @@
 
 Layers, bottom up: `protocol` (sans-IO: requests to bytes, bytes to replies and
 watch events, reply matching, DIRECTORY_PART paging), `transport` (Unix socket or
-xenbus device, chosen like libxenstore), `client` (the asyncio `Client`, `Watch`,
+xenbus device, chosen like libxenstore), `ring` and `ringtransport` (a guest's shared
+ring page: the sans-IO ring and its asyncio shell), `client` (the asyncio `Client`, `Watch`,
 `Transaction`), `waiting` (`Client.wait_until`: watch nodes until a condition on them
 holds), `sync` (`SyncClient`).  Errors are in `errors`.
 """
@@ -52,6 +53,7 @@ from stubdom.xenstore.protocol import (
     Request,
     WatchEvent,
 )
+from stubdom.xenstore.ringtransport import RingTransport, RingUnsupported
 from stubdom.xenstore.transport import (
     FdTransport,
     StreamTransport,
@@ -92,6 +94,8 @@ __all__ = [
     "ReadOnly",
     "Reply",
     "Request",
+    "RingTransport",
+    "RingUnsupported",
     "ServerIOError",
     "StreamTransport",
     "TooBig",

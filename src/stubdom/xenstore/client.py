@@ -40,6 +40,7 @@ import itertools
 import logging
 import random
 from collections.abc import Awaitable, Callable, Generator, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, cast, overload
 
@@ -76,6 +77,7 @@ from stubdom.xenstore.protocol import (
     perms_payload,
     write_payload,
 )
+from stubdom.xenstore.ringtransport import RingTransport
 from stubdom.xenstore.transport import Transport, open_transport
 from stubdom.xenstore.waiting import wait_until
 
@@ -285,6 +287,7 @@ class Client(_NodeOps):
         max_reply: int = DEFAULT_MAX_REPLY,
         reconnect: float | None = None,
         path: str | None = None,
+        opener: Callable[[], Awaitable[Transport]] | None = None,
     ) -> None:
         self.timeout = timeout
         self.check_paths = check_paths
@@ -297,6 +300,8 @@ class Client(_NodeOps):
         self.reconnect = reconnect
         #: What `Client.connect` was given, to connect again the same way.
         self._connect_path = path
+        #: How to connect again, if not as `Client.connect` does (a ring).
+        self._opener = opener
         #: Bumped on each reconnection: transactions of an older epoch are void.
         self.epoch = 0
         self._online = asyncio.Event()
@@ -333,6 +338,39 @@ class Client(_NodeOps):
             max_reply=max_reply,
             reconnect=reconnect,
             path=path,
+        )
+
+    @classmethod
+    async def connect_ring(
+        cls,
+        page: Path,
+        evtchn: Path,
+        port: int,
+        notify: Path | None = None,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        check_paths: bool = True,
+        max_reply: int = DEFAULT_MAX_REPLY,
+        reconnect: float | None = None,
+        reset: bool | None = False,
+    ) -> Client:
+        """Connect over a xenstore ring page, as a guest does (`RingTransport.open`:
+        ``page`` mapped shared, one kick byte ``port`` to the ``evtchn`` FIFO, wake-ups
+        from the ``notify`` FIFO or else by polling).  With ``reconnect``, a ring that
+        fails is opened again and reset if the server offers ring reconnection."""
+
+        async def reopen() -> Transport:
+            return await RingTransport.open(page, evtchn, port, notify, reset=None)
+
+        transport = await RingTransport.open(page, evtchn, port, notify, reset=reset)
+        log.debug("connected to %s", transport.description)
+        return cls(
+            transport,
+            timeout=timeout,
+            check_paths=check_paths,
+            max_reply=max_reply,
+            reconnect=reconnect,
+            opener=reopen,
         )
 
     @property
@@ -421,7 +459,10 @@ class Client(_NodeOps):
         missing_since: float | None = None
         while True:
             try:
-                transport = await open_transport(self._connect_path)
+                if self._opener is not None:
+                    transport = await self._opener()
+                else:
+                    transport = await open_transport(self._connect_path)
             except OSError as e:
                 now = loop.time()
                 # A socket that stays gone was removed on purpose (the domain was

@@ -268,6 +268,41 @@ class RingEnd:
         self._view.release()
 
 
+@dataclass
+class Backoff:
+    """When to look at the ring again when nothing notifies us (polling).
+
+    After progress: a few bare yields (a reply to a fast daemon is often there at
+    once), then sleeps doubling from ``first`` up to ``busy_max`` while a reply is
+    awaited and something moved within ``patience`` seconds, else up to ``idle_max``:
+    an idle ring costs a wake-up every ``idle_max``, never a spinning CPU.
+    `next` returns the sleep; 0.0 means "yield once".
+    """
+
+    spins: int = 3
+    first: float = 50e-6
+    busy_max: float = 0.001
+    idle_max: float = 0.02
+    patience: float = 1.0
+    _spun: int = 0
+    _delay: float = 0.0
+    _progress_at: float = float("-inf")
+
+    def progressed(self, now: float) -> None:
+        self._spun = 0
+        self._delay = 0.0
+        self._progress_at = now
+
+    def next(self, busy: bool, now: float) -> float:
+        if self._spun < self.spins:
+            self._spun += 1
+            return 0.0
+        recent = now - self._progress_at < self.patience
+        cap = self.busy_max if busy and recent else self.idle_max
+        self._delay = min(max(self._delay * 2, self.first), cap)
+        return self._delay
+
+
 class Outstanding:
     """How many requests still wait for their reply, from the bytes each way.
 
@@ -326,6 +361,7 @@ __all__ = [
     "RSP_PROD",
     "SERVER",
     "SERVER_FEATURES",
+    "Backoff",
     "Outstanding",
     "RingEnd",
     "RingIndexError",

@@ -23,6 +23,7 @@ import concurrent.futures
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
@@ -223,14 +224,39 @@ class SyncClient(_SyncNodeOps):
         check_paths: bool = True,
         max_reply: int = DEFAULT_MAX_REPLY,
     ) -> None:
+        self._start(
+            Client.connect(path, timeout=timeout, check_paths=check_paths, max_reply=max_reply)
+        )
+
+    def _start(self, connect: Coroutine[Any, Any, Client]) -> None:
         self._runner = _LoopThread()
         try:
-            self._client = self._runner.call(
-                Client.connect(path, timeout=timeout, check_paths=check_paths, max_reply=max_reply)
-            )
+            self._client = self._runner.call(connect)
         except BaseException:
             self._runner.stop()
             raise
+
+    @classmethod
+    def connect_ring(
+        cls,
+        page: Path,
+        evtchn: Path,
+        port: int,
+        notify: Path | None = None,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        check_paths: bool = True,
+        max_reply: int = DEFAULT_MAX_REPLY,
+    ) -> SyncClient:
+        """A blocking client over a xenstore ring page (`Client.connect_ring`)."""
+        self = cls.__new__(cls)
+        self._start(
+            Client.connect_ring(
+                page, evtchn, port, notify,
+                timeout=timeout, check_paths=check_paths, max_reply=max_reply,
+            )
+        )
+        return self
 
     def _ops(self) -> _NodeOps:
         return self._client
