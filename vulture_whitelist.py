@@ -38,6 +38,7 @@ _.valid  # journal Scan field: bytes of whole records (tests read it)
 _.RESULT_STATE  # protocol table: the state each command waits for (tests check it)
 
 # -- API used by tests only -------------------------------------------------------------
+_.pending_out  # RingEnd: bytes on the ring the peer has not taken; the ring property tests check it
 _.decode_state  # stream: the payload as bytes (src uses views)
 _.is_complete  # stream: a whole, intact stream?
 _.encode_save_image  # savefile: the file in memory (src frames the state: encode_save_image_frame)

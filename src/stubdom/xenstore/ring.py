@@ -230,11 +230,6 @@ class RingEnd:
         received = self.receive()
         return Step(received, self.transmit())
 
-    def pending_in(self) -> int:
-        """Bytes the peer produced that this end has not consumed."""
-        s = self._side
-        return used(self.load(s.in_cons), self.load(s.in_prod))
-
     def pending_out(self) -> int:
         """Bytes this end produced that the peer has not consumed."""
         s = self._side
