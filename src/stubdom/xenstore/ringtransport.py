@@ -17,6 +17,19 @@ Wake-ups: with ``notify`` (a FIFO that gets a byte whenever the daemon signals t
 domain) the pump sleeps in ``loop.add_reader`` until then, with a slow safety poll.
 Without it, it polls (`ring.Backoff`): a few bare yields, then sleeps doubling to
 1 ms while a reply is awaited, to 20 ms when idle.
+
+Reconnection (``connection`` field, ``XENSTORE_SERVER_FEATURE_RECONNECTION``).
+oxenstored 4.17 advertises it (``Xb.open_mmap`` sets ``server_features`` to 1) and,
+on its next read or write of a ring whose ``connection`` is not CONNECTED, resets the
+ring (``Xs_ring.close``: indexes to 0, then CONNECTED) and drops the connection's
+partial packets, queued replies, watches and transactions.  cxenstored 4.17 advertises
+nothing (``server_features`` stays 0) and never reads ``connection``; only a
+toolstack's new INTRODUCE of the domain resets its ring there (``do_introduce`` ->
+``domain_conn_reset``).  So ``reset=True`` raises `RingUnsupported` on cx rather than
+wait for ever, and a client reconnecting over cx takes the ring up as it is, which is
+sound only between messages.  Neither daemon advertises the error indicator
+(``XENSTORE_SERVER_FEATURE_ERROR``); where a server does, a non-zero ``error`` ends
+the connection.
 """
 
 from __future__ import annotations
@@ -181,6 +194,8 @@ class RingTransport(Transport):
         """Ask the server to reset the ring (both queues emptied, the connection's
         watches and transactions dropped) and wait until it has.  Only before the
         pump starts: `open` with ``reset``."""
+        if self._task is not None:
+            raise RuntimeError(f"{self.description}: reset only before the ring is in use")
         if not self._ring.server_features & FEATURE_RECONNECTION:
             raise RingUnsupported(
                 errno.EOPNOTSUPP, f"{self.description}: the server offers no ring reconnection"
