@@ -5,10 +5,11 @@ Booting a PV domain runs its kernel with the command line words as arguments and
 nothing else of the host's environment is passed on.  Pause and unpause stop and
 continue the process group; the process ending is the domain shutting down (exit 0)
 or crashing (anything else).  What the real hypervisor signals to xenstored with
-VIRQ_DOM_EXC we report with CONTROL ``domain-state``.  An HVM guest has no kernel of
-ours: it is a domain without a process, whose state is what the toolstack makes it, and
-whose PV drivers the host plays (`stubdom.host.hvmguest`: it obeys ``control/shutdown``
-and brings vCPUs on- and offline as ``cpu/<n>/availability`` says).
+VIRQ_DOM_EXC we report through the `XenstoredLink` of the daemon that runs (which also
+gives each domain its socket).  An HVM guest has no kernel of ours: it is a domain
+without a process, whose state is what the toolstack makes it, and whose PV drivers
+the host plays (`stubdom.host.hvmguest`: it obeys ``control/shutdown`` and brings
+vCPUs on- and offline as ``cpu/<n>/availability`` says).
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ from stubdom.host.hypervisor import (
     NoSuchDomain,
     ShutdownReason,
 )
+from stubdom.host.xslink import OursLink, XenstoredLink
 from stubdom.wire.constants import DOMID_FIRST_RESERVED
-from stubdom.xenstore import Client, XenStoreError
+from stubdom.xenstore import Client
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +69,15 @@ class _Domain:
 
 class SimulatedHypervisor(Hypervisor):
     def __init__(
-        self, xenstore: Client, xenstored_socket: str | os.PathLike[str], run_dir: Path
+        self,
+        xenstore: Client,
+        xenstored_socket: str | os.PathLike[str],
+        run_dir: Path,
+        link: XenstoredLink | None = None,
     ) -> None:
         self.xenstore = xenstore
         self.xenstored_socket = str(xenstored_socket)
+        self.link = link or OursLink(xenstore, self.xenstored_socket)
         self.run_dir = Path(run_dir)
         self.log_dir = self.run_dir / "domains"
         self._domains: dict[int, _Domain] = {}
@@ -233,7 +240,7 @@ class SimulatedHypervisor(Hypervisor):
         env = {
             **_BASE_ENV,
             **dom.env,
-            "XENSTORED_PATH": f"{self.xenstored_socket}.d/{dom.domid}",
+            "XENSTORED_PATH": await self.link.domain_socket(dom.domid),
             "TMPDIR": str(scratch),
         }
         log_path = self.log_dir / f"{dom.domid}-{dom.config.name}.log"
@@ -300,6 +307,7 @@ class SimulatedHypervisor(Hypervisor):
         for domid in list(self._domains):
             with contextlib.suppress(HypervisorError):
                 await self.destroy(domid)
+        await self.link.close()
 
     # -- processes --------------------------------------------------------------------
 
@@ -343,10 +351,7 @@ class SimulatedHypervisor(Hypervisor):
             await proc.wait()
 
     async def _tell_xenstored(self, domid: int, state: str) -> None:
-        try:
-            await self.xenstore.control("domain-state", str(domid), state)
-        except (XenStoreError, ConnectionError) as e:
-            log.warning("could not tell xenstored that domain %d is %s: %s", domid, state, e)
+        await self.link.domain_state(domid, state)
 
     # -- information ------------------------------------------------------------------
 
