@@ -87,6 +87,8 @@ class HostStatus:
     xenstored_socket: str
     domains: int
     dom0: DomainInfo
+    #: ``ours``, ``cx`` or ``ox``: which xenstored the host runs.
+    xenstored: str = "ours"
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "dom0": self.dom0.to_dict()}
@@ -531,12 +533,14 @@ class ApiServer:
         socket_path: str | os.PathLike[str],
         *,
         xenstored_socket: str = "",
+        xenstored: str = "ours",
         run_dir: str = "",
         on_shutdown: Callable[[], None] | None = None,
     ) -> None:
         self.hypervisor = hypervisor
         self.socket_path = Path(socket_path)
         self.xenstored_socket = xenstored_socket
+        self.xenstored = xenstored
         self.run_dir = run_dir
         self.on_shutdown = on_shutdown
         self.started = time.monotonic()
@@ -632,6 +636,7 @@ class ApiServer:
             xenstored_socket=self.xenstored_socket,
             domains=sum(1 for d in domains if d.domid != 0),
             dom0=dom0,
+            xenstored=self.xenstored,
         )
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from stubdom.host.api import ApiServer
 from stubdom.host.rundir import RunDir, write_pid
+from stubdom.host.xslink import Daemon, OursLink, RealLink, XenstoredLink
 from stubdom.xenstore import RECONNECT, Client
 
 log = logging.getLogger(__name__)
@@ -90,13 +91,15 @@ async def serve(run_dir: RunDir) -> None:
 
         from stubdom.host.simulated import SimulatedHypervisor
 
-        hypervisor = SimulatedHypervisor(xs, xenstored_socket, run_dir.root)
+        link = _link(run_dir, xs, xenstored_socket)
+        hypervisor = SimulatedHypervisor(xs, xenstored_socket, run_dir.root, link)
         stack.push_async_callback(_stopping("the hypervisor", hypervisor.close))
 
         server = ApiServer(
             hypervisor,
             run_dir.host_socket,
             xenstored_socket=xenstored_socket,
+            xenstored=run_dir.xenstored_daemon(),
             run_dir=str(run_dir.root),
             on_shutdown=stop.set,
         )
@@ -110,6 +113,13 @@ async def serve(run_dir: RunDir) -> None:
         for client in clients:
             client.stop_reconnecting()  # a dead xenstored must not hold up the stop
     log.info("host daemon stopped")
+
+
+def _link(run_dir: RunDir, xs: Client, xenstored_socket: str) -> XenstoredLink:
+    """How the hypervisor reaches the xenstored `stubdom.host.supervisor` started."""
+    if run_dir.xenstored_daemon() == Daemon.OURS:
+        return OursLink(xs, xenstored_socket)
+    return RealLink(run_dir.real_xenstored_dir / "fake", xenstored_socket)
 
 
 def _stopping(what: str, stop: Any) -> Any:

@@ -8,6 +8,8 @@ Layout::
 
     DIR/xenstored/socket      dom0's xenstore socket (XENSTORED_PATH); socket.d/<domid>
     DIR/xenstored.pid  .log   the embedded xenstored
+    DIR/xenstored/daemon      which xenstored runs: ours (also when absent), cx or ox
+    DIR/xenstored/real/       cx or ox: their run directory and the shim's (fake/)
     DIR/host.sock             the host daemon's local API (`stubdom.host.api`)
     DIR/host.pid       .log   the host daemon
     DIR/consoles/             console sockets and logs
@@ -75,6 +77,22 @@ class RunDir:
     @property
     def xenstored_socket(self) -> Path:
         return self.xenstored_dir / "socket"
+
+    @property
+    def xenstored_daemon_file(self) -> Path:
+        return self.xenstored_dir / "daemon"
+
+    @property
+    def real_xenstored_dir(self) -> Path:
+        """cxenstored's or oxenstored's run directory, the shim's ``fake/`` in it."""
+        return self.xenstored_dir / "real"
+
+    def xenstored_daemon(self) -> str:
+        """Which xenstored this host runs: ``ours``, ``cx`` or ``ox``."""
+        try:
+            return self.xenstored_daemon_file.read_text().strip() or "ours"
+        except FileNotFoundError:
+            return "ours"
 
     @property
     def xenstored_state(self) -> Path:
@@ -183,10 +201,15 @@ class RunDir:
         for scratch in self.domains.glob("*.tmp"):
             shutil.rmtree(scratch, ignore_errors=True)
             removed.append(scratch)
-        if self.xenstored_state.is_dir():
-            # Its domains died with the host: a new host must not inherit the tree.
-            shutil.rmtree(self.xenstored_state, ignore_errors=True)
-            removed.append(self.xenstored_state)
+        # Its domains died with the host: a new host must not inherit the tree, nor the
+        # rings, FIFOs and markers of a real xenstored.
+        for gone in (self.xenstored_state, self.real_xenstored_dir):
+            if gone.is_dir():
+                shutil.rmtree(gone, ignore_errors=True)
+                removed.append(gone)
+        if self.xenstored_daemon_file.exists():
+            self.xenstored_daemon_file.unlink()
+            removed.append(self.xenstored_daemon_file)
         sockets = [p for p in self.root.rglob("*") if _is_socket(p)]
         for p in (*self.pid_files(), *sockets):
             with contextlib.suppress(FileNotFoundError):
