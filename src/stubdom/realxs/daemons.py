@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket as socketlib
 import struct
@@ -33,6 +34,7 @@ XEN_BIN = Path("/usr/lib/xen-4.17/bin")
 DOM0_REMOTE_PORT = 1
 #: AF_UNIX's sun_path holds 108 bytes with the terminator.
 SOCKET_PATH_MAX = 107
+_ERROR_WORDS = re.compile(r"error|fatal|unknown|invalid|cannot|failed", re.IGNORECASE)
 _READ_ROOT = struct.pack("<4I", 2, 0, 0, 2) + b"/\0"  # READ "/", as any client may
 
 
@@ -157,14 +159,23 @@ def _answers(sock: Path) -> bool:
         s.close()
 
 
+def _complaint(log_file: Path) -> str:
+    """The line of a daemon's output that says why it stopped: the first that sounds
+    like an error (ox prints its usage after it), else the last."""
+    lines = [ln.strip() for ln in log_file.read_text(errors="replace").splitlines() if ln.strip()]
+    for line in lines:
+        if _ERROR_WORDS.search(line):
+            return line
+    return lines[-1] if lines else "no output"
+
+
 def _wait_ready(d: RealXenstored, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not _answers(d.socket):
         if not d.alive():
-            tail = d.log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
             raise RuntimeError(
                 f"{d.flavour} exited with status {d.proc.returncode} at start-up "
-                f"(see {d.log}): {tail[0]}"
+                f"(see {d.log}): {_complaint(d.log)}"
             )
         if time.monotonic() > deadline:
             d.stop()
