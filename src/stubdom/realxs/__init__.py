@@ -2,7 +2,7 @@
 
 An LD_PRELOAD shim (``shim.c``, built by :mod:`.build`) answers the daemons' few Xen
 library calls from files in a directory (:class:`FakeXen`); :func:`start` runs a daemon
-under it.  Used by the tests as an oracle and by a host that serves the real daemon.
+under it.  Used by the tests as the reference and by a host that serves the real daemon.
 See docs/realxs.md.
 
 The names are imported on first use, so that ``python -m stubdom.realxs.build`` runs
