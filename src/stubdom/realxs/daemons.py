@@ -53,7 +53,7 @@ def daemon_binary(flavour: Flavour | str) -> Path:
 
 
 def available(flavour: Flavour | str) -> bool:
-    """The daemon is installed and the shim is built or can be."""
+    """The daemon is installed and the shim is built, or can be (this builds it)."""
     if not os.access(daemon_binary(flavour), os.X_OK):
         return False
     try:
