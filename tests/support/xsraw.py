@@ -273,15 +273,25 @@ def introduce_guest(dom0: Conn, domid: int, fdir: str | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-s", "--socket", default=os.environ.get("XENSTORED_PATH"),
-                    help="daemon socket (default $XENSTORED_PATH)")
-    ap.add_argument("-g", "--guest", type=int, metavar="DOMID",
-                    help="send over this domain's ring (the realxs shim's)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "-s",
+        "--socket",
+        default=os.environ.get("XENSTORED_PATH"),
+        help="daemon socket (default $XENSTORED_PATH)",
+    )
+    ap.add_argument(
+        "-g",
+        "--guest",
+        type=int,
+        metavar="DOMID",
+        help="send over this domain's ring (the realxs shim's)",
+    )
     ap.add_argument("-t", "--tx", type=int, default=0, metavar="TXID", help="tx_id field")
     ap.add_argument("type", help="message type name or number")
-    ap.add_argument("args", nargs="*")  # fmt: skip
+    ap.add_argument("args", nargs="*")
     a = ap.parse_args(argv)
     if not a.socket:
         ap.error("no socket: pass -s or set XENSTORED_PATH")
