@@ -13,20 +13,27 @@ $(BIN)/stubdom: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
 
+# The real xenstored daemons' shim (stubdom.realxs) is built into the per-user cache
+# when gcc is there; without gcc the venv is still complete, only cx/ox cannot run.
 venv: $(BIN)/stubdom
+	@if command -v gcc >/dev/null 2>&1; then \
+		$(BIN)/python -m stubdom.realxs.build >/dev/null; \
+	else \
+		echo "no gcc: the real xenstored daemons will not run (install the Debian package gcc)"; \
+	fi
 
 demo: venv
 	$(BIN)/stubdom demo --out demo-output
 
 test: venv
-	$(BIN)/ruff check src tests --extend-exclude tests/oracle
+	$(BIN)/ruff check src tests
 	$(BIN)/mypy
 	$(BIN)/vulture
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/pytest -q
 
 lint: venv
-	$(BIN)/ruff check src tests --extend-exclude tests/oracle
+	$(BIN)/ruff check src tests
 	$(BIN)/mypy
 	$(BIN)/vulture
 	$(BIN)/lint-imports --no-cache

@@ -23,6 +23,7 @@ _.convert  # click.ParamType hook, called by click for each option value
 _.fallback  # click option -F of shutdown/reboot: accepted for xl compatibility, ignored
 _.rebind  # click option -r of pci-assignable-remove: accepted for xl compatibility, ignored
 _.__cause__  # exception chaining, read by Python when the traceback is printed
+_.__getattr__  # a module's lazy attributes (PEP 562: stubdom.realxs), called by Python
 
 # -- dataclass fields and enum members, written to or read from data --------------------
 _.device_model_version  # GuestConfig field: kept in the saved config, checked by configure
@@ -58,3 +59,7 @@ _.validate_type  # wire: the Op for a type number, UnknownType past 4.17's
 _.next_packet  # wire: the packet reader's next whole packet
 _.letter  # wire perms: a permission's access as its letter
 _.guest_uuid  # spawn.Created: the guest's uuid, for a caller that did not choose it
+_.notify_fifo  # realxs FakeXen: a domain's notify FIFO (the host's ring transport; tests)
+_.kick_virq  # realxs FakeXen: re-check domains after a marker (tests/differential, tests)
+_.unmark  # realxs FakeXen: a marked domain runs again (tests)
+_.DEAD  # realxs DomainState member: the marker dead-<domid>, named by value in tests

@@ -19,7 +19,7 @@ that is 6 writes and 6 watch events.  Against it:
 - the same channel with a raw device model (``channel, raw dm``), which takes the agent
   out and leaves the toolstack client and the server.
 
-Item 6: the real cxenstored (oracle kit) serves unprivileged guests only over its
+Item 6: the real cxenstored (`stubdom.realxs`) serves unprivileged guests only over its
 shared-memory ring, which nothing notifies under the kit's shim (a guest polls
 ``rsp_prod``), and our simulated domains use unix sockets: the agent and the host cannot
 run on cx.  What can, runs on both servers with the device model as a second dom0

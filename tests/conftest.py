@@ -35,7 +35,7 @@ def ours() -> Iterator[Daemon]:
 
 @pytest.fixture
 def cx() -> Iterator[Daemon]:
-    """A fresh real cxenstored 4.17 (oracle kit) for one test."""
+    """A fresh real cxenstored 4.17 (`stubdom.realxs`) for one test."""
     need_peer(have_cx(), "cxenstored (Debian xen-utils-4.17) and gcc")
     d = start_cx()
     yield d
@@ -44,7 +44,7 @@ def cx() -> Iterator[Daemon]:
 
 @pytest.fixture
 def ox() -> Iterator[Daemon]:
-    """A fresh real oxenstored 4.17 (oracle kit) for one test."""
+    """A fresh real oxenstored 4.17 (`stubdom.realxs`) for one test."""
     need_peer(have_ox(), "oxenstored (Debian xen-utils-4.17) and gcc")
     d = start_ox()
     yield d

@@ -2,8 +2,6 @@
 source (file, function) or XSA a fact comes from -- never a document outside it.  And
 every conformance clause is specified where `Clause.section` says: its ID appears as
 ``**[id]**`` in that section of ``docs/protocol.md``.
-
-``tests/oracle/`` is a verbatim copy of an external kit and keeps its own files.
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SCANNED = ["src", "tests", "bench", "examples", "docs", ".ci", "README.md", "Makefile",
            "pyproject.toml"]  # fmt: skip
 SKIPPED_DIRS = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".hypothesis"}
-ORACLE = ROOT / "tests" / "oracle"
 
 #: What a citation of an outside document looks like: its section sign, its name, or
 #: the directory it lived in.  (Spelt in pieces so that this file does not match.)
@@ -50,7 +47,6 @@ def _files() -> list[Path]:
                 not path.is_file()
                 or parts & SKIPPED_DIRS
                 or any(p.endswith(".egg-info") for p in parts)
-                or path.is_relative_to(ORACLE)
                 or path == Path(__file__).resolve()
             ):
                 continue

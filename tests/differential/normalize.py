@@ -17,7 +17,8 @@ from __future__ import annotations
 import hashlib
 import re
 
-from tests.differential.targets import Reply, xsraw
+from tests.differential.targets import Reply
+from tests.support import xsraw
 
 LONG = 240  # payloads longer than this are shown as length + digest + head
 

@@ -18,8 +18,8 @@ from tests.differential.targets import (
     ChannelClosed,
     ChannelTimeout,
     Target,
-    xsraw,
 )
+from tests.support import xsraw
 
 UNBOUND_TX = 999_999  # sent for a symbolic transaction whose START failed
 

@@ -4,7 +4,7 @@ A :class:`Target` hides how a connection of a given domain is obtained:
 
 * dom0 is always a unix-socket connection (privileged), for every kind of daemon;
 * an unprivileged guest D is, for the real cx/ox, the guest side of the shared ring page the
-  oracle kit's shim maps (``fake/ring-D``), kicked through the ``fake/evtchn`` FIFO; for our
+  realxs shim maps (``fake/ring-D``), kicked through the ``fake/evtchn`` FIFO; for our
   server it is the unix socket ``<socket>.d/<D>`` that appears once dom0 has INTRODUCEd D.
 
 Both are wrapped in :class:`Channel`, which sends raw packets (no client-side validation,
@@ -16,21 +16,14 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from tests.support.daemons import KIT, Daemon, start_cx, start_ours, start_ox
-
-os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")  # never write __pycache__ into the kit
-sys.dont_write_bytecode = True
-if str(KIT) not in sys.path:
-    sys.path.insert(0, str(KIT))
-import xsraw  # noqa: E402  (the kit's raw client: header codec, SockConn, RingConn, Kicker)
-
-sys.dont_write_bytecode = False
+from stubdom.realxs import DomainState, FakeXen
+from tests.support import xsraw
+from tests.support.daemons import Daemon, start_cx, start_ours, start_ox
 
 WATCH_EVENT = xsraw.T["WATCH_EVENT"]
 REPLY_TIMEOUT = float(os.environ.get("STUBDOM_DIFF_TIMEOUT", "5.0"))
@@ -194,7 +187,7 @@ class Target(ABC):
 
 
 class KitTarget(Target):
-    """The real cx or ox, under the oracle kit's LD_PRELOAD shim."""
+    """The real cx or ox, under the realxs LD_PRELOAD shim."""
 
     def __init__(self, kind: str, args: tuple[str, ...] = ()) -> None:
         self.kind = kind
@@ -208,22 +201,26 @@ class KitTarget(Target):
         assert self.daemon is not None and self.daemon.fake_dir is not None
         return self.daemon.fake_dir
 
+    @property
+    def fake(self) -> FakeXen:
+        return FakeXen(self.fake_dir)
+
     def before_introduce(self, domid: int) -> None:
         # A fresh introduction must start from zeroed ring indexes (ox maps the file as is).
-        ring = self.fake_dir / f"ring-{domid}"
+        ring = self.fake.ring_page(domid)
         if domid not in self.introduced and ring.exists():
             ring.unlink()
 
     def connect_guest(self, domid: int, name: str) -> Channel:
-        port = int((self.fake_dir / f"port-{domid}").read_text())
+        port = self.fake.port(domid)
+        assert port is not None, f"dom{domid} was not introduced"
         kick = xsraw.Kicker(str(self.fake_dir), port)  # ox dispatches on the port
-        ring = xsraw.RingConn(str(self.fake_dir / f"ring-{domid}"), kick, REPLY_TIMEOUT)
+        ring = xsraw.RingConn(str(self.fake.ring_page(domid)), kick, REPLY_TIMEOUT)
         return Channel(name, ring)
 
     def kill_domain(self, domid: int, how: str, admin: Channel) -> None:
-        assert how in ("dead", "shutdown", "gone"), how
-        (self.fake_dir / f"{how}-{domid}").touch()
-        xsraw.Kicker(str(self.fake_dir), 1)()  # VIRQ_DOM_EXC: re-check every domain
+        self.fake.mark(domid, DomainState(how))
+        self.fake.kick_virq()  # VIRQ_DOM_EXC: re-check every domain
         # cx handles the event channel before the sockets of the same poll round, so one
         # round trip is enough; for a dying domain wait until it is really gone.
         for _ in range(200):
@@ -235,8 +232,9 @@ class KitTarget(Target):
 
     def clear_markers(self, admin: Channel) -> None:
         for p in self.fake_dir.glob("*-*"):
-            if p.name.split("-")[0] in ("dead", "shutdown", "gone"):
-                p.unlink()
+            state, _, domid = p.name.partition("-")
+            if state in tuple(DomainState):
+                self.fake.unmark(int(domid))
 
     def needs_restart(self, introductions: int) -> bool:
         return self.introductions + introductions > INTRODUCE_BUDGET

@@ -18,7 +18,7 @@ entry naming the domain or its target decides, else the owner entry's own letter
 event is sent to a domain that may read the node or its parent (``watch_permitted``).
 
 The matrix is checked on our xenstored (the host's own daemon, the tree as the toolstack
-left it) and on the real cxenstored 4.17 (oracle kit) after replaying the same nodes,
+left it) and on the real cxenstored 4.17 (`stubdom.realxs`) after replaying the same nodes,
 values, permissions, INTRODUCEs and SET_TARGETs; both must give the expected answers and
 agree with each other cell by cell.
 """
@@ -35,14 +35,13 @@ from stubdom import protocol as proto
 from stubdom.toolstack.config import DiskSpec, GuestConfig, NicSpec
 from stubdom.toolstack.spawn import HostPaths, StubdomSpawner
 from stubdom.xenstore import Client
-from tests.differential import targets
 from tests.differential.targets import Channel, KitTarget
+from tests.support import xsraw
 from tests.support.daemons import have_cx, need_peer
 from tests.support.inprocess_host import inprocess_host
 
 pytestmark = pytest.mark.peer
 
-xsraw = getattr(targets, "xsraw")  # noqa: B009  (the oracle kit's raw client, untyped)
 T = xsraw.T
 OPS = ("read", "write", "create", "rm", "set-perms", "watch")
 ROLES = ("dom0", "G", "S", "O", "OS")

@@ -1,4 +1,4 @@
-"""Start and stop xenstore daemons for tests: ours, and the real cx/ox via the oracle kit.
+"""Start and stop xenstore daemons for tests: ours, and the real cx/ox (`stubdom.realxs`).
 
 Tests that need a real peer call `need_peer`: it skips when the peer is missing, or fails
 when ``STUBDOM_REQUIRE_PEERS=1`` (CI), so a missing package can never pass silently.
@@ -20,10 +20,12 @@ from pathlib import Path
 
 import pytest
 
-KIT = Path(__file__).resolve().parent.parent / "oracle"
-XEN_BIN = Path("/usr/lib/xen-4.17/bin")
-CX_BIN = XEN_BIN / "xenstored"
-OX_BIN = XEN_BIN / "oxenstored"
+from stubdom import realxs
+from stubdom.realxs import Flavour, RealXenstored
+
+XEN_BIN = realxs.daemons.XEN_BIN
+CX_BIN = realxs.daemon_binary(Flavour.CX)
+OX_BIN = realxs.daemon_binary(Flavour.OX)
 TEST_XENSTORE = XEN_BIN / "test-xenstore"
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -43,11 +45,13 @@ def need_peer(available: bool, what: str) -> None:
 
 
 def have_cx() -> bool:
-    return CX_BIN.exists() and shutil.which("gcc") is not None
+    """cxenstored is installed and the shim is built or can be (gcc)."""
+    return realxs.available(Flavour.CX)
 
 
 def have_ox() -> bool:
-    return OX_BIN.exists() and shutil.which("gcc") is not None
+    """oxenstored is installed and the shim is built or can be (gcc)."""
+    return realxs.available(Flavour.OX)
 
 
 _TMPDIRS: list[Path] = []
@@ -80,6 +84,7 @@ class Daemon:
     run_dir: Path
     fake_dir: Path | None = None  # cx/ox: the shim's directory (rings, markers)
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    real: RealXenstored | None = field(default=None, repr=False)  # cx/ox
 
     @property
     def env(self) -> dict[str, str]:
@@ -90,28 +95,20 @@ class Daemon:
         return env
 
     def alive(self) -> bool:
-        if self.proc is not None:
-            return self.proc.poll() is None
-        try:
-            with open(f"/proc/{self.pid}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, IndexError):
-            return False
-        return state != "Z"  # an orphaned daemon that exited may linger as a zombie
+        if self.real is not None:
+            return self.real.alive()
+        return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(5)
-        else:
-            subprocess.run(
-                [str(KIT / "stop.sh"), str(self.run_dir)], check=False, capture_output=True
-            )
+        if self.real is not None:
+            self.real.stop()
+        elif self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
 
 
 def _wait_for_socket(
@@ -149,34 +146,18 @@ def start_ours(run_dir: Path | None = None, *args: str) -> Daemon:
     return Daemon("ours", sock, proc.pid, run_dir, proc=proc)
 
 
-def _start_kit(script: str, run_dir: Path, args: tuple[str, ...]) -> Daemon:
-    out = subprocess.run(
-        [str(KIT / script), str(run_dir), *args],
-        check=True,
-        capture_output=True,
-        text=True,
-        env={k: v for k, v in os.environ.items() if k != "LD_PRELOAD"},
-    ).stdout
-    values: dict[str, str] = {}
-    for line in out.splitlines():
-        if "=" in line and not line.startswith(("#", "export")):
-            k, _, v = line.partition("=")
-            values[k.strip()] = v.strip()
-    kind = "cx" if "cx" in script else "ox"
+def _start_real(flavour: Flavour, run_dir: Path, args: tuple[str, ...]) -> Daemon:
+    real = realxs.start(flavour, run_dir, args=args)
     return Daemon(
-        kind,
-        values["XENSTORED_PATH"],
-        int(values["XS_PID"]),
-        run_dir,
-        fake_dir=Path(values["XSFAKE_DIR"]),
+        str(flavour), str(real.socket), real.pid, run_dir, fake_dir=real.fake.dir, real=real
     )
 
 
 def start_cx(run_dir: Path | None = None, *args: str) -> Daemon:
-    """The real cxenstored 4.17 under the oracle kit's shim."""
-    return _start_kit("start-cxenstored.sh", run_dir or short_tmpdir("cx-"), args)
+    """The real cxenstored 4.17 under the realxs shim."""
+    return _start_real(Flavour.CX, run_dir or short_tmpdir("cx-"), args)
 
 
 def start_ox(run_dir: Path | None = None, *args: str) -> Daemon:
-    """The real oxenstored 4.17 under the oracle kit's shim."""
-    return _start_kit("start-oxenstored.sh", run_dir or short_tmpdir("ox-"), args)
+    """The real oxenstored 4.17 under the realxs shim."""
+    return _start_real(Flavour.OX, run_dir or short_tmpdir("ox-"), args)

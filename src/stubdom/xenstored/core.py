@@ -1,7 +1,7 @@
 """The daemon's logic as a sans-IO object: packets in, packets queued per connection.
 
 Everything here follows cxenstored 4.17 (``xenstored_core.c``, ``_domain.c``,
-``_transaction.c``, ``_watch.c``) as observed through the oracle kit; deliberate
+``_transaction.c``, ``_watch.c``) as observed through `stubdom.realxs`; deliberate
 departures are marked "Deliberate:".  The asyncio shell in `server` owns the sockets and
 only moves bytes.
 """
