@@ -70,14 +70,23 @@ def host() -> None:
     help="xenstored journals every change (--state-dir), so that "
     "'stubdom host restart-xenstored' keeps the tree and the domains.",
 )
-def up(directory: str | None, trace: str | None, durable: bool) -> None:
+@click.option(
+    "--xenstored",
+    "xenstored",
+    type=click.Choice(["ours", "cx", "ox"]),
+    default="ours",
+    show_default=True,
+    help="Which xenstored: ours, or Xen 4.17's cxenstored (cx) or oxenstored (ox) run "
+    "without Xen (they need the Debian packages xen-utils-4.17 and gcc).",
+)
+def up(directory: str | None, trace: str | None, durable: bool, xenstored: str) -> None:
     """Start the host in the background, or find it running; print its export lines.
 
     Use as: eval "$(stubdom host up)".  Xen's tools then reach the host's xenstored.
     """
     rd = _run_dir(directory)
     with _one_line_errors():
-        started = supervisor.start(rd, trace, durable, say=_say)
+        started = supervisor.start(rd, trace, durable, say=_say, xenstored=xenstored)
     _say(started.summary)
     _exports(rd, directory)
 
@@ -93,7 +102,9 @@ def status(directory: str | None) -> None:
     click.echo(f"stubdom host running in {rd.root}")
     click.echo(f"  host daemon  pid {st.pid}, up {st.uptime:.1f}s, API {rd.host_socket}")
     if xs_pid is not None:
-        click.echo(f"  xenstored    pid {xs_pid}, XENSTORED_PATH={st.xenstored_socket}")
+        click.echo(
+            f"  xenstored    {st.xenstored}, pid {xs_pid}, XENSTORED_PATH={st.xenstored_socket}"
+        )
     else:
         click.echo("  xenstored    NOT RUNNING")
     click.echo(f"  domains      {st.domains}")

@@ -43,6 +43,7 @@ from stubdom.host.rundir import (
     signal_process,
     write_pid,
 )
+from stubdom.host.xslink import Daemon
 
 log = logging.getLogger(__name__)
 
@@ -141,29 +142,61 @@ def probe(rd: RunDir) -> Probe:
 
 
 def start(
-    rd: RunDir, trace: str | None = None, durable: bool = False, say: Say = log.info
+    rd: RunDir,
+    trace: str | None = None,
+    durable: bool = False,
+    say: Say = log.info,
+    xenstored: Daemon | str = Daemon.OURS,
 ) -> Started:
     """Start the host, or find it running; what an earlier host left is cleaned up first.
 
     ``trace``: xenstored appends every packet to that file.  ``durable``: xenstored
-    journals every change, so that `restart_xenstored` keeps the tree.  A running host
-    that cannot honour them is refused, not restarted (it would lose its domains).
+    journals every change, so that `restart_xenstored` keeps the tree.  ``xenstored``:
+    ours, or the real cxenstored or oxenstored under `stubdom.realxs` (which know
+    neither option).  A running host that cannot honour them is refused, not restarted
+    (it would lose its domains).
     """
+    daemon = _daemon(xenstored, trace, durable)
     try:
         rd.create()
         with rd.locked():
             found = probe(rd)
             if found.healthy:
                 assert found.host_pid is not None and found.xenstored_pid is not None
+                _refuse_other_daemon(rd, daemon)
                 _refuse_other_options(rd, found.xenstored_pid, trace, durable)
                 return Started(rd.root, found.host_pid, found.xenstored_pid, already_running=True)
             if found.anything:
                 say(f"cleaning up what is left of an earlier host in {rd.root}")
                 _stop(rd, found, say)
                 rd.create()  # the clean-up removed the empty directories
-            return _start(rd, trace, durable, say)
+            return _start(rd, trace, durable, say, daemon)
     except RunDirError as e:
         raise SupervisorError(str(e)) from None
+
+
+def _daemon(xenstored: Daemon | str, trace: str | None, durable: bool) -> Daemon:
+    try:
+        daemon = Daemon(xenstored)
+    except ValueError:
+        choices = ", ".join(d.value for d in Daemon)
+        raise SupervisorError(f"no xenstored called {xenstored!r}: choose {choices}") from None
+    if daemon is not Daemon.OURS and (trace is not None or durable):
+        option = "--trace" if trace is not None else "--durable"
+        raise SupervisorError(
+            f"{option} needs our xenstored, which {daemon} is not; "
+            f"drop {option} or run 'stubdom host up' without --xenstored {daemon}"
+        )
+    return daemon
+
+
+def _refuse_other_daemon(rd: RunDir, daemon: Daemon) -> None:
+    running = rd.xenstored_daemon()
+    if running != daemon:
+        raise SupervisorError(
+            f"the host in {rd.root} is already running with xenstored {running}, not "
+            f"{daemon}; run 'stubdom host down' first"
+        )
 
 
 def stop(rd: RunDir, say: Say = log.info) -> Stopped:
@@ -195,6 +228,11 @@ def restart_xenstored(rd: RunDir, kill: bool = False, say: Say = log.info) -> Re
             raise SupervisorError(
                 f"xenstored of the host in {rd.root} is not running; "
                 "'stubdom host down' then 'stubdom host up --durable'"
+            )
+        if rd.xenstored_daemon() != Daemon.OURS:
+            raise SupervisorError(
+                f"the host in {rd.root} runs xenstored {rd.xenstored_daemon()}, which keeps "
+                "no state across a restart; only our xenstored ('--durable') restarts"
             )
         args = _durable_xenstored_args(rd, pid)
         if kill:
@@ -443,12 +481,29 @@ def _start_xenstored(rd: RunDir, args: list[str], say: Say) -> int:
     return xs.pid
 
 
-def _start(rd: RunDir, trace: str | None, durable: bool, say: Say) -> Started:
-    xs_pid = _start_xenstored(rd, _xenstored_args(rd, trace, durable), say)
-    daemon = _spawn(["host", "daemon", "--dir", str(rd.root)], rd.host_log)
+def _start_real(rd: RunDir, daemon: Daemon) -> int:
+    """cxenstored or oxenstored under the shim, its socket where ours would be."""
+    from stubdom import realxs
+
+    try:
+        real = realxs.start(daemon.value, rd.real_xenstored_dir, socket=rd.xenstored_socket)
+    except (realxs.RealXenstoredUnavailable, RuntimeError, ValueError) as e:
+        raise SupervisorError(f"xenstored {daemon}: {e}") from None
+    _children[real.pid] = real.proc
+    write_pid(rd.xenstored_pid, real.pid)
+    return real.pid
+
+
+def _start(rd: RunDir, trace: str | None, durable: bool, say: Say, daemon: Daemon) -> Started:
+    rd.xenstored_daemon_file.write_text(f"{daemon}\n")
+    if daemon is Daemon.OURS:
+        xs_pid = _start_xenstored(rd, _xenstored_args(rd, trace, durable), say)
+    else:
+        xs_pid = _start_real(rd, daemon)
+    host = _spawn(["host", "daemon", "--dir", str(rd.root)], rd.host_log)
 
     def answers() -> bool:
-        if read_pid(rd.host_pid) != daemon.pid:
+        if read_pid(rd.host_pid) != host.pid:
             return False
         try:
             _call(rd, lambda hv: hv.ping())
@@ -456,9 +511,9 @@ def _start(rd: RunDir, trace: str | None, durable: bool, say: Say) -> Started:
             return False
         return True
 
-    if not _wait_until(answers, daemon, START_TIMEOUT):
+    if not _wait_until(answers, host, START_TIMEOUT):
         raise _start_failed(rd, "the host daemon", rd.host_log, say)
-    return Started(rd.root, daemon.pid, xs_pid)
+    return Started(rd.root, host.pid, xs_pid)
 
 
 def _refuse_other_options(rd: RunDir, xs_pid: int, trace: str | None, durable: bool) -> None:

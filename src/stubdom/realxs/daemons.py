@@ -139,7 +139,9 @@ def _command(
         # cx listens on $XENSTORED_PATH, else $XENSTORED_RUNDIR/socket: set both, so an
         # inherited XENSTORED_PATH cannot move it.
         env |= {"XENSTORED_RUNDIR": str(run_dir), "XENSTORED_PATH": str(sock)}
-        return [str(binary), "-N"], env
+        # -F names the run directory on the command line too, so that a supervisor
+        # can tell this process from another that took over its pid.
+        return [str(binary), "-N", "-F", str(run_dir / "xenstored.pid")], env
     env["XSFAKE_SOCKET"] = str(sock)  # ox has no override for its socket path
     conf = _ox_config(run_dir, fake)
     return [str(binary), "--no-fork", "--config-file", str(conf), "--no-access-log"], env
@@ -216,7 +218,7 @@ def start(
     with open(run_dir / _LOG[flavour], "wb") as out:
         proc = subprocess.Popen(
             [*argv, *args], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            env=env,
+            env=env, start_new_session=True,
         )  # fmt: skip
     d = RealXenstored(flavour, proc.pid, sock, run_dir, fake, proc)
     try:
