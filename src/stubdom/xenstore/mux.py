@@ -16,8 +16,8 @@ what a connection of its own would show it:
   daemon would answer a transaction of another connection (the daemon cannot tell
   the clients apart);
 - RESET_WATCHES ends only the client's own watches and transactions;
-- each client gets its replies and events in the order the daemon sent them, with the
-  answers made here slotted in at their request's place;
+- each client gets its replies and events in the order the daemon sent them, and an
+  answer made here after the replies to the client's earlier requests;
 - a client that goes has its transactions ended ("F") and its watches removed
   upstream, replies discarded; a transaction that starts after it went is ended too.
 
@@ -81,7 +81,8 @@ class _Slot:
 class _Client:
     cid: int
     decoder: PacketDecoder = field(default_factory=PacketDecoder)
-    #: Replies and events not yet delivered, in the order they are due.
+    #: Replies not yet delivered, in request order (an answer made here waits for the
+    #: replies before it).
     queue: deque[_Slot] = field(default_factory=deque)
     #: Transactions the daemon started for this client.
     transactions: set[int] = field(default_factory=set)
@@ -318,8 +319,10 @@ class Mux:
             if owner is None:
                 log.warning("watch event %r with a token the mux never made", packet)
             return
+        # Straight through: the daemon sent it after every reply that came before it,
+        # and the replies still due come after it.
         event = packet._replace(payload=path + b"\0" + owner[1] + sep + tail)
-        self._answer(client, event, actions)
+        actions.append(Deliver(client.cid, event))
 
     # -- helpers --------------------------------------------------------------------
 
