@@ -7,7 +7,7 @@ import os
 import shutil
 import stat
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +15,7 @@ import pytest
 
 from stubdom.host.xsrelay import DomainRelay
 from stubdom.wire.constants import Op
-from stubdom.wire.packet import Packet, encode, join_args
+from stubdom.wire.packet import Packet, PacketDecoder, encode, join_args
 from stubdom.xenstore import (
     Client,
     ConnectionClosed,
@@ -26,7 +26,7 @@ from stubdom.xenstore import (
     XenStoreTimeout,
 )
 from stubdom.xenstore.pipeline import pipelined
-from tests.support.daemons import SYSTEM_PYTHON, need_peer
+from tests.support.daemons import SYSTEM_PYTHON, Daemon, need_peer
 from tests.support.xsenv import XsEnv
 
 D = 5
@@ -323,3 +323,103 @@ async def test_pyxs_through_the_relay(env: RelayEnv) -> None:
     out = await run_tool(env, SYSTEM_PYTHON, "-c", script, env.path, f"{HOME}/pyxs")
     assert out == "from pyxs\n"
     assert await env.xs.dom0.read(f"{HOME}/pyxs-tx") == b"in tx"
+
+
+# -- onto the real daemons -------------------------------------------------------------
+
+
+class Recording(Transport):
+    """An upstream transport that keeps every packet written and read, so a test can
+    see the clean-up the relay sends and what the daemon answered."""
+
+    def __init__(self, inner: Transport) -> None:
+        self.inner = inner
+        self.description = f"recording {inner.description}"
+        self.sent: list[Packet] = []
+        self.received: list[Packet] = []
+        self._decoder = PacketDecoder()
+
+    def write(self, message: bytes) -> None:
+        self.sent.append(next(iter(_decode(message))))
+        self.inner.write(message)
+
+    async def drain(self) -> None:
+        await self.inner.drain()
+
+    async def read(self) -> bytes:
+        raise NotImplementedError  # the relay uses run
+
+    async def run(self, sink: Callable[[bytes], None]) -> None:
+        def record(data: bytes) -> None:
+            self._decoder.feed(data)
+            self.received.extend(self._decoder)
+            sink(data)
+
+        await self.inner.run(record)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def answer_to(self, request: Packet) -> Packet:
+        (reply,) = [p for p in self.received if p.req_id == request.req_id]
+        return reply
+
+
+def _decode(message: bytes) -> list[Packet]:
+    decoder = PacketDecoder()
+    decoder.feed(message)
+    return list(decoder)
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("kind", ["cx", "ox"])
+async def test_onto_a_real_daemons_connection(kind: str, request: pytest.FixtureRequest) -> None:
+    """The mux's rules against cx/ox's own replies (a dom0 connection: rings are the
+    ring transport's), the clean-up included: the daemon answers it OK."""
+    daemon: Daemon = request.getfixturevalue(kind)
+    recordings: list[Recording] = []
+
+    async def connect() -> Transport:
+        recordings.append(Recording(await StreamTransport.connect_unix(daemon.socket)))
+        return recordings[-1]
+
+    relay = await DomainRelay.start(daemon.run_dir / "relay", connect, f"{kind} dom0")
+    try:
+        a = await Client.connect(str(relay.path), timeout=10.0)
+        b = await Client.connect(str(relay.path), timeout=10.0)
+        await b.write("/relay/w", "0")
+        async with b.watch("/relay/w", "tok") as wb:
+            wa = await a.watch("/relay/w", "tok").start()
+            for w in (wa, wb):
+                assert (await w.get(5)).token == "tok"
+            tx = await a.transaction_start()
+            await a.bind(tx).write("/relay/uncommitted", "x")
+            await b.write("/relay/w", "1")
+            for w in (wa, wb):
+                assert (await w.get(5)).path == "/relay/w"
+                with pytest.raises(XenStoreTimeout):
+                    await w.get(QUIET)
+            await a.close()
+            rec = recordings[0]
+
+            def cleanup() -> list[Packet]:
+                return [
+                    p
+                    for p in rec.sent
+                    if (p.op == Op.TRANSACTION_END and p.tx_id == tx)
+                    or (p.op == Op.UNWATCH and p.payload.startswith(b"/relay/w\0"))
+                ]
+
+            async def answered() -> bool:
+                ids = {p.req_id for p in rec.received}
+                return len(cleanup()) == 2 and all(p.req_id in ids for p in cleanup())
+
+            await wait_for(answered, "the clean-up to be answered")
+            assert [rec.answer_to(p).payload for p in cleanup()] == [b"OK\0", b"OK\0"]
+            assert not await b.exists("/relay/uncommitted")
+            await b.write("/relay/w", "2")
+            assert (await wb.get(5)).path == "/relay/w"
+        await b.close()
+        assert len(recordings) == 1
+    finally:
+        await relay.close()
