@@ -432,3 +432,133 @@ def test_garbage_from_one_client_never_touches_another(junk: bytes, cuts: list[i
         for act in reply(mux, p, Op.ERROR, b"EINVAL\0"):
             assert isinstance(act, Deliver) and act.client == a
     assert reply(mux, r, payload=b"v") == [Deliver(b, Packet(Op.READ, b"v", 4, 0))]
+
+
+class ModelDaemon:
+    """The state one daemon connection keeps: watches and transactions, enough to see
+    whether the mux leaves anything behind."""
+
+    def __init__(self) -> None:
+        self.watches: set[tuple[bytes, bytes]] = set()
+        self.transactions: set[int] = set()
+        self.next_tx = 1
+        self.queue: deque[Packet] = deque()
+        self.seen_ops: set[int] = set()
+
+    def answer(self, request: Packet) -> list[Packet]:
+        self.seen_ops.add(request.op)
+
+        def ok(payload: bytes = OK) -> Packet:
+            return Packet(request.op, payload, request.req_id, request.tx_id)
+
+        def err(name: bytes) -> Packet:
+            return Packet(Op.ERROR, name + b"\0", request.req_id, request.tx_id)
+
+        if request.tx_id and request.tx_id not in self.transactions:
+            return [err(b"ENOENT")]
+        if request.op in (Op.WATCH, Op.UNWATCH):
+            path, token, _ = request.payload.split(b"\0")
+            if request.op == Op.WATCH:
+                if (path, token) in self.watches:
+                    return [err(b"EEXIST")]
+                self.watches.add((path, token))
+                return [ok(), Packet(Op.WATCH_EVENT, join_args(path, token))]
+            if (path, token) not in self.watches:
+                return [err(b"ENOENT")]
+            self.watches.discard((path, token))
+            return [ok()]
+        if request.op == Op.TRANSACTION_START:
+            self.transactions.add(self.next_tx)
+            self.next_tx += 1
+            return [ok(b"%d\0" % (self.next_tx - 1))]
+        if request.op == Op.TRANSACTION_END:
+            if request.payload not in (b"T\0", b"F\0"):
+                return [err(b"EINVAL")]
+            if request.tx_id not in self.transactions:
+                return [err(b"ENOENT")]
+            self.transactions.discard(request.tx_id)
+            return [ok()]
+        return [ok(request.payload)]
+
+
+client_ops = st.tuples(
+    st.integers(0, 1),  # which client
+    st.sampled_from(
+        ["watch", "unwatch", "start", "end", "bad-end", "read-tx", "reset", "close", "answer"]
+    ),
+    st.sampled_from([b"/a", b"/b"]),
+    st.sampled_from([b"t", b"u"]),
+    st.integers(0, 3),  # which of the client's transactions, or how many to answer
+)
+
+
+Step5 = tuple[int, str, bytes, bytes, int]
+
+
+class Scenario:
+    """Two client slots on one mux and a model daemon, driven step by step."""
+
+    def __init__(self) -> None:
+        self.mux = Mux()
+        self.daemon = ModelDaemon()
+        self.cids = [self.mux.open_client(), self.mux.open_client()]
+        #: The transactions each client was told it started.
+        self.txs: dict[int, list[int]] = {c: [] for c in self.cids}
+
+    def run(self, actions: list[Action]) -> None:
+        for act in actions:
+            if isinstance(act, Upstream):
+                self.daemon.queue.append(act.packet)
+            elif isinstance(act, Deliver) and act.packet.op == Op.TRANSACTION_START:
+                self.txs[act.client].append(int(act.packet.payload[:-1]))
+
+    def answer(self, n: int) -> None:
+        for _ in range(n):
+            if not self.daemon.queue:
+                return
+            for p in self.daemon.answer(self.daemon.queue.popleft()):
+                self.run(self.mux.upstream_bytes(encode(p)))
+
+    def close(self, who: int) -> None:
+        self.run(self.mux.client_closed(self.cids[who]))
+        self.cids[who] = self.mux.open_client()
+        self.txs[self.cids[who]] = []
+
+    def step(self, who: int, kind: str, path: bytes, token: bytes, n: int) -> None:
+        if kind == "answer":
+            self.answer(n + 1)
+            return
+        if kind == "close":
+            self.close(who)
+            return
+        c = self.cids[who]
+        mine = self.txs[c]
+        tx = mine[n % len(mine)] if mine else 0
+        requests = {
+            "watch": (Op.WATCH, join_args(path, token), 0),
+            "unwatch": (Op.UNWATCH, join_args(path, token), 0),
+            "start": (Op.TRANSACTION_START, b"\0", 0),
+            "end": (Op.TRANSACTION_END, b"F\0", tx),
+            "bad-end": (Op.TRANSACTION_END, b"?\0", tx),
+            "read-tx": (Op.READ, path + b"\0", tx),
+            "reset": (Op.RESET_WATCHES, b"", 0),
+        }
+        op, payload, tx_id = requests[kind]
+        self.run(send(self.mux, c, op, payload, tx_id=tx_id))
+
+
+@given(st.lists(client_ops, max_size=60))
+def test_nothing_is_left_upstream_once_every_client_went(script: list[Step5]) -> None:
+    """Whatever two clients (and their successors) do, interleaved with the daemon's
+    answers: once they are gone and the daemon has answered everything, it holds no
+    watch and no transaction of theirs, and never saw RESET_WATCHES."""
+    sc = Scenario()
+    for step in script:
+        sc.step(*step)
+    for who in (0, 1):
+        sc.close(who)
+    sc.answer(10_000)
+    assert not sc.daemon.queue
+    assert sc.daemon.watches == set()
+    assert sc.daemon.transactions == set()
+    assert Op.RESET_WATCHES not in sc.daemon.seen_ops
