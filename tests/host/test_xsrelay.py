@@ -279,6 +279,33 @@ async def test_upstream_loss_disconnects_clients_and_the_next_reconnects(env: Re
         await b.close()
 
 
+async def test_close_disconnects_clients_and_removes_the_socket(env: RelayEnv) -> None:
+    a = await env.client()
+    await a.write(f"{HOME}/x", "1")
+    await env.relay.close()
+    assert not Path(env.path).exists()
+    with pytest.raises(ConnectionClosed):
+        await a.read(f"{HOME}/x")
+    await a.close()
+
+    async def gone() -> bool:
+        return env.domain_connections() == 0
+
+    await wait_for(gone, "the upstream connection to close")
+
+
+async def test_a_file_in_the_way_is_not_replaced(xsenv: XsEnv) -> None:
+    path = xsenv.run_dir / "not-a-socket"
+    path.write_text("keep me")
+
+    async def never() -> Transport:
+        raise AssertionError("not reached")
+
+    with pytest.raises(FileExistsError):
+        await DomainRelay.start(path, never, "in the way")
+    assert path.read_text() == "keep me"
+
+
 async def run_tool(env: RelayEnv, *argv: str) -> str:
     tool_env = dict(os.environ, XENSTORED_PATH=env.path)
     tool_env.pop("LD_PRELOAD", None)

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
+import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -60,9 +62,8 @@ class DomainRelay:
         """Connect upstream, then listen on ``path`` (mode 0600, like the daemon's
         socket: only the host's own user may talk as the domain)."""
         relay = cls(Path(path), upstream, description)
+        _remove_stale_socket(relay.path)
         await relay._connect_upstream()
-        with contextlib.suppress(FileNotFoundError):
-            relay.path.unlink()
         try:
             relay._server = await asyncio.start_unix_server(relay._serve, path=str(relay.path))
             os.chmod(relay.path, 0o600)
@@ -172,8 +173,11 @@ class DomainRelay:
         try:
             while cid in self._writers and (data := await reader.read(READ_SIZE)):
                 self._apply(self._mux.client_bytes(cid, data))
+                # Flow control: a client is not read while the daemon is behind, nor
+                # while it leaves its own replies unread.
                 if self._upstream is upstream:
                     await upstream.drain()
+                await writer.drain()
         except (ConnectionError, ConnectionClosed) as exc:
             log.debug("%s: client %d: %s", self.description, cid, exc)
         finally:
@@ -207,6 +211,17 @@ class DomainRelay:
             self._upstream.write(message)
         except ConnectionClosed as exc:
             self._lose_upstream(str(exc))
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """An earlier relay's socket is replaced; any other file is not ours to delete."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise FileExistsError(errno.EEXIST, f"{path} exists and is not a socket", str(path))
+    path.unlink()
 
 
 __all__ = ["DomainRelay", "UpstreamFactory"]
