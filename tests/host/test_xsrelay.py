@@ -232,12 +232,14 @@ async def test_garbage_from_a_third_client(env: RelayEnv) -> None:
             writer.write(encode(Packet(Op.WATCH, b"no-token\0", 8)))
             writer.write(encode(Packet(Op.UNWATCH, join_args(f"{HOME}/g", "never"), 9)))
             writer.write(encode(Packet(Op.RESET_WATCHES, b"\0", 10)))
-            replies = [await read_packet(reader) for _ in range(4)]
+            writer.write(encode(Packet(99, b"what\0", 11)))  # a type 4.17 does not know
+            replies = [await read_packet(reader) for _ in range(5)]
             assert [(p.op, p.payload, p.req_id) for p in replies] == [
                 (Op.ERROR, b"ENOENT\0", 7),
                 (Op.ERROR, b"EINVAL\0", 8),
                 (Op.ERROR, b"ENOENT\0", 9),
                 (Op.RESET_WATCHES, b"OK\0", 10),
+                (Op.ERROR, b"ENOSYS\0", 11),
             ]
             writer.close()
             # Half a message, then gone.
@@ -277,6 +279,38 @@ async def test_upstream_loss_disconnects_clients_and_the_next_reconnects(env: Re
         assert len(env.upstreams) == 2
     finally:
         await b.close()
+
+
+async def test_a_client_is_refused_while_upstream_is_unreachable(xsenv: XsEnv) -> None:
+    attempts: list[str] = []
+
+    async def connect() -> Transport:
+        attempts.append("try")
+        if len(attempts) > 1:
+            raise ConnectionRefusedError("xenstore is down")
+        return await StreamTransport.connect_unix(xsenv.socket)
+
+    relay = await DomainRelay.start(xsenv.run_dir / "relay-0", connect, "dom0")
+    try:
+        async def accepted() -> bool:
+            return len(xsenv.server.clients) == 2  # the dom0 fixture's and the relay's
+
+        await wait_for(accepted, "the relay's connection")
+        conn = list(xsenv.server.clients)[-1]  # the relay's, the newest
+        xsenv.server.clients[conn].close()
+
+        async def lost() -> bool:
+            return relay.upstream_losses == 1
+
+        await wait_for(lost, "the relay to see the loss")
+        c = await Client.connect(str(relay.path), timeout=10.0)
+        with pytest.raises(ConnectionClosed):
+            await c.read("/")
+        await c.close()
+        assert relay.upstream_losses == 1
+        assert len(attempts) == 2
+    finally:
+        await relay.close()
 
 
 async def test_close_disconnects_clients_and_removes_the_socket(env: RelayEnv) -> None:

@@ -165,7 +165,7 @@ class DomainRelay:
     ) -> None:
         try:
             upstream = await self._connect_upstream()
-        except OSError as exc:
+        except Exception as exc:  # whatever the factory raises, this client is refused
             log.warning("%s: cannot reach xenstore (%s); client refused", self.description, exc)
             return
         cid = self._mux.open_client()
