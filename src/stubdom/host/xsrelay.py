@@ -59,8 +59,8 @@ class DomainRelay:
 
     @classmethod
     async def start(cls, path: Path, upstream: UpstreamFactory, description: str) -> DomainRelay:
-        """Connect upstream, then listen on ``path`` (mode 0600, like the daemon's
-        socket: only the host's own user may talk as the domain)."""
+        """Connect upstream, then listen on ``path``, mode 0600 like the daemon's main
+        socket: whoever can connect speaks as the domain, so only the host's user may."""
         relay = cls(Path(path), upstream, description)
         _remove_stale_socket(relay.path)
         await relay._connect_upstream()
