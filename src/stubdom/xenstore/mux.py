@@ -22,8 +22,11 @@ what a connection of its own would show it:
   upstream, replies discarded; a transaction that starts after it went is ended too.
 
 Everything else goes upstream untouched, types a guest may not use included: the
-daemon decides permissions.  A client sending an over-long header is disconnected, as
-the daemons disconnect a socket client that does.
+daemon decides permissions.  What cannot be relayed is refused as the daemons would: a
+WATCH/UNWATCH that is not exactly two strings gets EINVAL (one the token prefix would
+make too long, E2BIG), and a client sending an over-long header is disconnected, as
+the daemons disconnect a socket client that does.  When the upstream connection is
+lost, every client is, since its state in the daemon went with it.
 """
 
 from __future__ import annotations
