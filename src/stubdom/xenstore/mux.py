@@ -16,8 +16,9 @@ what a connection of its own would show it:
   daemon would answer a transaction of another connection (the daemon cannot tell
   the clients apart);
 - RESET_WATCHES ends only the client's own watches and transactions;
-- each client gets its replies and events in the order the daemon sent them, and an
-  answer made here after the replies to the client's earlier requests;
+- each client gets its replies in the order of its requests (the daemons answer in
+  order; an answer made here waits for the replies before it), and its events as
+  they come, so it sees the daemon's order;
 - a client that goes has its transactions ended ("F") and its watches removed
   upstream, replies discarded; a transaction that starts after it went is ended too.
 
