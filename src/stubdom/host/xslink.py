@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Protocol
 
 from stubdom.host.hypervisor import HypervisorError
-from stubdom.xenstore import Client, XenStoreError
+from stubdom.host.xsrelay import DomainRelay
+from stubdom.realxs import DomainState, FakeXen
+from stubdom.xenstore import Client, RingTransport, XenStoreError
 
 log = logging.getLogger(__name__)
 
@@ -75,17 +77,15 @@ class RealLink:
     """cxenstored or oxenstored under the shim: marker files, the VIRQ, ring relays."""
 
     def __init__(self, fake_dir: Path, xenstored_socket: str) -> None:
-        from stubdom.realxs import FakeXen
-
         self.fake = FakeXen(fake_dir)
         self.xenstored_socket = xenstored_socket
-        self._relays: dict[int, DomainRelayLike] = {}
+        self._relays: dict[int, DomainRelay] = {}
 
     async def domain_state(self, domid: int, state: str) -> None:
         if state == "running":
             self.fake.unmark(domid)
             return
-        self.fake.mark(domid, "gone" if state == "gone" else "shutdown")
+        self.fake.mark(domid, DomainState.GONE if state == "gone" else DomainState.SHUTDOWN)
         self.fake.kick_virq()
         if state == "gone":
             await self._drop_relay(domid)
@@ -96,10 +96,7 @@ class RealLink:
             self._relays[domid] = await self._start_relay(domid, Path(path))
         return path
 
-    async def _start_relay(self, domid: int, path: Path) -> DomainRelayLike:
-        from stubdom.host.xsrelay import DomainRelay
-        from stubdom.xenstore import RingTransport
-
+    async def _start_relay(self, domid: int, path: Path) -> DomainRelay:
         fake = self.fake
         port = fake.port(domid)
         if port is None:
@@ -131,7 +128,3 @@ class RealLink:
     async def close(self) -> None:
         for domid in list(self._relays):
             await self._drop_relay(domid)
-
-
-class DomainRelayLike(Protocol):
-    async def close(self) -> None: ...
