@@ -34,13 +34,10 @@ class Daemon(enum.StrEnum):
     OX = "ox"
 
 
-#: What the hypervisor reports: the states of CONTROL ``domain-state``.
-DomainStates = ("running", "shutdown", "crashed", "gone")
-
-
 class XenstoredLink(Protocol):
     async def domain_state(self, domid: int, state: str) -> None:
-        """Tell xenstored that ``domid`` is now ``state`` (one of `DomainStates`)."""
+        """Tell xenstored that ``domid`` is now ``state``: running, shutdown, crashed or
+        gone (the states of our CONTROL ``domain-state``)."""
 
     async def domain_socket(self, domid: int) -> str:
         """The ``XENSTORED_PATH`` of ``domid``'s programs, ready to connect to."""
