@@ -77,6 +77,11 @@ class TracingProxy:
                 await _pass_through(reader, writer, up_reader, up_writer, self.trace.connection())
             finally:
                 up_writer.close()
+        except asyncio.CancelledError:
+            # `close` ends the connection: asyncio's server would log a handler that
+            # ends cancelled as an error, so it ends here.
+            if not self._closing:
+                raise
         finally:
             self._clients.discard(task)
             writer.close()
