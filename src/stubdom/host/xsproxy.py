@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from stubdom.fdio import connect_unix
 from stubdom.host.xsrelay import READ_SIZE, remove_stale_socket
 from stubdom.host.xstrace import ConnTrace, DomainTrace
 
@@ -69,8 +70,9 @@ class TracingProxy:
         self._clients.add(task)
         try:
             try:
-                up_reader, up_writer = await asyncio.open_unix_connection(str(self.upstream))
-            except OSError as e:
+                sock = await connect_unix(str(self.upstream))
+                up_reader, up_writer = await asyncio.open_unix_connection(sock=sock)
+            except OSError as e:  # TimeoutError included
                 log.warning("cannot reach xenstored on %s (%s); client refused", self.upstream, e)
                 return
             try:
