@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from stubdom.demo import DemoError, DemoResult, NodeWrite, Step, run_demo
-from tests.support.daemons import have_cx, have_ox, need_peer, short_tmpdir
+from tests.support.daemons import XENSTOREDS, need_peer, need_xenstored, short_tmpdir
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = [
@@ -79,13 +79,10 @@ def check_story(out: Path, backend: str, config: Path | None = None, name: str =
     assert not list(run.glob("*.pid")) and not (run / "host.sock").exists()
 
 
-@pytest.mark.parametrize(
-    "xenstored", ["ours", pytest.param("cx", marks=pytest.mark.peer),
-                  pytest.param("ox", marks=pytest.mark.peer)])
+@pytest.mark.parametrize("xenstored", XENSTOREDS)
 def test_the_story_on_the_sim_device_model(xenstored: str) -> None:
     """On every daemon: cx's and ox's trace comes from the host's proxy and relays."""
-    if xenstored != "ours":
-        need_peer((have_cx if xenstored == "cx" else have_ox)(), f"{xenstored} and gcc")
+    need_xenstored(xenstored)
     check_story(short_tmpdir("demo-"), "sim", xenstored=xenstored)
 
 
