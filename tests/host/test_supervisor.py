@@ -149,6 +149,11 @@ def test_a_real_daemon_is_traced_through_the_host_daemons_proxy(rd: RunDir, daem
     need_peer(have_cx() if daemon == "cx" else have_ox(), f"{daemon} and gcc")
     with pytest.raises(SupervisorError, match=f"--durable needs our xenstored, which {daemon}"):
         supervisor.start(rd, durable=True, xenstored=daemon)
+    with pytest.raises(SupervisorError) as refused:
+        supervisor.start(rd, trace="/nonexistent/t.jsonl", xenstored=daemon)
+    assert str(refused.value) == ("cannot open the trace file /nonexistent/t.jsonl: "
+                                  "No such file or directory; choose another --trace")
+    assert not supervisor.probe(rd).anything
     trace = rd.root / "t.jsonl"
     started = supervisor.start(rd, trace=str(trace), xenstored=daemon)
     # The daemon's own socket moved aside; dom0's is the proxy's, in the host daemon.

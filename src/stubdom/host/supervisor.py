@@ -157,6 +157,8 @@ def start(
     that cannot honour them is refused, not restarted (it would lose its domains).
     """
     daemon = _daemon(xenstored, trace, durable)
+    if trace is not None and daemon is not Daemon.OURS:
+        _check_trace(trace)
     try:
         rd.create()
         with rd.locked():
@@ -187,6 +189,18 @@ def _daemon(xenstored: Daemon | str, trace: str | None, durable: bool) -> Daemon
             f"drop --durable or run 'stubdom host up' without --xenstored {daemon}"
         )
     return daemon
+
+
+def _check_trace(trace: str) -> None:
+    """The host daemon appends to ``trace`` for cx and ox: a path it cannot open is
+    refused here, in one line, rather than as a daemon that did not start."""
+    try:
+        with open(trace, "a", encoding="utf-8"):
+            pass
+    except OSError as e:
+        raise SupervisorError(
+            f"cannot open the trace file {trace}: {e.strerror or e}; choose another --trace"
+        ) from None
 
 
 def _refuse_other_daemon(rd: RunDir, daemon: Daemon) -> None:
