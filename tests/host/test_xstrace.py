@@ -13,7 +13,6 @@ import os
 import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -175,9 +174,7 @@ async def test_a_request_is_recorded_before_its_reply(traced: Traced) -> None:
             assert key in seen, r
 
 
-async def test_the_proxy_refuses_a_client_while_the_daemon_is_away(
-    traced: Traced, tmp_path: Path
-) -> None:
+async def test_the_proxy_refuses_a_client_while_the_daemon_is_away(traced: Traced) -> None:
     away = await TracingProxy.start(traced.xs.run_dir / "away", traced.xs.run_dir / "none",
                                     traced.writer.domain(0))
     try:

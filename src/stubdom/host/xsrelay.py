@@ -15,7 +15,8 @@ client is refused (closed at once).  `upstream_losses` counts the losses.
 
 With a trace (`stubdom.host.xstrace`), every client is a connection of its own in it,
 of the relay's domain, recorded as the client saw it: its own ``req_id``s and tokens,
-the mux's answers included, its clean-up after it went not.
+and the answers the mux made for it.  The mux's clean-up after a client went is not
+the client's, so it is not recorded.
 """
 
 from __future__ import annotations
