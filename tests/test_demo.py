@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from stubdom.demo import DemoError, DemoResult, NodeWrite, Step, run_demo
-from tests.support.daemons import need_peer, short_tmpdir
+from tests.support.daemons import XENSTOREDS, need_peer, need_xenstored, short_tmpdir
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = [
@@ -43,9 +43,11 @@ def processes_naming(text: str) -> list[int]:
     return found
 
 
-def check_story(out: Path, backend: str, config: Path | None = None, name: str = "demo") -> None:
+def check_story(out: Path, backend: str, config: Path | None = None, name: str = "demo",
+                xenstored: str = "ours") -> None:
     lines: list[str] = []
-    result = asyncio.run(run_demo(out, backend, config=config, echo=lines.append))
+    result = asyncio.run(run_demo(out, backend, config=config, echo=lines.append,
+                                  xenstored=xenstored))
     text = "\n".join(lines)
     assert result.ok
     assert [s.name for s in result.steps] == STEPS
@@ -77,8 +79,11 @@ def check_story(out: Path, backend: str, config: Path | None = None, name: str =
     assert not list(run.glob("*.pid")) and not (run / "host.sock").exists()
 
 
-def test_the_story_on_the_sim_device_model() -> None:
-    check_story(short_tmpdir("demo-"), "sim")
+@pytest.mark.parametrize("xenstored", XENSTOREDS)
+def test_the_story_on_the_sim_device_model(xenstored: str) -> None:
+    """On every daemon: cx's and ox's trace comes from the host's proxy and relays."""
+    need_xenstored(xenstored)
+    check_story(short_tmpdir("demo-"), "sim", xenstored=xenstored)
 
 
 def test_the_story_with_a_channel_only_device_model_under_stubdom_minios() -> None:

@@ -159,10 +159,10 @@ async def _supervise(action: Callable[[supervisor.Say], _T]) -> tuple[_T, list[s
         raise DemoError(" ".join([*notes, str(e)])) from None
 
 
-def _host_up(run_dir: RunDir, trace: Path) -> Callable[[Step], Awaitable[str]]:
+def _host_up(run_dir: RunDir, trace: Path, xenstored: str) -> Callable[[Step], Awaitable[str]]:
     async def up(step: Step) -> str:
         started, notes = await _supervise(
-            lambda say: supervisor.start(run_dir, str(trace), say=say))
+            lambda say: supervisor.start(run_dir, str(trace), say=say, xenstored=xenstored))
         return " ".join([*notes, started.summary])
 
     return up
@@ -424,21 +424,22 @@ async def run_demo(
     backend: str = "sim",
     config: Path | None = None,
     echo: Echo = print,
+    xenstored: str = "ours",
 ) -> DemoResult:
     """Run the story; raise `DemoError` (with the steps so far) if any step fails.
 
     Everything it makes lives in ``out_dir``: the host's run directory ``host/``, the
     disk images, the save file, the trace and its picture.  The host is brought down
-    in every case.
+    in every case.  ``xenstored`` is the host's: ours, cx or ox (traced alike).
     """
     result, run_dir, trace = _prepare(out_dir, backend)
     cfg = prepare_config(config or DEFAULT_CONFIG, backend)
     echo(f"stubdom demo: guest {cfg.name!r} from {config or DEFAULT_CONFIG}, "
-         f"device model {backend}, output in {result.out_dir}")
+         f"device model {backend}, xenstored {xenstored}, output in {result.out_dir}")
     story = _Story(result, echo)
     failure: Exception | None = None
     try:
-        await story.step("host up", _host_up(run_dir, trace))
+        await story.step("host up", _host_up(run_dir, trace, xenstored))
         async with open_session(str(run_dir.root)) as s:
             for named in _Guest(s, cfg, result, trace).steps():
                 await story.step(named.name, named.body, note=named.note)

@@ -1,10 +1,16 @@
 """Waiting on and writing to a non-blocking file descriptor from asyncio (a pty master,
-a FIFO), cancellably, where a blocking call would hold the loop."""
+a FIFO), cancellably, where a blocking call would hold the loop; connecting to a unix
+socket whose listener is behind."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import time
+
+#: A failure guard: how long `connect_unix` waits for a listener that accepts nothing.
+CONNECT_TIMEOUT = 10.0
 
 
 async def wait_fd(fd: int, *, writable: bool = False) -> None:
@@ -37,3 +43,33 @@ async def write_fd_all(fd: int, data: bytes | memoryview) -> None:
             view = view[os.write(fd, view) :]
         except BlockingIOError:
             await wait_fd(fd, writable=True)
+
+
+async def connect_unix(path: str, timeout: float = CONNECT_TIMEOUT) -> socket.socket:
+    """A non-blocking unix stream socket connected to ``path``, for asyncio to adopt.
+
+    cxenstored and oxenstored listen with a backlog of 1, so a burst of clients finds it
+    full and a non-blocking connect fails with EAGAIN.  asyncio (3.11) takes that for
+    "in progress" and hands back a socket that never connected (its first read fails
+    with EINVAL).  Here EAGAIN is retried, cancellably, until the daemon has accepted
+    the clients ahead; ``timeout`` bounds it (`TimeoutError`).
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    try:
+        while True:
+            try:
+                sock.connect(path)
+                return sock
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"{path} accepted no connection within {timeout:g} s"
+                    ) from None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+    except BaseException:
+        sock.close()
+        raise

@@ -214,7 +214,7 @@ def test_a_failure_of_the_kit_itself_still_writes_the_report(
     from stubdom.conformance import stubdomain
 
     @contextlib.asynccontextmanager
-    async def no_host() -> AsyncIterator[None]:
+    async def no_host(*_: object) -> AsyncIterator[None]:
         raise OSError("no room for a host")
         yield  # pragma: no cover
 

@@ -13,6 +13,7 @@ import pytest
 from stubdom.conformance.report import Verdict
 from stubdom.conformance.stubdomain import Timeouts, check_stubdomain
 from tests.conformance.judging import assert_judged_as_qemu_trad, by_clause
+from tests.support.daemons import XENSTOREDS, need_xenstored
 
 AGENT = str(Path(sys.executable).with_name("stubdom-dm"))
 STUBDOM = str(Path(sys.executable).with_name("stubdom"))
@@ -20,16 +21,21 @@ HERE = Path(__file__).resolve().parent
 FAST = Timeouts(startup=5.0, command=3.0, refusal=1.0)
 
 
-
-async def test_our_agent_passes_every_clause() -> None:
-    res = by_clause(await check_stubdomain(AGENT, [], FAST))
+# The full clause runs go on every xenstored (cx's and ox's trace is the host's proxy's
+# and relays'); the broken variants only on ours, to keep the time down.
+@pytest.mark.parametrize("xenstored", XENSTOREDS)
+async def test_our_agent_passes_every_clause(xenstored: str) -> None:
+    need_xenstored(xenstored)
+    res = by_clause(await check_stubdomain(AGENT, [], FAST, xenstored=xenstored))
     assert all(r.verdict is Verdict.PASS for r in res.values()), res
     assert res["pci-ins.refusal"].style == ""
 
 
-
-async def test_compat_agent_passes_qemu_trad_style() -> None:
-    res = by_clause(await check_stubdomain(AGENT, ["--compat=qemu-trad"], FAST))
+@pytest.mark.parametrize("xenstored", XENSTOREDS)
+async def test_compat_agent_passes_qemu_trad_style(xenstored: str) -> None:
+    need_xenstored(xenstored)
+    res = by_clause(await check_stubdomain(AGENT, ["--compat=qemu-trad"], FAST,
+                                           xenstored=xenstored))
     assert_judged_as_qemu_trad(res)
 
 
@@ -71,3 +77,14 @@ def test_cli_exit_status_and_json(tmp_path: Path) -> None:
     assert bad.returncode == 1
     assert any(line.startswith("fail") and "pci-ins.order" in line
                for line in bad.stdout.splitlines())
+
+
+@pytest.mark.peer
+def test_cli_xenstored_option(tmp_path: Path) -> None:
+    need_xenstored("cx")
+    report = tmp_path / "r.json"
+    r = subprocess.run([STUBDOM, "conformance", "stubdomain", "--kernel", AGENT,
+                        "--xenstored", "cx", "--report", str(report)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(report.read_text())["failed"] is False

@@ -12,6 +12,7 @@ import pytest
 
 from stubdom.conformance.report import Result, Verdict
 from stubdom.conformance.toolstack import check_toolstack
+from tests.support.daemons import XENSTOREDS, need_xenstored
 
 STUBDOM = str(Path(sys.executable).with_name("stubdom"))
 BROKEN = Path(__file__).resolve().parent / "broken_ts.py"
@@ -28,8 +29,11 @@ def verdicts(results: list[Result]) -> dict[str, Result]:
     return {r.clause: r for r in results}
 
 
-def test_our_toolstack_passes() -> None:
-    run = check_toolstack([scenario("stubdom")], timeout=30)
+# The full clause run on every xenstored; the broken toolstacks only on ours.
+@pytest.mark.parametrize("xenstored", XENSTOREDS)
+def test_our_toolstack_passes(xenstored: str) -> None:
+    need_xenstored(xenstored)
+    run = check_toolstack([scenario("stubdom")], timeout=30, xenstored=xenstored)
     assert run.status == 0, run.output
     res = verdicts(run.results)
     assert res.pop("ts.continue-paused").verdict is Verdict.NOT_EXERCISED
@@ -93,3 +97,16 @@ def test_broken_toolstack_is_caught(variant: str, clause: str) -> None:
     others = [c for c, r in res.items() if r.verdict is Verdict.FAIL and c != clause]
     allowed = {"no-restore": {"ts.serialised"}, "command-first": {"ts.pci-rem.format"}}
     assert set(others) <= allowed.get(variant, set()), others
+
+
+@pytest.mark.peer
+def test_cli_xenstored_option() -> None:
+    need_xenstored("ox")
+    p = subprocess.run(
+        [STUBDOM, "conformance", "toolstack", "--xenstored", "ox", "--timeout", "30", "--",
+         "sh", "-c", 'stubdom create "$STUBDOM_CONFORMANCE_CONFIG" && stubdom destroy conf'],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert any(line.startswith("pass") and "ts.dmargs-perms" in line
+               for line in p.stdout.splitlines())

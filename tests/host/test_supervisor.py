@@ -19,8 +19,9 @@ import pytest
 from stubdom.host import supervisor
 from stubdom.host.rundir import RunDir, process_alive, processes_using
 from stubdom.host.supervisor import SupervisorError
+from stubdom.trace import load_trace
 from stubdom.xenstore import Client
-from tests.support.daemons import short_tmpdir
+from tests.support.daemons import have_cx, have_ox, need_peer, short_tmpdir
 
 
 @pytest.fixture
@@ -140,6 +141,42 @@ def test_a_running_host_refuses_options_it_cannot_apply(rd: RunDir) -> None:
         supervisor.start(rd, durable=True)
     assert supervisor.probe(rd).host_pid == started.host_pid
     assert not other.exists()
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("daemon", ["cx", "ox"])
+def test_a_real_daemon_is_traced_through_the_host_daemons_proxy(rd: RunDir, daemon: str) -> None:
+    need_peer(have_cx() if daemon == "cx" else have_ox(), f"{daemon} and gcc")
+    with pytest.raises(SupervisorError, match=f"--durable needs our xenstored, which {daemon}"):
+        supervisor.start(rd, durable=True, xenstored=daemon)
+    with pytest.raises(SupervisorError) as refused:
+        supervisor.start(rd, trace="/nonexistent/t.jsonl", xenstored=daemon)
+    assert str(refused.value) == ("cannot open the trace file /nonexistent/t.jsonl: "
+                                  "No such file or directory; choose another --trace")
+    assert not supervisor.probe(rd).anything
+    trace = rd.root / "t.jsonl"
+    started = supervisor.start(rd, trace=str(trace), xenstored=daemon)
+    # The daemon's own socket moved aside; dom0's is the proxy's, in the host daemon.
+    assert rd.real_xenstored_socket.is_socket() and rd.xenstored_socket.is_socket()
+    assert supervisor.start(rd, trace=str(trace), xenstored=daemon).already_running
+    with pytest.raises(SupervisorError, match=f"already running and traces to {trace}, so"):
+        supervisor.start(rd, trace=str(rd.root / "other.jsonl"), xenstored=daemon)
+
+    async def write() -> None:
+        xs = await Client.connect(str(rd.xenstored_socket))
+        try:
+            await xs.write("/traced", "yes")
+        finally:
+            await xs.close()
+
+    asyncio.run(write())
+    supervisor.stop(rd)
+    assert not process_alive(started.xenstored_pid)
+    events = load_trace(trace)
+    assert any(e.op == "WRITE" and e.path == "/local/domain/0/name" for e in events)
+    mine = [e for e in events if e.path == "/traced"]
+    assert [(e.op, e.dom, e.value, e.reply_type) for e in mine] == [("WRITE", 0, "yes", "WRITE")]
+    assert all(e.reply_type is not None for e in events if e.kind != "event")
 
 
 def test_restart_needs_a_durable_host(rd: RunDir) -> None:

@@ -54,6 +54,22 @@ def have_ox() -> bool:
     return realxs.available(Flavour.OX)
 
 
+#: Every xenstored a host can run, for tests parametrised over them; cx and ox are peers.
+XENSTOREDS = [
+    "ours",
+    pytest.param("cx", marks=pytest.mark.peer),
+    pytest.param("ox", marks=pytest.mark.peer),
+]
+
+
+def need_xenstored(name: str) -> None:
+    """Skip (or in CI fail) a test on ``name`` when it is a real daemon that is missing."""
+    if name == "cx":
+        need_peer(have_cx(), "cxenstored (Debian xen-utils-4.17) and gcc")
+    elif name == "ox":
+        need_peer(have_ox(), "oxenstored (Debian xen-utils-4.17) and gcc")
+
+
 _TMPDIRS: list[Path] = []
 
 

@@ -24,6 +24,12 @@ log = logging.getLogger(__name__)
 #: Where a report or trace goes: its directory must exist before a long run starts.
 _OUTPUT = click.Path(dir_okay=False, path_type=Path)
 
+_XENSTORED = click.option(
+    "--xenstored", "xenstored", type=click.Choice(["ours", "cx", "ox"]), default="ours",
+    show_default=True,
+    help="The test host's xenstored: ours, or Xen 4.17's cxenstored (cx) or oxenstored (ox) "
+    "(Debian packages xen-utils-4.17 and gcc).")
+
 
 @cli.group()
 def conformance() -> None:
@@ -62,13 +68,15 @@ printed, and written to --report, however the run ends.
 @click.option("--command-timeout", type=SECONDS, default=5.0, show_default=True)
 @click.option("--refusal-timeout", type=SECONDS, default=1.5, show_default=True,
               help="How long a silent refusal is watched.")
+@_XENSTORED
 def stubdomain(kernel: str | None, kernel_args: tuple[str, ...], app: str | None,
                app_args: tuple[str, ...], report: Path | None, startup_timeout: float,
-               command_timeout: float, refusal_timeout: float) -> None:
+               command_timeout: float, refusal_timeout: float, xenstored: str) -> None:
     _check_output(report, "--report")
     argv = _boot_argv(kernel, kernel_args, app, app_args)
+    _check_xenstored(xenstored)
     t = Timeouts(startup_timeout, command_timeout, refusal_timeout)
-    _run_stubdomain(argv, t, report)
+    _run_stubdomain(argv, t, report, xenstored)
 
 
 def _boot_argv(kernel: str | None, kernel_args: tuple[str, ...], app: str | None,
@@ -119,7 +127,20 @@ def minios_layer() -> str | None:
     return find_program(MINIOS)
 
 
-def _run_stubdomain(argv: list[str], t: Timeouts, report: Path | None) -> None:
+def _check_xenstored(xenstored: str) -> None:
+    """A real daemon that cannot run is refused before a run that takes minutes."""
+    if xenstored == "ours":
+        return
+    from stubdom import realxs
+
+    if not realxs.available(xenstored):
+        raise click.BadParameter(
+            f"{xenstored} cannot run here: install the Debian packages xen-utils-4.17 and "
+            "gcc, or choose --xenstored ours", param_hint="--xenstored")
+
+
+def _run_stubdomain(argv: list[str], t: Timeouts, report: Path | None, xenstored: str
+                    ) -> None:
     """Run the kit; the report is printed and written however the run ends."""
     from stubdom.conformance import report as rep
     from stubdom.conformance.stubdomain import check_stubdomain, new_ledger
@@ -128,7 +149,7 @@ def _run_stubdomain(argv: list[str], t: Timeouts, report: Path | None) -> None:
     kit_error: str | None = None
     interrupted = False
     try:
-        asyncio.run(check_stubdomain(argv[0], argv[1:], t, ledger))
+        asyncio.run(check_stubdomain(argv[0], argv[1:], t, ledger, xenstored))
     except KeyboardInterrupt:
         interrupted = True
         ledger.ended = "interrupted"
@@ -158,9 +179,10 @@ def _run_stubdomain(argv: list[str], t: Timeouts, report: Path | None) -> None:
 @click.option("--timeout", type=SECONDS, default=120.0, show_default=True,
               help="Limit for COMMAND.")
 @click.option("--trace", "keep", type=_OUTPUT, help="Keep the xenstored trace here.")
+@_XENSTORED
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def toolstack(command: tuple[str, ...], report: Path | None, agent_args: tuple[str, ...],
-              timeout: float, keep: Path | None) -> None:
+              timeout: float, keep: Path | None, xenstored: str) -> None:
     """Run COMMAND (a shell line, or argv after --) as a toolstack's scenario against a
     traced host and check what it wrote.  COMMAND gets STUBDOM_HOST_DIR, XENSTORED_PATH,
     STUBDOM_CONFORMANCE_KERNEL (the reference stubdomain: our agent, qemu-trad compat)
@@ -170,8 +192,9 @@ def toolstack(command: tuple[str, ...], report: Path | None, agent_args: tuple[s
 
     _check_output(report, "--report")
     _check_output(keep, "--trace")
+    _check_xenstored(xenstored)
     try:
-        run = check_toolstack(list(command), list(agent_args) or None, timeout, keep)
+        run = check_toolstack(list(command), list(agent_args) or None, timeout, keep, xenstored)
     except ScenarioError as e:
         raise click.ClickException(str(e)) from None
     click.echo(rep.text(run.results))

@@ -18,7 +18,11 @@ from stubdom.cli.main import cli
               "file, trace and picture. Nothing is left outside it.")
 @click.option("--config", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Guest config (default: examples/demo.cfg).")
-def demo(backend: str, out: str, config: str | None) -> None:
+@click.option("--xenstored", type=click.Choice(["ours", "cx", "ox"]), default="ours",
+              show_default=True,
+              help="The host's xenstored: ours, or Xen 4.17's cxenstored (cx) or oxenstored "
+              "(ox) (Debian packages xen-utils-4.17 and gcc).")
+def demo(backend: str, out: str, config: str | None, xenstored: str) -> None:
     """Host up, create with a stubdomain, PCI hot-plug, save, restore, destroy, host down."""
     from stubdom.demo import DemoError, run_demo
     from stubdom.toolstack.xlcfg import ConfigError
@@ -31,7 +35,7 @@ def demo(backend: str, out: str, config: str | None) -> None:
         ) from None
     try:
         asyncio.run(run_demo(Path(out), backend, Path(config) if config else None,
-                             echo=click.echo))
+                             echo=click.echo, xenstored=xenstored))
     except (DemoError, ConfigError) as e:
         raise click.ClickException(str(e)) from None
     except OSError as e:

@@ -63,7 +63,9 @@ def host() -> None:
 
 @host.command("up")
 @dir_option
-@click.option("--trace", default=None, help="xenstored appends every packet to FILE (JSON lines).")
+@click.option("--trace", default=None,
+              help="Append every xenstore packet to FILE (JSON lines); with cx or ox a "
+              "proxy on dom0's socket and the domains' relays record them.")
 @click.option(
     "--durable",
     is_flag=True,
@@ -157,7 +159,9 @@ def restart_xenstored(directory: str | None, kill: bool) -> None:
 
 @host.command("daemon", hidden=True)
 @click.option("--dir", "directory", type=click.Path(file_okay=False), required=True)
-def daemon(directory: str) -> None:
+@click.option("--trace", "trace_file", default=None,
+              help="cx/ox: serve dom0's socket through a proxy that traces to FILE.")
+def daemon(directory: str, trace_file: str | None) -> None:
     """Internal: the host daemon process that 'stubdom host up' starts."""
     from stubdom.host import daemon as host_daemon
 
@@ -166,4 +170,4 @@ def daemon(directory: str) -> None:
         raise click.ClickException(
             f"run directory {rd.root} does not exist; start the host with 'stubdom host up'"
         )
-    sys.exit(host_daemon.main(rd))
+    sys.exit(host_daemon.main(rd, trace_file))

@@ -1,4 +1,8 @@
-"""A whole simulated host in-process, with every xenstore request recorded in order."""
+"""A whole simulated host in-process, with every xenstore request recorded in order.
+
+Any xenstored may serve it: ours records the requests itself; cx and ox are recorded by
+the host's proxy and relays (`stubdom.host.xstrace`), as each connection sent them.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stubdom.host.inprocess import inprocess_host
+from stubdom.host.inprocess import XenstoredSockets, inprocess_host
 from stubdom.host.rundir import RunDir
+from stubdom.host.xslink import Daemon
 from stubdom.toolstack.session import Session
 from stubdom.toolstack.spawn import HostPaths
 from stubdom.wire.packet import Packet
-from stubdom.xenstored.server import XenStoreServer
 from stubdom.xenstored.trace import PacketTrace
 
 
@@ -65,18 +69,19 @@ class TracedHost:
     root: Path
     session: Session
     recorder: Recorder
-    server: XenStoreServer
+    server: XenstoredSockets
 
 
 @contextlib.asynccontextmanager
-async def traced_host() -> AsyncIterator[TracedHost]:
-    """xenstored + dom0 backends + the simulated hypervisor in a temporary run dir."""
+async def traced_host(xenstored: Daemon | str = Daemon.OURS) -> AsyncIterator[TracedHost]:
+    """xenstored (ours, cx or ox) + dom0 backends + the simulated hypervisor in a
+    temporary run dir."""
     root = Path(tempfile.mkdtemp(prefix="sconf-", dir="/tmp"))  # short: unix sockets
     rec = Recorder()
     paths = HostPaths.under(root)
     paths.ensure()
     try:
-        async with inprocess_host(root, trace=rec) as h:
+        async with inprocess_host(root, trace=rec, xenstored=xenstored) as h:
             yield TracedHost(root, Session(h.hv, h.xs, paths, RunDir(root)), rec, h.server)
     finally:
         shutil.rmtree(root, ignore_errors=True)

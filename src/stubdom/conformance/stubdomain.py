@@ -19,6 +19,7 @@ from stubdom.conformance.probes import Probes
 from stubdom.conformance.report import Ledger, Result, Verdict
 from stubdom.conformance.steps import Step, StepRunner
 from stubdom.conformance.timeouts import Timeouts
+from stubdom.host.xslink import Daemon
 from stubdom.toolstack import operations as ops
 from stubdom.toolstack import saverestore
 from stubdom.toolstack.spawn import CreateError
@@ -137,14 +138,16 @@ async def check_stubdomain(
     args: list[str],
     t: Timeouts | None = None,
     ledger: Ledger | None = None,
+    xenstored: Daemon | str = Daemon.OURS,
 ) -> list[Result]:
-    """Every stubdomain clause against ``kernel`` (booted with ``args``).
+    """Every stubdomain clause against ``kernel`` (booted with ``args``), on a host whose
+    xenstored is ``xenstored`` (ours, cx or ox).
 
     Every clause gets a verdict, whatever the stub does.  A caller that must report
     even when this is cancelled (Ctrl-C) passes its own ``ledger`` and closes it."""
     t = t or Timeouts()
     ledger = ledger if ledger is not None else new_ledger()
-    async with traced_host() as h:
+    async with traced_host(xenstored) as h:
         run = _Run(h, kernel, args, t, ledger)
         runner = StepRunner(ledger, t.bound(), run.gone)
         for step in run.steps():

@@ -364,9 +364,10 @@ def check_toolstack(
     agent_args: list[str] | None = None,
     timeout: float = 120.0,
     keep: Path | None = None,
+    xenstored: str = "ours",
 ) -> Run:
-    """Start a traced host, run ``command`` (argv; one word is a shell line), stop the
-    host, and judge the trace."""
+    """Start a traced host on ``xenstored`` (ours, cx or ox), run ``command`` (argv; one
+    word is a shell line), stop the host, and judge the trace."""
     root = Path(tempfile.mkdtemp(prefix="tsconf-", dir="/tmp"))  # short: unix sockets
     hostdir, trace = root / "h", root / "trace.jsonl"
     env = dict(os.environ)
@@ -375,7 +376,7 @@ def check_toolstack(
     env.update(write_env(root, agent_args if agent_args is not None else ["--eject-delay=0.2"]))
     rd = RunDir(hostdir)
     try:
-        supervisor.start(rd, trace=str(trace))
+        supervisor.start(rd, trace=str(trace), xenstored=xenstored)
     except supervisor.SupervisorError as e:
         shutil.rmtree(root, ignore_errors=True)
         raise ScenarioError(f"the traced host did not start: {e}") from None

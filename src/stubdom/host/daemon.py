@@ -5,6 +5,12 @@ processes), the device and console backends, and dom0's xenstore connections.  O
 processes reach the hypervisor through `stubdom.host.api` on ``DIR/host.sock``.
 ``stubdom host up`` starts it (``stubdom host daemon --dir DIR``) after xenstored.
 
+With cxenstored or oxenstored traced (``host up --xenstored cx --trace FILE``), the
+daemon's socket is ``DIR/xenstored/real/socket`` and this process serves dom0's
+``DIR/xenstored/socket`` with the tracing proxy (`stubdom.host.xsproxy`), started before
+anything connects and stopped after everything else, and the domains' relays record into
+the same trace (`stubdom.host.xstrace`).
+
 It stops on SIGTERM, SIGINT or the API's ``shutdown``: the API closes first, then every
 domain is destroyed, the backends stop, and the socket and pid file go away.
 """
@@ -23,7 +29,10 @@ from typing import Any
 from stubdom.host.api import ApiServer
 from stubdom.host.rundir import RunDir, write_pid
 from stubdom.host.xslink import Daemon, OursLink, RealLink, XenstoredLink
+from stubdom.host.xsproxy import TracingProxy
+from stubdom.host.xstrace import TraceWriter
 from stubdom.xenstore import RECONNECT, Client
+from stubdom.xenstored.trace import PacketTrace
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +64,11 @@ async def _init_dom0(xs: Client) -> None:
         await xs.write(path, value)
 
 
-async def serve(run_dir: RunDir) -> None:
-    """Run the host until asked to stop; everything started is stopped on the way out."""
+async def serve(run_dir: RunDir, trace_file: str | None = None) -> None:
+    """Run the host until asked to stop; everything started is stopped on the way out.
+
+    ``trace_file``: a real xenstored's packets are appended there (ours traces itself).
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -65,6 +77,7 @@ async def serve(run_dir: RunDir) -> None:
 
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(_remove, run_dir.host_pid)
+        trace = await _tracing_proxy(run_dir, trace_file, stack)
 
         clients: list[Client] = []
 
@@ -91,7 +104,7 @@ async def serve(run_dir: RunDir) -> None:
 
         from stubdom.host.simulated import SimulatedHypervisor
 
-        link = _link(run_dir, xs, xenstored_socket)
+        link = _link(run_dir, xs, xenstored_socket, trace)
         hypervisor = SimulatedHypervisor(xs, xenstored_socket, run_dir.root, link)
         stack.push_async_callback(_stopping("the hypervisor", hypervisor.close))
 
@@ -115,11 +128,32 @@ async def serve(run_dir: RunDir) -> None:
     log.info("host daemon stopped")
 
 
-def _link(run_dir: RunDir, xs: Client, xenstored_socket: str) -> XenstoredLink:
+async def _tracing_proxy(
+    run_dir: RunDir, trace_file: str | None, stack: contextlib.AsyncExitStack
+) -> TraceWriter | None:
+    """dom0's socket as a tracing proxy in front of the real daemon's, when traced."""
+    if trace_file is None:
+        return None
+    if run_dir.xenstored_daemon() == Daemon.OURS:
+        raise ValueError(
+            f"--trace {trace_file}: our xenstored traces itself; give it to 'stubdom host up'"
+        )
+    trace = TraceWriter(PacketTrace(open(trace_file, "a", encoding="utf-8")))  # noqa: SIM115
+    stack.callback(trace.close)
+    proxy = await TracingProxy.start(
+        run_dir.xenstored_socket, run_dir.real_xenstored_socket, trace.domain(0)
+    )
+    stack.push_async_callback(proxy.close)
+    return trace
+
+
+def _link(
+    run_dir: RunDir, xs: Client, xenstored_socket: str, trace: TraceWriter | None
+) -> XenstoredLink:
     """How the hypervisor reaches the xenstored `stubdom.host.supervisor` started."""
     if run_dir.xenstored_daemon() == Daemon.OURS:
         return OursLink(xs, xenstored_socket)
-    return RealLink(run_dir.real_xenstored_dir / "fake", xenstored_socket)
+    return RealLink(run_dir.real_xenstored_dir / "fake", xenstored_socket, trace)
 
 
 def _stopping(what: str, stop: Any) -> Any:
@@ -139,7 +173,7 @@ def _remove(path: os.PathLike[str]) -> None:
         os.unlink(path)
 
 
-def main(run_dir: RunDir) -> int:
+def main(run_dir: RunDir, trace_file: str | None = None) -> int:
     """The process entry point; logs go to ``DIR/host.log``.  Returns the exit status."""
     handler = logging.FileHandler(run_dir.host_log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
@@ -148,7 +182,7 @@ def main(run_dir: RunDir) -> int:
     if root.level > logging.INFO or root.level == logging.NOTSET:
         root.setLevel(logging.INFO)
     try:
-        asyncio.run(serve(run_dir))
+        asyncio.run(serve(run_dir, trace_file))
     except Exception as e:
         log.exception("the host daemon failed")
         if sys.stderr.isatty():  # run by hand; under 'host up' stderr is host.log already

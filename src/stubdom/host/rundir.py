@@ -9,7 +9,9 @@ Layout::
     DIR/xenstored/socket      dom0's xenstore socket (XENSTORED_PATH); socket.d/<domid>
     DIR/xenstored.pid  .log   the embedded xenstored
     DIR/xenstored/daemon      which xenstored runs: ours (also when absent), cx or ox
-    DIR/xenstored/real/       cx or ox: their run directory and the shim's (fake/)
+    DIR/xenstored/real/       cx or ox: their run directory and the shim's (fake/);
+                              traced, the daemon's own socket is real/socket and
+                              xenstored/socket is the host daemon's tracing proxy
     DIR/host.sock             the host daemon's local API (`stubdom.host.api`)
     DIR/host.pid       .log   the host daemon
     DIR/consoles/             console sockets and logs
@@ -86,6 +88,11 @@ class RunDir:
     def real_xenstored_dir(self) -> Path:
         """cxenstored's or oxenstored's run directory, the shim's ``fake/`` in it."""
         return self.xenstored_dir / "real"
+
+    @property
+    def real_xenstored_socket(self) -> Path:
+        """A traced cx's or ox's own socket, behind the proxy on `xenstored_socket`."""
+        return self.real_xenstored_dir / "socket"
 
     def xenstored_daemon(self) -> str:
         """Which xenstored this host runs: ``ours``, ``cx`` or ``ox``."""

@@ -150,13 +150,15 @@ def start(
 ) -> Started:
     """Start the host, or find it running; what an earlier host left is cleaned up first.
 
-    ``trace``: xenstored appends every packet to that file.  ``durable``: xenstored
-    journals every change, so that `restart_xenstored` keeps the tree.  ``xenstored``:
-    ours, or the real cxenstored or oxenstored under `stubdom.realxs` (which know
-    neither option).  A running host that cannot honour them is refused, not restarted
-    (it would lose its domains).
+    ``trace``: every packet is appended to that file (by our xenstored, or for cx and
+    ox by the host daemon's proxy and relays).  ``durable``: xenstored journals every
+    change, so that `restart_xenstored` keeps the tree (ours only).  ``xenstored``:
+    ours, or the real cxenstored or oxenstored under `stubdom.realxs`.  A running host
+    that cannot honour them is refused, not restarted (it would lose its domains).
     """
     daemon = _daemon(xenstored, trace, durable)
+    if trace is not None and daemon is not Daemon.OURS:
+        _check_trace(trace)
     try:
         rd.create()
         with rd.locked():
@@ -164,7 +166,7 @@ def start(
             if found.healthy:
                 assert found.host_pid is not None and found.xenstored_pid is not None
                 _refuse_other_daemon(rd, daemon)
-                _refuse_other_options(rd, found.xenstored_pid, trace, durable)
+                _refuse_other_options(rd, found, trace, durable)
                 return Started(rd.root, found.host_pid, found.xenstored_pid, already_running=True)
             if found.anything:
                 say(f"cleaning up what is left of an earlier host in {rd.root}")
@@ -181,13 +183,24 @@ def _daemon(xenstored: Daemon | str, trace: str | None, durable: bool) -> Daemon
     except ValueError:
         choices = ", ".join(d.value for d in Daemon)
         raise SupervisorError(f"no xenstored called {xenstored!r}: choose {choices}") from None
-    if daemon is not Daemon.OURS and (trace is not None or durable):
-        option = "--trace" if trace is not None else "--durable"
+    if daemon is not Daemon.OURS and durable:
         raise SupervisorError(
-            f"{option} needs our xenstored, which {daemon} is not; "
-            f"drop {option} or run 'stubdom host up' without --xenstored {daemon}"
+            f"--durable needs our xenstored, which {daemon} is not; "
+            f"drop --durable or run 'stubdom host up' without --xenstored {daemon}"
         )
     return daemon
+
+
+def _check_trace(trace: str) -> None:
+    """The host daemon appends to ``trace`` for cx and ox: a path it cannot open is
+    refused here, in one line, rather than as a daemon that did not start."""
+    try:
+        with open(trace, "a", encoding="utf-8"):
+            pass
+    except OSError as e:
+        raise SupervisorError(
+            f"cannot open the trace file {trace}: {e.strerror or e}; choose another --trace"
+        ) from None
 
 
 def _refuse_other_daemon(rd: RunDir, daemon: Daemon) -> None:
@@ -481,12 +494,14 @@ def _start_xenstored(rd: RunDir, args: list[str], say: Say) -> int:
     return xs.pid
 
 
-def _start_real(rd: RunDir, daemon: Daemon) -> int:
-    """cxenstored or oxenstored under the shim, its socket where ours would be."""
+def _start_real(rd: RunDir, daemon: Daemon, traced: bool) -> int:
+    """cxenstored or oxenstored under the shim, its socket where ours would be, or
+    traced, behind the proxy the host daemon will serve there."""
     from stubdom import realxs
 
+    socket = rd.real_xenstored_socket if traced else rd.xenstored_socket
     try:
-        real = realxs.start(daemon.value, rd.real_xenstored_dir, socket=rd.xenstored_socket)
+        real = realxs.start(daemon.value, rd.real_xenstored_dir, socket=socket)
     except (realxs.RealXenstoredUnavailable, RuntimeError, ValueError) as e:
         raise SupervisorError(f"xenstored {daemon}: {e}") from None
     _children[real.pid] = real.proc
@@ -496,11 +511,14 @@ def _start_real(rd: RunDir, daemon: Daemon) -> int:
 
 def _start(rd: RunDir, trace: str | None, durable: bool, say: Say, daemon: Daemon) -> Started:
     rd.xenstored_daemon_file.write_text(f"{daemon}\n")
+    host_args = ["host", "daemon", "--dir", str(rd.root)]
     if daemon is Daemon.OURS:
         xs_pid = _start_xenstored(rd, _xenstored_args(rd, trace, durable), say)
     else:
-        xs_pid = _start_real(rd, daemon)
-    host = _spawn(["host", "daemon", "--dir", str(rd.root)], rd.host_log)
+        xs_pid = _start_real(rd, daemon, traced=trace is not None)
+        if trace is not None:  # the host daemon's proxy answers on the socket
+            host_args += ["--trace", os.path.abspath(trace)]
+    host = _spawn(host_args, rd.host_log)
 
     def answers() -> bool:
         if read_pid(rd.host_pid) != host.pid:
@@ -516,15 +534,17 @@ def _start(rd: RunDir, trace: str | None, durable: bool, say: Say, daemon: Daemo
     return Started(rd.root, host.pid, xs_pid)
 
 
-def _refuse_other_options(rd: RunDir, xs_pid: int, trace: str | None, durable: bool) -> None:
+def _refuse_other_options(rd: RunDir, found: Probe, trace: str | None, durable: bool) -> None:
     """A running host must not silently drop what it was asked for.
 
-    xenstored's trace and state directory are fixed when it starts, and restarting it
-    would lose the tree of a host that keeps none, so a different ``trace`` or a
-    ``durable`` the running host lacks is refused; no option keeps what runs.
+    The trace (of our xenstored, or of cx's or ox's proxy in the host daemon) and the
+    state directory are fixed when they start, and restarting xenstored would lose the
+    tree of a host that keeps none, so a different ``trace`` or a ``durable`` the
+    running host lacks is refused; no option keeps what runs.
     """
-    args = process_cmdline(xs_pid)
-    running = args[args.index("--trace") + 1] if "--trace" in args[:-1] else None
+    assert found.xenstored_pid is not None and found.host_pid is not None
+    args = process_cmdline(found.xenstored_pid)
+    running = _option(args, "--trace") or _option(process_cmdline(found.host_pid), "--trace")
     if trace is not None and os.path.abspath(trace) != running:
         now = f"traces to {running}" if running else "traces nothing"
         raise SupervisorError(
@@ -536,3 +556,8 @@ def _refuse_other_options(rd: RunDir, xs_pid: int, trace: str | None, durable: b
             f"the host in {rd.root} is already running without --durable, so --durable cannot "
             "apply; run 'stubdom host down' first"
         )
+
+
+def _option(args: list[str], name: str) -> str | None:
+    """The value of ``name VALUE`` in a command line, if there."""
+    return args[args.index(name) + 1] if name in args[:-1] else None

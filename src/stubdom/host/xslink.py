@@ -20,6 +20,7 @@ from typing import Protocol
 
 from stubdom.host.hypervisor import HypervisorError
 from stubdom.host.xsrelay import DomainRelay
+from stubdom.host.xstrace import TraceWriter
 from stubdom.realxs import DomainState, FakeXen
 from stubdom.xenstore import Client, RingTransport, XenStoreError
 
@@ -71,11 +72,15 @@ class OursLink:
 
 
 class RealLink:
-    """cxenstored or oxenstored under the shim: marker files, the VIRQ, ring relays."""
+    """cxenstored or oxenstored under the shim: marker files, the VIRQ, ring relays
+    (which record their clients in ``trace``, when the host is traced)."""
 
-    def __init__(self, fake_dir: Path, xenstored_socket: str) -> None:
+    def __init__(
+        self, fake_dir: Path, xenstored_socket: str, trace: TraceWriter | None = None
+    ) -> None:
         self.fake = FakeXen(fake_dir)
         self.xenstored_socket = xenstored_socket
+        self.trace = trace
         self._relays: dict[int, DomainRelay] = {}
 
     async def domain_state(self, domid: int, state: str) -> None:
@@ -112,7 +117,8 @@ class RealLink:
             )
 
         path.parent.mkdir(mode=0o700, exist_ok=True)
-        relay = await DomainRelay.start(path, upstream, f"domain {domid}")
+        trace = self.trace.domain(domid) if self.trace is not None else None
+        relay = await DomainRelay.start(path, upstream, f"domain {domid}", trace)
         log.info("domain %d reaches xenstore through %s", domid, path)
         return relay
 

@@ -12,6 +12,11 @@ xenstore fails there).  If it is lost, every client is disconnected (its transac
 and watches died with the connection) and the loss is logged; the next client to
 connect makes a new upstream connection with the same factory, and if that fails the
 client is refused (closed at once).  `upstream_losses` counts the losses.
+
+With a trace (`stubdom.host.xstrace`), every client is a connection of its own in it,
+of the relay's domain, recorded as the client saw it: its own ``req_id``s and tokens,
+and the answers the mux made for it.  The mux's clean-up after a client went is not
+the client's, so it is not recorded.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from stubdom.wire.packet import encode
+from stubdom.host.xstrace import ConnTrace, DomainTrace
+from stubdom.wire.packet import Packet, encode
 from stubdom.xenstore.errors import ConnectionClosed
 from stubdom.xenstore.mux import Action as MuxAction
 from stubdom.xenstore.mux import CloseUpstream, Deliver, Disconnect, Mux, Upstream
@@ -42,7 +48,13 @@ UpstreamFactory = Callable[[], Awaitable[Transport]]
 class DomainRelay:
     """A unix socket whose every connection is relayed onto one upstream connection."""
 
-    def __init__(self, path: Path, upstream: UpstreamFactory, description: str) -> None:
+    def __init__(
+        self,
+        path: Path,
+        upstream: UpstreamFactory,
+        description: str,
+        trace: DomainTrace | None = None,
+    ) -> None:
         self.path = path
         self.description = description
         #: How often the upstream connection was lost.
@@ -50,6 +62,8 @@ class DomainRelay:
         self._factory = upstream
         self._mux = Mux()
         self._writers: dict[int, asyncio.StreamWriter] = {}
+        self._trace = trace
+        self._traces: dict[int, ConnTrace] = {}
         self._upstream: Transport | None = None
         self._upstream_task: asyncio.Task[None] | None = None
         self._connecting = asyncio.Lock()
@@ -58,11 +72,17 @@ class DomainRelay:
         self._closing = False
 
     @classmethod
-    async def start(cls, path: Path, upstream: UpstreamFactory, description: str) -> DomainRelay:
+    async def start(
+        cls,
+        path: Path,
+        upstream: UpstreamFactory,
+        description: str,
+        trace: DomainTrace | None = None,
+    ) -> DomainRelay:
         """Connect upstream, then listen on ``path``, mode 0600 like the daemon's main
         socket: whoever can connect speaks as the domain, so only the host's user may."""
-        relay = cls(Path(path), upstream, description)
-        _remove_stale_socket(relay.path)
+        relay = cls(Path(path), upstream, description, trace)
+        remove_stale_socket(relay.path)
         await relay._connect_upstream()
         try:
             relay._server = await asyncio.start_unix_server(relay._serve, path=str(relay.path))
@@ -170,8 +190,13 @@ class DomainRelay:
             return
         cid = self._mux.open_client()
         self._writers[cid] = writer
+        trace = self._trace.connection() if self._trace is not None else None
+        if trace is not None:
+            self._traces[cid] = trace
         try:
             while cid in self._writers and (data := await reader.read(READ_SIZE)):
+                if trace is not None:
+                    trace.requests(data)
                 self._apply(self._mux.client_bytes(cid, data))
                 # Flow control: a client is not read while the daemon is behind, nor
                 # while it leaves its own replies unread.
@@ -181,6 +206,7 @@ class DomainRelay:
         except (ConnectionError, ConnectionClosed) as exc:
             log.debug("%s: client %d: %s", self.description, cid, exc)
         finally:
+            self._traces.pop(cid, None)
             if self._writers.pop(cid, None) is not None:
                 self._apply(self._mux.client_closed(cid))
 
@@ -193,6 +219,7 @@ class DomainRelay:
             elif isinstance(action, Deliver):
                 writer = self._writers.get(action.client)
                 if writer is not None and not writer.is_closing():
+                    self._traced(action.client, action.packet)
                     writer.write(encode(action.packet))
             elif isinstance(action, Disconnect):
                 writer = self._writers.pop(action.client, None)
@@ -204,6 +231,11 @@ class DomainRelay:
             elif isinstance(action, CloseUpstream):
                 self._lose_upstream(action.reason)
 
+    def _traced(self, client: int, packet: Packet) -> None:
+        trace = self._traces.get(client)
+        if trace is not None:
+            trace.reply(packet)
+
     def _send_upstream(self, message: bytes) -> None:
         if self._upstream is None:
             return
@@ -213,7 +245,7 @@ class DomainRelay:
             self._lose_upstream(str(exc))
 
 
-def _remove_stale_socket(path: Path) -> None:
+def remove_stale_socket(path: Path) -> None:
     """An earlier relay's socket is replaced; any other file is not ours to delete."""
     try:
         st = path.lstat()
@@ -224,4 +256,4 @@ def _remove_stale_socket(path: Path) -> None:
     path.unlink()
 
 
-__all__ = ["DomainRelay", "UpstreamFactory"]
+__all__ = ["DomainRelay", "UpstreamFactory", "remove_stale_socket"]

@@ -26,6 +26,7 @@ import stat
 from collections import deque
 from collections.abc import Callable, Mapping
 
+from stubdom.fdio import connect_unix
 from stubdom.xenstore.errors import ConnectionClosed
 
 log = logging.getLogger(__name__)
@@ -184,7 +185,8 @@ class StreamTransport(Transport):
     @classmethod
     async def connect_unix(cls, path: str) -> StreamTransport:
         loop = asyncio.get_running_loop()
-        transport, protocol = await loop.create_unix_connection(_StreamProtocol, path)
+        sock = await connect_unix(path)  # a daemon's full backlog is waited out
+        transport, protocol = await loop.create_unix_connection(_StreamProtocol, sock=sock)
         return cls(transport, protocol, f"unix:{path}")
 
     def write(self, message: bytes) -> None:
