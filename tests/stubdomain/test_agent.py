@@ -30,7 +30,7 @@ from stubdom.toolstack.exchange import DeviceModelTimeout, PciInsertError, PciRe
 from stubdom.toolstack.session import Session
 from stubdom.toolstack.spawn import Created, CreateError, HostPaths, destroy_guest
 from stubdom.xenstore import Client
-from tests.support.daemons import Daemon, need_peer
+from tests.support.daemons import XENSTOREDS, Daemon, need_peer
 from tests.support.inprocess_host import inprocess_host
 
 AGENT = str(Path(sys.executable).with_name("stubdom-dm"))
@@ -87,11 +87,18 @@ class Host:
 
 
 @pytest.fixture
-async def host() -> AsyncIterator[Host]:
-    async with inprocess_host("agent-") as h:
+async def host(request: pytest.FixtureRequest) -> AsyncIterator[Host]:
+    """The agent on a host over our xenstored, or over the one a test names indirectly
+    (`ON_EVERY_DAEMON`)."""
+    xenstored = getattr(request, "param", "ours")
+    async with inprocess_host("agent-", xenstored) as h:
         paths = HostPaths.under(h.root)
         paths.ensure()
         yield Host(Session(h.hv, h.xs, paths, RunDir(h.root)), h.root)
+
+
+#: The flows that cross xenstore most also run on cx and ox (each a few seconds more).
+ON_EVERY_DAEMON = pytest.mark.parametrize("host", XENSTOREDS, indirect=True)
 
 
 @pytest.fixture(params=["sim", pytest.param("qemu", marks=pytest.mark.peer)])
@@ -112,6 +119,7 @@ def snapshots(log: str, tag: str) -> list[dict[str, object]]:
     return out
 
 
+@ON_EVERY_DAEMON
 async def test_start_reports_running_and_logs_argv(host: Host) -> None:
     c = await host.create()
     assert await host.xs.read(proto.state_path(c.stubdom, c.guest)) == b"running"
@@ -120,6 +128,7 @@ async def test_start_reports_running_and_logs_argv(host: Host) -> None:
     assert "1 disk(s), 1 nic(s), 4 vcpu(s), device model sim" in log
 
 
+@ON_EVERY_DAEMON
 async def test_pci_insert_auto_and_requested_and_refusals(host: Host) -> None:
     c = await host.create()
     await host.add_pciback(c, B1)
@@ -143,6 +152,7 @@ async def test_pci_insert_auto_and_requested_and_refusals(host: Host) -> None:
     assert loop.time() - t0 < 8
 
 
+@ON_EVERY_DAEMON
 async def test_pci_remove_waits_for_the_eject_and_refusals(host: Host) -> None:
     c = await host.create("--eject-delay=0.3")
     await host.add_pciback(c, B1)
@@ -175,6 +185,7 @@ async def test_save_pauses_continue_resumes(host: Host, dm: str) -> None:
     assert not await ch.resume()  # not paused: nothing sent
 
 
+@ON_EVERY_DAEMON
 async def test_save_and_restore_give_the_machine_back(host: Host) -> None:
     c = await host.create()
     await host.add_pciback(c, B1)
