@@ -343,11 +343,7 @@ def host_runs(ops: int, cli_runs: int, trace: Path | None = None, xenstored: str
                             break
                     for bdf in inserted:
                         await chan.pci_remove(bdf)
-                # pci-attach through toolstack.pci (pciback handshake + channel); one
-                # function (2f:00.0) stays attached throughout, so that the pciback
-                # device is made once, untimed, and every timed attach adds to it
-                keep = parse_pci("2f:00.0")
-                await pci_mod.pci_attach(s, guest, keep)
+                # pci-attach through toolstack.pci (pciback handshake + channel)
                 n = 0
                 while len(res["pci-attach"]) < count:
                     for k in range(20):
@@ -363,8 +359,7 @@ def host_runs(ops: int, cli_runs: int, trace: Path | None = None, xenstored: str
                         if len(res["pci-attach"]) >= count:
                             break
                     for a in await pci_mod.pci_list(s, guest):
-                        if a.bdf != keep.bdf:
-                            await pci_mod.pci_detach(s, guest, a.bdf)
+                        await pci_mod.pci_detach(s, guest, a.bdf)
 
         asyncio.run(go())
         for k in range(cli_runs if trace is None else 0):
