@@ -147,6 +147,7 @@ class Samples:
     totals: dict[Key, list[float]] = field(default_factory=lambda: defaultdict(list))
     mems: dict[Key, list[dict[str, float]]] = field(default_factory=lambda: defaultdict(list))
     cpus: dict[Key, list[dict[str, float]]] = field(default_factory=lambda: defaultdict(list))
+    failures: list[str] = field(default_factory=list)
 
 
 def collect(rounds: int, counts: list[int], daemons: list[str], one_reps: int) -> Samples:
@@ -158,7 +159,12 @@ def collect(rounds: int, counts: list[int], daemons: list[str], one_reps: int) -
         for n in counts:
             for _ in range(one_reps if n == 1 else 1):  # one guest is quick: more samples
                 for d in rotated(daemons, turn):
-                    per, total, mem, cpu = one_run(n, d)
+                    try:
+                        per, total, mem, cpu = one_run(n, d)
+                    except Exception as e:  # reported; the other daemons go on
+                        print(f"# N={n} on {d} failed: {e}", file=sys.stderr, flush=True)
+                        got.failures.append(f"round {rnd + 1}, N={n} on {d}: {e}")
+                        continue
                     got.per_guest[n, d].append(med(per))
                     got.worst[n, d].append(max(per))
                     got.totals[n, d].append(total)
@@ -209,6 +215,10 @@ def report(got: Samples, rounds: int, counts: list[int], daemons: list[str],
             rows.append([n, d, *(f"{m[k]:.2f}" for k in keys), f"{sum(m.values()):.2f}",
                          f"{m['agents'] / n * 1e3:.0f}"])
     table(["guests", "on", *keys, "sum", "per agent ms"], rows)
+    if got.failures:
+        print(f"{len(got.failures)} run(s) FAILED, their samples are missing:")
+        for f in got.failures:
+            print(f"  {f}")
 
 
 def main() -> None:

@@ -437,7 +437,7 @@ def collect(rounds: int, ops: int, cli_runs: int, daemons: list[str]) -> Samples
 
 def report(got: Samples, daemons: list[str], args: argparse.Namespace, cli_runs: int,
            counts: dict[str, dict[str, int]]) -> None:
-    print(f"pci-ins round trip (µs), {args.rounds} rounds of {args.ops} exchanges per setup "
+    print(f"pci-ins round trip (µs), {args.rounds} round(s) of {args.ops} exchanges per setup "
           f"and daemon (CLI: {cli_runs} runs), the daemons interleaved; xenstored on CPU "
           f"{SERVER_CPU}, clients, relays and agents on CPU {CLIENT_CPU}")
     print("toolstack: dom0 socket. dm dom0: dom0 socket. dm guest and agent: ours: its "
