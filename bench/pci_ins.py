@@ -35,8 +35,9 @@ starting with another daemon), so a drift of the machine hits all alike.  The pa
   stubdomain and takes the same path as ``dm guest`` (the relay inside the host daemon
   on cx and ox).
 
-Before the one-time floors of issue #8 the stub could only be measured on cx as a dom0
-connection; ``dm dom0`` keeps that figure, ``dm guest`` is the path a stubdomain takes.
+Before a host could run on cx and ox, the device model could be measured on cx only as
+a dom0 connection; ``dm dom0`` keeps that figure, ``dm guest`` is the path a stubdomain
+takes.
 
 Pinning: each bare daemon is started on CPU 1, and the toolstack, the device model and
 the relay child stay on CPU 0; on a host, xenstored is on CPU 1 and the host daemon
@@ -47,10 +48,11 @@ operation also registers its watches).
     .venv/bin/python bench/pci_ins.py [--rounds 5] [--ops 200] [--xenstored ours,cx,ox]
                                       [--quick]
 
-Prints: the round trip per setup and path, the median and spread (p25..p75 of every
-exchange of every round; CLI: min..max of its runs) on each daemon and the ratios cx/ours
-and ox/ours; then each daemon's channel and pci-attach (agent) as a multiple of the
-floor on the same daemon (``dm guest``), with the target for ours; then the counts.
+Prints: the round trip per setup and path on each daemon, the median and the spread of
+every exchange of every round (p25..p75; min..max under 8 samples, as the CLI's in
+``--quick``), and the ratios cx/ours and ox/ours of the medians; then each daemon's
+channel and pci-attach (agent) as a multiple of the floor on the same daemon (``dm
+guest``), with the target for ours; then the counts.
 ``--quick``: 1 round of 20 exchanges, 1 CLI run (about 30 s).
 
 Target (ours): the channel with the agent <= 2x the floor (ours, dm guest).
