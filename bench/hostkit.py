@@ -7,6 +7,7 @@ Not a benchmark itself (and not collected by pytest: bench/ is outside ``testpat
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import statistics
@@ -84,12 +85,15 @@ def pin(pid: int, cpus: Iterable[int]) -> None:
 @dataclass
 class BenchHost:
     """``stubdom host up --dir DIR``, xenstored pinned to ``xenstored_cpus`` and the host
-    daemon (hence every domain it starts) to ``daemon_cpus``."""
+    daemon (hence every domain it starts, and on cx/ox the domains' relays onto their
+    rings, which run inside it) to ``daemon_cpus``."""
 
     tag: str
     xenstored_cpus: set[int] = field(default_factory=lambda: {SERVER_CPU})
     daemon_cpus: set[int] = field(default_factory=lambda: {CLIENT_CPU})
     trace: Path | None = None
+    #: ``host up --xenstored``: ours, cx or ox.
+    xenstored: str = "ours"
     dir: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -109,6 +113,8 @@ class BenchHost:
 
     def up(self) -> None:
         extra = ["--trace", str(self.trace)] if self.trace is not None else []
+        if self.xenstored != "ours":
+            extra += ["--xenstored", self.xenstored]
         self.run("host", "up", *extra)
         pin(self.xenstored_pid, self.xenstored_cpus)
         pin(self.daemon_pid, self.daemon_cpus)
@@ -187,6 +193,83 @@ class BenchHost:
 
 def med(xs: Sequence[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
+
+
+def spread(xs: Sequence[float], fmt: str = "{:.0f}") -> str:
+    """``lo..hi``: the interquartile range from 8 samples on, else the whole range."""
+    if not xs:
+        return "-"
+    if len(xs) >= 8:
+        q = statistics.quantiles(xs, n=4)
+        lo, hi = q[0], q[2]
+    else:
+        lo, hi = min(xs), max(xs)
+    return f"{fmt.format(lo)}..{fmt.format(hi)}"
+
+
+def ratio(x: float, base: float) -> str:
+    """``x / base`` to two places, ``-`` if either is missing (NaN) or base is 0."""
+    if math.isnan(x) or math.isnan(base) or base == 0:
+        return "-"
+    return f"{x / base:.2f}"
+
+
+@dataclass
+class Figure:
+    """One row of a `compare` table: a label, samples per daemon, a format, a target."""
+
+    label: str
+    samples: dict[str, list[float]]
+    fmt: str = "{:.0f}"
+    target: str = ""
+
+
+def compare(first: str, daemons: Sequence[str], figures: Sequence[Figure]) -> None:
+    """A table with, per daemon, the median and the spread (`spread`) of each figure,
+    then the ratios of the others to ours (from the medians), then the target."""
+    others = [d for d in daemons if d != "ours"]
+    base = "ours" in daemons
+    headers = [first]
+    for d in daemons:
+        headers += [d, f"{d} spread"]
+    headers += [f"{d}/ours" for d in others if base]
+    headers.append("target")
+    rows = []
+    for f in figures:
+        m = {d: med(f.samples.get(d, [])) for d in daemons}
+        row: list[object] = [f.label]
+        for d in daemons:
+            row += ["-" if math.isnan(m[d]) else f.fmt.format(m[d]),
+                    spread(f.samples.get(d, []), f.fmt)]
+        row += [ratio(m[d], m["ours"]) for d in others if base]
+        row.append(f.target)
+        rows.append(row)
+    table(headers, rows)
+
+
+def rotated(xs: Sequence[str], k: int) -> list[str]:
+    """``xs`` started at its ``k``-th element: round k of an interleaved run starts with
+    another daemon each time, so none is always the first after a pause."""
+    k %= max(len(xs), 1)
+    return [*xs[k:], *xs[:k]]
+
+
+def xenstoreds(wanted: str) -> list[str]:
+    """The daemons of a comma list (ours, cx, ox) that can run here; a missing real one is
+    reported on stderr and left out."""
+    from stubdom import realxs
+    from stubdom.realxs import Flavour
+
+    out = []
+    for name in (w.strip() for w in wanted.split(",") if w.strip()):
+        if name not in ("ours", "cx", "ox"):
+            sys.exit(f"bench: no xenstored called {name!r}: choose ours, cx, ox")
+        if name == "ours" or realxs.available(Flavour(name)):
+            out.append(name)
+        else:
+            print(f"# {name} is not available here (xen-utils-4.17 and gcc): left out",
+                  file=sys.stderr)
+    return out
 
 
 def verdict(ok: bool) -> str:

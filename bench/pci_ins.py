@@ -19,18 +19,43 @@ that is 6 writes and 6 watch events.  Against it:
 - the same channel with a raw device model (``channel, raw dm``), which takes the agent
   out and leaves the toolstack client and the server.
 
-Item 6: the real cxenstored (`stubdom.realxs`) serves unprivileged guests only over its
-shared-memory ring, which nothing notifies under the kit's shim (a guest polls
-``rsp_prod``), and our simulated domains use unix sockets: the agent and the host cannot
-run on cx.  What can, runs on both servers with the device model as a second dom0
-connection: the floor, and the channel with a raw device model.  The ratios ours/cx
-show what our server adds.
+Each runs on our xenstored, cx and ox (`stubdom.realxs`) in the same run, the daemons
+interleaved: within a round each setup is measured on the three in turn (each setup
+starting with another daemon), so a drift of the machine hits all alike.  The paths:
 
-xenstored on CPU 1; the toolstack, the device model and the host daemon on CPU 0.  A
-traced run first counts the requests and events of one exchange of each kind (the
-second one: a channel's first operation also registers its watches).
+- the toolstack (this process, or the CLI) is always dom0 on the daemon's socket;
+- ``dm dom0``: the raw device model is a second dom0 connection on that socket;
+- ``dm guest``: the raw device model is domain 2 (the stubdomain) itself.  On ours it
+  uses the daemon's own per-domain socket (``<socket>.d/2``); on cx and ox it goes over
+  domain 2's ring through a relay (`stubdom.host.xslink.RealLink`, the host's own code:
+  a ``<socket>.d/2`` socket multiplexed onto `RingTransport`) in a child process, as the
+  host daemon does for its domains.  The ring is woken through the shim's FIFOs, not
+  event channels: a real Xen host costs differently there;
+- ``agent``: a real ``stubdom host up --xenstored ours|cx|ox``: the agent is the
+  stubdomain and takes the same path as ``dm guest`` (the relay inside the host daemon
+  on cx and ox).
 
-    .venv/bin/python bench/pci_ins.py [--rounds 5] [--ops 200] [--quick]
+Before a host could run on cx and ox, the device model could be measured on cx only as
+a dom0 connection; ``dm dom0`` keeps that figure, ``dm guest`` is the path a stubdomain
+takes.
+
+Pinning: each bare daemon is started on CPU 1, and the toolstack, the device model and
+the relay child stay on CPU 0; on a host, xenstored is on CPU 1 and the host daemon
+(with the relays and the agent) on CPU 0.  A traced run on our xenstored first counts
+the requests and events of one exchange of each kind (the second one: a channel's first
+operation also registers its watches).
+
+    .venv/bin/python bench/pci_ins.py [--rounds 5] [--ops 200] [--xenstored ours,cx,ox]
+                                      [--quick]
+
+Prints: the round trip per setup and path on each daemon, the median and the spread of
+every exchange of every round (p25..p75; min..max under 8 samples, as the CLI's in
+``--quick``), and the ratios cx/ours and ox/ours of the medians; then each daemon's
+channel and pci-attach (agent) as a multiple of the floor on the same daemon (``dm
+guest``), with the target for ours; then the counts.
+``--quick``: 1 round of 20 exchanges, 1 CLI run (about 30 s).
+
+Target (ours): the channel with the agent <= 2x the floor (ours, dm guest).
 """
 
 from __future__ import annotations
@@ -53,17 +78,28 @@ from bench.hostkit import (  # noqa: E402
     CLIENT_CPU,
     SERVER_CPU,
     BenchHost,
+    Figure,
+    compare,
     machine_busy,
     med,
     need_two_cpus,
+    ratio,
+    rotated,
     table,
     verdict,
+    xenstoreds,
 )
 from bench.rawxs import RawConnection  # noqa: E402
 from stubdom.protocol import Bdf  # noqa: E402
 from stubdom.toolstack.channel import ChannelRegistry, DeviceModelChannel  # noqa: E402
 from stubdom.xenstore import Client  # noqa: E402
-from tests.support.daemons import Daemon, have_cx, short_tmpdir, start_cx, start_ours  # noqa: E402
+from tests.support.daemons import (  # noqa: E402
+    Daemon,
+    short_tmpdir,
+    start_cx,
+    start_ours,
+    start_ox,
+)
 
 OPS = {"READ": 2, "WATCH": 4, "RM": 13, "WRITE": 11, "EVENT": 15, "ERROR": 16,
        "INTRODUCE": 8, "SET_PERMS": 14}
@@ -147,20 +183,63 @@ def prepare_daemon(sock: str) -> None:
     r.close()
 
 
+def relay_helper(fake_dir: str, sock: str) -> None:
+    """Relay ``<sock>.d/STUB`` onto domain STUB's ring (cx, ox), as the host daemon does."""
+    from stubdom.host.xslink import RealLink
+
+    async def go() -> None:
+        link = RealLink(Path(fake_dir), sock)
+        await link.domain_socket(STUB)
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(go())
+
+
 def start_helper(sock: str, mode: str, absolute: bool) -> subprocess.Popen[str]:
     p = subprocess.Popen(
         [sys.executable, __file__, "--dm-helper", sock, mode, "abs" if absolute else "rel"],
         stdout=subprocess.PIPE, text=True,
     )
+    return ready(p, "the raw device model")
+
+
+def ready(p: subprocess.Popen[str], what: str) -> subprocess.Popen[str]:
+    """``p`` once it printed ``ready`` (killed and an error if it did not)."""
     assert p.stdout is not None
     if p.stdout.readline().strip() != "ready":
-        raise RuntimeError("the raw device model did not start")
+        p.kill()
+        p.wait()
+        raise RuntimeError(f"{what} did not start")
     return p
 
 
+STARTS: dict[str, Callable[..., Daemon]] = {"ours": start_ours, "cx": start_cx, "ox": start_ox}
+
+
+def measure(name: str, fn: Callable[[str, str, bool, int], list[float]], absolute: bool,
+            ops: int) -> list[float]:
+    """A fresh daemon on CPU 1, prepared; the device model as dom0 (``absolute``) or as
+    the stubdomain (ours: its socket; cx/ox: its ring through a relay child); ``fn``."""
+    d = pinned(STARTS[name])
+    relay: subprocess.Popen[str] | None = None
+    try:
+        prepare_daemon(d.socket)
+        dm_sock = d.socket if absolute else f"{d.socket}.d/{STUB}"
+        if not absolute and d.fake_dir is not None:
+            relay = ready(subprocess.Popen(
+                [sys.executable, __file__, "--relay", str(d.fake_dir), d.socket],
+                stdout=subprocess.PIPE, text=True), "the relay")
+        return fn(d.socket, dm_sock, absolute, ops)
+    finally:
+        if relay is not None:
+            relay.kill()
+            relay.wait()
+        d.stop()
+
+
 def floor(ts_sock: str, dm_sock: str, dm_absolute: bool, ops: int) -> list[float]:
-    """µs per bare exchange (one sample per op)."""
-    prepare_daemon(ts_sock)
+    """µs per bare exchange (one sample per op); the daemon is prepared (`setup`)."""
     helper = start_helper(dm_sock, "floor", dm_absolute)
     d = dm_dir(True)
     ts = Raw(ts_sock)
@@ -205,7 +284,6 @@ async def channel_loop(client: Client, lock_dir: Path, ops: int) -> list[float]:
 
 
 def channel_raw(ts_sock: str, dm_sock: str, dm_absolute: bool, ops: int) -> list[float]:
-    prepare_daemon(ts_sock)
     helper = start_helper(dm_sock, "answer", dm_absolute)
     lock_dir = short_tmpdir("lk-")
 
@@ -226,10 +304,10 @@ def channel_raw(ts_sock: str, dm_sock: str, dm_absolute: bool, ops: int) -> list
 # -- the real host -------------------------------------------------------------------------
 
 
-def host_runs(ops: int, cli_runs: int, trace: Path | None = None
+def host_runs(ops: int, cli_runs: int, trace: Path | None = None, xenstored: str = "ours"
               ) -> tuple[dict[str, list[float]], dict[str, tuple[float, float]]]:
-    """channel / pci-attach (API) / CLI on a real host with the sim agent; with ``trace``
-    also the time window of one of each, for counting."""
+    """channel / pci-attach (API) / CLI on a real host (on ``xenstored``) with the sim
+    agent; with ``trace`` also the time window of one of each, for counting."""
     from stubdom.toolstack import operations as ops_mod
     from stubdom.toolstack import pci as pci_mod
     from stubdom.toolstack.session import open_session
@@ -237,7 +315,7 @@ def host_runs(ops: int, cli_runs: int, trace: Path | None = None
 
     res: dict[str, list[float]] = {"channel": [], "pci-attach": [], "CLI": []}
     windows: dict[str, tuple[float, float]] = {}
-    with BenchHost("pci", trace=trace) as h:
+    with BenchHost(f"pci{xenstored}", trace=trace, xenstored=xenstored) as h:
         h.run("create", str(h.config("g", cmdline="--eject-delay=0", devices=False)))
 
         async def go() -> None:
@@ -322,78 +400,105 @@ def pinned(start: Callable[..., Daemon]) -> Daemon:
         os.sched_setaffinity(0, {CLIENT_CPU})
 
 
+SETUPS: list[tuple[str, Callable[[str, str, bool, int], list[float]], bool]] = [
+    ("floor | dm dom0", floor, True),
+    ("floor | dm guest", floor, False),
+    ("channel, raw dm | dm dom0", channel_raw, True),
+    ("channel, raw dm | dm guest", channel_raw, False),
+]
+HOST_KINDS = ["channel", "pci-attach", "CLI"]
+#: Host runs that failed (their samples are missing from the tables).
+FAILURES: list[str] = []
+Samples = dict[str, dict[str, list[float]]]  # setup -> daemon -> µs of every exchange
+
+
+def collect(rounds: int, ops: int, cli_runs: int, daemons: list[str]) -> Samples:
+    """Every round: each setup on each daemon in turn (`rotated`), then a host on each."""
+    got: Samples = collections.defaultdict(lambda: collections.defaultdict(list))
+    t_start = time.monotonic()
+    turn = 0
+    for rnd in range(rounds):
+        for label, fn, absolute in SETUPS:
+            for name in rotated(daemons, turn):
+                got[label][name] += measure(name, fn, absolute, ops)
+            turn += 1
+        for name in rotated(daemons, turn):
+            try:
+                res, _ = host_runs(ops, cli_runs, xenstored=name)
+            except Exception as e:  # reported; the other daemons go on
+                print(f"# host on {name} failed: {e}", file=sys.stderr, flush=True)
+                FAILURES.append(f"round {rnd + 1}, host on {name}: {e}")
+                continue
+            for k, v in res.items():
+                got[f"{k} | agent"][name] += v
+        turn += 1
+        print(f"# round {rnd + 1}/{rounds} ({time.monotonic() - t_start:.0f}s)",
+              file=sys.stderr, flush=True)
+    return got
+
+
+def report(got: Samples, daemons: list[str], args: argparse.Namespace, cli_runs: int,
+           counts: dict[str, dict[str, int]]) -> None:
+    print(f"pci-ins round trip (µs), {args.rounds} round(s) of {args.ops} exchanges per setup "
+          f"and daemon (CLI: {cli_runs} runs), the daemons interleaved; xenstored on CPU "
+          f"{SERVER_CPU}, clients, relays and agents on CPU {CLIENT_CPU}")
+    print("toolstack: dom0 socket. dm dom0: dom0 socket. dm guest and agent: ours: its "
+          "domain socket; cx/ox: its ring through a relay")
+    labels = [k for k, _, _ in SETUPS] + [f"{k} | agent" for k in HOST_KINDS]
+    compare("setup | device model", daemons,
+            [Figure(k, dict(got[k])) for k in labels if k in got])
+    print("x floor: each daemon's figure over its own floor (dm guest); medians")
+    rows = []
+    for k in ("channel, raw dm | dm guest", "channel | agent", "pci-attach | agent"):
+        row: list[object] = [k]
+        for d in daemons:
+            row.append(ratio(med(got[k][d]), med(got["floor | dm guest"][d])))
+        tgt = ""
+        if k == "channel | agent" and "ours" in daemons:
+            x = med(got[k]["ours"]) / med(got["floor | dm guest"]["ours"])
+            tgt = f"ours <= {TARGET:g}x floor: {verdict(x <= TARGET)}"
+        rows.append([*row, tgt])
+    table(["exchange", *daemons, "target"], rows)
+    if FAILURES:
+        print(f"{len(FAILURES)} host run(s) FAILED, their samples are missing:")
+        for f in FAILURES:
+            print(f"  {f}")
+        print()
+    if counts:
+        print("requests and events of one exchange (from a trace of a host on ours)")
+        keys = sorted({k for c in counts.values() for k in c})
+        table(["count", *counts], [[k, *(counts[c].get(k, 0) for c in counts)] for k in keys])
+        print("floor: 6 writes (dom0 WRITE x3, stub RM + WRITE x2), 6 watch events")
+
+
 def main() -> None:
     if len(sys.argv) == 5 and sys.argv[1] == "--dm-helper":
         dm_helper(sys.argv[2], sys.argv[3], sys.argv[4] == "abs")
         return
+    if len(sys.argv) == 4 and sys.argv[1] == "--relay":
+        relay_helper(sys.argv[2], sys.argv[3])
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--ops", type=int, default=200, help="exchanges per round and setup")
-    ap.add_argument("--quick", action="store_true", help="2 rounds of 40, 3 CLI runs")
+    ap.add_argument("--xenstored", default="ours,cx,ox", help="comma list of daemons")
+    ap.add_argument("--quick", action="store_true", help="1 round of 20, 1 CLI run")
     args = ap.parse_args()
+    cli_runs = 5
     if args.quick:
-        args.rounds, args.ops = 2, 40
+        args.rounds, args.ops, cli_runs = 1, 20, 1
+    daemons = xenstoreds(args.xenstored)
     need_two_cpus()
     os.sched_setaffinity(0, {CLIENT_CPU})
     print(machine_busy())
     t_start = time.monotonic()
-
-    # 1. counts, from a traced host
-    tdir = short_tmpdir("tr-")
-    _, windows = host_runs(1, 0, trace=tdir / "trace.jsonl")
-    counts = {k: count_trace(tdir / "trace.jsonl", w) for k, w in windows.items()}
-
-    # 2. rounds, interleaved
-    per_round: dict[str, list[float]] = collections.defaultdict(list)
-    servers: dict[str, Callable[..., Daemon]] = {"ours": start_ours}
-    if have_cx():
-        servers["cx"] = start_cx
-    for rnd in range(args.rounds):
-        for name, start in servers.items():
-            for kind, fn in (("floor", floor), ("channel, raw dm", channel_raw)):
-                setups = [("dom0 dm", True)] + ([("guest dm", False)] if name == "ours" else [])
-                for who, absolute in setups:
-                    d = pinned(start)
-                    try:
-                        dm_sock = d.socket if absolute else f"{d.socket}.d/{STUB}"
-                        if not absolute:
-                            prepare_daemon(d.socket)
-                        per_round[f"{kind} | {name} | {who}"].append(
-                            med(fn(d.socket, dm_sock, absolute, args.ops)))
-                    finally:
-                        d.stop()
-        res, _ = host_runs(args.ops, 3 if args.quick else 5)
-        for k, v in res.items():
-            if v:
-                per_round[f"{k} | ours host | agent"].append(med(v))
-        print(f"# round {rnd + 1}/{args.rounds} ({time.monotonic() - t_start:.0f}s)",
-              file=sys.stderr, flush=True)
-
-    m = {k: med(v) for k, v in per_round.items()}
-    fl = m["floor | ours | guest dm"]
-    print(f"pci-ins round trip: median over {args.rounds} rounds of the per-round median "
-          f"of {args.ops} exchanges (CLI: {3 if args.quick else 5} runs); xenstored on "
-          f"CPU {SERVER_CPU}, clients and agents on CPU {CLIENT_CPU}")
-    rows = []
-    for k in sorted(m, key=lambda k: (k.split(" | ")[1], k)):
-        ratio = m[k] / fl
-        tgt = ""
-        if k.startswith("channel | ours host"):
-            tgt = f"<= {TARGET:g}x floor: {verdict(ratio <= TARGET)}"
-        rows.append([k, f"{m[k]:.0f}", f"{ratio:.2f}", tgt])
-    table(["setup (what | server | device model)", "µs", "x floor(ours, guest dm)", "target"],
-          rows)
-    if "floor | cx | dom0 dm" in m:
-        print("item 6: our xenstored against cx, same clients (device model as dom0)")
-        rows = []
-        for kind in ("floor", "channel, raw dm"):
-            o, c = m[f"{kind} | ours | dom0 dm"], m[f"{kind} | cx | dom0 dm"]
-            rows.append([kind, f"{o:.0f}", f"{c:.0f}", f"{o / c:.2f}"])
-        table(["exchange", "ours µs", "cx µs", "ours/cx"], rows)
-    print("requests and events of one exchange (from a trace of the real host)")
-    keys = sorted({k for c in counts.values() for k in c})
-    table(["count", *counts], [[k, *(counts[c].get(k, 0) for c in counts)] for k in keys])
-    print("floor: 6 writes (dom0 WRITE x3, stub RM + WRITE x2), 6 watch events")
+    counts: dict[str, dict[str, int]] = {}
+    if "ours" in daemons:  # counts, from a traced host (tracing is ours alone)
+        tdir = short_tmpdir("tr-")
+        _, windows = host_runs(1, 0, trace=tdir / "trace.jsonl")
+        counts = {k: count_trace(tdir / "trace.jsonl", w) for k, w in windows.items()}
+    got = collect(args.rounds, args.ops, cli_runs, daemons)
+    report(got, daemons, args, cli_runs, counts)
     print(f"# total {time.monotonic() - t_start:.0f}s", file=sys.stderr)
 
 

@@ -12,8 +12,10 @@ an mmap in `stubdom.xenstore.ringtransport`).  It never sleeps and never signals
 
 Memory ordering.  The peer is another process writing the same page, so each
 access follows the ring rules: an index is read *once* per step, with one 4-byte
-load (``struct`` in native mode copies a ``uint32`` with one ``memcpy`` of constant
-size, which compilers emit as a single aligned load or store: no torn index), and is
+load or store (through a view of the page as native ``uint32`` words: CPython copies an
+item with one ``memcpy`` of constant size, which compilers emit as a single aligned load
+or store, so no index is ever seen torn; ``struct.pack_into`` would not do: it zeroes
+its bytes before it writes them, and the peer sees the index 0 in between), and is
 checked (``prod - cons <= 1024``, else `RingIndexError`) before any data is touched;
 data is read before the consumer index is advanced, and written before the producer
 index is published.  Python offers no fence instruction: each of these accesses is a
@@ -61,9 +63,8 @@ RECONNECT = 1
 _MASK = 0xFFFFFFFF
 _HEADER = struct.Struct("<4I")  # type, req_id, tx_id, len
 _WATCH_EVENT = 15
-# Native order and size: one memcpy of 4 bytes, i.e. one load/store (see above).
-_U32 = struct.Struct("@I")
-assert sys.byteorder == "little" and _U32.size == 4, "the ring's indexes are little-endian"
+# The indexes are accessed as items of a native "I" view: one load/store (see above).
+assert sys.byteorder == "little" and struct.calcsize("@I") == 4, "little-endian uint32s"
 
 
 class RingIndexError(ProtocolError):
@@ -142,6 +143,8 @@ class RingEnd:
             view.release()
             raise ValueError(f"a ring page needs {PAGE_MIN} bytes, got {len(view)}")
         self._view = view
+        #: The fields as words: one aligned 4-byte access each (PAGE_MIN is 4 * 519).
+        self._words = view[:PAGE_MIN].cast("I")
         self._side = side
         self._barrier = barrier
         self._out: deque[memoryview] = deque()
@@ -151,11 +154,11 @@ class RingEnd:
 
     def load(self, offset: int) -> int:
         """One ``uint32`` field of the page, read once."""
-        value: int = _U32.unpack_from(self._view, offset)[0]
+        value: int = self._words[offset // 4]
         return value
 
     def store(self, offset: int, value: int) -> None:
-        _U32.pack_into(self._view, offset, value & _MASK)
+        self._words[offset // 4] = value & _MASK
 
     @property
     def server_features(self) -> int:
@@ -260,6 +263,7 @@ class RingEnd:
     def release(self) -> None:
         """Drop the view of the page (an mmap cannot close while it is viewed)."""
         self._out.clear()
+        self._words.release()
         self._view.release()
 
 
