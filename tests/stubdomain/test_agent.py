@@ -19,6 +19,7 @@ from stubdom.devicemodel.sim import SimDeviceModel
 from stubdom.devicemodel.stream import StreamReader, is_complete
 from stubdom.host.hypervisor import DomainState
 from stubdom.host.rundir import RunDir
+from stubdom.host.xenbus import XenbusState
 from stubdom.stubdomain import commands as cmds
 from stubdom.stubdomain.agent import Agent
 from stubdom.stubdomain.args import AgentOptions
@@ -150,6 +151,22 @@ async def test_pci_insert_auto_and_requested_and_refusals(host: Host) -> None:
             await ch.pci_insert(proto.Bdf(0, n, 0, 0))
             n += 1
     assert loop.time() - t0 < 8
+
+
+@ON_EVERY_DAEMON
+async def test_a_pci_device_replaced_before_pcifront_looks_is_connected(host: Host) -> None:
+    """Detach every function and attach another at once: the stubdomain may first see
+    the new device where the old one was, and must connect it, not wait for it to go."""
+    c = await host.create()
+    await host.add_pciback(c, B1)
+    be = f"/local/domain/0/backend/pci/{c.stubdom}/0"
+    connected = str(int(XenbusState.CONNECTED))
+    await host.wait_log("pcifront connected")
+    await host.s.hv.pause(c.stubdom)  # the agent sees none of the steps between
+    await devices.destroy_device(host.xs, devices.pci_ref(c.stubdom))  # the last function
+    await host.add_pciback(c, B2)
+    await host.s.hv.unpause(c.stubdom)
+    await host.xs.wait_until(f"{be}/state", lambda v: v == connected or None, timeout=10)
 
 
 @ON_EVERY_DAEMON

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from stubdom.devicemodel.base import Disk, DiskBus
 from stubdom.host.frontend import Frontend, FrontendError, list_devices
+from stubdom.host.xenbus import XenbusState
 from stubdom.xenstore import Client, NoEntry, PermissionDenied, XenStoreError
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,17 @@ async def _place_vbds(
         )
 
 
+#: The state of our pcifront's frontend; the toolstack writes a new device's as 1.
+PCI_STATE = "device/pci/0/state"
+
+
+def _old_device_gone(state: str | None) -> bool | None:
+    """Whether the device we were connected to is gone: its frontend directory removed,
+    or already replaced by a new device (Initialising), which a quick detach and attach
+    can do before we look; waiting for the directory to vanish would then wait forever."""
+    return True if state in (None, str(int(XenbusState.INITIALISING))) else None
+
+
 async def run_pcifront(client: Client, timeout: float = 30.0) -> None:
     """Mini-OS's pcifront thread: wait for ``device/pci/0``, connect, follow pciback
     through hot-plug reconfigurations; start over if the toolstack removes it."""
@@ -185,6 +197,4 @@ async def run_pcifront(client: Client, timeout: float = 30.0) -> None:
         except (NoEntry, PermissionDenied, XenStoreError) as e:
             log.warning("pcifront: %s", e)
         with contextlib.suppress(XenStoreError):
-            async with client.watch("device") as w:
-                while await client.exists("device/pci/0/backend"):
-                    await w.get()
+            await client.wait_until(PCI_STATE, _old_device_gone, timeout=None)

@@ -285,6 +285,9 @@ class Frontend:
                 self._mark_closed("the backend directory was removed")
                 return
             self.backend_state = be = XenbusState.parse(raw)
+            if await self._replaced(be):
+                self._mark_closed("the toolstack replaced the device")
+                return
             if self._reconnecting:
                 if (
                     be is XenbusState.CLOSED
@@ -309,6 +312,14 @@ class Frontend:
             log.debug("%s: %s (backend %s)", self.path, nxt.name, be.name)
             if nxt is XenbusState.CLOSED:
                 self._mark_closed(None)
+
+    async def _replaced(self, be: XenbusState) -> bool:
+        """A connected device whose backend starts over may be a new device at the same
+        path (a detach and an attach before we looked): its frontend directory is new
+        too, in state Initialising, which we never write once connected."""
+        if self.state is not XenbusState.CONNECTED or be > XenbusState.INIT_WAIT:
+            return False
+        return await self._read(f"{self.path}/state") == str(int(XenbusState.INITIALISING))
 
     async def _backend_exists(self) -> bool:
         # A guest may not even learn that a node is missing once its parents are gone.
