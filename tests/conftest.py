@@ -26,6 +26,18 @@ if os.environ.get("CI") == "true":
 
 
 @pytest.fixture
+def xenstored(request: pytest.FixtureRequest) -> str:
+    """The daemon a test's host runs on: "ours" unless the test is parametrised
+    (``on_every_daemon``); a missing cx/ox skips, or fails under STUBDOM_REQUIRE_PEERS=1."""
+    kind: str = getattr(request, "param", "ours")
+    if kind == "cx":
+        need_peer(have_cx(), "cxenstored (Debian xen-utils-4.17) and gcc")
+    elif kind == "ox":
+        need_peer(have_ox(), "oxenstored (Debian xen-utils-4.17) and gcc")
+    return kind
+
+
+@pytest.fixture
 def ours() -> Iterator[Daemon]:
     """A fresh ``stubdom xenstored`` for one test."""
     d = start_ours()

@@ -54,6 +54,12 @@ def have_ox() -> bool:
     return realxs.available(Flavour.OX)
 
 
+#: The daemons a host can serve (`stubdom host up --xenstored X`), as test ids.
+XENSTOREDS = ("ours", "cx", "ox")
+#: A test run once per daemon (ids ours, cx, ox) through the ``xenstored`` fixture
+#: (tests/conftest.py); a test without it gets "ours".
+on_every_daemon = pytest.mark.parametrize("xenstored", XENSTOREDS, indirect=True)
+
 _TMPDIRS: list[Path] = []
 
 
