@@ -3,8 +3,7 @@
 The tree is built by our own toolstack (``stubdom create``) on a host over each daemon
 (``stubdom host up --xenstored ours|cx|ox``): two HVM guests, each with its stubdomain
 (disk, nic, serial, VNC), plus the control nodes the toolstack and the device model write.
-Then every role probes every node the protocol uses, over
-its own domain connection:
+Then every role probes every node the protocol uses, over its own domain connection:
 
 * roles: dom0, the guest G, its stubdomain S, an unrelated guest O and O's stubdomain OS;
 * operations: read, write (the same value), create a child, rm, set-perms (the same
