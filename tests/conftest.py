@@ -13,6 +13,7 @@ from tests.support.daemons import (
     have_cx,
     have_ox,
     need_peer,
+    need_xenstored,
     start_cx,
     start_ours,
     start_ox,
@@ -23,6 +24,15 @@ from tests.support.daemons import (
 settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI") == "true":
     settings.load_profile("ci")
+
+
+@pytest.fixture
+def xenstored(request: pytest.FixtureRequest) -> str:
+    """The daemon a test's host runs on: "ours" unless the test is parametrised
+    (``on_every_daemon``); a missing cx/ox skips, or fails under STUBDOM_REQUIRE_PEERS=1."""
+    kind: str = getattr(request, "param", "ours")
+    need_xenstored(kind)
+    return kind
 
 
 @pytest.fixture

@@ -32,6 +32,8 @@ NO_TIMEOUT = "600"
 @dataclass
 class FaultHost:
     dir: Path
+    #: The daemon the host serves: ours, cx or ox (the ``xenstored`` fixture).
+    xenstored: str
 
     @property
     def env(self) -> dict[str, str]:
@@ -147,10 +149,10 @@ class FaultHost:
 
 
 @pytest.fixture
-def host() -> Iterator[FaultHost]:
+def host(xenstored: str) -> Iterator[FaultHost]:
     d = short_tmpdir("faults-")
-    h = FaultHost(d)
-    h.run("host", "up")
+    h = FaultHost(d, xenstored)
+    h.run("host", "up", "--xenstored", xenstored)
     try:
         yield h
     finally:

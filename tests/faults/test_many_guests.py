@@ -3,17 +3,21 @@
 Each `stubdom create` adds children to /local/domain and /vm in its transactions, so
 concurrent creates conflict; libxl retries such transactions for ever, and so do we
 (for `RETRY_PATIENCE` seconds), with a random back-off between processes.
+
+On every daemon: ox's transaction conflicts are the point (README, "On the real daemons").
 """
 
 from __future__ import annotations
 
 from tests.faults.host import GUARD, FaultHost, host
+from tests.support.daemons import on_every_daemon
 
 __all__ = ["host"]
 
 GUESTS = 12
 
 
+@on_every_daemon
 def test_concurrent_creates_all_succeed_and_destroys_leave_nothing(host: FaultHost) -> None:
     configs = [host.config(f"g{i}") for i in range(GUESTS)]
     procs = [host.popen("create", str(c)) for c in configs]

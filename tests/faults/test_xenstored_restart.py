@@ -22,7 +22,7 @@ from tests.support.daemons import short_tmpdir
 @pytest.fixture
 def host() -> Iterator[FaultHost]:
     d = short_tmpdir("xsrestart-")
-    h = FaultHost(d)
+    h = FaultHost(d, "ours")
     h.run("host", "up", "--durable")
     try:
         yield h
@@ -90,7 +90,7 @@ def test_a_command_completes_across_a_xenstored_restart(
 
 def test_restart_needs_a_durable_host() -> None:
     d = short_tmpdir("xsrestart-")
-    h = FaultHost(d)
+    h = FaultHost(d, "ours")
     h.run("host", "up")
     try:
         r = h.run("host", "restart-xenstored", check=False)

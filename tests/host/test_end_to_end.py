@@ -18,7 +18,7 @@ from stubdom.host.hypervisor import DomainConfig, DomainState
 from stubdom.toolstack.devices import Vbd, Vif, add_console, add_device
 from stubdom.toolstack.records import DomainRecord, introduce_domain, make_domain, remove_domain
 from stubdom.xenstore import Client
-from tests.support.daemons import need_peer, short_tmpdir
+from tests.support.daemons import need_peer, on_every_daemon, short_tmpdir
 
 STUBDOM = [sys.executable, "-m", "stubdom"]
 
@@ -49,10 +49,10 @@ asyncio.run(main())
 
 
 @pytest.fixture
-def host_dir() -> Iterator[Path]:
+def host_dir(xenstored: str) -> Iterator[Path]:
     d = short_tmpdir("e2e-")
-    subprocess.run([*STUBDOM, "host", "up", "--dir", str(d)], check=True, capture_output=True,
-                   timeout=60)
+    subprocess.run([*STUBDOM, "host", "up", "--dir", str(d), "--xenstored", xenstored],
+                   check=True, capture_output=True, timeout=60)
     yield d
     subprocess.run([*STUBDOM, "host", "down", "--dir", str(d)], capture_output=True, timeout=60)
 
@@ -72,6 +72,7 @@ def host_processes(d: Path) -> list[str]:
     return out
 
 
+@on_every_daemon
 async def test_a_domain_lives_and_dies_on_the_host(host_dir: Path) -> None:
     xs_path = str(host_dir / "xenstored" / "socket")
     kernel = host_dir / "kernel.py"
@@ -119,11 +120,12 @@ async def test_a_domain_lives_and_dies_on_the_host(host_dir: Path) -> None:
     await hv.close()
 
 
-def test_down_leaves_nothing_behind() -> None:
+@on_every_daemon
+def test_down_leaves_nothing_behind(xenstored: str) -> None:
     need_peer(shutil.which("xenstore-ls") is not None, "xenstore-ls (Debian xenstore-utils)")
     d = short_tmpdir("e2e-")
-    up = subprocess.run([*STUBDOM, "host", "up", "--dir", str(d)], check=True,
-                        capture_output=True, text=True, timeout=60).stdout
+    up = subprocess.run([*STUBDOM, "host", "up", "--dir", str(d), "--xenstored", xenstored],
+                        check=True, capture_output=True, text=True, timeout=60).stdout
     assert f"export XENSTORED_PATH={d}/xenstored/socket" in up
     env = {**os.environ, "XENSTORED_PATH": str(d / "xenstored" / "socket")}
     subprocess.run(["xenstore-write", "/local/domain/0/probe", "1"], env=env, check=True,

@@ -1,9 +1,9 @@
 """A stubdomain may touch its target and nothing else (issue #8): the permission matrix.
 
-The tree is built by our own toolstack on the in-process simulated host: two HVM guests,
-each with its stubdomain (disk, nic, serial, VNC), plus the control nodes the toolstack
-and the device model write.  Then every role probes every node the protocol uses, over
-its own domain connection:
+The tree is built by our own toolstack (``stubdom create``) on a host over each daemon
+(``stubdom host up --xenstored ours|cx|ox``): two HVM guests, each with its stubdomain
+(disk, nic, serial, VNC), plus the control nodes the toolstack and the device model write.
+Then every role probes every node the protocol uses, over its own domain connection:
 
 * roles: dom0, the guest G, its stubdomain S, an unrelated guest O and O's stubdomain OS;
 * operations: read, write (the same value), create a child, rm, set-perms (the same
@@ -17,10 +17,9 @@ domain whose SET_TARGET target is the owner, has every right; otherwise the firs
 entry naming the domain or its target decides, else the owner entry's own letter.  A watch
 event is sent to a domain that may read the node or its parent (``watch_permitted``).
 
-The matrix is checked on our xenstored (the host's own daemon, the tree as the toolstack
-left it) and on the real cxenstored 4.17 (`stubdom.realxs`) after replaying the same nodes,
-values, permissions, INTRODUCEs and SET_TARGETs; both must give the expected answers and
-agree with each other cell by cell.
+The matrix is checked on each host's own daemon, the tree as our toolstack left it there:
+ours, and the real cxenstored and oxenstored 4.17 (`stubdom.realxs`).  Each must give the
+expected answers, and cx and ox must agree with ours cell by cell.
 """
 
 from __future__ import annotations
@@ -28,17 +27,18 @@ from __future__ import annotations
 import asyncio
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from stubdom import protocol as proto
-from stubdom.toolstack.config import DiskSpec, GuestConfig, NicSpec
-from stubdom.toolstack.spawn import HostPaths, StubdomSpawner
-from stubdom.xenstore import Client
-from tests.differential.targets import Channel, KitTarget
+from stubdom.host.api import RemoteHypervisor
+from stubdom.realxs import FakeXen
+from stubdom.xenstore.sync import SyncClient
+from tests.differential.targets import Channel
 from tests.support import xsraw
-from tests.support.daemons import have_cx, need_peer
-from tests.support.inprocess_host import inprocess_host
+from tests.support.daemons import XENSTOREDS, have_cx, have_ox, need_peer, short_tmpdir
+from tests.toolstack.clihost import Host
 
 pytestmark = pytest.mark.peer
 
@@ -141,7 +141,8 @@ class World:
     targets: dict[int, int]  # stubdomain -> its guest (SET_TARGET)
     #: Every node of the tree (parents first): path -> (value, permissions).
     tree: dict[str, tuple[bytes, list[str]]]
-    ours: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    #: What the daemon answered, cell by cell.
+    matrix: dict[tuple[str, str, str], str] = field(default_factory=dict)
 
     def path(self, template: str) -> str:
         return template.format(**self.names)
@@ -262,132 +263,125 @@ def sock(path: str) -> Channel:
     return Channel(path, xsraw.SockConn(path, 5.0))
 
 
-# -- building the tree with our toolstack ------------------------------------------------------
+# -- building the tree with our toolstack, on a host over each daemon ----------------------------
 
 
-async def _wait_running(xs: Client, stub: int, guest: int, timeout: float) -> None:
-    path = proto.state_path(stub, guest)
-    async with xs.watch(path) as w, asyncio.timeout(timeout):
-        while await xs.read_optional(path) != b"running":
-            await w.get()
+def _dump(xs: SyncClient, path: str, out: dict[str, tuple[bytes, list[str]]]) -> None:
+    out[path] = (xs.read(path), [str(p) for p in xs.get_perms(path)])
+    for child in xs.directory(path):
+        _dump(xs, f"{path.rstrip('/')}/{child}", out)
 
 
-async def _dump(xs: Client, path: str, out: dict[str, tuple[bytes, list[str]]]) -> None:
-    out[path] = (await xs.read(path), [str(p) for p in await xs.get_perms(path)])
-    for child in await xs.directory(path):
-        await _dump(xs, f"{path.rstrip('/')}/{child}", out)
+def _pause(host: Host, domids: list[int]) -> None:
+    async def pause() -> None:
+        async with await RemoteHypervisor.connect(host.dir) as hv:
+            for domid in domids:
+                await hv.pause(domid)
+
+    asyncio.run(pause())
 
 
-async def _build_and_probe_ours() -> World:
-    async with inprocess_host("perm-") as host:
-        root = host.root
-        kernel = root / "fake-dm"
-        kernel.write_text(FAKE_DM.format(python=sys.executable))
-        kernel.chmod(0o755)
-        spawner = StubdomSpawner(
-            host.hv, host.xs, HostPaths.under(root),
-            lambda s, g, t: _wait_running(host.xs, s, g, t), 20.0,
-        )  # fmt: skip
-        created = []
-        for n, name in enumerate(("guest", "other")):
-            disk = root / f"{name}.img"
-            disk.write_bytes(b"\0" * 4096)
-            cfg = GuestConfig(
-                name=name,
-                serial=["pty"],
-                stubdomain_kernel=str(kernel),
-                disks=[DiskSpec(vdev="hda", target=str(disk))],
-                nics=[NicSpec(devid=0, mac=f"00:16:3e:00:00:0{n + 1}")],
-            )
-            created.append(await spawner.create(cfg))
-        g, o = created
-        # What the toolstack writes during a command and a logdirty request (control.py:
-        # parameter first, then command), as dom0.
-        for c, param in ((g, "0000:03:00.0,msitranslate=0,power_mgmt=0"), (o, "0000:04:00.0")):
-            await host.xs.write(proto.parameter_path(c.stubdom, c.guest), param)
-            await host.xs.write(proto.command_path(c.stubdom, c.guest), "pci-ins")
-            await host.xs.write(proto.logdirty_path(c.stubdom, c.guest, "cmd"), "enable")
-        for c in created:  # nobody else writes while we probe
-            await host.hv.pause(c.stubdom)
-        tree: dict[str, tuple[bytes, list[str]]] = {}
-        for top in await host.xs.directory("/"):
-            if top != "tool":
-                await _dump(host.xs, f"/{top}", tree)
-        world = World(
-            ids={"dom0": 0, "G": g.guest, "S": g.stubdom, "O": o.guest, "OS": o.stubdom},
-            names={
-                "G": str(g.guest),
-                "S": str(g.stubdom),
-                "O": str(o.guest),
-                "OS": str(o.stubdom),
-                "GU": g.guest_uuid,
-                "SU": g.stub_uuid,
-                "OU": o.guest_uuid,
-                "OSU": o.stub_uuid,
-            },
-            targets={g.stubdom: g.guest, o.stubdom: o.guest},
-            tree=tree,
+def _build(host: Host, xs: SyncClient) -> World:
+    """Two guests made by ``stubdom create`` (the fake device model above in each
+    stubdomain), the control nodes a command and a logdirty request add, the tree."""
+    kernel = host.dir / "fake-dm"
+    kernel.write_text(FAKE_DM.format(python=sys.executable))
+    kernel.chmod(0o755)
+    for n, name in enumerate(("guest", "other")):
+        disk = host.dir / f"{name}.img"
+        disk.write_bytes(b"\0" * 4096)
+        cfg = host.dir / f"{name}.cfg"
+        cfg.write_text(
+            f'type = "hvm"\nname = "{name}"\nmemory = 128\n'
+            'device_model_version = "qemu-xen-traditional"\n'
+            "device_model_stubdomain_override = 1\n"
+            f"disk = [ '{disk},raw,hda,rw' ]\n"
+            f"vif = [ 'mac=00:16:3e:00:00:0{n + 1}' ]\n"
+            f"serial = 'pty'\nstubdomain_kernel = \"{kernel}\"\n"
         )
-        socket = str(host.server.socket_path)
-
-        def probe_ours() -> dict[tuple[str, str, str], str]:
-            dom0 = sock(socket)
-            channels = {"dom0": dom0}
-            for role in ROLES[1:]:
-                channels[role] = sock(f"{socket}.d/{world.ids[role]}")
-            try:
-                return probe_matrix(world, dom0, channels)
-            finally:
-                for ch in channels.values():
-                    ch.close()
-
-        # Our server runs in this event loop: the blocking probes go to a thread.
-        world.ours = await asyncio.to_thread(probe_ours)
-        return world
-
-
-@pytest.fixture(scope="module")
-def world() -> World:
-    return asyncio.run(_build_and_probe_ours())
-
-
-# -- replaying it on cxenstored -------------------------------------------------------------------
+        host.run("create", "-e", str(cfg))
+    doms = host.domains()
+    ids = {"dom0": 0, "G": doms["guest"].domid, "S": doms["guest-dm"].domid,
+           "O": doms["other"].domid, "OS": doms["other-dm"].domid}  # fmt: skip
+    # What the toolstack writes during a command and a logdirty request (control.py:
+    # parameter first, then command), as dom0.
+    for g, st, param in (("G", "S", "0000:03:00.0,msitranslate=0,power_mgmt=0"),
+                         ("O", "OS", "0000:04:00.0")):  # fmt: skip
+        xs.write(proto.parameter_path(ids[st], ids[g]), param)
+        xs.write(proto.command_path(ids[st], ids[g]), "pci-ins")
+        xs.write(proto.logdirty_path(ids[st], ids[g], "cmd"), "enable")
+    _pause(host, [ids["S"], ids["OS"]])  # nobody else writes while we probe
+    tree: dict[str, tuple[bytes, list[str]]] = {}
+    for top in xs.directory("/"):
+        if top != "tool":
+            _dump(xs, f"/{top}", tree)
+    names = {role: str(domid) for role, domid in ids.items() if role != "dom0"}
+    for role in ROLES[1:]:  # "/vm/<uuid>"
+        names[role + "U"] = xs.read(f"/local/domain/{ids[role]}/vm").decode().split("/")[-1]
+    return World(ids=ids, names=names, targets={ids["S"]: ids["G"], ids["OS"]: ids["O"]},
+                 tree=tree)  # fmt: skip
 
 
-def probe_cx(world: World) -> dict[tuple[str, str, str], str]:
-    target = KitTarget("cx")
-    channels: dict[str, Channel] = {}
+def domain_channel(host: Host, socket: str, domid: int, role: str) -> Channel:
+    """The domain's own connection: the socket its programs use, ``<socket>.d/<domid>``.
+    On cx and ox that socket is a relay the host starts with a domain's process (a
+    stubdomain's); an HVM guest has none (its drivers are played through dom0's
+    connection), so the probe speaks on the guest's ring itself, as its kernel would."""
+    path = f"{socket}.d/{domid}"
+    if host.xenstored == "ours" or Path(path).exists():
+        return sock(path)
+    fake = FakeXen(host.dir / "xenstored" / "real" / "fake")
+    port = fake.port(domid)
+    assert port is not None, f"domain {domid} was not introduced"
+    kick = xsraw.Kicker(str(fake.dir), port)  # ox dispatches on the port
+    return Channel(role, xsraw.RingConn(str(fake.ring_page(domid)), kick, 5.0))
+
+
+def build_and_probe(xenstored: str) -> World:
+    """A host over ``xenstored`` (ours, cx or ox), the tree built, every cell probed on
+    the host's own connections: dom0's socket and each domain's (relayed to its ring on
+    cx and ox), then the host down."""
+    host = Host(short_tmpdir("perm-"), xenstored)
+    host.run("host", "up", "--xenstored", xenstored)
     try:
-        dom0 = target.connect_dom0()
-        channels["dom0"] = dom0
-        for path, (value, perms) in world.tree.items():  # parents first
-            r = dom0.request(T["WRITE"], path.encode() + b"\0" + value)
-            assert r.type == T["WRITE"], (path, r)
-            payload = path.encode() + b"\0" + b"".join(p.encode() + b"\0" for p in perms)
-            r = dom0.request(T["SET_PERMS"], payload)
-            assert r.type == T["SET_PERMS"], (path, perms, r)
-        for role in ROLES[1:]:
-            domid = world.ids[role]
-            target.before_introduce(domid)
-            r = dom0.request(T["INTRODUCE"], f"{domid}\0{0}\0{domid + 1}\0".encode())
-            assert r.type == T["INTRODUCE"], r
-            target.introduced.add(domid)
-        for stub, guest in world.targets.items():
-            r = dom0.request(T["SET_TARGET"], f"{stub}\0{guest}\0".encode())
-            assert r.type == T["SET_TARGET"], r
-        for role in ROLES[1:]:
-            channels[role] = target.connect_guest(world.ids[role], role)
-        return probe_matrix(world, dom0, channels)
+        socket = str(host.dir / "xenstored" / "socket")
+        with SyncClient(socket) as xs:
+            world = _build(host, xs)
+        channels = {"dom0": sock(socket)}
+        try:
+            for role in ROLES[1:]:
+                channels[role] = domain_channel(host, socket, world.ids[role], role)
+            world.matrix = probe_matrix(world, channels["dom0"], channels)
+        finally:
+            for ch in channels.values():
+                ch.close()
+        return world
     finally:
-        for ch in channels.values():
-            ch.close()
-        target.stop()
+        host.run("host", "down", check=False)
 
 
-@pytest.fixture(scope="module")
-def cx_matrix(world: World) -> dict[tuple[str, str, str], str]:
-    need_peer(have_cx(), "cxenstored (Debian xen-utils-4.17) and gcc")
-    return probe_cx(world)
+_WORLDS: dict[str, World] = {}
+
+
+def world_on(xenstored: str) -> World:
+    """The world on ``xenstored``, built once per test session."""
+    if xenstored not in _WORLDS:
+        _WORLDS[xenstored] = build_and_probe(xenstored)
+    return _WORLDS[xenstored]
+
+
+@pytest.fixture(scope="module", params=XENSTOREDS)
+def world(request: pytest.FixtureRequest) -> World:
+    kind: str = request.param
+    need_daemon(kind)
+    return world_on(kind)
+
+
+def need_daemon(kind: str) -> None:
+    if kind == "cx":
+        need_peer(have_cx(), "cxenstored (Debian xen-utils-4.17) and gcc")
+    elif kind == "ox":
+        need_peer(have_ox(), "oxenstored (Debian xen-utils-4.17) and gcc")
 
 
 # -- the tests ------------------------------------------------------------------------------------
@@ -414,22 +408,15 @@ def test_our_toolstack_writes_libxls_permissions(world: World) -> None:
     assert not wrong, "\n".join(wrong)
 
 
-def test_ours_gives_the_expected_matrix(world: World) -> None:
-    wrong = differences(world.ours, expected_matrix(world))
+def test_the_daemon_gives_the_expected_matrix(world: World) -> None:
+    wrong = differences(world.matrix, expected_matrix(world))
     assert not wrong, "\n".join(wrong)
 
 
-def test_cx_gives_the_expected_matrix(
-    world: World, cx_matrix: dict[tuple[str, str, str], str]
-) -> None:
-    wrong = differences(cx_matrix, expected_matrix(world))
-    assert not wrong, "\n".join(wrong)
-
-
-def test_ours_and_cx_agree_cell_by_cell(
-    world: World, cx_matrix: dict[tuple[str, str, str], str]
-) -> None:
-    wrong = differences(world.ours, cx_matrix)
+@pytest.mark.parametrize("kind", ["cx", "ox"])
+def test_the_real_daemon_and_ours_agree_cell_by_cell(kind: str) -> None:
+    need_daemon(kind)
+    wrong = differences(world_on(kind).matrix, world_on("ours").matrix)
     assert not wrong, "\n".join(wrong)
 
 
@@ -482,8 +469,9 @@ def matrix_table(world: World, results: dict[str, dict[tuple[str, str, str], str
 
 
 if __name__ == "__main__":  # print the matrix: python -m tests.peers.test_protocol_permissions
-    w = asyncio.run(_build_and_probe_ours())
-    results = {"ours": w.ours}
-    if have_cx():
-        results["cx"] = probe_cx(w)
+    w = world_on("ours")
+    results = {"ours": w.matrix}
+    for kind, have in (("cx", have_cx), ("ox", have_ox)):
+        if have():
+            results[kind] = world_on(kind).matrix
     print(matrix_table(w, results))

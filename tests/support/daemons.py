@@ -70,6 +70,11 @@ def need_xenstored(name: str) -> None:
         need_peer(have_ox(), "oxenstored (Debian xen-utils-4.17) and gcc")
 
 
+#: A test run once per daemon (ids ours, cx, ox) through the ``xenstored`` fixture
+#: (tests/conftest.py); a test without it gets "ours".
+on_every_daemon = pytest.mark.parametrize("xenstored", XENSTOREDS, indirect=True)
+
+
 _TMPDIRS: list[Path] = []
 
 

@@ -40,6 +40,8 @@ class Row:
 @dataclass
 class Host:
     dir: Path
+    #: The daemon the host serves: ours, cx or ox.
+    xenstored: str = "ours"
 
     @property
     def env(self) -> dict[str, str]:
@@ -145,10 +147,11 @@ class Host:
         return path.read_text() if path.exists() else ""
 
 
-def running_host(prefix: str = "tsxl-") -> Iterator[Host]:
-    """The body of a test module's ``host`` fixture: a host up, then down."""
-    h = Host(short_tmpdir(prefix))
-    h.run("host", "up")
+def running_host(prefix: str = "tsxl-", xenstored: str = "ours") -> Iterator[Host]:
+    """The body of a test module's ``host`` fixture: a host up on ``xenstored`` (ours, cx
+    or ox: the ``xenstored`` fixture), then down."""
+    h = Host(short_tmpdir(prefix), xenstored)
+    h.run("host", "up", "--xenstored", xenstored)
     yield h
     h.run("host", "down", check=False)
 
