@@ -30,7 +30,7 @@ test: venv
 	$(BIN)/mypy
 	$(BIN)/vulture
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2
 
 lint: venv
 	$(BIN)/ruff check src tests
