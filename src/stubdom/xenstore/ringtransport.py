@@ -55,7 +55,7 @@ from stubdom.xenstore.ring import (
     Outstanding,
     RingEnd,
 )
-from stubdom.xenstore.transport import Transport
+from stubdom.xenstore.transport import BufferedTransport
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def _map_page(page: Path) -> mmap.mmap:
         os.close(fd)
 
 
-class RingTransport(Transport):
+class RingTransport(BufferedTransport):
     """The client end of a xenstore ring page; construct with `open`."""
 
     def __init__(
@@ -232,15 +232,8 @@ class RingTransport(Transport):
             return
         self._poke()
 
-    async def drain(self) -> None:
-        if self._ring_queued() and self._error is None and not self._closed:
-            fut: asyncio.Future[None] = self._loop.create_future()
-            self._drain_waiters.append(fut)
-            await fut
-        if self._error is not None:
-            raise ConnectionClosed(f"{self.description}: {self._error}") from self._error
-        if self._closed:
-            raise ConnectionClosed(f"{self.description}: connection closed")
+    def _has_unsent(self) -> bool:
+        return self._ring_queued() > 0
 
     async def read(self) -> bytes:
         while True:
@@ -365,11 +358,6 @@ class RingTransport(Transport):
         _set_once(self._rx_waiter)
         self._wake_drainers()
         self._poke()
-
-    def _wake_drainers(self) -> None:
-        waiters, self._drain_waiters = self._drain_waiters, []
-        for fut in waiters:
-            _set_once(fut)
 
 
 def _set_once(fut: asyncio.Future[None] | None) -> None:

@@ -235,7 +235,37 @@ class StreamTransport(Transport):
             await asyncio.shield(self._protocol.closed)
 
 
-class FdTransport(Transport):
+class BufferedTransport(Transport):
+    """A transport that queues what it cannot send yet: `drain` waits for the queue to
+    empty (or the transport to fail) and says which.  Subclasses say what is queued."""
+
+    description: str
+    _loop: asyncio.AbstractEventLoop
+    _drain_waiters: list[asyncio.Future[None]]
+    _error: BaseException | None
+    _closed: bool
+
+    @abc.abstractmethod
+    def _has_unsent(self) -> bool: ...
+
+    async def drain(self) -> None:
+        if self._has_unsent() and self._error is None and not self._closed:
+            fut: asyncio.Future[None] = self._loop.create_future()
+            self._drain_waiters.append(fut)
+            await fut
+        if self._error is not None:
+            raise ConnectionClosed(f"{self.description}: {self._error}") from self._error
+        if self._closed:
+            raise ConnectionClosed(f"{self.description}: connection closed")
+
+    def _wake_drainers(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+
+class FdTransport(BufferedTransport):
     """A non-blocking file descriptor: the xenbus character device, or a test pipe.
 
     Uses ``loop.add_reader``/``add_writer``, so the fd must be pollable (character
@@ -299,11 +329,8 @@ class FdTransport(Transport):
                 self._writer_armed = False
             self._wake_drainers()
 
-    def _wake_drainers(self) -> None:
-        waiters, self._drain_waiters = self._drain_waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
+    def _has_unsent(self) -> bool:
+        return bool(self._out)
 
     def _fail(self, exc: OSError) -> None:
         log.debug("%s: I/O error %s", self.description, exc)
@@ -313,16 +340,6 @@ class FdTransport(Transport):
             self._loop.remove_writer(self._fd)
             self._writer_armed = False
         self._wake_drainers()
-
-    async def drain(self) -> None:
-        if self._out and self._error is None and not self._closed:
-            fut: asyncio.Future[None] = self._loop.create_future()
-            self._drain_waiters.append(fut)
-            await fut
-        if self._error is not None:
-            raise ConnectionClosed(f"{self.description}: {self._error}") from self._error
-        if self._closed:
-            raise ConnectionClosed(f"{self.description}: connection closed")
 
     # -- reading ---------------------------------------------------------------
 
