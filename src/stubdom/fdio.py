@@ -5,9 +5,12 @@ socket whose listener is behind."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
+import stat
 import time
+from pathlib import Path
 
 #: A failure guard: how long `connect_unix` waits for a listener that accepts nothing.
 CONNECT_TIMEOUT = 10.0
@@ -73,3 +76,19 @@ async def connect_unix(path: str, timeout: float = CONNECT_TIMEOUT) -> socket.so
     except BaseException:
         sock.close()
         raise
+
+
+def remove_stale_socket(path: Path) -> None:
+    """A socket left by an earlier run (a crash) is replaced; any other file is not
+    ours to delete."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise FileExistsError(
+            errno.EEXIST,
+            f"{path} exists and is not a socket; remove it or choose another socket path",
+            str(path),
+        )
+    path.unlink()

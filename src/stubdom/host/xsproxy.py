@@ -13,14 +13,13 @@ so the trace never shows an answer ahead of its question.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from stubdom.fdio import connect_unix
-from stubdom.host.xsrelay import READ_SIZE, remove_stale_socket
+from stubdom.host.unixserver import ConnectionServer
+from stubdom.host.xsrelay import READ_SIZE
 from stubdom.host.xstrace import ConnTrace, DomainTrace
 
 log = logging.getLogger(__name__)
@@ -33,60 +32,33 @@ class TracingProxy:
         self.path = path
         self.upstream = upstream
         self.trace = trace
-        self._server: asyncio.Server | None = None
-        self._clients: set[asyncio.Task[None]] = set()
-        self._closing = False
+        self._listener = ConnectionServer(path, self._serve)
 
     @classmethod
     async def start(cls, path: Path, upstream: Path, trace: DomainTrace) -> TracingProxy:
         """Listen on ``path`` (mode 0600, as the daemon's own socket: whoever connects is
         dom0); a stale socket there is replaced, any other file refused."""
         proxy = cls(Path(path), Path(upstream), trace)
-        remove_stale_socket(proxy.path)
-        proxy._server = await asyncio.start_unix_server(proxy._serve, path=str(proxy.path))
-        os.chmod(proxy.path, 0o600)
+        await proxy._listener.start()
         log.info("tracing proxy on %s for %s", proxy.path, proxy.upstream)
         return proxy
 
     async def close(self) -> None:
         """Stop listening and end every connection, both sides."""
-        self._closing = True
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._clients):
-            task.cancel()
-        await asyncio.gather(*self._clients, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        await self._listener.stop()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if self._closing:
-            writer.close()
-            return
-        self._clients.add(task)
+        """One client: its own connection to the daemon, passed through both ways."""
         try:
-            try:
-                sock = await connect_unix(str(self.upstream))
-                up_reader, up_writer = await asyncio.open_unix_connection(sock=sock)
-            except OSError as e:  # TimeoutError included
-                log.warning("cannot reach xenstored on %s (%s); client refused", self.upstream, e)
-                return
-            try:
-                await _pass_through(reader, writer, up_reader, up_writer, self.trace.connection())
-            finally:
-                up_writer.close()
-        except asyncio.CancelledError:
-            # `close` ends the connection: asyncio's server would log a handler that
-            # ends cancelled as an error, so it ends here.
-            if not self._closing:
-                raise
+            sock = await connect_unix(str(self.upstream))
+            up_reader, up_writer = await asyncio.open_unix_connection(sock=sock)
+        except OSError as e:  # TimeoutError included
+            log.warning("cannot reach xenstored on %s (%s); client refused", self.upstream, e)
+            return
+        try:
+            await _pass_through(reader, writer, up_reader, up_writer, self.trace.connection())
         finally:
-            self._clients.discard(task)
-            writer.close()
+            up_writer.close()
 
 
 async def _pass_through(

@@ -22,14 +22,12 @@ the client's, so it is not recorded.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
 import logging
-import os
-import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from stubdom.fdio import remove_stale_socket
+from stubdom.host.unixserver import ConnectionServer
 from stubdom.host.xstrace import ConnTrace, DomainTrace
 from stubdom.wire.packet import Packet, encode
 from stubdom.xenstore.errors import ConnectionClosed
@@ -67,9 +65,7 @@ class DomainRelay:
         self._upstream: Transport | None = None
         self._upstream_task: asyncio.Task[None] | None = None
         self._connecting = asyncio.Lock()
-        self._server: asyncio.Server | None = None
-        self._clients: set[asyncio.Task[None]] = set()
-        self._closing = False
+        self._listener = ConnectionServer(self.path, self._serve_client)
 
     @classmethod
     async def start(
@@ -82,11 +78,10 @@ class DomainRelay:
         """Connect upstream, then listen on ``path``, mode 0600 like the daemon's main
         socket: whoever can connect speaks as the domain, so only the host's user may."""
         relay = cls(Path(path), upstream, description, trace)
-        remove_stale_socket(relay.path)
+        remove_stale_socket(relay.path)  # before anything is connected
         await relay._connect_upstream()
         try:
-            relay._server = await asyncio.start_unix_server(relay._serve, path=str(relay.path))
-            os.chmod(relay.path, 0o600)
+            await relay._listener.start()
         except BaseException:
             await relay.close()
             raise
@@ -95,20 +90,12 @@ class DomainRelay:
 
     async def close(self) -> None:
         """Stop listening, disconnect every client and the upstream connection."""
-        self._closing = True
-        if self._server is not None:
-            self._server.close()
+        self._listener.closing = True
         for writer in list(self._writers.values()):
             writer.close()
         self._writers.clear()
-        for task in list(self._clients):
-            task.cancel()
-        await asyncio.gather(*self._clients, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
+        await self._listener.stop()
         self._drop_upstream()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
 
     # -- upstream -------------------------------------------------------------------
 
@@ -145,7 +132,7 @@ class DomainRelay:
         if self._upstream is None:
             return
         self.upstream_losses += 1
-        if not self._closing:
+        if not self._listener.closing:
             log.warning(
                 "%s: upstream %s lost (%s, loss %d); %d clients disconnected",
                 self.description,
@@ -166,19 +153,6 @@ class DomainRelay:
             task.cancel()
 
     # -- clients --------------------------------------------------------------------
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if self._closing:
-            writer.close()
-            return
-        self._clients.add(task)
-        try:
-            await self._serve_client(reader, writer)
-        finally:
-            self._clients.discard(task)
-            writer.close()
 
     async def _serve_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -245,15 +219,4 @@ class DomainRelay:
             self._lose_upstream(str(exc))
 
 
-def remove_stale_socket(path: Path) -> None:
-    """An earlier relay's socket is replaced; any other file is not ours to delete."""
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise FileExistsError(errno.EEXIST, f"{path} exists and is not a socket", str(path))
-    path.unlink()
-
-
-__all__ = ["DomainRelay", "UpstreamFactory", "remove_stale_socket"]
+__all__ = ["DomainRelay", "UpstreamFactory"]

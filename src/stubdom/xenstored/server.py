@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import functools
 import logging
 import os
 import socket
-import stat
 from pathlib import Path
 from typing import cast
 
+from stubdom.fdio import remove_stale_socket
 from stubdom.ratelimit import LimitedLog
 from stubdom.wire.constants import Op
 from stubdom.wire.packet import DecodeError, PacketDecoder, encode
@@ -165,7 +164,7 @@ class XenStoreServer:
 
     async def start(self) -> None:
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_socket(self.socket_path)
+        remove_stale_socket(self.socket_path)
         loop = asyncio.get_running_loop()
         self._main = await loop.create_unix_server(
             lambda: _ClientProtocol(self, 0), path=str(self.socket_path)
@@ -355,18 +354,3 @@ class XenStoreServer:
 
 def _domain(domid: int) -> str:
     return f"domain {domid}"
-
-
-def _remove_stale_socket(path: Path) -> None:
-    """A crashed daemon's socket is replaced; any other file is not ours to delete."""
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise FileExistsError(
-            errno.EEXIST,
-            f"{path} exists and is not a socket; remove it or choose another socket path",
-            str(path),
-        )
-    path.unlink()
