@@ -16,7 +16,6 @@ named point (`hanging_toolstack`: it creates a flag file there).  Afterwards:
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import os
 import signal
 import subprocess
@@ -33,6 +32,7 @@ from stubdom.host.hypervisor import DomainInfo
 from stubdom.xenstore.sync import SyncClient
 from tests.faults.host import ROOT, STUBDOM, FaultHost
 from tests.support.daemons import on_every_daemon, short_tmpdir
+from tests.support.flock import flock_free
 
 #: A guard against a hang, never a timing assumption.
 GUARD = 60.0
@@ -147,16 +147,7 @@ def release(host: Host, stub: int) -> None:
 
 def lock_is_free(host: Host, guest: int) -> bool:
     path = host.dir / "lock" / f"dm-{guest}.lock"
-    if not path.exists():
-        return True
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-    return True
+    return not path.exists() or flock_free(path)
 
 
 def assert_all_gone(host: Host, doms: list[DomainInfo]) -> None:

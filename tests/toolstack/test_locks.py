@@ -4,27 +4,14 @@ test_channel.py)."""
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from stubdom.toolstack.locks import SaveMarker, flocked, lock_path, save_marker_path
-
-
-def free(path: Path) -> bool:
-    """Whether another open file could take the flock now."""
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-    return True
+from tests.support.flock import flock_free
 
 
 @pytest.fixture
@@ -36,8 +23,8 @@ async def test_flocked_holds_the_lock_only_inside(lock_dir: Path) -> None:
     path = lock_path(lock_dir, 5)
     assert path == lock_dir / "dm-5.lock"
     async with flocked(path):
-        assert not free(path)
-    assert free(path)
+        assert not flock_free(path)
+    assert flock_free(path)
 
 
 async def test_a_cancelled_wait_for_the_flock_holds_nothing(lock_dir: Path) -> None:
@@ -53,7 +40,7 @@ async def test_a_cancelled_wait_for_the_flock_holds_nothing(lock_dir: Path) -> N
         waiter.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiter
-    assert free(path)
+    assert flock_free(path)
 
 
 def test_a_held_marker_is_a_save_in_progress_of_its_stubdomain_only(
