@@ -24,14 +24,21 @@ def stat_ns(pid: int) -> int:
 
 def sched_ns(pid: int) -> int:
     """The scheduler's run time of every thread of ``pid``, in ns (0 when unavailable)."""
-    total = 0
+    return sched_run_wait(pid)[0]
+
+
+def sched_run_wait(pid: int) -> tuple[int, int]:
+    """Run time and run-queue wait (runnable, not running) of every thread of ``pid``,
+    in ns; (0, 0) when unavailable."""
+    run = wait = 0
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return 0
+        return 0, 0
     for tid in tasks:
         try:
-            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+            fields = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()
+            run, wait = run + int(fields[0]), wait + int(fields[1])
         except (OSError, IndexError, ValueError):
             continue  # a thread that ended meanwhile
-    return total
+    return run, wait
