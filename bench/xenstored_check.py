@@ -18,7 +18,10 @@ variants are compared under the same load of the machine:
 - ``alternate``: blocks alternate (``False``: the old bench's way, 2000 ops on one daemon
   then 2000 on the other);
 - ``block``: ops per block;
-- ``gc``: the client's garbage collector on during the blocks.
+- ``gc``: the client's garbage collector on during the blocks;
+- ``fifo``: the daemons and the client under SCHED_FIFO for the variant's blocks (a
+  few seconds), so that no one else's job delays a wake-up: it tells the scheduler's
+  share of a placement's cost from the daemon's own.
 
 Besides the wall time it reads, per op over the blocks, the daemons' CPU time and their
 run-queue wait (``/proc/<pid>/task/*/schedstat``, ns), the client's CPU time
@@ -69,6 +72,8 @@ class Variant:
     blocks: int = 7
     gc: bool = True
     daemon_cpu: int = DAEMON_CPU
+    fifo: bool = False  # daemons and client SCHED_FIFO: nobody else's job runs first
+    warm: int = 0  # requests each fresh daemon serves before the blocks
 
 
 REVIEWER = Variant("reviewer")
@@ -81,9 +86,16 @@ VARIANTS = [
     replace(REVIEWER, name="block 2000 x 2", block=2000, blocks=2),
     replace(REVIEWER, name="block 50 x 56", block=50, blocks=56),
     replace(REVIEWER, name="client gc off", gc=False),
-    replace(REVIEWER, name="CPU 0, client=old", client="old", client_cpu=0),
+    replace(REVIEWER, name="CPU 0 client=old", client="old", client_cpu=0),
     replace(REVIEWER, name="not alternating", alternate=False, block=2000, blocks=1),
     replace(REVIEWER, name="swapped CPUs", client_cpu=1, daemon_cpu=0),
+    replace(REVIEWER, name="CPU 0 FIFO", client_cpu=0, fifo=True),
+    replace(REVIEWER, name="CPU 1 FIFO", client_cpu=1, fifo=True),
+    replace(REVIEWER, name="CPU 1 FIFO fresh", client_cpu=1, fifo=True, fresh=True),
+    replace(REVIEWER, name="CPU 1 FIFO fresh 3k", client_cpu=1, fifo=True, fresh=True,
+            warm=3000),
+    replace(REVIEWER, name="CPU 1 FIFO fresh 30k", client_cpu=1, fifo=True, fresh=True,
+            warm=30000),
     Variant("old bench", client="old", client_cpu=0, fresh=True, alternate=False,
             block=2000, blocks=1),
     Variant("new bench", client_cpu=0, fresh=True, gc=False),
@@ -144,6 +156,12 @@ def last_cpu() -> int:
     """The CPU this process last ran on (field 39 of /proc/self/stat)."""
     raw = Path("/proc/self/stat").read_text()
     return int(raw[raw.rindex(")") + 2:].split()[36])
+
+
+def policy(pid: int, pol: int, prio: int) -> None:
+    """Every thread of ``pid`` under scheduling policy ``pol``."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setscheduler(int(tid), pol, os.sched_param(prio))
 
 
 def pin(pid: int, cpus: set[int]) -> None:
@@ -208,13 +226,24 @@ def run_variant(v: Variant, long: dict[str, Daemon]) -> dict[str, Figures]:
             daemons = {"ours": start_ours(), "cx": start_cx()}
         for d in daemons.values():
             pin(d.pid, {v.daemon_cpu})
+            if v.fifo:
+                policy(d.pid, os.SCHED_FIFO, 1)
+        if v.fifo:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
 
         os.sched_setaffinity(0, {v.client_cpu} if v.client_cpu is not None else old_aff)
         make = tight_ops if v.client == "tight" else old_ops
         ops = {k: make(d.socket) for k, d in daemons.items()}
+        for o in ops.values():
+            for op in OPS:
+                o[op](v.warm // len(OPS))
         return {op: run_op(v, op, daemons, ops) for op in OPS}
     finally:
         os.sched_setaffinity(0, old_aff)
+        if v.fifo:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            for d in daemons.values():
+                policy(d.pid, os.SCHED_OTHER, 0)
         if v.fresh:
             for d in daemons.values():
                 d.stop()
