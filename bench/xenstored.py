@@ -58,7 +58,7 @@ Targets (issue 16, section 2), judged on the median ratio ours/cx of one run:
 
 Last, the resident memory (VmRSS) of each daemon holding 10k nodes and 50k watches.
 
-    .venv/bin/python bench/xenstored.py [--rounds 5] [--blocks 20] [--quick] [--fifo]
+    .venv/bin/python bench/xenstored.py [--rounds 5] [--blocks 10] [--quick] [--fifo]
 
 ``--quick`` runs 3 rounds, drops the setups that carry no target (10k watches, 200 idle)
 and the cx/ox memory figures (about 2 minutes).
@@ -77,7 +77,7 @@ daemon CPU from schedstat):
   CPU 1 beside the daemons: wall 1.00 [0.69..1.52], 1.32, 1.27; CPU 1.07, 1.21, 1.31.
   Swapping the CPUs (daemons on 0, client on 1) gives the apart figures (1.60, 1.53,
   1.78): it is the placement, not a CPU.  Apart costs twice.  (1) In this VM a wake-up
-  across CPUs costs every process 25-30 µs of CPU per request, ours most: under
+  across CPUs costs every process 25-31 µs of CPU per request, ours most: under
   SCHED_FIFO, ours 42 µs per READ apart against 11 beside, cx 35 against 10, the client
   36 against 5; wall 1.18 [1.01..1.34], 1.29, 1.28.  (2) Without FIFO on a busy machine
   a daemon that idles between requests must wait for someone else's job to yield: 74-164
@@ -95,19 +95,20 @@ daemon CPU from schedstat):
   the spread (1.03, 1.25, 1.22).  It compresses, but it is not what split the benches.
 - Fresh or long-running: cx gets dearer as it serves (9.9 µs per READ fresh, 10.3-10.9
   after tens of thousands of requests; 3k or 30k requests of warm-up of a fresh pair
-  change nothing), so fresh
-  daemons give ours/cx CPU 1.15, 1.29, 1.27 against 1.08, 1.13, 1.16.  A fresh ours
-  also varies from one start to the next (READ 10.6 to 19.7 µs under FIFO): hence 3
-  rounds at least, and medians.  Blocks of 2000 x 2 or 50 x 56 and the client's GC off:
-  within the spread.  Not alternating at all (2000 on one daemon, then 2000 on the
-  other, as the old bench did) spreads READ over 0.39..1.55, in another sitting
-  0.46..7.04.
+  change nothing), so fresh daemons give ours/cx CPU 1.15, 1.29, 1.27 against 1.08,
+  1.13, 1.16. A fresh ours also varies from one start to the next (READ 10.6 to 19.7 µs
+  under FIFO): hence 3 rounds at least, and medians. Blocks of 2000 x 2 or 50 x 56 and
+  the client's GC off: within the spread. Not alternating at all (2000 on one daemon,
+  then 2000 on the other, as the old bench did) spreads READ over 0.39..1.55, in another
+  sitting 0.46..7.04.
 - So: the old bench's figures were one sitting, non-alternating, of the apart placement
   on a quiet machine (no wait, and a cheaper wake-up?  not reproducible here: the same
   method gives 1.69 [1.52..4.52], 2.11, 1.27 today); the reviewer's were mostly the
   beside placement on a busy one.  This bench alternates short blocks, shows both
   placements, gives the daemons' own CPU beside the wall time, and with ``--fifo`` takes
-  the other jobs out.
+  the other jobs out.  ``--quick --fifo`` on the same busy machine: beside, wall 1.17
+  [1.13..1.20], 1.13 [1.10..1.28], 1.20 [1.14..1.49], CPU 1.28, 1.20, 1.31; apart, wall
+  1.31, 1.38, 1.40; mix 1.14; 50k watches and 1000 idle CPU 0.02 and 0.09.
 """
 
 from __future__ import annotations

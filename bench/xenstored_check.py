@@ -33,7 +33,7 @@ findings are in that file's docstring (WHY THE BENCHES DISAGREED).
 
     .venv/bin/python bench/xenstored_check.py [--reps 7] [--only NAME,NAME]
 
-About 3 minutes for 7 repetitions of every variant.
+About 4 minutes for 7 repetitions of every variant.
 """
 
 from __future__ import annotations
