@@ -13,7 +13,8 @@ from typing import NamedTuple
 
 from stubdom.wire.constants import HEADER_SIZE, PAYLOAD_MAX, TYPE_COUNT, Op
 
-_HEADER = struct.Struct("=4I")
+#: The header as a `struct.Struct` (shells pack replies with it directly).
+HEADER = _HEADER = struct.Struct("=4I")
 
 
 def op_name(op: int) -> str:
@@ -202,8 +203,3 @@ def split_args(payload: bytes, count: int | None = None) -> list[bytes]:
 def error_packet(request: Packet, name: str) -> Packet:
     """The ERROR reply to ``request`` carrying the errno name."""
     return Packet(Op.ERROR, name.encode() + b"\0", request.req_id, request.tx_id)
-
-
-def watch_event(path: bytes, token: bytes) -> Packet:
-    """A WATCH_EVENT (req_id and tx_id are always 0)."""
-    return Packet(Op.WATCH_EVENT, path + b"\0" + token + b"\0")

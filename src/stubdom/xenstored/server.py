@@ -30,7 +30,7 @@ from pathlib import Path
 from stubdom.fdio import remove_stale_socket
 from stubdom.ratelimit import LimitedLog
 from stubdom.wire.constants import Op
-from stubdom.wire.packet import DecodeError, Packet, PacketDecoder, encode
+from stubdom.wire.packet import HEADER, DecodeError, Packet, PacketDecoder
 from stubdom.xenstored.connection import Connection
 from stubdom.xenstored.core import XenStored
 from stubdom.xenstored.errors import DomainIntroduced, DomainReleased
@@ -52,6 +52,7 @@ READ_SIZE = 64 * 1024
 #: Connections accepted on one listening socket per turn (the rest wait in the backlog).
 ACCEPT_BATCH = 64
 
+_pack = HEADER.pack
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
 _GONE = select.EPOLLHUP | select.EPOLLERR
@@ -138,6 +139,9 @@ class _Client:
         self._watch()
 
     def on_event(self, events: int) -> None:
+        if events == _IN and not (self.paused or self.held or self.shutting):
+            self._read()  # the usual case
+            return
         if events & _OUT or (events & _GONE and self.outbuf):
             self._drain()
         if self.sock.fileno() < 0:
@@ -225,9 +229,8 @@ class XenStoreServer:
         self._handlers: dict[int, Callable[[int], None]] = {}
         self._masks: dict[int, int] = {}
         self._listeners: dict[int, socket.socket] = {}  # domid (0: the main socket)
-        #: Set once stopped (by `stop`, `close` or a journal failure).
+        #: Set once stopped (by `stop`, `close` or a journal failure: see `failure`).
         self.stopped = False
-        self._stopped_event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Set by `close`: connections accepted from now on are closed at once.
         self.closing = False
@@ -264,7 +267,7 @@ class XenStoreServer:
         rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._register(rfd, _IN, functools.partial(_drain_pipe, rfd))
         previous = signal.set_wakeup_fd(wfd)
-        handlers = {sig: signal.signal(sig, self._on_signal) for sig in stop_signals}
+        handlers = {sig: signal.signal(sig, lambda *_: self.stop()) for sig in stop_signals}
         try:
             while not self.stopped:
                 self.poll(None)
@@ -278,13 +281,8 @@ class XenStoreServer:
             self.shutdown()
             self._epoll.close()
 
-    def _on_signal(self, signum: int, frame: object) -> None:
-        self.stop()
-
     def stop(self) -> None:
         self.stopped = True
-        if self._stopped_event is not None:
-            self._stopped_event.set()
 
     def poll(self, timeout: float | None = 0) -> None:
         """One turn: every ready descriptor served, then the output sent."""
@@ -326,13 +324,7 @@ class XenStoreServer:
         """`listen`, then serve from the running loop (until `close`)."""
         self.listen()
         self._loop = asyncio.get_running_loop()
-        self._stopped_event = asyncio.Event()
         self._loop.add_reader(self._epoll.fileno(), self.poll)
-
-    async def serve_forever(self) -> None:
-        """Until `close`, or a journal failure."""
-        if self._stopped_event is not None:
-            await self._stopped_event.wait()
 
     async def close(self) -> None:
         if self._loop is not None:
@@ -476,7 +468,7 @@ class XenStoreServer:
     def deliver(self, conn: Connection, client: _Client, packets: list[Packet]) -> None:
         if not packets:
             return
-        if not conn.privileged and client.outbuf and len(client.outbuf) > self.core.quotas.memory:
+        if not conn.privileged and client.backlog() > self.core.quotas.memory:
             # A domain that never reads must not make us hold unbounded memory
             # (XSA-326).  Deliberate: cx drops such events after 20 s; we drop them
             # once the backlog exceeds the domain's memory quota.  Replies stay.
@@ -488,10 +480,13 @@ class XenStoreServer:
         if self.trace is not None:
             for p in packets:
                 self.trace.record("out", conn.cid, conn.domid, p)
-        if len(packets) == 1:  # the usual reply alone: no generator, no join
-            client.write(encode(packets[0]))
+        # The core queues no payload over PAYLOAD_MAX (E2BIG, XSA-324): no check here.
+        if len(packets) == 1:  # the usual reply alone: no join
+            op, payload, req_id, tx_id = packets[0]
+            client.write(_pack(op, req_id, tx_id, len(payload)) + payload)
         elif packets:
-            client.write(b"".join([encode(p) for p in packets]))
+            client.write(b"".join([_pack(op, req_id, tx_id, len(payload)) + payload
+                                   for op, payload, req_id, tx_id in packets]))
 
     def _apply_notifications(self) -> None:
         released = False
