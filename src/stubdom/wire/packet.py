@@ -6,9 +6,10 @@ conversion, exactly as libxenstore and the daemons read and write the raw struct
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from stubdom.wire.constants import HEADER_SIZE, PAYLOAD_MAX, TYPE_COUNT, Op
@@ -87,6 +88,13 @@ class Packet(NamedTuple):
         )
 
 
+#: ``make_packet((op, payload, req_id, tx_id))``: a `Packet` built in C, without the
+#: Python-level ``__new__`` a NamedTuple has (two per request on a server).
+make_packet: Callable[[tuple[int, bytes, int, int]], Packet] = functools.partial(
+    tuple.__new__, Packet
+)
+
+
 def encode(packet: Packet) -> bytes:
     """Header plus payload, ready for the wire."""
     if len(packet.payload) > PAYLOAD_MAX:
@@ -140,6 +148,7 @@ class PacketDecoder:
         else:
             buf = data
         ready = self.ready
+        make = make_packet
         size = len(buf)
         pos = 0
         try:
@@ -152,7 +161,7 @@ class PacketDecoder:
                 end = start + length
                 if size < end:
                     break
-                ready.append(Packet(op, bytes(buf[start:end]), req_id, tx_id))
+                ready.append(make((op, bytes(buf[start:end]), req_id, tx_id)))
                 pos = end
         finally:
             # Keep what is not consumed (also after a bad header, as before).

@@ -6,7 +6,7 @@ import itertools
 from typing import TYPE_CHECKING
 
 from stubdom.wire.constants import PAYLOAD_MAX, Op
-from stubdom.wire.packet import Packet
+from stubdom.wire.packet import Packet, make_packet
 from stubdom.wire.paths import domain_path
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ class Connection:
             if payload in self._queued_events:
                 return
             self._queued_events.add(payload)
-        self.outbox.append(Packet(_WATCH_EVENT, payload))
+        self.outbox.append(make_packet((_WATCH_EVENT, payload, 0, 0)))
 
     def take_output(self) -> list[Packet]:
         out = self.outbox

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from stubdom.wire.constants import DOMID_FIRST_RESERVED, PAYLOAD_MAX, Op
-from stubdom.wire.packet import Packet, error_packet
+from stubdom.wire.packet import Packet, error_packet, make_packet
 from stubdom.wire.paths import (
     canonicalize,
     is_valid_path,
@@ -68,6 +68,11 @@ ALL = Access.READ | Access.WRITE | Access.OWNER
 _PLAIN_ABSOLUTE = re.compile(rb"/(?:[A-Za-z0-9_@-]+(?:/[A-Za-z0-9_@-]+)*)?")
 #: The same, NUL-terminated: a request's only argument.
 _PLAIN_ARG = re.compile(rb"/(?:[A-Za-z0-9_@-]+(?:/[A-Za-z0-9_@-]+)*)?\0")
+#: Arguments that matched `_PLAIN_ARG`, and their path: valid whoever sends them (the
+#: path quota aside, checked on each use).  At most this many, this long.
+_plain_paths: dict[bytes, str] = {}
+_PLAIN_CACHED = 4096
+_PLAIN_CACHED_LEN = 256
 SPECIAL_PATHS = ("@introduceDomain", "@releaseDomain")
 
 
@@ -85,6 +90,15 @@ class _Op:
 
 #: A request's events until it has one (most have none: no list built for them).
 _NO_EVENTS: list[tuple[str, bool, Node | None, tuple[Perm, ...] | None]] = []
+
+
+def _remember(raw: bytes, path: str) -> str:
+    """Cache ``raw`` (an argument that matched a plain path pattern) as ``path``."""
+    if len(raw) <= _PLAIN_CACHED_LEN:
+        if len(_plain_paths) >= _PLAIN_CACHED:
+            _plain_paths.clear()  # bounded whatever a guest sends
+        _plain_paths[raw] = path
+    return path
 
 
 class View:
@@ -314,7 +328,7 @@ class XenStored:
         if len(payload) > PAYLOAD_MAX:
             self.send(conn, error_packet(packet, "E2BIG"))
             return
-        conn.outbox.append(Packet(packet.op, payload, packet.req_id, packet.tx_id))
+        conn.outbox.append(make_packet((packet.op, payload, packet.req_id, packet.tx_id)))
         self._dirty.add(conn)
 
     # -- permissions --------------------------------------------------------------------
@@ -355,16 +369,26 @@ class XenStored:
     def path_arg(self, conn: Connection, packet: Packet) -> str:
         """The one path argument of ``packet``, canonical (`onearg`, then `canonical`)."""
         p = packet.payload
-        # The usual request: one C-level match proves both checks.
-        if len(p) <= self.quotas.path_max + 1 and _PLAIN_ARG.fullmatch(p) is not None:
-            return p[:-1].decode("ascii")
-        return self.canonical(conn, onearg(packet))
+        if len(p) > self.quotas.path_max + 1:  # the quota may have changed since cached
+            return self.canonical(conn, onearg(packet))
+        path = _plain_paths.get(p)
+        if path is not None:  # a path seen before: most requests name one
+            return path
+        # Else one C-level match proves both checks.
+        if _PLAIN_ARG.fullmatch(p) is None:
+            return self.canonical(conn, onearg(packet))
+        return _remember(p, p[:-1].decode("ascii"))
 
     def canonical(self, conn: Connection, raw: bytes, allow_special: bool = False) -> str:
         # The usual request names a plain absolute path: one C-level match proves what
         # `is_valid_path` checks one by one (its relative length is at most its length).
-        if len(raw) <= self.quotas.path_max and _PLAIN_ABSOLUTE.fullmatch(raw) is not None:
-            return raw.decode("ascii")
+        # Such paths are remembered as in `path_arg` (the keys there end in NUL).
+        if len(raw) <= self.quotas.path_max:
+            path = _plain_paths.get(raw)
+            if path is not None:
+                return path
+            if _PLAIN_ABSOLUTE.fullmatch(raw) is not None:
+                return _remember(raw, raw.decode("ascii"))
         try:
             path = raw.decode("ascii")
         except UnicodeDecodeError:
