@@ -16,6 +16,7 @@ from stubdom.wire.constants import HEADER_SIZE, PAYLOAD_MAX, TYPE_COUNT, Op
 
 #: The header as a `struct.Struct` (shells pack replies with it directly).
 HEADER = _HEADER = struct.Struct("=4I")
+_unpack_from = _HEADER.unpack_from
 
 
 def op_name(op: int) -> str:
@@ -142,6 +143,12 @@ class PacketDecoder:
         if self._broken is not None:
             raise self._broken
         buf: bytes | bytearray | memoryview
+        if not self._buf and len(data) >= HEADER_SIZE:
+            # The usual read: exactly one whole request.
+            op, req_id, tx_id, length = _unpack_from(data)
+            if len(data) == HEADER_SIZE + length and length <= self._max:
+                self.ready.append(make_packet((op, bytes(data[HEADER_SIZE:]), req_id, tx_id)))
+                return
         if self._buf:
             self._buf += data
             buf = self._buf

@@ -68,8 +68,10 @@ ALL = Access.READ | Access.WRITE | Access.OWNER
 _PLAIN_ABSOLUTE = re.compile(rb"/(?:[A-Za-z0-9_@-]+(?:/[A-Za-z0-9_@-]+)*)?")
 #: The same, NUL-terminated: a request's only argument.
 _PLAIN_ARG = re.compile(rb"/(?:[A-Za-z0-9_@-]+(?:/[A-Za-z0-9_@-]+)*)?\0")
-#: Arguments that matched `_PLAIN_ARG`, and their path: valid whoever sends them (the
-#: path quota aside, checked on each use).  At most this many, this long.
+#: Arguments that matched `_PLAIN_ARG` (`_PLAIN_ABSOLUTE`), and their path: valid
+#: whoever sends them (the path quota aside, checked on each use).  At most this many,
+#: this long.
+_plain_args: dict[bytes, str] = {}
 _plain_paths: dict[bytes, str] = {}
 _PLAIN_CACHED = 4096
 _PLAIN_CACHED_LEN = 256
@@ -92,12 +94,12 @@ class _Op:
 _NO_EVENTS: list[tuple[str, bool, Node | None, tuple[Perm, ...] | None]] = []
 
 
-def _remember(raw: bytes, path: str) -> str:
-    """Cache ``raw`` (an argument that matched a plain path pattern) as ``path``."""
+def _remember(cache: dict[bytes, str], raw: bytes, path: str) -> str:
+    """Keep ``raw`` (it matched the plain pattern of ``cache``) as ``path``."""
     if len(raw) <= _PLAIN_CACHED_LEN:
-        if len(_plain_paths) >= _PLAIN_CACHED:
-            _plain_paths.clear()  # bounded whatever a guest sends
-        _plain_paths[raw] = path
+        if len(cache) >= _PLAIN_CACHED:
+            cache.clear()  # bounded whatever a guest sends
+        cache[raw] = path
     return path
 
 
@@ -371,24 +373,24 @@ class XenStored:
         p = packet.payload
         if len(p) > self.quotas.path_max + 1:  # the quota may have changed since cached
             return self.canonical(conn, onearg(packet))
-        path = _plain_paths.get(p)
+        path = _plain_args.get(p)
         if path is not None:  # a path seen before: most requests name one
             return path
         # Else one C-level match proves both checks.
         if _PLAIN_ARG.fullmatch(p) is None:
             return self.canonical(conn, onearg(packet))
-        return _remember(p, p[:-1].decode("ascii"))
+        return _remember(_plain_args, p, p[:-1].decode("ascii"))
 
     def canonical(self, conn: Connection, raw: bytes, allow_special: bool = False) -> str:
         # The usual request names a plain absolute path: one C-level match proves what
         # `is_valid_path` checks one by one (its relative length is at most its length).
-        # Such paths are remembered as in `path_arg` (the keys there end in NUL).
+        # Such paths are remembered as in `path_arg`.
         if len(raw) <= self.quotas.path_max:
             path = _plain_paths.get(raw)
             if path is not None:
                 return path
             if _PLAIN_ABSOLUTE.fullmatch(raw) is not None:
-                return _remember(raw, raw.decode("ascii"))
+                return _remember(_plain_paths, raw, raw.decode("ascii"))
         try:
             path = raw.decode("ascii")
         except UnicodeDecodeError:

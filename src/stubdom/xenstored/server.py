@@ -61,7 +61,9 @@ _GONE = select.EPOLLHUP | select.EPOLLERR
 class _Client:
     """One accepted socket: its decoder, its unsent output, whether it is read."""
 
-    __slots__ = ("conn", "decoder", "fd", "held", "outbuf", "paused", "server", "shutting", "sock")
+    __slots__ = (
+        "closed", "conn", "decoder", "fd", "held", "outbuf", "paused", "server", "shutting", "sock"
+    )
 
     def __init__(self, server: XenStoreServer, sock: socket.socket, conn: Connection) -> None:
         self.server = server
@@ -77,6 +79,8 @@ class _Client:
         self.held = False
         #: Closing once its output is out.
         self.shutting = False
+        #: The socket is closed.
+        self.closed = False
 
     # -- what callers and tests use ------------------------------------------------
 
@@ -100,7 +104,7 @@ class _Client:
 
     def close(self) -> None:
         """Close once what is queued for it is sent (as asyncio's ``close``)."""
-        if self.sock.fileno() < 0:
+        if self.closed:
             return
         self.server.deliver(self.conn, self, self.conn.take_output())
         if self.outbuf:
@@ -111,15 +115,16 @@ class _Client:
 
     def abort(self) -> None:
         """Close now, dropping unsent output."""
-        if self.sock.fileno() < 0:
+        if self.closed:
             return
+        self.closed = True
         self.server.forget(self)
         self.sock.close()
 
     # -- I/O ----------------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if self.shutting or self.sock.fileno() < 0:
+        if self.shutting or self.closed:
             return
         if not self.outbuf:
             try:
@@ -144,7 +149,7 @@ class _Client:
             return
         if events & _OUT or (events & _GONE and self.outbuf):
             self._drain()
-        if self.sock.fileno() < 0:
+        if self.closed:
             return
         if self.reading:
             if events & (_IN | _GONE):
@@ -199,7 +204,7 @@ class _Client:
 
     def _watch(self) -> None:
         """Tell epoll what this client waits for now."""
-        if self.sock.fileno() < 0:
+        if self.closed:
             return
         mask = (_IN if self.reading else 0) | (_OUT if self.outbuf else 0)
         self.server.watch_fd(self.fd, mask)
