@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from stubdom.wire.constants import PAYLOAD_MAX, Op
 from stubdom.wire.packet import Packet, make_packet
@@ -20,7 +20,7 @@ _WATCH_EVENT = int(Op.WATCH_EVENT)
 class Connection:
     """One client: the dom0 socket, or a domain's connection."""
 
-    _ids = itertools.count(1)
+    _ids: ClassVar[itertools.count[int]] = itertools.count(1)
 
     def __init__(self, domid: int, privileged: bool) -> None:
         self.cid = next(Connection._ids)
