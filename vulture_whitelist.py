@@ -14,6 +14,7 @@ _ = Whitelist()
 _.connection_made  # asyncio.Protocol callback (transports, xenstored, console frontend)
 _.connection_lost  # asyncio.Protocol callback
 _.eof_received  # asyncio.Protocol callback
+_.data_received  # asyncio.Protocol callback (the client's transport)
 _.pause_writing  # asyncio.Protocol flow-control callback
 _.resume_writing  # asyncio.Protocol flow-control callback
 _.get_buffer  # asyncio.BufferedProtocol callback (xenstored's connections)

@@ -22,7 +22,7 @@ from stubdom.wire import (
     split_args,
 )
 from stubdom.wire.constants import ERRNO_NAMES, TYPE_COUNT
-from stubdom.wire.packet import error_packet, op_name, validate_type, watch_event
+from stubdom.wire.packet import error_packet, op_name, validate_type
 
 
 def test_message_type_numbers_match_xs_wire_h() -> None:
@@ -135,12 +135,10 @@ def test_args_helpers() -> None:
         split_args(b"a\0b\0", 3)
 
 
-def test_error_and_event_packets() -> None:
+def test_error_packets() -> None:
     req = Packet(Op.READ, b"/x\0", req_id=9, tx_id=4)
     err = error_packet(req, "ENOENT")
     assert (err.op, err.payload, err.req_id, err.tx_id) == (Op.ERROR, b"ENOENT\0", 9, 4)
-    ev = watch_event(b"/a", b"tok")
-    assert (ev.op, ev.payload, ev.req_id, ev.tx_id) == (Op.WATCH_EVENT, b"/a\0tok\0", 0, 0)
 
 
 def test_op_name_names_known_types_and_numbers_unknown_ones() -> None:

@@ -452,3 +452,22 @@ def test_domain_state_control_plays_the_hypervisor(h: Harness) -> None:
     h.write(h.dom0, "/n", "")
     assert h.err(h.dom0, Op.SET_PERMS, "/n", "n5") == "ENOENT"
     assert h.err(h.dom0, Op.CONTROL, "domain-state", "5", "bogus") == "EINVAL"
+
+
+def test_remembered_paths_stay_bounded_and_obey_the_path_quota() -> None:
+    """Known path arguments skip validation (`core._plain_args`); a guest naming ever
+    new paths must not grow that memory, and a smaller path quota still applies."""
+    from stubdom.xenstored import core
+
+    h = Harness()
+    for i in range(core._PLAIN_CACHED + 10):
+        h.rq(h.dom0, Op.READ, f"/n{i}")
+        h.write(h.dom0, f"/w{i}", "v")
+    assert 0 < len(core._plain_args) <= core._PLAIN_CACHED
+    assert 0 < len(core._plain_paths) <= core._PLAIN_CACHED
+    g5 = h.guest(5)
+    h.write(h.dom0, "/local/domain/5/a-long-name", "v")
+    assert h.ok(g5, Op.READ, "/local/domain/5/a-long-name") == b"v"
+    h.xs.quotas.path_max = 10
+    assert h.err(g5, Op.READ, "/local/domain/5/a-long-name") == "EINVAL"
+    assert h.err(g5, Op.WRITE, "/local/domain/5/a-long-name", "w") == "EINVAL"

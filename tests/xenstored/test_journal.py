@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import zlib
@@ -328,7 +327,7 @@ async def test_a_journal_write_failure_stops_the_server_without_replying(tmp_pat
             await client.rpc(Op.WRITE, raw=b"/unsaved\0y")
         assert "cannot write the journal" in server.failure
         assert "No space left on device" in server.failure
-        await asyncio.wait_for(server.serve_forever(), 5)
+        assert server.stopped
     finally:
         await server.close()
     assert tree(reopen(tmp_path))[-1][0] == "/saved"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -119,7 +118,7 @@ def xenstored(
     ready_fd = _daemonize() if daemon else None
     server = XenStoreServer(socket_path, core, trace, durable)
     try:
-        started = asyncio.run(_serve(server, ready_fd))
+        started = _serve(server, ready_fd)
     finally:
         if trace is not None:
             trace.close()
@@ -192,29 +191,20 @@ class _Outcome:
         return not self.reason
 
 
-async def _serve(server: XenStoreServer, ready_fd: int | None) -> _Outcome:
+def _serve(server: XenStoreServer, ready_fd: int | None) -> _Outcome:
     """Serve until SIGTERM/SIGINT; report start-up success or failure to a waiting parent."""
-    loop = asyncio.get_running_loop()
     try:
-        await server.start()
+        server.listen()
     except OSError as e:
         reason = e.strerror or str(e)
         if ready_fd is not None:
             os.write(ready_fd, b"0" + reason.encode())
             os.close(ready_fd)
         return _Outcome(reason)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     if ready_fd is not None:
         os.write(ready_fd, b"1")
         os.close(ready_fd)
-    stopped = asyncio.ensure_future(stop.wait())
-    failed = asyncio.ensure_future(server.serve_forever())
-    await asyncio.wait((stopped, failed), return_when=asyncio.FIRST_COMPLETED)
-    stopped.cancel()
-    failed.cancel()
-    await server.close()
+    server.run(stop_signals=(signal.SIGTERM, signal.SIGINT))
     return _Outcome()
 
 

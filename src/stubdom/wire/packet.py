@@ -6,14 +6,17 @@ conversion, exactly as libxenstore and the daemons read and write the raw struct
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from stubdom.wire.constants import HEADER_SIZE, PAYLOAD_MAX, TYPE_COUNT, Op
 
-_HEADER = struct.Struct("=4I")
+#: The header as a `struct.Struct` (shells pack replies with it directly).
+HEADER = _HEADER = struct.Struct("=4I")
+_unpack_from = _HEADER.unpack_from
 
 
 def op_name(op: int) -> str:
@@ -86,6 +89,13 @@ class Packet(NamedTuple):
         )
 
 
+#: ``make_packet((op, payload, req_id, tx_id))``: a `Packet` built in C, without the
+#: Python-level ``__new__`` a NamedTuple has (two per request on a server).
+make_packet: Callable[[tuple[int, bytes, int, int]], Packet] = functools.partial(
+    tuple.__new__, Packet
+)
+
+
 def encode(packet: Packet) -> bytes:
     """Header plus payload, ready for the wire."""
     if len(packet.payload) > PAYLOAD_MAX:
@@ -133,12 +143,19 @@ class PacketDecoder:
         if self._broken is not None:
             raise self._broken
         buf: bytes | bytearray | memoryview
+        if not self._buf and len(data) >= HEADER_SIZE:
+            # The usual read: exactly one whole request.
+            op, req_id, tx_id, length = _unpack_from(data)
+            if len(data) == HEADER_SIZE + length and length <= self._max:
+                self.ready.append(make_packet((op, bytes(data[HEADER_SIZE:]), req_id, tx_id)))
+                return
         if self._buf:
             self._buf += data
             buf = self._buf
         else:
             buf = data
         ready = self.ready
+        make = make_packet
         size = len(buf)
         pos = 0
         try:
@@ -151,7 +168,7 @@ class PacketDecoder:
                 end = start + length
                 if size < end:
                     break
-                ready.append(Packet(op, bytes(buf[start:end]), req_id, tx_id))
+                ready.append(make((op, bytes(buf[start:end]), req_id, tx_id)))
                 pos = end
         finally:
             # Keep what is not consumed (also after a bad header, as before).
@@ -202,8 +219,3 @@ def split_args(payload: bytes, count: int | None = None) -> list[bytes]:
 def error_packet(request: Packet, name: str) -> Packet:
     """The ERROR reply to ``request`` carrying the errno name."""
     return Packet(Op.ERROR, name.encode() + b"\0", request.req_id, request.tx_id)
-
-
-def watch_event(path: bytes, token: bytes) -> Packet:
-    """A WATCH_EVENT (req_id and tx_id are always 0)."""
-    return Packet(Op.WATCH_EVENT, path + b"\0" + token + b"\0")

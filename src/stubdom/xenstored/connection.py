@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import itertools
-from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
-from stubdom.wire.constants import PAYLOAD_MAX
-from stubdom.wire.packet import Packet, watch_event
+from stubdom.wire.constants import PAYLOAD_MAX, Op
+from stubdom.wire.packet import Packet, make_packet
 from stubdom.wire.paths import domain_path
 
 if TYPE_CHECKING:
@@ -15,10 +14,13 @@ if TYPE_CHECKING:
     from stubdom.xenstored.watches import Watch
 
 
+_WATCH_EVENT = int(Op.WATCH_EVENT)
+
+
 class Connection:
     """One client: the dom0 socket, or a domain's connection."""
 
-    _ids = itertools.count(1)
+    _ids: ClassVar[itertools.count[int]] = itertools.count(1)
 
     def __init__(self, domid: int, privileged: bool) -> None:
         self.cid = next(Connection._ids)
@@ -27,7 +29,7 @@ class Connection:
         self.watches: dict[tuple[str, bytes], Watch] = {}
         self.transactions: dict[int, Transaction] = {}
         self.next_tx_id = 1
-        self.outbox: deque[Packet] = deque()
+        self.outbox: list[Packet] = []
         self._queued_events: set[bytes] = set()
         self.closed = False
         #: Requests from this connection whose replies or events are still queued.
@@ -44,16 +46,16 @@ class Connection:
         payload = path.encode() + b"\0" + token + b"\0"
         if len(payload) > PAYLOAD_MAX:
             return  # XSA-324: an over-long event is dropped, never sent
-        if not path.startswith("@"):
+        if path[0] != "@":
             # cx drops an event identical to one still queued (XSA-326).
             if payload in self._queued_events:
                 return
             self._queued_events.add(payload)
-        self.outbox.append(watch_event(path.encode(), token))
+        self.outbox.append(make_packet((_WATCH_EVENT, payload, 0, 0)))
 
     def take_output(self) -> list[Packet]:
-        out = list(self.outbox)
-        self.outbox.clear()
+        out = self.outbox
+        self.outbox = []
         if self._queued_events:
             self._queued_events.clear()
         return out

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from stubdom.wire.constants import DOMID_FIRST_RESERVED, PAYLOAD_MAX, Op
-from stubdom.wire.packet import Packet, error_packet
+from stubdom.wire.packet import Packet, error_packet, make_packet
 from stubdom.wire.paths import (
     canonicalize,
     is_valid_path,
@@ -56,6 +56,7 @@ from stubdom.xenstored.node_requests import (
     op_write,
 )
 from stubdom.xenstored.quota import Quotas
+from stubdom.xenstored.requests import onearg
 from stubdom.xenstored.store import NO_GENERATION, Node, Store, node_memory
 from stubdom.xenstored.transaction import Accessed, Transaction
 from stubdom.xenstored.watches import WatchIndex
@@ -65,6 +66,15 @@ log = logging.getLogger(__name__)
 ALL = Access.READ | Access.WRITE | Access.OWNER
 #: ``/`` or ``/a/b...``: absolute, valid characters, no empty segment, no trailing ``/``.
 _PLAIN_ABSOLUTE = re.compile(rb"/(?:[A-Za-z0-9_@-]+(?:/[A-Za-z0-9_@-]+)*)?")
+#: The same, NUL-terminated: a request's only argument.
+_PLAIN_ARG = re.compile(rb"/(?:[A-Za-z0-9_@-]+(?:/[A-Za-z0-9_@-]+)*)?\0")
+#: Arguments that matched `_PLAIN_ARG` (`_PLAIN_ABSOLUTE`), and their path: valid
+#: whoever sends them (the path quota aside, checked on each use).  At most this many,
+#: this long.
+_plain_args: dict[bytes, str] = {}
+_plain_paths: dict[bytes, str] = {}
+_PLAIN_CACHED = 4096
+_PLAIN_CACHED_LEN = 256
 SPECIAL_PATHS = ("@introduceDomain", "@releaseDomain")
 
 
@@ -80,6 +90,19 @@ class _Op:
     flags: int = 0
 
 
+#: A request's events until it has one (most have none: no list built for them).
+_NO_EVENTS: list[tuple[str, bool, Node | None, tuple[Perm, ...] | None]] = []
+
+
+def _remember(cache: dict[bytes, str], raw: bytes, path: str) -> str:
+    """Keep ``raw`` (it matched the plain pattern of ``cache``) as ``path``."""
+    if len(raw) <= _PLAIN_CACHED_LEN:
+        if len(cache) >= _PLAIN_CACHED:
+            cache.clear()  # bounded whatever a guest sends
+        cache[raw] = path
+    return path
+
+
 class View:
     """The tree as one request sees it: committed, or through its transaction."""
 
@@ -90,7 +113,7 @@ class View:
         self.conn = conn
         self.tx = tx
         #: Events of this request, fired after it succeeds (or at commit).
-        self.events: list[tuple[str, bool, Node | None, tuple[Perm, ...] | None]] = []
+        self.events: list[tuple[str, bool, Node | None, tuple[Perm, ...] | None]] = _NO_EVENTS
 
     # -- access recording (transactions) ---------------------------------------------
 
@@ -174,6 +197,8 @@ class View:
             elif not exact:
                 acc.watch_exact = False
             return
+        if self.events is _NO_EVENTS:
+            self.events = []
         self.events.append((path, exact, node, old_perms))
 
 
@@ -263,6 +288,9 @@ class XenStored:
         if not dirty:
             return []
         self._dirty = set()
+        if len(dirty) == 1:  # the usual reply alone
+            (conn,) = dirty
+            return [conn] if conn.outbox and not conn.closed else []
         return [c for c in dirty if c.outbox and not c.closed]
 
     def send(self, conn: Connection, packet: Packet) -> None:
@@ -301,8 +329,9 @@ class XenStored:
             return
         if len(payload) > PAYLOAD_MAX:
             self.send(conn, error_packet(packet, "E2BIG"))
-        else:
-            self.send(conn, Packet(packet.op, payload, packet.req_id, packet.tx_id))
+            return
+        conn.outbox.append(make_packet((packet.op, payload, packet.req_id, packet.tx_id)))
+        self._dirty.add(conn)
 
     # -- permissions --------------------------------------------------------------------
 
@@ -339,11 +368,29 @@ class XenStored:
 
     # -- node access helpers --------------------------------------------------------
 
+    def path_arg(self, conn: Connection, packet: Packet) -> str:
+        """The one path argument of ``packet``, canonical (`onearg`, then `canonical`)."""
+        p = packet.payload
+        if len(p) > self.quotas.path_max + 1:  # the quota may have changed since cached
+            return self.canonical(conn, onearg(packet))
+        path = _plain_args.get(p)
+        if path is not None:  # a path seen before: most requests name one
+            return path
+        # Else one C-level match proves both checks.
+        if _PLAIN_ARG.fullmatch(p) is None:
+            return self.canonical(conn, onearg(packet))
+        return _remember(_plain_args, p, p[:-1].decode("ascii"))
+
     def canonical(self, conn: Connection, raw: bytes, allow_special: bool = False) -> str:
         # The usual request names a plain absolute path: one C-level match proves what
         # `is_valid_path` checks one by one (its relative length is at most its length).
-        if len(raw) <= self.quotas.path_max and _PLAIN_ABSOLUTE.fullmatch(raw) is not None:
-            return raw.decode("ascii")
+        # Such paths are remembered as in `path_arg`.
+        if len(raw) <= self.quotas.path_max:
+            path = _plain_paths.get(raw)
+            if path is not None:
+                return path
+            if _PLAIN_ABSOLUTE.fullmatch(raw) is not None:
+                return _remember(_plain_paths, raw, raw.decode("ascii"))
         try:
             path = raw.decode("ascii")
         except UnicodeDecodeError:
@@ -372,7 +419,7 @@ class XenStored:
 
     def get_node(self, view: View, path: str, perm: Access) -> Node:
         """The node if the caller has ``perm`` on it; else the error cx would give."""
-        node = view.read(path)
+        node = self.store.nodes.get(path) if view.tx is None else view.read(path)
         if node is not None:
             # The privileged hold every access: skip the (IntFlag) arithmetic.
             if view.conn.privileged or (self.node_perm(view.conn, node) & perm) == perm:
@@ -521,10 +568,19 @@ class XenStored:
         )
         if not watches:
             return
+        dirty = self._dirty
+        # The privileged read everything there is: a node, given or still stored.
+        exists = node is not None or extra_perms is not None or path in self.store.nodes
         for w in watches:
-            if self._watch_permitted(w.conn, path, node, extra_perms):
-                w.conn.queue_event(w.event_path(path), w.token)
-                self._dirty.add(w.conn)
+            conn = w.conn
+            if (
+                exists if conn.privileged
+                else self._watch_permitted(conn, path, node, extra_perms)
+            ):
+                conn.queue_event(
+                    path if w.relative_prefix is None else w.event_path(path), w.token
+                )
+                dirty.add(conn)
 
     def set_special_perms(self, name: str, perms: tuple[Perm, ...]) -> None:
         """Permissions of ``@introduceDomain``/``@releaseDomain`` (state a journal keeps)."""

@@ -24,12 +24,12 @@ if TYPE_CHECKING:
 
 
 def op_read(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
-    path = xs.canonical(conn, onearg(packet))
+    path = xs.path_arg(conn, packet)
     return xs.get_node(view, path, Access.READ).value
 
 
 def op_directory(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
-    path = xs.canonical(conn, onearg(packet))
+    path = xs.path_arg(conn, packet)
     return xs.get_node(view, path, Access.READ).child_list()
 
 
@@ -60,7 +60,7 @@ def op_directory_part(xs: XenStored, conn: Connection, packet: Packet, view: Vie
 
 
 def op_get_perms(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
-    path = xs.canonical(conn, onearg(packet))
+    path = xs.path_arg(conn, packet)
     node = xs.get_node(view, path, Access.READ)
     # cx lists ignored entries too; they only stop granting access.
     return b"".join(str(p).encode() + b"\0" for p in node.perms)
@@ -88,7 +88,7 @@ def op_write(xs: XenStored, conn: Connection, packet: Packet, view: View) -> byt
 
 
 def op_mkdir(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
-    path = xs.canonical(conn, onearg(packet))
+    path = xs.path_arg(conn, packet)
     try:
         xs.get_node(view, path, Access.WRITE)
     except XsError as e:
@@ -100,7 +100,7 @@ def op_mkdir(xs: XenStored, conn: Connection, packet: Packet, view: View) -> byt
 
 
 def op_rm(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
-    path = xs.canonical(conn, onearg(packet))
+    path = xs.path_arg(conn, packet)
     try:
         node = xs.get_node(view, path, Access.WRITE)
     except XsError as e:

@@ -15,7 +15,7 @@ from stubdom.wire.perms import Perm
 from stubdom.xenstored.store import NO_GENERATION, Node
 
 
-@dataclass
+@dataclass(slots=True)
 class Accessed:
     generation: int = NO_GENERATION
     check_generation: bool = False
@@ -25,7 +25,7 @@ class Accessed:
     watch_exact: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class Transaction:
     tx_id: int
     #: Nodes written (a Node) or deleted (None) inside the transaction.

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 _seq = itertools.count()
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Watch:
     conn: Connection
     #: Canonical path (absolute, or an ``@`` name).
