@@ -7,13 +7,12 @@ import functools
 import click
 
 from stubdom.cli.common import dir_option, run
-from stubdom.cli.main import cli
 from stubdom.toolstack.session import Session
 from stubdom.wire.perms import InvalidPermission, parse_perm
 from stubdom.xenstore import Transaction
 
 
-@cli.group("xenstore")
+@click.group("xenstore")
 def xenstore() -> None:
     """Read and change the host's xenstore (like xenstore-read, -write, -ls ...)."""
 
