@@ -1,0 +1,260 @@
+"""A blocking xenstore client: one Unix socket, one request at a time, no event loop.
+
+For short-lived programs that send a few requests and exit (``stubdom xenstore read``,
+as ``xenstore-read`` does with libxenstore): importing asyncio alone costs them more
+than the whole exchange.  The bytes, the reply matching and the errors are those of
+the asyncio `Client`, from the same sans-IO core (`ClientProtocol`, the payload
+builders and parsers of `stubdom.xenstore.protocol`, `error_from_name`); only the shell
+differs.  No watches: a watch needs a reader running beside the requests, which is what
+the asyncio client is for.
+
+``reconnect=SECONDS`` outlives a restart of the daemon as the asyncio client does: a
+request whose connection drops is sent again over a new one; one inside a transaction
+fails with `TransactionConflict` instead (the daemon forgot the transaction), which
+`BlockingClient.retry_transaction` answers by running the block again.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import random
+import socket
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import TypeVar
+
+from stubdom.wire.constants import PAYLOAD_MAX, Op
+from stubdom.wire.packet import op_name
+from stubdom.wire.paths import check_client_path
+from stubdom.wire.perms import Perm
+from stubdom.xenstore.errors import (
+    ConnectionClosed,
+    ProtocolError,
+    TooBig,
+    TransactionConflict,
+    XenStoreTimeout,
+    error_from_name,
+)
+from stubdom.xenstore.protocol import (
+    ClientProtocol,
+    Reply,
+    args_payload,
+    parse_perms,
+    parse_strings,
+    parse_tx_id,
+    perms_payload,
+    write_payload,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Per-request timeout in seconds, as the asyncio client's default.
+DEFAULT_TIMEOUT = 10.0
+#: How long `BlockingClient.retry_transaction` keeps running a conflicting block, and
+#: the first pause after a conflict (doubled per conflict, at most 32 times this).
+RETRY_PATIENCE = 30.0
+RETRY_BACKOFF = 0.001
+#: A socket file missing this long while reconnecting was removed on purpose.
+SOCKET_GONE_GRACE = 10.0
+
+_RECV = 65536
+
+
+class BlockingClient:
+    """One connection to a xenstored Unix socket; not for sharing between threads."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        check_paths: bool = True,
+        reconnect: float | None = None,
+    ) -> None:
+        """Connect to ``path``; OSError (its ``strerror`` says why) if nothing answers."""
+        self.path = path
+        self.timeout = timeout
+        self.check_paths = check_paths
+        self.reconnect = reconnect
+        self._sock = self._open()
+        self._proto = ClientProtocol()
+
+    def _open(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.path)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> BlockingClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- requests --------------------------------------------------------------
+
+    def request(self, op: Op, payload: bytes, *, tx_id: int = 0, what: str | None = None
+                ) -> bytes:
+        """Send one request; the reply payload, or the ERROR as `XenStoreError`.
+
+        ``what`` (a path) only makes error messages clearer, as for `Client.request`.
+        """
+        if len(payload) > PAYLOAD_MAX:
+            raise TooBig(op=op_name(op), path=what,
+                         message=f"request of {len(payload)} bytes exceeds {PAYLOAD_MAX}")
+        while True:
+            try:
+                reply = self._exchange(op, payload, tx_id, what)
+                break
+            except ConnectionClosed as lost:
+                if self.reconnect is None:
+                    raise
+                self._reestablish(lost)
+                if tx_id:
+                    raise TransactionConflict(
+                        op=op_name(op), path=f"transaction {tx_id}",
+                        message="xenstored restarted and forgot the transaction; run it again",
+                    ) from None
+        if reply.is_error:
+            raise error_from_name(reply.error_name or "EINVAL", op=op_name(op), path=what)
+        if reply.packet.op != op:
+            raise ProtocolError(
+                f"xenstore {op_name(op)} {what or ''}: reply of type {reply.packet.type_name}"
+            )
+        return reply.payload
+
+    def _exchange(self, op: Op, payload: bytes, tx_id: int, what: str | None) -> Reply:
+        """Write the request, read until its reply (watch events cannot come: no watches)."""
+        req, data = self._proto.send(op, payload, tx_id)
+        where = " ".join(x for x in ("xenstore", op_name(op), what) if x)
+        try:
+            self._sock.sendall(data)
+            while True:
+                event = self._proto.next_event()
+                if isinstance(event, Reply) and event.request is req:
+                    return event
+                if event is not None:
+                    continue  # a watch event or a stray reply: nobody waits for it
+                chunk = self._sock.recv(_RECV)
+                if not chunk:
+                    raise ConnectionClosed(
+                        f"xenstore connection {self.path} closed by the server")
+                self._proto.receive_data(chunk)
+        except TimeoutError:
+            self._proto.abandon(req)
+            raise XenStoreTimeout(f"{where}: no reply within {self.timeout:g} s") from None
+        except ConnectionClosed:
+            raise
+        except OSError as e:
+            raise ConnectionClosed(f"xenstore connection {self.path} failed: {e}") from e
+
+    def _reestablish(self, lost: ConnectionClosed) -> None:
+        """Connect again within `reconnect` seconds, or raise why not (as `Client`)."""
+        assert self.reconnect is not None
+        log.info("%s; connecting again (for up to %g s)", lost, self.reconnect)
+        self._sock.close()
+        deadline = time.monotonic() + self.reconnect
+        delay = 0.01
+        missing_since: float | None = None
+        while True:
+            try:
+                self._sock = self._open()
+                self._proto = ClientProtocol()
+                return
+            except OSError as e:
+                now = time.monotonic()
+                if e.errno == errno.ENOENT:
+                    missing_since = now if missing_since is None else missing_since
+                else:
+                    missing_since = None
+                gone = missing_since is not None and now - missing_since > SOCKET_GONE_GRACE
+                if gone or now + delay > deadline:
+                    why = "its socket is gone" if gone else (
+                        f"xenstored did not come back within {self.reconnect:g} s")
+                    raise ConnectionClosed(f"{lost}; {why} ({e.strerror or e})") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
+
+    def _path(self, path: str) -> bytes:
+        if self.check_paths:
+            check_client_path(path)
+        return args_payload(path)
+
+    # -- node requests (as `Client`'s) -------------------------------------------
+
+    def read(self, path: str, *, tx_id: int = 0) -> bytes:
+        return self.request(Op.READ, self._path(path), tx_id=tx_id, what=path)
+
+    def write(self, path: str, value: bytes | str, *, tx_id: int = 0) -> None:
+        self._path(path)
+        raw = value.encode() if isinstance(value, str) else value
+        self.request(Op.WRITE, write_payload(path, raw), tx_id=tx_id, what=path)
+
+    def rm(self, path: str, *, tx_id: int = 0) -> None:
+        self.request(Op.RM, self._path(path), tx_id=tx_id, what=path)
+
+    def directory(self, path: str, *, tx_id: int = 0) -> list[str]:
+        """Raw DIRECTORY: the child names, or `TooBig` if they exceed one reply."""
+        return parse_strings(self.request(Op.DIRECTORY, self._path(path), tx_id=tx_id,
+                                          what=path))
+
+    def get_perms(self, path: str, *, tx_id: int = 0) -> list[Perm]:
+        return parse_perms(self.request(Op.GET_PERMS, self._path(path), tx_id=tx_id,
+                                        what=path))
+
+    def set_perms(self, path: str, perms: Sequence[Perm | str], *, tx_id: int = 0) -> None:
+        if not perms:
+            raise ValueError("set_perms needs at least the owner entry")
+        self._path(path)
+        self.request(Op.SET_PERMS, perms_payload(path, perms), tx_id=tx_id, what=path)
+
+    # -- transactions -----------------------------------------------------------
+
+    def retry_transaction(self, fn: Callable[[int], T]) -> T:
+        """Run ``fn(tx_id)`` in a fresh transaction until it commits, as
+        `Client.retry_transaction` does: on `TransactionConflict` the block runs again
+        after a random pause, until `RETRY_PATIENCE` seconds have passed."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return self._in_transaction(fn)
+            except TransactionConflict:
+                if time.monotonic() - started >= RETRY_PATIENCE:
+                    raise
+                log.debug("transaction conflict, attempt %d", attempt)
+                time.sleep(random.uniform(0, RETRY_BACKOFF * 2 ** min(attempt - 1, 5)))
+
+    def _in_transaction(self, fn: Callable[[int], T]) -> T:
+        tx_id = parse_tx_id(self.request(Op.TRANSACTION_START, b"\0"))
+        try:
+            result = fn(tx_id)
+        except BaseException:
+            try:
+                self.request(Op.TRANSACTION_END, b"F\0", tx_id=tx_id,
+                             what=f"transaction {tx_id}")
+            except (OSError, ProtocolError) as err:
+                log.debug("aborting transaction %d failed: %s", tx_id, err)
+            raise
+        self.request(Op.TRANSACTION_END, b"T\0", tx_id=tx_id, what=f"transaction {tx_id}")
+        return result
+
+
+__all__ = ["DEFAULT_TIMEOUT", "BlockingClient"]
