@@ -1,0 +1,118 @@
+"""How fast the ``stubdom`` command starts, against Python itself and click (issue 16, §4).
+
+Five commands, each run as a user runs it (a fresh process of the venv's interpreter;
+``stubdom`` is the console script next to it), ``--runs`` times, interleaved (one of
+each, then again), so a drift of the machine hits all of them alike:
+
+- ``python -c pass``              the interpreter's own start-up, the floor;
+- ``python -c "import click"``    the reference: what any click tool pays;
+- ``stubdom --version``           target: within 1.5x the reference;
+- ``stubdom xenstore read /local/domain/0/name``   target: within 1.5x;
+- ``stubdom list``                target: within 2x.
+
+The last two talk to a host this bench starts in a directory of its own (``stubdom
+host up --dir D``, ``host down`` at the end), its xenstored pinned to CPU 1 and
+everything else (the host daemon, the commands) to CPU 0.  Prints each command's median,
+p25..p75 and ratio to the reference, and whether each target is met.
+
+    .venv/bin/python bench/cli_startup.py [--runs 20] [--tree DIR]
+
+``--tree DIR`` runs another checkout's code (``DIR/src`` first on the path) with the
+same interpreter and console script: the before/after comparison of a change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.hostkit import CLIENT_CPU, BenchHost, machine_busy, need_two_cpus  # noqa: E402
+
+PYTHON = sys.executable
+STUBDOM = str(Path(sys.executable).with_name("stubdom"))
+
+#: label -> (argv, the reference's multiple it must stay within, or None).
+COMMANDS: dict[str, tuple[list[str], float | None]] = {
+    "python -c pass": ([PYTHON, "-c", "pass"], None),
+    "python -c 'import click'": ([PYTHON, "-c", "import click"], None),
+    "stubdom --version": ([STUBDOM, "--version"], 1.5),
+    "stubdom xenstore read": ([STUBDOM, "xenstore", "read", "/local/domain/0/name"], 1.5),
+    "stubdom list": ([STUBDOM, "list"], 2.0),
+}
+REFERENCE = "python -c 'import click'"
+
+
+def once(argv: list[str], env: dict[str, str]) -> float:
+    """Wall time of one run, in seconds; a failed run stops the bench."""
+    start = time.perf_counter()
+    r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    elapsed = time.perf_counter() - start
+    if r.returncode != 0:
+        sys.exit(f"cli_startup: {' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()}")
+    return elapsed
+
+
+def quartiles(xs: list[float]) -> tuple[float, float, float]:
+    q = statistics.quantiles(xs, n=4, method="inclusive")
+    return q[0], statistics.median(xs), q[2]
+
+
+def measure(runs: int, env: dict[str, str]) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {label: [] for label in COMMANDS}
+    for argv, _ in COMMANDS.values():
+        once(argv, env)  # warm the page cache and the .pyc files, unmeasured
+    for _ in range(runs):
+        for label, (argv, _) in COMMANDS.items():
+            times[label].append(once(argv, env))
+    return times
+
+
+def report(times: dict[str, list[float]]) -> bool:
+    ref = statistics.median(times[REFERENCE])
+    met = True
+    print(f"{'command':<28} {'median':>8} {'p25..p75 (ms)':>16} {'x click':>8}  target")
+    for label, (_, target) in COMMANDS.items():
+        p25, med, p75 = quartiles(times[label])
+        ratio = med / ref
+        verdict = ""
+        if target is not None:
+            ok = ratio <= target
+            met &= ok
+            verdict = f"<= {target:g}x: {'met' if ok else 'MISSED'}"
+        print(f"{label:<28} {med * 1000:6.1f}ms {p25 * 1000:7.1f}..{p75 * 1000:<7.1f} "
+              f"{ratio:7.2f}x  {verdict}")
+    return met
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=20, help="Runs of each command (default 20).")
+    ap.add_argument("--tree", type=Path, default=None,
+                    help="Run the stubdom code of this checkout (DIR/src) instead.")
+    args = ap.parse_args()
+    need_two_cpus()
+    print(machine_busy())
+    env = dict(os.environ)
+    if args.tree is not None:
+        env["PYTHONPATH"] = str(args.tree.resolve() / "src")
+    with BenchHost("cli") as host:
+        env["STUBDOM_HOST_DIR"] = str(host.dir)
+        os.sched_setaffinity(0, {CLIENT_CPU})  # the commands, beside the host daemon
+        code = args.tree or ROOT
+        print(f"# {args.runs} runs of each, interleaved; code from {code}/src; "
+              f"{PYTHON} {sys.version.split()[0]}")
+        met = report(measure(args.runs, env))
+    print(f"# targets {'met' if met else 'MISSED'}")
+    sys.exit(0 if met else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The CLI imports only what a verb runs (issue 16, §4).
+
+``stubdom --version`` must start like a click tool and ``stubdom xenstore read`` like
+``xenstore-read``: the root group loads a verb's module only when that verb runs
+(`stubdom.cli.main.VERBS`), and the xenstore verbs use the blocking client.  The
+import-graph checks run the real entry point in a fresh interpreter and look at
+``sys.modules`` when it exits; the table checks keep `VERBS` equal to the commands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import click
+import pytest
+
+from stubdom.cli.main import VERBS, cli, load_verb
+from tests.support.daemons import short_tmpdir
+
+#: Packages no verb of the list below may load; asyncio is what costs most.
+HEAVY = ("stubdom.toolstack", "stubdom.conformance", "stubdom.xenstored", "stubdom.host.api",
+         "stubdom.host.supervisor", "stubdom.demo", "stubdom.xenstore.client", "asyncio")
+
+#: Runs the entry point with ``sys.argv`` and prints the modules loaded once it exits.
+PROBE = """
+import atexit, json, sys
+atexit.register(lambda: print(json.dumps(sorted(sys.modules)), file=sys.stderr))
+from stubdom.cli.main import main
+sys.argv = ["stubdom", *sys.argv[1:]]
+main()
+"""
+
+
+def loaded_by(*args: str, env: dict[str, str] | None = None) -> set[str]:
+    r = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True,
+                       env={**os.environ, **(env or {})}, timeout=60)
+    modules: list[str] = json.loads(r.stderr.strip().splitlines()[-1])
+    return set(modules)
+
+
+def heavy(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY))
+
+
+@pytest.mark.parametrize("args", [("--version",), ("--help",), ("xenstore", "--help"),
+                                  ("list", "--help")])
+def test_help_and_version_load_no_verb_machinery(args: tuple[str, ...]) -> None:
+    modules = loaded_by(*args)
+    assert "click" in modules  # the probe saw the run
+    assert heavy(modules) == []
+
+
+def test_version_loads_no_verb_module() -> None:
+    verbs = {m for m in loaded_by("--version") if m.startswith("stubdom.cli.")}
+    assert verbs == {"stubdom.cli.main"}
+
+
+def test_xenstore_read_runs_without_asyncio_or_the_toolstack() -> None:
+    from tests.support.daemons import start_ours
+
+    d = short_tmpdir("lazy-")
+    xs = start_ours(d / "xenstored")  # DIR/xenstored/socket: the host's layout
+    try:
+        modules = loaded_by("xenstore", "read", "/", env={"STUBDOM_HOST_DIR": str(d)})
+    finally:
+        xs.stop()
+    assert "stubdom.xenstore.blocking" in modules  # it did read
+    assert heavy(modules) == []
+
+
+def test_the_table_names_every_verb_with_its_own_help() -> None:
+    for name, (_, short) in VERBS.items():
+        command = load_verb(name)
+        assert command.name == name
+        assert command.hidden == (short is None), name
+        if short is not None:
+            assert short == command.get_short_help_str(10**6), name
+
+
+def test_every_root_verb_module_is_in_the_table() -> None:
+    """A command a module adds to the root group itself is reachable too (xenstored
+    does), but only the table's verbs are listed without importing them."""
+    listed = set(cli.list_commands(click.Context(cli)))
+    assert set(VERBS) <= listed
+    assert {"list", "xenstore", "host", "xenstored", "monitor"} <= set(VERBS)
