@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 
 import click
 import pytest
@@ -34,11 +36,16 @@ main()
 """
 
 
-def loaded_by(*args: str, env: dict[str, str] | None = None) -> set[str]:
+def run_probe(*args: str, env: dict[str, str] | None = None
+              ) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     r = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True,
                        env={**os.environ, **(env or {})}, timeout=60)
     modules: list[str] = json.loads(r.stderr.strip().splitlines()[-1])
-    return set(modules)
+    return r, set(modules)
+
+
+def loaded_by(*args: str, env: dict[str, str] | None = None) -> set[str]:
+    return run_probe(*args, env=env)[1]
 
 
 def heavy(modules: set[str]) -> list[str]:
@@ -68,6 +75,32 @@ def test_xenstore_read_runs_without_asyncio_or_the_toolstack() -> None:
     finally:
         xs.stop()
     assert "stubdom.xenstore.blocking" in modules  # it did read
+    assert heavy(modules) == []
+
+
+def test_list_runs_without_asyncio_or_the_toolstack() -> None:
+    """``stubdom list`` asks the host daemon over a plain socket (a stand-in here that
+    answers one `ListDomains` with Domain-0's row)."""
+    from stubdom.host.apicodec import ListDomains, encode_ok
+    from stubdom.host.dom0 import dom0_info
+
+    d = short_tmpdir("lazy-")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(d / "host.sock"))
+        server.listen(1)
+
+        def answer() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(encode_ok(1, ListDomains(), [dom0_info()]))
+
+        daemon = threading.Thread(target=answer, daemon=True)
+        daemon.start()
+        r, modules = run_probe("list", "--dir", str(d))
+        daemon.join(10)
+    assert r.stdout.splitlines()[1].startswith("Domain-0 ")
+    assert "stubdom.host.apiblocking" in modules
     assert heavy(modules) == []
 
 

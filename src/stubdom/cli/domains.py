@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING
 import click
 
 from stubdom import protocol as proto
-from stubdom.cli.common import SECONDS, XL_LIST_HEADER, dir_option, run, xl_list_row
+from stubdom.cli.common import (
+    SECONDS,
+    XL_LIST_HEADER,
+    dir_option,
+    one_line,
+    run,
+    xl_list_row,
+)
+from stubdom.host.rundir import resolve
 
 if TYPE_CHECKING:
     from stubdom.host.hypervisor import DomainInfo
@@ -242,18 +250,22 @@ async def _orphan_stubdom(s: Session, name_or_id: str) -> DomainInfo | None:
 @dir_option
 def list_(domains: tuple[str, ...], directory: str | None) -> None:
     """List domains in xl's layout; a stubdomain shows as <guest>-dm."""
-    from stubdom.toolstack.session import ToolstackError
+    # One request to the host daemon over a plain socket: no session, no asyncio (the
+    # domain list is the hypervisor's, as for xl list).
+    from stubdom.host.apiblocking import call
+    from stubdom.host.apicodec import ListDomains
+    from stubdom.host.hypervisor import HypervisorError
 
-    async def body(s: Session) -> None:
-        infos = list(await s.domains())
-        if domains:
-            wanted = set(domains)
-            infos = [d for d in infos if d.name in wanted or str(d.domid) in wanted]
-            missing = wanted - {d.name for d in infos} - {str(d.domid) for d in infos}
-            if missing:
-                raise ToolstackError(f"no domain {sorted(missing)[0]!r}")
-        click.echo(XL_LIST_HEADER)
-        for d in infos:
-            click.echo(xl_list_row(d))
-
-    run(body, directory)
+    try:
+        infos = call(resolve(directory).root, ListDomains())
+    except (HypervisorError, OSError) as e:
+        one_line(e)
+    if domains:
+        wanted = set(domains)
+        infos = [d for d in infos if d.name in wanted or str(d.domid) in wanted]
+        missing = wanted - {d.name for d in infos} - {str(d.domid) for d in infos}
+        if missing:
+            raise click.ClickException(f"no domain {sorted(missing)[0]!r}")
+    click.echo(XL_LIST_HEADER)
+    for d in infos:
+        click.echo(xl_list_row(d))
