@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 import click
 
-from stubdom import protocol as proto
 from stubdom.cli.common import (
     SECONDS,
     XL_LIST_HEADER,
@@ -231,6 +230,8 @@ def _on_domain(
 
 async def _orphan_stubdom(s: Session, name_or_id: str) -> DomainInfo | None:
     """The stubdomain ``name_or_id`` names, if its guest no longer exists."""
+    from stubdom import protocol as proto
+
     infos = await s.domains()
     found = next((d for d in infos if str(d.domid) == name_or_id), None) or next(
         (d for d in infos if d.name == name_or_id), None

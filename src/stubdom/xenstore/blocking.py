@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import random
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -240,6 +239,8 @@ class BlockingClient:
                 if time.monotonic() - started >= RETRY_PATIENCE:
                     raise
                 log.debug("transaction conflict, attempt %d", attempt)
+                import random  # only after a conflict: a start-up cost for every command
+
                 time.sleep(random.uniform(0, RETRY_BACKOFF * 2 ** min(attempt - 1, 5)))
 
     def _in_transaction(self, fn: Callable[[int], T]) -> T:
