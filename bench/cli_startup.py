@@ -15,7 +15,7 @@ host up --dir D``, ``host down`` at the end), its xenstored pinned to CPU 1 and
 everything else (the host daemon, the commands) to CPU 0.  Prints each command's median,
 p25..p75 and ratio to the reference, and whether each target is met.
 
-    .venv/bin/python bench/cli_startup.py [--runs 20] [--tree DIR]
+    .venv/bin/python bench/cli_startup.py [--runs 20 | --quick] [--tree DIR]
 
 Modules are loaded compiled, as a user's are: the bench lets the interpreter write its
 ``__pycache__`` (``PYTHONDONTWRITEBYTECODE`` is dropped for the commands), and a
@@ -99,9 +99,12 @@ def report(times: dict[str, list[float]]) -> bool:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=20, help="Runs of each command (default 20).")
+    ap.add_argument("--quick", action="store_true", help="5 runs of each: a rough check.")
     ap.add_argument("--tree", type=Path, default=None,
                     help="Run the stubdom code of this checkout (DIR/src) instead.")
     args = ap.parse_args()
+    if args.quick:
+        args.runs = 5
     need_two_cpus()
     print(machine_busy())
     env = dict(os.environ)
