@@ -41,10 +41,10 @@ def _xenstore(directory: str | None) -> Iterator[BlockingClient]:
 def _connect(socket_path: str, directory: str | None) -> BlockingClient:
     try:
         return BlockingClient(socket_path, reconnect=RECONNECT)
-    except OSError as e:
+    except OSError:
         _explain_unreachable(directory)
-        raise click.ClickException(f"cannot reach xenstore at {socket_path}: "
-                                   f"{e.strerror or e}") from None
+    # The toolstack reached it meanwhile (a daemon just started): once more.
+    return BlockingClient(socket_path, reconnect=RECONNECT)
 
 
 def _explain_unreachable(directory: str | None) -> None:

@@ -117,6 +117,7 @@ class BlockingClient:
         if len(payload) > PAYLOAD_MAX:
             raise TooBig(op=op_name(op), path=what,
                          message=f"request of {len(payload)} bytes exceeds {PAYLOAD_MAX}")
+        deadline: float | None = None
         while True:
             try:
                 reply = self._exchange(op, payload, tx_id, what)
@@ -124,7 +125,10 @@ class BlockingClient:
             except ConnectionClosed as lost:
                 if self.reconnect is None:
                     raise
-                self._reestablish(lost)
+                # However often the new connections drop, the request gives up after
+                # `reconnect` seconds in all.
+                deadline = deadline or time.monotonic() + self.reconnect
+                self._reestablish(lost, deadline)
                 if tx_id:
                     raise TransactionConflict(
                         op=op_name(op), path=f"transaction {tx_id}",
@@ -163,12 +167,11 @@ class BlockingClient:
         except OSError as e:
             raise ConnectionClosed(f"xenstore connection {self.path} failed: {e}") from e
 
-    def _reestablish(self, lost: ConnectionClosed) -> None:
-        """Connect again within `reconnect` seconds, or raise why not (as `Client`)."""
+    def _reestablish(self, lost: ConnectionClosed, deadline: float) -> None:
+        """Connect again before ``deadline``, or raise why not (as `Client` does)."""
         assert self.reconnect is not None
         log.info("%s; connecting again (for up to %g s)", lost, self.reconnect)
         self._sock.close()
-        deadline = time.monotonic() + self.reconnect
         delay = 0.01
         missing_since: float | None = None
         while True:
