@@ -4,6 +4,7 @@ matching and errors without an event loop, against the fake server and real daem
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import socket
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import pytest
 
 from stubdom.wire.constants import Op
 from stubdom.wire.paths import InvalidPath
+from stubdom.wire.perms import Access, Perm
 from stubdom.xenstore import (
     Client,
     ConnectionClosed,
@@ -25,6 +27,7 @@ from stubdom.xenstore import (
 )
 from stubdom.xenstore.blocking import BlockingClient
 from stubdom.xenstore.protocol import args_payload
+from stubdom.xenstore.sync import SyncClient
 from tests.support.daemons import Daemon, have_cx, short_tmpdir, start_cx, start_ours
 from tests.xenstore.fakeserver import ThreadedServer
 
@@ -54,6 +57,41 @@ def test_node_requests(xs: BlockingClient, threaded: ThreadedServer) -> None:
     with pytest.raises(NoEntry) as e:
         xs.read("/a/b")
     assert str(e.value) == "xenstore READ /a/b: ENOENT (No such file or directory)"
+
+
+def _node_ops(c: BlockingClient | SyncClient) -> None:
+    c.write("/e/\u00e9", "v\u00e9")  # non-ASCII: both send it as UTF-8
+    c.write("/e/b", b"\0raw")
+    c.read("/e/b")
+    c.directory("/e")
+    c.set_perms("/e/b", ["n0", Perm(Access.READ, 5)])
+    c.get_perms("/e/b")
+    c.rm("/e/b")
+    with contextlib.suppress(NoEntry):
+        c.read("/e/b")
+
+
+def test_the_bytes_are_the_asyncio_clients(threaded: ThreadedServer) -> None:
+    """The payloads are built here, not by `stubdom.xenstore.protocol`: same bytes."""
+    with SyncClient(str(threaded.path), check_paths=False) as sync:
+        _node_ops(sync)
+    theirs = [(p.op, p.payload, p.tx_id) for p in threaded.server.requests]
+    threaded.server.requests.clear()
+    with BlockingClient(str(threaded.path), check_paths=False) as xs:
+        _node_ops(xs)
+    ours = [(p.op, p.payload, p.tx_id) for p in threaded.server.requests]
+    assert ours == theirs and len(ours) == 8
+
+
+def test_a_connection_whose_reply_never_came_is_not_used_again(
+        threaded: ThreadedServer) -> None:
+    threaded.server.hold = True
+    with BlockingClient(str(threaded.path), timeout=0.05) as c:
+        with pytest.raises(XenStoreTimeout):
+            c.read("/a")
+        threaded.server.hold = False
+        with pytest.raises(ConnectionClosed, match="a reply never came"):
+            c.read("/a")
 
 
 def test_refused_before_sending(xs: BlockingClient, threaded: ThreadedServer) -> None:

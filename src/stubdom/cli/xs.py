@@ -15,7 +15,6 @@ import click
 
 from stubdom.cli.common import dir_option, expected_errors, one_line, run
 from stubdom.host.rundir import resolve
-from stubdom.wire.perms import InvalidPermission, parse_perm
 from stubdom.xenstore.blocking import BlockingClient
 
 if TYPE_CHECKING:
@@ -135,6 +134,8 @@ def xs_ls(path: str, perms: bool, directory: str | None) -> None:
 @dir_option
 def xs_chmod(path: str, permissions: tuple[str, ...], directory: str | None) -> None:
     """Set PATH's permissions: owner first (n0), then ACL entries (r5 w3 b7)."""
+    from stubdom.wire.perms import InvalidPermission, parse_perm
+
     try:
         vector = [parse_perm(p) for p in permissions]
     except InvalidPermission as e:

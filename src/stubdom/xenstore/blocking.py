@@ -2,11 +2,14 @@
 
 For short-lived programs that send a few requests and exit (``stubdom xenstore read``,
 as ``xenstore-read`` does with libxenstore): importing asyncio alone costs them more
-than the whole exchange.  The bytes, the reply matching and the errors are those of
-the asyncio `Client`, from the same sans-IO core (`ClientProtocol`, the payload
-builders and parsers of `stubdom.xenstore.protocol`, `error_from_name`); only the shell
-differs.  No watches: a watch needs a reader running beside the requests, which is what
-the asyncio client is for.
+than the whole exchange, and so, nearly, does the asyncio client's sans-IO layer
+(`stubdom.xenstore.protocol`: its dataclasses, the permission enums, logging set-up).
+So this shell sits straight on the wire codec (`stubdom.wire`: `Packet`, `encode`,
+`PacketDecoder`, `join_args`) and raises the asyncio client's errors, worded alike
+(`error_from_name`).  With one request outstanding, reply matching is simple: the next
+packet that is not a watch event is the reply (whatever ``req_id`` the server echoes),
+and a connection whose reply never came is not used again.  No watches: a watch needs a
+reader running beside the requests, which is what the asyncio client is for.
 
 ``reconnect=SECONDS`` outlives a restart of the daemon as the asyncio client does: a
 request whose connection drops is sent again over a new one; one inside a transaction
@@ -16,18 +19,17 @@ fails with `TransactionConflict` instead (the daemon forgot the transaction), wh
 
 from __future__ import annotations
 
+import _socket
 import errno
 import logging
-import socket
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from stubdom.wire.constants import PAYLOAD_MAX, Op
-from stubdom.wire.packet import op_name
+from stubdom.wire.packet import DecodeError, Packet, PacketDecoder, encode, join_args, op_name
 from stubdom.wire.paths import check_client_path
-from stubdom.wire.perms import Perm
 from stubdom.xenstore.errors import (
     ConnectionClosed,
     ProtocolError,
@@ -36,16 +38,9 @@ from stubdom.xenstore.errors import (
     XenStoreTimeout,
     error_from_name,
 )
-from stubdom.xenstore.protocol import (
-    ClientProtocol,
-    Reply,
-    args_payload,
-    parse_perms,
-    parse_strings,
-    parse_tx_id,
-    perms_payload,
-    write_payload,
-)
+
+if TYPE_CHECKING:
+    from stubdom.wire.perms import Perm
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +55,28 @@ RETRY_BACKOFF = 0.001
 #: A socket file missing this long while reconnecting was removed on purpose.
 SOCKET_GONE_GRACE = 10.0
 
+#: Largest reply payload accepted, as the asyncio client's default (ox's socket may send
+#: DIRECTORY replies beyond 4096 bytes).
+MAX_REPLY = 1 << 20
 _RECV = 65536
+_TX_ID_LIMIT = 1 << 32
+
+
+def _raw(text: str) -> bytes:
+    """Wire strings from ``str``, losslessly (a path from argv may hold surrogates)."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _strings(payload: bytes) -> list[str]:
+    """``a\\0b\\0`` -> ``["a", "b"]``; an empty payload is an empty list."""
+    if not payload:
+        return []
+    body = payload[:-1] if payload.endswith(b"\0") else payload
+    return [_text(p) for p in body.split(b"\0")]
 
 
 class BlockingClient:
@@ -80,10 +96,15 @@ class BlockingClient:
         self.check_paths = check_paths
         self.reconnect = reconnect
         self._sock = self._open()
-        self._proto = ClientProtocol()
+        self._decoder = PacketDecoder(max_payload=MAX_REPLY)
+        self._req_id = 0
+        #: Why the connection may not carry another request (a reply never came).
+        self._unusable: ConnectionClosed | None = None
 
-    def _open(self) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    def _open(self) -> _socket.socket:
+        # `_socket` is the socket type `socket` wraps; importing `socket` converts its
+        # constants to enums, which costs a short-lived command more than its request.
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             sock.settimeout(self.timeout)
             sock.connect(self.path)
@@ -134,34 +155,41 @@ class BlockingClient:
                         op=op_name(op), path=f"transaction {tx_id}",
                         message="xenstored restarted and forgot the transaction; run it again",
                     ) from None
-        if reply.is_error:
-            raise error_from_name(reply.error_name or "EINVAL", op=op_name(op), path=what)
-        if reply.packet.op != op:
+        if reply.op == Op.ERROR:
+            name = _text(reply.payload.split(b"\0", 1)[0]) or "EINVAL"
+            raise error_from_name(name, op=op_name(op), path=what)
+        if reply.op != op:
             raise ProtocolError(
-                f"xenstore {op_name(op)} {what or ''}: reply of type {reply.packet.type_name}"
+                f"xenstore {op_name(op)} {what or ''}: reply of type {reply.type_name}"
             )
         return reply.payload
 
-    def _exchange(self, op: Op, payload: bytes, tx_id: int, what: str | None) -> Reply:
+    def _exchange(self, op: Op, payload: bytes, tx_id: int, what: str | None) -> Packet:
         """Write the request, read until its reply (watch events cannot come: no watches)."""
-        req, data = self._proto.send(op, payload, tx_id)
-        where = " ".join(x for x in ("xenstore", op_name(op), what) if x)
+        if self._unusable is not None:
+            raise self._unusable
+        self._req_id = self._req_id % (_TX_ID_LIMIT - 1) + 1
         try:
-            self._sock.sendall(data)
+            self._sock.sendall(encode(Packet(op, payload, self._req_id, tx_id)))
             while True:
-                event = self._proto.next_event()
-                if isinstance(event, Reply) and event.request is req:
-                    return event
-                if event is not None:
-                    continue  # a watch event or a stray reply: nobody waits for it
+                packet = self._decoder.next_packet()
+                if packet is not None and packet.op != Op.WATCH_EVENT:
+                    return packet
+                if packet is not None:
+                    continue
                 chunk = self._sock.recv(_RECV)
                 if not chunk:
                     raise ConnectionClosed(
                         f"xenstore connection {self.path} closed by the server")
-                self._proto.receive_data(chunk)
+                self._decoder.feed(chunk)
         except TimeoutError:
-            self._proto.abandon(req)
+            # Its reply may still come and would be taken for the next one's.
+            self._unusable = ConnectionClosed(
+                f"xenstore connection {self.path}: a reply never came")
+            where = " ".join(x for x in ("xenstore", op_name(op), what) if x)
             raise XenStoreTimeout(f"{where}: no reply within {self.timeout:g} s") from None
+        except DecodeError as e:
+            raise ProtocolError(f"undecodable data from the xenstore server: {e}") from e
         except ConnectionClosed:
             raise
         except OSError as e:
@@ -177,7 +205,8 @@ class BlockingClient:
         while True:
             try:
                 self._sock = self._open()
-                self._proto = ClientProtocol()
+                self._decoder = PacketDecoder(max_payload=MAX_REPLY)
+                self._unusable = None
                 return
             except OSError as e:
                 now = time.monotonic()
@@ -196,7 +225,7 @@ class BlockingClient:
     def _path(self, path: str) -> bytes:
         if self.check_paths:
             check_client_path(path)
-        return args_payload(path)
+        return join_args(_raw(path))
 
     # -- node requests (as `Client`'s) -------------------------------------------
 
@@ -204,27 +233,32 @@ class BlockingClient:
         return self.request(Op.READ, self._path(path), tx_id=tx_id, what=path)
 
     def write(self, path: str, value: bytes | str, *, tx_id: int = 0) -> None:
-        self._path(path)
+        """Set the value, creating the node and missing parents; str is sent as UTF-8."""
         raw = value.encode() if isinstance(value, str) else value
-        self.request(Op.WRITE, write_payload(path, raw), tx_id=tx_id, what=path)
+        self.request(Op.WRITE, self._path(path) + raw, tx_id=tx_id, what=path)
 
     def rm(self, path: str, *, tx_id: int = 0) -> None:
         self.request(Op.RM, self._path(path), tx_id=tx_id, what=path)
 
     def directory(self, path: str, *, tx_id: int = 0) -> list[str]:
         """Raw DIRECTORY: the child names, or `TooBig` if they exceed one reply."""
-        return parse_strings(self.request(Op.DIRECTORY, self._path(path), tx_id=tx_id,
-                                          what=path))
+        return _strings(self.request(Op.DIRECTORY, self._path(path), tx_id=tx_id, what=path))
 
     def get_perms(self, path: str, *, tx_id: int = 0) -> list[Perm]:
-        return parse_perms(self.request(Op.GET_PERMS, self._path(path), tx_id=tx_id,
-                                        what=path))
+        from stubdom.wire.perms import InvalidPermission, parse_perm  # few callers need it
+
+        payload = self.request(Op.GET_PERMS, self._path(path), tx_id=tx_id, what=path)
+        try:
+            return [parse_perm(p) for p in _strings(payload)]
+        except InvalidPermission as exc:
+            raise ProtocolError(f"bad permission in GET_PERMS reply {payload!r}: {exc}"
+                                ) from exc
 
     def set_perms(self, path: str, perms: Sequence[Perm | str], *, tx_id: int = 0) -> None:
         if not perms:
             raise ValueError("set_perms needs at least the owner entry")
-        self._path(path)
-        self.request(Op.SET_PERMS, perms_payload(path, perms), tx_id=tx_id, what=path)
+        payload = self._path(path) + join_args(*(str(p) for p in perms))
+        self.request(Op.SET_PERMS, payload, tx_id=tx_id, what=path)
 
     # -- transactions -----------------------------------------------------------
 
@@ -247,7 +281,11 @@ class BlockingClient:
                 time.sleep(random.uniform(0, RETRY_BACKOFF * 2 ** min(attempt - 1, 5)))
 
     def _in_transaction(self, fn: Callable[[int], T]) -> T:
-        tx_id = parse_tx_id(self.request(Op.TRANSACTION_START, b"\0"))
+        reply = self.request(Op.TRANSACTION_START, b"\0")
+        text = _text(reply.split(b"\0", 1)[0])
+        if not (text.isdigit() and 0 < int(text) < _TX_ID_LIMIT):
+            raise ProtocolError(f"TRANSACTION_START reply {reply!r} is not a valid tx_id")
+        tx_id = int(text)
         try:
             result = fn(tx_id)
         except BaseException:
