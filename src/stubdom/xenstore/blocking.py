@@ -173,15 +173,14 @@ class BlockingClient:
             self._sock.sendall(encode(Packet(op, payload, self._req_id, tx_id)))
             while True:
                 packet = self._decoder.next_packet()
-                if packet is not None and packet.op != Op.WATCH_EVENT:
+                if packet is None:
+                    chunk = self._sock.recv(_RECV)
+                    if not chunk:
+                        raise ConnectionClosed(
+                            f"xenstore connection {self.path} closed by the server")
+                    self._decoder.feed(chunk)
+                elif packet.op != Op.WATCH_EVENT:  # an event: nobody here waits for it
                     return packet
-                if packet is not None:
-                    continue
-                chunk = self._sock.recv(_RECV)
-                if not chunk:
-                    raise ConnectionClosed(
-                        f"xenstore connection {self.path} closed by the server")
-                self._decoder.feed(chunk)
         except TimeoutError:
             # Its reply may still come and would be taken for the next one's.
             self._unusable = ConnectionClosed(
@@ -189,6 +188,7 @@ class BlockingClient:
             where = " ".join(x for x in ("xenstore", op_name(op), what) if x)
             raise XenStoreTimeout(f"{where}: no reply within {self.timeout:g} s") from None
         except DecodeError as e:
+            self._unusable = ConnectionClosed(f"xenstore connection {self.path}: {e}")
             raise ProtocolError(f"undecodable data from the xenstore server: {e}") from e
         except ConnectionClosed:
             raise
