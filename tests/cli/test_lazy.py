@@ -83,12 +83,16 @@ def test_xenstore_read_runs_without_asyncio_or_the_toolstack() -> None:
 
 def test_list_runs_without_asyncio_or_the_toolstack() -> None:
     """``stubdom list`` asks the host daemon over a plain socket (a stand-in here that
-    answers one `ListDomains` with Domain-0's row)."""
+    answers one `ListDomains` with Domain-0's row), and checks that xenstored answers."""
     from stubdom.host.apicodec import ListDomains, encode_ok
     from stubdom.host.dom0 import dom0_info
 
     d = short_tmpdir("lazy-")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+    (d / "xenstored").mkdir()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as xenstored:
+        xenstored.bind(str(d / "xenstored" / "socket"))  # list only checks it answers
+        xenstored.listen(1)
         server.bind(str(d / "host.sock"))
         server.listen(1)
 

@@ -48,6 +48,41 @@ def one_line(e: Exception) -> NoReturn:
     raise click.ClickException(str(e)) from None
 
 
+def explain_unreachable(directory: str | None) -> None:
+    """Raise what the toolstack says when the host cannot be reached (no host running,
+    or its xenstored down), for the verbs that reach it without the toolstack, so they
+    say it in the same words; returns if the toolstack does reach it.  Only on this
+    error path do those verbs pay for the toolstack."""
+    import asyncio
+
+    from stubdom.toolstack.session import open_session
+
+    async def probe() -> None:
+        async with open_session(directory):
+            pass
+
+    try:
+        asyncio.run(probe())
+    except expected_errors() as e:
+        one_line(e)
+
+
+def require_xenstored(socket_path: str, directory: str | None) -> None:
+    """Fail, as the toolstack does, if the host's xenstored does not answer: xl will not
+    work without xenstore, and neither do the verbs that need only the hypervisor."""
+    import _socket  # `socket` converts its constants to enums at import: too slow here
+
+    probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        probe.connect(socket_path)
+        return
+    except OSError:
+        pass
+    finally:
+        probe.close()
+    explain_unreachable(directory)
+
+
 def expected_errors() -> tuple[type[Exception], ...]:
     """Failures a user can act on: reported in one line, never as a traceback."""
     from stubdom.host.hypervisor import HypervisorError

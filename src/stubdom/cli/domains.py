@@ -15,6 +15,7 @@ from stubdom.cli.common import (
     XL_LIST_HEADER,
     dir_option,
     one_line,
+    require_xenstored,
     run,
     xl_list_row,
 )
@@ -257,10 +258,12 @@ def list_(domains: tuple[str, ...], directory: str | None) -> None:
     from stubdom.host.apicodec import ListDomains
     from stubdom.host.hypervisor import HypervisorError
 
+    rd = resolve(directory)
     try:
-        infos = call(resolve(directory).root, ListDomains())
+        infos = call(rd.root, ListDomains())
     except (HypervisorError, OSError) as e:
         one_line(e)
+    require_xenstored(str(rd.xenstored_socket), directory)
     if domains:
         wanted = set(domains)
         infos = [d for d in infos if d.name in wanted or str(d.domid) in wanted]

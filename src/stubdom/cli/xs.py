@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from stubdom.cli.common import dir_option, expected_errors, one_line, run
+from stubdom.cli.common import dir_option, explain_unreachable, one_line, run
 from stubdom.host.rundir import resolve
 from stubdom.xenstore.blocking import BlockingClient
 
@@ -41,27 +41,9 @@ def _connect(socket_path: str, directory: str | None) -> BlockingClient:
     try:
         return BlockingClient(socket_path, reconnect=RECONNECT)
     except OSError:
-        _explain_unreachable(directory)
+        explain_unreachable(directory)
     # The toolstack reached it meanwhile (a daemon just started): once more.
     return BlockingClient(socket_path, reconnect=RECONNECT)
-
-
-def _explain_unreachable(directory: str | None) -> None:
-    """Raise what the toolstack says when xenstore cannot be reached (no host running,
-    or its xenstored down), so these verbs say it in the same words.  Only on this
-    error path does a verb pay for the toolstack."""
-    import asyncio
-
-    from stubdom.toolstack.session import open_session
-
-    async def probe() -> None:
-        async with open_session(directory):
-            pass
-
-    try:
-        asyncio.run(probe())
-    except expected_errors() as e:
-        one_line(e)
 
 
 @click.group("xenstore")
