@@ -21,6 +21,8 @@ _.get_buffer  # asyncio.BufferedProtocol callback (xenstored's connections)
 _.buffer_updated  # asyncio.BufferedProtocol callback
 _.sizehint  # get_buffer's parameter, required by the BufferedProtocol signature
 _.convert  # click.ParamType hook, called by click for each option value
+_.get_command  # click.Group hook: the root group loads a verb there (stubdom.cli.main)
+_.format_commands  # click.Group hook: --help lists the verbs without loading them
 _.fallback  # click option -F of shutdown/reboot: accepted for xl compatibility, ignored
 _.rebind  # click option -r of pci-assignable-remove: accepted for xl compatibility, ignored
 _.__cause__  # exception chaining, read by Python when the traceback is printed
@@ -40,6 +42,7 @@ _.valid  # journal Scan field: bytes of whole records (tests read it)
 _.RESULT_STATE  # protocol table: the state each command waits for (tests check it)
 
 # -- API used by tests only -------------------------------------------------------------
+_.load_verbs  # stubdom.cli.main: the whole command tree, for the CLI sweep tests
 _.pending_out  # RingEnd: bytes on the ring the peer has not taken; the ring property tests check it
 _.decode_state  # stream: the payload as bytes (src uses views)
 _.is_complete  # stream: a whole, intact stream?

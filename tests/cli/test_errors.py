@@ -46,11 +46,13 @@ STUBDOM = [sys.executable, "-m", "stubdom"]
 
 
 def load_tree() -> click.Group:
-    """The whole command tree: every module of `stubdom.cli` registers its verbs."""
+    """The whole command tree: every module of `stubdom.cli` imported, every verb of the
+    root group loaded (it loads them lazily, on first use)."""
     for mod in pkgutil.iter_modules(stubdom.cli.__path__):
         importlib.import_module(f"stubdom.cli.{mod.name}")
-    from stubdom.cli.main import cli
+    from stubdom.cli.main import cli, load_verbs
 
+    load_verbs()
     return cli
 
 

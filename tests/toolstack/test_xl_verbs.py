@@ -97,8 +97,10 @@ def test_reboot_restarts_guest_and_stubdomain(host: Host) -> None:
     host.wait_for("win7 to be back", lambda: [(x.name, x.domid) for x in host.rows()[1:]] == [
         ("win7", 3), ("win7-dm", 4)])
     assert "Action for shutdown reason code 1 is restart" in host.monitor_log()
-    log = (host.dir / "log" / "qemu-dm-win7.log").read_text()
-    assert "dmargs: -d 3 -domain-name win7" in log
+    # The new domains are listed before the new device model has started and logged.
+    log = host.dir / "log" / "qemu-dm-win7.log"
+    host.wait_for("the new device model's dmargs", lambda: log.exists() and (
+        "dmargs: -d 3 -domain-name win7" in log.read_text()))
 
 
 def test_rename(host: Host) -> None:

@@ -2,29 +2,33 @@
 
 DOMAIN is a name or a domid everywhere.  Exit status 0 on success; otherwise one line
 on stderr naming what failed and how to fix it, and status 1.
+
+The toolstack and asyncio are imported by `run`, not here: every verb module imports
+this one, and a verb that needs neither (``xenstore read``, ``list``) must not pay for
+them (see `stubdom.cli.main`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
 from stubdom.cli.main import stdout_closed
-from stubdom.host.hypervisor import DomainInfo, HypervisorError
 from stubdom.host.rundir import ENV_VAR
-from stubdom.toolstack.devices import DeviceError
-from stubdom.toolstack.exchange import DeviceModelError
-from stubdom.toolstack.session import Session, ToolstackError, open_session
-from stubdom.toolstack.spawn import CreateError
-from stubdom.toolstack.xlcfg import ConfigError
-from stubdom.xenstore import XenStoreError
+
+if TYPE_CHECKING:
+    from stubdom.host.hypervisor import DomainInfo
+    from stubdom.toolstack.session import Session
 
 
 def run(body: Callable[[Session], Awaitable[None]], directory: str | None) -> None:
     """Run one command against the host; every expected failure is a one-line error."""
+    import asyncio
+
+    from stubdom.toolstack.session import open_session
 
     async def main() -> None:
         async with open_session(directory) as session:
@@ -32,17 +36,67 @@ def run(body: Callable[[Session], Awaitable[None]], directory: str | None) -> No
 
     try:
         asyncio.run(main())
-    except EXPECTED as e:
-        if isinstance(e, BrokenPipeError) and stdout_closed():
-            raise  # a closed stdout is no error: the root group exits quietly
-        raise click.ClickException(str(e)) from None
+    except expected_errors() as e:
+        one_line(e)
 
 
-#: Failures a user can act on: reported in one line, never as a traceback.
-EXPECTED: tuple[type[Exception], ...] = (
-    ToolstackError, HypervisorError, XenStoreError, DeviceError, DeviceModelError,
-    CreateError, ConfigError, ValueError, OSError,
-)
+def one_line(e: Exception) -> NoReturn:
+    """Raise ``e`` as click's one-line error (a closed stdout is no error: the root group
+    exits quietly)."""
+    if isinstance(e, BrokenPipeError) and stdout_closed():
+        raise e
+    raise click.ClickException(str(e)) from None
+
+
+def explain_unreachable(directory: str | None) -> None:
+    """Raise what the toolstack says when the host cannot be reached (no host running,
+    or its xenstored down), for the verbs that reach it without the toolstack, so they
+    say it in the same words; returns if the toolstack does reach it.  Only on this
+    error path do those verbs pay for the toolstack."""
+    import asyncio
+
+    from stubdom.toolstack.session import open_session
+
+    async def probe() -> None:
+        async with open_session(directory):
+            pass
+
+    try:
+        asyncio.run(probe())
+    except expected_errors() as e:
+        one_line(e)
+
+
+def require_xenstored(socket_path: str, directory: str | None) -> None:
+    """Fail, as the toolstack does, if the host's xenstored does not answer: xl will not
+    work without xenstore, and neither do the verbs that need only the hypervisor."""
+    import _socket  # `socket` converts its constants to enums at import: too slow here
+
+    probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        probe.connect(socket_path)
+        return
+    except OSError:
+        pass
+    finally:
+        probe.close()
+    explain_unreachable(directory)
+
+
+def expected_errors() -> tuple[type[Exception], ...]:
+    """Failures a user can act on: reported in one line, never as a traceback."""
+    from stubdom.host.hypervisor import HypervisorError
+    from stubdom.toolstack.devices import DeviceError
+    from stubdom.toolstack.exchange import DeviceModelError
+    from stubdom.toolstack.session import ToolstackError
+    from stubdom.toolstack.spawn import CreateError
+    from stubdom.toolstack.xlcfg import ConfigError
+    from stubdom.xenstore import XenStoreError
+
+    return (
+        ToolstackError, HypervisorError, XenStoreError, DeviceError, DeviceModelError,
+        CreateError, ConfigError, ValueError, OSError,
+    )
 
 
 class Seconds(click.ParamType[float]):

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 import click
 
 from stubdom.cli.common import SECONDS
-from stubdom.cli.main import cli
 from stubdom.conformance.timeouts import BOUND_FORMULA, Timeouts
 from stubdom.programs import find_program
 
@@ -31,7 +30,7 @@ _XENSTORED = click.option(
     "(Debian packages xen-utils-4.17 and gcc).")
 
 
-@cli.group()
+@click.group()
 def conformance() -> None:
     """Check a peer against every clause of the protocol."""
 

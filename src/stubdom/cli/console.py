@@ -5,11 +5,10 @@ from __future__ import annotations
 import click
 
 from stubdom.cli.common import dir_option, run
-from stubdom.cli.main import cli
 from stubdom.toolstack.session import Session
 
 
-@cli.command("console")
+@click.command("console")
 @click.argument("domain")
 @click.option("-n", "number", type=int, default=0, help="Console number (default 0).")
 @click.option(

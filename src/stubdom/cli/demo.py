@@ -7,10 +7,8 @@ from pathlib import Path
 
 import click
 
-from stubdom.cli.main import cli
 
-
-@cli.command("demo")
+@click.command("demo")
 @click.option("--backend", type=click.Choice(["sim", "qemu"]), default="sim", show_default=True,
               help="The device model in the stubdomain: the pure-Python machine or QEMU.")
 @click.option("--out", "out", type=click.Path(file_okay=False), default="demo-output",

@@ -6,19 +6,28 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import click
 
-from stubdom import protocol as proto
-from stubdom.cli.common import SECONDS, XL_LIST_HEADER, dir_option, run, xl_list_row
-from stubdom.cli.main import cli
-from stubdom.host.hypervisor import DomainInfo
-from stubdom.toolstack.config import GuestConfig
-from stubdom.toolstack.session import Session, ToolstackError
-from stubdom.toolstack.xlcfg import ConfigError
+from stubdom.cli.common import (
+    SECONDS,
+    XL_LIST_HEADER,
+    dir_option,
+    one_line,
+    require_xenstored,
+    run,
+    xl_list_row,
+)
+from stubdom.host.rundir import resolve
+
+if TYPE_CHECKING:
+    from stubdom.host.hypervisor import DomainInfo
+    from stubdom.toolstack.config import GuestConfig
+    from stubdom.toolstack.session import Session
 
 
-@cli.command("create")
+@click.command("create")
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
 @click.option("-p", "paused", is_flag=True, help="Leave the guest paused after creating it.")
@@ -71,6 +80,7 @@ def create(
     """
     from stubdom.toolstack.configure import load_config
     from stubdom.toolstack.operations import create_guest
+    from stubdom.toolstack.xlcfg import ConfigError
 
     try:
         cfg = load_config(config, overrides)
@@ -117,6 +127,7 @@ async def _after_create(
     from stubdom.cli.console import announce
     from stubdom.toolstack.console import attach, find_console, vnc_display
     from stubdom.toolstack.monitor import monitor_domain, start_monitor
+    from stubdom.toolstack.session import ToolstackError
 
     if vncviewer:
         try:
@@ -143,13 +154,15 @@ def _start_vncviewer(display: str) -> None:
     import shutil
     import subprocess
 
+    from stubdom.toolstack.session import ToolstackError
+
     viewer = shutil.which("vncviewer")
     if viewer is None:
         raise ToolstackError(f"vncviewer is not installed; point a VNC viewer at {display}")
     subprocess.Popen([viewer, display], stdin=subprocess.DEVNULL, start_new_session=True)
 
 
-@cli.command("monitor", hidden=True)
+@click.command("monitor", hidden=True)
 @click.argument("domid", type=int)
 @dir_option
 def monitor(domid: int, directory: str | None) -> None:
@@ -169,7 +182,7 @@ def monitor(domid: int, directory: str | None) -> None:
     sys.exit(status)
 
 
-@cli.command("destroy")
+@click.command("destroy")
 @click.argument("domain")
 @dir_option
 def destroy(domain: str, directory: str | None) -> None:
@@ -191,7 +204,7 @@ def destroy(domain: str, directory: str | None) -> None:
     run(body, directory)
 
 
-@cli.command("pause")
+@click.command("pause")
 @click.argument("domain")
 @dir_option
 def pause(domain: str, directory: str | None) -> None:
@@ -199,7 +212,7 @@ def pause(domain: str, directory: str | None) -> None:
     _on_domain(domain, directory, lambda s, domid: s.hv.pause(domid))
 
 
-@cli.command("unpause")
+@click.command("unpause")
 @click.argument("domain")
 @dir_option
 def unpause(domain: str, directory: str | None) -> None:
@@ -218,6 +231,8 @@ def _on_domain(
 
 async def _orphan_stubdom(s: Session, name_or_id: str) -> DomainInfo | None:
     """The stubdomain ``name_or_id`` names, if its guest no longer exists."""
+    from stubdom import protocol as proto
+
     infos = await s.domains()
     found = next((d for d in infos if str(d.domid) == name_or_id), None) or next(
         (d for d in infos if d.name == name_or_id), None
@@ -232,22 +247,29 @@ async def _orphan_stubdom(s: Session, name_or_id: str) -> DomainInfo | None:
     return found
 
 
-@cli.command("list")
+@click.command("list")
 @click.argument("domains", nargs=-1)
 @dir_option
 def list_(domains: tuple[str, ...], directory: str | None) -> None:
     """List domains in xl's layout; a stubdomain shows as <guest>-dm."""
+    # One request to the host daemon over a plain socket: no session, no asyncio (the
+    # domain list is the hypervisor's, as for xl list).
+    from stubdom.host.apiblocking import call
+    from stubdom.host.apicodec import ListDomains
+    from stubdom.host.hypervisor import HypervisorError
 
-    async def body(s: Session) -> None:
-        infos = list(await s.domains())
-        if domains:
-            wanted = set(domains)
-            infos = [d for d in infos if d.name in wanted or str(d.domid) in wanted]
-            missing = wanted - {d.name for d in infos} - {str(d.domid) for d in infos}
-            if missing:
-                raise ToolstackError(f"no domain {sorted(missing)[0]!r}")
-        click.echo(XL_LIST_HEADER)
-        for d in infos:
-            click.echo(xl_list_row(d))
-
-    run(body, directory)
+    rd = resolve(directory)
+    try:
+        infos = call(rd.root, ListDomains())
+    except (HypervisorError, OSError) as e:
+        one_line(e)
+    require_xenstored(str(rd.xenstored_socket), directory)
+    if domains:
+        wanted = set(domains)
+        infos = [d for d in infos if d.name in wanted or str(d.domid) in wanted]
+        missing = wanted - {d.name for d in infos} - {str(d.domid) for d in infos}
+        if missing:
+            raise click.ClickException(f"no domain {sorted(missing)[0]!r}")
+    click.echo(XL_LIST_HEADER)
+    for d in infos:
+        click.echo(xl_list_row(d))

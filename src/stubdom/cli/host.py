@@ -16,7 +16,6 @@ from collections.abc import Iterator, Sequence
 import click
 
 from stubdom.cli.common import XL_LIST_HEADER, dir_option, xl_list_row
-from stubdom.cli.main import cli
 from stubdom.host import supervisor
 from stubdom.host.hypervisor import DomainInfo
 from stubdom.host.rundir import ENV_VAR, RunDir, RunDirError, resolve
@@ -56,7 +55,7 @@ def _print_list(domains: Sequence[DomainInfo]) -> None:
         click.echo(xl_list_row(d))
 
 
-@cli.group("host")
+@click.group("host")
 def host() -> None:
     """Run a simulated Xen host: xenstored, the hypervisor and dom0's backends."""
 

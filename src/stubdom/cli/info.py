@@ -5,12 +5,11 @@ from __future__ import annotations
 import click
 
 from stubdom.cli.common import dir_option, run
-from stubdom.cli.main import cli
 from stubdom.host.rundir import process_cmdline, resolve
 from stubdom.toolstack.session import Session
 
 
-@cli.command("info")
+@click.command("info")
 @click.argument("name", required=False)
 @dir_option
 def info(name: str | None, directory: str | None) -> None:
@@ -33,7 +32,7 @@ def info(name: str | None, directory: str | None) -> None:
     run(body, directory)
 
 
-@cli.command("dmesg")
+@click.command("dmesg")
 @click.option("-c", "--clear", "clear", is_flag=True, help="Clear the log after printing it.")
 @dir_option
 def dmesg(clear: bool, directory: str | None) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from stubdom.cli.common import dir_option, run
-from stubdom.cli.main import cli
 from stubdom.host.hypervisor import DomainInfo
 from stubdom.toolstack.session import Session
 
@@ -61,7 +60,7 @@ def _is_running_guest(d: DomainInfo) -> bool:
     return d.domid != 0 and d.target is None and not d.ended
 
 
-@cli.command(
+@click.command(
     "shutdown",
     params=_shutdown_options("shutdown"),
     help="Ask a guest to power off: control/shutdown = poweroff, which the simulated host "
@@ -73,7 +72,7 @@ def shutdown(domain: str | None, all_: bool, wait: int, fallback: bool,
     _shutdown_or_reboot(False, domain, all_, wait, directory)
 
 
-@cli.command(
+@click.command(
     "reboot",
     params=_shutdown_options("reboot"),
     help="Ask a guest to reboot: control/shutdown = reboot, which the simulated host "
@@ -86,7 +85,7 @@ def reboot(domain: str | None, all_: bool, wait: int, fallback: bool,
     _shutdown_or_reboot(True, domain, all_, wait, directory)
 
 
-@cli.command("mem-set")
+@click.command("mem-set")
 @click.argument("domain")
 @click.argument("memory")
 @dir_option
@@ -107,7 +106,7 @@ def mem_set(domain: str, memory: str, directory: str | None) -> None:
     run(body, directory)
 
 
-@cli.command("vcpu-set")
+@click.command("vcpu-set")
 @click.argument("domain")
 @click.argument("vcpus")
 @click.option("-i", "--ignore-host", "ignore_host", is_flag=True,
@@ -128,7 +127,7 @@ def vcpu_set(domain: str, vcpus: str, ignore_host: bool, directory: str | None) 
     run(body, directory)
 
 
-@cli.command("rename")
+@click.command("rename")
 @click.argument("domain")
 @click.argument("new_name")
 @dir_option

@@ -1,5 +1,13 @@
 """Entry point of the ``stubdom`` command: one click group, one module per verb family.
 
+**A verb imports only what it runs.**  The root group knows every verb by name from
+`VERBS` (its module, its attribute, its one-line help) and imports the verb's module
+only when that verb runs: ``stubdom --version`` or ``stubdom xenstore read`` must not
+pay for the toolstack, the conformance kit, asyncio or the daemon, as ``xl list`` and
+``xenstore-read`` pay for nothing they do not use.  ``stubdom --help`` lists the verbs
+from the table, so it imports none of them either; tests/cli/test_lazy.py checks that
+the table says what the commands say.
+
 What every verb shares, so that no verb has to think of it:
 
 - **A closed stdout is not an error.**  ``stubdom list | head -1`` exits quietly, with
@@ -15,6 +23,7 @@ What every verb shares, so that no verb has to think of it:
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import select
@@ -65,8 +74,105 @@ def _quiet_when_stdout_closes() -> Iterator[None]:
         raise
 
 
+#: Every verb of the root group: name -> ("module:attribute", its one-line help, or None
+#: for a hidden verb).  The help is the command's own first sentence (a test keeps them
+#: equal); ``stubdom --help`` shortens it as click would.
+VERBS: dict[str, tuple[str, str | None]] = {
+    "conformance": ("stubdom.cli.conformance:conformance",
+                    "Check a peer against every clause of the protocol."),
+    "console": ("stubdom.cli.console:console",
+                "Attach to a guest's serial console; Ctrl+] detaches."),
+    "create": ("stubdom.cli.domains:create",
+               "Create an HVM guest and its device-model stubdomain from an xl.cfg file."),
+    "demo": ("stubdom.cli.demo:demo", "Host up, create with a stubdomain, PCI hot-plug, save, "
+             "restore, destroy, host down."),
+    "destroy": ("stubdom.cli.domains:destroy", "Destroy a guest, its stubdomain, their nodes "
+                "and their save/restore files."),
+    "dmesg": ("stubdom.cli.info:dmesg", "Print the hypervisor's log: here the host daemon's "
+              "(host.log in the run directory)."),
+    "host": ("stubdom.cli.host:host", "Run a simulated Xen host: xenstored, the hypervisor "
+             "and dom0's backends."),
+    "info": ("stubdom.cli.info:info", "Print xl info's 'key : value' lines for the simulated "
+             "host; with NAME, only the values of the keys starting with it (e.g."),
+    "list": ("stubdom.cli.domains:list_",
+             "List domains in xl's layout; a stubdomain shows as <guest>-dm."),
+    "mem-set": ("stubdom.cli.lifecycle:mem_set", "Set a guest's current memory (its "
+                "memory/target) to MEMORY: MiB, or a number with a b, k, m, g or t suffix."),
+    "monitor": ("stubdom.cli.domains:monitor", None),
+    "pause": ("stubdom.cli.domains:pause",
+              "Pause a domain's vCPUs (xl pause); its device model is not told."),
+    "pci-assignable-add": ("stubdom.cli.pci:pci_assignable_add", "Make a function assignable "
+                           "(one BDF; adding it twice only warns, as xl)."),
+    "pci-assignable-list": ("stubdom.cli.pci:pci_assignable_list",
+                            "The functions that can be passed through and that no guest holds."),
+    "pci-assignable-remove": ("stubdom.cli.pci:pci_assignable_remove", "Take a function off "
+                              "the assignable list (refused while a guest holds it)."),
+    "pci-attach": ("stubdom.cli.pci:pci_attach", "Hot-plug a PCI function into a running "
+                   "guest (PCI_SPEC_STRING as xl)."),
+    "pci-detach": ("stubdom.cli.pci:pci_detach", "Hot-unplug a PCI function, or every one of "
+                   "``BB:DD.*`` (only the BDF matters)."),
+    "pci-list": ("stubdom.cli.pci:pci_list",
+                 "The guest's PCI functions and the virtual slot the device model chose."),
+    "reboot": ("stubdom.cli.lifecycle:reboot", "Ask a guest to reboot: control/shutdown = "
+               "reboot, which the simulated host obeys for the guest; then on_reboot applies "
+               "(by default, guest and stubdomain are created again)."),
+    "rename": ("stubdom.cli.lifecycle:rename",
+               "Rename a guest, and its stubdomain to NEW_NAME-dm."),
+    "restore": ("stubdom.cli.saverestore:restore",
+                "Recreate a guest and its stubdomain from a file written by 'stubdom save'."),
+    "save": ("stubdom.cli.saverestore:save",
+             "Save a guest's device-model state and configuration to FILE, as 'xl save'."),
+    "shutdown": ("stubdom.cli.lifecycle:shutdown", "Ask a guest to power off: "
+                 "control/shutdown = poweroff, which the simulated host obeys for the guest "
+                 "(an HVM guest here has no OS); then on_poweroff applies."),
+    "trace": ("stubdom.cli.trace:trace",
+              "Read a trace written by `stubdom xenstored --trace FILE`."),
+    "unpause": ("stubdom.cli.domains:unpause", "Unpause a domain (xl unpause): e.g. a guest "
+                "a killed 'stubdom save' left paused."),
+    "vcpu-set": ("stubdom.cli.lifecycle:vcpu_set", "Set how many vCPUs a guest has online (at "
+                 "most its maxvcpus); its device model hot-plugs them."),
+    "xenstore": ("stubdom.cli.xs:xenstore", "Read and change the host's xenstore (like "
+                 "xenstore-read, -write, -ls ...)."),
+    "xenstored": ("stubdom.cli.xenstored:xenstored",
+                  "Run a xenstored compatible with cxenstored 4.17, in the foreground."),
+}
+
+
+def load_verb(name: str) -> click.Command:
+    """Import the module of verb ``name`` and return its command."""
+    module, attr = VERBS[name][0].split(":")
+    command = getattr(importlib.import_module(module), attr)
+    if not isinstance(command, click.Command):
+        raise TypeError(f"VERBS[{name!r}] names {command!r}, not a click command")
+    return command
+
+
 class _Stubdom(click.Group):
-    """The root group: every verb runs (and ``--help`` prints) under the stdout guard."""
+    """The root group: its verbs are loaded on first use (`VERBS`), and every verb runs
+    (and ``--help`` prints) under the stdout guard."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*VERBS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in VERBS:
+            self.add_command(load_verb(cmd_name), cmd_name)
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """click's listing, from `VERBS` for the verbs not loaded yet."""
+        listed: list[tuple[str, click.Command]] = []
+        for name in self.list_commands(ctx):
+            command = self.commands.get(name)
+            if command is None:
+                short = VERBS[name][1]
+                command = click.Command(name, help=short, hidden=short is None)
+            if not command.hidden:
+                listed.append((name, command))
+        if listed:
+            limit = formatter.width - 6 - max(len(name) for name, _ in listed)
+            with formatter.section("Commands"):
+                formatter.write_dl([(n, c.get_short_help_str(limit)) for n, c in listed])
 
     def make_context(
         self,
@@ -93,23 +199,13 @@ def cli(verbose: int) -> None:
 
 
 def load_verbs() -> None:
-    """Import the verb modules: each registers its commands on `cli`."""
-    from stubdom.cli import conformance as _conformance  # noqa: F401  (registers the verbs)
-    from stubdom.cli import console as _console  # noqa: F401  (registers the verb)
-    from stubdom.cli import demo as _demo  # noqa: F401  (registers the verb)
-    from stubdom.cli import domains as _domains  # noqa: F401  (registers the verbs)
-    from stubdom.cli import host as _host  # noqa: F401  (registers the verb)
-    from stubdom.cli import info as _info  # noqa: F401  (registers the verbs)
-    from stubdom.cli import lifecycle as _lifecycle  # noqa: F401  (registers the verbs)
-    from stubdom.cli import pci as _pci  # noqa: F401  (registers the verbs)
-    from stubdom.cli import saverestore as _saverestore  # noqa: F401  (registers the verbs)
-    from stubdom.cli import trace as _trace  # noqa: F401  (registers the verbs)
-    from stubdom.cli import xenstored as _xenstored  # noqa: F401  (registers the verb)
-    from stubdom.cli import xs as _xs  # noqa: F401  (registers the verbs)
+    """Load every verb now (tests and tools that walk the whole command tree)."""
+    for name in VERBS:
+        if name not in cli.commands:
+            cli.add_command(load_verb(name), name)
 
 
 def main() -> None:
-    load_verbs()
     try:
         cli()
     except Exception as e:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from stubdom.cli.common import dir_option, run, timeout_option
-from stubdom.cli.main import cli
 from stubdom.protocol import Bdf, parse_bdf
 from stubdom.toolstack.config import PciSpec
 from stubdom.toolstack.session import Session
@@ -21,7 +20,7 @@ def _pci_spec(text: str) -> PciSpec:
         raise click.BadParameter(str(e), param_hint="PCI_SPEC_STRING") from None
 
 
-@cli.command("pci-attach")
+@click.command("pci-attach")
 @click.argument("domain")
 @click.argument("pci_spec")
 @timeout_option
@@ -39,7 +38,7 @@ def pci_attach(domain: str, pci_spec: str, timeout: float | None, directory: str
     run(body, directory)
 
 
-@cli.command("pci-detach")
+@click.command("pci-detach")
 @click.argument("domain")
 @click.argument("pci_spec")
 @click.option("-f", "force", is_flag=True, help="Remove without asking the device model.")
@@ -63,7 +62,7 @@ def pci_detach(
     run(body, directory)
 
 
-@cli.command("pci-list")
+@click.command("pci-list")
 @click.argument("domain")
 @dir_option
 def pci_list(domain: str, directory: str | None) -> None:
@@ -90,7 +89,7 @@ def _bdf(text: str) -> Bdf:
         ) from None
 
 
-@cli.command("pci-assignable-list")
+@click.command("pci-assignable-list")
 @dir_option
 def pci_assignable_list(directory: str | None) -> None:
     """The functions that can be passed through and that no guest holds."""
@@ -103,7 +102,7 @@ def pci_assignable_list(directory: str | None) -> None:
     run(body, directory)
 
 
-@cli.command("pci-assignable-add")
+@click.command("pci-assignable-add")
 @click.argument("bdf")
 @dir_option
 def pci_assignable_add(bdf: str, directory: str | None) -> None:
@@ -118,7 +117,7 @@ def pci_assignable_add(bdf: str, directory: str | None) -> None:
     run(body, directory)
 
 
-@cli.command("pci-assignable-remove")
+@click.command("pci-assignable-remove")
 @click.argument("bdf")
 @click.option(
     "-r", "rebind", is_flag=True,

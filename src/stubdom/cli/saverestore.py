@@ -5,11 +5,10 @@ from __future__ import annotations
 import click
 
 from stubdom.cli.common import dir_option, run, timeout_option
-from stubdom.cli.main import cli
 from stubdom.toolstack.session import Session
 
 
-@cli.command("save")
+@click.command("save")
 @click.argument("domain")
 @click.argument("file")
 @click.argument("config_file", metavar="[CONFIGFILE]", required=False)
@@ -82,7 +81,7 @@ def save(
     run(body, directory)
 
 
-@cli.command("restore")
+@click.command("restore")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("-p", "paused", is_flag=True, help="Leave the guest paused after restoring.")
 @click.option("-e", "no_monitor", is_flag=True,

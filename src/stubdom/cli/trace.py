@@ -6,13 +6,12 @@ from pathlib import Path
 
 import click
 
-from stubdom.cli.main import cli
 from stubdom.trace.model import Event, TraceError, load_trace
 from stubdom.trace.svg import render_svg
 from stubdom.trace.timeline import Filter, render_text
 
 
-@cli.group()
+@click.group()
 def trace() -> None:
     """Read a trace written by `stubdom xenstored --trace FILE`."""
 

@@ -28,7 +28,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import shutil
 import signal
 import stat
 import time
@@ -202,6 +201,8 @@ class RunDir:
         A crashed xenstored or backend leaves its sockets behind, per-domain ones included,
         so every socket goes, not only the ones we know by name.  Returns what went.
         """
+        import shutil  # here: every command resolves its run directory, few clean it
+
         removed = []
         # The scratch TMPDIRs (`SimulatedHypervisor.scratch_dir`) of domains that died
         # with a killed host: their hypervisor is not there to remove them.

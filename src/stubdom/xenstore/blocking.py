@@ -1,0 +1,302 @@
+"""A blocking xenstore client: one Unix socket, one request at a time, no event loop.
+
+For short-lived programs that send a few requests and exit (``stubdom xenstore read``,
+as ``xenstore-read`` does with libxenstore): importing asyncio alone costs them more
+than the whole exchange, and so, nearly, does the asyncio client's sans-IO layer
+(`stubdom.xenstore.protocol`: its dataclasses, the permission enums, logging set-up).
+So this shell sits straight on the wire codec (`stubdom.wire`: `Packet`, `encode`,
+`PacketDecoder`, `join_args`) and raises the asyncio client's errors, worded alike
+(`error_from_name`).  With one request outstanding, reply matching is simple: the next
+packet that is not a watch event is the reply (whatever ``req_id`` the server echoes),
+and a connection whose reply never came is not used again.  No watches: a watch needs a
+reader running beside the requests, which is what the asyncio client is for.
+
+``reconnect=SECONDS`` outlives a restart of the daemon as the asyncio client does: a
+request whose connection drops is sent again over a new one; one inside a transaction
+fails with `TransactionConflict` instead (the daemon forgot the transaction), which
+`BlockingClient.retry_transaction` answers by running the block again.
+"""
+
+from __future__ import annotations
+
+import _socket
+import errno
+import logging
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, TypeVar
+
+from stubdom.wire.constants import PAYLOAD_MAX, Op
+from stubdom.wire.packet import DecodeError, Packet, PacketDecoder, encode, join_args, op_name
+from stubdom.wire.paths import check_client_path
+from stubdom.xenstore.errors import (
+    ConnectionClosed,
+    ProtocolError,
+    TooBig,
+    TransactionConflict,
+    XenStoreTimeout,
+    error_from_name,
+)
+
+if TYPE_CHECKING:
+    from stubdom.wire.perms import Perm
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Per-request timeout in seconds, as the asyncio client's default.
+DEFAULT_TIMEOUT = 10.0
+#: How long `BlockingClient.retry_transaction` keeps running a conflicting block, and
+#: the first pause after a conflict (doubled per conflict, at most 32 times this).
+RETRY_PATIENCE = 30.0
+RETRY_BACKOFF = 0.001
+#: A socket file missing this long while reconnecting was removed on purpose.
+SOCKET_GONE_GRACE = 10.0
+
+#: Largest reply payload accepted, as the asyncio client's default (ox's socket may send
+#: DIRECTORY replies beyond 4096 bytes).
+MAX_REPLY = 1 << 20
+_RECV = 65536
+_TX_ID_LIMIT = 1 << 32
+
+
+def _raw(text: str) -> bytes:
+    """Wire strings from ``str``, losslessly (a path from argv may hold surrogates)."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _strings(payload: bytes) -> list[str]:
+    """``a\\0b\\0`` -> ``["a", "b"]``; an empty payload is an empty list."""
+    if not payload:
+        return []
+    body = payload[:-1] if payload.endswith(b"\0") else payload
+    return [_text(p) for p in body.split(b"\0")]
+
+
+class BlockingClient:
+    """One connection to a xenstored Unix socket; not for sharing between threads."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        check_paths: bool = True,
+        reconnect: float | None = None,
+    ) -> None:
+        """Connect to ``path``; OSError (its ``strerror`` says why) if nothing answers."""
+        self.path = path
+        self.timeout = timeout
+        self.check_paths = check_paths
+        self.reconnect = reconnect
+        self._sock = self._open()
+        self._decoder = PacketDecoder(max_payload=MAX_REPLY)
+        self._req_id = 0
+        #: Why the connection may not carry another request (a reply never came).
+        self._unusable: ConnectionClosed | None = None
+
+    def _open(self) -> _socket.socket:
+        # `_socket` is the socket type `socket` wraps; importing `socket` converts its
+        # constants to enums, which costs a short-lived command more than its request.
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.path)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> BlockingClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- requests --------------------------------------------------------------
+
+    def request(self, op: Op, payload: bytes, *, tx_id: int = 0, what: str | None = None
+                ) -> bytes:
+        """Send one request; the reply payload, or the ERROR as `XenStoreError`.
+
+        ``what`` (a path) only makes error messages clearer, as for `Client.request`.
+        """
+        if len(payload) > PAYLOAD_MAX:
+            raise TooBig(op=op_name(op), path=what,
+                         message=f"request of {len(payload)} bytes exceeds {PAYLOAD_MAX}")
+        deadline: float | None = None
+        while True:
+            try:
+                reply = self._exchange(op, payload, tx_id, what)
+                break
+            except ConnectionClosed as lost:
+                if self.reconnect is None:
+                    raise
+                # However often the new connections drop, the request gives up after
+                # `reconnect` seconds in all.
+                deadline = deadline or time.monotonic() + self.reconnect
+                self._reestablish(lost, deadline)
+                if tx_id:
+                    raise TransactionConflict(
+                        op=op_name(op), path=f"transaction {tx_id}",
+                        message="xenstored restarted and forgot the transaction; run it again",
+                    ) from None
+        if reply.op == Op.ERROR:
+            name = _text(reply.payload.split(b"\0", 1)[0]) or "EINVAL"
+            raise error_from_name(name, op=op_name(op), path=what)
+        if reply.op != op:
+            raise ProtocolError(
+                f"xenstore {op_name(op)} {what or ''}: reply of type {reply.type_name}"
+            )
+        return reply.payload
+
+    def _exchange(self, op: Op, payload: bytes, tx_id: int, what: str | None) -> Packet:
+        """Write the request, read until its reply (watch events cannot come: no watches)."""
+        if self._unusable is not None:
+            raise self._unusable
+        self._req_id = self._req_id % (_TX_ID_LIMIT - 1) + 1
+        try:
+            self._sock.sendall(encode(Packet(op, payload, self._req_id, tx_id)))
+            while True:
+                packet = self._decoder.next_packet()
+                if packet is None:
+                    chunk = self._sock.recv(_RECV)
+                    if not chunk:
+                        raise ConnectionClosed(
+                            f"xenstore connection {self.path} closed by the server")
+                    self._decoder.feed(chunk)
+                elif packet.op != Op.WATCH_EVENT:  # an event: nobody here waits for it
+                    return packet
+        except TimeoutError:
+            # Its reply may still come and would be taken for the next one's.
+            self._unusable = ConnectionClosed(
+                f"xenstore connection {self.path}: a reply never came")
+            where = " ".join(x for x in ("xenstore", op_name(op), what) if x)
+            raise XenStoreTimeout(f"{where}: no reply within {self.timeout:g} s") from None
+        except DecodeError as e:
+            self._unusable = ConnectionClosed(f"xenstore connection {self.path}: {e}")
+            raise ProtocolError(f"undecodable data from the xenstore server: {e}") from e
+        except ConnectionClosed:
+            raise
+        except OSError as e:
+            raise ConnectionClosed(f"xenstore connection {self.path} failed: {e}") from e
+
+    def _reestablish(self, lost: ConnectionClosed, deadline: float) -> None:
+        """Connect again before ``deadline``, or raise why not (as `Client` does)."""
+        assert self.reconnect is not None
+        log.info("%s; connecting again (for up to %g s)", lost, self.reconnect)
+        self._sock.close()
+        delay = 0.01
+        missing_since: float | None = None
+        while True:
+            try:
+                self._sock = self._open()
+                self._decoder = PacketDecoder(max_payload=MAX_REPLY)
+                self._unusable = None
+                return
+            except OSError as e:
+                now = time.monotonic()
+                if e.errno == errno.ENOENT:
+                    missing_since = now if missing_since is None else missing_since
+                else:
+                    missing_since = None
+                gone = missing_since is not None and now - missing_since > SOCKET_GONE_GRACE
+                if gone or now + delay > deadline:
+                    why = "its socket is gone" if gone else (
+                        f"xenstored did not come back within {self.reconnect:g} s")
+                    raise ConnectionClosed(f"{lost}; {why} ({e.strerror or e})") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
+
+    def _path(self, path: str) -> bytes:
+        if self.check_paths:
+            check_client_path(path)
+        return join_args(_raw(path))
+
+    # -- node requests (as `Client`'s) -------------------------------------------
+
+    def read(self, path: str, *, tx_id: int = 0) -> bytes:
+        return self.request(Op.READ, self._path(path), tx_id=tx_id, what=path)
+
+    def write(self, path: str, value: bytes | str, *, tx_id: int = 0) -> None:
+        """Set the value, creating the node and missing parents; str is sent as UTF-8."""
+        raw = value.encode() if isinstance(value, str) else value
+        self.request(Op.WRITE, self._path(path) + raw, tx_id=tx_id, what=path)
+
+    def rm(self, path: str, *, tx_id: int = 0) -> None:
+        self.request(Op.RM, self._path(path), tx_id=tx_id, what=path)
+
+    def directory(self, path: str, *, tx_id: int = 0) -> list[str]:
+        """Raw DIRECTORY: the child names, or `TooBig` if they exceed one reply."""
+        return _strings(self.request(Op.DIRECTORY, self._path(path), tx_id=tx_id, what=path))
+
+    def get_perms(self, path: str, *, tx_id: int = 0) -> list[Perm]:
+        from stubdom.wire.perms import InvalidPermission, parse_perm  # few callers need it
+
+        payload = self.request(Op.GET_PERMS, self._path(path), tx_id=tx_id, what=path)
+        try:
+            return [parse_perm(p) for p in _strings(payload)]
+        except InvalidPermission as exc:
+            raise ProtocolError(f"bad permission in GET_PERMS reply {payload!r}: {exc}"
+                                ) from exc
+
+    def set_perms(self, path: str, perms: Sequence[Perm | str], *, tx_id: int = 0) -> None:
+        if not perms:
+            raise ValueError("set_perms needs at least the owner entry")
+        payload = self._path(path) + join_args(*(str(p) for p in perms))
+        self.request(Op.SET_PERMS, payload, tx_id=tx_id, what=path)
+
+    # -- transactions -----------------------------------------------------------
+
+    def retry_transaction(self, fn: Callable[[int], T]) -> T:
+        """Run ``fn(tx_id)`` in a fresh transaction until it commits, as
+        `Client.retry_transaction` does: on `TransactionConflict` the block runs again
+        after a random pause, until `RETRY_PATIENCE` seconds have passed."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return self._in_transaction(fn)
+            except TransactionConflict:
+                if time.monotonic() - started >= RETRY_PATIENCE:
+                    raise
+                log.debug("transaction conflict, attempt %d", attempt)
+                import random  # only after a conflict: a start-up cost for every command
+
+                time.sleep(random.uniform(0, RETRY_BACKOFF * 2 ** min(attempt - 1, 5)))
+
+    def _in_transaction(self, fn: Callable[[int], T]) -> T:
+        reply = self.request(Op.TRANSACTION_START, b"\0")
+        text = _text(reply.split(b"\0", 1)[0])
+        if not (text.isdigit() and 0 < int(text) < _TX_ID_LIMIT):
+            raise ProtocolError(f"TRANSACTION_START reply {reply!r} is not a valid tx_id")
+        tx_id = int(text)
+        try:
+            result = fn(tx_id)
+        except BaseException:
+            try:
+                self.request(Op.TRANSACTION_END, b"F\0", tx_id=tx_id,
+                             what=f"transaction {tx_id}")
+            except (OSError, ProtocolError) as err:
+                log.debug("aborting transaction %d failed: %s", tx_id, err)
+            raise
+        self.request(Op.TRANSACTION_END, b"T\0", tx_id=tx_id, what=f"transaction {tx_id}")
+        return result
+
+
+__all__ = ["DEFAULT_TIMEOUT", "BlockingClient"]
