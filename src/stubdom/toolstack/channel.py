@@ -65,7 +65,7 @@ from stubdom.toolstack.exchange import (
 )
 from stubdom.toolstack.locks import SaveMarker, flocked, lock_path, save_marker_path
 from stubdom.xenstore import Client, Transaction, WaitTimeout, WatchGroup
-from stubdom.xenstore.pipeline import pipelined
+from stubdom.xenstore.pipeline import Batch, pipelined
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +85,24 @@ class ChannelWatches:
     #: ``releases`` when the last liveness query that found the stubdomain alive began
     #: (None: no such query, or a later one found it dead).
     alive_as_of: int | None = None
+    #: The last value of ``state`` we read or wrote, and the `Reply.seq` of that reply.
+    state_seen: tuple[str | None, int] | None = None
 
     @property
     def releases(self) -> int:
         return self.group.fired(RELEASE_DOMAIN)
+
+    def saw_state(self, value: str | None, seq: int) -> None:
+        self.state_seen = (value, seq)
+
+    def known_state(self, path: str) -> str | None:
+        """``state`` (at ``path``) as last read or written, if no event on it came
+        since (`WatchGroup.changed_since`): what a read would show, without the round
+        trip.  None: not known, read it."""
+        if self.state_seen is None:
+            return None
+        value, seq = self.state_seen
+        return None if self.group.changed_since(path, seq) else value
 
 
 #: (client, stubdom, guest, lock path) of a channel.
@@ -289,7 +303,7 @@ class DeviceModelChannel:
         """Pause the device model and have it dump its state (-> ``paused``); no state
         restore.  Leaves the save marker until `resume`."""
         async with self.locked():
-            state = await self.client.read_text(self._state)
+            state = await self._current_state(await self._watches())
             if state == State.PAUSED and self._marker.in_progress(self.stubdom):
                 log.info("guest %d: device model already paused by a save", self.guest)
                 return
@@ -302,7 +316,7 @@ class DeviceModelChannel:
         """``continue`` if the state is ``paused`` and wait for ``running``; whether it
         was sent.  Ends the save in progress either way."""
         async with self.locked():
-            sent = await self.client.read_text(self._state) == State.PAUSED
+            sent = await self._current_state(await self._watches()) == State.PAUSED
             if sent:
                 await self._exchange(Command.CONTINUE, None, State.RUNNING, Restore.NEVER)
                 log.info("guest %d: device model resumed", self.guest)
@@ -385,7 +399,7 @@ class DeviceModelChannel:
     async def _prepare(self, what: str) -> None:
         """The recovery of the class docstring, then libxl's wait for ``running``."""
         watches = await self._watches()
-        state = await self.client.read_text(self._state)
+        state = await self._current_state(watches)
         if state in STALE_RESULTS:
             await self._reset_stale(state)
         elif state == State.PAUSED:
@@ -402,6 +416,17 @@ class DeviceModelChannel:
         elif state == State.RUNNING and await self._alive(watches):
             return  # what wait_running would find at once
         await self._wait(CommandExchange(self.guest, State.RUNNING, purpose=what))
+
+    async def _current_state(self, w: ChannelWatches) -> str | None:
+        """``state``: as we last saw it if no event says it changed since, else read."""
+        known = w.known_state(self._state)
+        if known is not None:
+            return known
+        batch = Batch(self.client)
+        state = batch.read_text(self._state)
+        await batch.send()
+        w.saw_state(state.value, state.seq)
+        return state.value
 
     async def _reset_stale(self, stale: str) -> None:
         """Write ``running`` over a stale result, if it is still there."""
@@ -432,23 +457,22 @@ class DeviceModelChannel:
             parameter was written), then look at state and parameter; the READs go in
             the same round trip as the write before them."""
             nonlocal orig
-            note = self.client.write(self.last_sent, f"{command.value} {parameter or ''}")
-            if parameter is None:
-                orig, _ = await pipelined(self.client.read_text(self._state), note)
-            else:
-                orig, _, _ = await pipelined(
-                    self.client.read_text(self._state),
-                    note,
-                    self.client.write(self._parameter, parameter),
-                )
+            first = Batch(self.client)
+            state = first.read_text(self._state)
+            first.write(self.last_sent, f"{command.value} {parameter or ''}")
+            if parameter is not None:
+                first.write(self._parameter, parameter)
+            await first.send()
+            orig = state.value
             w.group.take()  # before the reads are sent
-            _, state, param = await pipelined(
-                self.client.write(self._command, command.value),
-                self.client.read_text(self._state),
-                self.client.read_text(self._parameter),
-            )
+            second = Batch(self.client)
+            second.write(self._command, command.value)
+            state = second.read_text(self._state)
+            param = second.read_text(self._parameter)
+            await second.send()
+            w.saw_state(state.value, state.seq)
             log.debug("guest %d: sent %s %r", self.guest, command, parameter)
-            return Snapshot(state, param)
+            return Snapshot(state.value, param.value)
 
         ok = died = False
         try:
@@ -467,7 +491,12 @@ class DeviceModelChannel:
                 await self._restore(orig)
 
     async def _restore(self, orig: str) -> None:
-        await self.client.write(self._state, orig)
+        batch = Batch(self.client)
+        written = batch.write(self._state, orig)
+        await batch.send()
+        kept = self.channels.kept.get(self._watches_key)
+        if kept is not None:
+            kept.saw_state(orig, written.seq)
 
     async def _wait(
         self,
@@ -490,10 +519,12 @@ class DeviceModelChannel:
             if first is not None:
                 snap, first = await first(w), None
             else:
-                state, param = await pipelined(
-                    self.client.read_text(self._state), self.client.read_text(self._parameter)
-                )
-                snap = Snapshot(state, param)
+                batch = Batch(self.client)
+                state = batch.read_text(self._state)
+                param = batch.read_text(self._parameter)
+                await batch.send()
+                w.saw_state(state.value, state.seq)
+                snap = Snapshot(state.value, param.value)
             alive = await self._alive(w)
             if snap.state is None and alive:
                 # The stub's nodes go with it, before @releaseDomain fires.
