@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -94,3 +95,22 @@ async def test_changed_since_tells_events_after_a_reply(
         await group.changed()
         assert group.changed_since("/c/x", read.seq)
     assert group.changed_since("/c/x", 10**9)  # watches gone: nothing is known
+
+
+async def test_changed_after_waits_only_for_events_after_the_reads(
+    client: Client, server: FakeServer
+) -> None:
+    """An event that came before a read's reply is what the read saw: no reason to
+    look again.  One after it is."""
+    async with WatchGroup(client, ["/d/x", "/d/y"]) as group:
+        server.fire("/d/x")  # before the read: the read shows its change
+        batch = Batch(client)
+        x = batch.read_text("/d/x")
+        y = batch.read_text("/d/y")
+        await batch.send()
+        waiter = asyncio.create_task(group.changed_after({"/d/x": x.seq, "/d/y": y.seq}))
+        for _ in range(20):  # every turn the waiter could take
+            await asyncio.sleep(0)
+        assert not waiter.done()
+        server.fire("/d/y")
+        await waiter

@@ -65,7 +65,7 @@ from stubdom.toolstack.exchange import (
 )
 from stubdom.toolstack.locks import SaveMarker, flocked, lock_path, save_marker_path
 from stubdom.xenstore import Client, Transaction, WaitTimeout, WatchGroup
-from stubdom.xenstore.pipeline import Batch, pipelined
+from stubdom.xenstore.pipeline import Batch, Result, pipelined
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,8 @@ class ChannelWatches:
 
 #: (client, stubdom, guest, lock path) of a channel.
 ChannelKey = tuple[Client, int, int, Path]
+#: What one look at the channel showed, and the `Reply.seq` it read each path at.
+Look = tuple[Snapshot, dict[str, int]]
 
 
 class ChannelRegistry:
@@ -452,27 +454,27 @@ class DeviceModelChannel:
         ex = CommandExchange(self.guest, expect, command, parameter)
         orig: str | None = None
 
-        async def send(w: ChannelWatches) -> Snapshot:
-            """Read the state to restore, write parameter, then command (only if the
-            parameter was written), then look at state and parameter; the READs go in
-            the same round trip as the write before them."""
+        async def send(w: ChannelWatches) -> Look:
+            """Read the state to restore and write parameter, then command (only if
+            the parameter was written): the first look is what those show."""
             nonlocal orig
             first = Batch(self.client)
             state = first.read_text(self._state)
             first.write(self.last_sent, f"{command.value} {parameter or ''}")
+            param: Result[str | None] | Result[None]
             if parameter is not None:
-                first.write(self._parameter, parameter)
+                param = first.write(self._parameter, parameter)
+            else:
+                param = first.read_text(self._parameter)
             await first.send()
             orig = state.value
-            w.group.take()  # before the reads are sent
+            w.saw_state(orig, state.seq)
             second = Batch(self.client)
-            second.write(self._command, command.value)
-            state = second.read_text(self._state)
-            param = second.read_text(self._parameter)
+            sent = second.write(self._command, command.value)
             await second.send()
-            w.saw_state(state.value, state.seq)
             log.debug("guest %d: sent %s %r", self.guest, command, parameter)
-            return Snapshot(state.value, param.value)
+            seen = {self._state: state.seq, self._parameter: param.seq, RELEASE_DOMAIN: sent.seq}
+            return Snapshot(orig, parameter if parameter is not None else param.value), seen
 
         ok = died = False
         try:
@@ -501,7 +503,7 @@ class DeviceModelChannel:
     async def _wait(
         self,
         ex: CommandExchange,
-        send: Callable[[ChannelWatches], Awaitable[Snapshot]] | None = None,
+        send: Callable[[ChannelWatches], Awaitable[Look]] | None = None,
         watches: ChannelWatches | None = None,
     ) -> Snapshot:
         """With state, parameter and @releaseDomain watched (``watches``, else the
@@ -509,22 +511,18 @@ class DeviceModelChannel:
         at each event until ``ex`` decides."""
         w = watches if watches is not None else await self._watches()
         first = send
+        seen: dict[str, int] = {}
 
         async def look() -> Snapshot | None:
             nonlocal first
-            # Each look drops the events received before its reads are sent: the
-            # server sent them before it got the reads (a connection keeps its order),
-            # so the reads see what they announce.  @releaseDomain is still counted
-            # (`_alive`).
+            # The next look waits for an event that came after this one's reads (or
+            # writes) were answered: the events before them, our own writes' included,
+            # announced what this look sees.  @releaseDomain is also counted (`_alive`).
             if first is not None:
-                snap, first = await first(w), None
+                (snap, got), first = await first(w), None
             else:
-                batch = Batch(self.client)
-                state = batch.read_text(self._state)
-                param = batch.read_text(self._parameter)
-                await batch.send()
-                w.saw_state(state.value, state.seq)
-                snap = Snapshot(state.value, param.value)
+                snap, got = await self._look(w)
+            seen.update(got)
             alive = await self._alive(w)
             if snap.state is None and alive:
                 # The stub's nodes go with it, before @releaseDomain fires.
@@ -539,7 +537,17 @@ class DeviceModelChannel:
             pending = send is not None and await self.client.read_text(self._command) is not None
             return ex.timed_out(self.timeout, pending)
 
-        return await self._until(w, look, self.timeout, timed_out)
+        return await self._until(w, look, self.timeout, timed_out, seen)
+
+    async def _look(self, w: ChannelWatches) -> Look:
+        """``state`` and ``parameter`` read in one round trip."""
+        batch = Batch(self.client)
+        state = batch.read_text(self._state)
+        param = batch.read_text(self._parameter)
+        await batch.send()
+        w.saw_state(state.value, state.seq)
+        seen = {self._state: state.seq, self._parameter: param.seq, RELEASE_DOMAIN: param.seq}
+        return Snapshot(state.value, param.value), seen
 
     async def _until(
         self,
@@ -547,15 +555,33 @@ class DeviceModelChannel:
         look: Callable[[], Awaitable[T | None]],
         timeout: float,
         timed_out: Callable[[], Awaitable[DeviceModelError]],
+        seen: Mapping[str, int] | None = None,
     ) -> T:
         """Every wait of the channel: ``look`` until it finds something, and the error
-        ``timed_out`` makes of the last resort."""
+        ``timed_out`` makes of the last resort.  With ``seen`` (what the last look
+        read, by path: `WatchGroup.changed_after`), only an event after it brings
+        another look; else any event since the look began does."""
+        if seen is None:
+            try:
+                return await w.group.until(look, timeout)
+            except WaitTimeout:
+                error = await timed_out()
+                log.info("%s", error)
+                raise error from None
+        deadline = asyncio.timeout(timeout)
         try:
-            return await w.group.until(look, timeout)
-        except WaitTimeout:
-            error = await timed_out()
-            log.info("%s", error)
-            raise error from None
+            async with deadline:
+                while True:
+                    found = await look()
+                    if found is not None:
+                        return found
+                    await w.group.changed_after(seen)
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # a request timed out, not the wait
+        error = await timed_out()
+        log.info("%s", error)
+        raise error from None
 
     async def _watches(self) -> ChannelWatches:
         """This channel's kept watches (the lock is held)."""

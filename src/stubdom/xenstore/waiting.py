@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
 
@@ -133,6 +133,17 @@ class WatchGroup:
         """Return once an event came after the last `take` (at once if one did)."""
         await self._changed.wait()
         self._raise_closed()
+
+    async def changed_after(self, seen: Mapping[str, int]) -> None:
+        """Return once an event on one of ``seen``'s paths arrived after the reply
+        numbered ``seen[path]`` (at once if one did): a look that read each path at
+        that reply has nothing to look at again until then -- not even the events its
+        own writes fired, or those that came before its reads were answered."""
+        self._raise_closed()
+        while not any(self._last[path] > seq for path, seq in seen.items()):
+            self._changed.clear()
+            await self._changed.wait()
+            self._raise_closed()
 
     def _raise_closed(self) -> None:
         if self._closed is not None:
