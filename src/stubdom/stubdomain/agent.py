@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import signal
+import sys
 from collections.abc import Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -520,9 +521,11 @@ async def run_agent(
         client = await Client.connect(reconnect=RECONNECT)
     handler = ConsoleLogHandler.installed()
     root = logging.getLogger()
+    quieted: list[tuple[logging.Handler, int]] = []
     try:
         try:
             handler.attach(await connect_console(client, proto.CONSOLE_LOGGING))
+            quieted = _stderr_warnings_only(root)
         except (ConsoleError, XenStoreError, OSError) as e:
             log.warning("no console %d (%s); logging to stderr only", proto.CONSOLE_LOGGING, e)
         if fatal is not None:
@@ -548,4 +551,18 @@ async def run_agent(
     finally:
         await handler.aclose()
         root.removeHandler(handler)
+        for h, level in quieted:
+            h.setLevel(level)
         await client.close()
+
+
+def _stderr_warnings_only(root: logging.Logger) -> list[tuple[logging.Handler, int]]:
+    """Once console 0 (the log) is there, stderr (the domain's process output) keeps
+    warnings and worse: an info line each command would cost a second write.  The
+    handlers changed, with their levels before."""
+    changed: list[tuple[logging.Handler, int]] = []
+    for h in root.handlers:
+        if isinstance(h, logging.StreamHandler) and h.stream is sys.stderr:
+            changed.append((h, h.level))
+            h.setLevel(max(h.level, logging.WARNING))
+    return changed
