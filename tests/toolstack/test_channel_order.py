@@ -114,18 +114,30 @@ async def test_a_state_changed_by_someone_else_is_read_again(setup: Setup) -> No
 
 async def test_save_and_continue_know_the_state_from_the_last_look(setup: Setup) -> None:
     """``paused`` seen by the look that ended the save is what ``resume`` needs: it
-    sends ``continue`` with no read first; a second resume reads ``running`` from the
-    look that ended the first one and sends nothing."""
+    sends ``continue`` with no read first, in one round trip with the note of the last
+    command; a second resume knows ``running`` from the look that ended the first one
+    and sends nothing."""
     await setup.chan.pci_insert(DEV_A)  # the watches are set
     await setup.chan.save()
     setup.sent.clear()
     assert await setup.chan.resume() is True
-    assert setup.sent[0] == [("READ", STATE), ("WRITE", LAST), ("READ", PARAM)]
-    assert setup.sent[1] == [("WRITE", CMD)]
+    assert setup.sent[0] == [("WRITE", LAST), ("WRITE", CMD)]  # libxl: no state to restore
     setup.sent.clear()
     assert await setup.chan.resume() is False
     assert setup.sent == []
     assert setup.fake.commands == ["pci-ins", "save", "continue"]
+
+
+async def test_a_command_without_parameter_reads_a_state_it_does_not_know(
+    setup: Setup,
+) -> None:
+    await setup.chan.pci_insert(DEV_A)
+    await setup.chan.save()
+    await setup.dom0.write(STATE, State.PAUSED.value)  # an event: no longer known
+    setup.sent.clear()
+    assert await setup.chan.resume() is True
+    assert setup.sent[0] == [("READ", STATE)]  # resume's own look before deciding
+    assert setup.sent[1] == [("WRITE", LAST), ("WRITE", CMD)]
 
 
 async def test_the_first_command_of_a_channel_reads_the_state(setup: Setup) -> None:

@@ -65,7 +65,7 @@ from stubdom.toolstack.exchange import (
 )
 from stubdom.toolstack.locks import SaveMarker, flocked, lock_path, save_marker_path
 from stubdom.xenstore import Client, Transaction, WaitTimeout, WatchGroup
-from stubdom.xenstore.pipeline import Batch, Result, pipelined
+from stubdom.xenstore.pipeline import Batch, pipelined
 
 log = logging.getLogger(__name__)
 
@@ -456,16 +456,16 @@ class DeviceModelChannel:
 
         async def send(w: ChannelWatches) -> Look:
             """Read the state to restore and write parameter, then command (only if
-            the parameter was written): the first look is what those show."""
+            the parameter was written): the first look is what those show.  A command
+            without parameter goes in the same round trip as the state read (none if
+            the state is known, `ChannelWatches.known_state`)."""
             nonlocal orig
+            if parameter is None:
+                return await send_plain(w)
             first = Batch(self.client)
             state = first.read_text(self._state)
-            first.write(self.last_sent, f"{command.value} {parameter or ''}")
-            param: Result[str | None] | Result[None]
-            if parameter is not None:
-                param = first.write(self._parameter, parameter)
-            else:
-                param = first.read_text(self._parameter)
+            first.write(self.last_sent, f"{command.value} {parameter}")
+            param = first.write(self._parameter, parameter)
             await first.send()
             orig = state.value
             w.saw_state(orig, state.seq)
@@ -474,7 +474,26 @@ class DeviceModelChannel:
             await second.send()
             log.debug("guest %d: sent %s %r", self.guest, command, parameter)
             seen = {self._state: state.seq, self._parameter: param.seq, RELEASE_DOMAIN: sent.seq}
-            return Snapshot(orig, parameter if parameter is not None else param.value), seen
+            return Snapshot(orig, parameter), seen
+
+        async def send_plain(w: ChannelWatches) -> Look:
+            nonlocal orig
+            batch = Batch(self.client)
+            known = w.known_state(self._state)
+            state = batch.read_text(self._state) if known is None else None
+            batch.write(self.last_sent, f"{command.value} ")
+            sent = batch.write(self._command, command.value)
+            await batch.send()
+            if state is not None:
+                orig = state.value
+                w.saw_state(orig, state.seq)
+            else:
+                orig = known
+            assert w.state_seen is not None
+            log.debug("guest %d: sent %s", self.guest, command)
+            seen = {self._state: w.state_seen[1], self._parameter: sent.seq,
+                    RELEASE_DOMAIN: sent.seq}
+            return Snapshot(orig, None), seen
 
         ok = died = False
         try:
