@@ -83,16 +83,16 @@ async def setup() -> AsyncIterator[Setup]:
 
 
 async def test_a_pci_ins_is_four_round_trips_in_libxl_order(setup: Setup) -> None:
-    """Once the channel's watches are set: the state to restore read with the
-    parameter written, then the command, a look for each event after them, the state
-    written back.  No read of ``state`` before them (the restore of the previous
-    command wrote ``running`` and no event on ``state`` came since), none with the
-    command (the first look is what the first batch showed), and no look for the
-    event of our own parameter write."""
+    """Once the channel's watches are set: the parameter written, then the command, a
+    look for each event after them, the state written back.  No read of ``state``
+    (the restore of the previous command wrote ``running`` and no event on ``state``
+    came since: that is the state to wait for and to restore), none with the command
+    (the first look is what the first batch showed), and no look for the event of our
+    own parameter write."""
     await setup.chan.pci_insert(DEV_A)
     setup.sent.clear()
     devfn = await setup.chan.pci_insert(DEV_B)
-    assert setup.sent[0] == [("READ", STATE), ("WRITE", LAST), ("WRITE", PARAM)]
+    assert setup.sent[0] == [("WRITE", LAST), ("WRITE", PARAM)]
     assert setup.sent[1] == [("WRITE", CMD)]
     assert setup.sent[-1] == [("WRITE", STATE)]
     looks = setup.sent[2:-1]

@@ -455,25 +455,29 @@ class DeviceModelChannel:
         orig: str | None = None
 
         async def send(w: ChannelWatches) -> Look:
-            """Read the state to restore and write parameter, then command (only if
-            the parameter was written): the first look is what those show.  A command
-            without parameter goes in the same round trip as the state read (none if
-            the state is known, `ChannelWatches.known_state`)."""
+            """The state to restore (read with the parameter write, unless known:
+            `ChannelWatches.known_state`), then command (only if the parameter was
+            written): the first look is what those show.  A command without parameter
+            goes in the same round trip as the state read, if any."""
             nonlocal orig
             if parameter is None:
                 return await send_plain(w)
             first = Batch(self.client)
-            state = first.read_text(self._state)
+            orig = w.known_state(self._state)  # libxl's read, if no event says otherwise
+            state = first.read_text(self._state) if orig is None else None
             first.write(self.last_sent, f"{command.value} {parameter}")
             param = first.write(self._parameter, parameter)
             await first.send()
-            orig = state.value
-            w.saw_state(orig, state.seq)
+            if state is not None:
+                orig = state.value
+                w.saw_state(orig, state.seq)
             second = Batch(self.client)
             sent = second.write(self._command, command.value)
             await second.send()
             log.debug("guest %d: sent %s %r", self.guest, command, parameter)
-            seen = {self._state: state.seq, self._parameter: param.seq, RELEASE_DOMAIN: sent.seq}
+            assert w.state_seen is not None
+            seen = {self._state: w.state_seen[1], self._parameter: param.seq,
+                    RELEASE_DOMAIN: sent.seq}
             return Snapshot(orig, parameter), seen
 
         async def send_plain(w: ChannelWatches) -> Look:
