@@ -16,9 +16,17 @@ the state, write ``parameter``, write ``command``, wait for the result, read
 * **Recovers** from the states that make libxl fail every later operation
   ([TIME-STALE]); see `DeviceModelChannel` for the exact rules.
 
+The order is libxl's, in as few round trips as it allows: the parameter (with the
+note of the last command), then the command, one look (``state`` and ``parameter``
+read together) per event that came after the previous look's replies, the state
+written back.  ``state`` as the channel last read or wrote it stands for libxl's reads
+of it (the wait for ``running``, the state to restore) while no event on it arrived
+since (`ChannelWatches.known_state`; the watches are kept across commands): a read
+then would show the same.
+
 The decision "succeeded, failed or keep waiting" is the sans-IO
 `stubdom.toolstack.exchange`; `DeviceModelChannel` is the asyncio shell around it, and
-waits the way every xenstore wait does (`stubdom.xenstore.WatchGroup`).
+waits on its watches (`stubdom.xenstore.WatchGroup.changed_after`).
 """
 
 from __future__ import annotations
