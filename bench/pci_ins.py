@@ -1,4 +1,4 @@
-"""The control channel's round trips (issue #8, items 1 and 6; issue #16 §3): our
+"""The control channel's round trips (issue #8, items 1 and 6; issue #16, part 3): our
 toolstack and agent against the floor, for ``pci-ins``, ``save`` and ``continue``.
 
 The floor is what the control-channel exchange costs with nothing but bare clients: a
