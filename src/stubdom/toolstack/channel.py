@@ -471,14 +471,16 @@ class DeviceModelChannel:
             if parameter is None:
                 return await send_plain(w)
             first = Batch(self.client)
-            orig = w.known_state(self._state)  # libxl's read, if no event says otherwise
-            state = first.read_text(self._state) if orig is None else None
+            known = w.known_state(self._state)  # libxl's read, if no event says otherwise
+            state = first.read_text(self._state) if known is None else None
             first.write(self.last_sent, f"{command.value} {parameter}")
             param = first.write(self._parameter, parameter)
             await first.send()
             if state is not None:
                 orig = state.value
                 w.saw_state(orig, state.seq)
+            else:
+                orig = known
             second = Batch(self.client)
             sent = second.write(self._command, command.value)
             await second.send()
