@@ -1,4 +1,5 @@
-"""The pci-ins round trip (issue #8, items 1 and 6): our toolstack and agent against the floor.
+"""The control channel's round trips (issue #8, items 1 and 6; issue #16, part 3): our
+toolstack and agent against the floor, for ``pci-ins``, ``save`` and ``continue``.
 
 The floor is what the control-channel exchange costs with nothing but bare clients: a
 raw "toolstack" (this process) and a raw "device model" (a child process) doing the
@@ -8,7 +9,15 @@ xenstore writes and watch events of one ``pci-ins`` and nothing else::
     dm         event command -> RM command (+ its event) -> WRITE parameter, WRITE state
     toolstack  event parameter, event state -> WRITE state running (+ its event)
 
-that is 6 writes and 6 watch events.  Against it:
+that is 6 writes and 6 watch events.  The floors of ``save`` -> ``paused`` and
+``continue`` -> ``running`` are defined the same way, from what libxl's exchange needs
+(no parameter, no state written back)::
+
+    toolstack  WRITE command                               (watch: state)
+    dm         event command -> RM command (+ its event) -> WRITE state
+    toolstack  event state
+
+that is 3 writes and 3 watch events.  Against them:
 
 - ``channel``: `DeviceModelChannel.pci_insert` (toolstack/channel.py) with the real
   ``stubdom-dm`` agent (sim backend) on a real ``stubdom host``: the whole exchange, the
@@ -17,7 +26,11 @@ that is 6 writes and 6 watch events.  Against it:
   device (xenbus handshake) before the channel exchange; ``CLI`` is ``stubdom
   pci-attach`` as a process (Python start-up included);
 - the same channel with a raw device model (``channel, raw dm``), which takes the agent
-  out and leaves the toolstack client and the server.
+  out and leaves the toolstack client and the server;
+- ``save`` and ``continue``: `DeviceModelChannel.save` then `resume` with the real agent,
+  each timed on its own; the agent's save also opens console 1, writes the device
+  state to it and closes it (the backend's fsync included) before ``paused``, which no
+  floor counts.
 
 Each runs on our xenstored, cx and ox (`stubdom.realxs`) in the same run, the daemons
 interleaved: within a round each setup is measured on the three in turn (each setup
@@ -55,7 +68,7 @@ channel and pci-attach (agent) as a multiple of the floor on the same daemon (``
 guest``), with the target for ours; then the counts.
 ``--quick``: 1 round of 20 exchanges, 1 CLI run (about 30 s).
 
-Target (ours): the channel with the agent <= 2x the floor (ours, dm guest).
+Target (ours): each exchange with the agent <= 2x its floor (ours, dm guest).
 """
 
 from __future__ import annotations
@@ -106,6 +119,8 @@ OPS = {"READ": 2, "WATCH": 4, "RM": 13, "WRITE": 11, "EVENT": 15, "ERROR": 16,
 GUEST, STUB = 1, 2
 PARAM = "0000:03:00.0,msitranslate=0,power_mgmt=0"
 TARGET = 2.0
+#: The exchanges held to TARGET x their floor.
+TARGETS = ("channel | agent", "save | agent", "continue | agent")
 
 
 def dm_dir(absolute: bool) -> str:
@@ -149,10 +164,18 @@ class Raw(RawConnection):
 # -- the raw device model (a child process) ------------------------------------------------
 
 
-def dm_helper(sock: str, mode: str, absolute: bool) -> None:
-    """Answer every ``pci-ins`` for ever: ``floor`` uses the events alone, ``answer`` reads
-    the command first as a real device model must (the channel's own reads and restores
-    fire events we cannot count on)."""
+#: The floors: command -> the writes of the device model's answer.
+ANSWERS = {
+    "pci-ins": [("parameter", "0x28"), ("state", "pci-inserted")],
+    "save": [("state", "paused")],
+    "continue": [("state", "running")],
+}
+
+
+def dm_helper(sock: str, mode: str, absolute: bool, kind: str = "pci-ins") -> None:
+    """Answer every ``kind`` command for ever: ``floor`` uses the events alone, ``answer``
+    reads the command first as a real device model must (the channel's own reads and
+    restores fire events we cannot count on)."""
     d = dm_dir(absolute)
     dm = Raw(sock)
     dm.rpc("WATCH", f"{d}/command", "dc")
@@ -168,8 +191,8 @@ def dm_helper(sock: str, mode: str, absolute: bool) -> None:
         dm.rpc("RM", f"{d}/command")
         if mode == "floor":
             dm.event()  # our rm's event
-        dm.rpc("WRITE", f"{d}/parameter", "0x28")
-        dm.rpc("WRITE", f"{d}/state", "pci-inserted")
+        for node, value in ANSWERS[kind]:
+            dm.rpc("WRITE", f"{d}/{node}", value)
 
 
 def prepare_daemon(sock: str) -> None:
@@ -196,9 +219,11 @@ def relay_helper(fake_dir: str, sock: str) -> None:
     asyncio.run(go())
 
 
-def start_helper(sock: str, mode: str, absolute: bool) -> subprocess.Popen[str]:
+def start_helper(sock: str, mode: str, absolute: bool, kind: str = "pci-ins"
+                 ) -> subprocess.Popen[str]:
     p = subprocess.Popen(
-        [sys.executable, __file__, "--dm-helper", sock, mode, "abs" if absolute else "rel"],
+        [sys.executable, __file__, "--dm-helper", sock, mode, "abs" if absolute else "rel",
+         kind],
         stdout=subprocess.PIPE, text=True,
     )
     return ready(p, "the raw device model")
@@ -271,6 +296,34 @@ def floor(ts_sock: str, dm_sock: str, dm_absolute: bool, ops: int) -> list[float
     return out
 
 
+def floor_plain(kind: str) -> Callable[[str, str, bool, int], list[float]]:
+    """The floor of ``kind`` (save, continue): µs per bare exchange of 3 writes and 3
+    events (`ANSWERS`)."""
+
+    def run(ts_sock: str, dm_sock: str, dm_absolute: bool, ops: int) -> list[float]:
+        helper = start_helper(dm_sock, "floor", dm_absolute, kind)
+        d = dm_dir(True)
+        ts = Raw(ts_sock)
+        ts.rpc("WATCH", f"{d}/state", "ts")
+        ts.event()
+        out = []
+        try:
+            for i in range(ops + ops // 10):
+                t0 = time.perf_counter()
+                ts.rpc("WRITE", f"{d}/command", kind)
+                while ts.event() != f"{d}/state":
+                    pass
+                if i >= ops // 10:
+                    out.append((time.perf_counter() - t0) * 1e6)
+        finally:
+            helper.kill()
+            helper.wait()
+            ts.close()
+        return out
+
+    return run
+
+
 async def channel_loop(client: Client, lock_dir: Path, ops: int) -> list[float]:
     """µs per `DeviceModelChannel.pci_insert` (the raw device model takes any function)."""
     chan = DeviceModelChannel(client, STUB, GUEST, lock_dir, channels=ChannelRegistry())
@@ -313,7 +366,8 @@ def host_runs(ops: int, cli_runs: int, trace: Path | None = None, xenstored: str
     from stubdom.toolstack.session import open_session
     from stubdom.toolstack.specs import parse_pci
 
-    res: dict[str, list[float]] = {"channel": [], "pci-attach": [], "CLI": []}
+    res: dict[str, list[float]] = {"channel": [], "save": [], "continue": [], "pci-attach": [],
+                                   "CLI": []}
     windows: dict[str, tuple[float, float]] = {}
     with BenchHost(f"pci{xenstored}", trace=trace, xenstored=xenstored) as h:
         h.run("create", str(h.config("g", cmdline="--eject-delay=0", devices=False)))
@@ -345,6 +399,7 @@ def host_runs(ops: int, cli_runs: int, trace: Path | None = None, xenstored: str
                             break
                     for bdf in inserted:
                         await chan.pci_remove(bdf)
+                await save_continue(chan, count, warm, res, windows)
                 # pci-attach through toolstack.pci (pciback handshake + channel)
                 n = 0
                 while len(res["pci-attach"]) < count:
@@ -370,6 +425,24 @@ def host_runs(ops: int, cli_runs: int, trace: Path | None = None, xenstored: str
             res["CLI"].append((time.perf_counter() - t0) * 1e6)
             h.run("pci-detach", "g", f"{0x50 + k:02x}:00.0")
     return res, windows
+
+
+async def save_continue(chan: DeviceModelChannel, count: int, warm: int,
+                        res: dict[str, list[float]],
+                        windows: dict[str, tuple[float, float]]) -> None:
+    """``save`` -> ``paused`` and ``continue`` -> ``running``, each timed on its own,
+    ``count`` of each (saves are slow: at most a quarter of the pci-ins count)."""
+    n = 0
+    while len(res["continue"]) < max(count // 4, 1):
+        n += 1
+        for kind, step in (("save", chan.save), ("continue", chan.resume)):
+            w0 = time.time()
+            t0 = time.perf_counter()
+            await step()
+            dt = (time.perf_counter() - t0) * 1e6
+            if n > warm:
+                windows.setdefault(kind, (w0, time.time()))
+                res[kind].append(dt)
 
 
 def count_trace(trace: Path, window: tuple[float, float]) -> dict[str, int]:
@@ -403,10 +476,12 @@ def pinned(start: Callable[..., Daemon]) -> Daemon:
 SETUPS: list[tuple[str, Callable[[str, str, bool, int], list[float]], bool]] = [
     ("floor | dm dom0", floor, True),
     ("floor | dm guest", floor, False),
+    ("floor save | dm guest", floor_plain("save"), False),
+    ("floor continue | dm guest", floor_plain("continue"), False),
     ("channel, raw dm | dm dom0", channel_raw, True),
     ("channel, raw dm | dm guest", channel_raw, False),
 ]
-HOST_KINDS = ["channel", "pci-attach", "CLI"]
+HOST_KINDS = ["channel", "save", "continue", "pci-attach", "CLI"]
 #: Host runs that failed (their samples are missing from the tables).
 FAILURES: list[str] = []
 Samples = dict[str, dict[str, list[float]]]  # setup -> daemon -> µs of every exchange
@@ -449,13 +524,17 @@ def report(got: Samples, daemons: list[str], args: argparse.Namespace, cli_runs:
             [Figure(k, dict(got[k])) for k in labels if k in got])
     print("x floor: each daemon's figure over its own floor (dm guest); medians")
     rows = []
-    for k in ("channel, raw dm | dm guest", "channel | agent", "pci-attach | agent"):
+    for k, base in (("channel, raw dm | dm guest", "floor | dm guest"),
+                    ("channel | agent", "floor | dm guest"),
+                    ("save | agent", "floor save | dm guest"),
+                    ("continue | agent", "floor continue | dm guest"),
+                    ("pci-attach | agent", "floor | dm guest")):
         row: list[object] = [k]
         for d in daemons:
-            row.append(ratio(med(got[k][d]), med(got["floor | dm guest"][d])))
+            row.append(ratio(med(got[k][d]), med(got[base][d])))
         tgt = ""
-        if k == "channel | agent" and "ours" in daemons:
-            x = med(got[k]["ours"]) / med(got["floor | dm guest"]["ours"])
+        if k in TARGETS and "ours" in daemons:
+            x = med(got[k]["ours"]) / med(got[base]["ours"])
             tgt = f"ours <= {TARGET:g}x floor: {verdict(x <= TARGET)}"
         rows.append([*row, tgt])
     table(["exchange", *daemons, "target"], rows)
@@ -468,12 +547,13 @@ def report(got: Samples, daemons: list[str], args: argparse.Namespace, cli_runs:
         print("requests and events of one exchange (from a trace of a host on ours)")
         keys = sorted({k for c in counts.values() for k in c})
         table(["count", *counts], [[k, *(counts[c].get(k, 0) for c in counts)] for k in keys])
-        print("floor: 6 writes (dom0 WRITE x3, stub RM + WRITE x2), 6 watch events")
+        print("floor: 6 writes (dom0 WRITE x3, stub RM + WRITE x2), 6 watch events; "
+              "save and continue: 3 writes (dom0 WRITE, stub RM + WRITE), 3 watch events")
 
 
 def main() -> None:
-    if len(sys.argv) == 5 and sys.argv[1] == "--dm-helper":
-        dm_helper(sys.argv[2], sys.argv[3], sys.argv[4] == "abs")
+    if len(sys.argv) == 6 and sys.argv[1] == "--dm-helper":
+        dm_helper(sys.argv[2], sys.argv[3], sys.argv[4] == "abs", sys.argv[5])
         return
     if len(sys.argv) == 4 and sys.argv[1] == "--relay":
         relay_helper(sys.argv[2], sys.argv[3])

@@ -24,21 +24,17 @@ Agent = agent_mod.Agent
 
 def install(variant: str) -> None:
     orig_write = Agent._write
-    orig_init = Agent.__init__
 
     if variant == "keep-command":
 
-        def init(self: Any, client: Any, *a: Any) -> None:
-            orig_init(self, client, *a)
-            real_rm = client.rm
+        async def take(self: Any) -> tuple[str, str | None] | None:
+            value = await self.client.read_text(proto.dm_relative_path(self.guest, "command"))
+            if value is None:
+                return None
+            parameter = proto.dm_relative_path(self.guest, cmds.PARAMETER)
+            return value, await self.client.read_text(parameter)
 
-            async def rm(path: str, **kw: Any) -> None:
-                if not path.endswith("/command"):
-                    await real_rm(path, **kw)
-
-            client.rm = rm
-
-        Agent.__init__ = init  # type: ignore[method-assign]
+        Agent._take_command = take  # type: ignore[method-assign]
     elif variant == "state-first":
 
         async def write(self: Any, writes: list[cmds.Write]) -> None:

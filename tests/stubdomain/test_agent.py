@@ -11,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,6 +31,7 @@ from stubdom.toolstack.config import DiskSpec, GuestConfig, NicSpec
 from stubdom.toolstack.exchange import DeviceModelTimeout, PciInsertError, PciRemoveError
 from stubdom.toolstack.session import Session
 from stubdom.toolstack.spawn import Created, CreateError, HostPaths, destroy_guest
+from stubdom.wire.constants import Op
 from stubdom.xenstore import Client
 from tests.support.daemons import XENSTOREDS, Daemon, need_peer
 from tests.support.inprocess_host import inprocess_host
@@ -396,13 +398,14 @@ def bare_agent(c: Client) -> tuple[Agent, list[str]]:
     agent = Agent(c, AgentOptions(), [], lambda o: SimDeviceModel())
     agent.guest = 7
     plain: list[str] = []
-    real_write = c.write
+    real = c.roundtrips
 
-    async def spy(path: str, value: str | bytes) -> None:
-        plain.append(path)
-        await real_write(path, value)
+    async def spy(requests: Any, *, tx_id: int = 0, **kw: Any) -> Any:
+        if not tx_id:
+            plain.extend(what for op, _, what in requests if op == Op.WRITE)
+        return await real(requests, tx_id=tx_id, **kw)
 
-    c.write = spy  # type: ignore[method-assign]
+    c.roundtrips = spy  # type: ignore[method-assign]
     return agent, plain
 
 

@@ -21,7 +21,8 @@ import contextlib
 import json
 import logging
 import signal
-from collections.abc import Callable, Coroutine
+import sys
+from collections.abc import Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any
 
 from stubdom import protocol as proto
@@ -42,10 +43,11 @@ from stubdom.xenstore import (
     ConnectionClosed,
     NoEntry,
     Transaction,
-    Watch,
+    WatchEvent,
+    WatchSink,
     XenStoreError,
 )
-from stubdom.xenstore.pipeline import pipelined
+from stubdom.xenstore.pipeline import Batch
 
 if TYPE_CHECKING:  # the stream module is imported only for -loadvm
     from stubdom.devicemodel.stream import DecodedState
@@ -64,7 +66,11 @@ class AgentFatal(Exception):
 
 
 class ConsoleLogHandler(logging.Handler):
-    """Log records as lines on console 0 (Mini-OS sends qemu's stderr there)."""
+    """Log records as lines on console 0 (Mini-OS sends qemu's stderr there).
+
+    Lines go out in one write per turn of the writer.  While an event is served
+    (`held`) they wait, so the answer to a command is not queued behind a write that
+    wakes dom0's console backend; they follow as soon as the event is done."""
 
     @classmethod
     def installed(cls) -> ConsoleLogHandler:
@@ -76,8 +82,11 @@ class ConsoleLogHandler(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__()
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.lines: list[bytes] = []
         self.console: Console | None = None
+        self._ready = asyncio.Event()
+        self._held = 0
+        self._closing = False
         self._task: asyncio.Task[None] | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -85,7 +94,20 @@ class ConsoleLogHandler(logging.Handler):
             line = self.format(record)
         except Exception:  # pragma: no cover - logging must never raise
             return
-        self.queue.put_nowait((line.rstrip("\n") + "\n").encode("utf-8", "replace"))
+        self.lines.append((line.rstrip("\n") + "\n").encode("utf-8", "replace"))
+        if not self._held:
+            self._ready.set()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Lines logged inside wait until the block ends."""
+        self._held += 1
+        try:
+            yield
+        finally:
+            self._held -= 1
+            if not self._held and self.lines:
+                self._ready.set()
 
     def attach(self, console: Console) -> None:
         self.console = console
@@ -93,16 +115,23 @@ class ConsoleLogHandler(logging.Handler):
 
     async def _writer(self) -> None:
         assert self.console is not None
-        while (line := await self.queue.get()) is not None:
-            try:
-                await self.console.write(line)
-            except (ConsoleError, OSError):
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            if self.lines and (self._closing or not self._held):
+                data, self.lines = b"".join(self.lines), []
+                try:
+                    await self.console.write(data)
+                except (ConsoleError, OSError):
+                    return
+            if self._closing and not self.lines:
                 return
 
     async def aclose(self) -> None:
         """Write what is queued, then close console 0 (durable in the log file)."""
         if self._task is not None:
-            self.queue.put_nowait(None)
+            self._closing = True
+            self._ready.set()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._task, 10)
         if self.console is not None:
@@ -137,7 +166,14 @@ class Agent:
         self.logdirty = False
         self.vcpus: set[int] = set()
         self.found = Discovered()
-        self.events: asyncio.Queue[str] = asyncio.Queue()
+        #: (token, seq, epoch) of each watch event (`stubdom.xenstore.Reply.seq`), or
+        #: STOP / CLOSED.
+        self.events: asyncio.Queue[tuple[str, int, int]] = asyncio.Queue()
+        #: Lines logged while an event is served wait for its end (None: not ours).
+        self.log_handler: ConsoleLogHandler | None = None
+        #: After our RM of ``command``: the seq of the READ before it and the
+        #: connection's epoch (see `_own_rm_event`).
+        self._own_rm: tuple[int, int] | None = None
         self._unpaused = asyncio.Event()
         self._unpaused.set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -230,23 +266,27 @@ class Agent:
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             if isinstance(exc, ConnectionClosed):
-                self.events.put_nowait(CLOSED)
+                self.events.put_nowait((CLOSED, 0, 0))
             else:
                 log.error("%s failed: %s", task.get_name(), exc)
 
-    async def _forward(self, watch: Watch, token: str) -> None:
-        try:
-            async for _ in watch:
-                self.events.put_nowait(token)
-        except ConnectionClosed:
-            self.events.put_nowait(CLOSED)
+    def _sink(self, token: str) -> WatchSink:
+        """Queue each event of a watch as it arrives (no task between)."""
+
+        def sink(event: WatchEvent | ConnectionClosed) -> None:
+            if isinstance(event, ConnectionClosed):
+                self.events.put_nowait((CLOSED, 0, 0))
+            else:
+                self.events.put_nowait((token, event.seq, self.client.epoch))
+
+        return sink
 
     async def serve(self) -> None:
         """Watches, ``running``, then events until SIGTERM or the connection goes."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self.events.put_nowait, STOP)
+                loop.add_signal_handler(sig, self.events.put_nowait, (STOP, 0, 0))
         watches = [
             (proto.dm_relative_path(self.guest, "logdirty/cmd"), proto.LOGDIRTY_TOKEN),
             (proto.dm_relative_path(self.guest, "command"), proto.DM_COMMAND_TOKEN),
@@ -254,12 +294,13 @@ class Agent:
         ]
         async with contextlib.AsyncExitStack() as stack:
             for path, token in watches:
-                w = await stack.enter_async_context(self.client.watch(path, token))
-                self._start_task(self._forward(w, token), f"watch {token}")
+                await stack.enter_async_context(
+                    self.client.watch(path, token, sink=self._sink(token))
+                )
             await self._write([cmds.Write(cmds.STATE, proto.State.RUNNING)])
             log.info("running")
             while True:
-                token = await self.events.get()
+                token, seq, epoch = await self.events.get()
                 if token == STOP:
                     log.info("stopping (signal)")
                     return
@@ -267,7 +308,8 @@ class Agent:
                     log.info("xenstore closed our connection; stopping")
                     return
                 try:
-                    await self._event(token)
+                    with self._logs_held():
+                        await self._event(token, seq, epoch)
                 except ConnectionClosed:
                     log.info("xenstore closed our connection; stopping")
                     return
@@ -276,21 +318,40 @@ class Agent:
                 except (XenStoreError, DeviceModelError) as e:
                     log.error("%s event: %s", token, e)
 
-    async def _event(self, token: str) -> None:
+    def _logs_held(self) -> contextlib.AbstractContextManager[None]:
+        if self.log_handler is None:
+            return contextlib.nullcontext()
+        return self.log_handler.held()
+
+    async def _event(self, token: str, seq: int = 0, epoch: int = 0) -> None:
         if token == proto.DM_COMMAND_TOKEN:
-            await self.command_event()
+            if not self._own_rm_event(seq, epoch):
+                await self.command_event()
         elif token == proto.LOGDIRTY_TOKEN:
             await self.logdirty_event()
         elif token == proto.VCPU_SET_TOKEN:
             await self.vcpu_event()
 
+    def _own_rm_event(self, seq: int, epoch: int) -> bool:
+        """Whether this ``command`` event is the one our own RM of it fired, which
+        would find nothing ([TIME-EVENTS]): the first one that arrived after the reply
+        to the READ before that RM.  Events come in the order the server made them, so
+        any later write of ``command`` fires an event after it and is read then; an
+        event between the READ and the RM is for a write our RM removed.  After a
+        reconnection nothing is skipped (the watch fired again)."""
+        if self._own_rm is None or seq <= self._own_rm[0]:
+            return False
+        own_epoch = self._own_rm[1]
+        self._own_rm = None
+        return epoch == own_epoch
+
     async def _write(self, writes: list[cmds.Write]) -> None:
         if not cmds.must_be_atomic(writes):
             # Back to back: xenstored does them in this order (parameter before state).
-            await pipelined(
-                *(self.client.write(proto.dm_relative_path(self.guest, w.node), str(w.value))
-                  for w in writes)
-            )
+            batch = Batch(self.client)
+            for w in writes:
+                batch.write(proto.dm_relative_path(self.guest, w.node), str(w.value))
+            await batch.send()
             return
 
         async def together(t: Transaction) -> None:
@@ -301,17 +362,28 @@ class Agent:
 
     # -- dm-command ([DM-COMMAND-EVENT]) -----------------------------------------------------
 
-    async def command_event(self) -> None:
+    async def _take_command(self) -> tuple[str, str | None] | None:
+        """qemu-trad's read of ``command``, its rm and the read of ``parameter``, in
+        one round trip: xenstored serves them in that order, and the rm of an absent
+        command changes nothing.  The command and parameter, or None."""
         path = proto.dm_relative_path(self.guest, "command")
-        value = await self.client.read_text(path)
-        if value is None:
+        batch = Batch(self.client)
+        command = batch.read_text(path)
+        removed = batch.rm(path, missing_ok=True)
+        parameter = batch.read_text(proto.dm_relative_path(self.guest, cmds.PARAMETER))
+        epoch = self.client.epoch
+        await batch.send()
+        if command.value is None:
+            return None
+        if removed.value and self.client.epoch == epoch:
+            self._own_rm = (command.seq, epoch)
+        return command.value, parameter.value
+
+    async def command_event(self) -> None:
+        taken = await self._take_command()
+        if taken is None:
             return
-        # qemu-trad's rm, then read of parameter, in one round trip.
-        _, parameter = await pipelined(
-            self.client.rm(path, missing_ok=True),
-            self.client.read_text(proto.dm_relative_path(self.guest, cmds.PARAMETER)),
-        )
-        d = cmds.dispatch(value, parameter, compat=self.compat, paused=self.paused)
+        d = cmds.dispatch(*taken, compat=self.compat, paused=self.paused)
         for line in d.log:
             log.info("%s", line)
         if d.writes:
@@ -449,15 +521,18 @@ async def run_agent(
         client = await Client.connect(reconnect=RECONNECT)
     handler = ConsoleLogHandler.installed()
     root = logging.getLogger()
+    quieted: list[tuple[logging.Handler, int]] = []
     try:
         try:
             handler.attach(await connect_console(client, proto.CONSOLE_LOGGING))
+            quieted = _stderr_warnings_only(root)
         except (ConsoleError, XenStoreError, OSError) as e:
             log.warning("no console %d (%s); logging to stderr only", proto.CONSOLE_LOGGING, e)
         if fatal is not None:
             log.critical("stubdom-dm: fatal: %s", fatal)
             return EXIT_FATAL
         agent = Agent(client, options, cmdline, make_backend)
+        agent.log_handler = handler
         status = EXIT_OK
         try:
             await agent.setup()
@@ -476,4 +551,18 @@ async def run_agent(
     finally:
         await handler.aclose()
         root.removeHandler(handler)
+        for h, level in quieted:
+            h.setLevel(level)
         await client.close()
+
+
+def _stderr_warnings_only(root: logging.Logger) -> list[tuple[logging.Handler, int]]:
+    """Once console 0 (the log) is there, stderr (the domain's process output) keeps
+    warnings and worse: an info line each command would cost a second write.  The
+    handlers changed, with their levels before."""
+    changed: list[tuple[logging.Handler, int]] = []
+    for h in root.handlers:
+        if isinstance(h, logging.StreamHandler) and h.stream is sys.stderr:
+            changed.append((h, h.level))
+            h.setLevel(max(h.level, logging.WARNING))
+    return changed

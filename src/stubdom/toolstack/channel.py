@@ -16,9 +16,17 @@ the state, write ``parameter``, write ``command``, wait for the result, read
 * **Recovers** from the states that make libxl fail every later operation
   ([TIME-STALE]); see `DeviceModelChannel` for the exact rules.
 
+The order is libxl's, in as few round trips as it allows: the parameter (with the
+note of the last command), then the command, one look (``state`` and ``parameter``
+read together) per event that came after the previous look's replies, the state
+written back.  ``state`` as the channel last read or wrote it stands for libxl's reads
+of it (the wait for ``running``, the state to restore) while no event on it arrived
+since (`ChannelWatches.known_state`; the watches are kept across commands): a read
+then would show the same.
+
 The decision "succeeded, failed or keep waiting" is the sans-IO
 `stubdom.toolstack.exchange`; `DeviceModelChannel` is the asyncio shell around it, and
-waits the way every xenstore wait does (`stubdom.xenstore.WatchGroup`).
+waits on its watches (`stubdom.xenstore.WatchGroup.changed_after`).
 """
 
 from __future__ import annotations
@@ -65,7 +73,7 @@ from stubdom.toolstack.exchange import (
 )
 from stubdom.toolstack.locks import SaveMarker, flocked, lock_path, save_marker_path
 from stubdom.xenstore import Client, Transaction, WaitTimeout, WatchGroup
-from stubdom.xenstore.pipeline import pipelined
+from stubdom.xenstore.pipeline import Batch, pipelined
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +93,30 @@ class ChannelWatches:
     #: ``releases`` when the last liveness query that found the stubdomain alive began
     #: (None: no such query, or a later one found it dead).
     alive_as_of: int | None = None
+    #: The last value of ``state`` we read or wrote, and the `Reply.seq` of that reply.
+    state_seen: tuple[str | None, int] | None = None
 
     @property
     def releases(self) -> int:
         return self.group.fired(RELEASE_DOMAIN)
 
+    def saw_state(self, value: str | None, seq: int) -> None:
+        self.state_seen = (value, seq)
+
+    def known_state(self, path: str) -> str | None:
+        """``state`` (at ``path``) as last read or written, if no event on it came
+        since (`WatchGroup.changed_since`): what a read would show, without the round
+        trip.  None: not known, read it."""
+        if self.state_seen is None:
+            return None
+        value, seq = self.state_seen
+        return None if self.group.changed_since(path, seq) else value
+
 
 #: (client, stubdom, guest, lock path) of a channel.
 ChannelKey = tuple[Client, int, int, Path]
+#: What one look at the channel showed, and the `Reply.seq` it read each path at.
+Look = tuple[Snapshot, dict[str, int]]
 
 
 class ChannelRegistry:
@@ -289,7 +313,7 @@ class DeviceModelChannel:
         """Pause the device model and have it dump its state (-> ``paused``); no state
         restore.  Leaves the save marker until `resume`."""
         async with self.locked():
-            state = await self.client.read_text(self._state)
+            state = await self._current_state(await self._watches())
             if state == State.PAUSED and self._marker.in_progress(self.stubdom):
                 log.info("guest %d: device model already paused by a save", self.guest)
                 return
@@ -302,7 +326,7 @@ class DeviceModelChannel:
         """``continue`` if the state is ``paused`` and wait for ``running``; whether it
         was sent.  Ends the save in progress either way."""
         async with self.locked():
-            sent = await self.client.read_text(self._state) == State.PAUSED
+            sent = await self._current_state(await self._watches()) == State.PAUSED
             if sent:
                 await self._exchange(Command.CONTINUE, None, State.RUNNING, Restore.NEVER)
                 log.info("guest %d: device model resumed", self.guest)
@@ -385,7 +409,7 @@ class DeviceModelChannel:
     async def _prepare(self, what: str) -> None:
         """The recovery of the class docstring, then libxl's wait for ``running``."""
         watches = await self._watches()
-        state = await self.client.read_text(self._state)
+        state = await self._current_state(watches)
         if state in STALE_RESULTS:
             await self._reset_stale(state)
         elif state == State.PAUSED:
@@ -402,6 +426,17 @@ class DeviceModelChannel:
         elif state == State.RUNNING and await self._alive(watches):
             return  # what wait_running would find at once
         await self._wait(CommandExchange(self.guest, State.RUNNING, purpose=what))
+
+    async def _current_state(self, w: ChannelWatches) -> str | None:
+        """``state``: as we last saw it if no event says it changed since, else read."""
+        known = w.known_state(self._state)
+        if known is not None:
+            return known
+        batch = Batch(self.client)
+        state = batch.read_text(self._state)
+        await batch.send()
+        w.saw_state(state.value, state.seq)
+        return state.value
 
     async def _reset_stale(self, stale: str) -> None:
         """Write ``running`` over a stale result, if it is still there."""
@@ -427,28 +462,52 @@ class DeviceModelChannel:
         ex = CommandExchange(self.guest, expect, command, parameter)
         orig: str | None = None
 
-        async def send(w: ChannelWatches) -> Snapshot:
-            """Read the state to restore, write parameter, then command (only if the
-            parameter was written), then look at state and parameter; the READs go in
-            the same round trip as the write before them."""
+        async def send(w: ChannelWatches) -> Look:
+            """The state to restore (read with the parameter write, unless known:
+            `ChannelWatches.known_state`), then command (only if the parameter was
+            written): the first look is what those show.  A command without parameter
+            goes in the same round trip as the state read, if any."""
             nonlocal orig
-            note = self.client.write(self.last_sent, f"{command.value} {parameter or ''}")
             if parameter is None:
-                orig, _ = await pipelined(self.client.read_text(self._state), note)
+                return await send_plain(w)
+            first = Batch(self.client)
+            known = w.known_state(self._state)  # libxl's read, if no event says otherwise
+            state = first.read_text(self._state) if known is None else None
+            first.write(self.last_sent, f"{command.value} {parameter}")
+            param = first.write(self._parameter, parameter)
+            await first.send()
+            if state is not None:
+                orig = state.value
+                w.saw_state(orig, state.seq)
             else:
-                orig, _, _ = await pipelined(
-                    self.client.read_text(self._state),
-                    note,
-                    self.client.write(self._parameter, parameter),
-                )
-            w.group.take()  # before the reads are sent
-            _, state, param = await pipelined(
-                self.client.write(self._command, command.value),
-                self.client.read_text(self._state),
-                self.client.read_text(self._parameter),
-            )
+                orig = known
+            second = Batch(self.client)
+            sent = second.write(self._command, command.value)
+            await second.send()
             log.debug("guest %d: sent %s %r", self.guest, command, parameter)
-            return Snapshot(state, param)
+            assert w.state_seen is not None
+            seen = {self._state: w.state_seen[1], self._parameter: param.seq,
+                    RELEASE_DOMAIN: sent.seq}
+            return Snapshot(orig, parameter), seen
+
+        async def send_plain(w: ChannelWatches) -> Look:
+            nonlocal orig
+            batch = Batch(self.client)
+            known = w.known_state(self._state)
+            state = batch.read_text(self._state) if known is None else None
+            batch.write(self.last_sent, f"{command.value} ")
+            sent = batch.write(self._command, command.value)
+            await batch.send()
+            if state is not None:
+                orig = state.value
+                w.saw_state(orig, state.seq)
+            else:
+                orig = known
+            assert w.state_seen is not None
+            log.debug("guest %d: sent %s", self.guest, command)
+            seen = {self._state: w.state_seen[1], self._parameter: sent.seq,
+                    RELEASE_DOMAIN: sent.seq}
+            return Snapshot(orig, None), seen
 
         ok = died = False
         try:
@@ -467,12 +526,17 @@ class DeviceModelChannel:
                 await self._restore(orig)
 
     async def _restore(self, orig: str) -> None:
-        await self.client.write(self._state, orig)
+        batch = Batch(self.client)
+        written = batch.write(self._state, orig)
+        await batch.send()
+        kept = self.channels.kept.get(self._watches_key)
+        if kept is not None:
+            kept.saw_state(orig, written.seq)
 
     async def _wait(
         self,
         ex: CommandExchange,
-        send: Callable[[ChannelWatches], Awaitable[Snapshot]] | None = None,
+        send: Callable[[ChannelWatches], Awaitable[Look]] | None = None,
         watches: ChannelWatches | None = None,
     ) -> Snapshot:
         """With state, parameter and @releaseDomain watched (``watches``, else the
@@ -480,20 +544,18 @@ class DeviceModelChannel:
         at each event until ``ex`` decides."""
         w = watches if watches is not None else await self._watches()
         first = send
+        seen: dict[str, int] = {}
 
         async def look() -> Snapshot | None:
             nonlocal first
-            # Each look drops the events received before its reads are sent: the
-            # server sent them before it got the reads (a connection keeps its order),
-            # so the reads see what they announce.  @releaseDomain is still counted
-            # (`_alive`).
+            # The next look waits for an event that came after this one's reads (or
+            # writes) were answered: the events before them, our own writes' included,
+            # announced what this look sees.  @releaseDomain is also counted (`_alive`).
             if first is not None:
-                snap, first = await first(w), None
+                (snap, got), first = await first(w), None
             else:
-                state, param = await pipelined(
-                    self.client.read_text(self._state), self.client.read_text(self._parameter)
-                )
-                snap = Snapshot(state, param)
+                snap, got = await self._look(w)
+            seen.update(got)
             alive = await self._alive(w)
             if snap.state is None and alive:
                 # The stub's nodes go with it, before @releaseDomain fires.
@@ -508,7 +570,17 @@ class DeviceModelChannel:
             pending = send is not None and await self.client.read_text(self._command) is not None
             return ex.timed_out(self.timeout, pending)
 
-        return await self._until(w, look, self.timeout, timed_out)
+        return await self._until(w, look, self.timeout, timed_out, seen)
+
+    async def _look(self, w: ChannelWatches) -> Look:
+        """``state`` and ``parameter`` read in one round trip."""
+        batch = Batch(self.client)
+        state = batch.read_text(self._state)
+        param = batch.read_text(self._parameter)
+        await batch.send()
+        w.saw_state(state.value, state.seq)
+        seen = {self._state: state.seq, self._parameter: param.seq, RELEASE_DOMAIN: param.seq}
+        return Snapshot(state.value, param.value), seen
 
     async def _until(
         self,
@@ -516,15 +588,33 @@ class DeviceModelChannel:
         look: Callable[[], Awaitable[T | None]],
         timeout: float,
         timed_out: Callable[[], Awaitable[DeviceModelError]],
+        seen: Mapping[str, int] | None = None,
     ) -> T:
         """Every wait of the channel: ``look`` until it finds something, and the error
-        ``timed_out`` makes of the last resort."""
+        ``timed_out`` makes of the last resort.  With ``seen`` (what the last look
+        read, by path: `WatchGroup.changed_after`), only an event after it brings
+        another look; else any event since the look began does."""
+        if seen is None:
+            try:
+                return await w.group.until(look, timeout)
+            except WaitTimeout:
+                error = await timed_out()
+                log.info("%s", error)
+                raise error from None
+        deadline = asyncio.timeout(timeout)
         try:
-            return await w.group.until(look, timeout)
-        except WaitTimeout:
-            error = await timed_out()
-            log.info("%s", error)
-            raise error from None
+            async with deadline:
+                while True:
+                    found = await look()
+                    if found is not None:
+                        return found
+                    await w.group.changed_after(seen)
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # a request timed out, not the wait
+        error = await timed_out()
+        log.info("%s", error)
+        raise error from None
 
     async def _watches(self) -> ChannelWatches:
         """This channel's kept watches (the lock is held)."""

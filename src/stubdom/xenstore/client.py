@@ -58,7 +58,6 @@ from stubdom.xenstore.errors import (
     TransactionConflict,
     XenStoreError,
     XenStoreTimeout,
-    error_from_name,
 )
 from stubdom.xenstore.protocol import (
     DEFAULT_MAX_REPLY,
@@ -75,6 +74,7 @@ from stubdom.xenstore.protocol import (
     parse_strings,
     parse_tx_id,
     perms_payload,
+    reply_payload,
     write_payload,
 )
 from stubdom.xenstore.ringtransport import RingTransport
@@ -136,18 +136,6 @@ def retry_pause(attempt: int, attempts: int | None, elapsed: float) -> float | N
     if attempt == attempts or (attempts is None and elapsed >= RETRY_PATIENCE):
         return None
     return random.uniform(0, RETRY_BACKOFF * 2 ** min(attempt - 1, 5))
-
-
-def _reply_payload(reply: Reply, what: str | None) -> bytes:
-    """The payload of a reply of the request's own type; an ERROR as `XenStoreError`."""
-    name = reply.request.op_name
-    if reply.is_error:
-        raise error_from_name(reply.error_name or "EINVAL", op=name, path=what)
-    if reply.packet.op != reply.request.op:
-        raise ProtocolError(
-            f"xenstore {name} {what or ''}: reply of type {reply.packet.type_name}"
-        )
-    return reply.payload
 
 
 class _NodeOps:
@@ -493,7 +481,7 @@ class Client(_NodeOps):
         """Carry on over a new connection: the watches again first (their initial
         events make every watcher look again), then the requests that had no reply.
         Writes everything at once; changes nothing if the write fails."""
-        proto = ClientProtocol(max_reply=self._max_reply)
+        proto = ClientProtocol(max_reply=self._max_reply, received=self._proto.received)
         data: list[bytes] = []
         in_flight_watches = {
             req.payload for req in outstanding if req.op == Op.WATCH and not req.abandoned
@@ -583,53 +571,90 @@ class Client(_NodeOps):
         The request is on the wire before the first suspension, so requests issued back
         to back (`stubdom.xenstore.pipeline.pipelined`) share one round trip.
         """
+        (reply,) = await self.roundtrips(((op, payload, what),), tx_id=tx_id, timeout=timeout)
+        return reply
+
+    async def roundtrips(
+        self,
+        requests: Sequence[tuple[int, bytes, str | None]],
+        *,
+        tx_id: int = 0,
+        timeout: TimeoutArg = DEFAULT,
+    ) -> list[Reply]:
+        """Send ``requests`` (op, payload, what) back to back in one write where the
+        transport allows, and return their replies in order, ERROR replies included.
+
+        xenstored serves a connection's requests in order, so this changes the store
+        exactly as the same requests sent one by one; it costs one round trip and no
+        task.  ``timeout`` bounds the whole batch.  The requests are on the wire before
+        the first suspension.
+        """
         self._raise_closed()
-        if len(payload) > PAYLOAD_MAX:
-            raise TooBig(
-                op=op_name(op),
-                path=what,
-                message=f"request of {len(payload)} bytes exceeds {PAYLOAD_MAX}",
-            )
+        for op, payload, what in requests:
+            if len(payload) > PAYLOAD_MAX:
+                raise TooBig(
+                    op=op_name(op),
+                    path=what,
+                    message=f"request of {len(payload)} bytes exceeds {PAYLOAD_MAX}",
+                )
         limit = self.timeout if timeout is DEFAULT else timeout
         if not self._online.is_set():
-            try:
-                async with asyncio.timeout(limit):
-                    await self._online.wait()
-            except TimeoutError:
-                raise XenStoreTimeout(
-                    f"xenstore {op_name(op)}: not connected again within {limit:g} s"
-                ) from None
-            self._raise_closed()
-        req, data = self._proto.send(op, payload, tx_id)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "%s: -> %s req_id=%d tx_id=%d %s",
-                self.description,
-                op_name(op),
-                req.req_id,
-                tx_id,
-                what or "",
-            )
-        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._waiters[req.req_id] = fut
+            await self._wait_online(requests[0][0], limit)
+        sent = self._submit(requests, tx_id)
         try:
             async with asyncio.timeout(limit):
                 try:
-                    self._transport.write(data)
+                    self._transport.write_many([data for _, _, data in sent])
                     await self._transport.drain()
                 except ConnectionClosed:
                     if self.reconnect is None:
                         raise
-                    # The reader connects again and re-sends this request.
-                return await fut
+                    # The reader connects again and re-sends these requests.
+                return [await fut for _, fut, _ in sent]
         except TimeoutError:
+            op, _, what = requests[0]
             where = " ".join(x for x in ("xenstore", op_name(op), what) if x)
             raise XenStoreTimeout(f"{where}: no reply within {limit:g} s") from None
         finally:
-            if not fut.done():
-                self._proto.abandon(req)
-                self._waiters.pop(req.req_id, None)
-                fut.cancel()
+            for req, fut, _ in sent:
+                if not fut.done():
+                    self._proto.abandon(req)
+                    self._waiters.pop(req.req_id, None)
+                    fut.cancel()
+
+    async def _wait_online(self, op: int, limit: float | None) -> None:
+        """Until the connection is back (or `XenStoreTimeout`, or closed for good)."""
+        try:
+            async with asyncio.timeout(limit):
+                await self._online.wait()
+        except TimeoutError:
+            raise XenStoreTimeout(
+                f"xenstore {op_name(op)}: not connected again within {limit:g} s"
+            ) from None
+        self._raise_closed()
+
+    def _submit(
+        self, requests: Sequence[tuple[int, bytes, str | None]], tx_id: int
+    ) -> list[tuple[Request, asyncio.Future[Reply], bytes]]:
+        """Record each request and its reply's future; the messages to write."""
+        loop = asyncio.get_running_loop()
+        debug = log.isEnabledFor(logging.DEBUG)
+        sent: list[tuple[Request, asyncio.Future[Reply], bytes]] = []
+        for op, payload, what in requests:
+            req, data = self._proto.send(op, payload, tx_id)
+            if debug:
+                log.debug(
+                    "%s: -> %s req_id=%d tx_id=%d %s",
+                    self.description,
+                    op_name(op),
+                    req.req_id,
+                    tx_id,
+                    what or "",
+                )
+            fut: asyncio.Future[Reply] = loop.create_future()
+            self._waiters[req.req_id] = fut
+            sent.append((req, fut, data))
+        return sent
 
     async def request(
         self,
@@ -645,7 +670,7 @@ class Client(_NodeOps):
         ``what`` (a path, a domid) only makes error messages clearer.
         """
         reply = await self.roundtrip(op, payload, tx_id=tx_id, timeout=timeout, what=what)
-        return _reply_payload(reply, what)
+        return reply_payload(reply, what)
 
     # -- watches ---------------------------------------------------------------
 

@@ -20,12 +20,12 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from stubdom.wire.constants import Op
 from stubdom.wire.packet import DecodeError, Packet, PacketDecoder, encode, join_args, op_name
 from stubdom.wire.perms import InvalidPermission, Perm, parse_perm
-from stubdom.xenstore.errors import ProtocolError
+from stubdom.xenstore.errors import ProtocolError, error_from_name
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +47,12 @@ def _raw(text: str | bytes) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class WatchEvent:
-    """A WATCH_EVENT: ``path`` changed (as the server spells it), for watch ``token``."""
+    """A WATCH_EVENT: ``path`` changed (as the server spells it), for watch ``token``.
+    ``seq`` is its place among everything received on the connection (`Reply.seq`)."""
 
     path: str
     token: str
+    seq: int = field(default=0, compare=False)
 
 
 @dataclass(eq=False, slots=True)
@@ -70,10 +72,16 @@ class Request:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """The server's answer to ``request``: either the same type or ERROR."""
+    """The server's answer to ``request``: either the same type or ERROR.
+
+    ``seq`` numbers replies and watch events in the order they arrived: a server sends
+    one connection's packets in the order it made them, so an event with a higher
+    ``seq`` than a reply was made after the request was served -- what a read showed is
+    still so as long as no event on that path came after its reply."""
 
     request: Request
     packet: Packet
+    seq: int = 0
 
     @property
     def is_error(self) -> bool:
@@ -94,11 +102,14 @@ class Reply:
 class ClientProtocol:
     """Request/reply bookkeeping and framing for one xenstore connection."""
 
-    def __init__(self, *, max_reply: int = DEFAULT_MAX_REPLY) -> None:
+    def __init__(self, *, max_reply: int = DEFAULT_MAX_REPLY, received: int = 0) -> None:
         self._decoder = PacketDecoder(max_payload=max_reply)
         self._pending: OrderedDict[int, Request] = OrderedDict()
         self._events: deque[Reply | WatchEvent] = deque()
         self._next_id = 1
+        #: Packets received so far (``received`` carries the count of an earlier
+        #: connection on, so ``seq`` keeps growing across a reconnection).
+        self.received = received
 
     # -- sending ---------------------------------------------------------------
 
@@ -149,10 +160,11 @@ class ClientProtocol:
             self._handle(packet)
 
     def _handle(self, packet: Packet) -> None:
+        self.received += 1
         if packet.op == Op.WATCH_EVENT:
             path, _, rest = packet.payload.partition(b"\0")
             token = rest[:-1] if rest.endswith(b"\0") else rest
-            self._events.append(WatchEvent(_text(path), _text(token)))
+            self._events.append(WatchEvent(_text(path), _text(token), self.received))
             return
         req = self._pending.pop(packet.req_id, None)
         if req is None:
@@ -163,7 +175,7 @@ class ClientProtocol:
         if req.abandoned:
             log.debug("dropping reply to abandoned %s req_id=%d", req.op_name, req.req_id)
             return
-        self._events.append(Reply(req, packet))
+        self._events.append(Reply(req, packet, self.received))
 
     def next_event(self) -> Reply | WatchEvent | None:
         """The oldest reply or watch event decoded so far, or None."""
@@ -173,6 +185,19 @@ class ClientProtocol:
         """Drain every decoded reply and watch event, in arrival order."""
         while self._events:
             yield self._events.popleft()
+
+
+def reply_payload(reply: Reply, what: str | None) -> bytes:
+    """The payload of a reply of the request's own type; an ERROR as `XenStoreError`
+    (``what``, a path or a domain, names the object in its message)."""
+    name = reply.request.op_name
+    if reply.is_error:
+        raise error_from_name(reply.error_name or "EINVAL", op=name, path=what)
+    if reply.packet.op != reply.request.op:
+        raise ProtocolError(
+            f"xenstore {name} {what or ''}: reply of type {reply.packet.type_name}"
+        )
+    return reply.payload
 
 
 # -- payloads ------------------------------------------------------------------
@@ -312,5 +337,6 @@ __all__ = [
     "parse_strings",
     "parse_tx_id",
     "perms_payload",
+    "reply_payload",
     "write_payload",
 ]

@@ -24,7 +24,7 @@ import logging
 import os
 import stat
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from stubdom.fdio import connect_unix
 from stubdom.xenstore.errors import ConnectionClosed
@@ -66,6 +66,12 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def write(self, message: bytes) -> None:
         """Queue one whole encoded message; raises `ConnectionClosed` if closed."""
+
+    def write_many(self, messages: Sequence[bytes]) -> None:
+        """Queue several whole messages, in order (default: `write` each; a stream
+        transport sends them in one system call)."""
+        for message in messages:
+            self.write(message)
 
     @abc.abstractmethod
     async def drain(self) -> None:
@@ -193,6 +199,11 @@ class StreamTransport(Transport):
         if self._transport.is_closing():
             raise ConnectionClosed(f"{self.description}: connection closed")
         self._transport.write(message)
+
+    def write_many(self, messages: Sequence[bytes]) -> None:
+        if self._transport.is_closing():
+            raise ConnectionClosed(f"{self.description}: connection closed")
+        self._transport.write(messages[0] if len(messages) == 1 else b"".join(messages))
 
     async def drain(self) -> None:
         await self._protocol.drain()

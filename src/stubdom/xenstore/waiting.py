@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
 
@@ -40,7 +40,9 @@ class WatchGroup:
 
     Events are not queued, only noted: `take` forgets those seen so far (call it
     before the reads of a look are sent), `changed` waits for one after that, and
-    `fired` counts them per path for callers that care which node fired.  A lost
+    `fired` counts them per path for callers that care which node fired.
+    `changed_since` says whether a path fired after a given reply (`Reply.seq`): a
+    value read, or written by us, is still the node's value until then.  A lost
     connection ends every later `take` and `changed` with its `ConnectionClosed`.
     """
 
@@ -51,6 +53,7 @@ class WatchGroup:
         self.paths = tuple(paths)
         self._watches: list[Watch] = []
         self._fired = dict.fromkeys(self.paths, 0)
+        self._last = dict.fromkeys(self.paths, 0)
         self._changed = asyncio.Event()
         self._closed: ConnectionClosed | None = None
 
@@ -61,6 +64,15 @@ class WatchGroup:
     def fired(self, path: str) -> int:
         """The events on ``path`` so far, the initial one included."""
         return self._fired[path]
+
+    def changed_since(self, path: str, seq: int) -> bool:
+        """Whether an event on ``path`` arrived after the reply numbered ``seq`` (or the
+        watches are not registered, or the connection is lost).  A server sends one
+        connection's replies and events in the order it made them, so while this is
+        False a node read at ``seq`` (or written then, by a server that sends the
+        write's own event before its reply) has kept that value as far as anything
+        received tells: what a read would show, one round trip sooner."""
+        return not self._watches or self._closed is not None or self._last[path] > seq
 
     async def start(self) -> WatchGroup:
         try:
@@ -106,6 +118,7 @@ class WatchGroup:
                 self._closed = event
             else:
                 self._fired[path] += 1
+                self._last[path] = event.seq
             self._changed.set()
 
         return sink
@@ -120,6 +133,17 @@ class WatchGroup:
         """Return once an event came after the last `take` (at once if one did)."""
         await self._changed.wait()
         self._raise_closed()
+
+    async def changed_after(self, seen: Mapping[str, int]) -> None:
+        """Return once an event on one of ``seen``'s paths arrived after the reply
+        numbered ``seen[path]`` (at once if one did): a look that read each path at
+        that reply has nothing to look at again until then -- not even the events its
+        own writes fired, or those that came before its reads were answered."""
+        self._raise_closed()
+        while not any(self._last[path] > seq for path, seq in seen.items()):
+            self._changed.clear()
+            await self._changed.wait()
+            self._raise_closed()
 
     def _raise_closed(self) -> None:
         if self._closed is not None:

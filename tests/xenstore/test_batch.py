@@ -1,0 +1,116 @@
+"""`Batch`: requests in one write, replies together; `Reply.seq` and `changed_since`."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from stubdom.wire.constants import Op
+from stubdom.wire.packet import Packet, encode
+from stubdom.xenstore import Client, ClientProtocol, NoEntry, WatchGroup
+from stubdom.xenstore.pipeline import Batch
+from tests.xenstore.fakeserver import FakeServer
+
+
+async def test_results_in_order_and_absent_nodes(client: Client) -> None:
+    await client.write("/b/a", "1")
+    batch = Batch(client)
+    a = batch.read_text("/b/a")
+    gone = batch.read_text("/b/gone")
+    w = batch.write("/b/c", "3")
+    rm = batch.rm("/b/a")
+    rm_gone = batch.rm("/b/a", missing_ok=True)
+    raw = batch.read("/b/c")
+    await batch.send()
+    assert (a.value, gone.value, w.value, rm.value, rm_gone.value, raw.value) == (
+        "1", None, None, True, False, b"3",
+    )
+    assert a.seq < gone.seq < w.seq < rm.seq < rm_gone.seq < raw.seq
+
+
+async def test_the_first_failure_raises_after_every_reply(
+    client: Client, server: FakeServer
+) -> None:
+    batch = Batch(client)
+    first = batch.read("/gone/1")
+    written = batch.write("/w", "x")
+    batch.rm("/gone/2")
+    with pytest.raises(NoEntry) as err:
+        await batch.send()
+    assert err.value.path == "/gone/1"
+    with pytest.raises(NoEntry):
+        _ = first.value
+    assert written.value is None
+    assert await client.read("/w") == b"x"
+    ops = [p.op for p in server.requests if p.op in (Op.READ, Op.WRITE, Op.RM)]
+    assert ops[:3] == [Op.READ, Op.WRITE, Op.RM]
+
+
+async def test_a_result_before_the_batch_is_sent_is_an_error(client: Client) -> None:
+    result = Batch(client).read("/x")
+    with pytest.raises(RuntimeError, match="not sent"):
+        _ = result.value
+
+
+async def test_a_batch_is_one_write_on_a_socket(client: Client) -> None:
+    writes: list[bytes] = []
+    transport: Any = client._transport._transport  # type: ignore[attr-defined]
+    real = transport.write
+
+    def spy(data: bytes) -> None:
+        writes.append(bytes(data))
+        real(data)
+
+    transport.write = spy
+    batch = Batch(client)
+    for i in range(3):
+        batch.write(f"/one/{i}", str(i))
+    await batch.send()
+    assert len(writes) == 1 and writes[0].count(b"/one/") == 3
+
+
+def test_seq_numbers_every_packet_and_goes_on_across_connections() -> None:
+    proto = ClientProtocol(received=41)
+    req, _ = proto.send(Op.READ, b"/a\0")
+    proto.receive_data(encode(Packet(Op.WATCH_EVENT, b"/w\0tok\0")))
+    proto.receive_data(encode(Packet(Op.READ, b"v", req.req_id)))
+    event, reply = list(proto.events())
+    assert (event.seq, reply.seq) == (42, 43)
+    assert proto.received == 43
+
+
+async def test_changed_since_tells_events_after_a_reply(
+    client: Client, server: FakeServer
+) -> None:
+    await client.write("/c/x", "1")
+    async with WatchGroup(client, ["/c/x"]) as group:
+        batch = Batch(client)
+        read = batch.read_text("/c/x")
+        await batch.send()  # after the WATCH's initial event
+        assert not group.changed_since("/c/x", read.seq)
+        server.fire("/c/x")
+        group.take()
+        await group.changed()
+        assert group.changed_since("/c/x", read.seq)
+    assert group.changed_since("/c/x", 10**9)  # watches gone: nothing is known
+
+
+async def test_changed_after_waits_only_for_events_after_the_reads(
+    client: Client, server: FakeServer
+) -> None:
+    """An event that came before a read's reply is what the read saw: no reason to
+    look again.  One after it is."""
+    async with WatchGroup(client, ["/d/x", "/d/y"]) as group:
+        server.fire("/d/x")  # before the read: the read shows its change
+        batch = Batch(client)
+        x = batch.read_text("/d/x")
+        y = batch.read_text("/d/y")
+        await batch.send()
+        waiter = asyncio.create_task(group.changed_after({"/d/x": x.seq, "/d/y": y.seq}))
+        for _ in range(20):  # every turn the waiter could take
+            await asyncio.sleep(0)
+        assert not waiter.done()
+        server.fire("/d/y")
+        await waiter
