@@ -24,7 +24,7 @@ from stubdom.protocol import (
 from stubdom.toolstack.channel import ChannelRegistry, DeviceModelChannel
 from stubdom.wire.constants import Op
 from stubdom.wire.paths import domain_path
-from stubdom.xenstore import Client
+from stubdom.xenstore import Client, XenStoreError
 from stubdom.xenstored.server import XenStoreServer
 from tests.support.daemons import short_tmpdir
 from tests.toolstack.fake_dm import FakeDeviceModel
@@ -114,14 +114,16 @@ async def test_a_state_changed_by_someone_else_is_read_again(setup: Setup) -> No
 
 async def test_save_and_continue_know_the_state_from_the_last_look(setup: Setup) -> None:
     """``paused`` seen by the look that ended the save is what ``resume`` needs: it
-    sends ``continue`` with no read first, in one round trip with the note of the last
-    command; a second resume knows ``running`` from the look that ended the first one
+    sends ``continue`` with no read first, right after the note of the last command
+    (never in its round trip: a failed note must leave no command sent); a second
+    resume knows ``running`` from the look that ended the first one
     and sends nothing."""
     await setup.chan.pci_insert(DEV_A)  # the watches are set
     await setup.chan.save()
     setup.sent.clear()
     assert await setup.chan.resume() is True
-    assert setup.sent[0] == [("WRITE", LAST), ("WRITE", CMD)]  # libxl: no state to restore
+    assert setup.sent[0] == [("WRITE", LAST)]  # libxl: no state to restore
+    assert setup.sent[1] == [("WRITE", CMD)]
     setup.sent.clear()
     assert await setup.chan.resume() is False
     assert setup.sent == []
@@ -137,7 +139,8 @@ async def test_a_command_without_parameter_reads_a_state_it_does_not_know(
     setup.sent.clear()
     assert await setup.chan.resume() is True
     assert setup.sent[0] == [("READ", STATE)]  # resume's own look before deciding
-    assert setup.sent[1] == [("WRITE", LAST), ("WRITE", CMD)]
+    assert setup.sent[1] == [("WRITE", LAST)]
+    assert setup.sent[2] == [("WRITE", CMD)]
 
 
 async def test_the_first_command_of_a_channel_reads_the_state(setup: Setup) -> None:
@@ -149,3 +152,17 @@ async def test_the_first_command_of_a_channel_reads_the_state(setup: Setup) -> N
     )
     sent = pci_ins_parameter(DEV_A, 0, False, False)
     assert await setup.dom0.read(LAST) == f"pci-ins {sent}".encode()
+
+
+async def test_a_note_that_cannot_be_written_leaves_no_command_sent(setup: Setup) -> None:
+    """The note of the last command goes before the command, in its own round trip: when
+    it fails, the device model never sees the command (no half-done exchange)."""
+    await setup.chan.pci_insert(DEV_A)
+    await setup.chan.save()
+    await setup.fake.stop()  # nobody consumes a command: the node would stay
+    setup.dom0.check_paths = False  # let the daemon refuse it
+    setup.chan.last_sent = "/libxl/" + "x" * 3000  # over cx's path limit: EINVAL
+    with pytest.raises(XenStoreError):
+        await setup.chan.resume()
+    assert await setup.dom0.read_text(CMD) is None
+    assert setup.fake.commands == ["pci-ins", "save"]

@@ -466,7 +466,7 @@ class DeviceModelChannel:
             """The state to restore (read with the parameter write, unless known:
             `ChannelWatches.known_state`), then command (only if the parameter was
             written): the first look is what those show.  A command without parameter
-            goes in the same round trip as the state read, if any."""
+            goes after the state read and the note, likewise."""
             nonlocal orig
             if parameter is None:
                 return await send_plain(w)
@@ -492,12 +492,16 @@ class DeviceModelChannel:
 
         async def send_plain(w: ChannelWatches) -> Look:
             nonlocal orig
-            batch = Batch(self.client)
+            # The note and the state read go before the command, never with it: if
+            # either fails, no command may have been sent.
+            first = Batch(self.client)
             known = w.known_state(self._state)
-            state = batch.read_text(self._state) if known is None else None
-            batch.write(self.last_sent, f"{command.value} ")
-            sent = batch.write(self._command, command.value)
-            await batch.send()
+            state = first.read_text(self._state) if known is None else None
+            first.write(self.last_sent, f"{command.value} ")
+            await first.send()
+            second = Batch(self.client)
+            sent = second.write(self._command, command.value)
+            await second.send()
             if state is not None:
                 orig = state.value
                 w.saw_state(orig, state.seq)
