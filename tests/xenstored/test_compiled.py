@@ -8,6 +8,7 @@ and fail in CI, where ``make venv`` must have built it.
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -101,6 +102,35 @@ def _imported_first() -> tuple[list[str], str]:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        cwd=REPO, timeout=GUARD, check=True)
     return r.stdout.split(), r.stderr
+
+
+def imports_of(module: str) -> set[str]:
+    """The stubdom modules ``module`` imports, TYPE_CHECKING ones included (mypy reads them)."""
+    source = SRC.joinpath(*module.split(".")).with_suffix(".py")
+    if not source.exists():
+        source = SRC.joinpath(*module.split("."), "__init__.py")
+    found = set()
+    for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return {m for m in found if m.startswith("stubdom.")}
+
+
+def test_the_key_covers_every_source_the_build_is_typed_against() -> None:
+    """mypyc types the compiled modules against all they import, and inlines their
+    constants: each of those sources must change the key."""
+    seen: set[str] = set()
+    todo = list(compiled.MODULES)
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo.extend(imports_of(module))
+    packages = {m.split(".")[1] for m in seen}
+    assert packages <= set(compiled.PACKAGES), sorted(seen)
+    assert "stubdom.xenstored.server" not in seen  # the shell is not compiled, nor typed against
 
 
 def test_the_finder_answers_for_its_files_only(tmp_path: Path) -> None:
