@@ -196,6 +196,7 @@ def maps(d: Daemon) -> str:
     return Path(f"/proc/{d.pid}/maps").read_text()
 
 
+@pytest.mark.peer
 def test_the_daemon_runs_compiled_and_passes_test_xenstore(
     compiled_daemon: Daemon, build: Path
 ) -> None:
