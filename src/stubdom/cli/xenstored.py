@@ -8,15 +8,20 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
+from stubdom import compiled
 from stubdom.cli.main import cli
-from stubdom.xenstored import persist
-from stubdom.xenstored.core import XenStored
-from stubdom.xenstored.quota import QuotaError, Quotas
-from stubdom.xenstored.server import XenStoreServer
-from stubdom.xenstored.trace import PacketTrace
+
+# Imported in the command, after `compiled.install`: it may load the mypyc build.
+if TYPE_CHECKING:
+    from stubdom.xenstored import persist
+    from stubdom.xenstored.core import XenStored
+    from stubdom.xenstored.quota import Quotas
+    from stubdom.xenstored.server import XenStoreServer
+    from stubdom.xenstored.trace import PacketTrace
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +54,6 @@ def _quota_pairs(values: tuple[str, ...], option: str) -> list[tuple[str, int]]:
 @click.option(
     "--journal-compact-at",
     type=click.IntRange(min=1),
-    default=persist.COMPACT_AT,
-    show_default=True,
     hidden=True,
     help="Journal size in bytes that triggers a new snapshot (for tests).",
 )
@@ -86,7 +89,7 @@ def _quota_pairs(values: tuple[str, ...], option: str) -> list[tuple[str, int]]:
 def xenstored(
     socket_path: str,
     state_dir: Path | None,
-    journal_compact_at: int,
+    journal_compact_at: int | None,
     trace_file: str | None,
     daemon: bool,
     entry_nb: int | None,
@@ -104,6 +107,10 @@ def xenstored(
     SOCKET.d/D act as domain D.  Point Xen's tools at it with XENSTORED_PATH=SOCKET.
     """
     _check_socket_path(socket_path)
+    compiled.install()
+    from stubdom.xenstored.core import XenStored
+    from stubdom.xenstored.server import XenStoreServer
+
     limits = {
         "nodes": entry_nb,
         "node-size": entry_size,
@@ -144,6 +151,8 @@ def _quotas(
     limits: dict[str, int | None], quota: tuple[str, ...], quota_soft: tuple[str, ...]
 ) -> Quotas:
     """cxenstored's quota options, in its order: the named ones, then ``-Q``, then ``-q``."""
+    from stubdom.xenstored.quota import QuotaError, Quotas
+
     quotas = Quotas()
     try:
         for name, value in limits.items():
@@ -160,9 +169,13 @@ def _quotas(
     return quotas
 
 
-def _open_state(core: XenStored, state_dir: Path, compact_at: int) -> persist.DurableState:
+def _open_state(
+    core: XenStored, state_dir: Path, compact_at: int | None
+) -> persist.DurableState:
     """The journalled tree, restored into ``core`` if the directory has one."""
-    durable = persist.DurableState(core, state_dir, compact_at)
+    from stubdom.xenstored import persist
+
+    durable = persist.DurableState(core, state_dir, compact_at or persist.COMPACT_AT)
     try:
         if durable.open():
             log.info("tree restored from %s", state_dir)
@@ -175,6 +188,8 @@ def _open_state(core: XenStored, state_dir: Path, compact_at: int) -> persist.Du
 
 def _open_trace(path: str) -> PacketTrace:
     """Opened before detaching, so that a bad path is an error the caller sees."""
+    from stubdom.xenstored.trace import PacketTrace
+
     try:
         return PacketTrace(open(path, "a", encoding="utf-8"))
     except OSError as e:
