@@ -37,6 +37,7 @@ def stub_id(host: FaultHost, name: str) -> int:
     return host.domids()[f"{name}-dm"]
 
 
+@on_every_daemon
 @pytest.mark.parametrize(
     ("fault", "verb", "expected", "saved"), CRASHES, ids=[c[0] for c in CRASHES]
 )
@@ -89,6 +90,7 @@ def test_pci_detach_when_the_stub_crashes_on_pci_rem(host: FaultHost) -> None:
 # -- misbehaviour without a crash -----------------------------------------------------
 
 
+@on_every_daemon
 @pytest.mark.parametrize(
     ("fault", "expected"),
     [
@@ -111,6 +113,7 @@ def test_a_wrong_answer_fails_at_once_with_a_clear_line(
     host.assert_clean("g", ids=ids)
 
 
+@on_every_daemon
 @pytest.mark.parametrize("fault", ["silent", "running-twice"])
 def test_a_stub_that_never_answers_ends_in_a_clear_timeout(host: FaultHost, fault: str) -> None:
     host.create("g", fault)
@@ -132,6 +135,7 @@ def test_a_stub_that_never_answers_ends_in_a_clear_timeout(host: FaultHost, faul
     assert host.run("pci-list", "g").stdout.splitlines() == ["Vdev Device"]
 
 
+@on_every_daemon
 def test_a_silent_stub_does_not_hold_up_other_guests(host: FaultHost) -> None:
     host.create("bad", "silent")
     host.create("good")
@@ -150,6 +154,7 @@ def test_a_silent_stub_does_not_hold_up_other_guests(host: FaultHost) -> None:
     host.assert_clean("good", ids=ids)
 
 
+@on_every_daemon
 def test_a_flood_of_state_events_neither_hangs_nor_hurts_others(host: FaultHost) -> None:
     host.create("flood", "flood")
     host.create("good")
@@ -199,6 +204,7 @@ def test_a_damaged_save_image_is_refused_before_anything_is_created(
     host.assert_clean("g", ids=(1, 2, 3, 4))
 
 
+@on_every_daemon
 @pytest.mark.parametrize("fault", ["short-restore", "corrupt-restore"])
 def test_state_damaged_on_console_2_fails_the_restore_and_creates_nothing(
     host: FaultHost, fault: str

@@ -188,6 +188,7 @@ def destroy_and_recreate(host: Host, name_or_id: str) -> None:
 # -- create ------------------------------------------------------------------------------
 
 
+@on_every_daemon
 @pytest.mark.parametrize("point", ["stub-records", "stub-unpause"])
 def test_create_killed_before_the_stub_runs(host: Host, point: str) -> None:
     proc = host.start("create", str(host.config()), hang=point)
@@ -207,6 +208,7 @@ def test_create_killed_before_the_stub_runs(host: Host, point: str) -> None:
     destroy_and_recreate(host, NAME if point == "stub-records" else str(guest.domid))
 
 
+@on_every_daemon
 def test_create_killed_while_waiting_for_running(host: Host) -> None:
     proc = host.start("create", str(host.config("running")), "--timeout", "600")
     stub = stub_held_at(host, "running", proc)
@@ -218,6 +220,7 @@ def test_create_killed_while_waiting_for_running(host: Host) -> None:
     destroy_and_recreate(host, NAME)
 
 
+@on_every_daemon
 def test_create_killed_during_its_pci_attach(host: Host) -> None:
     proc = host.start("create", str(host.config("pci-ins", pci="03:00.0")))
     stub = stub_held_at(host, "pci-ins", proc)
@@ -293,6 +296,7 @@ def test_save_killed_after_save_was_sent(host: Host) -> None:
     assert_all_gone(host, [guest, stub])
 
 
+@on_every_daemon
 def test_save_killed_before_the_image_is_written(host: Host) -> None:
     host.run("create", str(host.config()))
     guest, stub = host.guest_and_stub()
@@ -318,6 +322,7 @@ def test_save_killed_before_the_image_is_written(host: Host) -> None:
     assert_all_gone(host, [guest, stub])
 
 
+@on_every_daemon
 def test_a_stubdomain_whose_guest_is_gone_is_destroyed_by_its_name(host: Host) -> None:
     host.run("create", str(host.config()))
     guest, stub = host.guest_and_stub()

@@ -59,6 +59,7 @@ def test_on_crash_restart(host: Host) -> None:
         ("win7", 5), ("win7-dm", 6)])
 
 
+@on_every_daemon
 def test_on_crash_preserve_keeps_the_crashed_guest(host: Host) -> None:
     host.run("create", str(host.config("win7", 'on_crash = "preserve"')))
     kill_stubdomain(host)
@@ -68,6 +69,7 @@ def test_on_crash_preserve_keeps_the_crashed_guest(host: Host) -> None:
     assert host.names() == ["Domain-0"]
 
 
+@on_every_daemon
 def test_on_reboot_rename_restart(host: Host) -> None:
     host.run("create", str(host.config("win7", 'on_reboot = "rename-restart"')))
     host.run("reboot", "win7")
@@ -95,6 +97,7 @@ def test_create_e_leaves_no_monitor(host: Host) -> None:
     assert not (host.dir / "monitors" / "1.pid").exists()
 
 
+@on_every_daemon
 def test_create_f_monitors_in_the_foreground(host: Host) -> None:
     proc = host.popen("create", "-F", str(host.config("win7")))
     host.wait_for("win7 to exist", lambda: "win7" in host.names())
@@ -103,6 +106,7 @@ def test_create_f_monitors_in_the_foreground(host: Host) -> None:
     assert proc.stderr is not None and b"Domain 1 has been destroyed." in proc.stderr.read()
 
 
+@on_every_daemon
 def test_restore_starts_a_monitor(host: Host) -> None:
     host.run("create", "-e", str(host.config("win7", 'on_crash = "restart"')))
     image = host.dir / "win7.save"

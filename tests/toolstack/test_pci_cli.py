@@ -67,6 +67,7 @@ def test_a_wildcard_detach_removes_every_function(host: Host) -> None:
 # -- an interrupted attach ----------------------------------------------------------------
 
 
+@on_every_daemon
 def test_ctrl_c_during_an_attach_to_a_stopped_stub_leaves_an_undoable_record(
     host: Host,
 ) -> None:
@@ -106,6 +107,7 @@ def test_ctrl_c_during_an_attach_to_a_stopped_stub_leaves_an_undoable_record(
 # -- a dead stubdomain ---------------------------------------------------------------------
 
 
+@on_every_daemon
 @pytest.mark.parametrize("attached", [True, False], ids=["with-pci", "without-pci"])
 def test_a_killed_stub_is_named_dead_at_once_and_nothing_is_recorded(
     host: Host, attached: bool
@@ -165,6 +167,7 @@ def test_pci_assignable_verbs(host: Host) -> None:
     assert r.returncode == 1 and "0000:03:00.0 is attached to win7" in r.stderr
 
 
+@on_every_daemon
 def test_create_checks_its_pci_entries_before_building_anything(host: Host) -> None:
     for entry, why in (("'04:00.*@05'", "no assignable function of 0000:04:00"),
                        ("'04:00.*'", "needs a virtual slot")):
