@@ -35,7 +35,8 @@ def qemu_trad() -> str | None:
     return find_program("stubdom-qemu-trad-dm")
 
 
-# The full clause run on every xenstored; the broken and hostile apps only on ours.
+# Every run of the kit here, the full clause run and the broken and hostile apps, on
+# every xenstored.
 @pytest.mark.parametrize("xenstored", XENSTOREDS)
 async def test_the_qemu_trad_model_passes_what_qemu_trad_does(xenstored: str) -> None:
     need_xenstored(xenstored)

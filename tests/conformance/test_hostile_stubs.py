@@ -26,6 +26,12 @@ ALL = {c.id for c in STUBDOMAIN_CLAUSES}
 FAST = Timeouts(startup=3.0, command=2.0, refusal=1.0)
 
 
+# Every stub judged here runs on ours, cx and ox.  On ours alone: the kit's own time
+# bound and its own failing step (the kit's logic, not the stub's exchange), and the
+# command line's options, reports and Ctrl-C (the CLI's; `--xenstored` has its own tests
+# in test_stubdomain_mode.py and test_toolstack_mode.py).
+
+
 def hostile_kernel(tmp_path: Path, variant: str) -> str:
     k = tmp_path / f"hostile-{variant}"
     k.write_text(f"#!/bin/sh\nexec {sys.executable} {HERE / 'hostile_dm.py'} {variant} \"$@\"\n")

@@ -21,8 +21,8 @@ HERE = Path(__file__).resolve().parent
 FAST = Timeouts(startup=5.0, command=3.0, refusal=1.0)
 
 
-# The full clause runs go on every xenstored (cx's and ox's trace is the host's proxy's
-# and relays'); the broken variants only on ours, to keep the time down.
+# Every clause run goes on every xenstored (cx's and ox's trace is the host's proxy's
+# and relays'), the broken variants too.
 @pytest.mark.parametrize("xenstored", XENSTOREDS)
 async def test_our_agent_passes_every_clause(xenstored: str) -> None:
     need_xenstored(xenstored)

@@ -26,11 +26,9 @@ CRASHES = [
     ("crash-on-continue", ("save", "-c", "g", "SAVE"), "the stubdomain died before running", True),
 ]
 
-# On cx and ox too (README, "On the real daemons"): only the tests marked
-# @on_every_daemon, a stub crashing mid-exchange and the destroy that cleans up after it.
-# The rest check the toolstack's own logic (each fault's wording, timeouts, damaged
-# images), which no daemon changes; they run on ours alone to keep the suite near 10
-# minutes.
+# On cx and ox too (README, "On the real daemons"): every test marked @on_every_daemon,
+# i.e. every stub fault met through xenstore (crashes, wrong or no answers, floods, a bad
+# restore).  On ours alone: damaged save images, refused before any domain exists.
 
 
 def stub_id(host: FaultHost, name: str) -> int:

@@ -41,10 +41,8 @@ GUARD = 60.0
 NO_TIMEOUT = ("--timeout", "600")
 NAME = "win7"
 
-# On cx and ox too (README, "On the real daemons"): only the tests marked
-# @on_every_daemon, a toolstack killed in the middle of a pci-attach and of a save, then
-# recovered.  The rest check the toolstack's own logic (the other kill points), which no
-# daemon changes; they run on ours alone to keep the suite near 10 minutes.
+# On cx and ox too (README, "On the real daemons"): every test (all marked
+# @on_every_daemon): each kill point leaves xenstore in a state the next command reads.
 
 
 @dataclass

@@ -11,10 +11,10 @@ import pytest
 from tests.support.daemons import on_every_daemon
 from tests.toolstack.clihost import ROOT, STUBDOM, Host, running_host
 
-# On cx and ox too (README, "On the real daemons"): only the tests marked
-# @on_every_daemon, the whole life of a guest (create, pci, save, restore, destroy).  The
-# rest check the toolstack's own logic (errors, console, pause, the default kernel), which
-# no daemon changes; they run on ours alone to keep the suite near 10 minutes.
+# On cx and ox too (README, "On the real daemons"): every test marked @on_every_daemon,
+# i.e. every one that crosses xenstore (create, pci, save, restore, consoles, a dying
+# stub, an unfinished attach).  On ours alone: the errors caught before any request
+# (config, unknown domain, corrupt image) and pause (the hypervisor's, not xenstore's).
 
 
 @pytest.fixture

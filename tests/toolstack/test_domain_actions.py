@@ -13,11 +13,9 @@ from stubdom.host.rundir import process_alive, read_pid
 from tests.support.daemons import on_every_daemon
 from tests.toolstack.clihost import Host, running_host
 
-# On cx and ox too (README, "On the real daemons"): only the tests marked
-# @on_every_daemon, crash handling: @releaseDomain of a dead stub and on_crash=restart.
-# The rest check the toolstack's own logic (the other on_* actions and the monitor's
-# life), which no daemon changes; they run on ours alone to keep the suite near 10
-# minutes.
+# On cx and ox too (README, "On the real daemons"): every test marked @on_every_daemon,
+# the on_* actions a monitor takes on @releaseDomain, -F and restore's monitor.  On ours
+# alone: a monitor's own life (ended by host down, absent with -e), no daemon's matter.
 
 
 @pytest.fixture

@@ -24,11 +24,10 @@ from tests.toolstack.clihost import GUARD, STUBDOM, Host, running_host
 PROMPT = 5.0
 
 
-# On cx and ox too (README, "On the real daemons"): only the tests marked
-# @on_every_daemon, a multi-function attach and detach through the device model's nodes.
-# The rest check the toolstack's own logic (Ctrl-C, dead stubs, assignable lists, config
-# checks), which no daemon changes; they run on ours alone to keep the suite near 10
-# minutes.
+# On cx and ox too (README, "On the real daemons"): every test marked @on_every_daemon,
+# the attaches and detaches through the device model's nodes, an attach cut by Ctrl-C, a
+# dead stub.  On ours alone: the pci-assignable list, a file of the host (the one attach
+# it makes is the multi-function attach the others run on every daemon).
 
 
 @pytest.fixture

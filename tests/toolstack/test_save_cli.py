@@ -26,10 +26,10 @@ from tests.toolstack.clihost import ROOT, STUBDOM, Host
 MAGIC = b"Xen saved domain, xl format\n \0 \r"
 
 
-# On cx and ox too (README, "On the real daemons"): only the tests marked
-# @on_every_daemon, a save and a restore through the device model's nodes.  The rest check
-# the toolstack's own logic (where the image goes, config files, Ctrl-C), which no daemon
-# changes; they run on ours alone to keep the suite near 10 minutes.
+# On cx and ox too (README, "On the real daemons"): every test marked @on_every_daemon,
+# the saves that reach the device model (-p, -c, a failed or interrupted save, restore
+# -D).  On ours alone: where the image goes and what a config file holds, checked before
+# any request (the guest is only checked to run on as before).
 
 
 @pytest.fixture

@@ -13,11 +13,10 @@ import pytest
 from tests.support.daemons import on_every_daemon
 from tests.toolstack.clihost import Host, Row, read_until, running_host
 
-# On cx and ox too (README, "On the real daemons"): only the tests marked
-# @on_every_daemon, shutdown through control/shutdown and a reboot that rebuilds both
-# domains.  The rest check the toolstack's own logic (list, mem-set, vcpu-set, rename,
-# info, dmesg, console), which no daemon changes; they run on ours alone to keep the suite
-# near 10 minutes.
+# On cx and ox too (README, "On the real daemons"): every test marked @on_every_daemon,
+# the verbs that write or watch xenstore (mem-set, vcpu-set, shutdown, reboot, rename,
+# consoles).  On ours alone: list, info, dmesg and create -n, answered by the
+# hypervisor or the host's log without a xenstore request of their own.
 
 
 @pytest.fixture
