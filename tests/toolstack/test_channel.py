@@ -4,7 +4,8 @@ its sans-IO decisions are tested alone in test_exchange.py.
 Guest G=5, stubdomain S=6 as libxl sets them up (docs/protocol.md#setup-order): S's home
 ``n0,r6`` with ``target``, SET_TARGET(S, G), ``device-model/G`` ``n6,r5``; the fake runs
 over S's own, unprivileged connection.  Timing is asserted only as an upper bound far from the
-timeout ("failed fast"), never as a tight bound.
+timeout ("failed fast"), never as a tight bound.  Every test that reaches a daemon runs on
+ours, cx and ox (the ``env`` fixture's parameter; README, "On the real daemons").
 """
 
 from __future__ import annotations
