@@ -17,12 +17,19 @@ from stubdom.conformance.clauses import STUBDOMAIN_CLAUSES
 from stubdom.conformance.probes import Probes
 from stubdom.conformance.report import Result, Verdict
 from stubdom.conformance.stubdomain import PCI_CLAUSES, Timeouts, check_stubdomain
+from tests.support.daemons import XENSTOREDS, need_xenstored
 
 HERE = Path(__file__).resolve().parent
 STUBDOM = str(Path(sys.executable).with_name("stubdom"))
 AGENT = str(Path(sys.executable).with_name("stubdom-dm"))
 ALL = {c.id for c in STUBDOMAIN_CLAUSES}
 FAST = Timeouts(startup=3.0, command=2.0, refusal=1.0)
+
+
+# Every stub judged here runs on ours, cx and ox.  On ours alone: the kit's own time
+# bound and its own failing step (the kit's logic, not the stub's exchange), and the
+# command line's options, reports and Ctrl-C (the CLI's; `--xenstored` has its own tests
+# in test_stubdomain_mode.py and test_toolstack_mode.py).
 
 
 def hostile_kernel(tmp_path: Path, variant: str) -> str:
@@ -32,6 +39,11 @@ def hostile_kernel(tmp_path: Path, variant: str) -> str:
     return str(k)
 
 
+async def judged(kernel: str, xenstored: str) -> dict[str, Result]:
+    """The stubdomain mode's verdicts on ``kernel``, on the host's ``xenstored``."""
+    return by_clause(await check_stubdomain(kernel, [], FAST, xenstored=xenstored))
+
+
 def by_clause(results: list[Result]) -> dict[str, Result]:
     res = {r.clause: r for r in results}
     assert set(res) == ALL
@@ -39,40 +51,60 @@ def by_clause(results: list[Result]) -> dict[str, Result]:
     return res
 
 
-async def test_no_frontends_fails_the_pci_clauses_with_the_reason(tmp_path: Path) -> None:
-    res = by_clause(await check_stubdomain(hostile_kernel(tmp_path, "no-frontends"), [], FAST))
+@pytest.mark.parametrize("xenstored", XENSTOREDS)
+async def test_no_frontends_fails_the_pci_clauses_with_the_reason(
+    tmp_path: Path, xenstored: str
+) -> None:
+    need_xenstored(xenstored)
+    res = await judged(hostile_kernel(tmp_path, "no-frontends"), xenstored)
     assert res["startup.running"].verdict is Verdict.PASS
     for c in PCI_CLAUSES:
         assert res[c].verdict is Verdict.FAIL
         assert "pcifront did not come up" in res[c].seen, res[c]
 
 
-async def test_a_crash_after_running_fails_the_rest_as_dead(tmp_path: Path) -> None:
+@pytest.mark.parametrize("xenstored", XENSTOREDS)
+async def test_a_crash_after_running_fails_the_rest_as_dead(
+    tmp_path: Path, xenstored: str
+) -> None:
+    need_xenstored(xenstored)
     k = hostile_kernel(tmp_path, "crash-after-running")
-    res = by_clause(await check_stubdomain(k, [], FAST))
+    res = by_clause(await check_stubdomain(k, [], FAST, xenstored=xenstored))
     assert res["startup.running"].verdict is Verdict.PASS
     for c in ("pci-ins.result", "command.unknown", "save.paused", "loadvm.running"):
         assert res[c].verdict is Verdict.FAIL
         assert "the stubdomain is dead (it crashed)" in res[c].seen, res[c]
 
 
-async def test_garbage_everywhere_is_judged(tmp_path: Path) -> None:
-    res = by_clause(await check_stubdomain(hostile_kernel(tmp_path, "garbage"), [], FAST))
+@pytest.mark.parametrize("xenstored", XENSTOREDS)
+async def test_garbage_everywhere_is_judged(
+    tmp_path: Path, xenstored: str
+) -> None:
+    need_xenstored(xenstored)
+    res = await judged(hostile_kernel(tmp_path, "garbage"), xenstored)
     assert res["scope.writes"].verdict is Verdict.FAIL
     assert "changes to nodes it must not touch" in res["scope.writes"].seen
     assert res["save.paused"].verdict is Verdict.FAIL
     assert "unknown state" in res["save.paused"].seen
 
 
-async def test_a_silent_stub_fails_every_clause_but_scope(tmp_path: Path) -> None:
-    res = by_clause(await check_stubdomain(hostile_kernel(tmp_path, "silent"), [], FAST))
+@pytest.mark.parametrize("xenstored", XENSTOREDS)
+async def test_a_silent_stub_fails_every_clause_but_scope(
+    tmp_path: Path, xenstored: str
+) -> None:
+    need_xenstored(xenstored)
+    res = await judged(hostile_kernel(tmp_path, "silent"), xenstored)
     assert {c for c, r in res.items() if r.verdict is Verdict.FAIL} == ALL - {"scope.writes"}
     assert "no running within 3 s" in res["startup.running"].seen
     assert "did not start" in res["pci-ins.result"].seen
 
 
-async def test_a_write_into_the_guest_and_target_is_caught(tmp_path: Path) -> None:
-    res = by_clause(await check_stubdomain(hostile_kernel(tmp_path, "trespass"), [], FAST))
+@pytest.mark.parametrize("xenstored", XENSTOREDS)
+async def test_a_write_into_the_guest_and_target_is_caught(
+    tmp_path: Path, xenstored: str
+) -> None:
+    need_xenstored(xenstored)
+    res = await judged(hostile_kernel(tmp_path, "trespass"), xenstored)
     assert res["scope.writes"].verdict is Verdict.FAIL
     assert "/data/trespass" in res["scope.writes"].seen
     assert "/target" in res["scope.writes"].seen
@@ -182,6 +214,7 @@ def faulty_kernel(tmp_path: Path, fault: str) -> str:
     return str(k)
 
 
+@pytest.mark.parametrize("xenstored", XENSTOREDS)
 @pytest.mark.parametrize(
     ("fault", "clause"),
     [
@@ -197,8 +230,9 @@ def faulty_kernel(tmp_path: Path, fault: str) -> str:
     ],
 )
 async def test_a_faulty_stub_is_caught_on_its_clause(tmp_path: Path, fault: str,
-                                                     clause: str) -> None:
-    res = by_clause(await check_stubdomain(faulty_kernel(tmp_path, fault), [], FAST))
+                                                     clause: str, xenstored: str) -> None:
+    need_xenstored(xenstored)
+    res = await judged(faulty_kernel(tmp_path, fault), xenstored)
     assert res[clause].verdict is Verdict.FAIL, res[clause]
 
 

@@ -41,10 +41,8 @@ GUARD = 60.0
 NO_TIMEOUT = ("--timeout", "600")
 NAME = "win7"
 
-# On cx and ox too (README, "On the real daemons"): only the tests marked
-# @on_every_daemon, a toolstack killed in the middle of a pci-attach and of a save, then
-# recovered.  The rest check the toolstack's own logic (the other kill points), which no
-# daemon changes; they run on ours alone to keep the suite near 10 minutes.
+# On cx and ox too (README, "On the real daemons"): every test (all marked
+# @on_every_daemon): each kill point leaves xenstore in a state the next command reads.
 
 
 @dataclass
@@ -188,6 +186,7 @@ def destroy_and_recreate(host: Host, name_or_id: str) -> None:
 # -- create ------------------------------------------------------------------------------
 
 
+@on_every_daemon
 @pytest.mark.parametrize("point", ["stub-records", "stub-unpause"])
 def test_create_killed_before_the_stub_runs(host: Host, point: str) -> None:
     proc = host.start("create", str(host.config()), hang=point)
@@ -207,6 +206,7 @@ def test_create_killed_before_the_stub_runs(host: Host, point: str) -> None:
     destroy_and_recreate(host, NAME if point == "stub-records" else str(guest.domid))
 
 
+@on_every_daemon
 def test_create_killed_while_waiting_for_running(host: Host) -> None:
     proc = host.start("create", str(host.config("running")), "--timeout", "600")
     stub = stub_held_at(host, "running", proc)
@@ -218,6 +218,7 @@ def test_create_killed_while_waiting_for_running(host: Host) -> None:
     destroy_and_recreate(host, NAME)
 
 
+@on_every_daemon
 def test_create_killed_during_its_pci_attach(host: Host) -> None:
     proc = host.start("create", str(host.config("pci-ins", pci="03:00.0")))
     stub = stub_held_at(host, "pci-ins", proc)
@@ -293,6 +294,7 @@ def test_save_killed_after_save_was_sent(host: Host) -> None:
     assert_all_gone(host, [guest, stub])
 
 
+@on_every_daemon
 def test_save_killed_before_the_image_is_written(host: Host) -> None:
     host.run("create", str(host.config()))
     guest, stub = host.guest_and_stub()
@@ -318,6 +320,7 @@ def test_save_killed_before_the_image_is_written(host: Host) -> None:
     assert_all_gone(host, [guest, stub])
 
 
+@on_every_daemon
 def test_a_stubdomain_whose_guest_is_gone_is_destroyed_by_its_name(host: Host) -> None:
     host.run("create", str(host.config()))
     guest, stub = host.guest_and_stub()

@@ -4,12 +4,14 @@ its sans-IO decisions are tested alone in test_exchange.py.
 Guest G=5, stubdomain S=6 as libxl sets them up (docs/protocol.md#setup-order): S's home
 ``n0,r6`` with ``target``, SET_TARGET(S, G), ``device-model/G`` ``n6,r5``; the fake runs
 over S's own, unprivileged connection.  Timing is asserted only as an upper bound far from the
-timeout ("failed fast"), never as a tight bound.
+timeout ("failed fast"), never as a tight bound.  Every test that reaches a daemon runs on
+ours, cx and ox (the ``env`` fixture's parameter; README, "On the real daemons").
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -23,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from stubdom.host.xslink import RealLink
 from stubdom.protocol import (
     DM_VERSION_TRADITIONAL,
     PCI_INS_BAD_BDF,
@@ -50,7 +53,7 @@ from stubdom.toolstack.exchange import (
 from stubdom.wire.paths import domain_path
 from stubdom.xenstore import Client
 from stubdom.xenstored.server import XenStoreServer
-from tests.support.daemons import short_tmpdir
+from tests.support.daemons import XENSTOREDS, need_xenstored, short_tmpdir, start_cx, start_ox
 from tests.toolstack.fake_dm import EJECT_NODE, SCI_NODE, FakeDeviceModel, Misbehaviour
 
 G, S = 5, 6
@@ -67,10 +70,19 @@ assert DM_VERSION_TRADITIONAL  # the protocol these tests speak
 
 @dataclass
 class Env:
-    server: XenStoreServer
+    #: ours, cx or ox.
+    xenstored: str
+    #: dom0's socket.
+    socket: str
+    #: S's own socket: our daemon's, or on cx/ox the relay onto S's ring.
+    stub_socket: str
     dom0: Client
     run_dir: Path
     lock_dir: Path
+    #: Our daemon, in this event loop (None on cx and ox).
+    server: XenStoreServer | None = None
+    #: cx and ox: what the host does when a domain dies (None on ours).
+    link: RealLink | None = None
     clients: list[Client] = field(default_factory=list)
     fakes: list[FakeDeviceModel] = field(default_factory=list)
     #: What a toolstack session would keep: the channels' watches and locks.
@@ -81,14 +93,14 @@ class Env:
             client or self.dom0, S, G, self.lock_dir, timeout=timeout, channels=self.channels
         )
 
-    async def client(self, path: Path | None = None) -> Client:
-        c = await Client.connect(str(path or self.server.socket_path))
+    async def client(self, path: str | None = None) -> Client:
+        c = await Client.connect(path or self.socket)
         self.clients.append(c)
         return c
 
     async def fake(self, **kw: Any) -> FakeDeviceModel:
         """A started fake DM over the stub's own connection; dying releases the stub."""
-        stub = await self.client(self.server.domain_socket(S))
+        stub = await self.client(self.stub_socket)
         kw.setdefault("on_die", self.release_stub)
         fake = FakeDeviceModel(stub, G, **kw)
         await fake.start()
@@ -96,7 +108,13 @@ class Env:
         return fake
 
     async def release_stub(self) -> None:
+        """The stubdomain is gone: RELEASE, as after a domain's death.  On cx and ox the
+        daemon then simply stops serving S's ring, which the dead domain would never read
+        again; the host drops the domain's relay (`RealLink`), closing the connections of
+        S's programs as our daemon does its domain socket's."""
         await self.dom0.release(S)
+        if self.link is not None:
+            await self.link.domain_state(S, "gone")
 
     async def state(self) -> str | None:
         v = await self.dom0.read_optional(state_path(S, G))
@@ -107,12 +125,8 @@ class Env:
         return None if v is None else v.decode()
 
 
-@pytest.fixture
-async def env() -> AsyncIterator[Env]:
-    run_dir = short_tmpdir("dm-")
-    server = XenStoreServer(run_dir / "xs")
-    await server.start()
-    dom0 = await Client.connect(str(server.socket_path))
+async def _setup_domains(dom0: Client) -> None:
+    """G and S introduced and laid out as libxl does (the module docstring)."""
     await dom0.introduce(G, 0, 15)
     await dom0.introduce(S, 0, 16)
     await dom0.mkdir(domain_path(G))
@@ -126,17 +140,54 @@ async def env() -> AsyncIterator[Env]:
     # The fake's eject mailbox (a test device, not part of the protocol).
     await dom0.mkdir(f"{domain_path(S)}/fake-dm")
     await dom0.set_perms(f"{domain_path(S)}/fake-dm", [f"n{S}"])
-    e = Env(server, dom0, run_dir, run_dir / "locks")
+
+
+@contextlib.asynccontextmanager
+async def _daemon(xenstored: str, run_dir: Path) -> AsyncIterator[tuple[str, Any]]:
+    """dom0's socket and the daemon: ours in this loop, or the real cx/ox as a child."""
+    if xenstored == "ours":
+        server = XenStoreServer(run_dir / "xs")
+        await server.start()
+        try:
+            yield str(server.socket_path), server
+        finally:
+            await server.close()
+        return
+    real = start_cx(run_dir) if xenstored == "cx" else start_ox(run_dir)
     try:
-        yield e
+        yield real.socket, real
     finally:
-        for fake in e.fakes:
-            await fake.stop()
-        for c in e.clients:
-            await c.close()
-        await dom0.close()
-        await server.close()
-        shutil.rmtree(run_dir, ignore_errors=True)
+        real.stop()
+
+
+@pytest.fixture(params=XENSTOREDS)
+async def env(request: pytest.FixtureRequest) -> AsyncIterator[Env]:
+    """G and S on a fresh daemon: ours, cx or ox (the fixture's parameter).  On cx and ox
+    S reaches the daemon over its ring, through the host's relay (`RealLink`)."""
+    xenstored: str = request.param
+    need_xenstored(xenstored)
+    run_dir = short_tmpdir("dm-")
+    async with contextlib.AsyncExitStack() as stack:
+        socket, daemon = await stack.enter_async_context(_daemon(xenstored, run_dir))
+        dom0 = await Client.connect(socket)
+        stack.push_async_callback(dom0.close)
+        await _setup_domains(dom0)
+        if isinstance(daemon, XenStoreServer):
+            e = Env(xenstored, socket, str(daemon.domain_socket(S)), dom0, run_dir,
+                    run_dir / "locks", server=daemon)
+        else:
+            link = RealLink(daemon.fake_dir, socket)
+            stack.push_async_callback(link.close)
+            e = Env(xenstored, socket, await link.domain_socket(S), dom0, run_dir,
+                    run_dir / "locks", link=link)
+        try:
+            yield e
+        finally:
+            for fake in e.fakes:
+                await fake.stop()
+            for c in e.clients:
+                await c.close()
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 # -- pci-ins ------------------------------------------------------------------------------
@@ -198,12 +249,17 @@ async def test_a_channel_keeps_its_watches_and_asks_liveness_once(env: Env) -> N
     assert watched == [state_path(S, G), parameter_path(S, G), "@releaseDomain"]
     assert len(asked) == first
     assert len(env.channels.kept) == 1  # the session keeps them, not the channel
-    await env.dom0.release(S)
+    await env.release_stub()
     with pytest.raises(DeviceModelDied):
         await ch.pci_insert(DEV_C)
 
 
 def _server_watches(env: Env) -> int:
+    """The watches the daemon holds.  Only our daemon shows them; on cx and ox (no query
+    for another connection's watches) the count is dom0's registry, whose entries go only
+    when the daemon acknowledged the UNWATCH."""
+    if env.server is None:
+        return len(env.dom0._watches)
     return sum(len(conn.watches) for conn in env.server.clients)
 
 
@@ -222,7 +278,7 @@ async def test_forgetting_a_guest_removes_the_watches_kept_for_it(env: Env) -> N
 async def test_a_dead_stubdomain_takes_its_kept_watches_with_it(env: Env) -> None:
     await env.fake()
     await env.channel().pci_insert(DEV_A)
-    await env.dom0.release(S)
+    await env.release_stub()
     with pytest.raises(DeviceModelDied):
         await env.channel().pci_insert(DEV_B)
     assert len(env.channels.kept) == 0
@@ -435,7 +491,7 @@ async def test_stub_released_while_waiting_for_eject(env: Env) -> None:
     task = asyncio.create_task(ch.pci_remove(DEV_A))
     await asyncio.wait_for(fake.eject_requested.wait(), SLOW)
     t0 = time.monotonic()
-    await env.dom0.release(S)
+    await env.release_stub()
     with pytest.raises(DeviceModelDied):
         await asyncio.wait_for(task, SLOW)
     assert time.monotonic() - t0 < SLOW / 2
@@ -443,7 +499,7 @@ async def test_stub_released_while_waiting_for_eject(env: Env) -> None:
 
 async def test_dead_stub_before_the_command(env: Env) -> None:
     await env.fake()
-    await env.dom0.release(S)
+    await env.release_stub()
     with pytest.raises(DeviceModelDied):
         await env.channel().save()
 
@@ -535,7 +591,7 @@ async def test_concurrent_exchanges_from_two_processes_lose_nothing(env: Env) ->
             sys.executable,
             "-c",
             CHILD,
-            str(env.server.socket_path),
+            env.socket,
             str(env.lock_dir),
             str(dev),
             cwd=ROOT,
@@ -573,7 +629,7 @@ async def test_lock_is_held_across_the_whole_exchange(env: Env) -> None:
 
 
 async def _spawn_fake(env: Env, *args: str) -> asyncio.subprocess.Process:
-    proc_env = {**os.environ, "XENSTORED_PATH": str(env.server.domain_socket(S))}
+    proc_env = {**os.environ, "XENSTORED_PATH": env.stub_socket}
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -620,7 +676,7 @@ async def test_fake_program_dying_on_a_command(env: Env) -> None:
 
     async def host() -> None:
         await proc.wait()  # the hypervisor notices the domain is gone
-        await env.dom0.release(S)
+        await env.release_stub()
 
     watcher = asyncio.create_task(host())
     t0 = time.monotonic()

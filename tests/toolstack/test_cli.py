@@ -11,10 +11,10 @@ import pytest
 from tests.support.daemons import on_every_daemon
 from tests.toolstack.clihost import ROOT, STUBDOM, Host, running_host
 
-# On cx and ox too (README, "On the real daemons"): only the tests marked
-# @on_every_daemon, the whole life of a guest (create, pci, save, restore, destroy).  The
-# rest check the toolstack's own logic (errors, console, pause, the default kernel), which
-# no daemon changes; they run on ours alone to keep the suite near 10 minutes.
+# On cx and ox too (README, "On the real daemons"): every test marked @on_every_daemon,
+# i.e. every one that crosses xenstore (create, pci, save, restore, consoles, a dying
+# stub, an unfinished attach).  On ours alone: the errors caught before any request
+# (config, unknown domain, corrupt image) and pause (the hypervisor's, not xenstore's).
 
 
 @pytest.fixture
@@ -78,6 +78,7 @@ def test_errors_are_one_line(host: Host) -> None:
         "Domain-0"]
 
 
+@on_every_daemon
 def test_console_reaches_the_guest_serial_port(host: Host) -> None:
     host.run("create", str(host.config()))
     env = {**os.environ, "STUBDOM_HOST_DIR": str(host.dir)}
@@ -98,6 +99,7 @@ def test_console_reaches_the_guest_serial_port(host: Host) -> None:
     assert r.returncode == 1 and "no serial port 1" in r.stderr
 
 
+@on_every_daemon
 def test_concurrent_pci_attach_loses_nothing(host: Host) -> None:
     host.run("create", str(host.config()))
     env = {**os.environ, "STUBDOM_HOST_DIR": str(host.dir)}
@@ -112,6 +114,7 @@ def test_concurrent_pci_attach_loses_nothing(host: Host) -> None:
     assert len({r.split()[0] for r in rows}) == 3  # three different slots
 
 
+@on_every_daemon
 def test_a_stubdomain_that_dies_fails_the_create_at_once(host: Host) -> None:
     # With a 600 s wait for `running`, only the fast failure can finish within the
     # subprocess guard of Host.run.
@@ -124,6 +127,7 @@ def test_a_stubdomain_that_dies_fails_the_create_at_once(host: Host) -> None:
         "Domain-0"]
 
 
+@on_every_daemon
 def test_all_functions_of_a_device(host: Host) -> None:
     host.run("create", str(host.config()))
     r = host.run("pci-attach", "win7", "07:00.*@05", check=False)
@@ -136,6 +140,7 @@ def test_all_functions_of_a_device(host: Host) -> None:
     assert rows == ["05.0 0000:07:00.0", "05.1 0000:07:00.1"]
 
 
+@on_every_daemon
 def test_the_default_stubdomain_kernel_is_the_agent(host: Host) -> None:
     host.run("create", str(ROOT / "examples" / "win7.cfg"))
     log = (host.dir / "log" / "qemu-dm-win7.log").read_text()
@@ -162,6 +167,7 @@ def test_pause_and_unpause(host: Host) -> None:
     assert r.stderr == "Error: no domain 'nope'; 'stubdom list' shows the domains\n"
 
 
+@on_every_daemon
 def test_an_unfinished_attach_the_device_model_never_saw_is_undone(host: Host) -> None:
     # What a pci-attach killed before its pci-ins leaves: the record, no vdevfn.
     host.run("create", str(host.config()))

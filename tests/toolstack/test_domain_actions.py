@@ -13,11 +13,9 @@ from stubdom.host.rundir import process_alive, read_pid
 from tests.support.daemons import on_every_daemon
 from tests.toolstack.clihost import Host, running_host
 
-# On cx and ox too (README, "On the real daemons"): only the tests marked
-# @on_every_daemon, crash handling: @releaseDomain of a dead stub and on_crash=restart.
-# The rest check the toolstack's own logic (the other on_* actions and the monitor's
-# life), which no daemon changes; they run on ours alone to keep the suite near 10
-# minutes.
+# On cx and ox too (README, "On the real daemons"): every test marked @on_every_daemon,
+# the on_* actions a monitor takes on @releaseDomain, -F and restore's monitor.  On ours
+# alone: a monitor's own life (ended by host down, absent with -e), no daemon's matter.
 
 
 @pytest.fixture
@@ -59,6 +57,7 @@ def test_on_crash_restart(host: Host) -> None:
         ("win7", 5), ("win7-dm", 6)])
 
 
+@on_every_daemon
 def test_on_crash_preserve_keeps_the_crashed_guest(host: Host) -> None:
     host.run("create", str(host.config("win7", 'on_crash = "preserve"')))
     kill_stubdomain(host)
@@ -68,6 +67,7 @@ def test_on_crash_preserve_keeps_the_crashed_guest(host: Host) -> None:
     assert host.names() == ["Domain-0"]
 
 
+@on_every_daemon
 def test_on_reboot_rename_restart(host: Host) -> None:
     host.run("create", str(host.config("win7", 'on_reboot = "rename-restart"')))
     host.run("reboot", "win7")
@@ -95,6 +95,7 @@ def test_create_e_leaves_no_monitor(host: Host) -> None:
     assert not (host.dir / "monitors" / "1.pid").exists()
 
 
+@on_every_daemon
 def test_create_f_monitors_in_the_foreground(host: Host) -> None:
     proc = host.popen("create", "-F", str(host.config("win7")))
     host.wait_for("win7 to exist", lambda: "win7" in host.names())
@@ -103,6 +104,7 @@ def test_create_f_monitors_in_the_foreground(host: Host) -> None:
     assert proc.stderr is not None and b"Domain 1 has been destroyed." in proc.stderr.read()
 
 
+@on_every_daemon
 def test_restore_starts_a_monitor(host: Host) -> None:
     host.run("create", "-e", str(host.config("win7", 'on_crash = "restart"')))
     image = host.dir / "win7.save"

@@ -24,11 +24,10 @@ from tests.toolstack.clihost import GUARD, STUBDOM, Host, running_host
 PROMPT = 5.0
 
 
-# On cx and ox too (README, "On the real daemons"): only the tests marked
-# @on_every_daemon, a multi-function attach and detach through the device model's nodes.
-# The rest check the toolstack's own logic (Ctrl-C, dead stubs, assignable lists, config
-# checks), which no daemon changes; they run on ours alone to keep the suite near 10
-# minutes.
+# On cx and ox too (README, "On the real daemons"): every test marked @on_every_daemon,
+# the attaches and detaches through the device model's nodes, an attach cut by Ctrl-C, a
+# dead stub.  On ours alone: the pci-assignable list, a file of the host (the one attach
+# it makes is the multi-function attach the others run on every daemon).
 
 
 @pytest.fixture
@@ -67,6 +66,7 @@ def test_a_wildcard_detach_removes_every_function(host: Host) -> None:
 # -- an interrupted attach ----------------------------------------------------------------
 
 
+@on_every_daemon
 def test_ctrl_c_during_an_attach_to_a_stopped_stub_leaves_an_undoable_record(
     host: Host,
 ) -> None:
@@ -106,6 +106,7 @@ def test_ctrl_c_during_an_attach_to_a_stopped_stub_leaves_an_undoable_record(
 # -- a dead stubdomain ---------------------------------------------------------------------
 
 
+@on_every_daemon
 @pytest.mark.parametrize("attached", [True, False], ids=["with-pci", "without-pci"])
 def test_a_killed_stub_is_named_dead_at_once_and_nothing_is_recorded(
     host: Host, attached: bool
@@ -165,6 +166,7 @@ def test_pci_assignable_verbs(host: Host) -> None:
     assert r.returncode == 1 and "0000:03:00.0 is attached to win7" in r.stderr
 
 
+@on_every_daemon
 def test_create_checks_its_pci_entries_before_building_anything(host: Host) -> None:
     for entry, why in (("'04:00.*@05'", "no assignable function of 0000:04:00"),
                        ("'04:00.*'", "needs a virtual slot")):
