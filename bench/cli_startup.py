@@ -1,4 +1,4 @@
-"""How fast the ``stubdom`` command starts, against Python itself and click (issue 16, §4).
+"""How fast the ``stubdom`` command starts, against Python itself and click (issue 16, part 4).
 
 Five commands, each run as a user runs it (a fresh process of the venv's interpreter;
 ``stubdom`` is the console script next to it), ``--runs`` times, interleaved (one of

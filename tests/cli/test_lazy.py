@@ -1,4 +1,4 @@
-"""The CLI imports only what a verb runs (issue 16, §4).
+"""The CLI imports only what a verb runs (issue 16, part 4).
 
 ``stubdom --version`` must start like a click tool and ``stubdom xenstore read`` like
 ``xenstore-read``: the root group loads a verb's module only when that verb runs

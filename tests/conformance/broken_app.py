@@ -106,7 +106,11 @@ def _state_faults(variant: str) -> None:
     Dm.save = save  # type: ignore[method-assign]
     if variant == "truncated-save":
         real = qt.savevm_stream
-        qt.savevm_stream = lambda sections: (lambda s: s[: len(s) // 2])(real(sections))
+        # Cut at half, then back to a non-zero byte: a qemu-trad stream has no section
+        # lengths, so a cut that happens to end in a zero byte (the EOF marker's value,
+        # common in device state) is indistinguishable from a complete stream.
+        qt.savevm_stream = lambda sections: (
+            lambda s: s[: len(s) // 2].rstrip(b"\0"))(real(sections))
 
 
 def _skip_paused(set_state: Any) -> Any:

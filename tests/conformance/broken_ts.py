@@ -40,12 +40,11 @@ def _command_first(orig: Callable[..., Awaitable[exchange.Snapshot]]) -> Callabl
     ) -> exchange.Snapshot:
         state = await self.client.read_text(self._state)
 
-        async def send(watches: object) -> exchange.Snapshot:
+        async def send(watches: channel.ChannelWatches) -> channel.Look:
             await self.client.write(self._command, command.value)
             if parameter is not None:
                 await self.client.write(self._parameter, parameter)
-            got = [await self.client.read_text(p) for p in (self._state, self._parameter)]
-            return exchange.Snapshot(*got)
+            return await self._look(watches)  # the first look, as the channel's own
 
         try:
             return await self._wait(
