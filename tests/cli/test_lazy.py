@@ -79,6 +79,14 @@ def test_xenstore_read_runs_without_asyncio_or_the_toolstack() -> None:
         xs.stop()
     assert "stubdom.xenstore.blocking" in modules  # it did read
     assert heavy(modules) == []
+    assert "logging" not in modules  # nothing to configure: nothing of it logs
+
+
+def test_verbose_configures_logging_for_any_verb() -> None:
+    assert "logging" not in loaded_by("--version")
+    r, modules = run_probe("-v", "xenstore", "read", "/",
+                           env={"STUBDOM_HOST_DIR": str(short_tmpdir("lazy-"))})
+    assert r.returncode == 1 and "logging" in modules
 
 
 def test_list_runs_without_asyncio_or_the_toolstack() -> None:

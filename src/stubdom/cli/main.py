@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import logging
 import os
 import select
 import signal
@@ -194,8 +193,24 @@ class _Stubdom(click.Group):
 @click.option("-v", "--verbose", count=True, help="More log output (repeatable).")
 def cli(verbose: int) -> None:
     """stubdom: the Xen toolstack <-> device-model stubdomain protocol."""
+    # click loads the verb's module before this runs.  A verb whose modules never
+    # import logging (the xenstore verbs: their start-up is a C tool's) has nothing to
+    # configure, unless -v asks for output; importing logging costs it ~15% of its time.
+    if verbose or "logging" in sys.modules:
+        _configure_logging(verbose)
+
+
+def _configure_logging(verbose: int) -> None:
+    import logging
+
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(name)s: %(message)s")
+
+
+def _verbose() -> bool:
+    """-v was given (logging configured at INFO or below)."""
+    logging = sys.modules.get("logging")
+    return logging is not None and logging.getLogger().isEnabledFor(logging.INFO)
 
 
 def load_verbs() -> None:
@@ -209,7 +224,7 @@ def main() -> None:
     try:
         cli()
     except Exception as e:
-        if logging.getLogger().isEnabledFor(logging.INFO):
+        if _verbose():
             raise  # -v: the traceback, for a bug report
         first = (str(e).splitlines() or [""])[0]
         click.echo(
