@@ -17,9 +17,6 @@ _.eof_received  # asyncio.Protocol callback
 _.data_received  # asyncio.Protocol callback (the client's transport)
 _.pause_writing  # asyncio.Protocol flow-control callback
 _.resume_writing  # asyncio.Protocol flow-control callback
-_.get_buffer  # asyncio.BufferedProtocol callback (xenstored's connections)
-_.buffer_updated  # asyncio.BufferedProtocol callback
-_.sizehint  # get_buffer's parameter, required by the BufferedProtocol signature
 _.convert  # click.ParamType hook, called by click for each option value
 _.get_command  # click.Group hook: the root group loads a verb there (stubdom.cli.main)
 _.format_commands  # click.Group hook: --help lists the verbs without loading them
