@@ -20,7 +20,6 @@ fails with `TransactionConflict` instead (the daemon forgot the transaction), wh
 from __future__ import annotations
 
 import _socket
-import errno
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -37,6 +36,7 @@ from stubdom.xenstore.errors import (
     XenStoreTimeout,
     error_from_name,
 )
+from stubdom.xenstore.reconnect import Backoff
 
 if TYPE_CHECKING:
     import logging
@@ -61,8 +61,6 @@ DEFAULT_TIMEOUT = 10.0
 #: the first pause after a conflict (doubled per conflict, at most 32 times this).
 RETRY_PATIENCE = 30.0
 RETRY_BACKOFF = 0.001
-#: A socket file missing this long while reconnecting was removed on purpose.
-SOCKET_GONE_GRACE = 10.0
 
 #: Largest reply payload accepted, as the asyncio client's default (ox's socket may send
 #: DIRECTORY replies beyond 4096 bytes).
@@ -209,8 +207,7 @@ class BlockingClient:
         assert self.reconnect is not None
         _log().info("%s; connecting again (for up to %g s)", lost, self.reconnect)
         self._sock.close()
-        delay = 0.01
-        missing_since: float | None = None
+        backoff = Backoff(lost, self.reconnect, deadline)
         while True:
             try:
                 self._sock = self._open()
@@ -218,18 +215,8 @@ class BlockingClient:
                 self._unusable = None
                 return
             except OSError as e:
-                now = time.monotonic()
-                if e.errno == errno.ENOENT:
-                    missing_since = now if missing_since is None else missing_since
-                else:
-                    missing_since = None
-                gone = missing_since is not None and now - missing_since > SOCKET_GONE_GRACE
-                if gone or now + delay > deadline:
-                    why = "its socket is gone" if gone else (
-                        f"xenstored did not come back within {self.reconnect:g} s")
-                    raise ConnectionClosed(f"{lost}; {why} ({e.strerror or e})") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.2)
+                delay = backoff.failed(e, time.monotonic())
+            time.sleep(delay)
 
     def _path(self, path: str) -> bytes:
         if self.check_paths:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import errno
 import itertools
 import logging
 import random
@@ -77,6 +76,7 @@ from stubdom.xenstore.protocol import (
     reply_payload,
     write_payload,
 )
+from stubdom.xenstore.reconnect import Backoff
 from stubdom.xenstore.ringtransport import RingTransport
 from stubdom.xenstore.transport import Transport, open_transport
 from stubdom.xenstore.waiting import wait_until
@@ -90,10 +90,6 @@ DEFAULT_TIMEOUT = 10.0
 #: ``reconnect`` of the stack's own long-lived clients (host, agent, toolstack): a
 #: xenstored restarted with its state directory is back well within this.
 RECONNECT = 30.0
-#: How long a reconnecting client waits for a socket file that does not exist: a
-#: daemon stopped cleanly removes its sockets, and its successor may take seconds to
-#: start on a busy machine; a released domain's socket never comes back.
-SOCKET_GONE_GRACE = 10.0
 #: `Client.retry_transaction`: a retry after the n-th conflict first pauses a random
 #: time up to this times 2**(n-1) (at most 32 times this).
 RETRY_BACKOFF = 0.001
@@ -442,9 +438,7 @@ class Client(_NodeOps):
         self._transport.close()
         outstanding = self._proto.clear()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.reconnect
-        delay = 0.01
-        missing_since: float | None = None
+        backoff = Backoff(lost, self.reconnect, loop.time() + self.reconnect)
         while True:
             try:
                 if self._opener is not None:
@@ -452,20 +446,11 @@ class Client(_NodeOps):
                 else:
                     transport = await open_transport(self._connect_path)
             except OSError as e:
-                now = loop.time()
-                # A socket that stays gone was removed on purpose (the domain was
-                # released); a restarting daemon leaves it refusing, or rebinds it at once.
-                if e.errno == errno.ENOENT:
-                    missing_since = now if missing_since is None else missing_since
-                else:
-                    missing_since = None
-                gone = missing_since is not None and now - missing_since > SOCKET_GONE_GRACE
-                if gone or now + delay > deadline:
-                    why = "its socket is gone" if gone else (
-                        f"xenstored did not come back within {self.reconnect:g} s")
-                    return ConnectionClosed(f"{lost}; {why} ({e.strerror or e})")
+                try:
+                    delay = backoff.failed(e, loop.time())
+                except ConnectionClosed as why:
+                    return why
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.2)
                 continue
             try:
                 self._resume_on(transport, outstanding)
