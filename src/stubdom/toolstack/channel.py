@@ -463,18 +463,16 @@ class DeviceModelChannel:
         orig: str | None = None
 
         async def send(w: ChannelWatches) -> Look:
-            """The state to restore (read with the parameter write, unless known:
-            `ChannelWatches.known_state`), then command (only if the parameter was
-            written): the first look is what those show.  A command without parameter
-            goes after the state read and the note, likewise."""
+            """The state to restore (read, unless known: `ChannelWatches.known_state`),
+            the note of the last command and the parameter in one round trip, then the
+            command, only once those were written (a failed note leaves no command
+            sent).  The first look is what those show."""
             nonlocal orig
-            if parameter is None:
-                return await send_plain(w)
             first = Batch(self.client)
             known = w.known_state(self._state)  # libxl's read, if no event says otherwise
             state = first.read_text(self._state) if known is None else None
-            first.write(self.last_sent, f"{command.value} {parameter}")
-            param = first.write(self._parameter, parameter)
+            first.write(self.last_sent, f"{command.value} {parameter or ''}")
+            param = first.write(self._parameter, parameter) if parameter is not None else None
             await first.send()
             if state is not None:
                 orig = state.value
@@ -486,32 +484,10 @@ class DeviceModelChannel:
             await second.send()
             log.debug("guest %d: sent %s %r", self.guest, command, parameter)
             assert w.state_seen is not None
-            seen = {self._state: w.state_seen[1], self._parameter: param.seq,
+            seen = {self._state: w.state_seen[1],
+                    self._parameter: (sent if param is None else param).seq,
                     RELEASE_DOMAIN: sent.seq}
             return Snapshot(orig, parameter), seen
-
-        async def send_plain(w: ChannelWatches) -> Look:
-            nonlocal orig
-            # The note and the state read go before the command, never with it: if
-            # either fails, no command may have been sent.
-            first = Batch(self.client)
-            known = w.known_state(self._state)
-            state = first.read_text(self._state) if known is None else None
-            first.write(self.last_sent, f"{command.value} ")
-            await first.send()
-            second = Batch(self.client)
-            sent = second.write(self._command, command.value)
-            await second.send()
-            if state is not None:
-                orig = state.value
-                w.saw_state(orig, state.seq)
-            else:
-                orig = known
-            assert w.state_seen is not None
-            log.debug("guest %d: sent %s", self.guest, command)
-            seen = {self._state: w.state_seen[1], self._parameter: sent.seq,
-                    RELEASE_DOMAIN: sent.seq}
-            return Snapshot(orig, None), seen
 
         ok = died = False
         try:
