@@ -449,7 +449,7 @@ async def test_connect_through_environment(
 async def test_retry_transaction_keeps_trying_until_its_patience_runs_out(
     client: Client, server: FakeServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import stubdom.xenstore.client as client_module
+    import stubdom.xenstore.recovery as client_module
 
     monkeypatch.setattr(client_module, "RETRY_BACKOFF", 0.0)
     server.conflicts = 25  # more than any fixed small number of attempts

@@ -16,13 +16,11 @@ import click
 from stubdom.cli.common import dir_option, explain_unreachable, one_line, run
 from stubdom.host.rundir import resolve
 from stubdom.xenstore.blocking import BlockingClient
+from stubdom.xenstore.recovery import RECONNECT
 
 if TYPE_CHECKING:
     from stubdom.toolstack.session import Session
 
-#: Seconds a verb waits for a restarting xenstored, as the toolstack's own client does
-#: (`stubdom.xenstore.RECONNECT`, not imported: it would bring asyncio).
-RECONNECT = 30.0
 
 
 @contextlib.contextmanager

@@ -20,8 +20,6 @@ if TYPE_CHECKING:
     from stubdom.wire.perms import Access, Perm, parse_perm
     from stubdom.xenstore.client import (
         DEFAULT,
-        DEFAULT_TIMEOUT,
-        RECONNECT,
         Client,
         Transaction,
         Watch,
@@ -62,6 +60,7 @@ if TYPE_CHECKING:
         Request,
         WatchEvent,
     )
+    from stubdom.xenstore.recovery import DEFAULT_TIMEOUT, RECONNECT
     from stubdom.xenstore.ringtransport import RingTransport, RingUnsupported
     from stubdom.xenstore.transport import (
         FdTransport,
@@ -79,8 +78,8 @@ _WHERE: dict[str, str] = {
     "Perm": "stubdom.wire.perms",
     "parse_perm": "stubdom.wire.perms",
     "DEFAULT": "stubdom.xenstore.client",
-    "DEFAULT_TIMEOUT": "stubdom.xenstore.client",
-    "RECONNECT": "stubdom.xenstore.client",
+    "DEFAULT_TIMEOUT": "stubdom.xenstore.recovery",
+    "RECONNECT": "stubdom.xenstore.recovery",
     "Client": "stubdom.xenstore.client",
     "Transaction": "stubdom.xenstore.client",
     "Watch": "stubdom.xenstore.client",

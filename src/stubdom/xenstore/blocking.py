@@ -36,7 +36,7 @@ from stubdom.xenstore.errors import (
     XenStoreTimeout,
     error_from_name,
 )
-from stubdom.xenstore.reconnect import Backoff
+from stubdom.xenstore.recovery import DEFAULT_TIMEOUT, Backoff, forgotten, retry_pause
 
 if TYPE_CHECKING:
     import logging
@@ -54,13 +54,6 @@ def _log() -> logging.Logger:
 
 
 T = TypeVar("T")
-
-#: Per-request timeout in seconds, as the asyncio client's default.
-DEFAULT_TIMEOUT = 10.0
-#: How long `BlockingClient.retry_transaction` keeps running a conflicting block, and
-#: the first pause after a conflict (doubled per conflict, at most 32 times this).
-RETRY_PATIENCE = 30.0
-RETRY_BACKOFF = 0.001
 
 #: Largest reply payload accepted, as the asyncio client's default (ox's socket may send
 #: DIRECTORY replies beyond 4096 bytes).
@@ -158,10 +151,7 @@ class BlockingClient:
                 deadline = deadline or time.monotonic() + self.reconnect
                 self._reestablish(lost, deadline)
                 if tx_id:
-                    raise TransactionConflict(
-                        op=op_name(op), path=f"transaction {tx_id}",
-                        message="xenstored restarted and forgot the transaction; run it again",
-                    ) from None
+                    raise forgotten(op_name(op), tx_id) from None
         if reply.op == Op.ERROR:
             name = _text(reply.payload.split(b"\0", 1)[0]) or "EINVAL"
             raise error_from_name(name, op=op_name(op), path=what)
@@ -261,7 +251,7 @@ class BlockingClient:
     def retry_transaction(self, fn: Callable[[int], T]) -> T:
         """Run ``fn(tx_id)`` in a fresh transaction until it commits, as
         `Client.retry_transaction` does: on `TransactionConflict` the block runs again
-        after a random pause, until `RETRY_PATIENCE` seconds have passed."""
+        after a random pause, until `recovery.RETRY_PATIENCE` seconds have passed."""
         started = time.monotonic()
         attempt = 0
         while True:
@@ -269,12 +259,11 @@ class BlockingClient:
             try:
                 return self._in_transaction(fn)
             except TransactionConflict:
-                if time.monotonic() - started >= RETRY_PATIENCE:
+                pause = retry_pause(attempt, None, time.monotonic() - started)
+                if pause is None:
                     raise
                 _log().debug("transaction conflict, attempt %d", attempt)
-                import random  # only after a conflict: a start-up cost for every command
-
-                time.sleep(random.uniform(0, RETRY_BACKOFF * 2 ** min(attempt - 1, 5)))
+                time.sleep(pause)
 
     def _in_transaction(self, fn: Callable[[int], T]) -> T:
         reply = self.request(Op.TRANSACTION_START, b"\0")

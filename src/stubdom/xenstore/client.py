@@ -37,7 +37,6 @@ import asyncio
 import enum
 import itertools
 import logging
-import random
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -76,7 +75,13 @@ from stubdom.xenstore.protocol import (
     reply_payload,
     write_payload,
 )
-from stubdom.xenstore.reconnect import Backoff
+from stubdom.xenstore.recovery import (
+    DEFAULT_TIMEOUT,
+    RECONNECT,
+    Backoff,
+    forgotten,
+    retry_pause,
+)
 from stubdom.xenstore.ringtransport import RingTransport
 from stubdom.xenstore.transport import Transport, open_transport
 from stubdom.xenstore.waiting import wait_until
@@ -85,16 +90,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Default per-request timeout in seconds.
-DEFAULT_TIMEOUT = 10.0
-#: ``reconnect`` of the stack's own long-lived clients (host, agent, toolstack): a
-#: xenstored restarted with its state directory is back well within this.
-RECONNECT = 30.0
-#: `Client.retry_transaction`: a retry after the n-th conflict first pauses a random
-#: time up to this times 2**(n-1) (at most 32 times this).
-RETRY_BACKOFF = 0.001
-#: How long `Client.retry_transaction` keeps retrying a conflicting transaction.
-RETRY_PATIENCE = 30.0
 
 
 class _Default(enum.Enum):
@@ -115,23 +110,6 @@ Perms = list[Perm]
 
 def _value(value: bytes | str) -> bytes:
     return value.encode() if isinstance(value, str) else value
-
-
-def _forgotten(op: str, tx_id: int) -> TransactionConflict:
-    """A transaction the restarted daemon no longer knows: a conflict, to be run again."""
-    return TransactionConflict(
-        op=op,
-        path=f"transaction {tx_id}",
-        message="xenstored restarted and forgot the transaction; run it again",
-    )
-
-
-def retry_pause(attempt: int, attempts: int | None, elapsed: float) -> float | None:
-    """How long to wait after conflict number ``attempt`` before running the
-    transaction again, or None to give up (see `Client.retry_transaction`)."""
-    if attempt == attempts or (attempts is None and elapsed >= RETRY_PATIENCE):
-        return None
-    return random.uniform(0, RETRY_BACKOFF * 2 ** min(attempt - 1, 5))
 
 
 class _NodeOps:
@@ -499,7 +477,7 @@ class Client(_NodeOps):
         for req, fut in void:
             del self._waiters[req.req_id]
             fut.set_exception(
-                _forgotten(op_name(req.op), req.tx_id)
+                forgotten(op_name(req.op), req.tx_id)
             )
             fut.exception()
 
@@ -1044,7 +1022,7 @@ class Transaction(_NodeOps):
 
     def _check_epoch(self, op: str) -> None:
         if self._epoch != self._client.epoch:
-            raise _forgotten(op, self._tx_id)
+            raise forgotten(op, self._tx_id)
 
     async def _rpc(self, op: Op, payload: bytes, what: str | None, timeout: TimeoutArg) -> bytes:
         self._check_open()

@@ -30,7 +30,6 @@ from typing import Any, TypeVar, overload
 from stubdom.wire.perms import Perm
 from stubdom.xenstore.client import (
     DEFAULT,
-    DEFAULT_TIMEOUT,
     Client,
     Names,
     Perms,
@@ -38,10 +37,10 @@ from stubdom.xenstore.client import (
     Transaction,
     Watch,
     _NodeOps,
-    retry_pause,
 )
 from stubdom.xenstore.errors import TransactionConflict
 from stubdom.xenstore.protocol import DEFAULT_MAX_REPLY, DirectoryPart, WatchEvent
+from stubdom.xenstore.recovery import DEFAULT_TIMEOUT, retry_pause
 
 T = TypeVar("T")
 

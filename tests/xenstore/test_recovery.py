@@ -1,4 +1,4 @@
-"""The reconnection policy both clients share (`stubdom.xenstore.reconnect`), on a fake
+"""The reconnection policy both clients share (`stubdom.xenstore.recovery`), on a fake
 clock: no socket, no sleep."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import errno
 import pytest
 
 from stubdom.xenstore.errors import ConnectionClosed
-from stubdom.xenstore.reconnect import MAX_DELAY, SOCKET_GONE_GRACE, Backoff
+from stubdom.xenstore.recovery import MAX_DELAY, SOCKET_GONE_GRACE, Backoff
 
 LOST = ConnectionClosed("xenstore connection /s closed by the server")
 REFUSED = OSError(errno.ECONNREFUSED, "Connection refused")
