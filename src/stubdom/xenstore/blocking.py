@@ -2,14 +2,14 @@
 
 For short-lived programs that send a few requests and exit (``stubdom xenstore read``,
 as ``xenstore-read`` does with libxenstore): importing asyncio alone costs them more
-than the whole exchange, and so, nearly, does the asyncio client's sans-IO layer
-(`stubdom.xenstore.protocol`: its dataclasses, the permission enums, logging set-up).
-So this shell sits straight on the wire codec (`stubdom.wire`: `Packet`, `encode`,
-`PacketDecoder`, `join_args`) and raises the asyncio client's errors, worded alike
-(`error_from_name`).  With one request outstanding, reply matching is simple: the next
-packet that is not a watch event is the reply (whatever ``req_id`` the server echoes),
-and a connection whose reply never came is not used again.  No watches: a watch needs a
-reader running beside the requests, which is what the asyncio client is for.
+than the whole exchange, and so, nearly, does the asyncio client's sans-IO core
+(`stubdom.xenstore.protocol`: its dataclasses and logging).  So this shell sits on the
+wire codec and the payload helpers that core uses too (`stubdom.xenstore.payloads`) and
+raises the asyncio client's errors, worded alike (`error_from_name`).  With one request
+outstanding, reply matching is simple: the next packet that is not a watch event is the
+reply (whatever ``req_id`` the server echoes), and a connection whose reply never came
+is not used again.  No watches: a watch needs a reader running beside the requests,
+which is what the asyncio client is for.
 
 ``reconnect=SECONDS`` outlives a restart of the daemon as the asyncio client does: a
 request whose connection drops is sent again over a new one; one inside a transaction
@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
 
 from stubdom.wire.constants import PAYLOAD_MAX, Op
-from stubdom.wire.packet import DecodeError, Packet, PacketDecoder, encode, join_args, op_name
+from stubdom.wire.packet import DecodeError, Packet, PacketDecoder, encode, op_name
 from stubdom.wire.paths import check_client_path
 from stubdom.xenstore.errors import (
     ConnectionClosed,
@@ -35,6 +35,16 @@ from stubdom.xenstore.errors import (
     TransactionConflict,
     XenStoreTimeout,
     error_from_name,
+)
+from stubdom.xenstore.payloads import (
+    DEFAULT_MAX_REPLY,
+    ID_LIMIT,
+    args_payload,
+    error_name,
+    parse_perms,
+    parse_strings,
+    parse_tx_id,
+    perms_payload,
 )
 from stubdom.xenstore.recovery import DEFAULT_TIMEOUT, Backoff, forgotten, retry_pause
 
@@ -55,28 +65,7 @@ def _log() -> logging.Logger:
 
 T = TypeVar("T")
 
-#: Largest reply payload accepted, as the asyncio client's default (ox's socket may send
-#: DIRECTORY replies beyond 4096 bytes).
-MAX_REPLY = 1 << 20
 _RECV = 65536
-_TX_ID_LIMIT = 1 << 32
-
-
-def _raw(text: str) -> bytes:
-    """Wire strings from ``str``, losslessly (a path from argv may hold surrogates)."""
-    return text.encode("utf-8", "surrogateescape")
-
-
-def _text(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")
-
-
-def _strings(payload: bytes) -> list[str]:
-    """``a\\0b\\0`` -> ``["a", "b"]``; an empty payload is an empty list."""
-    if not payload:
-        return []
-    body = payload[:-1] if payload.endswith(b"\0") else payload
-    return [_text(p) for p in body.split(b"\0")]
 
 
 class BlockingClient:
@@ -96,7 +85,7 @@ class BlockingClient:
         self.check_paths = check_paths
         self.reconnect = reconnect
         self._sock = self._open()
-        self._decoder = PacketDecoder(max_payload=MAX_REPLY)
+        self._decoder = PacketDecoder(max_payload=DEFAULT_MAX_REPLY)
         self._req_id = 0
         #: Why the connection may not carry another request (a reply never came).
         self._unusable: ConnectionClosed | None = None
@@ -153,8 +142,7 @@ class BlockingClient:
                 if tx_id:
                     raise forgotten(op_name(op), tx_id) from None
         if reply.op == Op.ERROR:
-            name = _text(reply.payload.split(b"\0", 1)[0]) or "EINVAL"
-            raise error_from_name(name, op=op_name(op), path=what)
+            raise error_from_name(error_name(reply.payload), op=op_name(op), path=what)
         if reply.op != op:
             raise ProtocolError(
                 f"xenstore {op_name(op)} {what or ''}: reply of type {reply.type_name}"
@@ -165,7 +153,7 @@ class BlockingClient:
         """Write the request, read until its reply (watch events cannot come: no watches)."""
         if self._unusable is not None:
             raise self._unusable
-        self._req_id = self._req_id % (_TX_ID_LIMIT - 1) + 1
+        self._req_id = self._req_id % (ID_LIMIT - 1) + 1
         try:
             self._sock.sendall(encode(Packet(op, payload, self._req_id, tx_id)))
             while True:
@@ -201,7 +189,7 @@ class BlockingClient:
         while True:
             try:
                 self._sock = self._open()
-                self._decoder = PacketDecoder(max_payload=MAX_REPLY)
+                self._decoder = PacketDecoder(max_payload=DEFAULT_MAX_REPLY)
                 self._unusable = None
                 return
             except OSError as e:
@@ -211,7 +199,7 @@ class BlockingClient:
     def _path(self, path: str) -> bytes:
         if self.check_paths:
             check_client_path(path)
-        return join_args(_raw(path))
+        return args_payload(path)
 
     # -- node requests (as `Client`'s) -------------------------------------------
 
@@ -228,23 +216,17 @@ class BlockingClient:
 
     def directory(self, path: str, *, tx_id: int = 0) -> list[str]:
         """Raw DIRECTORY: the child names, or `TooBig` if they exceed one reply."""
-        return _strings(self.request(Op.DIRECTORY, self._path(path), tx_id=tx_id, what=path))
+        return parse_strings(self.request(Op.DIRECTORY, self._path(path), tx_id=tx_id, what=path))
 
     def get_perms(self, path: str, *, tx_id: int = 0) -> list[Perm]:
-        from stubdom.wire.perms import InvalidPermission, parse_perm  # few callers need it
-
-        payload = self.request(Op.GET_PERMS, self._path(path), tx_id=tx_id, what=path)
-        try:
-            return [parse_perm(p) for p in _strings(payload)]
-        except InvalidPermission as exc:
-            raise ProtocolError(f"bad permission in GET_PERMS reply {payload!r}: {exc}"
-                                ) from exc
+        return parse_perms(self.request(Op.GET_PERMS, self._path(path), tx_id=tx_id, what=path))
 
     def set_perms(self, path: str, perms: Sequence[Perm | str], *, tx_id: int = 0) -> None:
         if not perms:
             raise ValueError("set_perms needs at least the owner entry")
-        payload = self._path(path) + join_args(*(str(p) for p in perms))
-        self.request(Op.SET_PERMS, payload, tx_id=tx_id, what=path)
+        if self.check_paths:
+            check_client_path(path)
+        self.request(Op.SET_PERMS, perms_payload(path, perms), tx_id=tx_id, what=path)
 
     # -- transactions -----------------------------------------------------------
 
@@ -266,11 +248,7 @@ class BlockingClient:
                 time.sleep(pause)
 
     def _in_transaction(self, fn: Callable[[int], T]) -> T:
-        reply = self.request(Op.TRANSACTION_START, b"\0")
-        text = _text(reply.split(b"\0", 1)[0])
-        if not (text.isdigit() and 0 < int(text) < _TX_ID_LIMIT):
-            raise ProtocolError(f"TRANSACTION_START reply {reply!r} is not a valid tx_id")
-        tx_id = int(text)
+        tx_id = parse_tx_id(self.request(Op.TRANSACTION_START, b"\0"))
         try:
             result = fn(tx_id)
         except BaseException:

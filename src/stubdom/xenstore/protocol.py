@@ -19,31 +19,28 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from stubdom.wire.constants import Op
-from stubdom.wire.packet import DecodeError, Packet, PacketDecoder, encode, join_args, op_name
-from stubdom.wire.perms import InvalidPermission, Perm, parse_perm
+from stubdom.wire.packet import DecodeError, Packet, PacketDecoder, encode, op_name
 from stubdom.xenstore.errors import ProtocolError, error_from_name
+from stubdom.xenstore.payloads import (
+    DEFAULT_MAX_REPLY,
+    ID_LIMIT,
+    args_payload,
+    error_name,
+    parse_bool,
+    parse_perms,
+    parse_single,
+    parse_strings,
+    parse_tx_id,
+    perms_payload,
+    wire_text,
+    write_payload,
+)
 
 log = logging.getLogger(__name__)
-
-#: Largest reply payload accepted.  Servers limit replies to 4096 bytes on rings, but
-#: oxenstored sends larger DIRECTORY replies on its Unix socket, so be generous.
-DEFAULT_MAX_REPLY = 1 << 20
-
-_REQ_ID_LIMIT = 1 << 32
-
-
-def _text(raw: bytes) -> str:
-    """Wire strings as ``str``, losslessly (paths are ASCII; tokens may be anything)."""
-    return raw.decode("utf-8", "surrogateescape")
-
-
-def _raw(text: str | bytes) -> bytes:
-    return text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")
-
 
 @dataclass(frozen=True, slots=True)
 class WatchEvent:
@@ -92,7 +89,7 @@ class Reply:
         """The errno name of an ERROR reply (``"ENOENT"``), else None."""
         if not self.is_error:
             return None
-        return _text(self.packet.payload.split(b"\0", 1)[0]) or "EINVAL"
+        return error_name(self.packet.payload)
 
     @property
     def payload(self) -> bytes:
@@ -116,7 +113,7 @@ class ClientProtocol:
     def _allocate_id(self) -> int:
         for _ in range(len(self._pending) + 1):
             req_id = self._next_id
-            self._next_id = req_id + 1 if req_id + 1 < _REQ_ID_LIMIT else 1
+            self._next_id = req_id + 1 if req_id + 1 < ID_LIMIT else 1
             if req_id not in self._pending:
                 return req_id
         raise RuntimeError("no free req_id")  # pragma: no cover - needs 2**32 requests
@@ -164,7 +161,7 @@ class ClientProtocol:
         if packet.op == Op.WATCH_EVENT:
             path, _, rest = packet.payload.partition(b"\0")
             token = rest[:-1] if rest.endswith(b"\0") else rest
-            self._events.append(WatchEvent(_text(path), _text(token), self.received))
+            self._events.append(WatchEvent(wire_text(path), wire_text(token), self.received))
             return
         req = self._pending.pop(packet.req_id, None)
         if req is None:
@@ -200,61 +197,6 @@ def reply_payload(reply: Reply, what: str | None) -> bytes:
     return reply.payload
 
 
-# -- payloads ------------------------------------------------------------------
-
-
-def args_payload(*args: str | bytes) -> bytes:
-    """NUL-terminated strings; never empty, since oxenstored stalls on ``len == 0``."""
-    return join_args(*(_raw(a) for a in args)) if args else b"\0"
-
-
-def write_payload(path: str, value: bytes) -> bytes:
-    """WRITE carries the path NUL-terminated and then the raw value."""
-    return _raw(path) + b"\0" + value
-
-
-def perms_payload(path: str, perms: Sequence[Perm | str]) -> bytes:
-    return args_payload(path, *(str(p) for p in perms))
-
-
-def parse_strings(payload: bytes) -> list[str]:
-    """``a\\0b\\0`` -> ``["a", "b"]``; an empty payload is an empty list."""
-    if not payload:
-        return []
-    body = payload[:-1] if payload.endswith(b"\0") else payload
-    return [_text(p) for p in body.split(b"\0")]
-
-
-def parse_single(payload: bytes) -> str:
-    """A reply holding one NUL-terminated string (GET_DOMAIN_PATH, TRANSACTION_START)."""
-    return _text(payload.split(b"\0", 1)[0])
-
-
-def parse_perms(payload: bytes) -> list[Perm]:
-    try:
-        return [parse_perm(p) for p in parse_strings(payload)]
-    except InvalidPermission as exc:
-        raise ProtocolError(f"bad permission in GET_PERMS reply {payload!r}: {exc}") from exc
-
-
-def parse_tx_id(payload: bytes) -> int:
-    text = parse_single(payload)
-    try:
-        tx_id = int(text, 10)
-    except ValueError:
-        raise ProtocolError(f"TRANSACTION_START reply {payload!r} is not a number") from None
-    if not 0 < tx_id < _REQ_ID_LIMIT:
-        raise ProtocolError(f"TRANSACTION_START reply {payload!r} is not a valid tx_id")
-    return tx_id
-
-
-def parse_bool(payload: bytes) -> bool:
-    text = parse_single(payload)
-    if text not in ("T", "F"):
-        raise ProtocolError(f"expected T or F, got {payload!r}")
-    return text == "T"
-
-
 @dataclass(frozen=True, slots=True)
 class DirectoryPart:
     """A DIRECTORY_PART reply: the node's generation and the raw child-list bytes."""
@@ -267,7 +209,7 @@ class DirectoryPart:
         gen, sep, data = payload.partition(b"\0")
         if not sep:
             raise ProtocolError(f"DIRECTORY_PART reply {payload[:40]!r} has no generation")
-        return cls(_text(gen), data)
+        return cls(wire_text(gen), data)
 
 
 class DirectoryPager:
