@@ -30,6 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
+from stubdom.usercache import cache_dir
+
 log = logging.getLogger(__name__)
 
 #: The compiled modules: the hot path of a request, not the shell (`server`), whose
@@ -78,12 +80,6 @@ def source_key() -> str:
             digest.update(f"\0{package}/{source.name}\0".encode())
             digest.update(source.read_bytes())
     return digest.hexdigest()[:16]
-
-
-def cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/stubdom``, else ``~/.cache/stubdom``."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "stubdom"
 
 
 def build_dir() -> Path:

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from stubdom.realxs.errors import RealXenstoredUnavailable
+from stubdom.usercache import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +34,6 @@ def source_key() -> str:
     digest = hashlib.sha256(SOURCE.read_bytes())
     digest.update(" ".join(CFLAGS + LIBS).encode())
     return digest.hexdigest()[:16]
-
-
-def cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/stubdom``, else ``~/.cache/stubdom``."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "stubdom"
 
 
 def _compiler() -> str:
