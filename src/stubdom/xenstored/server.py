@@ -85,11 +85,6 @@ class _Client:
 
     # -- what callers and tests use ------------------------------------------------
 
-    @property
-    def transport(self) -> _Client:
-        """The object to pause: this one (the name callers knew from asyncio)."""
-        return self
-
     def pause_reading(self) -> None:
         """Stop reading this client until `resume_reading` (its requests wait)."""
         self.held = True
