@@ -19,7 +19,11 @@ from pathlib import Path
 import pytest
 
 from stubdom.demo import DemoError, DemoResult, NodeWrite, Step, run_demo
-from tests.support.daemons import XENSTOREDS, need_peer, need_xenstored, short_tmpdir
+from tests.support.daemons import (
+    need_peer,
+    on_every_daemon,
+    short_tmpdir,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = [
@@ -79,10 +83,9 @@ def check_story(out: Path, backend: str, config: Path | None = None, name: str =
     assert not list(run.glob("*.pid")) and not (run / "host.sock").exists()
 
 
-@pytest.mark.parametrize("xenstored", XENSTOREDS)
+@on_every_daemon
 def test_the_story_on_the_sim_device_model(xenstored: str) -> None:
     """On every daemon: cx's and ox's trace comes from the host's proxy and relays."""
-    need_xenstored(xenstored)
     check_story(short_tmpdir("demo-"), "sim", xenstored=xenstored)
 
 

@@ -15,7 +15,7 @@ from stubdom.cli.conformance import find_program, minios_layer
 from stubdom.conformance.report import Verdict
 from stubdom.conformance.stubdomain import Timeouts, check_stubdomain
 from tests.conformance.judging import assert_judged_as_qemu_trad, by_clause
-from tests.support.daemons import XENSTOREDS, need_xenstored
+from tests.support.daemons import on_every_daemon
 
 HERE = Path(__file__).resolve().parent
 STUBDOM = str(Path(sys.executable).with_name("stubdom"))
@@ -37,15 +37,14 @@ def qemu_trad() -> str | None:
 
 # Every run of the kit here, the full clause run and the broken and hostile apps, on
 # every xenstored.
-@pytest.mark.parametrize("xenstored", XENSTOREDS)
+@on_every_daemon
 async def test_the_qemu_trad_model_passes_what_qemu_trad_does(xenstored: str) -> None:
-    need_xenstored(xenstored)
     res = by_clause(await check_stubdomain(layer(), [str(qemu_trad())], FAST,
                                            xenstored=xenstored))
     assert_judged_as_qemu_trad(res)
 
 
-@pytest.mark.parametrize("xenstored", XENSTOREDS)
+@on_every_daemon
 @pytest.mark.parametrize(
     ("variant", "clause"),
     [
@@ -60,7 +59,6 @@ async def test_the_qemu_trad_model_passes_what_qemu_trad_does(xenstored: str) ->
     ],
 )
 async def test_a_broken_app_is_caught(variant: str, clause: str, xenstored: str) -> None:
-    need_xenstored(xenstored)
     t = Timeouts(startup=2.0, command=2.0, refusal=1.0)
     args = [sys.executable, str(HERE / "broken_app.py"), variant]
     res = by_clause(await check_stubdomain(layer(), args, t, xenstored=xenstored))
@@ -87,7 +85,7 @@ def test_cli_app_refuses_a_word_with_a_space(tmp_path: Path) -> None:
     assert "cannot hold one" in r.stderr
 
 
-@pytest.mark.parametrize("xenstored", XENSTOREDS)
+@on_every_daemon
 @pytest.mark.parametrize(
     ("variant", "clause", "seen"),
     [
@@ -101,7 +99,6 @@ def test_cli_app_refuses_a_word_with_a_space(tmp_path: Path) -> None:
 )
 async def test_a_hostile_app_is_judged(
     variant: str, clause: str, seen: tuple[str, ...], xenstored: str) -> None:
-    need_xenstored(xenstored)
     t = Timeouts(startup=2.0, command=2.0, refusal=1.0)
     args = [sys.executable, str(HERE / "hostile_dm.py"), variant]
     res = by_clause(await check_stubdomain(layer(), args, t, xenstored=xenstored))

@@ -17,7 +17,7 @@ from stubdom.conformance.clauses import STUBDOMAIN_CLAUSES
 from stubdom.conformance.probes import Probes
 from stubdom.conformance.report import Result, Verdict
 from stubdom.conformance.stubdomain import PCI_CLAUSES, Timeouts, check_stubdomain
-from tests.support.daemons import XENSTOREDS, need_xenstored
+from tests.support.daemons import on_every_daemon
 
 HERE = Path(__file__).resolve().parent
 STUBDOM = str(Path(sys.executable).with_name("stubdom"))
@@ -51,11 +51,10 @@ def by_clause(results: list[Result]) -> dict[str, Result]:
     return res
 
 
-@pytest.mark.parametrize("xenstored", XENSTOREDS)
+@on_every_daemon
 async def test_no_frontends_fails_the_pci_clauses_with_the_reason(
     tmp_path: Path, xenstored: str
 ) -> None:
-    need_xenstored(xenstored)
     res = await judged(hostile_kernel(tmp_path, "no-frontends"), xenstored)
     assert res["startup.running"].verdict is Verdict.PASS
     for c in PCI_CLAUSES:
@@ -63,11 +62,10 @@ async def test_no_frontends_fails_the_pci_clauses_with_the_reason(
         assert "pcifront did not come up" in res[c].seen, res[c]
 
 
-@pytest.mark.parametrize("xenstored", XENSTOREDS)
+@on_every_daemon
 async def test_a_crash_after_running_fails_the_rest_as_dead(
     tmp_path: Path, xenstored: str
 ) -> None:
-    need_xenstored(xenstored)
     k = hostile_kernel(tmp_path, "crash-after-running")
     res = by_clause(await check_stubdomain(k, [], FAST, xenstored=xenstored))
     assert res["startup.running"].verdict is Verdict.PASS
@@ -76,11 +74,10 @@ async def test_a_crash_after_running_fails_the_rest_as_dead(
         assert "the stubdomain is dead (it crashed)" in res[c].seen, res[c]
 
 
-@pytest.mark.parametrize("xenstored", XENSTOREDS)
+@on_every_daemon
 async def test_garbage_everywhere_is_judged(
     tmp_path: Path, xenstored: str
 ) -> None:
-    need_xenstored(xenstored)
     res = await judged(hostile_kernel(tmp_path, "garbage"), xenstored)
     assert res["scope.writes"].verdict is Verdict.FAIL
     assert "changes to nodes it must not touch" in res["scope.writes"].seen
@@ -88,22 +85,20 @@ async def test_garbage_everywhere_is_judged(
     assert "unknown state" in res["save.paused"].seen
 
 
-@pytest.mark.parametrize("xenstored", XENSTOREDS)
+@on_every_daemon
 async def test_a_silent_stub_fails_every_clause_but_scope(
     tmp_path: Path, xenstored: str
 ) -> None:
-    need_xenstored(xenstored)
     res = await judged(hostile_kernel(tmp_path, "silent"), xenstored)
     assert {c for c, r in res.items() if r.verdict is Verdict.FAIL} == ALL - {"scope.writes"}
     assert "no running within 3 s" in res["startup.running"].seen
     assert "did not start" in res["pci-ins.result"].seen
 
 
-@pytest.mark.parametrize("xenstored", XENSTOREDS)
+@on_every_daemon
 async def test_a_write_into_the_guest_and_target_is_caught(
     tmp_path: Path, xenstored: str
 ) -> None:
-    need_xenstored(xenstored)
     res = await judged(hostile_kernel(tmp_path, "trespass"), xenstored)
     assert res["scope.writes"].verdict is Verdict.FAIL
     assert "/data/trespass" in res["scope.writes"].seen
@@ -214,7 +209,7 @@ def faulty_kernel(tmp_path: Path, fault: str) -> str:
     return str(k)
 
 
-@pytest.mark.parametrize("xenstored", XENSTOREDS)
+@on_every_daemon
 @pytest.mark.parametrize(
     ("fault", "clause"),
     [
@@ -231,7 +226,6 @@ def faulty_kernel(tmp_path: Path, fault: str) -> str:
 )
 async def test_a_faulty_stub_is_caught_on_its_clause(tmp_path: Path, fault: str,
                                                      clause: str, xenstored: str) -> None:
-    need_xenstored(xenstored)
     res = await judged(faulty_kernel(tmp_path, fault), xenstored)
     assert res[clause].verdict is Verdict.FAIL, res[clause]
 

@@ -13,7 +13,7 @@ import pytest
 from stubdom.conformance.report import Verdict
 from stubdom.conformance.stubdomain import Timeouts, check_stubdomain
 from tests.conformance.judging import assert_judged_as_qemu_trad, by_clause
-from tests.support.daemons import XENSTOREDS, need_xenstored
+from tests.support.daemons import need_xenstored, on_every_daemon
 
 AGENT = str(Path(sys.executable).with_name("stubdom-dm"))
 STUBDOM = str(Path(sys.executable).with_name("stubdom"))
@@ -23,17 +23,15 @@ FAST = Timeouts(startup=5.0, command=3.0, refusal=1.0)
 
 # Every clause run goes on every xenstored (cx's and ox's trace is the host's proxy's
 # and relays'), the broken variants too.
-@pytest.mark.parametrize("xenstored", XENSTOREDS)
+@on_every_daemon
 async def test_our_agent_passes_every_clause(xenstored: str) -> None:
-    need_xenstored(xenstored)
     res = by_clause(await check_stubdomain(AGENT, [], FAST, xenstored=xenstored))
     assert all(r.verdict is Verdict.PASS for r in res.values()), res
     assert res["pci-ins.refusal"].style == ""
 
 
-@pytest.mark.parametrize("xenstored", XENSTOREDS)
+@on_every_daemon
 async def test_compat_agent_passes_qemu_trad_style(xenstored: str) -> None:
-    need_xenstored(xenstored)
     res = by_clause(await check_stubdomain(AGENT, ["--compat=qemu-trad"], FAST,
                                            xenstored=xenstored))
     assert_judged_as_qemu_trad(res)
@@ -46,7 +44,7 @@ def broken_kernel(tmp_path: Path, variant: str) -> str:
     return str(k)
 
 
-@pytest.mark.parametrize("xenstored", XENSTOREDS)
+@on_every_daemon
 @pytest.mark.parametrize(
     ("variant", "clause"),
     [
@@ -61,7 +59,6 @@ def broken_kernel(tmp_path: Path, variant: str) -> str:
 async def test_broken_variant_is_caught(
     tmp_path: Path, variant: str, clause: str, xenstored: str
 ) -> None:
-    need_xenstored(xenstored)
     t = Timeouts(startup=2.0, command=3.0, refusal=1.0)
     kernel = broken_kernel(tmp_path, variant)
     res = by_clause(await check_stubdomain(kernel, [], t, xenstored=xenstored))

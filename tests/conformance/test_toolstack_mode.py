@@ -12,7 +12,7 @@ import pytest
 
 from stubdom.conformance.report import Result, Verdict
 from stubdom.conformance.toolstack import check_toolstack
-from tests.support.daemons import XENSTOREDS, need_xenstored
+from tests.support.daemons import need_xenstored, on_every_daemon
 
 STUBDOM = str(Path(sys.executable).with_name("stubdom"))
 BROKEN = Path(__file__).resolve().parent / "broken_ts.py"
@@ -30,9 +30,8 @@ def verdicts(results: list[Result]) -> dict[str, Result]:
 
 
 # The full clause run and the broken toolstacks on every xenstored.
-@pytest.mark.parametrize("xenstored", XENSTOREDS)
+@on_every_daemon
 def test_our_toolstack_passes(xenstored: str) -> None:
-    need_xenstored(xenstored)
     run = check_toolstack([scenario("stubdom")], timeout=30, xenstored=xenstored)
     assert run.status == 0, run.output
     res = verdicts(run.results)
@@ -78,7 +77,7 @@ def test_no_guest_is_not_exercised_and_failed_scenario_exits_nonzero() -> None:
     assert "no guest with a stubdomain" in p.stdout
 
 
-@pytest.mark.parametrize("xenstored", XENSTOREDS)
+@on_every_daemon
 @pytest.mark.parametrize(
     ("variant", "clause"),
     [
@@ -91,7 +90,6 @@ def test_no_guest_is_not_exercised_and_failed_scenario_exits_nonzero() -> None:
     ],
 )
 def test_broken_toolstack_is_caught(variant: str, clause: str, xenstored: str) -> None:
-    need_xenstored(xenstored)
     tool = " ".join(shlex.quote(w) for w in [sys.executable, str(BROKEN), variant])
     # command-first: when the stub reads the command before the parameter lands, our
     # toolstack waits out the device model's timeout; the clause is judged by then.

@@ -10,13 +10,12 @@ import pytest
 from stubdom.host.inprocess import inprocess_host
 from stubdom.xenstore import Client
 from stubdom.xenstored.trace import PacketTrace
-from tests.support.daemons import XENSTOREDS, need_xenstored, short_tmpdir
+from tests.support.daemons import on_every_daemon, short_tmpdir
 
 
-@pytest.mark.parametrize("xenstored", XENSTOREDS)
+@on_every_daemon
 @pytest.mark.parametrize("traced", [False, True])
 async def test_dom0_reaches_any_daemon_and_is_traced_alike(xenstored: str, traced: bool) -> None:
-    need_xenstored(xenstored)
     root = short_tmpdir("inp-")
     lines = io.StringIO()
     trace = PacketTrace(lines) if traced else None
