@@ -115,6 +115,7 @@ class FakeConsole:
 
 async def test_lines_logged_while_an_event_is_served_follow_in_one_write() -> None:
     handler = ConsoleLogHandler()
+    handler.LINGER = 0  # type: ignore[misc]
     console = FakeConsole()
     handler.attach(console)  # type: ignore[arg-type]
     logger = logging.getLogger("test.held")
@@ -136,3 +137,42 @@ async def test_lines_logged_while_an_event_is_served_follow_in_one_write() -> No
     finally:
         logger.removeHandler(handler)
         await handler.aclose()
+
+
+async def test_lines_linger_for_company_and_closing_writes_them_at_once() -> None:
+    handler = ConsoleLogHandler()
+    handler.LINGER = 3600  # type: ignore[misc]
+    console = FakeConsole()
+    handler.attach(console)  # type: ignore[arg-type]
+    logger = logging.getLogger("test.linger")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info("three")
+        for _ in range(20):  # every turn the writer could take
+            await asyncio.sleep(0)
+        assert console.writes == []
+        logger.info("four")
+    finally:
+        logger.removeHandler(handler)
+        await asyncio.wait_for(handler.aclose(), 5)
+    assert console.writes == [b"three\nfour\n"]
+
+
+async def test_write_now_writes_held_lines_before_it_returns() -> None:
+    handler = ConsoleLogHandler()
+    handler.LINGER = 3600  # type: ignore[misc]
+    console = FakeConsole()
+    handler.attach(console)  # type: ignore[arg-type]
+    logger = logging.getLogger("test.now")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with handler.held():
+            logger.info("snapshot saved")
+            await handler.write_now()
+            assert console.writes == [b"snapshot saved\n"]
+    finally:
+        logger.removeHandler(handler)
+        await asyncio.wait_for(handler.aclose(), 5)
+    assert console.writes == [b"snapshot saved\n"]

@@ -61,3 +61,10 @@ def test_a_held_marker_is_a_save_in_progress_of_its_stubdomain_only(
     ours.hold(6)
     ours.remove()
     assert not path.exists() and not theirs.in_progress(6)
+
+
+async def test_flocked_makes_a_missing_lock_directory(tmp_path: Path) -> None:
+    path = lock_path(tmp_path / "run" / "locks", 7)
+    async with flocked(path):
+        assert not flock_free(path)
+    assert path.exists() and flock_free(path)

@@ -65,12 +65,24 @@ class AgentFatal(Exception):
     """The agent cannot go on; the message is the reason, logged before exiting."""
 
 
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class ConsoleLogHandler(logging.Handler):
     """Log records as lines on console 0 (Mini-OS sends qemu's stderr there).
 
     Lines go out in one write per turn of the writer.  While an event is served
     (`held`) they wait, so the answer to a command is not queued behind a write that
-    wakes dom0's console backend; they follow as soon as the event is done."""
+    wakes dom0's console backend; they follow once the event is done and `LINGER`
+    has passed.  The linger keeps that write, and the backend it wakes, off the
+    toolstack's next step: the toolstack is woken by our answer at that very moment,
+    on a machine where dom0 and the stubdomains may share one CPU."""
+
+    #: Seconds a line waits for others before the write (a command's exchange with
+    #: the toolstack ends within about a millisecond of our answer).
+    LINGER = 0.002
 
     @classmethod
     def installed(cls) -> ConsoleLogHandler:
@@ -88,6 +100,8 @@ class ConsoleLogHandler(logging.Handler):
         self._held = 0
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._lingering: asyncio.Future[None] | None = None
+        self._writing = asyncio.Lock()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -117,20 +131,48 @@ class ConsoleLogHandler(logging.Handler):
         assert self.console is not None
         while True:
             await self._ready.wait()
+            await self._linger()
             self._ready.clear()
             if self.lines and (self._closing or not self._held):
-                data, self.lines = b"".join(self.lines), []
                 try:
-                    await self.console.write(data)
+                    await self._write_lines(self.console)
                 except (ConsoleError, OSError):
                     return
             if self._closing and not self.lines:
                 return
 
+    async def _write_lines(self, console: Console) -> None:
+        async with self._writing:  # one write at a time, in the order logged
+            data, self.lines = b"".join(self.lines), []
+            if data:
+                await console.write(data)
+
+    async def write_now(self) -> None:
+        """Write what is queued before returning, held or not: for lines that must
+        reach dom0 before a state the toolstack may answer by destroying us."""
+        if self.console is not None:
+            with contextlib.suppress(ConsoleError, OSError):
+                await self._write_lines(self.console)
+
+    async def _linger(self) -> None:
+        """`LINGER`, cut short by `aclose`."""
+        if self._closing:
+            return
+        loop = asyncio.get_running_loop()
+        self._lingering = wake = loop.create_future()
+        timer = loop.call_later(self.LINGER, _wake, wake)
+        try:
+            await wake
+        finally:
+            timer.cancel()
+            self._lingering = None
+
     async def aclose(self) -> None:
         """Write what is queued, then close console 0 (durable in the log file)."""
         if self._task is not None:
             self._closing = True
+            if self._lingering is not None:
+                _wake(self._lingering)
             self._ready.set()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._task, 10)
@@ -456,6 +498,8 @@ class Agent:
         log.info("saved %d bytes of device-model state to console %d", size,
                  proto.CONSOLE_SAVE)  # fmt: skip
         log.info("snapshot saved %s", _snapshot_json(dm))
+        if self.log_handler is not None:  # the toolstack may destroy us once it sees paused
+            await self.log_handler.write_now()
         await self._write(cmds.saved())
 
     # -- logdirty ([logdirty.echo]) and vcpus ([vcpu-set]) -----------------------------------

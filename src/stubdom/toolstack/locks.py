@@ -32,12 +32,22 @@ def save_marker_path(lock_dir: Path, guest: int) -> Path:
     return lock_dir / f"dm-{guest}.saved"
 
 
+def _open_lock_file(path: Path) -> int:
+    """The lock file, created (with its directory) if missing: the directory is made
+    only when the open says it is missing, not before every command."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, 0o600)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, flags, 0o600)
+
+
 @contextlib.asynccontextmanager
 async def flocked(path: Path) -> AsyncIterator[None]:
     """An exclusive ``flock`` on ``path`` (created if missing), polled with LOCK_NB:
     waiting for it never blocks the event loop, and a cancelled wait holds nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = _open_lock_file(path)
     try:
         logged = False
         while True:
