@@ -98,6 +98,7 @@ from bench.hostkit import (  # noqa: E402
     need_two_cpus,
     ratio,
     rotated,
+    spread,
     table,
     verdict,
     xenstoreds,
@@ -538,6 +539,7 @@ def report(got: Samples, daemons: list[str], args: argparse.Namespace, cli_runs:
             tgt = f"ours <= {TARGET:g}x floor: {verdict(x <= TARGET)}"
         rows.append([*row, tgt])
     table(["exchange", *daemons, "target"], rows)
+    floor_verdicts(got, daemons)
     if FAILURES:
         print(f"{len(FAILURES)} host run(s) FAILED, their samples are missing:")
         for f in FAILURES:
@@ -549,6 +551,18 @@ def report(got: Samples, daemons: list[str], args: argparse.Namespace, cli_runs:
         table(["count", *counts], [[k, *(counts[c].get(k, 0) for c in counts)] for k in keys])
         print("floor: 6 writes (dom0 WRITE x3, stub RM + WRITE x2), 6 watch events; "
               "save and continue: 3 writes (dom0 WRITE, stub RM + WRITE), 3 watch events")
+
+
+def floor_verdicts(got: Samples, daemons: list[str]) -> None:
+    """Issue #16's target for the daemon: each floor on ours no slower than on cx."""
+    if "ours" not in daemons or "cx" not in daemons:
+        return
+    for k in (k for k, _, _ in SETUPS if k.startswith("floor")):
+        x = med(got[k]["ours"]) / med(got[k]["cx"])
+        o, c = got[k]["ours"], got[k]["cx"]
+        print(f"{k}: ours / cx = {x:.2f} (µs: ours {med(o):.0f} [{spread(o)}], cx "
+              f"{med(c):.0f} [{spread(c)}]); target ours <= cx: {verdict(x <= 1.0)}")
+    print()
 
 
 def main() -> None:
