@@ -10,13 +10,15 @@ import functools
 import struct
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from stubdom.wire.constants import HEADER_SIZE, PAYLOAD_MAX, TYPE_COUNT, Op
 
 #: The header as a `struct.Struct` (shells pack replies with it directly).
-HEADER = _HEADER = struct.Struct("=4I")
-_unpack_from = _HEADER.unpack_from
+HEADER: Final = struct.Struct("=4I")
+_HEADER: Final = HEADER
+# Final: mypyc keeps these in C variables, not in the module's dict.
+_unpack_from: Final = _HEADER.unpack_from
 
 
 def op_name(op: int) -> str:
@@ -91,7 +93,7 @@ class Packet(NamedTuple):
 
 #: ``make_packet((op, payload, req_id, tx_id))``: a `Packet` built in C, without the
 #: Python-level ``__new__`` a NamedTuple has (two per request on a server).
-make_packet: Callable[[tuple[int, bytes, int, int]], Packet] = functools.partial(
+make_packet: Final[Callable[[tuple[int, bytes, int, int]], Packet]] = functools.partial(
     tuple.__new__, Packet
 )
 
@@ -144,10 +146,12 @@ class PacketDecoder:
             raise self._broken
         buf: bytes | bytearray | memoryview
         if not self._buf and len(data) >= HEADER_SIZE:
-            # The usual read: exactly one whole request.
+            # The usual read: exactly one whole request (bytes: one slice, no view).
             op, req_id, tx_id, length = _unpack_from(data)
             if len(data) == HEADER_SIZE + length and length <= self._max:
-                self.ready.append(make_packet((op, bytes(data[HEADER_SIZE:]), req_id, tx_id)))
+                payload = data[HEADER_SIZE:] if isinstance(data, bytes) else bytes(
+                    data[HEADER_SIZE:])
+                self.ready.append(make_packet((op, payload, req_id, tx_id)))
                 return
         if self._buf:
             self._buf += data
