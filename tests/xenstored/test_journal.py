@@ -39,7 +39,7 @@ class DurableHarness(Harness):
     def _collect(self, conn: Connection, tx: int) -> tuple[str, bytes]:
         reply: tuple[str, bytes] | None = None
         for c in [*list(self.xs.pending()), conn]:
-            for p in c.take_output():
+            for p in map(Packet._make, c.take_output()):
                 if c is conn and p.op != Op.WATCH_EVENT:
                     reply = (p.type_name, p.payload)
         assert reply is not None

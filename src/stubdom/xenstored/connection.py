@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Final
 
 from stubdom.wire.constants import PAYLOAD_MAX, Op
-from stubdom.wire.packet import Packet, make_packet
 from stubdom.wire.paths import domain_path
 
 if TYPE_CHECKING:
@@ -14,7 +13,11 @@ if TYPE_CHECKING:
     from stubdom.xenstored.watches import Watch
 
 
-_WATCH_EVENT = int(Op.WATCH_EVENT)
+_WATCH_EVENT: Final = int(Op.WATCH_EVENT)
+#: A packet queued for a client: (type, payload, req_id, tx_id), a `Packet`'s fields.
+#: A plain tuple: built in C (a `Packet` costs a Python-level call), and the shell
+#: only packs it.
+Output = tuple[int, bytes, int, int]
 
 
 class Connection:
@@ -29,7 +32,9 @@ class Connection:
         self.watches: dict[tuple[str, bytes], Watch] = {}
         self.transactions: dict[int, Transaction] = {}
         self.next_tx_id = 1
-        self.outbox: list[Packet] = []
+        #: Output not yet taken by the shell; the core lists the connection as pending
+        #: when it queues the first packet here (see `XenStored.pending`).
+        self.outbox: list[Output] = []
         self._queued_events: set[bytes] = set()
         self.closed = False
         #: Requests from this connection whose replies or events are still queued.
@@ -38,9 +43,6 @@ class Connection:
     @property
     def implicit_path(self) -> str:
         return domain_path(self.domid)
-
-    def queue(self, packet: Packet) -> None:
-        self.outbox.append(packet)
 
     def queue_event(self, path: str, token: bytes) -> None:
         payload = path.encode() + b"\0" + token + b"\0"
@@ -51,9 +53,9 @@ class Connection:
             if payload in self._queued_events:
                 return
             self._queued_events.add(payload)
-        self.outbox.append(make_packet((_WATCH_EVENT, payload, 0, 0)))
+        self.outbox.append((_WATCH_EVENT, payload, 0, 0))
 
-    def take_output(self) -> list[Packet]:
+    def take_output(self) -> list[Output]:
         out = self.outbox
         self.outbox = []
         if self._queued_events:

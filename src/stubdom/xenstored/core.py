@@ -13,9 +13,10 @@ import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from stubdom.wire.constants import DOMID_FIRST_RESERVED, PAYLOAD_MAX, Op
-from stubdom.wire.packet import Packet, error_packet, make_packet
+from stubdom.wire.packet import Packet
 from stubdom.wire.paths import (
     canonicalize,
     is_valid_path,
@@ -23,7 +24,7 @@ from stubdom.wire.paths import (
     parent_of,
 )
 from stubdom.wire.perms import Access, Perm
-from stubdom.xenstored.connection import Connection
+from stubdom.xenstored.connection import Connection, Output
 from stubdom.xenstored.control import op_control
 from stubdom.xenstored.domain_requests import (
     op_get_domain_path,
@@ -63,25 +64,28 @@ from stubdom.xenstored.watches import WatchIndex
 
 log = logging.getLogger(__name__)
 
-ALL = Access.READ | Access.WRITE | Access.OWNER
+# Module-level names are Final where they can be: mypyc keeps those in C variables (or
+# inlines them) instead of looking them up in the module's dict on every use.
+ALL: Final = Access.READ | Access.WRITE | Access.OWNER
+_READ: Final = Access.READ
 #: ``/`` or ``/a/b...``: absolute, valid characters, no empty segment, no trailing ``/``.
-_PLAIN_ABSOLUTE = re.compile(rb"/(?:[A-Za-z0-9_@-]+(?:/[A-Za-z0-9_@-]+)*)?")
+_PLAIN_ABSOLUTE: Final = re.compile(rb"/(?:[A-Za-z0-9_@-]+(?:/[A-Za-z0-9_@-]+)*)?")
 #: The same, NUL-terminated: a request's only argument.
-_PLAIN_ARG = re.compile(rb"/(?:[A-Za-z0-9_@-]+(?:/[A-Za-z0-9_@-]+)*)?\0")
+_PLAIN_ARG: Final = re.compile(rb"/(?:[A-Za-z0-9_@-]+(?:/[A-Za-z0-9_@-]+)*)?\0")
 #: Arguments that matched `_PLAIN_ARG` (`_PLAIN_ABSOLUTE`), and their path: valid
 #: whoever sends them (the path quota aside, checked on each use).  At most this many,
 #: this long.
-_plain_args: dict[bytes, str] = {}
-_plain_paths: dict[bytes, str] = {}
-_PLAIN_CACHED = 4096
-_PLAIN_CACHED_LEN = 256
-SPECIAL_PATHS = ("@introduceDomain", "@releaseDomain")
+_plain_args: Final[dict[bytes, str]] = {}
+_plain_paths: Final[dict[bytes, str]] = {}
+_PLAIN_CACHED: Final = 4096
+_PLAIN_CACHED_LEN: Final = 256
+SPECIAL_PATHS: Final = ("@introduceDomain", "@releaseDomain")
 
 
 #: A handler returns the reply payload, or None when it queued its reply itself.
 Handler = Callable[["XenStored", Connection, Packet, "View"], bytes | None]
-PRIV = 1
-NOTID = 2
+PRIV: Final = 1
+NOTID: Final = 2
 
 
 @dataclass(slots=True, frozen=True)
@@ -91,7 +95,15 @@ class _Op:
 
 
 #: A request's events until it has one (most have none: no list built for them).
-_NO_EVENTS: list[tuple[str, bool, Node | None, tuple[Perm, ...] | None]] = []
+_NO_EVENTS: Final[list[tuple[str, bool, Node | None, tuple[Perm, ...] | None]]] = []
+
+
+_ERROR: Final = int(Op.ERROR)
+
+
+def _error(request: Packet, name: str) -> Output:
+    """The ERROR reply to ``request`` (`stubdom.wire.packet.error_packet`, as a tuple)."""
+    return (_ERROR, name.encode() + b"\0", request.req_id, request.tx_id)
 
 
 def _remember(cache: dict[bytes, str], raw: bytes, path: str) -> str:
@@ -127,9 +139,7 @@ class View:
             ):
                 self.tx.failed = True
                 raise XsError("ENOSPC")
-            acc = Accessed()
-            if node is not None:
-                acc.perms = node.perms
+            acc = Accessed(None if node is None else node.perms)
             self.tx.accessed[path] = acc
         return acc
 
@@ -224,7 +234,8 @@ class XenStored:
         self.notifications: deque[Notification] = deque()
         #: Domains the host reported gone: permissions may no longer name them.
         self.gone: set[int] = set()
-        self._dirty: set[Connection] = set()
+        #: Connections that had no output when they were given some (see `pending`).
+        self._dirty: list[Connection] = []
         #: Domains whose introduction, port or target changed, kept only while a
         #: journal wants them (see `domain_changed`).
         self.domains_changed: set[int] | None = None
@@ -266,7 +277,8 @@ class XenStored:
         self.reset_connection(conn)
         conn.closed = True
         self.connections.pop(conn.cid, None)
-        self._dirty.discard(conn)
+        if conn in self._dirty:
+            self._dirty = [c for c in self._dirty if c is not conn]
 
     def reset_connection(self, conn: Connection) -> None:
         for w in conn.watches.values():
@@ -283,43 +295,56 @@ class XenStored:
         return [c for c in self.connections.values() if c.domid == domid and not c.privileged]
 
     def pending(self) -> list[Connection]:
-        """Connections with queued output since the last call."""
+        """Connections with queued output since the last call.
+
+        A connection is listed when its empty outbox gets a packet: no set to keep
+        per request.  Whoever takes output takes a pending connection's all (the
+        shell does), so one with output is always listed; it may be listed twice
+        (emptied by someone else, then given more): the second one is dropped here.
+        """
         dirty = self._dirty
         if not dirty:
-            return []
-        self._dirty = set()
+            return dirty
+        self._dirty = []
         if len(dirty) == 1:  # the usual reply alone
-            (conn,) = dirty
-            return [conn] if conn.outbox and not conn.closed else []
-        return [c for c in dirty if c.outbox and not c.closed]
+            conn = dirty[0]
+            return dirty if conn.outbox and not conn.closed else []
+        return [c for c in dict.fromkeys(dirty) if c.outbox and not c.closed]
 
-    def send(self, conn: Connection, packet: Packet) -> None:
-        conn.queue(packet)
-        self._dirty.add(conn)
+    def send(self, conn: Connection, packet: Output) -> None:
+        if not conn.outbox:
+            self._dirty.append(conn)
+        conn.outbox.append(packet)
+
+    def queue_event(self, conn: Connection, path: str, token: bytes) -> None:
+        """An event for ``conn`` (`Connection.queue_event`), which is then pending."""
+        if not conn.outbox:
+            self._dirty.append(conn)
+        conn.queue_event(path, token)
 
     # -- request dispatch -------------------------------------------------------------
 
     def handle(self, conn: Connection, packet: Packet) -> None:
         """Process one request and queue its reply (and any events) for delivery."""
-        op = OPS.get(packet.op)
+        op = OPS.get(packet[0])
         if op is None:
-            self.send(conn, error_packet(packet, "ENOSYS"))
+            self.send(conn, _error(packet, "ENOSYS"))
             return
         flags = op.flags
         if flags & PRIV and not conn.privileged:
-            self.send(conn, error_packet(packet, "EACCES"))
+            self.send(conn, _error(packet, "EACCES"))
             return
         tx: Transaction | None = None
         if packet.tx_id and not flags & NOTID:
             tx = conn.transactions.get(packet.tx_id)
             if tx is None:
-                self.send(conn, error_packet(packet, "ENOENT"))
+                self.send(conn, _error(packet, "ENOENT"))
                 return
         view = View(self, conn, tx)
         try:
             payload = op.handler(self, conn, packet, view)
         except XsError as e:
-            self.send(conn, error_packet(packet, e.name))
+            self.send(conn, _error(packet, e.name))
             return
         # cx fires a request's watches before it queues the reply.
         if view.events and self.watches:
@@ -328,10 +353,12 @@ class XenStored:
         if payload is None:
             return
         if len(payload) > PAYLOAD_MAX:
-            self.send(conn, error_packet(packet, "E2BIG"))
+            self.send(conn, _error(packet, "E2BIG"))
             return
-        conn.outbox.append(make_packet((packet.op, payload, packet.req_id, packet.tx_id)))
-        self._dirty.add(conn)
+        outbox = conn.outbox
+        if not outbox:
+            self._dirty.append(conn)
+        outbox.append((packet.op, payload, packet.req_id, packet.tx_id))
 
     # -- permissions --------------------------------------------------------------------
 
@@ -419,15 +446,34 @@ class XenStored:
 
     def get_node(self, view: View, path: str, perm: Access) -> Node:
         """The node if the caller has ``perm`` on it; else the error cx would give."""
-        node = self.store.nodes.get(path) if view.tx is None else view.read(path)
+        node = self.find_node(view, path, perm)
+        if node is None:
+            raise XsError("ENOENT")
+        return node
+
+    def find_node(self, view: View, path: str, perm: Access) -> Node | None:
+        """`get_node`, but None where it raises ENOENT: a request that creates or
+        tolerates a missing node (WRITE, MKDIR, RM) raises and catches nothing."""
+        conn = view.conn
+        if view.tx is None:
+            node = self.store.nodes.get(path)
+            if conn.privileged:
+                # Every access, and a missing node has an ancestor (``/`` at least),
+                # which outside a transaction there is no need to read.
+                return node
+        else:
+            node = view.read(path)
         if node is not None:
             # The privileged hold every access: skip the (IntFlag) arithmetic.
-            if view.conn.privileged or (self.node_perm(view.conn, node) & perm) == perm:
+            if conn.privileged or (self.node_perm(conn, node) & perm) == perm:
                 return node
             errnum = "EACCES"
         else:
             errnum = "ENOENT"
-        raise XsError(self.errno_from_parents(view, path, errnum, perm))
+        errnum = self.errno_from_parents(view, path, errnum, perm)
+        if errnum == "ENOENT":
+            return None
+        raise XsError(errnum)
 
     # -- node creation and removal ---------------------------------------------------
 
@@ -542,18 +588,18 @@ class XenStored:
         # Privileged watchers are filtered too: a node gone by commit time whose
         # permissions were never seen (created and deleted in one transaction) fires
         # nothing, as in cx.
-        if extra is not None and self.perm_for(conn, extra) & Access.READ:
+        if extra is not None and self.perm_for(conn, extra) & _READ:
             return True
         if node is None:
             node = self.store.get(path)
             if node is None:
                 return False
-        if self.node_perm(conn, node) & Access.READ:
+        if self.node_perm(conn, node) & _READ:
             return True
         if path == "/":
             return False
         parent = self.store.get(parent_of(path))
-        return parent is not None and bool(self.node_perm(conn, parent) & Access.READ)
+        return parent is not None and bool(self.node_perm(conn, parent) & _READ)
 
     def fire_watches(
         self,
@@ -577,10 +623,11 @@ class XenStored:
                 exists if conn.privileged
                 else self._watch_permitted(conn, path, node, extra_perms)
             ):
+                if not conn.outbox:
+                    dirty.append(conn)
                 conn.queue_event(
                     path if w.relative_prefix is None else w.event_path(path), w.token
                 )
-                dirty.add(conn)
 
     def set_special_perms(self, name: str, perms: tuple[Perm, ...]) -> None:
         """Permissions of ``@introduceDomain``/``@releaseDomain`` (state a journal keeps)."""
@@ -591,9 +638,8 @@ class XenStored:
     def fire_special(self, name: str) -> None:
         perms = self.special_perms[name]
         for w in WatchIndex.ordered(self.watches.exact(name)):
-            if w.conn.privileged or self.perm_for(w.conn, perms) & Access.READ:
-                w.conn.queue_event(name, w.token)
-                self._dirty.add(w.conn)
+            if w.conn.privileged or self.perm_for(w.conn, perms) & _READ:
+                self.queue_event(w.conn, name, w.token)
 
     # -- domains ---------------------------------------------------------------------------
 
@@ -677,7 +723,7 @@ class XenStored:
         self.destroy_domain(domid)
 
 
-OPS: dict[int, _Op] = {
+OPS: Final[dict[int, _Op]] = {
     Op.CONTROL: _Op(op_control, PRIV),
     Op.DIRECTORY: _Op(op_directory),
     Op.READ: _Op(op_read),

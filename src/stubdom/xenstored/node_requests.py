@@ -6,7 +6,7 @@ returns the reply payload (None when it queued the reply itself) or raises `XsEr
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from stubdom.wire.constants import OK, PAYLOAD_MAX
 from stubdom.wire.packet import Packet
@@ -18,6 +18,10 @@ from stubdom.xenstored.store import NO_GENERATION
 from stubdom.xenstored.transaction import Transaction
 from stubdom.xenstored.watches import Watch
 
+#: Final: mypyc keeps them in C variables (an enum member's lookup is a Python call).
+_READ: Final = Access.READ
+_WRITE: Final = Access.WRITE
+
 if TYPE_CHECKING:
     from stubdom.xenstored.connection import Connection
     from stubdom.xenstored.core import View, XenStored
@@ -25,12 +29,12 @@ if TYPE_CHECKING:
 
 def op_read(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
     path = xs.path_arg(conn, packet)
-    return xs.get_node(view, path, Access.READ).value
+    return xs.get_node(view, path, _READ).value
 
 
 def op_directory(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
     path = xs.path_arg(conn, packet)
-    return xs.get_node(view, path, Access.READ).child_list()
+    return xs.get_node(view, path, _READ).child_list()
 
 
 def op_directory_part(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
@@ -39,7 +43,7 @@ def op_directory_part(xs: XenStored, conn: Connection, packet: Packet, view: Vie
         raise XsError("EINVAL")
     path = xs.canonical(conn, args[0])
     offset = atoi(args[1])
-    node = xs.get_node(view, path, Access.READ)
+    node = xs.get_node(view, path, _READ)
     children = node.child_list()
     gen = f"{node.generation}".encode() + b"\0"
     if offset >= len(children):
@@ -61,7 +65,7 @@ def op_directory_part(xs: XenStored, conn: Connection, packet: Packet, view: Vie
 
 def op_get_perms(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
     path = xs.path_arg(conn, packet)
-    node = xs.get_node(view, path, Access.READ)
+    node = xs.get_node(view, path, _READ)
     # cx lists ignored entries too; they only stop granting access.
     return b"".join(str(p).encode() + b"\0" for p in node.perms)
 
@@ -73,11 +77,8 @@ def op_write(xs: XenStored, conn: Connection, packet: Packet, view: View) -> byt
         raise XsError("EINVAL")
     path = xs.canonical(conn, payload[:nul])
     value = payload[nul + 1 :]
-    try:
-        node = xs.get_node(view, path, Access.WRITE)
-    except XsError as e:
-        if e.name != "ENOENT":
-            raise
+    node = xs.find_node(view, path, _WRITE)
+    if node is None:
         node = xs.create_node(view, path, value)
     else:
         node = node.copy()
@@ -89,11 +90,7 @@ def op_write(xs: XenStored, conn: Connection, packet: Packet, view: View) -> byt
 
 def op_mkdir(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
     path = xs.path_arg(conn, packet)
-    try:
-        xs.get_node(view, path, Access.WRITE)
-    except XsError as e:
-        if e.name != "ENOENT":
-            raise
+    if xs.find_node(view, path, _WRITE) is None:
         node = xs.create_node(view, path, b"")
         view.fire(path, False, node)
     return OK
@@ -101,14 +98,11 @@ def op_mkdir(xs: XenStored, conn: Connection, packet: Packet, view: View) -> byt
 
 def op_rm(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
     path = xs.path_arg(conn, packet)
-    try:
-        node = xs.get_node(view, path, Access.WRITE)
-    except XsError as e:
-        if e.name != "ENOENT":
-            raise
+    node = xs.find_node(view, path, _WRITE)
+    if node is None:
         if view.read(parent_of(path)) is not None:
             return OK
-        raise
+        raise XsError("ENOENT")
     if path == "/":
         raise XsError("EINVAL")
     xs.remove_subtree(view, path, node)
@@ -209,8 +203,8 @@ def op_watch(xs: XenStored, conn: Connection, packet: Packet, view: View) -> byt
         dom.watches += 1
         dom.watch_memory += w.memory
     # The reply goes first, then the initial event with the path as the client gave it.
-    xs.send(conn, Packet(packet.op, OK, packet.req_id, packet.tx_id))
-    conn.queue_event(raw.decode("latin-1"), token)
+    xs.send(conn, (packet.op, OK, packet.req_id, packet.tx_id))
+    xs.queue_event(conn, raw.decode("latin-1"), token)
     return None
 
 

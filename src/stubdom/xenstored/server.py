@@ -32,7 +32,7 @@ from stubdom.fdio import remove_stale_socket
 from stubdom.ratelimit import LimitedLog
 from stubdom.wire.constants import Op
 from stubdom.wire.packet import HEADER, DecodeError, Packet, PacketDecoder
-from stubdom.xenstored.connection import Connection
+from stubdom.xenstored.connection import Connection, Output
 from stubdom.xenstored.core import XenStored
 from stubdom.xenstored.errors import DomainIntroduced, DomainReleased
 from stubdom.xenstored.persist import DurableState
@@ -466,21 +466,21 @@ class XenStoreServer:
             else:
                 self.deliver(conn, client, conn.take_output())
 
-    def deliver(self, conn: Connection, client: _Client, packets: list[Packet]) -> None:
+    def deliver(self, conn: Connection, client: _Client, packets: list[Output]) -> None:
         if not packets:
             return
         if not conn.privileged and client.backlog() > self.core.quotas.memory:
             # A domain that never reads must not make us hold unbounded memory
             # (XSA-326).  Deliberate: cx drops such events after 20 s; we drop them
             # once the backlog exceeds the domain's memory quota.  Replies stay.
-            kept = [p for p in packets if p.op != Op.WATCH_EVENT]
+            kept = [p for p in packets if p[0] != Op.WATCH_EVENT]
             if len(kept) != len(packets):
                 self.note(conn, logging.WARNING, "%r does not read its events; dropping %d",
                           conn, len(packets) - len(kept))
             packets = kept
         if self.trace is not None:
             for p in packets:
-                self.trace.record("out", conn.cid, conn.domid, p)
+                self.trace.record("out", conn.cid, conn.domid, Packet(*p))
         # The core queues no payload over PAYLOAD_MAX (E2BIG, XSA-324): no check here.
         if len(packets) == 1:  # the usual reply alone: no join
             op, payload, req_id, tx_id = packets[0]
