@@ -32,9 +32,10 @@ class Connection:
         self.watches: dict[tuple[str, bytes], Watch] = {}
         self.transactions: dict[int, Transaction] = {}
         self.next_tx_id = 1
-        #: Output not yet taken by the shell; the core lists the connection as pending
-        #: when it queues the first packet here (see `XenStored.pending`).
+        #: Output not yet taken by the shell.
         self.outbox: list[Output] = []
+        #: In the core's list of connections given output (`XenStored.pending`).
+        self.listed = False
         self._queued_events: set[bytes] = set()
         self.closed = False
         #: Requests from this connection whose replies or events are still queued.

@@ -234,7 +234,7 @@ class XenStored:
         self.notifications: deque[Notification] = deque()
         #: Domains the host reported gone: permissions may no longer name them.
         self.gone: set[int] = set()
-        #: Connections that had no output when they were given some (see `pending`).
+        #: Connections given output since the last `pending` (each once: ``listed``).
         self._dirty: list[Connection] = []
         #: Domains whose introduction, port or target changed, kept only while a
         #: journal wants them (see `domain_changed`).
@@ -277,8 +277,9 @@ class XenStored:
         self.reset_connection(conn)
         conn.closed = True
         self.connections.pop(conn.cid, None)
-        if conn in self._dirty:
-            self._dirty = [c for c in self._dirty if c is not conn]
+        if conn.listed:
+            self._dirty.remove(conn)
+            conn.listed = False
 
     def reset_connection(self, conn: Connection) -> None:
         for w in conn.watches.values():
@@ -297,10 +298,7 @@ class XenStored:
     def pending(self) -> list[Connection]:
         """Connections with queued output since the last call.
 
-        A connection is listed when its empty outbox gets a packet: no set to keep
-        per request.  Whoever takes output takes a pending connection's all (the
-        shell does), so one with output is always listed; it may be listed twice
-        (emptied by someone else, then given more): the second one is dropped here.
+        A list, each connection once (its ``listed`` flag): no set built per turn.
         """
         dirty = self._dirty
         if not dirty:
@@ -308,17 +306,22 @@ class XenStored:
         self._dirty = []
         if len(dirty) == 1:  # the usual reply alone
             conn = dirty[0]
+            conn.listed = False
             return dirty if conn.outbox and not conn.closed else []
-        return [c for c in dict.fromkeys(dirty) if c.outbox and not c.closed]
+        for conn in dirty:
+            conn.listed = False
+        return [c for c in dirty if c.outbox and not c.closed]
 
     def send(self, conn: Connection, packet: Output) -> None:
-        if not conn.outbox:
+        if not conn.listed:
+            conn.listed = True
             self._dirty.append(conn)
         conn.outbox.append(packet)
 
     def queue_event(self, conn: Connection, path: str, token: bytes) -> None:
         """An event for ``conn`` (`Connection.queue_event`), which is then pending."""
-        if not conn.outbox:
+        if not conn.listed:
+            conn.listed = True
             self._dirty.append(conn)
         conn.queue_event(path, token)
 
@@ -355,10 +358,10 @@ class XenStored:
         if len(payload) > PAYLOAD_MAX:
             self.send(conn, _error(packet, "E2BIG"))
             return
-        outbox = conn.outbox
-        if not outbox:
+        if not conn.listed:
+            conn.listed = True
             self._dirty.append(conn)
-        outbox.append((packet.op, payload, packet.req_id, packet.tx_id))
+        conn.outbox.append((packet.op, payload, packet.req_id, packet.tx_id))
 
     # -- permissions --------------------------------------------------------------------
 
@@ -623,7 +626,8 @@ class XenStored:
                 exists if conn.privileged
                 else self._watch_permitted(conn, path, node, extra_perms)
             ):
-                if not conn.outbox:
+                if not conn.listed:
+                    conn.listed = True
                     dirty.append(conn)
                 conn.queue_event(
                     path if w.relative_prefix is None else w.event_path(path), w.token
