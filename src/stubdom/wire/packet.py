@@ -98,6 +98,10 @@ make_packet: Final[Callable[[tuple[int, bytes, int, int]], Packet]] = functools.
 )
 
 
+#: What `make_packet` calls, called directly by the decoder (no partial in between).
+_new: Final[Callable[[type[Packet], tuple[int, bytes, int, int]], Packet]] = tuple.__new__
+
+
 def encode(packet: Packet) -> bytes:
     """Header plus payload, ready for the wire."""
     if len(packet.payload) > PAYLOAD_MAX:
@@ -151,7 +155,7 @@ class PacketDecoder:
             if len(data) == HEADER_SIZE + length and length <= self._max:
                 payload = data[HEADER_SIZE:] if isinstance(data, bytes) else bytes(
                     data[HEADER_SIZE:])
-                self.ready.append(make_packet((op, payload, req_id, tx_id)))
+                self.ready.append(_new(Packet, (op, payload, req_id, tx_id)))
                 return
         if self._buf:
             self._buf += data
@@ -159,7 +163,6 @@ class PacketDecoder:
         else:
             buf = data
         ready = self.ready
-        make = make_packet
         size = len(buf)
         pos = 0
         try:
@@ -172,7 +175,7 @@ class PacketDecoder:
                 end = start + length
                 if size < end:
                     break
-                ready.append(make((op, bytes(buf[start:end]), req_id, tx_id)))
+                ready.append(_new(Packet, (op, bytes(buf[start:end]), req_id, tx_id)))
                 pos = end
         finally:
             # Keep what is not consumed (also after a bad header, as before).

@@ -10,11 +10,10 @@ from typing import TYPE_CHECKING, Final
 
 from stubdom.wire.constants import OK, PAYLOAD_MAX
 from stubdom.wire.packet import Packet
-from stubdom.wire.paths import parent_of
 from stubdom.wire.perms import Access, InvalidPermission, Perm, parse_perm
 from stubdom.xenstored.errors import XsError
 from stubdom.xenstored.requests import atoi, onearg, strings
-from stubdom.xenstored.store import NO_GENERATION
+from stubdom.xenstored.store import NO_GENERATION, parent_of
 from stubdom.xenstored.transaction import Transaction
 from stubdom.xenstored.watches import Watch
 
@@ -71,12 +70,10 @@ def op_get_perms(xs: XenStored, conn: Connection, packet: Packet, view: View) ->
 
 
 def op_write(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
-    payload = packet.payload
-    nul = payload.find(b"\0")
-    if nul < 0:
+    raw, nul, value = packet.payload.partition(b"\0")
+    if not nul:
         raise XsError("EINVAL")
-    path = xs.canonical(conn, payload[:nul])
-    value = payload[nul + 1 :]
+    path = xs.canonical(conn, raw)
     node = xs.find_node(view, path, _WRITE)
     if node is None:
         node = xs.create_node(view, path, value)
@@ -140,8 +137,7 @@ def op_set_perms(xs: XenStored, conn: Connection, packet: Packet, view: View) ->
         raise XsError("EPERM")
     old = node.perms
     new = node.copy()
-    new.perms = perms
-    new.ignored = frozenset(ignored)
+    new.set_perms(perms, frozenset(ignored))
     old_owner = node.owner
     xs.write_node(view, path, new)
     if old_owner != new.owner:
