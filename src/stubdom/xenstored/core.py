@@ -234,6 +234,7 @@ class XenStored:
         #: Domains whose introduction, port or target changed, kept only while a
         #: journal wants them (see `domain_changed`).
         self.domains_changed: set[int] | None = None
+        self._view: View | None = None
         self._setup_structure()
 
     # -- start-up -------------------------------------------------------------------
@@ -338,7 +339,14 @@ class XenStored:
             if tx is None:
                 self.send(conn, _error(packet, "ENOENT"))
                 return
-        view = View(self, conn, tx)
+        # One View serves every request (handle is not reentrant): no object per request.
+        view = self._view
+        if view is None:
+            view = self._view = View(self, conn, tx)
+        else:
+            view.conn = conn
+            view.tx = tx
+            view.events = _NO_EVENTS
         try:
             payload = op.handler(self, conn, packet, view)
         except XsError as e:

@@ -481,13 +481,20 @@ class XenStoreServer:
             packets = conn.take_output()
             if client is None:
                 continue
-            if len(packets) == 1 and not client.outbuf and self.trace is None:
-                # The usual reply (or event) alone to a client that keeps up: what
-                # `deliver` would do, without its checks and its call.
-                op, payload, req_id, tx_id = packets[0]
-                client.write(_pack(op, req_id, tx_id, len(payload)) + payload)
-            else:
+            if len(packets) != 1 or client.outbuf or client.shutting or self.trace is not None:
                 self.deliver(conn, client, packets)
+                continue
+            # The usual reply (or event) alone to a client that keeps up: what `deliver`
+            # and `_Client.write` would do, without their checks and calls.
+            op, payload, req_id, tx_id = packets[0]
+            data = _pack(op, req_id, tx_id, len(payload)) + payload
+            try:
+                sent = _write(client.fd, data)
+            except OSError:
+                client.write(data)  # it knows what to do with the error
+                continue
+            if sent != len(data):
+                client.write(data[sent:])  # keeps the rest
 
     def deliver(self, conn: Connection, client: _Client, packets: list[Output]) -> None:
         if not packets:
