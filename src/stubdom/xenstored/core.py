@@ -304,9 +304,12 @@ class XenStored:
             conn = dirty[0]
             conn.listed = False
             return dirty if conn.outbox and not conn.closed else []
+        whole = True
         for conn in dirty:
             conn.listed = False
-        return [c for c in dirty if c.outbox and not c.closed]
+            if conn.closed or not conn.outbox:
+                whole = False
+        return dirty if whole else [c for c in dirty if c.outbox and not c.closed]
 
     def send(self, conn: Connection, packet: Output) -> None:
         if not conn.listed:
@@ -353,7 +356,7 @@ class XenStored:
             self.send(conn, _error(packet, e.name))
             return
         # cx fires a request's watches before it queues the reply.
-        if view.events and self.watches:
+        if view.events:  # fire_watches is quick when there is no watch
             for path, exact, node, perms in view.events:
                 self.fire_watches(path, exact, node, perms)
         if payload is None:

@@ -516,8 +516,11 @@ class XenStoreServer:
             op, payload, req_id, tx_id = packets[0]
             client.write(_pack(op, req_id, tx_id, len(payload)) + payload)
         elif packets:
-            client.write(b"".join([_pack(op, req_id, tx_id, len(payload)) + payload
-                                   for op, payload, req_id, tx_id in packets]))
+            parts = []
+            for op, payload, req_id, tx_id in packets:
+                parts.append(_pack(op, req_id, tx_id, len(payload)))
+                parts.append(payload)
+            client.write(b"".join(parts))
 
     def _apply_notifications(self) -> None:
         released = False
