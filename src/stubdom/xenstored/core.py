@@ -61,8 +61,12 @@ log = logging.getLogger(__name__)
 
 # Module-level names are Final where they can be: mypyc keeps those in C variables (or
 # inlines them) instead of looking them up in the module's dict on every use.
-ALL: Final = Access.READ | Access.WRITE | Access.OWNER
-_READ: Final = Access.READ
+# Access is worked out in plain ints: an IntFlag's ``&`` is Python code (Flag.__and__,
+# thousands of instructions), an int's one instruction.
+ALL: Final = int(Access.READ | Access.WRITE | Access.OWNER)
+_READ: Final = int(Access.READ)
+#: An ACL entry's access as an int (every value the three bits can take).
+_BITS: Final[dict[Access, int]] = {Access(v): v for v in range(ALL + 1)}
 #: ``/`` or ``/a/b...``: absolute, valid characters, no empty segment, no trailing ``/``.
 _PLAIN_ABSOLUTE: Final = re.compile(rb"/(?:[A-Za-z0-9_@-]+(?:/[A-Za-z0-9_@-]+)*)?")
 #: The same, NUL-terminated: a request's only argument.
@@ -379,8 +383,9 @@ class XenStored:
 
     def perm_for(
         self, conn: Connection, perms: tuple[Perm, ...], node: Node | None = None
-    ) -> Access:
-        """cx ``perm_for_conn``: privilege, ownership or target first, then the ACL."""
+    ) -> int:
+        """cx ``perm_for_conn``: privilege, ownership or target first, then the ACL
+        (`Access` bits, as an int)."""
         if conn.privileged:
             return ALL
         target = self._target_of(conn)
@@ -392,14 +397,14 @@ class XenStored:
             if p.domid == conn.domid or (target is not None and p.domid == target):
                 if node is not None and self._ignored(node, i):
                     continue
-                return p.access
-        return perms[0].access
+                return _BITS[p.access]
+        return _BITS[perms[0].access]
 
     def _target_of(self, conn: Connection) -> int | None:
         dom = self.domains.get(conn.domid)
         return dom.target if dom is not None else None
 
-    def node_perm(self, conn: Connection, node: Node) -> Access:
+    def node_perm(self, conn: Connection, node: Node) -> int:
         return self.perm_for(conn, node.perms, node)
 
     # -- node access helpers --------------------------------------------------------
@@ -436,7 +441,7 @@ class XenStored:
             raise XsError("EINVAL")
         return path
 
-    def errno_from_parents(self, view: View, path: str, errnum: str, perm: Access) -> str:
+    def errno_from_parents(self, view: View, path: str, errnum: str, perm: int) -> str:
         """What a caller may learn about a missing or forbidden node (cx hides existence)."""
         if errnum == "ENOMEM":
             return errnum
@@ -453,8 +458,9 @@ class XenStored:
             return errnum
         return "EACCES"
 
-    def get_node(self, view: View, path: str, perm: Access) -> Node:
-        """The node if the caller has ``perm`` on it; else the error cx would give."""
+    def get_node(self, view: View, path: str, perm: int) -> Node:
+        """The node if the caller has ``perm`` (`Access` bits) on it; else the error cx
+        would give."""
         if view.tx is None and view.conn.privileged:  # `find_node`'s first case
             node = self.store.nodes.get(path)
             if node is not None:
@@ -465,7 +471,7 @@ class XenStored:
             raise XsError("ENOENT")
         return node
 
-    def find_node(self, view: View, path: str, perm: Access) -> Node | None:
+    def find_node(self, view: View, path: str, perm: int) -> Node | None:
         """`get_node`, but None where it raises ENOENT: a request that creates or
         tolerates a missing node (WRITE, MKDIR, RM) raises and catches nothing."""
         conn = view.conn

@@ -17,9 +17,10 @@ from stubdom.xenstored.store import NO_GENERATION, parent_of
 from stubdom.xenstored.transaction import Transaction
 from stubdom.xenstored.watches import Watch
 
-#: Final: mypyc keeps them in C variables (an enum member's lookup is a Python call).
-_READ: Final = Access.READ
-_WRITE: Final = Access.WRITE
+#: Access bits as ints (`XenStored.perm_for`); Final: mypyc inlines them.
+_READ: Final = int(Access.READ)
+_WRITE: Final = int(Access.WRITE)
+_WRITE_OWNER: Final = int(Access.WRITE | Access.OWNER)
 
 if TYPE_CHECKING:
     from stubdom.xenstored.connection import Connection
@@ -131,7 +132,7 @@ def op_set_perms(xs: XenStored, conn: Connection, packet: Packet, view: View) ->
             if i == 0:
                 raise XsError("ENOENT")
             ignored.add(i)
-    node = xs.get_node(view, path, Access.WRITE | Access.OWNER)
+    node = xs.get_node(view, path, _WRITE_OWNER)
     # Only the privileged may change the owner (XSA-352).
     if not conn.privileged and perms[0].domid != node.owner:
         raise XsError("EPERM")
@@ -156,9 +157,7 @@ def _set_perms_special(
         # errno, which varies from run to run (ENOENT and EINVAL were both observed).
         raise XsError("EINVAL")
     current = xs.special_perms[name]
-    if (xs.perm_for(conn, current) & (Access.WRITE | Access.OWNER)) != (
-        Access.WRITE | Access.OWNER
-    ):
+    if xs.perm_for(conn, current) & _WRITE_OWNER != _WRITE_OWNER:
         raise XsError("EACCES")
     for p in perms:
         if p.domid not in xs.domains and xs.domain_exists(p.domid):
