@@ -32,6 +32,9 @@ class Connection:
         self.watches: dict[tuple[str, bytes], Watch] = {}
         self.transactions: dict[int, Transaction] = {}
         self.next_tx_id = 1
+        #: Relative paths this connection sent, as given -> canonical (see
+        #: `XenStored.canonical`): a guest names its nodes relative to its home.
+        self.paths: dict[bytes, str] = {}
         #: Output not yet taken by the shell.
         self.outbox: list[Output] = []
         #: In the core's list of connections given output (`XenStored.pending`).

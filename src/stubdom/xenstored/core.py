@@ -17,7 +17,7 @@ from typing import Final
 
 from stubdom.wire.constants import DOMID_FIRST_RESERVED, PAYLOAD_MAX, Op
 from stubdom.wire.packet import Packet
-from stubdom.wire.paths import canonicalize, is_valid_path
+from stubdom.wire.paths import canonicalize, is_valid_path, relative_length
 from stubdom.wire.perms import Access, Perm
 from stubdom.xenstored.connection import Connection, Output
 from stubdom.xenstored.control import op_control
@@ -78,6 +78,11 @@ _plain_args: Final[dict[bytes, str]] = {}
 _plain_paths: Final[dict[bytes, str]] = {}
 _PLAIN_CACHED: Final = 4096
 _PLAIN_CACHED_LEN: Final = 256
+#: A relative path of the same characters (not an ``@`` name), bare and as an argument.
+_PLAIN_RELATIVE: Final = re.compile(rb"[A-Za-z0-9_-][A-Za-z0-9_@-]*(?:/[A-Za-z0-9_@-]+)*")
+_PLAIN_RELATIVE_ARG: Final = re.compile(rb"[A-Za-z0-9_-][A-Za-z0-9_@-]*(?:/[A-Za-z0-9_@-]+)*\0")
+#: Relative paths a connection remembers (`Connection.paths`), at most.
+_RELATIVE_CACHED: Final = 256
 SPECIAL_PATHS: Final = ("@introduceDomain", "@releaseDomain")
 
 
@@ -105,10 +110,12 @@ def _error(request: Packet, name: str) -> Output:
     return (_ERROR, name.encode() + b"\0", request.req_id, request.tx_id)
 
 
-def _remember(cache: dict[bytes, str], raw: bytes, path: str) -> str:
+def _remember(
+    cache: dict[bytes, str], raw: bytes, path: str, limit: int = _PLAIN_CACHED
+) -> str:
     """Keep ``raw`` (it matched the plain pattern of ``cache``) as ``path``."""
     if len(raw) <= _PLAIN_CACHED_LEN:
-        if len(cache) >= _PLAIN_CACHED:
+        if len(cache) >= limit:
             cache.clear()  # bounded whatever a guest sends
         cache[raw] = path
     return path
@@ -418,9 +425,16 @@ class XenStored:
         if path is not None:  # a path seen before: most requests name one
             return path
         # Else one C-level match proves both checks.
-        if _PLAIN_ARG.fullmatch(p) is None:
-            return self.canonical(conn, onearg(packet))
-        return _remember(_plain_args, p, p[:-1].decode("ascii"))
+        if _PLAIN_ARG.fullmatch(p) is not None:
+            return _remember(_plain_args, p, p[:-1].decode("ascii"))
+        path = conn.paths.get(p)
+        if path is not None:  # a relative path this connection named before
+            return path
+        path = self.canonical(conn, onearg(packet))
+        # Valid now, and whenever it is within the path quota (checked above).
+        if _PLAIN_RELATIVE_ARG.fullmatch(p) is not None and relative_length(path) == len(p) - 1:
+            _remember(conn.paths, p, path, _RELATIVE_CACHED)
+        return path
 
     def canonical(self, conn: Connection, raw: bytes, allow_special: bool = False) -> str:
         # The usual request names a plain absolute path: one C-level match proves what
@@ -432,6 +446,9 @@ class XenStored:
                 return path
             if _PLAIN_ABSOLUTE.fullmatch(raw) is not None:
                 return _remember(_plain_paths, raw, raw.decode("ascii"))
+            path = conn.paths.get(raw)
+            if path is not None:  # a relative path this connection named before
+                return path
         try:
             path = raw.decode("ascii")
         except UnicodeDecodeError:
@@ -439,6 +456,9 @@ class XenStored:
         path = canonicalize(path, conn.domid)
         if not is_valid_path(path, self.quotas.path_max, allow_special):
             raise XsError("EINVAL")
+        # Its relative length is its length given: valid whenever within the quota.
+        if _PLAIN_RELATIVE.fullmatch(raw) is not None and relative_length(path) == len(raw):
+            _remember(conn.paths, raw, path, _RELATIVE_CACHED)
         return path
 
     def errno_from_parents(self, view: View, path: str, errnum: str, perm: int) -> str:
