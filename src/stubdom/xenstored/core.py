@@ -339,7 +339,8 @@ class XenStored:
 
     def handle(self, conn: Connection, packet: Packet) -> None:
         """Process one request and queue its reply (and any events) for delivery."""
-        op = OPS.get(packet[0])
+        number, _, req_id, tx_id = packet
+        op = OPS.get(number)
         if op is None:
             self.send(conn, _error(packet, "ENOSYS"))
             return
@@ -348,8 +349,8 @@ class XenStored:
             self.send(conn, _error(packet, "EACCES"))
             return
         tx: Transaction | None = None
-        if packet.tx_id and not flags & NOTID:
-            tx = conn.transactions.get(packet.tx_id)
+        if tx_id and not flags & NOTID:
+            tx = conn.transactions.get(tx_id)
             if tx is None:
                 self.send(conn, _error(packet, "ENOENT"))
                 return
@@ -378,7 +379,7 @@ class XenStored:
         if not conn.listed:
             conn.listed = True
             self._dirty.append(conn)
-        conn.outbox.append((packet.op, payload, packet.req_id, packet.tx_id))
+        conn.outbox.append((number, payload, req_id, tx_id))
 
     # -- permissions --------------------------------------------------------------------
 
