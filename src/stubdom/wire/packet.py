@@ -91,6 +91,12 @@ class Packet(NamedTuple):
         )
 
 
+#: A `Packet`'s fields as a plain tuple, (type, payload, req_id, tx_id): what a server
+#: handles and queues.  Built in C, where a `Packet` costs a call (a thousand
+#: instructions or more); a `Packet` is one too.
+RawPacket = tuple[int, bytes, int, int]
+
+
 #: ``make_packet((op, payload, req_id, tx_id))``: a `Packet` built in C, without the
 #: Python-level ``__new__`` a NamedTuple has (two per request on a server).
 make_packet: Final[Callable[[tuple[int, bytes, int, int]], Packet]] = functools.partial(
@@ -192,6 +198,17 @@ class PacketDecoder:
     def __iter__(self) -> Iterator[Packet]:
         while self.ready:
             yield self.ready.popleft()
+
+    def whole(self, data: bytes) -> RawPacket | None:
+        """``data`` as one packet's fields if it is exactly one packet and nothing is
+        buffered, queued or broken (a server's usual read: one request, no `Packet`
+        built); else None, and `feed` takes ``data``."""
+        if self._buf or self.ready or self._broken is not None or len(data) < HEADER_SIZE:
+            return None
+        op, req_id, tx_id, length = _unpack_from(data)
+        if len(data) != HEADER_SIZE + length or length > self._max:
+            return None
+        return (op, data[HEADER_SIZE:], req_id, tx_id)
 
     @property
     def pending_bytes(self) -> int:

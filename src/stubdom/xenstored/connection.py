@@ -6,6 +6,7 @@ import itertools
 from typing import TYPE_CHECKING, ClassVar, Final
 
 from stubdom.wire.constants import PAYLOAD_MAX, Op
+from stubdom.wire.packet import RawPacket
 from stubdom.wire.paths import domain_path
 
 if TYPE_CHECKING:
@@ -14,10 +15,8 @@ if TYPE_CHECKING:
 
 
 _WATCH_EVENT: Final = int(Op.WATCH_EVENT)
-#: A packet queued for a client: (type, payload, req_id, tx_id), a `Packet`'s fields.
-#: A plain tuple: built in C (a `Packet` costs a Python-level call), and the shell
-#: only packs it.
-Output = tuple[int, bytes, int, int]
+#: A packet queued for a client (`RawPacket`: the shell only packs it).
+Output = RawPacket
 
 
 class Connection:

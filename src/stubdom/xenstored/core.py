@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from stubdom.wire.constants import DOMID_FIRST_RESERVED, PAYLOAD_MAX, Op
-from stubdom.wire.packet import Packet
+from stubdom.wire.packet import RawPacket
 from stubdom.wire.paths import canonicalize, is_valid_path, relative_length
 from stubdom.wire.perms import Access, Perm
 from stubdom.xenstored.connection import Connection, Output
@@ -87,7 +87,7 @@ SPECIAL_PATHS: Final = ("@introduceDomain", "@releaseDomain")
 
 
 #: A handler returns the reply payload, or None when it queued its reply itself.
-Handler = Callable[["XenStored", Connection, Packet, "View"], bytes | None]
+Handler = Callable[["XenStored", Connection, RawPacket, "View"], bytes | None]
 PRIV: Final = 1
 NOTID: Final = 2
 
@@ -105,9 +105,9 @@ _NO_EVENTS: Final[list[tuple[str, bool, Node | None, tuple[Perm, ...] | None]]] 
 _ERROR: Final = int(Op.ERROR)
 
 
-def _error(request: Packet, name: str) -> Output:
+def _error(request: RawPacket, name: str) -> Output:
     """The ERROR reply to ``request`` (`stubdom.wire.packet.error_packet`, as a tuple)."""
-    return (_ERROR, name.encode() + b"\0", request.req_id, request.tx_id)
+    return (_ERROR, name.encode() + b"\0", request[2], request[3])
 
 
 def _remember(
@@ -337,7 +337,7 @@ class XenStored:
 
     # -- request dispatch -------------------------------------------------------------
 
-    def handle(self, conn: Connection, packet: Packet) -> None:
+    def handle(self, conn: Connection, packet: RawPacket) -> None:
         """Process one request and queue its reply (and any events) for delivery."""
         number, _, req_id, tx_id = packet
         op = OPS.get(number)
@@ -417,9 +417,9 @@ class XenStored:
 
     # -- node access helpers --------------------------------------------------------
 
-    def path_arg(self, conn: Connection, packet: Packet) -> str:
+    def path_arg(self, conn: Connection, packet: RawPacket) -> str:
         """The one path argument of ``packet``, canonical (`onearg`, then `canonical`)."""
-        p = packet.payload
+        p = packet[1]
         if len(p) > self.quotas.path_max + 1:  # the quota may have changed since cached
             return self.canonical(conn, onearg(packet))
         path = _plain_args.get(p)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from stubdom.wire.constants import OK, PAYLOAD_MAX
-from stubdom.wire.packet import Packet
+from stubdom.wire.packet import RawPacket
 from stubdom.wire.perms import Access, InvalidPermission, Perm, parse_perm
 from stubdom.xenstored.errors import XsError
 from stubdom.xenstored.requests import atoi, strings
@@ -27,19 +27,21 @@ if TYPE_CHECKING:
     from stubdom.xenstored.core import View, XenStored
 
 
-def op_read(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+def op_read(xs: XenStored, conn: Connection, packet: RawPacket, view: View) -> bytes | None:
     path = xs.path_arg(conn, packet)
     return xs.get_node(view, path, _READ).value
 
 
-def op_directory(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+def op_directory(xs: XenStored, conn: Connection, packet: RawPacket, view: View) -> bytes | None:
     path = xs.path_arg(conn, packet)
     return xs.get_node(view, path, _READ).child_list()
 
 
-def op_directory_part(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+def op_directory_part(
+    xs: XenStored, conn: Connection, packet: RawPacket, view: View
+) -> bytes | None:
     args = strings(packet)
-    if len(args) != 2 or not packet.payload.endswith(b"\0"):
+    if len(args) != 2 or not packet[1].endswith(b"\0"):
         raise XsError("EINVAL")
     path = xs.canonical(conn, args[0])
     offset = atoi(args[1])
@@ -63,15 +65,15 @@ def op_directory_part(xs: XenStored, conn: Connection, packet: Packet, view: Vie
     return gen + body
 
 
-def op_get_perms(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+def op_get_perms(xs: XenStored, conn: Connection, packet: RawPacket, view: View) -> bytes | None:
     path = xs.path_arg(conn, packet)
     node = xs.get_node(view, path, _READ)
     # cx lists ignored entries too; they only stop granting access.
     return b"".join(str(p).encode() + b"\0" for p in node.perms)
 
 
-def op_write(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
-    raw, nul, value = packet.payload.partition(b"\0")
+def op_write(xs: XenStored, conn: Connection, packet: RawPacket, view: View) -> bytes | None:
+    raw, nul, value = packet[1].partition(b"\0")
     if not nul:
         raise XsError("EINVAL")
     path = xs.canonical(conn, raw)
@@ -86,7 +88,7 @@ def op_write(xs: XenStored, conn: Connection, packet: Packet, view: View) -> byt
     return OK
 
 
-def op_mkdir(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+def op_mkdir(xs: XenStored, conn: Connection, packet: RawPacket, view: View) -> bytes | None:
     path = xs.path_arg(conn, packet)
     if xs.find_node(view, path, _WRITE) is None:
         node = xs.create_node(view, path, b"")
@@ -94,7 +96,7 @@ def op_mkdir(xs: XenStored, conn: Connection, packet: Packet, view: View) -> byt
     return OK
 
 
-def op_rm(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+def op_rm(xs: XenStored, conn: Connection, packet: RawPacket, view: View) -> bytes | None:
     path = xs.path_arg(conn, packet)
     node = xs.find_node(view, path, _WRITE)
     if node is None:
@@ -107,7 +109,7 @@ def op_rm(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes 
     return OK
 
 
-def op_set_perms(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+def op_set_perms(xs: XenStored, conn: Connection, packet: RawPacket, view: View) -> bytes | None:
     args = strings(packet)
     if len(args) < 2:
         raise XsError("EINVAL")
@@ -166,13 +168,13 @@ def _set_perms_special(
     return OK
 
 
-def _watch_args(xs: XenStored, conn: Connection, packet: Packet) -> tuple[bytes, str, bytes]:
+def _watch_args(xs: XenStored, conn: Connection, packet: RawPacket) -> tuple[bytes, str, bytes]:
     """(path as given, canonical path, token): exactly two strings, as cx insists.
 
     ``@`` names are any string within the path quota (cx ``check_watch_path``).
     """
     args = strings(packet)
-    if len(args) != 2 or not packet.payload.endswith(b"\0"):
+    if len(args) != 2 or not packet[1].endswith(b"\0"):
         raise XsError("EINVAL")
     raw, token = args
     if raw.startswith(b"@"):
@@ -182,7 +184,7 @@ def _watch_args(xs: XenStored, conn: Connection, packet: Packet) -> tuple[bytes,
     return raw, xs.canonical(conn, raw), token
 
 
-def op_watch(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+def op_watch(xs: XenStored, conn: Connection, packet: RawPacket, view: View) -> bytes | None:
     raw, path, token = _watch_args(xs, conn, packet)
     relative = not raw.startswith((b"/", b"@"))
     if (path, token) in conn.watches:
@@ -198,12 +200,12 @@ def op_watch(xs: XenStored, conn: Connection, packet: Packet, view: View) -> byt
         dom.watches += 1
         dom.watch_memory += w.memory
     # The reply goes first, then the initial event with the path as the client gave it.
-    xs.send(conn, (packet.op, OK, packet.req_id, packet.tx_id))
+    xs.send(conn, (packet[0], OK, packet[2], packet[3]))
     xs.queue_event(conn, raw.decode("latin-1"), token)
     return None
 
 
-def op_unwatch(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+def op_unwatch(xs: XenStored, conn: Connection, packet: RawPacket, view: View) -> bytes | None:
     _, path, token = _watch_args(xs, conn, packet)
     w = conn.watches.pop((path, token), None)
     if w is None:
@@ -217,7 +219,7 @@ def op_unwatch(xs: XenStored, conn: Connection, packet: Packet, view: View) -> b
 
 
 def op_transaction_start(
-    xs: XenStored, conn: Connection, packet: Packet, view: View
+    xs: XenStored, conn: Connection, packet: RawPacket, view: View
 ) -> bytes | None:
     if view.tx is not None:
         raise XsError("EBUSY")
@@ -234,9 +236,11 @@ def op_transaction_start(
     return str(tx_id).encode() + b"\0"
 
 
-def op_transaction_end(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+def op_transaction_end(
+    xs: XenStored, conn: Connection, packet: RawPacket, view: View
+) -> bytes | None:
     # `onearg` then T or F, in one comparison (requests.py is not compiled: a call).
-    arg = packet.payload
+    arg = packet[1]
     if arg != b"T\0" and arg != b"F\0":
         raise XsError("EINVAL")
     tx = view.tx

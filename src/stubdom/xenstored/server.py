@@ -31,7 +31,7 @@ from pathlib import Path
 from stubdom.fdio import remove_stale_socket
 from stubdom.ratelimit import LimitedLog
 from stubdom.wire.constants import Op
-from stubdom.wire.packet import HEADER, DecodeError, Packet, PacketDecoder
+from stubdom.wire.packet import HEADER, DecodeError, PacketDecoder, RawPacket, make_packet
 from stubdom.xenstored.connection import Connection, Output
 from stubdom.xenstored.core import XenStored
 from stubdom.xenstored.errors import DomainIntroduced, DomainReleased
@@ -160,6 +160,10 @@ class _Client:
             self.abort()
             return
         decoder = self.decoder
+        packet = decoder.whole(data)
+        if packet is not None:  # the usual read: one request
+            self.server.process(self.conn, self, packet)
+            return
         try:
             decoder.feed(data)
         except DecodeError as e:
@@ -424,8 +428,9 @@ class XenStoreServer:
 
     # -- requests -------------------------------------------------------------------
 
-    def process(self, conn: Connection, client: _Client) -> None:
-        """Handle the whole requests received on ``conn``; their output goes at `flush`.
+    def process(self, conn: Connection, client: _Client, first: RawPacket | None = None) -> None:
+        """Handle ``first`` (a request not queued in the decoder), then the whole requests
+        the decoder holds; their output goes at `flush`.
 
         An unprivileged client that stops reading its replies is not served further
         (its remaining requests wait in the decoder) until it catches up.
@@ -434,12 +439,17 @@ class XenStoreServer:
         ready = client.decoder.ready
         trace = self.trace
         batch = 0
-        while ready and not client.paused:
-            packet = ready.popleft()
+        while True:
+            if first is not None:
+                packet, first = first, None
+            elif ready and not client.paused:
+                packet = ready.popleft()
+            else:
+                return
             if conn.closed:
                 break
             if trace is not None:
-                trace.record("in", conn.cid, conn.domid, packet)
+                trace.record("in", conn.cid, conn.domid, make_packet(packet))
             core.handle(conn, packet)
             if self.durable is not None and not self._commit():
                 return
@@ -510,7 +520,7 @@ class XenStoreServer:
             packets = kept
         if self.trace is not None:
             for p in packets:
-                self.trace.record("out", conn.cid, conn.domid, Packet(*p))
+                self.trace.record("out", conn.cid, conn.domid, make_packet(p))
         # The core queues no payload over PAYLOAD_MAX (E2BIG, XSA-324): no check here.
         if len(packets) == 1:  # the usual reply alone: no join
             op, payload, req_id, tx_id = packets[0]
