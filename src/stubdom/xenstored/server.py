@@ -304,7 +304,7 @@ class XenStoreServer:
     def stop(self) -> None:
         self.stopped = True
 
-    def _stop_on_signal(self, signum: int, frame: object) -> None:
+    def _stop_on_signal(self, *_: object) -> None:
         self.stop()
 
     def poll(self, timeout: float | None = 0) -> None:
