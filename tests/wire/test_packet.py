@@ -144,3 +144,22 @@ def test_error_packets() -> None:
 def test_op_name_names_known_types_and_numbers_unknown_ones() -> None:
     assert op_name(Op.READ) == "READ" == Packet(Op.READ).type_name
     assert op_name(TYPE_COUNT + 5) == str(TYPE_COUNT + 5) == Packet(TYPE_COUNT + 5).type_name
+
+
+def test_whole_takes_exactly_one_packet_and_only_when_nothing_is_pending() -> None:
+    """The server's one-request read: the fields of exactly one packet, else None and
+    `feed` takes the bytes (so order and partial packets stay the decoder's)."""
+    read = encode(Packet(Op.READ, b"/a\0", 7, 3))
+    d = PacketDecoder()
+    assert d.whole(read) == (Op.READ, b"/a\0", 7, 3)
+    assert type(d.whole(read)) is tuple
+    assert d.whole(read[:-1]) is None  # short
+    assert d.whole(read + read) is None  # two
+    assert d.whole(read[:10]) is None  # not even a header
+    d.feed(read[:5])
+    assert d.whole(read) is None  # bytes are buffered
+    d.feed(read[5:])
+    assert d.whole(read) is None  # a packet is queued
+    assert d.next_packet() == Packet(Op.READ, b"/a\0", 7, 3)
+    assert d.whole(read) is not None
+    assert PacketDecoder(max_payload=2).whole(read) is None  # over the limit

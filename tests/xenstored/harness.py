@@ -27,7 +27,7 @@ class Harness:
         self.xs.handle(conn, Packet(op, payload, 42, tx))
         reply: tuple[str, bytes] | None = None
         for c in [*list(self.xs.pending()), conn]:
-            for p in c.take_output():
+            for p in map(Packet._make, c.take_output()):
                 if p.op == Op.WATCH_EVENT:
                     path, token = p.payload.split(b"\0")[:2]
                     self._events.setdefault(c.cid, []).append((path.decode(), token.decode()))

@@ -471,3 +471,28 @@ def test_remembered_paths_stay_bounded_and_obey_the_path_quota() -> None:
     h.xs.quotas.path_max = 10
     assert h.err(g5, Op.READ, "/local/domain/5/a-long-name") == "EINVAL"
     assert h.err(g5, Op.WRITE, "/local/domain/5/a-long-name", "w") == "EINVAL"
+
+
+def test_remembered_relative_paths_are_per_connection_bounded_and_obey_the_quota() -> None:
+    """A relative path is remembered by the connection that sent it (another domain's
+    same words name another node), within a bound, and a smaller quota still applies."""
+    from stubdom.xenstored import core
+
+    h = Harness()
+    g5, g6 = h.guest(5), h.guest(6)
+    h.write(h.dom0, "/local/domain/5/a-long-name", "five")
+    h.write(h.dom0, "/local/domain/6/a-long-name", "six")
+    for _ in range(2):  # the second time from what the connections remember
+        assert h.ok(g5, Op.READ, "a-long-name") == b"five"
+        assert h.ok(g6, Op.READ, "a-long-name") == b"six"
+        assert h.write(g5, "a-long-name", "five") == ("WRITE", b"OK\0")
+    assert g5.paths == {b"a-long-name\0": "/local/domain/5/a-long-name",
+                        b"a-long-name": "/local/domain/5/a-long-name"}
+    for i in range(core._RELATIVE_CACHED + 10):
+        h.rq(g5, Op.READ, f"n{i}")
+    assert 0 < len(g5.paths) <= core._RELATIVE_CACHED
+    assert h.ok(g5, Op.READ, "a-long-name") == b"five"
+    assert h.write(g5, "a-long-name", "five") == ("WRITE", b"OK\0")
+    h.xs.quotas.path_max = 10
+    assert h.err(g5, Op.READ, "a-long-name") == "EINVAL"
+    assert h.err(g5, Op.WRITE, "a-long-name", "w") == "EINVAL"

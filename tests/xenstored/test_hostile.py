@@ -212,7 +212,7 @@ def test_xsa324_huge_token_event_dropped(h: Harness) -> None:
     h.events(g5)
     h.write(g5, "/local/domain/5/" + "x" * 200, "v")
     assert h.events(g5) == []
-    assert all(len(p.payload) <= 4096 for c in h.xs.connections.values() for p in c.outbox)
+    assert all(len(p[1]) <= 4096 for c in h.xs.connections.values() for p in c.outbox)
     served(h)
 
 

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stubdom.wire import Op, Packet, join_args
+from stubdom.wire.perms import Access, Perm
 from stubdom.xenstored import journal
 from stubdom.xenstored.core import Connection, XenStored
 from stubdom.xenstored.persist import JOURNAL, SNAPSHOT, DurableState, StateError
@@ -39,7 +40,7 @@ class DurableHarness(Harness):
     def _collect(self, conn: Connection, tx: int) -> tuple[str, bytes]:
         reply: tuple[str, bytes] | None = None
         for c in [*list(self.xs.pending()), conn]:
-            for p in c.take_output():
+            for p in map(Packet._make, c.take_output()):
                 if c is conn and p.op != Op.WATCH_EVENT:
                     reply = (p.type_name, p.payload)
         assert reply is not None
@@ -101,7 +102,7 @@ def test_damage_is_found_and_named() -> None:
 
 
 def test_children_are_journalled_as_a_delta_when_that_is_shorter() -> None:
-    old = Node(b"", ())
+    old = Node(b"", (Perm(Access.NONE, 0),))
     for i in range(100):
         old.add_child(f"c{i}")
     new = old.copy()
@@ -111,7 +112,7 @@ def test_children_are_journalled_as_a_delta_when_that_is_shorter() -> None:
     assert journal.children_spec(new, old) == ["+", ["c100"], ["c5"]]
     assert journal.children_spec(old.copy(), old) is None
     # A reordering cannot be a delta.
-    reordered = Node(b"", ())
+    reordered = Node(b"", (Perm(Access.NONE, 0),))
     for name in reversed(list(old.children)):
         reordered.add_child(name)
     assert journal.children_spec(reordered, old) == ["=", list(reordered.children)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from typing import Final
 
 
 class Op(enum.IntEnum):
@@ -34,17 +35,17 @@ class Op(enum.IntEnum):
 
 
 #: ``XS_TYPE_COUNT`` in 4.17: types at or above it are answered with ENOSYS.
-TYPE_COUNT = 23
+TYPE_COUNT: Final = 23
 
-HEADER_SIZE = 16
-PAYLOAD_MAX = 4096
-ABS_PATH_MAX = 3072
-REL_PATH_MAX = 2048
+HEADER_SIZE: Final = 16
+PAYLOAD_MAX: Final = 4096
+ABS_PATH_MAX: Final = 3072
+REL_PATH_MAX: Final = 2048
 
 #: ``DOMID_SELF``: IS_DOMAIN_INTRODUCED answers T for it.
-DOMID_SELF = 0x7FF0
+DOMID_SELF: Final = 0x7FF0
 #: First domid reserved by the hypervisor (``DOMID_FIRST_RESERVED``).
-DOMID_FIRST_RESERVED = 0x7FF0
+DOMID_FIRST_RESERVED: Final = 0x7FF0
 
 #: ``xsd_errors[]``: the errno names that may appear in an ERROR reply, in table order.
 ERRNO_NAMES: tuple[str, ...] = (
@@ -67,4 +68,4 @@ ERRNO_NAMES: tuple[str, ...] = (
 )
 
 #: The reply payload of every request that succeeds without returning data.
-OK = b"OK\0"
+OK: Final = b"OK\0"

@@ -10,13 +10,15 @@ import functools
 import struct
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from stubdom.wire.constants import HEADER_SIZE, PAYLOAD_MAX, TYPE_COUNT, Op
 
 #: The header as a `struct.Struct` (shells pack replies with it directly).
-HEADER = _HEADER = struct.Struct("=4I")
-_unpack_from = _HEADER.unpack_from
+HEADER: Final = struct.Struct("=4I")
+_HEADER: Final = HEADER
+# Final: mypyc keeps these in C variables, not in the module's dict.
+_unpack_from: Final = _HEADER.unpack_from
 
 
 def op_name(op: int) -> str:
@@ -89,11 +91,21 @@ class Packet(NamedTuple):
         )
 
 
+#: A `Packet`'s fields as a plain tuple, (type, payload, req_id, tx_id): what a server
+#: handles and queues.  Built in C, where a `Packet` costs a call (a thousand
+#: instructions or more); a `Packet` is one too.
+RawPacket = tuple[int, bytes, int, int]
+
+
 #: ``make_packet((op, payload, req_id, tx_id))``: a `Packet` built in C, without the
 #: Python-level ``__new__`` a NamedTuple has (two per request on a server).
-make_packet: Callable[[tuple[int, bytes, int, int]], Packet] = functools.partial(
+make_packet: Final[Callable[[tuple[int, bytes, int, int]], Packet]] = functools.partial(
     tuple.__new__, Packet
 )
+
+
+#: What `make_packet` calls, called directly by the decoder (no partial in between).
+_new: Final[Callable[[type[Packet], tuple[int, bytes, int, int]], Packet]] = tuple.__new__
 
 
 def encode(packet: Packet) -> bytes:
@@ -144,10 +156,12 @@ class PacketDecoder:
             raise self._broken
         buf: bytes | bytearray | memoryview
         if not self._buf and len(data) >= HEADER_SIZE:
-            # The usual read: exactly one whole request.
+            # The usual read: exactly one whole request (bytes: one slice, no view).
             op, req_id, tx_id, length = _unpack_from(data)
             if len(data) == HEADER_SIZE + length and length <= self._max:
-                self.ready.append(make_packet((op, bytes(data[HEADER_SIZE:]), req_id, tx_id)))
+                payload = data[HEADER_SIZE:] if isinstance(data, bytes) else bytes(
+                    data[HEADER_SIZE:])
+                self.ready.append(_new(Packet, (op, payload, req_id, tx_id)))
                 return
         if self._buf:
             self._buf += data
@@ -155,7 +169,6 @@ class PacketDecoder:
         else:
             buf = data
         ready = self.ready
-        make = make_packet
         size = len(buf)
         pos = 0
         try:
@@ -168,7 +181,7 @@ class PacketDecoder:
                 end = start + length
                 if size < end:
                     break
-                ready.append(make((op, bytes(buf[start:end]), req_id, tx_id)))
+                ready.append(_new(Packet, (op, bytes(buf[start:end]), req_id, tx_id)))
                 pos = end
         finally:
             # Keep what is not consumed (also after a bad header, as before).
@@ -185,6 +198,17 @@ class PacketDecoder:
     def __iter__(self) -> Iterator[Packet]:
         while self.ready:
             yield self.ready.popleft()
+
+    def whole(self, data: bytes) -> RawPacket | None:
+        """``data`` as one packet's fields if it is exactly one packet and nothing is
+        buffered, queued or broken (a server's usual read: one request, no `Packet`
+        built); else None, and `feed` takes ``data``."""
+        if self._buf or self.ready or self._broken is not None or len(data) < HEADER_SIZE:
+            return None
+        op, req_id, tx_id, length = _unpack_from(data)
+        if len(data) != HEADER_SIZE + length or length > self._max:
+            return None
+        return (op, data[HEADER_SIZE:], req_id, tx_id)
 
     @property
     def pending_bytes(self) -> int:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Final
 
 from stubdom.wire.constants import PAYLOAD_MAX, Op
-from stubdom.wire.packet import Packet, make_packet
+from stubdom.wire.packet import RawPacket
 from stubdom.wire.paths import domain_path
 
 if TYPE_CHECKING:
@@ -14,7 +14,9 @@ if TYPE_CHECKING:
     from stubdom.xenstored.watches import Watch
 
 
-_WATCH_EVENT = int(Op.WATCH_EVENT)
+_WATCH_EVENT: Final = int(Op.WATCH_EVENT)
+#: A packet queued for a client (`RawPacket`: the shell only packs it).
+Output = RawPacket
 
 
 class Connection:
@@ -29,7 +31,13 @@ class Connection:
         self.watches: dict[tuple[str, bytes], Watch] = {}
         self.transactions: dict[int, Transaction] = {}
         self.next_tx_id = 1
-        self.outbox: list[Packet] = []
+        #: Relative paths this connection sent, as given -> canonical (see
+        #: `XenStored.canonical`): a guest names its nodes relative to its home.
+        self.paths: dict[bytes, str] = {}
+        #: Output not yet taken by the shell.
+        self.outbox: list[Output] = []
+        #: In the core's list of connections given output (`XenStored.pending`).
+        self.listed = False
         self._queued_events: set[bytes] = set()
         self.closed = False
         #: Requests from this connection whose replies or events are still queued.
@@ -38,9 +46,6 @@ class Connection:
     @property
     def implicit_path(self) -> str:
         return domain_path(self.domid)
-
-    def queue(self, packet: Packet) -> None:
-        self.outbox.append(packet)
 
     def queue_event(self, path: str, token: bytes) -> None:
         payload = path.encode() + b"\0" + token + b"\0"
@@ -51,9 +56,9 @@ class Connection:
             if payload in self._queued_events:
                 return
             self._queued_events.add(payload)
-        self.outbox.append(make_packet((_WATCH_EVENT, payload, 0, 0)))
+        self.outbox.append((_WATCH_EVENT, payload, 0, 0))
 
-    def take_output(self) -> list[Packet]:
+    def take_output(self) -> list[Output]:
         out = self.outbox
         self.outbox = []
         if self._queued_events:

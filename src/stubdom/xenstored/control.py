@@ -6,7 +6,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from stubdom.wire.constants import OK
-from stubdom.wire.packet import Packet
+from stubdom.wire.packet import RawPacket
 from stubdom.xenstored.errors import XsError
 from stubdom.xenstored.quota import QuotaError
 from stubdom.xenstored.requests import atoi, atoi_signed, strings
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def op_control(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+def op_control(xs: XenStored, conn: Connection, packet: RawPacket, view: View) -> bytes | None:
     args = [a.decode("latin-1") for a in strings(packet)]
     if not args:
         raise XsError("EINVAL")

@@ -13,17 +13,13 @@ import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from stubdom.wire.constants import DOMID_FIRST_RESERVED, PAYLOAD_MAX, Op
-from stubdom.wire.packet import Packet, error_packet, make_packet
-from stubdom.wire.paths import (
-    canonicalize,
-    is_valid_path,
-    join,
-    parent_of,
-)
+from stubdom.wire.packet import RawPacket
+from stubdom.wire.paths import canonicalize, is_valid_path, relative_length
 from stubdom.wire.perms import Access, Perm
-from stubdom.xenstored.connection import Connection
+from stubdom.xenstored.connection import Connection, Output
 from stubdom.xenstored.control import op_control
 from stubdom.xenstored.domain_requests import (
     op_get_domain_path,
@@ -57,31 +53,43 @@ from stubdom.xenstored.node_requests import (
 )
 from stubdom.xenstored.quota import Quotas
 from stubdom.xenstored.requests import onearg
-from stubdom.xenstored.store import NO_GENERATION, Node, Store, node_memory
+from stubdom.xenstored.store import NO_GENERATION, Node, Store, join, node_memory, parent_of
 from stubdom.xenstored.transaction import Accessed, Transaction
 from stubdom.xenstored.watches import WatchIndex
 
 log = logging.getLogger(__name__)
 
-ALL = Access.READ | Access.WRITE | Access.OWNER
+# Module-level names are Final where they can be: mypyc keeps those in C variables (or
+# inlines them) instead of looking them up in the module's dict on every use.
+# Access is worked out in plain ints: an IntFlag's ``&`` is Python code (Flag.__and__,
+# thousands of instructions), an int's one instruction.
+ALL: Final = int(Access.READ | Access.WRITE | Access.OWNER)
+_READ: Final = int(Access.READ)
+#: An ACL entry's access as an int (every value the three bits can take).
+_BITS: Final[dict[Access, int]] = {Access(v): v for v in range(ALL + 1)}
 #: ``/`` or ``/a/b...``: absolute, valid characters, no empty segment, no trailing ``/``.
-_PLAIN_ABSOLUTE = re.compile(rb"/(?:[A-Za-z0-9_@-]+(?:/[A-Za-z0-9_@-]+)*)?")
+_PLAIN_ABSOLUTE: Final = re.compile(rb"/(?:[A-Za-z0-9_@-]+(?:/[A-Za-z0-9_@-]+)*)?")
 #: The same, NUL-terminated: a request's only argument.
-_PLAIN_ARG = re.compile(rb"/(?:[A-Za-z0-9_@-]+(?:/[A-Za-z0-9_@-]+)*)?\0")
+_PLAIN_ARG: Final = re.compile(rb"/(?:[A-Za-z0-9_@-]+(?:/[A-Za-z0-9_@-]+)*)?\0")
 #: Arguments that matched `_PLAIN_ARG` (`_PLAIN_ABSOLUTE`), and their path: valid
 #: whoever sends them (the path quota aside, checked on each use).  At most this many,
 #: this long.
-_plain_args: dict[bytes, str] = {}
-_plain_paths: dict[bytes, str] = {}
-_PLAIN_CACHED = 4096
-_PLAIN_CACHED_LEN = 256
-SPECIAL_PATHS = ("@introduceDomain", "@releaseDomain")
+_plain_args: Final[dict[bytes, str]] = {}
+_plain_paths: Final[dict[bytes, str]] = {}
+_PLAIN_CACHED: Final = 4096
+_PLAIN_CACHED_LEN: Final = 256
+#: A relative path of the same characters (not an ``@`` name), bare and as an argument.
+_PLAIN_RELATIVE: Final = re.compile(rb"[A-Za-z0-9_-][A-Za-z0-9_@-]*(?:/[A-Za-z0-9_@-]+)*")
+_PLAIN_RELATIVE_ARG: Final = re.compile(rb"[A-Za-z0-9_-][A-Za-z0-9_@-]*(?:/[A-Za-z0-9_@-]+)*\0")
+#: Relative paths a connection remembers (`Connection.paths`), at most.
+_RELATIVE_CACHED: Final = 256
+SPECIAL_PATHS: Final = ("@introduceDomain", "@releaseDomain")
 
 
 #: A handler returns the reply payload, or None when it queued its reply itself.
-Handler = Callable[["XenStored", Connection, Packet, "View"], bytes | None]
-PRIV = 1
-NOTID = 2
+Handler = Callable[["XenStored", Connection, RawPacket, "View"], bytes | None]
+PRIV: Final = 1
+NOTID: Final = 2
 
 
 @dataclass(slots=True, frozen=True)
@@ -91,13 +99,23 @@ class _Op:
 
 
 #: A request's events until it has one (most have none: no list built for them).
-_NO_EVENTS: list[tuple[str, bool, Node | None, tuple[Perm, ...] | None]] = []
+_NO_EVENTS: Final[list[tuple[str, bool, Node | None, tuple[Perm, ...] | None]]] = []
 
 
-def _remember(cache: dict[bytes, str], raw: bytes, path: str) -> str:
+_ERROR: Final = int(Op.ERROR)
+
+
+def _error(request: RawPacket, name: str) -> Output:
+    """The ERROR reply to ``request`` (`stubdom.wire.packet.error_packet`, as a tuple)."""
+    return (_ERROR, name.encode() + b"\0", request[2], request[3])
+
+
+def _remember(
+    cache: dict[bytes, str], raw: bytes, path: str, limit: int = _PLAIN_CACHED
+) -> str:
     """Keep ``raw`` (it matched the plain pattern of ``cache``) as ``path``."""
     if len(raw) <= _PLAIN_CACHED_LEN:
-        if len(cache) >= _PLAIN_CACHED:
+        if len(cache) >= limit:
             cache.clear()  # bounded whatever a guest sends
         cache[raw] = path
     return path
@@ -127,9 +145,7 @@ class View:
             ):
                 self.tx.failed = True
                 raise XsError("ENOSPC")
-            acc = Accessed()
-            if node is not None:
-                acc.perms = node.perms
+            acc = Accessed(None if node is None else node.perms)
             self.tx.accessed[path] = acc
         return acc
 
@@ -224,10 +240,12 @@ class XenStored:
         self.notifications: deque[Notification] = deque()
         #: Domains the host reported gone: permissions may no longer name them.
         self.gone: set[int] = set()
-        self._dirty: set[Connection] = set()
+        #: Connections given output since the last `pending` (each once: ``listed``).
+        self._dirty: list[Connection] = []
         #: Domains whose introduction, port or target changed, kept only while a
         #: journal wants them (see `domain_changed`).
         self.domains_changed: set[int] | None = None
+        self._view: View | None = None
         self._setup_structure()
 
     # -- start-up -------------------------------------------------------------------
@@ -266,7 +284,9 @@ class XenStored:
         self.reset_connection(conn)
         conn.closed = True
         self.connections.pop(conn.cid, None)
-        self._dirty.discard(conn)
+        if conn.listed:
+            self._dirty.remove(conn)
+            conn.listed = False
 
     def reset_connection(self, conn: Connection) -> None:
         for w in conn.watches.values():
@@ -283,55 +303,83 @@ class XenStored:
         return [c for c in self.connections.values() if c.domid == domid and not c.privileged]
 
     def pending(self) -> list[Connection]:
-        """Connections with queued output since the last call."""
+        """Connections with queued output since the last call.
+
+        A list, each connection once (its ``listed`` flag): no set built per turn.
+        """
         dirty = self._dirty
         if not dirty:
-            return []
-        self._dirty = set()
+            return dirty
+        self._dirty = []
         if len(dirty) == 1:  # the usual reply alone
-            (conn,) = dirty
-            return [conn] if conn.outbox and not conn.closed else []
-        return [c for c in dirty if c.outbox and not c.closed]
+            conn = dirty[0]
+            conn.listed = False
+            return dirty if conn.outbox and not conn.closed else []
+        whole = True
+        for conn in dirty:
+            conn.listed = False
+            if conn.closed or not conn.outbox:
+                whole = False
+        return dirty if whole else [c for c in dirty if c.outbox and not c.closed]
 
-    def send(self, conn: Connection, packet: Packet) -> None:
-        conn.queue(packet)
-        self._dirty.add(conn)
+    def send(self, conn: Connection, packet: Output) -> None:
+        if not conn.listed:
+            conn.listed = True
+            self._dirty.append(conn)
+        conn.outbox.append(packet)
+
+    def queue_event(self, conn: Connection, path: str, token: bytes) -> None:
+        """An event for ``conn`` (`Connection.queue_event`), which is then pending."""
+        if not conn.listed:
+            conn.listed = True
+            self._dirty.append(conn)
+        conn.queue_event(path, token)
 
     # -- request dispatch -------------------------------------------------------------
 
-    def handle(self, conn: Connection, packet: Packet) -> None:
+    def handle(self, conn: Connection, packet: RawPacket) -> None:
         """Process one request and queue its reply (and any events) for delivery."""
-        op = OPS.get(packet.op)
+        number, _, req_id, tx_id = packet
+        op = OPS.get(number)
         if op is None:
-            self.send(conn, error_packet(packet, "ENOSYS"))
+            self.send(conn, _error(packet, "ENOSYS"))
             return
         flags = op.flags
         if flags & PRIV and not conn.privileged:
-            self.send(conn, error_packet(packet, "EACCES"))
+            self.send(conn, _error(packet, "EACCES"))
             return
         tx: Transaction | None = None
-        if packet.tx_id and not flags & NOTID:
-            tx = conn.transactions.get(packet.tx_id)
+        if tx_id and not flags & NOTID:
+            tx = conn.transactions.get(tx_id)
             if tx is None:
-                self.send(conn, error_packet(packet, "ENOENT"))
+                self.send(conn, _error(packet, "ENOENT"))
                 return
-        view = View(self, conn, tx)
+        # One View serves every request (handle is not reentrant): no object per request.
+        view = self._view
+        if view is None:
+            view = self._view = View(self, conn, tx)
+        else:
+            view.conn = conn
+            view.tx = tx
+            view.events = _NO_EVENTS
         try:
             payload = op.handler(self, conn, packet, view)
         except XsError as e:
-            self.send(conn, error_packet(packet, e.name))
+            self.send(conn, _error(packet, e.name))
             return
         # cx fires a request's watches before it queues the reply.
-        if view.events and self.watches:
+        if view.events:  # fire_watches is quick when there is no watch
             for path, exact, node, perms in view.events:
                 self.fire_watches(path, exact, node, perms)
         if payload is None:
             return
         if len(payload) > PAYLOAD_MAX:
-            self.send(conn, error_packet(packet, "E2BIG"))
+            self.send(conn, _error(packet, "E2BIG"))
             return
-        conn.outbox.append(make_packet((packet.op, payload, packet.req_id, packet.tx_id)))
-        self._dirty.add(conn)
+        if not conn.listed:
+            conn.listed = True
+            self._dirty.append(conn)
+        conn.outbox.append((number, payload, req_id, tx_id))
 
     # -- permissions --------------------------------------------------------------------
 
@@ -343,8 +391,9 @@ class XenStored:
 
     def perm_for(
         self, conn: Connection, perms: tuple[Perm, ...], node: Node | None = None
-    ) -> Access:
-        """cx ``perm_for_conn``: privilege, ownership or target first, then the ACL."""
+    ) -> int:
+        """cx ``perm_for_conn``: privilege, ownership or target first, then the ACL
+        (`Access` bits, as an int)."""
         if conn.privileged:
             return ALL
         target = self._target_of(conn)
@@ -356,30 +405,37 @@ class XenStored:
             if p.domid == conn.domid or (target is not None and p.domid == target):
                 if node is not None and self._ignored(node, i):
                     continue
-                return p.access
-        return perms[0].access
+                return _BITS[p.access]
+        return _BITS[perms[0].access]
 
     def _target_of(self, conn: Connection) -> int | None:
         dom = self.domains.get(conn.domid)
         return dom.target if dom is not None else None
 
-    def node_perm(self, conn: Connection, node: Node) -> Access:
+    def node_perm(self, conn: Connection, node: Node) -> int:
         return self.perm_for(conn, node.perms, node)
 
     # -- node access helpers --------------------------------------------------------
 
-    def path_arg(self, conn: Connection, packet: Packet) -> str:
+    def path_arg(self, conn: Connection, packet: RawPacket) -> str:
         """The one path argument of ``packet``, canonical (`onearg`, then `canonical`)."""
-        p = packet.payload
+        p = packet[1]
         if len(p) > self.quotas.path_max + 1:  # the quota may have changed since cached
             return self.canonical(conn, onearg(packet))
         path = _plain_args.get(p)
         if path is not None:  # a path seen before: most requests name one
             return path
         # Else one C-level match proves both checks.
-        if _PLAIN_ARG.fullmatch(p) is None:
-            return self.canonical(conn, onearg(packet))
-        return _remember(_plain_args, p, p[:-1].decode("ascii"))
+        if _PLAIN_ARG.fullmatch(p) is not None:
+            return _remember(_plain_args, p, p[:-1].decode("ascii"))
+        path = conn.paths.get(p)
+        if path is not None:  # a relative path this connection named before
+            return path
+        path = self.canonical(conn, onearg(packet))
+        # Valid now, and whenever it is within the path quota (checked above).
+        if _PLAIN_RELATIVE_ARG.fullmatch(p) is not None and relative_length(path) == len(p) - 1:
+            _remember(conn.paths, p, path, _RELATIVE_CACHED)
+        return path
 
     def canonical(self, conn: Connection, raw: bytes, allow_special: bool = False) -> str:
         # The usual request names a plain absolute path: one C-level match proves what
@@ -391,6 +447,9 @@ class XenStored:
                 return path
             if _PLAIN_ABSOLUTE.fullmatch(raw) is not None:
                 return _remember(_plain_paths, raw, raw.decode("ascii"))
+            path = conn.paths.get(raw)
+            if path is not None:  # a relative path this connection named before
+                return path
         try:
             path = raw.decode("ascii")
         except UnicodeDecodeError:
@@ -398,9 +457,12 @@ class XenStored:
         path = canonicalize(path, conn.domid)
         if not is_valid_path(path, self.quotas.path_max, allow_special):
             raise XsError("EINVAL")
+        # Its relative length is its length given: valid whenever within the quota.
+        if _PLAIN_RELATIVE.fullmatch(raw) is not None and relative_length(path) == len(raw):
+            _remember(conn.paths, raw, path, _RELATIVE_CACHED)
         return path
 
-    def errno_from_parents(self, view: View, path: str, errnum: str, perm: Access) -> str:
+    def errno_from_parents(self, view: View, path: str, errnum: str, perm: int) -> str:
         """What a caller may learn about a missing or forbidden node (cx hides existence)."""
         if errnum == "ENOMEM":
             return errnum
@@ -417,17 +479,42 @@ class XenStored:
             return errnum
         return "EACCES"
 
-    def get_node(self, view: View, path: str, perm: Access) -> Node:
-        """The node if the caller has ``perm`` on it; else the error cx would give."""
-        node = self.store.nodes.get(path) if view.tx is None else view.read(path)
+    def get_node(self, view: View, path: str, perm: int) -> Node:
+        """The node if the caller has ``perm`` (`Access` bits) on it; else the error cx
+        would give."""
+        if view.tx is None and view.conn.privileged:  # `find_node`'s first case
+            node = self.store.nodes.get(path)
+            if node is not None:
+                return node
+            raise XsError("ENOENT")
+        node = self.find_node(view, path, perm)
+        if node is None:
+            raise XsError("ENOENT")
+        return node
+
+    def find_node(self, view: View, path: str, perm: int) -> Node | None:
+        """`get_node`, but None where it raises ENOENT: a request that creates or
+        tolerates a missing node (WRITE, MKDIR, RM) raises and catches nothing."""
+        conn = view.conn
+        if view.tx is None:
+            node = self.store.nodes.get(path)
+            if conn.privileged:
+                # Every access, and a missing node has an ancestor (``/`` at least),
+                # which outside a transaction there is no need to read.
+                return node
+        else:
+            node = view.read(path)
         if node is not None:
             # The privileged hold every access: skip the (IntFlag) arithmetic.
-            if view.conn.privileged or (self.node_perm(view.conn, node) & perm) == perm:
+            if conn.privileged or (self.node_perm(conn, node) & perm) == perm:
                 return node
             errnum = "EACCES"
         else:
             errnum = "ENOENT"
-        raise XsError(self.errno_from_parents(view, path, errnum, perm))
+        errnum = self.errno_from_parents(view, path, errnum, perm)
+        if errnum == "ENOENT":
+            return None
+        raise XsError(errnum)
 
     # -- node creation and removal ---------------------------------------------------
 
@@ -542,18 +629,18 @@ class XenStored:
         # Privileged watchers are filtered too: a node gone by commit time whose
         # permissions were never seen (created and deleted in one transaction) fires
         # nothing, as in cx.
-        if extra is not None and self.perm_for(conn, extra) & Access.READ:
+        if extra is not None and self.perm_for(conn, extra) & _READ:
             return True
         if node is None:
             node = self.store.get(path)
             if node is None:
                 return False
-        if self.node_perm(conn, node) & Access.READ:
+        if self.node_perm(conn, node) & _READ:
             return True
         if path == "/":
             return False
         parent = self.store.get(parent_of(path))
-        return parent is not None and bool(self.node_perm(conn, parent) & Access.READ)
+        return parent is not None and bool(self.node_perm(conn, parent) & _READ)
 
     def fire_watches(
         self,
@@ -577,10 +664,12 @@ class XenStored:
                 exists if conn.privileged
                 else self._watch_permitted(conn, path, node, extra_perms)
             ):
+                if not conn.listed:
+                    conn.listed = True
+                    dirty.append(conn)
                 conn.queue_event(
                     path if w.relative_prefix is None else w.event_path(path), w.token
                 )
-                dirty.add(conn)
 
     def set_special_perms(self, name: str, perms: tuple[Perm, ...]) -> None:
         """Permissions of ``@introduceDomain``/``@releaseDomain`` (state a journal keeps)."""
@@ -591,9 +680,8 @@ class XenStored:
     def fire_special(self, name: str) -> None:
         perms = self.special_perms[name]
         for w in WatchIndex.ordered(self.watches.exact(name)):
-            if w.conn.privileged or self.perm_for(w.conn, perms) & Access.READ:
-                w.conn.queue_event(name, w.token)
-                self._dirty.add(w.conn)
+            if w.conn.privileged or self.perm_for(w.conn, perms) & _READ:
+                self.queue_event(w.conn, name, w.token)
 
     # -- domains ---------------------------------------------------------------------------
 
@@ -677,7 +765,7 @@ class XenStored:
         self.destroy_domain(domid)
 
 
-OPS: dict[int, _Op] = {
+OPS: Final[dict[int, _Op]] = {
     Op.CONTROL: _Op(op_control, PRIV),
     Op.DIRECTORY: _Op(op_directory),
     Op.READ: _Op(op_read),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from stubdom.wire.constants import DOMID_FIRST_RESERVED, DOMID_SELF, OK
-from stubdom.wire.packet import Packet
+from stubdom.wire.packet import RawPacket
 from stubdom.wire.paths import domain_path
 from stubdom.xenstored.errors import DomainIntroduced, XsError
 from stubdom.xenstored.requests import atoi, onearg, strings
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from stubdom.xenstored.domains import Domain
 
 
-def op_introduce(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+def op_introduce(xs: XenStored, conn: Connection, packet: RawPacket, view: View) -> bytes | None:
     args = strings(packet)
     if len(args) < 3:
         raise XsError("EINVAL")
@@ -43,7 +43,7 @@ def op_introduce(xs: XenStored, conn: Connection, packet: Packet, view: View) ->
     return OK
 
 
-def _introduced_guest(xs: XenStored, packet: Packet) -> Domain:
+def _introduced_guest(xs: XenStored, packet: RawPacket) -> Domain:
     """The introduced domain a RELEASE or RESUME names; dom0 is EINVAL, others ENOENT."""
     domid = atoi(onearg(packet))
     if domid == 0:
@@ -54,7 +54,7 @@ def _introduced_guest(xs: XenStored, packet: Packet) -> Domain:
     return dom
 
 
-def op_release(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+def op_release(xs: XenStored, conn: Connection, packet: RawPacket, view: View) -> bytes | None:
     dom = _introduced_guest(xs, packet)
     domid = dom.domid
     if dom.target_refs:
@@ -63,30 +63,32 @@ def op_release(xs: XenStored, conn: Connection, packet: Packet, view: View) -> b
         xs.domain_changed(domid)
         return OK
     # The reply goes before the events of the domain's destruction (as observed in cx).
-    xs.send(conn, Packet(packet.op, OK, packet.req_id, packet.tx_id))
+    xs.send(conn, (packet[0], OK, packet[2], packet[3]))
     xs.destroy_domain(domid)
     return None
 
 
-def op_get_domain_path(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+def op_get_domain_path(
+    xs: XenStored, conn: Connection, packet: RawPacket, view: View
+) -> bytes | None:
     domid = atoi(onearg(packet))
     return domain_path(domid).encode() + b"\0"
 
 
 def op_is_domain_introduced(
-    xs: XenStored, conn: Connection, packet: Packet, view: View
+    xs: XenStored, conn: Connection, packet: RawPacket, view: View
 ) -> bytes | None:
     domid = atoi(onearg(packet))
     yes = domid == DOMID_SELF or xs.introduced(domid) is not None
     return b"T\0" if yes else b"F\0"
 
 
-def op_resume(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+def op_resume(xs: XenStored, conn: Connection, packet: RawPacket, view: View) -> bytes | None:
     _introduced_guest(xs, packet).shutdown = False
     return OK
 
 
-def op_set_target(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+def op_set_target(xs: XenStored, conn: Connection, packet: RawPacket, view: View) -> bytes | None:
     args = strings(packet)
     if len(args) < 2:
         raise XsError("EINVAL")
@@ -110,6 +112,8 @@ def op_set_target(xs: XenStored, conn: Connection, packet: Packet, view: View) -
     return OK
 
 
-def op_reset_watches(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+def op_reset_watches(
+    xs: XenStored, conn: Connection, packet: RawPacket, view: View
+) -> bytes | None:
     xs.reset_connection(conn)
     return OK

@@ -6,40 +6,46 @@ returns the reply payload (None when it queued the reply itself) or raises `XsEr
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from stubdom.wire.constants import OK, PAYLOAD_MAX
-from stubdom.wire.packet import Packet
-from stubdom.wire.paths import parent_of
+from stubdom.wire.packet import RawPacket
 from stubdom.wire.perms import Access, InvalidPermission, Perm, parse_perm
 from stubdom.xenstored.errors import XsError
-from stubdom.xenstored.requests import atoi, onearg, strings
-from stubdom.xenstored.store import NO_GENERATION
+from stubdom.xenstored.requests import atoi, strings
+from stubdom.xenstored.store import NO_GENERATION, parent_of
 from stubdom.xenstored.transaction import Transaction
 from stubdom.xenstored.watches import Watch
+
+#: Access bits as ints (`XenStored.perm_for`); Final: mypyc inlines them.
+_READ: Final = int(Access.READ)
+_WRITE: Final = int(Access.WRITE)
+_WRITE_OWNER: Final = int(Access.WRITE | Access.OWNER)
 
 if TYPE_CHECKING:
     from stubdom.xenstored.connection import Connection
     from stubdom.xenstored.core import View, XenStored
 
 
-def op_read(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+def op_read(xs: XenStored, conn: Connection, packet: RawPacket, view: View) -> bytes | None:
     path = xs.path_arg(conn, packet)
-    return xs.get_node(view, path, Access.READ).value
+    return xs.get_node(view, path, _READ).value
 
 
-def op_directory(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+def op_directory(xs: XenStored, conn: Connection, packet: RawPacket, view: View) -> bytes | None:
     path = xs.path_arg(conn, packet)
-    return xs.get_node(view, path, Access.READ).child_list()
+    return xs.get_node(view, path, _READ).child_list()
 
 
-def op_directory_part(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+def op_directory_part(
+    xs: XenStored, conn: Connection, packet: RawPacket, view: View
+) -> bytes | None:
     args = strings(packet)
-    if len(args) != 2 or not packet.payload.endswith(b"\0"):
+    if len(args) != 2 or not packet[1].endswith(b"\0"):
         raise XsError("EINVAL")
     path = xs.canonical(conn, args[0])
     offset = atoi(args[1])
-    node = xs.get_node(view, path, Access.READ)
+    node = xs.get_node(view, path, _READ)
     children = node.child_list()
     gen = f"{node.generation}".encode() + b"\0"
     if offset >= len(children):
@@ -59,25 +65,20 @@ def op_directory_part(xs: XenStored, conn: Connection, packet: Packet, view: Vie
     return gen + body
 
 
-def op_get_perms(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+def op_get_perms(xs: XenStored, conn: Connection, packet: RawPacket, view: View) -> bytes | None:
     path = xs.path_arg(conn, packet)
-    node = xs.get_node(view, path, Access.READ)
+    node = xs.get_node(view, path, _READ)
     # cx lists ignored entries too; they only stop granting access.
     return b"".join(str(p).encode() + b"\0" for p in node.perms)
 
 
-def op_write(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
-    payload = packet.payload
-    nul = payload.find(b"\0")
-    if nul < 0:
+def op_write(xs: XenStored, conn: Connection, packet: RawPacket, view: View) -> bytes | None:
+    raw, nul, value = packet[1].partition(b"\0")
+    if not nul:
         raise XsError("EINVAL")
-    path = xs.canonical(conn, payload[:nul])
-    value = payload[nul + 1 :]
-    try:
-        node = xs.get_node(view, path, Access.WRITE)
-    except XsError as e:
-        if e.name != "ENOENT":
-            raise
+    path = xs.canonical(conn, raw)
+    node = xs.find_node(view, path, _WRITE)
+    if node is None:
         node = xs.create_node(view, path, value)
     else:
         node = node.copy()
@@ -87,35 +88,28 @@ def op_write(xs: XenStored, conn: Connection, packet: Packet, view: View) -> byt
     return OK
 
 
-def op_mkdir(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+def op_mkdir(xs: XenStored, conn: Connection, packet: RawPacket, view: View) -> bytes | None:
     path = xs.path_arg(conn, packet)
-    try:
-        xs.get_node(view, path, Access.WRITE)
-    except XsError as e:
-        if e.name != "ENOENT":
-            raise
+    if xs.find_node(view, path, _WRITE) is None:
         node = xs.create_node(view, path, b"")
         view.fire(path, False, node)
     return OK
 
 
-def op_rm(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+def op_rm(xs: XenStored, conn: Connection, packet: RawPacket, view: View) -> bytes | None:
     path = xs.path_arg(conn, packet)
-    try:
-        node = xs.get_node(view, path, Access.WRITE)
-    except XsError as e:
-        if e.name != "ENOENT":
-            raise
+    node = xs.find_node(view, path, _WRITE)
+    if node is None:
         if view.read(parent_of(path)) is not None:
             return OK
-        raise
+        raise XsError("ENOENT")
     if path == "/":
         raise XsError("EINVAL")
     xs.remove_subtree(view, path, node)
     return OK
 
 
-def op_set_perms(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+def op_set_perms(xs: XenStored, conn: Connection, packet: RawPacket, view: View) -> bytes | None:
     args = strings(packet)
     if len(args) < 2:
         raise XsError("EINVAL")
@@ -140,14 +134,13 @@ def op_set_perms(xs: XenStored, conn: Connection, packet: Packet, view: View) ->
             if i == 0:
                 raise XsError("ENOENT")
             ignored.add(i)
-    node = xs.get_node(view, path, Access.WRITE | Access.OWNER)
+    node = xs.get_node(view, path, _WRITE_OWNER)
     # Only the privileged may change the owner (XSA-352).
     if not conn.privileged and perms[0].domid != node.owner:
         raise XsError("EPERM")
     old = node.perms
     new = node.copy()
-    new.perms = perms
-    new.ignored = frozenset(ignored)
+    new.set_perms(perms, frozenset(ignored))
     old_owner = node.owner
     xs.write_node(view, path, new)
     if old_owner != new.owner:
@@ -166,9 +159,7 @@ def _set_perms_special(
         # errno, which varies from run to run (ENOENT and EINVAL were both observed).
         raise XsError("EINVAL")
     current = xs.special_perms[name]
-    if (xs.perm_for(conn, current) & (Access.WRITE | Access.OWNER)) != (
-        Access.WRITE | Access.OWNER
-    ):
+    if xs.perm_for(conn, current) & _WRITE_OWNER != _WRITE_OWNER:
         raise XsError("EACCES")
     for p in perms:
         if p.domid not in xs.domains and xs.domain_exists(p.domid):
@@ -177,13 +168,13 @@ def _set_perms_special(
     return OK
 
 
-def _watch_args(xs: XenStored, conn: Connection, packet: Packet) -> tuple[bytes, str, bytes]:
+def _watch_args(xs: XenStored, conn: Connection, packet: RawPacket) -> tuple[bytes, str, bytes]:
     """(path as given, canonical path, token): exactly two strings, as cx insists.
 
     ``@`` names are any string within the path quota (cx ``check_watch_path``).
     """
     args = strings(packet)
-    if len(args) != 2 or not packet.payload.endswith(b"\0"):
+    if len(args) != 2 or not packet[1].endswith(b"\0"):
         raise XsError("EINVAL")
     raw, token = args
     if raw.startswith(b"@"):
@@ -193,7 +184,7 @@ def _watch_args(xs: XenStored, conn: Connection, packet: Packet) -> tuple[bytes,
     return raw, xs.canonical(conn, raw), token
 
 
-def op_watch(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+def op_watch(xs: XenStored, conn: Connection, packet: RawPacket, view: View) -> bytes | None:
     raw, path, token = _watch_args(xs, conn, packet)
     relative = not raw.startswith((b"/", b"@"))
     if (path, token) in conn.watches:
@@ -209,12 +200,12 @@ def op_watch(xs: XenStored, conn: Connection, packet: Packet, view: View) -> byt
         dom.watches += 1
         dom.watch_memory += w.memory
     # The reply goes first, then the initial event with the path as the client gave it.
-    xs.send(conn, Packet(packet.op, OK, packet.req_id, packet.tx_id))
-    conn.queue_event(raw.decode("latin-1"), token)
+    xs.send(conn, (packet[0], OK, packet[2], packet[3]))
+    xs.queue_event(conn, raw.decode("latin-1"), token)
     return None
 
 
-def op_unwatch(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
+def op_unwatch(xs: XenStored, conn: Connection, packet: RawPacket, view: View) -> bytes | None:
     _, path, token = _watch_args(xs, conn, packet)
     w = conn.watches.pop((path, token), None)
     if w is None:
@@ -228,7 +219,7 @@ def op_unwatch(xs: XenStored, conn: Connection, packet: Packet, view: View) -> b
 
 
 def op_transaction_start(
-    xs: XenStored, conn: Connection, packet: Packet, view: View
+    xs: XenStored, conn: Connection, packet: RawPacket, view: View
 ) -> bytes | None:
     if view.tx is not None:
         raise XsError("EBUSY")
@@ -245,9 +236,12 @@ def op_transaction_start(
     return str(tx_id).encode() + b"\0"
 
 
-def op_transaction_end(xs: XenStored, conn: Connection, packet: Packet, view: View) -> bytes | None:
-    arg = onearg(packet)
-    if arg not in (b"T", b"F"):
+def op_transaction_end(
+    xs: XenStored, conn: Connection, packet: RawPacket, view: View
+) -> bytes | None:
+    # `onearg` then T or F, in one comparison (requests.py is not compiled: a call).
+    arg = packet[1]
+    if arg != b"T\0" and arg != b"F\0":
         raise XsError("EINVAL")
     tx = view.tx
     if tx is None:
@@ -256,7 +250,7 @@ def op_transaction_end(xs: XenStored, conn: Connection, packet: Packet, view: Vi
     dom = xs.domains.get(conn.domid)
     if dom is not None:
         dom.transactions -= 1
-    if arg == b"F":
+    if arg == b"F\0":
         return OK
     if tx.failed:
         raise XsError("ENOMEM")

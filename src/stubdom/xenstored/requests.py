@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-from stubdom.wire.packet import Packet
+from stubdom.wire.packet import RawPacket
 from stubdom.wire.perms import c_strtol
 from stubdom.xenstored.errors import XsError
 
 
-def onearg(packet: Packet) -> bytes:
+def onearg(packet: RawPacket) -> bytes:
     """Exactly one NUL-terminated string.
 
     Deliberate: where cx answers a stale errno (or aborts: xenstored_core.c ``onearg`` fails
     without setting errno, and with a stale 0 ``consider_message`` asserts) for a
     missing terminator, we answer EINVAL.
     """
-    p = packet.payload
+    p = packet[1]
     if not p.endswith(b"\0") or p.find(b"\0") != len(p) - 1:
         raise XsError("EINVAL")
     return p[:-1]
 
 
-def strings(packet: Packet) -> list[bytes]:
+def strings(packet: RawPacket) -> list[bytes]:
     """All NUL-terminated strings (a final unterminated piece is ignored, like cx)."""
-    return packet.payload.split(b"\0")[:-1]
+    return packet[1].split(b"\0")[:-1]
 
 
 def atoi_signed(raw: bytes) -> int:

@@ -8,11 +8,12 @@ socket.  The shell only moves bytes: all decisions are the core's.
 One shell serves both ways the daemon runs: ``stubdom xenstored`` turns `poll` in a
 plain loop (`run`), and a process that already has an asyncio loop (the in-process
 host, the tests) hands the epoll descriptor to it (`start`), which calls `poll` when
-it is readable.  A turn is cx's: one read per ready connection (into a buffer all
-share), every whole request in it handled, then one send per connection with output.
-asyncio's transports cost a callback, a handle and a buffer check per read and per
-write: the asyncio shell spent a fifth more instructions on a READ or a WRITE
-(callgrind, issue 16).
+it is readable.  A turn is cx's: one read per ready connection, every whole request
+in it handled, then one send per connection with output.  asyncio's transports cost a
+callback, a handle and a buffer check per read and per write: the asyncio shell spent
+a fifth more instructions on a READ or a WRITE (callgrind, issue 16).  This shell is
+interpreted even when the core is compiled, so its usual path is kept to few calls
+(bench/xsinstr.py counts them).
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from pathlib import Path
 from stubdom.fdio import remove_stale_socket
 from stubdom.ratelimit import LimitedLog
 from stubdom.wire.constants import Op
-from stubdom.wire.packet import HEADER, DecodeError, Packet, PacketDecoder
-from stubdom.xenstored.connection import Connection
+from stubdom.wire.packet import HEADER, DecodeError, PacketDecoder, RawPacket, make_packet
+from stubdom.xenstored.connection import Connection, Output
 from stubdom.xenstored.core import XenStored
 from stubdom.xenstored.errors import DomainIntroduced, DomainReleased
 from stubdom.xenstored.persist import DurableState
@@ -48,12 +49,14 @@ UNPRIV_LOW_WATER = UNPRIV_HIGH_WATER // 4
 #: Replies to requests that arrived together go out in one send, at most this many.
 FLUSH_BATCH = 32
 
-#: Bytes read from a socket at a time (into the buffer shared by all clients).
+#: Bytes read from a socket at a time.
 READ_SIZE = 64 * 1024
 #: Connections accepted on one listening socket per turn (the rest wait in the backlog).
 ACCEPT_BATCH = 64
 
 _pack = HEADER.pack
+_read = os.read
+_write = os.write
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
 _GONE = select.EPOLLHUP | select.EPOLLERR
@@ -124,7 +127,7 @@ class _Client:
             return
         if not self.outbuf:
             try:
-                sent = self.sock.send(data)
+                sent = _write(self.fd, data)
             except BlockingIOError:
                 sent = 0
             except OSError:
@@ -140,36 +143,30 @@ class _Client:
         self._watch()
 
     def on_event(self, events: int) -> None:
-        if events == _IN and not (self.paused or self.held or self.shutting):
-            self._read()  # the usual case
+        """What epoll reported: the usual case (readable, and read) in this one call."""
+        if events != _IN or self.paused or self.held or self.shutting:
+            self._on_other(events)
             return
-        if events & _OUT or (events & _GONE and self.outbuf):
-            self._drain()
-        if self.closed:
-            return
-        if self.reading:
-            if events & (_IN | _GONE):
-                self._read()
-        elif events & _GONE and not self.outbuf:
-            self.abort()  # hung up while not read: nothing more can reach it
-
-    @property
-    def reading(self) -> bool:
-        return not (self.paused or self.held or self.shutting)
-
-    def _read(self) -> None:
-        buf = self.server.read_buffer
         try:
-            n = self.sock.recv_into(buf)
+            # A fresh bytes, not a shared buffer and a view of it: the decoder cuts the
+            # payload from it with one slice.  os.read and os.write on the descriptor:
+            # the same system calls as the socket's recv and send, with cheaper
+            # argument parsing (500 instructions each).
+            data = _read(self.fd, READ_SIZE)
         except BlockingIOError:
             return
         except OSError:
-            n = 0
-        if n == 0:
+            data = b""
+        if not data:
             self.abort()
             return
+        decoder = self.decoder
+        packet = decoder.whole(data)
+        if packet is not None:  # the usual read: one request
+            self.server.process(self.conn, self, packet)
+            return
         try:
-            self.decoder.feed(buf[:n])
+            decoder.feed(data)
         except DecodeError as e:
             # cx stops handling a connection that sent an over-long header; what came
             # before it is still answered.
@@ -178,8 +175,23 @@ class _Client:
             self.server.process(conn, self)
             self.close()
             return
-        if self.decoder.ready:
+        if decoder.ready:
             self.server.process(self.conn, self)
+
+    def _on_other(self, events: int) -> None:
+        if events & _OUT or (events & _GONE and self.outbuf):
+            self._drain()
+        if self.closed:
+            return
+        if self.reading:
+            if events & (_IN | _GONE):
+                self.on_event(_IN)  # reads
+        elif events & _GONE and not self.outbuf:
+            self.abort()  # hung up while not read: nothing more can reach it
+
+    @property
+    def reading(self) -> bool:
+        return not (self.paused or self.held or self.shutting)
 
     def _drain(self) -> None:
         try:
@@ -223,8 +235,6 @@ class XenStoreServer:
         #: Why the server stopped by itself, if it did.
         self.failure = ""
         self.clients: dict[Connection, _Client] = {}
-        #: Where every client's socket is read into; `PacketDecoder.feed` copies out.
-        self.read_buffer = memoryview(bytearray(READ_SIZE))
         self._epoll = select.epoll()
         #: What each registered descriptor's events go to, and the mask it has.
         self._handlers: dict[int, Callable[[int], None]] = {}
@@ -268,10 +278,20 @@ class XenStoreServer:
         rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._register(rfd, _IN, functools.partial(_drain_pipe, rfd))
         previous = signal.set_wakeup_fd(wfd)
-        handlers = {sig: signal.signal(sig, lambda *_: self.stop()) for sig in stop_signals}
+        handlers = {sig: signal.signal(sig, self._stop_on_signal) for sig in stop_signals}
         try:
+            # `poll`'s body, inlined: one call less per turn.
+            wait, dispatch, flush = self._epoll.poll, self._handlers, self.flush
             while not self.stopped:
-                self.poll(None)
+                try:
+                    ready = wait(-1)
+                except InterruptedError:  # pragma: no cover - PEP 475 retries
+                    continue
+                for fd, events in ready:
+                    handler = dispatch.get(fd)
+                    if handler is not None:
+                        handler(events)
+                flush()
         finally:
             signal.set_wakeup_fd(previous)
             for sig, old in handlers.items():
@@ -284,6 +304,9 @@ class XenStoreServer:
 
     def stop(self) -> None:
         self.stopped = True
+
+    def _stop_on_signal(self, *_: object) -> None:
+        self.stop()
 
     def poll(self, timeout: float | None = 0) -> None:
         """One turn: every ready descriptor served, then the output sent."""
@@ -406,8 +429,9 @@ class XenStoreServer:
 
     # -- requests -------------------------------------------------------------------
 
-    def process(self, conn: Connection, client: _Client) -> None:
-        """Handle the whole requests received on ``conn``; their output goes at `flush`.
+    def process(self, conn: Connection, client: _Client, first: RawPacket | None = None) -> None:
+        """Handle ``first`` (a request not queued in the decoder), then the whole requests
+        the decoder holds; their output goes at `flush`.
 
         An unprivileged client that stops reading its replies is not served further
         (its remaining requests wait in the decoder) until it catches up.
@@ -416,12 +440,17 @@ class XenStoreServer:
         ready = client.decoder.ready
         trace = self.trace
         batch = 0
-        while ready and not client.paused:
-            packet = ready.popleft()
+        while True:
+            if first is not None:
+                packet, first = first, None
+            elif ready and not client.paused:
+                packet = ready.popleft()
+            else:
+                return
             if conn.closed:
                 break
             if trace is not None:
-                trace.record("in", conn.cid, conn.domid, packet)
+                trace.record("in", conn.cid, conn.domid, make_packet(packet))
             core.handle(conn, packet)
             if self.durable is not None and not self._commit():
                 return
@@ -457,37 +486,52 @@ class XenStoreServer:
 
     def flush(self) -> None:
         """Send what the core queued, one send per connection."""
-        core = self.core
         clients = self.clients
-        for conn in core.pending():
+        for conn in self.core.pending():
             client = clients.get(conn)
+            packets = conn.take_output()
             if client is None:
-                conn.take_output()
-            else:
-                self.deliver(conn, client, conn.take_output())
+                continue
+            if len(packets) != 1 or client.outbuf or client.shutting or self.trace is not None:
+                self.deliver(conn, client, packets)
+                continue
+            # The usual reply (or event) alone to a client that keeps up: what `deliver`
+            # and `_Client.write` would do, without their checks and calls.
+            op, payload, req_id, tx_id = packets[0]
+            data = _pack(op, req_id, tx_id, len(payload)) + payload
+            try:
+                sent = _write(client.fd, data)
+            except OSError:
+                client.write(data)  # it knows what to do with the error
+                continue
+            if sent != len(data):
+                client.write(data[sent:])  # keeps the rest
 
-    def deliver(self, conn: Connection, client: _Client, packets: list[Packet]) -> None:
+    def deliver(self, conn: Connection, client: _Client, packets: list[Output]) -> None:
         if not packets:
             return
         if not conn.privileged and client.backlog() > self.core.quotas.memory:
             # A domain that never reads must not make us hold unbounded memory
             # (XSA-326).  Deliberate: cx drops such events after 20 s; we drop them
             # once the backlog exceeds the domain's memory quota.  Replies stay.
-            kept = [p for p in packets if p.op != Op.WATCH_EVENT]
+            kept = [p for p in packets if p[0] != Op.WATCH_EVENT]
             if len(kept) != len(packets):
                 self.note(conn, logging.WARNING, "%r does not read its events; dropping %d",
                           conn, len(packets) - len(kept))
             packets = kept
         if self.trace is not None:
             for p in packets:
-                self.trace.record("out", conn.cid, conn.domid, p)
+                self.trace.record("out", conn.cid, conn.domid, make_packet(p))
         # The core queues no payload over PAYLOAD_MAX (E2BIG, XSA-324): no check here.
         if len(packets) == 1:  # the usual reply alone: no join
             op, payload, req_id, tx_id = packets[0]
             client.write(_pack(op, req_id, tx_id, len(payload)) + payload)
         elif packets:
-            client.write(b"".join([_pack(op, req_id, tx_id, len(payload)) + payload
-                                   for op, payload, req_id, tx_id in packets]))
+            parts = []
+            for op, payload, req_id, tx_id in packets:
+                parts.append(_pack(op, req_id, tx_id, len(payload)))
+                parts.append(payload)
+            client.write(b"".join(parts))
 
     def _apply_notifications(self) -> None:
         released = False

@@ -10,9 +10,8 @@ DIRECTORY_PART hands the generation to clients to detect a list that changed.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from stubdom.wire.paths import join
 from stubdom.wire.perms import Perm
 
 #: Generation of a node that does not exist (cx ``NO_GENERATION``).
@@ -23,17 +22,39 @@ RECORD_HEADER = 24
 PERM_SIZE = 8
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Node:
     value: bytes
     perms: tuple[Perm, ...]
     #: Child names in insertion order (cx appends and deletes in place).
-    children: dict[str, None] = field(default_factory=dict)
-    generation: int = 0
+    children: dict[str, None]
+    generation: int
     #: Bytes of the NUL-separated child list (kept to make size checks O(1)).
-    childlen: int = 0
+    childlen: int
     #: Indexes of ACL entries naming a domain that did not exist (cx XS_PERM_IGNORE).
-    ignored: frozenset[int] = frozenset()
+    ignored: frozenset[int]
+    #: ``perms[0].domid``, kept: a `Perm` is not compiled, its attributes cost a lookup.
+    owner: int
+
+    # Written out: mypyc compiles this one, not the one dataclasses would generate at
+    # run time (a Python-level call on every write, 2,500 instructions).
+    def __init__(
+        self,
+        value: bytes,
+        perms: tuple[Perm, ...],
+        children: dict[str, None] | None = None,
+        generation: int = 0,
+        childlen: int = 0,
+        ignored: frozenset[int] = frozenset(),
+        owner: int = -1,
+    ) -> None:
+        self.value = value
+        self.perms = perms
+        self.children = {} if children is None else children
+        self.generation = generation
+        self.childlen = childlen
+        self.ignored = ignored
+        self.owner = perms[0].domid if owner < 0 else owner
 
     def copy(self) -> Node:
         return Node(
@@ -43,11 +64,14 @@ class Node:
             self.generation,
             self.childlen,
             self.ignored,
+            self.owner,
         )
 
-    @property
-    def owner(self) -> int:
-        return self.perms[0].domid
+    def set_perms(self, perms: tuple[Perm, ...], ignored: frozenset[int]) -> None:
+        """New permissions (the only way to change them: ``owner`` follows)."""
+        self.perms = perms
+        self.ignored = ignored
+        self.owner = perms[0].domid
 
     def record_size(self) -> int:
         """The size cx's node-size quota limits: header, perms, value and child list."""
@@ -66,6 +90,18 @@ class Node:
     def child_list(self) -> bytes:
         """``name\\0`` per child, the DIRECTORY reply."""
         return b"".join(n.encode() + b"\0" for n in self.children)
+
+
+def parent_of(path: str) -> str:
+    """`stubdom.wire.paths.parent_of`, compiled with the core: a call into a module mypyc
+    does not compile costs a thousand instructions."""
+    idx = path.rfind("/")
+    return "/" if idx <= 0 else path[:idx]
+
+
+def join(parent: str, name: str) -> str:
+    """`stubdom.wire.paths.join`, compiled with the core (see `parent_of`)."""
+    return "/" + name if parent == "/" else parent + "/" + name
 
 
 def node_memory(path: str, node: Node) -> int:
@@ -98,9 +134,9 @@ class Store:
         self.nodes[path] = node
         if self.changes is not None:
             self.changes.append((path, node, old))
-        owner = node.perms[0].domid
+        owner = node.owner
         if old is not None:
-            old_owner = old.perms[0].domid
+            old_owner = old.owner
             if old_owner == owner and self.owned.get(owner, 0) > 1:
                 # The usual rewrite: same owner, count unchanged; only the bytes move
                 # (the difference of the two `record_size`s).

@@ -9,38 +9,57 @@ Watch events are remembered per accessed node and fired once each at commit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from stubdom.wire.perms import Perm
 from stubdom.xenstored.store import NO_GENERATION, Node
 
+# The classes write out their __init__: mypyc compiles it, not the one dataclasses would
+# generate at run time (a Python-level call each).
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class Accessed:
-    generation: int = NO_GENERATION
-    check_generation: bool = False
+    generation: int
+    check_generation: bool
     #: Permissions when first seen, for filtering events after the node is gone.
-    perms: tuple[Perm, ...] | None = None
-    fire_watch: bool = False
-    watch_exact: bool = False
+    perms: tuple[Perm, ...] | None
+    fire_watch: bool
+    watch_exact: bool
+
+    def __init__(self, perms: tuple[Perm, ...] | None = None) -> None:
+        self.generation = NO_GENERATION
+        self.check_generation = False
+        self.perms = perms
+        self.fire_watch = False
+        self.watch_exact = False
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Transaction:
     tx_id: int
     #: Nodes written (a Node) or deleted (None) inside the transaction.
-    overlay: dict[str, Node | None] = field(default_factory=dict)
+    overlay: dict[str, Node | None]
     #: Nodes as first read inside the transaction: later reads see this copy (cx copies
     #: them into the transaction's database), not what others committed since.
-    snapshot: dict[str, Node] = field(default_factory=dict)
+    snapshot: dict[str, Node]
     #: Every node touched, in order of first access (events fire in this order).
-    accessed: dict[str, Accessed] = field(default_factory=dict)
+    accessed: dict[str, Accessed]
     #: A failure inside the transaction (quota, ...) makes END "T" answer ENOMEM.
-    failed: bool = False
+    failed: bool
     #: Net nodes created per owner, settled against the node quota at commit.
-    entry_delta: dict[int, int] = field(default_factory=dict)
+    entry_delta: dict[int, int]
     #: Nodes created per owner (what the node quota sees before commit).
-    created: dict[int, int] = field(default_factory=dict)
+    created: dict[int, int]
+
+    def __init__(self, tx_id: int) -> None:
+        self.tx_id = tx_id
+        self.overlay = {}
+        self.snapshot = {}
+        self.accessed = {}
+        self.failed = False
+        self.entry_delta = {}
+        self.created = {}
 
     def count_entry(self, owner: int, delta: int) -> None:
         self.entry_delta[owner] = self.entry_delta.get(owner, 0) + delta

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from stubdom.xenstored.connection import Connection
@@ -44,12 +44,20 @@ def _delivery_order(w: Watch) -> tuple[int, int]:
     return (w.conn.cid, w.seq)
 
 
+#: Paths whose covering watches `WatchIndex` remembers, at most (then it starts over).
+COVERING_CACHED: Final = 4096
+
+
 class WatchIndex:
     def __init__(self) -> None:
         self._by_path: dict[str, list[Watch]] = {}
+        #: `covering`'s answers since the watches last changed: a change's path is
+        #: usually one changed before (a walk of the ancestors is a lookup each).
+        self._covering: dict[str, list[Watch]] = {}
 
     def add(self, watch: Watch) -> None:
         self._by_path.setdefault(watch.path, []).append(watch)
+        self._covering.clear()
 
     def remove(self, watch: Watch) -> None:
         lst = self._by_path.get(watch.path)
@@ -58,19 +66,28 @@ class WatchIndex:
         lst.remove(watch)
         if not lst:
             del self._by_path[watch.path]
+        self._covering.clear()
 
     def exact(self, path: str) -> list[Watch]:
         return list(self._by_path.get(path, ()))
 
     def covering(self, path: str) -> list[Watch]:
-        """Watches on ``path`` or any ancestor, in delivery order.
+        """Watches on ``path`` or any ancestor, in delivery order (the caller must not
+        change the list: it is remembered)."""
+        found = self._covering.get(path)
+        if found is None:
+            if not self._by_path:
+                return []
+            found = self._find_covering(path)
+            if len(self._covering) >= COVERING_CACHED:
+                self._covering.clear()  # bounded whatever paths a guest writes
+            self._covering[path] = found
+        return found
 
-        Called on every change, so it walks the ancestors in place (no list of them)
-        and sorts only when there is something to order.
-        """
+    def _find_covering(self, path: str) -> list[Watch]:
+        """Walks the ancestors in place (no list of them) and sorts only when there is
+        something to order."""
         by_path = self._by_path
-        if not by_path:
-            return []
         found = by_path.get(path)
         found = list(found) if found else []
         p = path
