@@ -11,9 +11,9 @@ host, the tests) hands the epoll descriptor to it (`start`), which calls `poll` 
 it is readable.  A turn is cx's: one read per ready connection, every whole request
 in it handled, then one send per connection with output.  asyncio's transports cost a
 callback, a handle and a buffer check per read and per write: the asyncio shell spent
-a fifth more instructions on a READ or a WRITE (callgrind, issue 16).  This shell is
-interpreted even when the core is compiled, so its usual path is kept to few calls
-(bench/xsinstr.py counts them).
+a fifth more instructions on a READ or a WRITE (callgrind, issue 16).  The shell is
+compiled with the core (`stubdom.compiled`); it must run as plain Python too, so its
+usual path is kept to few calls either way (bench/xsinstr.py counts them).
 """
 
 from __future__ import annotations
