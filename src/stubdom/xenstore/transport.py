@@ -77,6 +77,10 @@ class Transport(abc.ABC):
     async def drain(self) -> None:
         """Wait until queued messages are handed to the kernel (flow control)."""
 
+    def must_drain(self) -> bool:
+        """Whether `drain` could wait or raise now; False lets a hot path skip it."""
+        return True
+
     @abc.abstractmethod
     async def read(self) -> bytes:
         """Some bytes from the server; ``b""`` at end of stream."""
@@ -215,6 +219,10 @@ class StreamTransport(Transport):
             raise ConnectionClosed(f"{self.description}: connection closed")
         self._transport.write(messages[0] if len(messages) == 1 else b"".join(messages))
 
+    def must_drain(self) -> bool:
+        p = self._protocol
+        return p._paused or p.closed.done()
+
     async def drain(self) -> None:
         await self._protocol.drain()
         p = self._protocol
@@ -268,6 +276,9 @@ class BufferedTransport(Transport):
 
     @abc.abstractmethod
     def _has_unsent(self) -> bool: ...
+
+    def must_drain(self) -> bool:
+        return self._has_unsent() or self._error is not None or self._closed
 
     async def drain(self) -> None:
         if self._has_unsent() and self._error is None and not self._closed:
