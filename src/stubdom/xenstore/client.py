@@ -1067,9 +1067,14 @@ class Transaction(_NodeOps):
             raise forgotten(op, self._tx_id)
 
     async def _rpc(self, op: Op, payload: bytes, what: str | None, timeout: TimeoutArg) -> bytes:
-        self._check_open()
-        self._check_epoch(op.name)
-        return await super()._rpc(op, payload, what, timeout)
+        if not self._open:
+            self._check_open()
+        if self._epoch != self._client.epoch:
+            raise forgotten(op_name(op), self._tx_id)
+        (reply,) = await self._client.roundtrips(
+            ((op, payload, what),), tx_id=self._tx_id, timeout=timeout
+        )
+        return reply_payload(reply, what)
 
     async def __aenter__(self) -> Transaction:
         if not self._open:
