@@ -183,7 +183,11 @@ class ClientProtocol:
             if op == _WATCH_EVENT:
                 path, _, rest = payload.partition(b"\0")
                 token = rest[:-1] if rest.endswith(b"\0") else rest
-                events.append(WatchEvent(wire_text(path), wire_text(token), self.received))
+                events.append(WatchEvent(  # as `wire_text`, inline: one event per read
+                    path.decode("utf-8", "surrogateescape"),
+                    token.decode("utf-8", "surrogateescape"),
+                    self.received,
+                ))
                 continue
             req = pending.pop(req_id, None)
             if req is None:
