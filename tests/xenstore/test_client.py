@@ -22,6 +22,7 @@ from stubdom.xenstore import (
     XenStoreError,
     XenStoreTimeout,
 )
+from stubdom.xenstore.pipeline import Batch
 from tests.support.daemons import Daemon
 from tests.xenstore.fakeserver import FakeServer
 
@@ -89,6 +90,24 @@ async def test_paths_checked_locally(client: Client, server: FakeServer) -> None
     with pytest.raises(InvalidPath):
         client.watch("/a.b")
     assert server.requests == []
+
+
+async def test_paths_checked_once_stay_checked_and_bad_ones_stay_bad(
+    client: Client, server: FakeServer
+) -> None:
+    """The client remembers the paths that passed its check, never those that failed,
+    and forgets them all past a bound."""
+    await client.write("/ok", "1")
+    for _ in range(2):  # the second time from what the client remembers
+        assert await client.read("/ok") == b"1"
+        with pytest.raises(InvalidPath):
+            await client.read("/a b")
+        with pytest.raises(InvalidPath):
+            Batch(client).read("//a")
+    assert "/a b" not in client._valid_paths and "/ok" in client._valid_paths
+    for i in range(5000):
+        client.watch(f"/many/{i}")
+    assert 0 < len(client._valid_paths) <= 4096
 
 
 async def test_oversized_request_refused_locally(client: Client, server: FakeServer) -> None:

@@ -103,6 +103,9 @@ TimeoutArg = float | None | _Default
 #: Where a `Watch` made with ``sink=`` hands its events (and its `ConnectionClosed`).
 WatchSink = Callable[["WatchEvent | ConnectionClosed"], None]
 
+#: How many valid paths a client remembers (`Client._check_path`).
+_VALID_PATHS_MAX = 4096
+
 # Aliases so that annotations inside classes with a ``list`` method stay unambiguous.
 Names = list[str]
 Perms = list[Perm]
@@ -126,8 +129,9 @@ class _NodeOps:
 
     def _path(self, path: str) -> bytes:
         """The payload of a request on ``path`` alone, the path checked first."""
-        if self._client.check_paths:
-            check_client_path(path)
+        client = self._client
+        if client.check_paths and path not in client._valid_paths:
+            client._check_path(path)
         return path.encode("utf-8", "surrogateescape") + b"\0"  # as `wire_bytes`
 
     async def read(self, path: str, *, timeout: TimeoutArg = DEFAULT) -> bytes:
@@ -274,6 +278,9 @@ class Client(_NodeOps):
         self._waiters: dict[int, tuple[Call, int]] = {}
         #: The calls made with the client's own timeout (`Deadlines`), if any yet.
         self._deadlines: Deadlines | None = None
+        #: Paths `check_client_path` passed: a client names the same few nodes again
+        #: and again, and a set lookup is cheaper than the check.
+        self._valid_paths: set[str] = set()
         self._watches: dict[str, Watch] = {}
         self._tokens = itertools.count(1)
         self._token_prefix = f"stubdom-{id(self):x}-"
@@ -531,6 +538,13 @@ class Client(_NodeOps):
 
     # -- requests --------------------------------------------------------------
 
+    def _check_path(self, path: str) -> None:
+        """`check_client_path`, remembering the paths that pass (a bounded number)."""
+        check_client_path(path)
+        if len(self._valid_paths) >= _VALID_PATHS_MAX:
+            self._valid_paths.clear()
+        self._valid_paths.add(path)
+
     def _raise_closed(self) -> None:
         if self._closed is not None:
             raise ConnectionClosed(str(self._closed)) from self._closed
@@ -695,8 +709,8 @@ class Client(_NodeOps):
         `ConnectionClosed` that ends the watch) are handed to it as they arrive, from
         the reader, instead of being queued for iteration.
         """
-        if self.check_paths:
-            check_client_path(path)
+        if self.check_paths and path not in self._valid_paths:
+            self._check_path(path)
         if token is None:
             token = f"{self._token_prefix}{next(self._tokens)}"
         return Watch(self, path, token, sink)

@@ -24,7 +24,6 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from stubdom.wire.constants import Op
-from stubdom.wire.paths import check_client_path
 from stubdom.xenstore.errors import NoEntry, XenStoreError
 from stubdom.xenstore.protocol import Reply, reply_payload
 
@@ -100,8 +99,9 @@ class Batch:
 
     def _add(self, op: int, payload: bytes, path: str, parse: Callable[[Reply, str | None], T]
              ) -> Result[T]:
-        if self.client.check_paths:
-            check_client_path(path)
+        client = self.client
+        if client.check_paths and path not in client._valid_paths:
+            client._check_path(path)
         result: Result[T] = Result()
         self._requests.append((op, payload, path))
         self._results.append((result, parse))
