@@ -14,7 +14,9 @@ _ = Whitelist()
 _.connection_made  # asyncio.Protocol callback (transports, xenstored, console frontend)
 _.connection_lost  # asyncio.Protocol callback
 _.eof_received  # asyncio.Protocol callback
-_.data_received  # asyncio.Protocol callback (the client's transport)
+_.data_received  # asyncio.Protocol callback
+_.get_buffer  # asyncio.BufferedProtocol callback (the client's stream transport)
+_.buffer_updated  # asyncio.BufferedProtocol callback
 _.pause_writing  # asyncio.Protocol flow-control callback
 _.resume_writing  # asyncio.Protocol flow-control callback
 _.convert  # click.ParamType hook, called by click for each option value
@@ -58,6 +60,7 @@ _.layout  # sim device model: its PCI functions
 _.filter_events  # trace timeline: the events a Filter keeps
 _.validate_type  # wire: the Op for a type number, UnknownType past 4.17's
 _.next_packet  # wire: the packet reader's next whole packet
+_.receive_data  # xenstore ClientProtocol: bytes in, events queued (src takes them with receive)
 _.letter  # wire perms: a permission's access as its letter
 _.guest_uuid  # spawn.Created: the guest's uuid, for a caller that did not choose it
 _.notify_fifo  # realxs FakeXen: a domain's notify FIFO (the host's ring transport; tests)

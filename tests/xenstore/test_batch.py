@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from stubdom.wire.constants import Op
 from stubdom.wire.packet import Packet, encode
-from stubdom.xenstore import Client, ClientProtocol, NoEntry, WatchGroup
+from stubdom.xenstore import Client, ClientProtocol, NoEntry, WatchGroup, XenStoreTimeout
 from stubdom.xenstore.pipeline import Batch
 from tests.xenstore.fakeserver import FakeServer
+
+GUARD = 10.0  # failure guard only
 
 
 async def test_results_in_order_and_absent_nodes(client: Client) -> None:
@@ -114,3 +117,62 @@ async def test_changed_after_waits_only_for_events_after_the_reads(
         assert not waiter.done()
         server.fire("/d/y")
         await waiter
+
+
+async def test_a_batch_times_out_as_a_whole_and_the_next_request_is_answered(
+    server: FakeServer, sock_dir: Path
+) -> None:
+    server.silent_paths.add("/quiet")
+    server.store["/a"] = b"1"
+    async with await Client.connect(str(sock_dir / "socket"), timeout=0.05) as c:
+        batch = Batch(c)
+        first = batch.read("/a")
+        batch.read("/quiet")
+        with pytest.raises(XenStoreTimeout, match=r"READ /a: no reply within 0\.05 s"):
+            await asyncio.wait_for(batch.send(), GUARD)
+        with pytest.raises(RuntimeError, match="not sent"):
+            _ = first.value  # the batch failed: no result is handed out
+        assert await c.read("/a", timeout=GUARD) == b"1"
+
+
+async def test_a_cancelled_batch_abandons_every_request(
+    client: Client, server: FakeServer
+) -> None:
+    """Replies to a batch given up on are dropped, even by a server that answers with
+    req_id 0 (so matching falls back to the order of the requests)."""
+    server.store.update({"/x/1": b"1", "/x/2": b"2", "/x/fresh": b"fresh"})
+    server.echo_zero = True
+    server.hold = True
+    before = len(server.requests)
+    batch = Batch(client)
+    batch.read("/x/1")
+    batch.read("/x/2")
+    task = asyncio.create_task(batch.send())
+    await asyncio.wait_for(server.wait_requests(before + 2), GUARD)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    fresh = asyncio.create_task(client.read("/x/fresh"))
+    await asyncio.wait_for(server.wait_requests(before + 3), GUARD)
+    server.hold = False
+    server.release()
+    assert await asyncio.wait_for(fresh, GUARD) == b"fresh"
+
+
+async def test_waiters_on_a_group_all_wake_and_a_cancelled_one_leaves_nothing(
+    client: Client, server: FakeServer
+) -> None:
+    async with WatchGroup(client, ["/e/x"]) as group:
+        group.take()
+        waiters = [asyncio.create_task(group.changed()) for _ in range(3)]
+        for _ in range(20):  # every turn the waiters could take
+            await asyncio.sleep(0)
+        assert not any(w.done() for w in waiters)
+        waiters[0].cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiters[0]
+        assert len(group._wakers) == 2
+        server.fire("/e/x")
+        await asyncio.wait_for(asyncio.gather(*waiters[1:]), GUARD)
+        assert group._wakers == []
+        await asyncio.wait_for(group.changed(), GUARD)  # at once: not taken since

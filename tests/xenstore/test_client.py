@@ -22,6 +22,7 @@ from stubdom.xenstore import (
     XenStoreError,
     XenStoreTimeout,
 )
+from stubdom.xenstore.pipeline import Batch
 from tests.support.daemons import Daemon
 from tests.xenstore.fakeserver import FakeServer
 
@@ -91,6 +92,24 @@ async def test_paths_checked_locally(client: Client, server: FakeServer) -> None
     assert server.requests == []
 
 
+async def test_paths_checked_once_stay_checked_and_bad_ones_stay_bad(
+    client: Client, server: FakeServer
+) -> None:
+    """The client remembers the paths that passed its check, never those that failed,
+    and forgets them all past a bound."""
+    await client.write("/ok", "1")
+    for _ in range(2):  # the second time from what the client remembers
+        assert await client.read("/ok") == b"1"
+        with pytest.raises(InvalidPath):
+            await client.read("/a b")
+        with pytest.raises(InvalidPath):
+            Batch(client).read("//a")
+    assert "/a b" not in client._valid_paths and "/ok" in client._valid_paths
+    for i in range(5000):
+        client.watch(f"/many/{i}")
+    assert 0 < len(client._valid_paths) <= 4096
+
+
 async def test_oversized_request_refused_locally(client: Client, server: FakeServer) -> None:
     with pytest.raises(TooBig) as info:
         await client.write("/a", b"x" * 5000)
@@ -153,6 +172,64 @@ async def test_client_default_timeout(server: FakeServer, sock_dir: Path) -> Non
             await c.mkdir("/quiet")
         server.store["/loud"] = b"1"
         assert await c.read("/loud", timeout=None) == b"1"
+
+
+async def test_each_request_gets_the_whole_timeout_from_its_own_send(
+    server: FakeServer, sock_dir: Path
+) -> None:
+    """The calls of the client's timeout share one timer: a later one must neither
+    expire with an earlier one nor be forgotten once that one is answered."""
+    server.silent_paths.add("/quiet")
+    server.store["/loud"] = b"1"
+    loop = asyncio.get_running_loop()
+    async with await Client.connect(str(sock_dir / "socket"), timeout=0.3) as c:
+        assert await c.read("/loud") == b"1"  # the timer is armed for this one
+        first = asyncio.create_task(c.read("/quiet"))
+        await asyncio.sleep(0.1)  # a margin between the two sends, not a wait for a state
+        sent = loop.time()
+        with pytest.raises(XenStoreTimeout):
+            await asyncio.wait_for(c.mkdir("/quiet"), GUARD)
+        assert loop.time() - sent >= 0.3
+        with pytest.raises(XenStoreTimeout):
+            await first
+
+
+async def test_a_timeout_of_its_own_expires_before_the_clients(
+    server: FakeServer, sock_dir: Path
+) -> None:
+    server.silent_paths.add("/quiet")
+    server.store["/loud"] = b"1"
+    async with await Client.connect(str(sock_dir / "socket"), timeout=GUARD * 10) as c:
+        slow = asyncio.create_task(c.read("/quiet"))
+        with pytest.raises(XenStoreTimeout, match=r"READ /quiet: no reply within 0\.05 s"):
+            await asyncio.wait_for(c.read("/quiet", timeout=0.05), GUARD)
+        c.timeout = 0.05  # a new default applies to the requests sent from now on
+        with pytest.raises(XenStoreTimeout):
+            await asyncio.wait_for(c.read("/quiet"), GUARD)
+        assert not slow.done()
+        assert await c.read("/loud") == b"1"
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+
+
+async def test_cancelled_request_late_reply_is_dropped(client: Client, server: FakeServer) -> None:
+    """A request given up on by cancellation keeps the FIFO matching in step."""
+    server.store["/slow"] = b"late"
+    server.store["/fast"] = b"fresh"
+    server.echo_zero = True
+    server.hold = True
+    before = len(server.requests)
+    task = asyncio.create_task(client.read("/slow"))
+    await asyncio.wait_for(server.wait_requests(before + 1), GUARD)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    fast = asyncio.create_task(client.read("/fast"))
+    await asyncio.wait_for(server.wait_requests(before + 2), GUARD)
+    server.hold = False
+    server.release()
+    assert await asyncio.wait_for(fast, GUARD) == b"fresh"
 
 
 async def test_connection_closed_by_server(client: Client, server: FakeServer) -> None:

@@ -296,3 +296,29 @@ def test_subclass_constructor_defaults_name_and_pickles() -> None:
     e2 = pickle.loads(pickle.dumps(e))
     assert type(e2) is NoEntry
     assert (e2.name, e2.op, e2.path, str(e2)) == (e.name, e.op, e.path, str(e))
+
+
+def test_receive_hands_over_what_is_queued_and_what_the_bytes_complete() -> None:
+    p = ClientProtocol()
+    a, _ = p.send(Op.READ, b"/a\0")
+    b, _ = p.send(Op.READ, b"/b\0")
+    p.receive_data(reply_bytes(Op.READ, b"A", a.req_id))  # queued
+    stream = event_bytes("/w", "t") + reply_bytes(Op.READ, b"B", b.req_id)
+    first = p.receive(stream[:20])  # the event is not whole yet
+    assert [(e.request, e.payload) for e in first if isinstance(e, Reply)] == [(a, b"A")]
+    assert len(first) == 1 and p.next_event() is None  # nothing left in the queue
+    second = p.receive(stream[20:])
+    assert second[0] == WatchEvent("/w", "t")
+    assert isinstance(second[1], Reply) and second[1].request is b
+    assert [e.seq for e in first + second] == [1, 2, 3]
+    assert p.receive(b"") == []
+
+
+def test_receive_in_pieces_matches_receive_data() -> None:
+    p = ClientProtocol()
+    a, _ = p.send(Op.READ, b"/a\0")
+    stream = event_bytes("/w", "t") + reply_bytes(Op.READ, b"A", a.req_id)
+    got = [e for i in range(len(stream)) for e in p.receive(stream[i : i + 1])]
+    assert [type(e) for e in got] == [WatchEvent, Reply]
+    assert [e.seq for e in got] == [1, 2]
+    assert isinstance(got[1], Reply) and got[1].request is a and got[1].payload == b"A"

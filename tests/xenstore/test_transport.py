@@ -7,6 +7,7 @@ import contextlib
 import os
 import pty
 import socket
+import struct
 import tty
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -194,3 +195,32 @@ async def test_nothing_to_connect_to(sock_dir: Path, monkeypatch: pytest.MonkeyP
         await open_transport()
     with pytest.raises(FileNotFoundError):
         await Client.connect(str(sock_dir / "missing"))
+
+
+async def test_replies_larger_than_a_read_arrive_whole(sock_dir: Path) -> None:
+    """The stream transport reads into one buffer it keeps: a reply spanning several
+    reads, and the bytes a reader was handed before the buffer was read into again,
+    must come out intact."""
+    big = bytes(range(256)) * 1000  # 256000 bytes: several 64 KiB reads
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head = await reader.readexactly(16)
+                op, req_id, tx_id, size = struct.unpack("=4I", head)
+                value = await reader.readexactly(size)
+                payload = big if value == b"/big\0" else value
+                writer.write(struct.pack("=4I", op, req_id, tx_id, len(payload)) + payload)
+        writer.close()
+
+    path = str(sock_dir / "big")
+    server = await asyncio.start_unix_server(serve, path=path)
+    try:
+        async with await Client.connect(path) as c:
+            got = await asyncio.wait_for(
+                asyncio.gather(c.read("/big"), c.read("/small"), c.read("/big")), GUARD
+            )
+        assert got == [big, b"/small\0", big]
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -57,6 +57,7 @@ from stubdom.xenstore.errors import (
     XenStoreError,
     XenStoreTimeout,
 )
+from stubdom.xenstore.inflight import Call, Deadlines
 from stubdom.xenstore.protocol import (
     DEFAULT_MAX_REPLY,
     ClientProtocol,
@@ -73,7 +74,6 @@ from stubdom.xenstore.protocol import (
     parse_tx_id,
     perms_payload,
     reply_payload,
-    write_payload,
 )
 from stubdom.xenstore.recovery import (
     DEFAULT_TIMEOUT,
@@ -103,6 +103,9 @@ TimeoutArg = float | None | _Default
 #: Where a `Watch` made with ``sink=`` hands its events (and its `ConnectionClosed`).
 WatchSink = Callable[["WatchEvent | ConnectionClosed"], None]
 
+#: How many valid paths a client remembers (`Client._check_path`).
+_VALID_PATHS_MAX = 4096
+
 # Aliases so that annotations inside classes with a ``list`` method stay unambiguous.
 Names = list[str]
 Perms = list[Perm]
@@ -119,14 +122,17 @@ class _NodeOps:
     _tx_id: int
 
     async def _rpc(self, op: Op, payload: bytes, what: str | None, timeout: TimeoutArg) -> bytes:
-        return await self._client.request(
-            op, payload, tx_id=self._tx_id, timeout=timeout, what=what
+        (reply,) = await self._client.roundtrips(
+            ((op, payload, what),), tx_id=self._tx_id, timeout=timeout
         )
+        return reply_payload(reply, what)
 
     def _path(self, path: str) -> bytes:
-        if self._client.check_paths:
-            check_client_path(path)
-        return args_payload(path)
+        """The payload of a request on ``path`` alone, the path checked first."""
+        client = self._client
+        if client.check_paths and path not in client._valid_paths:
+            client._check_path(path)
+        return path.encode("utf-8", "surrogateescape") + b"\0"  # as `wire_bytes`
 
     async def read(self, path: str, *, timeout: TimeoutArg = DEFAULT) -> bytes:
         """The node's value (raw bytes, NULs allowed)."""
@@ -165,8 +171,7 @@ class _NodeOps:
 
     async def write(self, path: str, value: bytes | str, *, timeout: TimeoutArg = DEFAULT) -> None:
         """Set the value, creating the node and missing parents; str is sent as UTF-8."""
-        self._path(path)
-        await self._rpc(Op.WRITE, write_payload(path, _value(value)), path, timeout)
+        await self._rpc(Op.WRITE, self._path(path) + _value(value), path, timeout)
 
     async def mkdir(self, path: str, *, timeout: TimeoutArg = DEFAULT) -> None:
         """Create the node (empty value) if missing; an existing node is left alone."""
@@ -268,7 +273,14 @@ class Client(_NodeOps):
         self.epoch = 0
         self._online = asyncio.Event()
         self._online.set()
-        self._waiters: dict[int, asyncio.Future[Reply]] = {}
+        self._loop = asyncio.get_running_loop()
+        #: The call waiting for each req_id's reply, and the reply's place in it.
+        self._waiters: dict[int, tuple[Call, int]] = {}
+        #: The calls made with the client's own timeout (`Deadlines`), if any yet.
+        self._deadlines: Deadlines | None = None
+        #: Paths `check_client_path` passed: a client names the same few nodes again
+        #: and again, and a set lookup is cheaper than the check.
+        self._valid_paths: set[str] = set()
         self._watches: dict[str, Watch] = {}
         self._tokens = itertools.count(1)
         self._token_prefix = f"stubdom-{id(self):x}-"
@@ -276,7 +288,7 @@ class Client(_NodeOps):
         #: Serialises this client's retries after a conflict (see `retry_transaction`).
         self._retry_lock = asyncio.Lock()
         self._retry_owner: asyncio.Task[Any] | None = None
-        self._reader = asyncio.get_running_loop().create_task(
+        self._reader = self._loop.create_task(
             self._read_loop(), name=f"xenstore-reader {transport.description}"
         )
 
@@ -455,48 +467,56 @@ class Client(_NodeOps):
                 req, message = proto.send(Op.WATCH, payload)
                 proto.abandon(req)  # nobody waits for this reply
                 data.append(message)
-        moved: list[tuple[int, Request, asyncio.Future[Reply]]] = []
-        void: list[tuple[Request, asyncio.Future[Reply]]] = []
+        moved: list[tuple[int, Request, Call, int]] = []
+        void: list[tuple[Request, Call]] = []
         for req in outstanding:
-            fut = self._waiters.get(req.req_id)
-            if fut is None or fut.done() or req.abandoned:
+            entry = self._waiters.get(req.req_id)
+            if entry is None or entry[0].future.done() or req.abandoned:
                 continue
             if req.tx_id:
-                void.append((req, fut))
+                void.append((req, entry[0]))
                 continue
             new, message = proto.send(req.op, req.payload)
-            moved.append((req.req_id, new, fut))
+            moved.append((req.req_id, new, *entry))
             data.append(message)
         transport.write(b"".join(data))  # OSError: nothing above is visible yet
         self._transport = transport
         self._proto = proto
         self.epoch += 1
-        for old_id, new, fut in moved:
+        for old_id, new, call, index in moved:
             del self._waiters[old_id]
-            self._waiters[new.req_id] = fut
-        for req, fut in void:
+            self._waiters[new.req_id] = (call, index)
+            call.requests[index] = new
+        for req, call in void:
             del self._waiters[req.req_id]
-            fut.set_exception(
-                forgotten(op_name(req.op), req.tx_id)
-            )
-            fut.exception()
+            if not call.future.done():
+                call.future.set_exception(forgotten(op_name(req.op), req.tx_id))
+                call.future.exception()
 
     def _received(self, data: bytes) -> None:
-        self._proto.receive_data(data)
-        for event in self._proto.events():
-            self._dispatch(event)
-
-    def _dispatch(self, event: Reply | WatchEvent) -> None:
-        if isinstance(event, WatchEvent):
-            watch = self._watches.get(event.token)
-            if watch is None:
-                log.debug("dropping event %s for unknown token %r", event.path, event.token)
+        waiters = self._waiters
+        for event in self._proto.receive(data):
+            if type(event) is Reply:
+                entry = waiters.pop(event.request.req_id, None)
+                if entry is None:
+                    continue
+                call, index = entry
+                call.replies[index] = event
+                call.left -= 1
+                if not call.left and not call.future.done():
+                    call.future.set_result(call.replies)  # type: ignore[arg-type]  # all in
             else:
-                watch._deliver(event)
-            return
-        fut = self._waiters.pop(event.request.req_id, None)
-        if fut is not None and not fut.done():
-            fut.set_result(event)
+                self._event(event)  # type: ignore[arg-type]  # the other kind
+
+    def _event(self, event: WatchEvent) -> None:
+        """To its `Watch`'s sink, or else its queue."""
+        watch = self._watches.get(event.token)
+        if watch is None:
+            log.debug("dropping event %s for unknown token %r", event.path, event.token)
+        elif watch._sink is not None:
+            watch._sink(event)
+        else:
+            watch._queue.put_nowait(event)
 
     def _shutdown(self, reason: ConnectionClosed) -> None:
         if self._closed is not None:
@@ -506,15 +526,24 @@ class Client(_NodeOps):
         self._transport.close()
         self._proto.clear()
         waiters, self._waiters = self._waiters, {}
-        for fut in waiters.values():
-            if not fut.done():
-                fut.set_exception(reason)
-                fut.exception()  # mark retrieved: the waiter may have gone
+        for call, _ in waiters.values():
+            if not call.future.done():
+                call.future.set_exception(reason)
+                call.future.exception()  # mark retrieved: the waiter may have gone
+        if self._deadlines is not None:
+            self._deadlines.cancel()
         for watch in list(self._watches.values()):
             watch._lost(reason)
         self._watches.clear()
 
     # -- requests --------------------------------------------------------------
+
+    def _check_path(self, path: str) -> None:
+        """`check_client_path`, remembering the paths that pass (a bounded number)."""
+        check_client_path(path)
+        if len(self._valid_paths) >= _VALID_PATHS_MAX:
+            self._valid_paths.clear()
+        self._valid_paths.add(path)
 
     def _raise_closed(self) -> None:
         if self._closed is not None:
@@ -552,7 +581,8 @@ class Client(_NodeOps):
         task.  ``timeout`` bounds the whole batch.  The requests are on the wire before
         the first suspension.
         """
-        self._raise_closed()
+        if self._closed is not None:
+            self._raise_closed()
         for op, payload, what in requests:
             if len(payload) > PAYLOAD_MAX:
                 raise TooBig(
@@ -563,27 +593,47 @@ class Client(_NodeOps):
         limit = self.timeout if timeout is DEFAULT else timeout
         if not self._online.is_set():
             await self._wait_online(requests[0][0], limit)
-        sent = self._submit(requests, tx_id)
+        call, messages = self._submit(requests, tx_id, limit)
         try:
-            async with asyncio.timeout(limit):
-                try:
-                    self._transport.write_many([data for _, _, data in sent])
-                    await self._transport.drain()
-                except ConnectionClosed:
-                    if self.reconnect is None:
-                        raise
-                    # The reader connects again and re-sends these requests.
-                return [await fut for _, fut, _ in sent]
+            try:
+                self._transport.write_many(messages)
+                if self._transport.must_drain():
+                    await self._drain(call.deadline)
+            except ConnectionClosed:
+                if self.reconnect is None:
+                    raise
+                # The reader connects again and re-sends these requests.
+            return await call.future
         except TimeoutError:
             op, _, what = requests[0]
             where = " ".join(x for x in ("xenstore", op_name(op), what) if x)
             raise XenStoreTimeout(f"{where}: no reply within {limit:g} s") from None
         finally:
-            for req, fut, _ in sent:
-                if not fut.done():
-                    self._proto.abandon(req)
-                    self._waiters.pop(req.req_id, None)
-                    fut.cancel()
+            if call.left:
+                self._abandon(call)
+            if call.timer is not None:
+                call.timer.cancel()
+            elif call.deadline is not None and self._deadlines is not None:
+                self._deadlines.finished()
+
+    async def _drain(self, deadline: float | None) -> None:
+        """The transport's flow control, within the call's deadline."""
+        async with asyncio.timeout_at(deadline):
+            await self._transport.drain()
+
+    def _abandon(self, call: Call) -> None:
+        """The call ends with replies still out: drop them when they come."""
+        waiters = self._waiters
+        for index, req in enumerate(call.requests):
+            entry = waiters.get(req.req_id)
+            if entry is not None and entry[0] is call and entry[1] == index:
+                del waiters[req.req_id]
+                self._proto.abandon(req)
+        fut = call.future
+        if not fut.done():
+            fut.cancel()
+        elif not fut.cancelled():
+            fut.exception()  # mark retrieved: the write or the drain raised first
 
     async def _wait_online(self, op: int, limit: float | None) -> None:
         """Until the connection is back (or `XenStoreTimeout`, or closed for good)."""
@@ -597,14 +647,16 @@ class Client(_NodeOps):
         self._raise_closed()
 
     def _submit(
-        self, requests: Sequence[tuple[int, bytes, str | None]], tx_id: int
-    ) -> list[tuple[Request, asyncio.Future[Reply], bytes]]:
-        """Record each request and its reply's future; the messages to write."""
-        loop = asyncio.get_running_loop()
+        self, requests: Sequence[tuple[int, bytes, str | None]], tx_id: int, limit: float | None
+    ) -> tuple[Call, list[bytes]]:
+        """Record the requests, their call and its deadline; the messages to write."""
+        proto = self._proto
+        waiters = self._waiters
         debug = log.isEnabledFor(logging.DEBUG)
-        sent: list[tuple[Request, asyncio.Future[Reply], bytes]] = []
-        for op, payload, what in requests:
-            req, data = self._proto.send(op, payload, tx_id)
+        call = Call(self._loop.create_future(), len(requests))
+        messages: list[bytes] = []
+        for index, (op, payload, what) in enumerate(requests):
+            req, data = proto.send(op, payload, tx_id)
             if debug:
                 log.debug(
                     "%s: -> %s req_id=%d tx_id=%d %s",
@@ -614,10 +666,20 @@ class Client(_NodeOps):
                     tx_id,
                     what or "",
                 )
-            fut: asyncio.Future[Reply] = loop.create_future()
-            self._waiters[req.req_id] = fut
-            sent.append((req, fut, data))
-        return sent
+            waiters[req.req_id] = (call, index)
+            call.requests.append(req)
+            messages.append(data)
+        if limit is None:
+            pass
+        elif limit == self.timeout:  # in the `Deadlines` of the client's timeout
+            deadlines = self._deadlines
+            if deadlines is None or deadlines.limit != limit:
+                deadlines = self._deadlines = Deadlines(self._loop, limit)
+            deadlines.add(call)
+        else:  # under a timer of its own
+            call.deadline = self._loop.time() + limit
+            call.timer = self._loop.call_at(call.deadline, call.expire)
+        return call, messages
 
     async def request(
         self,
@@ -647,8 +709,8 @@ class Client(_NodeOps):
         `ConnectionClosed` that ends the watch) are handed to it as they arrive, from
         the reader, instead of being queued for iteration.
         """
-        if self.check_paths:
-            check_client_path(path)
+        if self.check_paths and path not in self._valid_paths:
+            self._check_path(path)
         if token is None:
             token = f"{self._token_prefix}{next(self._tokens)}"
         return Watch(self, path, token, sink)
@@ -910,12 +972,6 @@ class Watch:
         except (XenStoreError, ConnectionClosed, XenStoreTimeout) as err:
             log.debug("UNWATCH %s after an error failed: %s", self.path, err)
 
-    def _deliver(self, event: WatchEvent) -> None:
-        if self._sink is not None:
-            self._sink(event)
-        else:
-            self._queue.put_nowait(event)
-
     def _stopped(self) -> None:
         if self._active:
             self._active = False
@@ -1025,9 +1081,14 @@ class Transaction(_NodeOps):
             raise forgotten(op, self._tx_id)
 
     async def _rpc(self, op: Op, payload: bytes, what: str | None, timeout: TimeoutArg) -> bytes:
-        self._check_open()
-        self._check_epoch(op.name)
-        return await super()._rpc(op, payload, what, timeout)
+        if not self._open:
+            self._check_open()
+        if self._epoch != self._client.epoch:
+            raise forgotten(op_name(op), self._tx_id)
+        (reply,) = await self._client.roundtrips(
+            ((op, payload, what),), tx_id=self._tx_id, timeout=timeout
+        )
+        return reply_payload(reply, what)
 
     async def __aenter__(self) -> Transaction:
         if not self._open:

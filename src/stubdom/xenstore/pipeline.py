@@ -24,14 +24,14 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from stubdom.wire.constants import Op
-from stubdom.wire.paths import check_client_path
 from stubdom.xenstore.errors import NoEntry, XenStoreError
-from stubdom.xenstore.protocol import Reply, args_payload, reply_payload, write_payload
+from stubdom.xenstore.protocol import Reply, reply_payload
 
 if TYPE_CHECKING:
     from stubdom.xenstore.client import Client
 
 T = TypeVar("T")
+_READ, _WRITE, _RM = int(Op.READ), int(Op.WRITE), int(Op.RM)
 A = TypeVar("A")
 B = TypeVar("B")
 C = TypeVar("C")
@@ -81,6 +81,11 @@ def _text(payload: bytes) -> str:
     return payload.decode("utf-8", "replace")
 
 
+def _wire(path: str) -> bytes:
+    """The path as the wire carries it (`stubdom.xenstore.payloads.wire_bytes`)."""
+    return path.encode("utf-8", "surrogateescape")
+
+
 class Batch:
     """Requests on ``client`` (outside any transaction) that go out in one write,
     in the order they were added (`Client.roundtrips`); `send` waits for every reply
@@ -92,31 +97,32 @@ class Batch:
         self._requests: list[tuple[int, bytes, str | None]] = []
         self._results: list[tuple[Result[Any], Callable[[Reply, str | None], Any]]] = []
 
-    def _add(self, op: Op, payload: bytes, path: str, parse: Callable[[Reply, str | None], T]
+    def _add(self, op: int, payload: bytes, path: str, parse: Callable[[Reply, str | None], T]
              ) -> Result[T]:
-        if self.client.check_paths:
-            check_client_path(path)
+        client = self.client
+        if client.check_paths and path not in client._valid_paths:
+            client._check_path(path)
         result: Result[T] = Result()
         self._requests.append((op, payload, path))
         self._results.append((result, parse))
         return result
 
     def read(self, path: str) -> Result[bytes]:
-        return self._add(Op.READ, args_payload(path), path, reply_payload)
+        return self._add(_READ, _wire(path) + b"\0", path, reply_payload)
 
     def read_text(self, path: str) -> Result[str | None]:
         """As `Client.read_text`: None for a node that does not exist."""
-        return self._add(Op.READ, args_payload(path), path, _optional_text)
+        return self._add(_READ, _wire(path) + b"\0", path, _optional_text)
 
     def write(self, path: str, value: bytes | str) -> Result[None]:
         raw = value.encode() if isinstance(value, str) else value
-        return self._add(Op.WRITE, write_payload(path, raw), path, _nothing)
+        return self._add(_WRITE, _wire(path) + b"\0" + raw, path, _nothing)
 
     def rm(self, path: str, *, missing_ok: bool = False) -> Result[bool]:
         """Whether the node was there to remove (with ``missing_ok``; else an
         absent node fails the batch)."""
         parse = _removed_if_there if missing_ok else _removed
-        return self._add(Op.RM, args_payload(path), path, parse)
+        return self._add(_RM, _wire(path) + b"\0", path, parse)
 
     async def send(self) -> None:
         """Send every request and wait for every reply (the client's timeout bounds

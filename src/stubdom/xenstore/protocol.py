@@ -18,12 +18,12 @@ arrives and is then dropped, so the FIFO fallback stays in step with the server.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from stubdom.wire.constants import Op
-from stubdom.wire.packet import DecodeError, Packet, PacketDecoder, encode, op_name
+from stubdom.wire.constants import PAYLOAD_MAX, Op
+from stubdom.wire.packet import HEADER, DecodeError, Packet, PacketDecoder, PayloadTooLong, op_name
 from stubdom.xenstore.errors import ProtocolError, error_from_name
 from stubdom.xenstore.payloads import (
     DEFAULT_MAX_REPLY,
@@ -41,6 +41,12 @@ from stubdom.xenstore.payloads import (
 )
 
 log = logging.getLogger(__name__)
+
+# Plain ints for the hot path: comparing with them needs no enum attribute lookup.
+_ERROR = int(Op.ERROR)
+_WATCH_EVENT = int(Op.WATCH_EVENT)
+_pack_header = HEADER.pack
+
 
 @dataclass(frozen=True, slots=True)
 class WatchEvent:
@@ -82,7 +88,7 @@ class Reply:
 
     @property
     def is_error(self) -> bool:
-        return self.packet.op == Op.ERROR
+        return self.packet.op == _ERROR
 
     @property
     def error_name(self) -> str | None:
@@ -102,7 +108,7 @@ class ClientProtocol:
     def __init__(self, *, max_reply: int = DEFAULT_MAX_REPLY, received: int = 0) -> None:
         self._decoder = PacketDecoder(max_payload=max_reply)
         self._pending: OrderedDict[int, Request] = OrderedDict()
-        self._events: deque[Reply | WatchEvent] = deque()
+        self._events: list[Reply | WatchEvent] = []
         self._next_id = 1
         #: Packets received so far (``received`` carries the count of an earlier
         #: connection on, so ``seq`` keeps growing across a reconnection).
@@ -124,10 +130,17 @@ class ClientProtocol:
         Raises `stubdom.wire.PayloadTooLong` (nothing is recorded) if the payload
         exceeds ``PAYLOAD_MAX``.
         """
-        req = Request(op, payload, self._allocate_id(), tx_id)
-        data = encode(Packet(op, payload, req.req_id, tx_id))
-        self._pending[req.req_id] = req
-        return req, data
+        size = len(payload)
+        if size > PAYLOAD_MAX:
+            raise PayloadTooLong(size)
+        req_id = self._next_id
+        if req_id in self._pending or req_id + 1 >= ID_LIMIT:
+            req_id = self._allocate_id()  # a wrap, or an id still outstanding
+        else:
+            self._next_id = req_id + 1
+        req = Request(op, payload, req_id, tx_id)
+        self._pending[req_id] = req
+        return req, _pack_header(op, req_id, tx_id, size) + payload
 
     def abandon(self, request: Request) -> None:
         """Nobody waits for this reply any more; drop it when it comes."""
@@ -148,53 +161,66 @@ class ClientProtocol:
     # -- receiving -------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
-        """Feed bytes from the server, split anywhere; raises `ProtocolError`."""
+        """Feed bytes from the server, split anywhere; raises `ProtocolError`.  What
+        they complete is queued for `next_event` and `events`."""
+        self._events = self.receive(data)
+
+    def receive(self, data: bytes) -> list[Reply | WatchEvent]:
+        """Feed bytes from the server, split anywhere; raises `ProtocolError`.  Returns
+        (and takes from the queue) every reply and watch event decoded so far, in
+        arrival order: a shell's one call per read."""
         try:
             self._decoder.feed(data)
         except DecodeError as exc:
             raise ProtocolError(f"undecodable data from the xenstore server: {exc}") from exc
-        for packet in self._decoder:
-            self._handle(packet)
-
-    def _handle(self, packet: Packet) -> None:
-        self.received += 1
-        if packet.op == Op.WATCH_EVENT:
-            path, _, rest = packet.payload.partition(b"\0")
-            token = rest[:-1] if rest.endswith(b"\0") else rest
-            self._events.append(WatchEvent(wire_text(path), wire_text(token), self.received))
-            return
-        req = self._pending.pop(packet.req_id, None)
-        if req is None:
-            if not self._pending:
-                log.warning("dropping reply with no outstanding request: %r", packet)
-                return
-            _, req = self._pending.popitem(last=False)
-        if req.abandoned:
-            log.debug("dropping reply to abandoned %s req_id=%d", req.op_name, req.req_id)
-            return
-        self._events.append(Reply(req, packet, self.received))
+        events, self._events = self._events, []
+        ready = self._decoder.ready
+        pending = self._pending
+        while ready:
+            packet = ready.popleft()
+            self.received += 1
+            op, payload, req_id, _ = packet
+            if op == _WATCH_EVENT:
+                path, _, rest = payload.partition(b"\0")
+                token = rest[:-1] if rest.endswith(b"\0") else rest
+                events.append(WatchEvent(  # as `wire_text`, inline: one event per read
+                    path.decode("utf-8", "surrogateescape"),
+                    token.decode("utf-8", "surrogateescape"),
+                    self.received,
+                ))
+                continue
+            req = pending.pop(req_id, None)
+            if req is None:
+                if not pending:
+                    log.warning("dropping reply with no outstanding request: %r", packet)
+                    continue
+                _, req = pending.popitem(last=False)
+            if req.abandoned:
+                log.debug("dropping reply to abandoned %s req_id=%d", req.op_name, req.req_id)
+                continue
+            events.append(Reply(req, packet, self.received))
+        return events
 
     def next_event(self) -> Reply | WatchEvent | None:
         """The oldest reply or watch event decoded so far, or None."""
-        return self._events.popleft() if self._events else None
+        return self._events.pop(0) if self._events else None
 
     def events(self) -> Iterator[Reply | WatchEvent]:
         """Drain every decoded reply and watch event, in arrival order."""
         while self._events:
-            yield self._events.popleft()
+            yield self._events.pop(0)
 
 
 def reply_payload(reply: Reply, what: str | None) -> bytes:
     """The payload of a reply of the request's own type; an ERROR as `XenStoreError`
     (``what``, a path or a domain, names the object in its message)."""
+    packet = reply.packet
+    if packet.op == reply.request.op and packet.op != _ERROR:
+        return packet.payload
     name = reply.request.op_name
-    if reply.is_error:
-        raise error_from_name(reply.error_name or "EINVAL", op=name, path=what)
-    if reply.packet.op != reply.request.op:
-        raise ProtocolError(
-            f"xenstore {name} {what or ''}: reply of type {reply.packet.type_name}"
-        )
-    return reply.payload
+    if packet.op == _ERROR:
+        raise error_from_name(error_name(packet.payload), op=name, path=what)
+    raise ProtocolError(f"xenstore {name} {what or ''}: reply of type {packet.type_name}")
 
 
 @dataclass(frozen=True, slots=True)

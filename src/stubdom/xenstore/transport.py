@@ -77,6 +77,10 @@ class Transport(abc.ABC):
     async def drain(self) -> None:
         """Wait until queued messages are handed to the kernel (flow control)."""
 
+    def must_drain(self) -> bool:
+        """Whether `drain` could wait or raise now; False lets a hot path skip it."""
+        return True
+
     @abc.abstractmethod
     async def read(self) -> bytes:
         """Some bytes from the server; ``b""`` at end of stream."""
@@ -95,9 +99,13 @@ class Transport(abc.ABC):
             sink(data)
 
 
-class _StreamProtocol(asyncio.Protocol):
+class _StreamProtocol(asyncio.BufferedProtocol):
     """The protocol under `StreamTransport`: hands received bytes to a sink as they
-    arrive (`Transport.run`), or buffers them for `StreamTransport.read`."""
+    arrive (`Transport.run`), or buffers them for `StreamTransport.read`.
+
+    A buffered protocol: the socket is read into one buffer kept for the connection,
+    where a plain protocol gets a fresh bytes object of asyncio's read size (256 KiB,
+    which glibc maps and unmaps again on every read)."""
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -111,12 +119,18 @@ class _StreamProtocol(asyncio.Protocol):
         self._paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self.closed: asyncio.Future[None] = self._loop.create_future()
+        self._chunk = memoryview(bytearray(_READ_SIZE))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, _sizehint: int) -> memoryview:
+        return self._chunk
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # A copy of what arrived: a sink may keep it, and the buffer is read into again.
+        data = bytes(self._chunk[:nbytes])
         if self.error is not None:
             return
         if self.sink is None:
@@ -205,6 +219,10 @@ class StreamTransport(Transport):
             raise ConnectionClosed(f"{self.description}: connection closed")
         self._transport.write(messages[0] if len(messages) == 1 else b"".join(messages))
 
+    def must_drain(self) -> bool:
+        p = self._protocol
+        return p._paused or p.closed.done()
+
     async def drain(self) -> None:
         await self._protocol.drain()
         p = self._protocol
@@ -258,6 +276,9 @@ class BufferedTransport(Transport):
 
     @abc.abstractmethod
     def _has_unsent(self) -> bool: ...
+
+    def must_drain(self) -> bool:
+        return self._has_unsent() or self._error is not None or self._closed
 
     async def drain(self) -> None:
         if self._has_unsent() and self._error is None and not self._closed:

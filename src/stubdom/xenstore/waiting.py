@@ -54,7 +54,10 @@ class WatchGroup:
         self._watches: list[Watch] = []
         self._fired = dict.fromkeys(self.paths, 0)
         self._last = dict.fromkeys(self.paths, 0)
-        self._changed = asyncio.Event()
+        #: An event came since the last `take` (an asyncio.Event without its per-wait
+        #: loop lookup, a system call on Python 3.11).
+        self._changed = False
+        self._wakers: list[asyncio.Future[None]] = []
         self._closed: ConnectionClosed | None = None
 
     @property
@@ -119,19 +122,37 @@ class WatchGroup:
             else:
                 self._fired[path] += 1
                 self._last[path] = event.seq
-            self._changed.set()
+            self._changed = True
+            if self._wakers:
+                wakers, self._wakers = self._wakers, []
+                for fut in wakers:
+                    if not fut.done():
+                        fut.set_result(None)
 
         return sink
+
+    async def _wait(self) -> None:
+        """Until an event comes (at once if one came since the last `take`)."""
+        if self._changed:
+            return
+        fut = self.client._loop.create_future()
+        self._wakers.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut in self._wakers:
+                self._wakers.remove(fut)
+            raise
 
     def take(self) -> None:
         """Forget the events so far: a look whose reads are sent after this sees what
         they announced."""
         self._raise_closed()
-        self._changed.clear()
+        self._changed = False
 
     async def changed(self) -> None:
         """Return once an event came after the last `take` (at once if one did)."""
-        await self._changed.wait()
+        await self._wait()
         self._raise_closed()
 
     async def changed_after(self, seen: Mapping[str, int]) -> None:
@@ -141,8 +162,8 @@ class WatchGroup:
         own writes fired, or those that came before its reads were answered."""
         self._raise_closed()
         while not any(self._last[path] > seq for path, seq in seen.items()):
-            self._changed.clear()
-            await self._changed.wait()
+            self._changed = False
+            await self._wait()
             self._raise_closed()
 
     def _raise_closed(self) -> None:
