@@ -176,3 +176,9 @@ async def test_waiters_on_a_group_all_wake_and_a_cancelled_one_leaves_nothing(
         await asyncio.wait_for(asyncio.gather(*waiters[1:]), GUARD)
         assert group._wakers == []
         await asyncio.wait_for(group.changed(), GUARD)  # at once: not taken since
+
+
+async def test_an_empty_batch_sends_nothing_and_returns_at_once(client: Client) -> None:
+    """An answer with no writes (qemu-trad's refused pci-rem) is an empty batch."""
+    await asyncio.wait_for(Batch(client).send(), 5)
+    assert await asyncio.wait_for(client.roundtrips([]), 5) == []

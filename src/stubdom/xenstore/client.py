@@ -579,10 +579,12 @@ class Client(_NodeOps):
         xenstored serves a connection's requests in order, so this changes the store
         exactly as the same requests sent one by one; it costs one round trip and no
         task.  ``timeout`` bounds the whole batch.  The requests are on the wire before
-        the first suspension.
+        the first suspension.  No requests: no round trip, no replies.
         """
         if self._closed is not None:
             self._raise_closed()
+        if not requests:
+            return []
         for op, payload, what in requests:
             if len(payload) > PAYLOAD_MAX:
                 raise TooBig(
