@@ -94,7 +94,7 @@ class ConsoleLogHandler(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__()
-        self.lines: list[bytes] = []
+        self.lines: list[logging.LogRecord] = []
         self.console: Console | None = None
         self._ready = asyncio.Event()
         self._held = 0
@@ -104,13 +104,17 @@ class ConsoleLogHandler(logging.Handler):
         self._writing = asyncio.Lock()
 
     def emit(self, record: logging.LogRecord) -> None:
+        # Formatted when written, after the event: off the answer's path.
+        self.lines.append(record)
+        if not self._held:
+            self._ready.set()
+
+    def _line(self, record: logging.LogRecord) -> bytes:
         try:
             line = self.format(record)
         except Exception:  # pragma: no cover - logging must never raise
-            return
-        self.lines.append((line.rstrip("\n") + "\n").encode("utf-8", "replace"))
-        if not self._held:
-            self._ready.set()
+            return b""
+        return (line.rstrip("\n") + "\n").encode("utf-8", "replace")
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
@@ -143,7 +147,8 @@ class ConsoleLogHandler(logging.Handler):
 
     async def _write_lines(self, console: Console) -> None:
         async with self._writing:  # one write at a time, in the order logged
-            data, self.lines = b"".join(self.lines), []
+            records, self.lines = self.lines, []
+            data = b"".join(self._line(r) for r in records)
             if data:
                 await console.write(data)
 

@@ -42,8 +42,19 @@ def make_backend(options: AgentOptions, work_dir: Path | None = None) -> DeviceM
     return SimDeviceModel(eject_delay=options.eject_delay, ram_mb=options.sim_ram_mb)
 
 
+def quiet_log_records() -> None:
+    """Log records without what no line of ours shows (the logging HOWTO's
+    "Optimization"): no walk up the stack for the caller, no thread or process
+    lookups.  A record is made on the path of every command's answer."""
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+
+
 def main(argv: list[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
+    quiet_log_records()
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
