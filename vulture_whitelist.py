@@ -67,3 +67,8 @@ _.notify_fifo  # realxs FakeXen: a domain's notify FIFO (the host's ring transpo
 _.kick_virq  # realxs FakeXen: re-check domains after a marker (tests/differential, tests)
 _.unmark  # realxs FakeXen: a marked domain runs again (tests)
 _.DEAD  # realxs DomainState member: the marker dead-<domid>, named by value in tests
+# logging's module switches (stubdomain/main.py quiet_log_records), read by logging
+_._srcfile
+_.logThreads
+_.logProcesses
+_.logMultiprocessing
