@@ -428,7 +428,8 @@ class XenStored:
         # Else one C-level match proves both checks.
         if _PLAIN_ARG.fullmatch(p) is not None:
             return _remember(_plain_args, p, p[:-1].decode("ascii"))
-        path = conn.paths.get(p)
+        # Only keys with their NUL: `canonical` keeps the same paths without it.
+        path = conn.paths.get(p) if p.endswith(b"\0") else None
         if path is not None:  # a relative path this connection named before
             return path
         path = self.canonical(conn, onearg(packet))
