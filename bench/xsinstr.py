@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.hostkit import CLIENT_CPU, SERVER_CPU  # noqa: E402
-from bench.rawxs import HDR  # noqa: E402
+from bench.rawxs import HDR, RawConnection  # noqa: E402
 
 READ, WATCH, TX_START, TX_END, INTRODUCE, WRITE, RM, SET_PERMS, EVENT, ERROR = (
     2, 4, 6, 7, 8, 11, 13, 14, 15, 16)
@@ -73,28 +73,12 @@ def write_req(path: str, value: bytes, tx: int = 0) -> bytes:
     return packet(WRITE, path.encode() + b"\0" + value, tx)
 
 
-class Conn:
+class Conn(RawConnection):
     """A blocking connection that reads whole packets; events are counted, not kept."""
 
     def __init__(self, path: str) -> None:
-        import socket
-
-        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.s.connect(path)
+        super().__init__(path)
         self.events = 0
-
-    def _exact(self, n: int) -> bytes:
-        buf = b""
-        while len(buf) < n:
-            chunk = self.s.recv(n - len(buf))
-            if not chunk:
-                raise ConnectionError("daemon closed the connection")
-            buf += chunk
-        return buf
-
-    def packet(self) -> tuple[int, bytes]:
-        op, _, _, n = HDR.unpack(self._exact(16))
-        return op, self._exact(n)
 
     def call(self, req: bytes) -> bytes:
         """Send ``req``; its reply's payload (events before it are counted)."""
@@ -116,9 +100,6 @@ class Conn:
         op, body = self.packet()
         if op != EVENT:
             raise RuntimeError(f"expected an event, got type {op}: {body!r}")
-
-    def close(self) -> None:
-        self.s.close()
 
 
 @dataclass

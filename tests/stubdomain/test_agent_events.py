@@ -4,7 +4,9 @@ RM left unread, and console-0 lines held while an event is served."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -113,15 +115,28 @@ class FakeConsole:
         pass
 
 
-async def test_lines_logged_while_an_event_is_served_follow_in_one_write() -> None:
+@contextlib.asynccontextmanager
+async def console_log(name: str, linger: float) -> AsyncIterator[
+    tuple[ConsoleLogHandler, FakeConsole, logging.Logger]
+]:
+    """A console-0 handler with ``linger`` on a fake console, for logger ``name``;
+    closed (what is queued written) on the way out."""
     handler = ConsoleLogHandler()
-    handler.LINGER = 0  # type: ignore[misc]
+    handler.LINGER = linger  # type: ignore[misc]
     console = FakeConsole()
     handler.attach(console)  # type: ignore[arg-type]
-    logger = logging.getLogger("test.held")
+    logger = logging.getLogger(name)
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
+        yield handler, console, logger
+    finally:
+        logger.removeHandler(handler)
+        await asyncio.wait_for(handler.aclose(), 5)
+
+
+async def test_lines_logged_while_an_event_is_served_follow_in_one_write() -> None:
+    async with console_log("test.held", 0) as (handler, console, logger):
         with handler.held():
             logger.info("one")
             logger.info("two")
@@ -134,45 +149,22 @@ async def test_lines_logged_while_an_event_is_served_follow_in_one_write() -> No
         console.wrote.clear()
         await console.wrote.wait()
         assert console.writes[-1] == b"three\n"
-    finally:
-        logger.removeHandler(handler)
-        await handler.aclose()
 
 
 async def test_lines_linger_for_company_and_closing_writes_them_at_once() -> None:
-    handler = ConsoleLogHandler()
-    handler.LINGER = 3600  # type: ignore[misc]
-    console = FakeConsole()
-    handler.attach(console)  # type: ignore[arg-type]
-    logger = logging.getLogger("test.linger")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
+    async with console_log("test.linger", 3600) as (_, console, logger):
         logger.info("three")
         for _ in range(20):  # every turn the writer could take
             await asyncio.sleep(0)
         assert console.writes == []
         logger.info("four")
-    finally:
-        logger.removeHandler(handler)
-        await asyncio.wait_for(handler.aclose(), 5)
     assert console.writes == [b"three\nfour\n"]
 
 
 async def test_write_now_writes_held_lines_before_it_returns() -> None:
-    handler = ConsoleLogHandler()
-    handler.LINGER = 3600  # type: ignore[misc]
-    console = FakeConsole()
-    handler.attach(console)  # type: ignore[arg-type]
-    logger = logging.getLogger("test.now")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
+    async with console_log("test.now", 3600) as (handler, console, logger):
         with handler.held():
             logger.info("snapshot saved")
             await handler.write_now()
             assert console.writes == [b"snapshot saved\n"]
-    finally:
-        logger.removeHandler(handler)
-        await asyncio.wait_for(handler.aclose(), 5)
     assert console.writes == [b"snapshot saved\n"]
