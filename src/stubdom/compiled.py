@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 #: the rarely used requests (CONTROL, domains).
 MODULES = (
     "stubdom.wire.packet",
+    "stubdom.wire.paths",
     "stubdom.xenstored.server",
     "stubdom.xenstored.core",
     "stubdom.xenstored.node_requests",

@@ -17,7 +17,7 @@ from typing import Final
 
 from stubdom.wire.constants import DOMID_FIRST_RESERVED, PAYLOAD_MAX, Op
 from stubdom.wire.packet import RawPacket
-from stubdom.wire.paths import canonicalize, is_valid_path, relative_length
+from stubdom.wire.paths import canonicalize, is_valid_path, join, parent_of, relative_length
 from stubdom.wire.perms import Access, Perm
 from stubdom.xenstored.connection import Connection, Output
 from stubdom.xenstored.control import op_control
@@ -53,7 +53,7 @@ from stubdom.xenstored.node_requests import (
 )
 from stubdom.xenstored.quota import Quotas
 from stubdom.xenstored.requests import onearg
-from stubdom.xenstored.store import NO_GENERATION, Node, Store, join, node_memory, parent_of
+from stubdom.xenstored.store import NO_GENERATION, Node, Store, node_memory
 from stubdom.xenstored.transaction import Accessed, Transaction
 from stubdom.xenstored.watches import WatchIndex
 

@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, Final
 
 from stubdom.wire.constants import OK, PAYLOAD_MAX
 from stubdom.wire.packet import RawPacket
+from stubdom.wire.paths import parent_of
 from stubdom.wire.perms import Access, InvalidPermission, Perm, parse_perm
 from stubdom.xenstored.errors import XsError
 from stubdom.xenstored.requests import atoi, strings
-from stubdom.xenstored.store import NO_GENERATION, parent_of
+from stubdom.xenstored.store import NO_GENERATION
 from stubdom.xenstored.transaction import Transaction
 from stubdom.xenstored.watches import Watch
 

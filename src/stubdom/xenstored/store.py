@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from stubdom.wire.paths import join
 from stubdom.wire.perms import Perm
 
 #: Generation of a node that does not exist (cx ``NO_GENERATION``).
@@ -90,18 +91,6 @@ class Node:
     def child_list(self) -> bytes:
         """``name\\0`` per child, the DIRECTORY reply."""
         return b"".join(n.encode() + b"\0" for n in self.children)
-
-
-def parent_of(path: str) -> str:
-    """`stubdom.wire.paths.parent_of`, compiled with the core: a call into a module mypyc
-    does not compile costs a thousand instructions."""
-    idx = path.rfind("/")
-    return "/" if idx <= 0 else path[:idx]
-
-
-def join(parent: str, name: str) -> str:
-    """`stubdom.wire.paths.join`, compiled with the core (see `parent_of`)."""
-    return "/" + name if parent == "/" else parent + "/" + name
 
 
 def node_memory(path: str, node: Node) -> int:
