@@ -31,9 +31,12 @@ class Connection:
         self.watches: dict[tuple[str, bytes], Watch] = {}
         self.transactions: dict[int, Transaction] = {}
         self.next_tx_id = 1
-        #: Relative paths this connection sent, as given -> canonical (see
-        #: `XenStored.canonical`): a guest names its nodes relative to its home.
+        #: Relative paths this connection sent -> canonical: a guest names its nodes
+        #: relative to its home.  Bare (`XenStored.canonical`) and as a request's
+        #: NUL-terminated only argument (`XenStored.path_arg`), as the daemon keeps
+        #: plain absolute ones.
         self.paths: dict[bytes, str] = {}
+        self.arg_paths: dict[bytes, str] = {}
         #: Output not yet taken by the shell.
         self.outbox: list[Output] = []
         #: In the core's list of connections given output (`XenStored.pending`).

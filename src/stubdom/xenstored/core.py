@@ -428,14 +428,13 @@ class XenStored:
         # Else one C-level match proves both checks.
         if _PLAIN_ARG.fullmatch(p) is not None:
             return _remember(_plain_args, p, p[:-1].decode("ascii"))
-        # Only keys with their NUL: `canonical` keeps the same paths without it.
-        path = conn.paths.get(p) if p.endswith(b"\0") else None
+        path = conn.arg_paths.get(p)
         if path is not None:  # a relative path this connection named before
             return path
         path = self.canonical(conn, onearg(packet))
         # Valid now, and whenever it is within the path quota (checked above).
         if _PLAIN_RELATIVE_ARG.fullmatch(p) is not None and relative_length(path) == len(p) - 1:
-            _remember(conn.paths, p, path, _RELATIVE_CACHED)
+            _remember(conn.arg_paths, p, path, _RELATIVE_CACHED)
         return path
 
     def canonical(self, conn: Connection, raw: bytes, allow_special: bool = False) -> str:
