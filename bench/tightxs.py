@@ -10,10 +10,11 @@ be read as the reply.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 
 from bench.rawxs import HDR
 
-ERROR = 16
+READ, TSTART, TEND, WRITE, ERROR = 2, 6, 7, 11, 16
 BUF = 65536
 
 
@@ -66,3 +67,22 @@ class TightConnection:
 
     def close(self) -> None:
         self.s.close()
+
+
+def single_ops(cl: TightConnection) -> dict[str, Callable[[int], None]]:
+    """The issue's single-request paths on ``/bench/x`` (written first), each ``n``
+    times: READ of the one-byte node, WRITE of the same value, and a transaction of
+    start, read, write, commit."""
+    w, r = request(WRITE, b"/bench/x\0v"), request(READ, b"/bench/x\0")
+    cl.call(w)
+    call = cl.call
+
+    def transactions(n: int) -> None:
+        for _ in range(n):
+            t = int(call(request(TSTART, b"\0"))[16:-1])
+            call(request(READ, b"/bench/x\0", t))
+            call(request(WRITE, b"/bench/x\0v", t))
+            call(request(TEND, b"T\0", t))
+
+    return {"WRITE": lambda n: cl.repeat(w, n), "READ": lambda n: cl.repeat(r, n),
+            "transaction": transactions}

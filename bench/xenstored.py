@@ -134,10 +134,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench.cpustat import sched_ns, stat_ns  # noqa: E402
 from bench.rawxs import HDR, RawConnection  # noqa: E402
-from bench.tightxs import TightConnection, request  # noqa: E402
+from bench.tightxs import TightConnection, request, single_ops  # noqa: E402
 from tests.support.daemons import Daemon, have_cx, have_ox, start_cx, start_ours, start_ox  # noqa: E402
 
-READ, WATCH, TSTART, TEND, WRITE, EVENT, ERROR = 2, 4, 6, 7, 11, 15, 16
+READ, WATCH, WRITE, EVENT, ERROR = 2, 4, 11, 15, 16
 SERVER_CPU, CLIENT_CPU = 1, 0
 
 
@@ -170,27 +170,11 @@ class Prepared:
 
 
 W_REQ = request(WRITE, b"/bench/x\0v")
-R_REQ = request(READ, b"/bench/x\0")
-
-
-def transactions(cl: TightConnection) -> Callable[[int], None]:
-    call = cl.call
-
-    def run(n: int) -> None:
-        for _ in range(n):
-            t = int(call(request(TSTART, b"\0"))[16:-1])
-            call(request(READ, b"/bench/x\0", t))
-            call(request(WRITE, b"/bench/x\0v", t))
-            call(request(TEND, b"T\0", t))
-    return run
 
 
 def basic(d: Daemon) -> Prepared:
     cl = TightConnection(d.socket)
-    cl.call(W_REQ)
-    return Prepared({"WRITE": lambda n: cl.repeat(W_REQ, n),
-                     "READ": lambda n: cl.repeat(R_REQ, n),
-                     "transaction": transactions(cl)}, [cl.close])
+    return Prepared(single_ops(cl), [cl.close])
 
 
 def add_watchers(d: Daemon, conns: int, per_conn: int) -> list[Raw]:

@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.cpustat import sched_run_wait  # noqa: E402
 from bench.rawxs import RawConnection  # noqa: E402
-from bench.tightxs import TightConnection, request  # noqa: E402
+from bench.tightxs import TightConnection, single_ops  # noqa: E402
 from tests.support.daemons import Daemon, start_cx, start_ours  # noqa: E402
 
 READ, TSTART, TEND, WRITE, EVENT = 2, 6, 7, 11, 15
@@ -136,20 +136,7 @@ def old_ops(path: str) -> dict[str, Callable[[int], None]]:
 
 
 def tight_ops(path: str) -> dict[str, Callable[[int], None]]:
-    cl = TightConnection(path)
-    w, r = request(WRITE, b"/bench/x\0v"), request(READ, b"/bench/x\0")
-    cl.call(w)
-    call = cl.call
-
-    def tx(n: int) -> None:
-        for _ in range(n):
-            t = int(call(request(TSTART, b"\0"))[16:-1])
-            call(request(READ, b"/bench/x\0", t))
-            call(request(WRITE, b"/bench/x\0v", t))
-            call(request(TEND, b"T\0", t))
-
-    return {"READ": lambda n: cl.repeat(r, n), "WRITE": lambda n: cl.repeat(w, n),
-            "transaction": tx}
+    return single_ops(TightConnection(path))
 
 
 def last_cpu() -> int:
