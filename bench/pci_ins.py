@@ -264,30 +264,23 @@ def measure(name: str, fn: Callable[[str, str, bool, int], list[float]], absolut
         d.stop()
 
 
-def floor(ts_sock: str, dm_sock: str, dm_absolute: bool, ops: int) -> list[float]:
-    """µs per bare exchange (one sample per op); the daemon is prepared (`setup`)."""
-    helper = start_helper(dm_sock, "floor", dm_absolute)
+def timed_floor(ts_sock: str, dm_sock: str, dm_absolute: bool, ops: int, kind: str,
+                watched: list[str], exchange: Callable[[Raw, str], None]) -> list[float]:
+    """µs per bare exchange (one sample per op, a tenth more untimed first): the raw
+    device model answers ``kind``; the toolstack watches ``watched`` (nodes of the
+    device-model directory) and runs ``exchange`` on that directory."""
+    helper = start_helper(dm_sock, "floor", dm_absolute, kind)
     d = dm_dir(True)
     ts = Raw(ts_sock)
-    ts.rpc("WATCH", f"{d}/state", "ts")
-    ts.rpc("WATCH", f"{d}/parameter", "tp")
-    ts.event()
-    ts.event()
+    for node in watched:
+        ts.rpc("WATCH", f"{d}/{node}", node)
+    for _ in watched:
+        ts.event()  # the initial events
     out = []
     try:
         for i in range(ops + ops // 10):
             t0 = time.perf_counter()
-            ts.rpc("WRITE", f"{d}/parameter", PARAM)
-            ts.rpc("WRITE", f"{d}/command", "pci-ins")
-            seen = 0
-            while True:  # own parameter, dm's parameter, dm's state
-                seen += 1
-                if ts.event() == f"{d}/state":
-                    break
-            ts.rpc("WRITE", f"{d}/state", "running")
-            while seen < 4:  # our own state write
-                ts.event()
-                seen += 1
+            exchange(ts, d)
             if i >= ops // 10:
                 out.append((time.perf_counter() - t0) * 1e6)
     finally:
@@ -297,30 +290,37 @@ def floor(ts_sock: str, dm_sock: str, dm_absolute: bool, ops: int) -> list[float
     return out
 
 
+def pci_ins_exchange(ts: Raw, d: str) -> None:
+    """6 writes and 6 events (module docstring)."""
+    ts.rpc("WRITE", f"{d}/parameter", PARAM)
+    ts.rpc("WRITE", f"{d}/command", "pci-ins")
+    seen = 0
+    while True:  # own parameter, dm's parameter, dm's state
+        seen += 1
+        if ts.event() == f"{d}/state":
+            break
+    ts.rpc("WRITE", f"{d}/state", "running")
+    while seen < 4:  # our own state write
+        ts.event()
+        seen += 1
+
+
+def floor(ts_sock: str, dm_sock: str, dm_absolute: bool, ops: int) -> list[float]:
+    """The floor of pci-ins; the daemon is prepared (`setup`)."""
+    return timed_floor(ts_sock, dm_sock, dm_absolute, ops, "pci-ins",
+                       ["state", "parameter"], pci_ins_exchange)
+
+
 def floor_plain(kind: str) -> Callable[[str, str, bool, int], list[float]]:
-    """The floor of ``kind`` (save, continue): µs per bare exchange of 3 writes and 3
-    events (`ANSWERS`)."""
+    """The floor of ``kind`` (save, continue): 3 writes and 3 events (`ANSWERS`)."""
+
+    def exchange(ts: Raw, d: str) -> None:
+        ts.rpc("WRITE", f"{d}/command", kind)
+        while ts.event() != f"{d}/state":
+            pass
 
     def run(ts_sock: str, dm_sock: str, dm_absolute: bool, ops: int) -> list[float]:
-        helper = start_helper(dm_sock, "floor", dm_absolute, kind)
-        d = dm_dir(True)
-        ts = Raw(ts_sock)
-        ts.rpc("WATCH", f"{d}/state", "ts")
-        ts.event()
-        out = []
-        try:
-            for i in range(ops + ops // 10):
-                t0 = time.perf_counter()
-                ts.rpc("WRITE", f"{d}/command", kind)
-                while ts.event() != f"{d}/state":
-                    pass
-                if i >= ops // 10:
-                    out.append((time.perf_counter() - t0) * 1e6)
-        finally:
-            helper.kill()
-            helper.wait()
-            ts.close()
-        return out
+        return timed_floor(ts_sock, dm_sock, dm_absolute, ops, kind, ["state"], exchange)
 
     return run
 
