@@ -50,24 +50,22 @@ class _Run(Probes):
         except CreateError as e:
             self.not_started = f"the stubdomain did not start (create failed: {e.reason})"
             targets = scope.stub_targets(self.rec.requests)
-            stub_guest = next(iter(targets.items()), None)
+            if not targets:
+                self.add("startup.running", F, f"create failed: {e}")
+                return
             # A stub that wrote running and died before create was done did start:
             # startup.running is judged by its writes, as for any other stub.
-            if stub_guest is None or not self.wrote_running(*stub_guest):
-                self.add("startup.running", F, f"create failed: {e}")
-            if stub_guest is not None:
-                await self.judge_setup(*stub_guest, vm=None)
+            stub, guest = next(iter(targets.items()))
+            await self.judge_setup(stub, guest, vm=None, failure=f"create failed: {e}")
             return
         await self.judge_setup(self.c.stubdom, self.c.guest,
                                vm=(await self.h.session.xs.read(
                                    proto.vm_path_node(self.c.guest))).decode())
 
-    def wrote_running(self, stub: int, guest: int) -> bool:
-        """Whether the stub's first write of ``state`` was ``running``."""
-        first = next(iter(self.dm_writes(0, "state", stub, guest)), None)
-        return first is not None and first.value == proto.State.RUNNING.value
-
-    async def judge_setup(self, stub: int, guest: int, vm: str | None) -> None:
+    async def judge_setup(self, stub: int, guest: int, vm: str | None,
+                          failure: str | None = None) -> None:
+        """The setup clauses from what the stub did; ``failure`` (create's error) is
+        what a startup.running that failed saw."""
         reads = {r.path for r in self.rec.requests if r.dom == stub and r.type == "READ"}
         want = [proto.target_path(stub), proto.vm_path_node(guest)]
         if vm is not None:
@@ -77,7 +75,8 @@ class _Run(Probes):
                  f"not read: {missing}" if missing else "target, vm, dmargs read")
         states = [r.value for r in self.dm_writes(0, "state", stub, guest)]
         ok = states[:1] == [proto.State.RUNNING.value]
-        self.add("startup.running", P if ok else F, f"state writes before ready: {states}")
+        seen = f"state writes before ready: {states}"
+        self.add("startup.running", P if ok else F, seen if ok or failure is None else failure)
         first = next((r.seq for r in self.dm_writes(0, "state", stub, guest)), None)
         if first is None:
             self.add("startup.watch-first", F, "never wrote state")
