@@ -31,10 +31,10 @@ from stubdom.wire.paths import check_client_path
 from stubdom.xenstore.errors import (
     ConnectionClosed,
     ProtocolError,
-    TooBig,
     TransactionConflict,
-    XenStoreTimeout,
     error_from_name,
+    no_reply,
+    request_too_big,
 )
 from stubdom.xenstore.payloads import (
     DEFAULT_MAX_REPLY,
@@ -125,8 +125,7 @@ class BlockingClient:
         ``what`` (a path) only makes error messages clearer, as for `Client.request`.
         """
         if len(payload) > PAYLOAD_MAX:
-            raise TooBig(op=op_name(op), path=what,
-                         message=f"request of {len(payload)} bytes exceeds {PAYLOAD_MAX}")
+            raise request_too_big(op_name(op), what, len(payload))
         deadline: float | None = None
         while True:
             try:
@@ -170,8 +169,7 @@ class BlockingClient:
             # Its reply may still come and would be taken for the next one's.
             self._unusable = ConnectionClosed(
                 f"xenstore connection {self.path}: a reply never came")
-            where = " ".join(x for x in ("xenstore", op_name(op), what) if x)
-            raise XenStoreTimeout(f"{where}: no reply within {self.timeout:g} s") from None
+            raise no_reply(op_name(op), what, self.timeout) from None
         except DecodeError as e:
             self._unusable = ConnectionClosed(f"xenstore connection {self.path}: {e}")
             raise ProtocolError(f"undecodable data from the xenstore server: {e}") from e

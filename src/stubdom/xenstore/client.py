@@ -56,6 +56,8 @@ from stubdom.xenstore.errors import (
     TransactionConflict,
     XenStoreError,
     XenStoreTimeout,
+    no_reply,
+    request_too_big,
 )
 from stubdom.xenstore.inflight import Call, Deadlines
 from stubdom.xenstore.protocol import (
@@ -587,11 +589,7 @@ class Client(_NodeOps):
             return []
         for op, payload, what in requests:
             if len(payload) > PAYLOAD_MAX:
-                raise TooBig(
-                    op=op_name(op),
-                    path=what,
-                    message=f"request of {len(payload)} bytes exceeds {PAYLOAD_MAX}",
-                )
+                raise request_too_big(op_name(op), what, len(payload))
         limit = self.timeout if timeout is DEFAULT else timeout
         if not self._online.is_set():
             await self._wait_online(requests[0][0], limit)
@@ -608,8 +606,7 @@ class Client(_NodeOps):
             return await call.future
         except TimeoutError:
             op, _, what = requests[0]
-            where = " ".join(x for x in ("xenstore", op_name(op), what) if x)
-            raise XenStoreTimeout(f"{where}: no reply within {limit:g} s") from None
+            raise no_reply(op_name(op), what, limit) from None
         finally:
             if call.left:
                 self._abandon(call)

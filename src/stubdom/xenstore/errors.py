@@ -27,6 +27,8 @@ import errno as _errno
 import os
 from typing import ClassVar
 
+from stubdom.wire.constants import PAYLOAD_MAX
+
 
 class XenStoreError(OSError):
     """The server answered a request with ERROR.
@@ -240,3 +242,15 @@ __all__ = [
     "XenStoreTimeout",
     "error_from_name",
 ]
+
+
+def request_too_big(op: str, path: str | None, size: int) -> TooBig:
+    """A request no daemon takes, refused before it is sent (every client of ours)."""
+    return TooBig(op=op, path=path, message=f"request of {size} bytes exceeds {PAYLOAD_MAX}")
+
+
+def no_reply(op: str, path: str | None, limit: float | None) -> XenStoreTimeout:
+    """A request whose reply did not come within ``limit`` seconds."""
+    where = " ".join(x for x in ("xenstore", op, path) if x)
+    within = "" if limit is None else f" within {limit:g} s"
+    return XenStoreTimeout(f"{where}: no reply{within}")
