@@ -16,19 +16,21 @@ from pathlib import Path
 CONNECT_TIMEOUT = 10.0
 
 
+def set_once(fut: asyncio.Future[None] | None) -> None:
+    """Wake whoever awaits ``fut``, unless it is already done (or there is none): a
+    callback that may fire after the waiter gave up."""
+    if fut is not None and not fut.done():
+        fut.set_result(None)
+
+
 async def wait_fd(fd: int, *, writable: bool = False) -> None:
     """Until ``fd`` is readable (or writable)."""
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[None] = loop.create_future()
-
-    def ready() -> None:
-        if not fut.done():
-            fut.set_result(None)
-
     if writable:
-        loop.add_writer(fd, ready)
+        loop.add_writer(fd, set_once, fut)
     else:
-        loop.add_reader(fd, ready)
+        loop.add_reader(fd, set_once, fut)
     try:
         await fut
     finally:

@@ -32,6 +32,7 @@ from stubdom.devicemodel.base import (
     PciInsertFailed,
     PciRemoveFailed,
 )
+from stubdom.fdio import set_once
 from stubdom.host.frontend.console import Console, ConsoleError, connect_console, open_console
 from stubdom.stubdomain import commands as cmds
 from stubdom.stubdomain.args import AgentOptions, DmArgsError, build_argv, parse_dm_args
@@ -63,11 +64,6 @@ EXIT_FATAL = 1
 
 class AgentFatal(Exception):
     """The agent cannot go on; the message is the reason, logged before exiting."""
-
-
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 class ConsoleLogHandler(logging.Handler):
@@ -165,7 +161,7 @@ class ConsoleLogHandler(logging.Handler):
             return
         loop = asyncio.get_running_loop()
         self._lingering = wake = loop.create_future()
-        timer = loop.call_later(self.LINGER, _wake, wake)
+        timer = loop.call_later(self.LINGER, set_once, wake)
         try:
             await wake
         finally:
@@ -177,7 +173,7 @@ class ConsoleLogHandler(logging.Handler):
         if self._task is not None:
             self._closing = True
             if self._lingering is not None:
-                _wake(self._lingering)
+                set_once(self._lingering)
             self._ready.set()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._task, 10)

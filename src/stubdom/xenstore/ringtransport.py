@@ -44,6 +44,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from stubdom.fdio import set_once
 from stubdom.xenstore.errors import ConnectionClosed, ProtocolError
 from stubdom.xenstore.ring import (
     CONNECTED,
@@ -284,7 +285,7 @@ class RingTransport(BufferedTransport):
         if step.received:
             self._outstanding.received(step.received)
             self._rx += step.received
-            _set_once(self._rx_waiter)
+            set_once(self._rx_waiter)
         if step.kick:
             self._kick()
         if step.sent and not ring.queued:
@@ -319,7 +320,7 @@ class RingTransport(BufferedTransport):
                 await asyncio.sleep(0)
                 return
         self._waker = fut = self._loop.create_future()
-        handle = self._loop.call_later(delay, _set_once, fut)
+        handle = self._loop.call_later(delay, set_once, fut)
         try:
             await fut
         finally:
@@ -327,7 +328,7 @@ class RingTransport(BufferedTransport):
             self._waker = None
 
     def _poke(self) -> None:
-        _set_once(self._waker)
+        set_once(self._waker)
 
     def _on_notify(self) -> None:
         assert self._notify_fd is not None
@@ -355,14 +356,9 @@ class RingTransport(BufferedTransport):
         self._wake_all()
 
     def _wake_all(self) -> None:
-        _set_once(self._rx_waiter)
+        set_once(self._rx_waiter)
         self._wake_drainers()
         self._poke()
-
-
-def _set_once(fut: asyncio.Future[None] | None) -> None:
-    if fut is not None and not fut.done():
-        fut.set_result(None)
 
 
 __all__ = ["PAGE_SIZE", "RingTransport", "RingUnsupported"]

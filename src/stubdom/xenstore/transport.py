@@ -26,7 +26,7 @@ import stat
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 
-from stubdom.fdio import connect_unix
+from stubdom.fdio import connect_unix, set_once
 from stubdom.xenstore.errors import ConnectionClosed
 
 log = logging.getLogger(__name__)
@@ -387,7 +387,7 @@ class FdTransport(BufferedTransport):
                 raise
             fut: asyncio.Future[None] = self._loop.create_future()
             self._read_waiter = fut
-            self._loop.add_reader(self._fd, _set_once, fut)
+            self._loop.add_reader(self._fd, set_once, fut)
             try:
                 await fut
             finally:
@@ -407,14 +407,9 @@ class FdTransport(BufferedTransport):
         self._out.clear()
         self._wake_drainers()
         if self._read_waiter is not None:
-            _set_once(self._read_waiter)
+            set_once(self._read_waiter)
         if self._own:
             os.close(self._fd)
-
-
-def _set_once(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 async def open_path(path: str) -> Transport:
