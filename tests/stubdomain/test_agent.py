@@ -215,6 +215,27 @@ async def test_save_pauses_continue_resumes(host: Host, dm: str) -> None:
     assert not await ch.resume()  # not paused: nothing sent
 
 
+async def stub_watches(host: Host, stubdom: int) -> int:
+    """The stubdomain's watches, from our xenstored's ``quota <domid>`` report."""
+    report = await host.xs.request(Op.CONTROL, f"quota\0{stubdom}\0".encode())
+    rows = (line.split(":") for line in report.decode().strip("\0").splitlines()[1:])
+    return {k.strip(): int(v) for k, v in rows}["watches"]
+
+
+async def test_saves_leave_no_watch_behind(host: Host) -> None:
+    """Each save opens and closes console 1, whose monitor is cancelled mid-WATCH: a
+    watch left each time ran the stubdomain into its watch quota (E2BIG) after ~128."""
+    c = await host.create()
+    ch = host.chan(c)
+    await ch.save()
+    await ch.resume()
+    before = await stub_watches(host, c.stubdom)
+    for _ in range(6):
+        await ch.save()
+        await ch.resume()
+    assert await stub_watches(host, c.stubdom) == before
+
+
 @ON_EVERY_DAEMON
 async def test_save_and_restore_give_the_machine_back(host: Host) -> None:
     c = await host.create()

@@ -7,8 +7,6 @@ timeout tests, whose condition can never hold.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -21,34 +19,9 @@ from stubdom.xenstore import (
     WatchGroup,
     XenStoreTimeout,
 )
-from stubdom.xenstored.server import XenStoreServer
-from tests.support.daemons import short_tmpdir
+from tests.xenstore.conftest import GUARD, Xs
 
-GUARD = 10.0  # failure guard only
 NEVER = 0.05  # for conditions that can never hold
-
-
-@dataclass
-class Xs:
-    server: XenStoreServer
-    waiter: Client
-    writer: Client
-
-    def server_watches(self) -> int:
-        """Watches the daemon holds for any connection."""
-        return sum(len(conn.watches) for conn in self.server.clients)
-
-
-@pytest.fixture
-async def xs() -> AsyncIterator[Xs]:
-    server = XenStoreServer(short_tmpdir("wait-") / "xs")
-    await server.start()
-    waiter = await Client.connect(str(server.socket_path), timeout=GUARD)
-    writer = await Client.connect(str(server.socket_path), timeout=GUARD)
-    yield Xs(server, waiter, writer)
-    await writer.close()
-    await waiter.close()
-    await server.close()
 
 
 def equals(wanted: str) -> Any:

@@ -34,6 +34,7 @@ SET_PERMS do not mind; an RM may then answer ENOENT.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import itertools
 import logging
@@ -785,8 +786,38 @@ class Client(_NodeOps):
         return Transaction(self, tx_id)
 
     async def transaction_start(self, *, timeout: TimeoutArg = DEFAULT) -> int:
-        """Raw TRANSACTION_START: the new tx_id."""
-        return parse_tx_id(await self.request(Op.TRANSACTION_START, b"\0", timeout=timeout))
+        """Raw TRANSACTION_START: the new tx_id.
+
+        Cancelled once sent, the transaction may still open on the server: it is
+        aborted when its reply comes, as it would otherwise hold one of the
+        connection's few transactions until the connection closes."""
+        started = asyncio.ensure_future(
+            self.request(Op.TRANSACTION_START, b"\0", timeout=timeout)
+        )
+        try:
+            return parse_tx_id(await asyncio.shield(started))
+        except asyncio.CancelledError:
+            started.add_done_callback(self._abort_started)
+            raise
+
+    def _abort_started(self, started: asyncio.Future[bytes]) -> None:
+        """TRANSACTION_END F for a transaction nobody waited for (`transaction_start`)."""
+        if started.cancelled() or started.exception() is not None:
+            return
+        tx_id = parse_tx_id(started.result())
+        log.debug("%s: aborting transaction %d, started for a cancelled caller",
+                  self.description, tx_id)  # fmt: skip
+        self._post(Op.TRANSACTION_END, b"F\0", tx_id)
+
+    def _post(self, op: int, payload: bytes, tx_id: int = 0) -> None:
+        """Send a request whose reply nobody reads (undoing what a cancelled request may
+        have done); nothing when the connection is down, which undoes it anyway."""
+        if self._closed is not None or not self._online.is_set():
+            return
+        call, messages = self._submit(((op, payload, None),), tx_id, None)
+        with contextlib.suppress(ConnectionClosed):
+            self._transport.write_many(messages)
+        self._abandon(call)
 
     async def transaction_end(
         self, tx_id: int, commit: bool = True, *, timeout: TimeoutArg = DEFAULT
@@ -930,9 +961,11 @@ class Watch:
             await self.client.request(
                 Op.WATCH, args_payload(self.path, self.token), timeout=timeout, what=self.path
             )
-        except BaseException:
+        except BaseException as err:
             self._active = False
             self.client._unregister_watch(self)
+            if not isinstance(err, XenStoreError):  # cancelled, timed out: it may be set
+                self.client._post(Op.UNWATCH, args_payload(self.path, self.token))
             raise
         return self
 
