@@ -76,12 +76,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import functools
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,9 +105,11 @@ from bench.hostkit import (  # noqa: E402
     verdict,
     xenstoreds,
 )
+from bench.cpustat import sched_ns  # noqa: E402
 from bench.rawxs import RawConnection  # noqa: E402
 from stubdom.protocol import Bdf  # noqa: E402
 from stubdom.toolstack.channel import ChannelRegistry, DeviceModelChannel  # noqa: E402
+from stubdom.toolstack.session import Session  # noqa: E402
 from stubdom.xenstore import Client  # noqa: E402
 from tests.support.daemons import (  # noqa: E402
     Daemon,
@@ -184,7 +188,7 @@ def dm_helper(sock: str, mode: str, absolute: bool, kind: str = "pci-ins") -> No
     print("ready", flush=True)
     while True:
         dm.event()
-        if mode == "answer":
+        if mode in ("answer", "libxl"):
             try:
                 dm.rpc("READ", f"{d}/command")
             except RuntimeError:  # ENOENT: the event of our own rm
@@ -192,6 +196,8 @@ def dm_helper(sock: str, mode: str, absolute: bool, kind: str = "pci-ins") -> No
         dm.rpc("RM", f"{d}/command")
         if mode == "floor":
             dm.event()  # our rm's event
+        if mode == "libxl" and kind == "pci-ins":  # qemu-trad reads the argument
+            dm.rpc("READ", f"{d}/parameter")
         for node, value in ANSWERS[kind]:
             dm.rpc("WRITE", f"{d}/{node}", value)
 
@@ -265,11 +271,13 @@ def measure(name: str, fn: Callable[[str, str, bool, int], list[float]], absolut
 
 
 def timed_floor(ts_sock: str, dm_sock: str, dm_absolute: bool, ops: int, kind: str,
-                watched: list[str], exchange: Callable[[Raw, str], None]) -> list[float]:
+                watched: list[str], exchange: Callable[[Raw, str], None],
+                mode: str = "floor") -> list[float]:
     """µs per bare exchange (one sample per op, a tenth more untimed first): the raw
-    device model answers ``kind``; the toolstack watches ``watched`` (nodes of the
-    device-model directory) and runs ``exchange`` on that directory."""
-    helper = start_helper(dm_sock, "floor", dm_absolute, kind)
+    device model (`dm_helper` in ``mode``) answers ``kind``; the toolstack watches
+    ``watched`` (nodes of the device-model directory) and runs ``exchange`` on that
+    directory."""
+    helper = start_helper(dm_sock, mode, dm_absolute, kind)
     d = dm_dir(True)
     ts = Raw(ts_sock)
     for node in watched:
@@ -325,6 +333,52 @@ def floor_plain(kind: str) -> Callable[[str, str, bool, int], list[float]]:
     return run
 
 
+# -- libxl's order with bare clients: what a C toolstack and device model would pay ------
+
+
+def libxl_wait(ts: Raw, d: str, want: str) -> None:
+    """libxl's xswait on ``state`` (its watch already set): read it after each event."""
+    while ts.rpc("READ", f"{d}/state").decode() != want:
+        while ts.event() != f"{d}/state":
+            pass
+
+
+def libxl_pci_ins(ts: Raw, d: str) -> None:
+    """libxl_pci.c's pci-ins, one request per round trip as libxenstore sends them."""
+    libxl_wait(ts, d, "running")  # the pre-wait for running
+    orig = ts.rpc("READ", f"{d}/state").decode()
+    ts.rpc("WRITE", f"{d}/parameter", PARAM)
+    ts.rpc("WRITE", f"{d}/command", "pci-ins")
+    libxl_wait(ts, d, "pci-inserted")
+    ts.rpc("READ", f"{d}/parameter")
+    ts.rpc("WRITE", f"{d}/state", orig)
+    ts.events.clear()  # the events of our own writes, already read past
+
+
+def floor_libxl(kind: str) -> Callable[[str, str, bool, int], list[float]]:
+    """``kind`` in libxl's and qemu-trad's order with bare blocking clients: every read
+    they make, one request per round trip (`libxl_pci_ins`; save and continue: write
+    ``command``, then read ``state`` after each event until the result)."""
+    result = dict(ANSWERS[kind])["state"]
+
+    def plain(ts: Raw, d: str) -> None:
+        ts.rpc("WRITE", f"{d}/command", kind)
+        ts.rpc("READ", f"{d}/state")  # xswait's first look, before the answer
+        while ts.event() != f"{d}/state":  # (the floor's state never changes: wait for
+            pass  # the answer's event, as the floor does, before the look that ends it)
+        ts.rpc("READ", f"{d}/state") == result.encode() or sys.exit("wrong state")
+        ts.events.clear()
+
+    exchange = libxl_pci_ins if kind == "pci-ins" else plain
+    watched = ["state", "parameter"] if kind == "pci-ins" else ["state"]
+
+    def run(ts_sock: str, dm_sock: str, dm_absolute: bool, ops: int) -> list[float]:
+        return timed_floor(ts_sock, dm_sock, dm_absolute, ops, kind, watched, exchange,
+                           mode="libxl")
+
+    return run
+
+
 async def channel_loop(client: Client, lock_dir: Path, ops: int) -> list[float]:
     """µs per `DeviceModelChannel.pci_insert` (the raw device model takes any function)."""
     chan = DeviceModelChannel(client, STUB, GUEST, lock_dir, channels=ChannelRegistry())
@@ -358,20 +412,49 @@ def channel_raw(ts_sock: str, dm_sock: str, dm_absolute: bool, ops: int) -> list
 # -- the real host -------------------------------------------------------------------------
 
 
+@dataclass
+class Timed:
+    """The samples of a host run: µs per exchange by kind, and the CPU each exchange
+    cost the toolstack (this process) and the agent (``<kind> cpu ts|agent``)."""
+
+    agent: int  # the agent's pid
+    warm: int
+    count: int
+    res: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
+    windows: dict[str, tuple[float, float]] = field(default_factory=dict)
+    seen: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def full(self, kind: str, count: int | None = None) -> bool:
+        return len(self.res[kind]) >= (self.count if count is None else count)
+
+    async def run(self, kind: str, step: Callable[[], Awaitable[object]]) -> None:
+        """``step`` timed as one ``kind`` exchange (the first ``warm`` untimed)."""
+        c0, a0, w0 = time.process_time_ns(), sched_ns(self.agent), time.time()
+        t0 = time.perf_counter()
+        await step()
+        dt = (time.perf_counter() - t0) * 1e6
+        c1, a1 = time.process_time_ns(), sched_ns(self.agent)
+        self.seen[kind] += 1
+        if self.seen[kind] > self.warm:
+            self.windows.setdefault(kind, (w0, time.time()))
+            self.res[kind].append(dt)
+            self.res[f"{kind} cpu ts"].append((c1 - c0) / 1e3)
+            self.res[f"{kind} cpu agent"].append((a1 - a0) / 1e3)
+
+
 def host_runs(ops: int, cli_runs: int, trace: Path | None = None, xenstored: str = "ours"
               ) -> tuple[dict[str, list[float]], dict[str, tuple[float, float]]]:
-    """channel / pci-attach (API) / CLI on a real host (on ``xenstored``) with the sim
-    agent; with ``trace`` also the time window of one of each, for counting."""
+    """channel / save / continue / pci-attach (API) / CLI on a real host (on
+    ``xenstored``) with the sim agent; with ``trace`` also the time window of one of
+    each, for counting."""
     from stubdom.toolstack import operations as ops_mod
-    from stubdom.toolstack import pci as pci_mod
     from stubdom.toolstack.session import open_session
-    from stubdom.toolstack.specs import parse_pci
 
-    res: dict[str, list[float]] = {"channel": [], "save": [], "continue": [], "pci-attach": [],
-                                   "CLI": []}
-    windows: dict[str, tuple[float, float]] = {}
     with BenchHost(f"pci{xenstored}", trace=trace, xenstored=xenstored) as h:
         h.run("create", str(h.config("g", cmdline="--eject-delay=0", devices=False)))
+        agent = max(h.domain_pids().items())[1]  # the stubdomain is the newest domain
+        # traced: the second of each (steady state: a first one registers watches)
+        t = Timed(agent, 3, ops) if trace is None else Timed(agent, 1, 1)
 
         async def go() -> None:
             async with open_session(str(h.dir)) as s:
@@ -379,71 +462,54 @@ def host_runs(ops: int, cli_runs: int, trace: Path | None = None, xenstored: str
                 stub = await s.stubdom_of(guest)
                 assert stub is not None
                 chan = ops_mod.channel(s, stub, guest)
-                warm = 3 if trace is None else 1  # traced: the second (steady state)
-                count = ops if trace is None else 1
-                # channel alone: batches of 20 functions, removed (pci-rem) untimed
-                n = 0
-                while len(res["channel"]) < count:
-                    inserted = []
-                    for k in range(20):
-                        bdf = Bdf(0, 0x10 + k, 0, 0)
-                        w0 = time.time()
-                        t0 = time.perf_counter()
-                        await chan.pci_insert(bdf)
-                        dt = (time.perf_counter() - t0) * 1e6
-                        inserted.append(bdf)
-                        n += 1
-                        if n > warm:
-                            windows.setdefault("channel", (w0, time.time()))
-                            res["channel"].append(dt)
-                        if len(res["channel"]) >= count:
-                            break
-                    for bdf in inserted:
-                        await chan.pci_remove(bdf)
-                await save_continue(chan, count, warm, res, windows)
-                # pci-attach through toolstack.pci (pciback handshake + channel)
-                n = 0
-                while len(res["pci-attach"]) < count:
-                    for k in range(20):
-                        spec = parse_pci(f"{0x30 + k:02x}:00.0")
-                        w0 = time.time()
-                        t0 = time.perf_counter()
-                        await pci_mod.pci_attach(s, guest, spec)
-                        dt = (time.perf_counter() - t0) * 1e6
-                        n += 1
-                        if n > warm:
-                            windows.setdefault("pci-attach", (w0, time.time()))
-                            res["pci-attach"].append(dt)
-                        if len(res["pci-attach"]) >= count:
-                            break
-                    for a in await pci_mod.pci_list(s, guest):
-                        await pci_mod.pci_detach(s, guest, a.bdf)
+                await channel_inserts(chan, t)
+                await save_continue(chan, t)
+                await pci_attaches(s, guest, t)
 
         asyncio.run(go())
         for k in range(cli_runs if trace is None else 0):
             t0 = time.perf_counter()
             h.run("pci-attach", "g", f"{0x50 + k:02x}:00.0")
-            res["CLI"].append((time.perf_counter() - t0) * 1e6)
+            t.res["CLI"].append((time.perf_counter() - t0) * 1e6)
             h.run("pci-detach", "g", f"{0x50 + k:02x}:00.0")
-    return res, windows
+    return dict(t.res), t.windows
 
 
-async def save_continue(chan: DeviceModelChannel, count: int, warm: int,
-                        res: dict[str, list[float]],
-                        windows: dict[str, tuple[float, float]]) -> None:
-    """``save`` -> ``paused`` and ``continue`` -> ``running``, each timed on its own,
-    ``count`` of each (saves are slow: at most a quarter of the pci-ins count)."""
-    n = 0
-    while len(res["continue"]) < max(count // 4, 1):
-        n += 1
-        for kind, step in (("save", chan.save), ("continue", chan.resume)):
-            w0 = time.time()
-            t0 = time.perf_counter()
-            await step()
-            dt = (time.perf_counter() - t0) * 1e6
-            if n > warm:
-                windows.setdefault(kind, (w0, time.time()))
-                res[kind].append(dt)
+async def channel_inserts(chan: DeviceModelChannel, t: Timed) -> None:
+    """The channel alone: batches of 20 functions, removed (pci-rem) untimed."""
+    while not t.full("channel"):
+        inserted = []
+        for k in range(20):
+            bdf = Bdf(0, 0x10 + k, 0, 0)
+            await t.run("channel", functools.partial(chan.pci_insert, bdf))
+            inserted.append(bdf)
+            if t.full("channel"):
+                break
+        for bdf in inserted:
+            await chan.pci_remove(bdf)
+
+
+async def save_continue(chan: DeviceModelChannel, t: Timed) -> None:
+    """``save`` -> ``paused`` and ``continue`` -> ``running``, each timed on its own
+    (saves are slow: at most a quarter of the pci-ins count)."""
+    while not t.full("continue", max(t.count // 4, 1)):
+        await t.run("save", chan.save)
+        await t.run("continue", chan.resume)
+
+
+async def pci_attaches(s: Session, guest: int, t: Timed) -> None:
+    """`pci.pci_attach` (pciback handshake + channel), detached in batches of 20."""
+    from stubdom.toolstack import pci as pci_mod
+    from stubdom.toolstack.specs import parse_pci
+
+    while not t.full("pci-attach"):
+        for k in range(20):
+            spec = parse_pci(f"{0x30 + k:02x}:00.0")
+            await t.run("pci-attach", functools.partial(pci_mod.pci_attach, s, guest, spec))
+            if t.full("pci-attach"):
+                break
+        for a in await pci_mod.pci_list(s, guest):
+            await pci_mod.pci_detach(s, guest, a.bdf)
 
 
 def count_trace(trace: Path, window: tuple[float, float]) -> dict[str, int]:
@@ -479,6 +545,9 @@ SETUPS: list[tuple[str, Callable[[str, str, bool, int], list[float]], bool]] = [
     ("floor | dm guest", floor, False),
     ("floor save | dm guest", floor_plain("save"), False),
     ("floor continue | dm guest", floor_plain("continue"), False),
+    ("libxl order | dm guest", floor_libxl("pci-ins"), False),
+    ("libxl order save | dm guest", floor_libxl("save"), False),
+    ("libxl order continue | dm guest", floor_libxl("continue"), False),
     ("channel, raw dm | dm dom0", channel_raw, True),
     ("channel, raw dm | dm guest", channel_raw, False),
 ]
@@ -539,6 +608,8 @@ def report(got: Samples, daemons: list[str], args: argparse.Namespace, cli_runs:
             tgt = f"ours <= {TARGET:g}x floor: {verdict(x <= TARGET)}"
         rows.append([*row, tgt])
     table(["exchange", *daemons, "target"], rows)
+    libxl_order(got, daemons)
+    cpu_table(got, daemons)
     floor_verdicts(got, daemons)
     if FAILURES:
         print(f"{len(FAILURES)} host run(s) FAILED, their samples are missing:")
@@ -551,6 +622,44 @@ def report(got: Samples, daemons: list[str], args: argparse.Namespace, cli_runs:
         table(["count", *counts], [[k, *(counts[c].get(k, 0) for c in counts)] for k in keys])
         print("floor: 6 writes (dom0 WRITE x3, stub RM + WRITE x2), 6 watch events; "
               "save and continue: 3 writes (dom0 WRITE, stub RM + WRITE), 3 watch events")
+
+
+#: (exchange, its floor, libxl's order of it with bare clients)
+ORDERS = (("channel | agent", "floor | dm guest", "libxl order | dm guest"),
+          ("save | agent", "floor save | dm guest", "libxl order save | dm guest"),
+          ("continue | agent", "floor continue | dm guest",
+           "libxl order continue | dm guest"))
+
+
+def libxl_order(got: Samples, daemons: list[str]) -> None:
+    """The arithmetic of issue #16 part 3: what libxl's and qemu-trad's order costs
+    bare clients, over the floor, and our exchange over that."""
+    print("libxl's order with bare clients (every read libxl and qemu-trad make, one "
+          "request per round trip) over the floor, and each exchange over it; medians")
+    rows = []
+    for k, base, order in ORDERS:
+        row: list[object] = [k]
+        for d in daemons:
+            row += [ratio(med(got[order][d]), med(got[base][d])),
+                    ratio(med(got[k][d]), med(got[order][d]))]
+        rows.append(row)
+    table(["exchange", *(f"{d} {c}" for d in daemons for c in ("order/floor", "x order"))],
+          rows)
+
+
+def cpu_table(got: Samples, daemons: list[str]) -> None:
+    """CPU per exchange of the toolstack and the agent, which share CPU 0 with the
+    host daemon: the part of the round trip that is Python."""
+    print(f"CPU per exchange (µs, medians) on CPU {CLIENT_CPU}: the toolstack (this "
+          "process) and the agent (its scheduler run time)")
+    rows = []
+    for k in ("channel", "save", "continue", "pci-attach"):
+        row: list[object] = [k]
+        for d in daemons:
+            row += [f"{med(got[f'{k} cpu {who} | agent'][d]):.0f}" for who in ("ts", "agent")]
+            row.append(f"{med(got[f'{k} | agent'][d]):.0f}")
+        rows.append(row)
+    table(["exchange", *(f"{d} {c}" for d in daemons for c in ("ts", "agent", "wall"))], rows)
 
 
 def floor_verdicts(got: Samples, daemons: list[str]) -> None:
