@@ -29,7 +29,6 @@ processes): a before/after table with the ratio after/before.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import re
 import shutil
@@ -43,7 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.hostkit import CLIENT_CPU, BenchHost, table  # noqa: E402
+from bench.hostkit import CLIENT_CPU, BenchHost, run_loop, table  # noqa: E402
 
 KINDS = ("pci-ins", "pci-rem", "save", "continue")
 #: The agent is idle again this long after the toolstack's exchange returned (its log
@@ -113,7 +112,7 @@ def toolstack_child(host_dir: str, n: int) -> None:
                     await steps[kind]()
                     sync("end")
 
-    asyncio.run(go())
+    run_loop(go())
     print("done", flush=True)
 
 

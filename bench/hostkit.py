@@ -6,6 +6,7 @@ Not a benchmark itself (and not collected by pytest: bench/ is outside ``testpat
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import os
@@ -15,15 +16,29 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 STUBDOM = [sys.executable, "-m", "stubdom"]
 #: xenstored on one CPU, everything else (host daemon, agents, toolstack) on the other.
 SERVER_CPU, CLIENT_CPU = 1, 0
 GUARD = 300.0  # a guard against a hang, never a pacing delay
+
+
+T = TypeVar("T")
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """``main`` on the event loop our processes run (`stubdom.eventloop.run`: uvloop's
+    where installed), or asyncio's for a checkout from before that module."""
+    try:
+        from stubdom.eventloop import run
+    except ImportError:
+        return asyncio.run(main)
+    return run(main)
 
 
 def need_two_cpus() -> None:

@@ -89,6 +89,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.cpustat import sched_ns  # noqa: E402
 from bench.hostkit import (  # noqa: E402
     CLIENT_CPU,
     SERVER_CPU,
@@ -100,12 +101,12 @@ from bench.hostkit import (  # noqa: E402
     need_two_cpus,
     ratio,
     rotated,
+    run_loop,
     spread,
     table,
     verdict,
     xenstoreds,
 )
-from bench.cpustat import sched_ns  # noqa: E402
 from bench.rawxs import RawConnection  # noqa: E402
 from stubdom.protocol import Bdf  # noqa: E402
 from stubdom.toolstack.channel import ChannelRegistry, DeviceModelChannel  # noqa: E402
@@ -223,7 +224,7 @@ def relay_helper(fake_dir: str, sock: str) -> None:
         print("ready", flush=True)
         await asyncio.Event().wait()
 
-    asyncio.run(go())
+    run_loop(go())
 
 
 def start_helper(sock: str, mode: str, absolute: bool, kind: str = "pci-ins"
@@ -403,7 +404,7 @@ def channel_raw(ts_sock: str, dm_sock: str, dm_absolute: bool, ops: int) -> list
             await client.close()
 
     try:
-        return asyncio.run(go())
+        return run_loop(go())
     finally:
         helper.kill()
         helper.wait()
@@ -466,7 +467,7 @@ def host_runs(ops: int, cli_runs: int, trace: Path | None = None, xenstored: str
                 await save_continue(chan, t)
                 await pci_attaches(s, guest, t)
 
-        asyncio.run(go())
+        run_loop(go())
         for k in range(cli_runs if trace is None else 0):
             t0 = time.perf_counter()
             h.run("pci-attach", "g", f"{0x50 + k:02x}:00.0")

@@ -26,8 +26,7 @@ if TYPE_CHECKING:
 
 def run(body: Callable[[Session], Awaitable[None]], directory: str | None) -> None:
     """Run one command against the host; every expected failure is a one-line error."""
-    import asyncio
-
+    from stubdom import eventloop
     from stubdom.toolstack.session import open_session
 
     async def main() -> None:
@@ -35,7 +34,7 @@ def run(body: Callable[[Session], Awaitable[None]], directory: str | None) -> No
             await body(session)
 
     try:
-        asyncio.run(main())
+        eventloop.run(main())
     except expected_errors() as e:
         one_line(e)
 
@@ -53,8 +52,7 @@ def explain_unreachable(directory: str | None) -> None:
     or its xenstored down), for the verbs that reach it without the toolstack, so they
     say it in the same words; returns if the toolstack does reach it.  Only on this
     error path do those verbs pay for the toolstack."""
-    import asyncio
-
+    from stubdom import eventloop
     from stubdom.toolstack.session import open_session
 
     async def probe() -> None:
@@ -62,7 +60,7 @@ def explain_unreachable(directory: str | None) -> None:
             pass
 
     try:
-        asyncio.run(probe())
+        eventloop.run(probe())
     except expected_errors() as e:
         one_line(e)
 

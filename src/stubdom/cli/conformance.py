@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sys
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from stubdom import eventloop
 from stubdom.cli.common import SECONDS
 from stubdom.conformance.timeouts import BOUND_FORMULA, Timeouts
 from stubdom.programs import find_program
@@ -148,7 +148,7 @@ def _run_stubdomain(argv: list[str], t: Timeouts, report: Path | None, xenstored
     kit_error: str | None = None
     interrupted = False
     try:
-        asyncio.run(check_stubdomain(argv[0], argv[1:], t, ledger, xenstored))
+        eventloop.run(check_stubdomain(argv[0], argv[1:], t, ledger, xenstored))
     except KeyboardInterrupt:
         interrupted = True
         ledger.ended = "interrupted"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import click
+
+from stubdom import eventloop
 
 
 @click.command("demo")
@@ -32,7 +33,7 @@ def demo(backend: str, out: str, config: str | None, xenstored: str) -> None:
             f"cannot create the output directory {out}: {e.strerror or e}; choose another --out"
         ) from None
     try:
-        asyncio.run(run_demo(Path(out), backend, Path(config) if config else None,
+        eventloop.run(run_demo(Path(out), backend, Path(config) if config else None,
                              echo=click.echo, xenstored=xenstored))
     except (DemoError, ConfigError) as e:
         raise click.ClickException(str(e)) from None

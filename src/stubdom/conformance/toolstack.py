@@ -8,7 +8,6 @@ Transaction writes count at their successful commit; aborted ones are dropped.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import re
@@ -21,6 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stubdom import eventloop
 from stubdom import protocol as proto
 from stubdom.conformance.clauses import TOOLSTACK_CLAUSES
 from stubdom.conformance.report import Result, Verdict
@@ -399,7 +399,7 @@ def check_toolstack(
         except OSError as e:  # argv[0] missing or not executable: what a shell says
             status = 127 if isinstance(e, FileNotFoundError) else 126
             output = f"{command[0]}: {e.strerror or e}\n"
-        live = asyncio.run(read_live_perms(env["XENSTORED_PATH"], load_trace(trace)))
+        live = eventloop.run(read_live_perms(env["XENSTORED_PATH"], load_trace(trace)))
     finally:
         with contextlib.suppress(supervisor.SupervisorError):
             supervisor.stop(rd)

@@ -26,6 +26,7 @@ import signal
 import sys
 from typing import Any
 
+from stubdom import eventloop
 from stubdom.host.api import ApiServer
 from stubdom.host.rundir import RunDir, write_pid
 from stubdom.host.xslink import Daemon, OursLink, RealLink, XenstoredLink
@@ -182,7 +183,7 @@ def main(run_dir: RunDir, trace_file: str | None = None) -> int:
     if root.level > logging.INFO or root.level == logging.NOTSET:
         root.setLevel(logging.INFO)
     try:
-        asyncio.run(serve(run_dir, trace_file))
+        eventloop.run(serve(run_dir, trace_file))
     except Exception as e:
         log.exception("the host daemon failed")
         if sys.stderr.isatty():  # run by hand; under 'host up' stderr is host.log already

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from stubdom import eventloop
 from stubdom.host.api import HostError, HostNotRunning, HostStatus, RemoteHypervisor
 from stubdom.host.hypervisor import DomainInfo
 from stubdom.host.rundir import (
@@ -312,7 +313,7 @@ def _call(rd: RunDir, use: Callable[[RemoteHypervisor], Awaitable[T]]) -> T:
                 return await use(hv)
 
     try:
-        return asyncio.run(run())
+        return eventloop.run(run())
     except TimeoutError:
         raise HostError(
             f"the stubdom host in {rd.root} did not answer within {API_TIMEOUT:.0f}s "

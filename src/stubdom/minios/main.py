@@ -7,10 +7,10 @@ application the layer runs as Mini-OS runs ioemu.  Exit status: the application'
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 
+from stubdom import eventloop
 from stubdom.minios.layer import run_layer
 
 
@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
-    return asyncio.run(run_layer(words))
+    return eventloop.run(run_layer(words))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import secrets
 import sys
 from dataclasses import dataclass, field
 
+from stubdom import eventloop
 from stubdom import protocol as proto
 from stubdom.devicemodel.stream import check_savevm_complete, savevm_stream
 from stubdom.protocol import (
@@ -258,7 +259,7 @@ def main() -> int:
             say(f"{RAM_OPTION}{value}: a whole number of MiB")
             return 1
         ram_mib = int(value)
-    return asyncio.run(serve(argv, ram_mib))
+    return eventloop.run(serve(argv, ram_mib))
 
 
 if __name__ == "__main__":

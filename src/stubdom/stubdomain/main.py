@@ -13,12 +13,12 @@ needs (QEMU's scratch directory, its QMP library) is imported when it is chosen.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import sys
 from typing import TYPE_CHECKING
 
+from stubdom import eventloop
 from stubdom.stubdomain.agent import run_agent
 from stubdom.stubdomain.args import AgentOptions, DmArgsError, split_agent_options
 
@@ -62,16 +62,16 @@ def main(argv: list[str] | None = None) -> int:
         options, rest = split_agent_options(words)
     except DmArgsError as e:
         reason = f"bad kernel command line: {e}"
-        return asyncio.run(run_agent(AgentOptions(), [], make_backend, fatal=reason))
+        return eventloop.run(run_agent(AgentOptions(), [], make_backend, fatal=reason))
     if options.dm != "qemu":
-        return asyncio.run(run_agent(options, rest, make_backend))
+        return eventloop.run(run_agent(options, rest, make_backend))
     import tempfile
     from pathlib import Path
 
     # QEMU's socket and files live only as long as the agent.
     with tempfile.TemporaryDirectory(prefix="stubdom-dm-") as tmp:
         backend = functools.partial(make_backend, work_dir=Path(tmp))
-        return asyncio.run(run_agent(options, rest, backend))
+        return eventloop.run(run_agent(options, rest, backend))
 
 
 if __name__ == "__main__":

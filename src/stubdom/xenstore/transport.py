@@ -25,6 +25,7 @@ import os
 import stat
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from typing import cast
 
 from stubdom.fdio import connect_unix, set_once
 from stubdom.xenstore.errors import ConnectionClosed
@@ -122,8 +123,7 @@ class _StreamProtocol(asyncio.BufferedProtocol):
         self._chunk = memoryview(bytearray(_READ_SIZE))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
 
     def get_buffer(self, _sizehint: int) -> memoryview:
         return self._chunk
