@@ -17,7 +17,13 @@ that is 6 writes and 6 watch events.  The floors of ``save`` -> ``paused`` and
     dm         event command -> RM command (+ its event) -> WRITE state
     toolstack  event state
 
-that is 3 writes and 3 watch events.  Against them:
+that is 3 writes and 3 watch events.  Beside each floor, ``libxl order``: the same
+exchange with bare blocking clients that make every read libxl and qemu-trad make, one
+request per round trip as libxenstore sends them (libxl: the pre-wait's read of
+``state``, the read of the state to restore, then after the command a read of ``state``
+at once and after each event, and for pci-ins the read of ``parameter``; qemu-trad: the
+read of ``command`` before its rm and, for pci-ins, of ``parameter``): what C programs in
+libxl's order pay on the same daemon.  Against them:
 
 - ``channel``: `DeviceModelChannel.pci_insert` (toolstack/channel.py) with the real
   ``stubdom-dm`` agent (sim backend) on a real ``stubdom host``: the whole exchange, the
@@ -65,7 +71,10 @@ Prints: the round trip per setup and path on each daemon, the median and the spr
 every exchange of every round (p25..p75; min..max under 8 samples, as the CLI's in
 ``--quick``), and the ratios cx/ours and ox/ours of the medians; then each daemon's
 channel and pci-attach (agent) as a multiple of the floor on the same daemon (``dm
-guest``), with the target for ours; then the counts.
+guest``), with the target for ours; then libxl's order over the floor and each exchange
+over libxl's order; then the CPU of each exchange in the toolstack (this process,
+``time.process_time``) and in the agent (its scheduler run time), the two sharing CPU 0;
+then the counts.
 ``--quick``: 1 round of 20 exchanges, 1 CLI run (about 30 s).
 
 Target (ours): each exchange with the agent <= 2x its floor (ours, dm guest).
