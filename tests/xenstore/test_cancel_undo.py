@@ -54,3 +54,17 @@ async def test_a_cancelled_transaction_start_leaves_no_transaction(xs: Xs) -> No
     tx = await xs.waiter.transaction_start()  # and the connection can still start one
     await xs.waiter.transaction_end(tx, commit=False)
 
+
+
+async def test_a_transaction_start_cancelled_as_its_reply_came_leaves_none(xs: Xs) -> None:
+    """The reply is in (the caller's future is done) when the cancellation lands."""
+    task = asyncio.ensure_future(xs.waiter.transaction_start())
+    await asyncio.sleep(0)
+    while xs.waiter._proto.outstanding:  # until the reply has been matched
+        await asyncio.sleep(0)
+    assert not task.done()  # it resumes after us: the cancellation wins
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await settled(xs.waiter)
+    assert xs.server_transactions() == 0

@@ -131,6 +131,35 @@ def test_abandoned_request_keeps_fifo_in_step() -> None:
     assert events[0].payload == b"fresh"
 
 
+def test_an_abandoned_transaction_start_leaves_an_orphan_to_end() -> None:
+    """The server opened it for nobody: the shell must end it (TRANSACTION_END F)."""
+    p = ClientProtocol()
+    start, _ = p.send(Op.TRANSACTION_START, b"\0")
+    refused, _ = p.send(Op.TRANSACTION_START, b"\0")
+    read, _ = p.send(Op.READ, b"/a\0")
+    for req in (start, refused, read):
+        p.abandon(req)
+    p.receive_data(
+        reply_bytes(Op.TRANSACTION_START, b"17\0", start.req_id)
+        + reply_bytes(Op.ERROR, b"EQUOTA\0", refused.req_id)
+        + reply_bytes(Op.READ, b"x", read.req_id)
+    )
+    assert list(p.events()) == []
+    assert p.take_orphans() == [17]
+    assert p.take_orphans() == []
+
+
+def test_replies_the_caller_never_saw_orphan_their_transaction() -> None:
+    p = ClientProtocol()
+    start, _ = p.send(Op.TRANSACTION_START, b"\0")
+    read, _ = p.send(Op.READ, b"/a\0")
+    p.receive_data(reply_bytes(Op.TRANSACTION_START, b"5\0", start.req_id)
+                   + reply_bytes(Op.READ, b"5\0", read.req_id))
+    replies = [e for e in p.events() if isinstance(e, Reply)]
+    p.orphaned(replies)
+    assert p.take_orphans() == [5]  # the READ's "5" is no transaction
+
+
 def test_watch_events_interleaved_and_split_bytewise() -> None:
     p = ClientProtocol()
     req, _ = p.send(Op.WATCH, b"/a\0tok\0")

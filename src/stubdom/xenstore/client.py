@@ -510,6 +510,8 @@ class Client(_NodeOps):
                     call.future.set_result(call.replies)  # type: ignore[arg-type]  # all in
             else:
                 self._event(event)  # type: ignore[arg-type]  # the other kind
+        if self._proto.orphans:
+            self._end_orphans()
 
     def _event(self, event: WatchEvent) -> None:
         """To its `Watch`'s sink, or else its queue."""
@@ -605,6 +607,12 @@ class Client(_NodeOps):
                     raise
                 # The reader connects again and re-sends these requests.
             return await call.future
+        except asyncio.CancelledError:
+            fut = call.future
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._proto.orphaned(fut.result())  # replied, but the caller will not see it
+                self._end_orphans()
+            raise
         except TimeoutError:
             op, _, what = requests[0]
             raise no_reply(op_name(op), what, limit) from None
@@ -788,26 +796,18 @@ class Client(_NodeOps):
     async def transaction_start(self, *, timeout: TimeoutArg = DEFAULT) -> int:
         """Raw TRANSACTION_START: the new tx_id.
 
-        Cancelled once sent, the transaction may still open on the server: it is
-        aborted when its reply comes, as it would otherwise hold one of the
-        connection's few transactions until the connection closes."""
-        started = asyncio.ensure_future(
-            self.request(Op.TRANSACTION_START, b"\0", timeout=timeout)
-        )
-        try:
-            return parse_tx_id(await asyncio.shield(started))
-        except asyncio.CancelledError:
-            started.add_done_callback(self._abort_started)
-            raise
+        Given up on once sent (cancelled, timed out), the transaction may still open on
+        the server; it is aborted when its reply comes (`ClientProtocol.orphans`), as it
+        would otherwise hold one of the connection's few transactions until the
+        connection closes."""
+        return parse_tx_id(await self.request(Op.TRANSACTION_START, b"\0", timeout=timeout))
 
-    def _abort_started(self, started: asyncio.Future[bytes]) -> None:
-        """TRANSACTION_END F for a transaction nobody waited for (`transaction_start`)."""
-        if started.cancelled() or started.exception() is not None:
-            return
-        tx_id = parse_tx_id(started.result())
-        log.debug("%s: aborting transaction %d, started for a cancelled caller",
-                  self.description, tx_id)  # fmt: skip
-        self._post(Op.TRANSACTION_END, b"F\0", tx_id)
+    def _end_orphans(self) -> None:
+        """TRANSACTION_END F for each transaction nobody waits for (`transaction_start`)."""
+        for tx_id in self._proto.take_orphans():
+            log.debug("%s: aborting transaction %d, started for a caller that gave up",
+                      self.description, tx_id)  # fmt: skip
+            self._post(Op.TRANSACTION_END, b"F\0", tx_id)
 
     def _post(self, op: int, payload: bytes, tx_id: int = 0) -> None:
         """Send a request whose reply nobody reads (undoing what a cancelled request may

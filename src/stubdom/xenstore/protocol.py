@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 # Plain ints for the hot path: comparing with them needs no enum attribute lookup.
 _ERROR = int(Op.ERROR)
 _WATCH_EVENT = int(Op.WATCH_EVENT)
+_TRANSACTION_START = int(Op.TRANSACTION_START)
 _pack_header = HEADER.pack
 
 
@@ -113,6 +114,9 @@ class ClientProtocol:
         #: Packets received so far (``received`` carries the count of an earlier
         #: connection on, so ``seq`` keeps growing across a reconnection).
         self.received = received
+        #: Transactions the server opened for a TRANSACTION_START nobody waits for any
+        #: more (`abandon`, `orphaned`): the shell ends them (`take_orphans`).
+        self.orphans: list[int] = []
 
     # -- sending ---------------------------------------------------------------
 
@@ -197,9 +201,29 @@ class ClientProtocol:
                 _, req = pending.popitem(last=False)
             if req.abandoned:
                 log.debug("dropping reply to abandoned %s req_id=%d", req.op_name, req.req_id)
+                if op == _TRANSACTION_START:
+                    self._orphan(payload)
                 continue
             events.append(Reply(req, packet, self.received))
         return events
+
+    def orphaned(self, replies: list[Reply]) -> None:
+        """``replies`` arrived, but whoever asked will not see them (cancelled as they
+        came): a transaction one of them opened must be ended by the shell."""
+        for reply in replies:
+            if reply.packet[0] == _TRANSACTION_START and reply.request.op == _TRANSACTION_START:
+                self._orphan(reply.packet[1])
+
+    def _orphan(self, payload: bytes) -> None:
+        try:
+            self.orphans.append(parse_tx_id(payload))
+        except ProtocolError:
+            log.warning("TRANSACTION_START reply %r is no transaction id", payload)
+
+    def take_orphans(self) -> list[int]:
+        """The transactions to end (TRANSACTION_END F) since the last call."""
+        orphans, self.orphans = self.orphans, []
+        return orphans
 
     def next_event(self) -> Reply | WatchEvent | None:
         """The oldest reply or watch event decoded so far, or None."""
