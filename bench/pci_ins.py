@@ -72,7 +72,8 @@ every exchange of every round (p25..p75; min..max under 8 samples, as the CLI's 
 ``--quick``), and the ratios cx/ours and ox/ours of the medians; then each daemon's
 channel and pci-attach (agent) as a multiple of the floor on the same daemon (``dm
 guest``), with the target for ours; then libxl's order over the floor and each exchange
-over libxl's order; then the CPU of each exchange in the toolstack (this process,
+over libxl's order, and the room the target leaves above libxl's order (2x the floor
+minus it) beside the CPU our toolstack and agent spend; then the CPU of each exchange in the toolstack (this process,
 ``time.process_time``) and in the agent (its scheduler run time), the two sharing CPU 0;
 then the counts.
 ``--quick``: 1 round of 20 exchanges, 1 CLI run (about 30 s).
@@ -655,6 +656,15 @@ def libxl_order(got: Samples, daemons: list[str]) -> None:
         rows.append(row)
     table(["exchange", *(f"{d} {c}" for d in daemons for c in ("order/floor", "x order"))],
           rows)
+    if "ours" in daemons:
+        print(f"the room {TARGET:g}x the floor leaves above libxl's order with bare clients, "
+              "against the CPU our toolstack and agent spend on the exchange (ours, µs):")
+        for k, base, order in ORDERS:
+            kind = k.split(" | ")[0]
+            room = TARGET * med(got[base]["ours"]) - med(got[order]["ours"])
+            cpu = sum(med(got[f"{kind} cpu {who} | agent"]["ours"]) for who in ("ts", "agent"))
+            print(f"  {kind}: room {room:.0f}, toolstack + agent CPU {cpu:.0f}")
+        print()
 
 
 def cpu_table(got: Samples, daemons: list[str]) -> None:
