@@ -23,9 +23,10 @@ ENV = "STUBDOM_EVENT_LOOP"
 CHOICES = ("uvloop", "asyncio")
 
 
-def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
-    """uvloop's ``new_event_loop`` unless ``$STUBDOM_EVENT_LOOP`` says asyncio or uvloop
-    is missing (then asyncio's, silently: uvloop only makes turns cheaper)."""
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's ``new_event_loop``, or None for asyncio's own: when
+    ``$STUBDOM_EVENT_LOOP`` says asyncio, or uvloop is missing (silently: uvloop only
+    makes turns cheaper)."""
     wanted = os.environ.get(ENV, "") or "uvloop"
     if wanted not in CHOICES:
         raise ValueError(f"{ENV}={wanted!r}: use one of {', '.join(CHOICES)}")
@@ -36,15 +37,17 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
             log.debug("uvloop is not installed; running asyncio's event loop")
         else:
             return uvloop.new_event_loop
-    return asyncio.new_event_loop
+    return None
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
-    """`asyncio.run` on the loop `loop_factory` chooses."""
+    """`asyncio.run` on the loop `loop_factory` chooses (asyncio's: `asyncio.run` itself)."""
     try:
         factory = loop_factory()
     except ValueError:
         main.close()
         raise
+    if factory is None:
+        return asyncio.run(main)
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)
