@@ -814,10 +814,10 @@ class Client(_NodeOps):
         have done); nothing when the connection is down, which undoes it anyway."""
         if self._closed is not None or not self._online.is_set():
             return
-        call, messages = self._submit(((op, payload, None),), tx_id, None)
+        req, message = self._proto.send(op, payload, tx_id)
+        self._proto.abandon(req)
         with contextlib.suppress(ConnectionClosed):
-            self._transport.write_many(messages)
-        self._abandon(call)
+            self._transport.write(message)
 
     async def transaction_end(
         self, tx_id: int, commit: bool = True, *, timeout: TimeoutArg = DEFAULT

@@ -39,6 +39,7 @@ from typing import NamedTuple
 
 from stubdom.wire.constants import OK, PAYLOAD_MAX, Op
 from stubdom.wire.packet import DecodeError, Packet, PacketDecoder, error_packet
+from stubdom.xenstore.payloads import opened_transaction
 
 log = logging.getLogger(__name__)
 
@@ -306,11 +307,8 @@ class Mux:
     def _orphan_reply(self, request: Packet, reply: Packet, actions: list[Action]) -> None:
         """A reply for a client that went: dropped, but a transaction it started is
         ended, since nobody else will."""
-        if request.op == Op.TRANSACTION_START and reply.op == Op.TRANSACTION_START:
-            try:
-                tx_id = int(reply.payload.rstrip(b"\0"))
-            except ValueError:
-                return
+        tx_id = opened_transaction(request.op, reply.op, reply.payload)
+        if tx_id is not None:
             end = Packet(Op.TRANSACTION_END, b"F\0", 0, tx_id)
             self._send(_Inflight(None, end), end, actions)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from stubdom.wire.constants import Op
 from stubdom.wire.packet import join_args
 from stubdom.xenstore.errors import ProtocolError
 
@@ -83,6 +84,18 @@ def parse_tx_id(payload: bytes) -> int:
     if not 0 < tx_id < ID_LIMIT:
         raise ProtocolError(f"TRANSACTION_START reply {payload!r} is not a valid tx_id")
     return tx_id
+
+
+def opened_transaction(request_op: int, reply_op: int, payload: bytes) -> int | None:
+    """The transaction a TRANSACTION_START's reply says the server opened, or None (another
+    request, an ERROR, or a payload that names no transaction): what to end with
+    TRANSACTION_END "F" when nobody is left to use it."""
+    if request_op != Op.TRANSACTION_START or reply_op != Op.TRANSACTION_START:
+        return None
+    try:
+        return parse_tx_id(payload)
+    except ProtocolError:
+        return None
 
 
 def parse_bool(payload: bytes) -> bool:

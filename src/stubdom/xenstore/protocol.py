@@ -30,6 +30,7 @@ from stubdom.xenstore.payloads import (
     ID_LIMIT,
     args_payload,
     error_name,
+    opened_transaction,
     parse_bool,
     parse_perms,
     parse_single,
@@ -45,7 +46,6 @@ log = logging.getLogger(__name__)
 # Plain ints for the hot path: comparing with them needs no enum attribute lookup.
 _ERROR = int(Op.ERROR)
 _WATCH_EVENT = int(Op.WATCH_EVENT)
-_TRANSACTION_START = int(Op.TRANSACTION_START)
 _pack_header = HEADER.pack
 
 
@@ -201,8 +201,7 @@ class ClientProtocol:
                 _, req = pending.popitem(last=False)
             if req.abandoned:
                 log.debug("dropping reply to abandoned %s req_id=%d", req.op_name, req.req_id)
-                if op == _TRANSACTION_START:
-                    self._orphan(payload)
+                self._orphan(req.op, op, payload)
                 continue
             events.append(Reply(req, packet, self.received))
         return events
@@ -211,14 +210,12 @@ class ClientProtocol:
         """``replies`` arrived, but whoever asked will not see them (cancelled as they
         came): a transaction one of them opened must be ended by the shell."""
         for reply in replies:
-            if reply.packet[0] == _TRANSACTION_START and reply.request.op == _TRANSACTION_START:
-                self._orphan(reply.packet[1])
+            self._orphan(reply.request.op, reply.packet[0], reply.packet[1])
 
-    def _orphan(self, payload: bytes) -> None:
-        try:
-            self.orphans.append(parse_tx_id(payload))
-        except ProtocolError:
-            log.warning("TRANSACTION_START reply %r is no transaction id", payload)
+    def _orphan(self, request_op: int, reply_op: int, payload: bytes) -> None:
+        tx_id = opened_transaction(request_op, reply_op, payload)
+        if tx_id is not None:
+            self.orphans.append(tx_id)
 
     def take_orphans(self) -> list[int]:
         """The transactions to end (TRANSACTION_END F) since the last call."""
