@@ -3,8 +3,9 @@ our in-process xenstored and two clients on it."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,3 +67,25 @@ async def xs() -> AsyncIterator[Xs]:
     await writer.close()
     await waiter.close()
     await server.close()
+
+
+async def late_replies_are_dropped(
+    client: Client, server: FakeServer, send: Awaitable[object], requests: int
+) -> None:
+    """Cancel ``send`` once its ``requests`` reached a server that holds its replies and
+    answers with req_id 0 (matching falls back to the order of the requests): a read
+    sent after it still gets its own reply, not one of the late ones."""
+    server.store["/fresh"] = b"fresh"
+    server.echo_zero = True
+    server.hold = True
+    before = len(server.requests)
+    task = asyncio.ensure_future(send)
+    await asyncio.wait_for(server.wait_requests(before + requests), GUARD)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    fresh = asyncio.create_task(client.read("/fresh"))
+    await asyncio.wait_for(server.wait_requests(before + requests + 1), GUARD)
+    server.hold = False
+    server.release()
+    assert await asyncio.wait_for(fresh, GUARD) == b"fresh"

@@ -24,6 +24,7 @@ from stubdom.xenstore import (
 )
 from stubdom.xenstore.pipeline import Batch
 from tests.support.daemons import Daemon
+from tests.xenstore.conftest import late_replies_are_dropped
 from tests.xenstore.fakeserver import FakeServer
 
 GUARD = 10.0  # failure guard only: nothing here waits for time to pass
@@ -216,20 +217,7 @@ async def test_a_timeout_of_its_own_expires_before_the_clients(
 async def test_cancelled_request_late_reply_is_dropped(client: Client, server: FakeServer) -> None:
     """A request given up on by cancellation keeps the FIFO matching in step."""
     server.store["/slow"] = b"late"
-    server.store["/fast"] = b"fresh"
-    server.echo_zero = True
-    server.hold = True
-    before = len(server.requests)
-    task = asyncio.create_task(client.read("/slow"))
-    await asyncio.wait_for(server.wait_requests(before + 1), GUARD)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    fast = asyncio.create_task(client.read("/fast"))
-    await asyncio.wait_for(server.wait_requests(before + 2), GUARD)
-    server.hold = False
-    server.release()
-    assert await asyncio.wait_for(fast, GUARD) == b"fresh"
+    await late_replies_are_dropped(client, server, client.read("/slow"), 1)
 
 
 async def test_connection_closed_by_server(client: Client, server: FakeServer) -> None:
