@@ -299,10 +299,20 @@ class Mux:
             args = _watch_args(request.payload)
             assert args is not None
             # A failed WATCH set nothing, unless EEXIST says an equal one is there; a
-            # successful UNWATCH removed it.
+            # successful UNWATCH removed it.  Either way a WATCH of it still in flight
+            # may set it again (after its own reply has gone): it stays.
             failed_watch = request.op == Op.WATCH and error not in (None, b"EEXIST")
-            if failed_watch or (request.op == Op.UNWATCH and error is None):
+            removed = failed_watch or (request.op == Op.UNWATCH and error is None)
+            if removed and not self._watch_in_flight(client, args):
                 client.watches.discard(args)
+
+    def _watch_in_flight(self, client: _Client, args: tuple[bytes, bytes]) -> bool:
+        return any(
+            entry.client is client
+            and entry.request.op == Op.WATCH
+            and _watch_args(entry.request.payload) == args
+            for entry in self._inflight.values()
+        )
 
     def _orphan_reply(self, request: Packet, reply: Packet, actions: list[Action]) -> None:
         """A reply for a client that went: dropped, but a transaction it started is
