@@ -56,6 +56,16 @@ Targets (issue 16, section 2), judged on the median ratio ours/cx of one run:
   between requests carries the scheduler's wait (below): on a loaded machine the
   unchanged daemon gave wall ratios up to 0.08 and 0.15, CPU ratios 0.01 and 0.06-0.07.
 
+Beside the daemons in the ``1 conn`` setups, in the same alternating blocks: the floor
+server (bench/floor_server.c, built with gcc into the per-user cache), an epoll server in
+C that answers each request at once with a fixed reply and keeps no store.  Its round
+trip is what the machine costs (the wake-ups of client and server, the copies); a
+daemon's figure over it is what the daemon adds.  Apart, on this 2-CPU KVM guest, a
+do-nothing server takes 47-50 µs per request and both ours and cx add 0.4-3 µs to it
+(the cross-CPU wake-ups are the rest), so there ours/cx sits at 1.00 within the
+spread of the blocks and the target is met or missed by noise; beside, where a wake-up
+is cheap, the daemons' own work shows (ours adds 3-4 µs per request, cx 12).
+
 Last, the resident memory (VmRSS) of each daemon holding 10k nodes and 50k watches.
 
     .venv/bin/python bench/xenstored.py [--rounds 5] [--blocks 10] [--quick] [--fifo]
@@ -116,12 +126,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import hashlib
 import multiprocessing as mp
 import os
 import resource
 import selectors
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -135,6 +149,7 @@ sys.path.insert(0, str(ROOT))
 from bench.cpustat import sched_ns, stat_ns  # noqa: E402
 from bench.rawxs import HDR, RawConnection  # noqa: E402
 from bench.tightxs import TightConnection, request, single_ops  # noqa: E402
+from stubdom.usercache import cache_dir  # noqa: E402
 from tests.support.daemons import Daemon, have_cx, have_ox, start_cx, start_ours, start_ox  # noqa: E402
 
 READ, WATCH, WRITE, EVENT, ERROR = 2, 4, 11, 15, 16
@@ -263,6 +278,7 @@ class Setup:
     quick: bool = True
     client_cpu: int = CLIENT_CPU  # where the client runs during the blocks
     on_cpu: bool = False  # the bar is on the CPU ratio (else on the wall-time ratio)
+    floor: bool = False  # the floor server (bench/floor_server.c) runs beside the daemons
 
 
 #: A block lasts about this long (ops per block: the setup's figure at most, MIN_BLOCK at
@@ -271,9 +287,10 @@ class Setup:
 BLOCK_MS, MIN_BLOCK = 10.0, 5
 
 SETUPS = [
-    Setup("1 conn, client apart", basic, {"WRITE": 400, "READ": 400, "transaction": 100}, 1.0),
+    Setup("1 conn, client apart", basic, {"WRITE": 400, "READ": 400, "transaction": 100}, 1.0,
+          floor=True),
     Setup("1 conn, client beside", basic, {"WRITE": 400, "READ": 400, "transaction": 100}, 1.0,
-          client_cpu=SERVER_CPU),
+          client_cpu=SERVER_CPU, floor=True),
     Setup("10k watches (100x100)", loaded(100, 100), {"WRITE": 400}, None, quick=False),
     Setup("50k watches (200x250)", loaded(200, 250), {"WRITE": 400}, 0.05, on_cpu=True),
     Setup("200 idle conns", loaded(200, 0), {"WRITE": 400}, None, quick=False),
@@ -362,10 +379,13 @@ def alternate(op: str, daemons: dict[str, Daemon], prepared: dict[str, Prepared]
 
 def measure(setup: Setup, starters: dict[str, Callable[..., Daemon]], blocks: int,
             rnd: int, fifo: bool) -> dict[tuple[str, str], Round]:
-    """One round of a setup: fresh daemons, then alternating blocks per op."""
+    """One round of a setup: fresh daemons (and the floor server, if the setup has
+    it and it could be built), then alternating blocks per op."""
     daemons: dict[str, Daemon] = {}
     prepared: dict[str, Prepared] = {}
     out: dict[tuple[str, str], Round] = {}
+    if setup.floor and FLOOR_SERVER is not None:
+        starters = {**starters, FLOOR: start_floor}
     try:
         for name, start in starters.items():
             daemons[name] = pinned(start)
@@ -381,6 +401,78 @@ def measure(setup: Setup, starters: dict[str, Callable[..., Daemon]], blocks: in
         for d in daemons.values():
             d.stop()
     return out
+
+
+# -- the floor server ------------------------------------------------------------------
+
+FLOOR = "floor"
+FLOOR_SOURCE = Path(__file__).with_name("floor_server.c")
+#: The floor server's executable, once `build_floor` made it (None: no gcc here).
+FLOOR_SERVER: Path | None = None
+
+
+def build_floor() -> Path | None:
+    """bench/floor_server.c compiled into the per-user cache (once per source), or None
+    without gcc."""
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        return None
+    digest = hashlib.sha256(FLOOR_SOURCE.read_bytes()).hexdigest()[:16]
+    exe = cache_dir() / f"floor-server-{digest}"
+    if not exe.exists():
+        exe.parent.mkdir(parents=True, exist_ok=True)
+        tmp = exe.with_name(f"{exe.name}.{os.getpid()}")
+        subprocess.run([gcc, "-O2", "-o", str(tmp), str(FLOOR_SOURCE)], check=True)
+        tmp.replace(exe)
+    return exe
+
+
+def start_floor() -> Daemon:
+    assert FLOOR_SERVER is not None
+    run_dir = Path(tempfile.mkdtemp(prefix="floor-", dir="/tmp"))
+    sock = str(run_dir / "socket")
+    proc = subprocess.Popen([str(FLOOR_SERVER), sock])
+    deadline = time.monotonic() + 10
+    while not os.path.exists(sock):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the floor server did not start (status {proc.poll()})")
+        time.sleep(0.01)
+    return Daemon(kind=FLOOR, socket=sock, pid=proc.pid, run_dir=run_dir, proc=proc)
+
+
+def report_floor(setups: list[Setup], names: list[str],
+                 results: dict[tuple[str, str, str], list[Round]]) -> None:
+    """Each daemon over the floor server, and what it adds to the floor's round trip."""
+    rows = []
+    med = statistics.median
+    for s in setups:
+        for op in s.block if s.floor else ():
+            floor = results.get((s.label, op, FLOOR))
+            if not floor:
+                continue
+            row: list[str] = [s.label, op, f"{med(r.us for r in floor):.1f}"]
+            for n in names:
+                rs = results[(s.label, op, n)]
+                over = [a.us / b.us for a, b in zip(rs, floor, strict=True)]
+                added = [a.us - b.us for a, b in zip(rs, floor, strict=True)]
+                row += [f"{med(over):.2f} [{spread(over)}]", f"{med(added):+.1f}"]
+            rows.append(row)
+    if not rows:
+        print("floor server: not built here (no gcc)")
+        return
+    heads = ["setup", "op", "floor µs"]
+    for n in names:
+        heads += [f"{n}/floor", f"{n} adds µs"]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
+    print("the floor: bench/floor_server.c, an epoll server that answers every request at "
+          "once and does nothing else,\nmeasured in the same alternating blocks; each "
+          "daemon's wall time over it (median [min..max] of the rounds) and what it adds (µs)")
+    print("  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in
+                    enumerate(zip(heads, widths, strict=True))))
+    for r in rows:
+        print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in
+                        enumerate(zip(r, widths, strict=True))))
 
 
 def rss_kib(pid: int) -> int:
@@ -495,6 +587,8 @@ def main() -> None:
     if have_ox():
         starters["ox"] = start_ox
     setups = [s for s in SETUPS if s.quick or not args.quick]
+    global FLOOR_SERVER
+    FLOOR_SERVER = build_floor()
     results: dict[tuple[str, str, str], list[Round]] = {}
     os.sched_setaffinity(0, {CLIENT_CPU})
     t_start = time.monotonic()
@@ -518,6 +612,8 @@ def main() -> None:
           f"daemons on CPU {SERVER_CPU}, client on CPU {CLIENT_CPU} unless beside; "
           f"{'SCHED_FIFO' if args.fifo else 'SCHED_OTHER'}")
     met = report(setups, list(starters), results, rounds)
+    print()
+    report_floor(setups, list(starters), results)
     print()
     print("memory (VmRSS): empty -> holding 10k nodes and 50k watches (200 conns x 250)")
     for name, (before, after) in mem.items():
