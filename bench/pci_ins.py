@@ -73,9 +73,11 @@ every exchange of every round (p25..p75; min..max under 8 samples, as the CLI's 
 channel and pci-attach (agent) as a multiple of the floor on the same daemon (``dm
 guest``), with the target for ours; then libxl's order over the floor and each exchange
 over libxl's order, and the room the target leaves above libxl's order (2x the floor
-minus it) beside the CPU our toolstack and agent spend; then the CPU of each exchange in the toolstack (this process,
-``time.process_time``) and in the agent (its scheduler run time), the two sharing CPU 0;
-then the counts.
+minus it) beside the CPU our toolstack and agent spend; then the CPU of each exchange in
+every process it runs through: the toolstack (this process, ``time.process_time``), the
+agent and the host daemon (their scheduler run time), the three sharing CPU 0, and
+xenstored on CPU 1, with their sum beside the wall time (the exchange is a chain of round
+trips: the sum comes to about the wall time); then the counts.
 ``--quick``: 1 round of 20 exchanges, 1 CLI run (about 30 s).
 
 Target (ours): each exchange with the agent <= 2x its floor (ours, dm guest).
@@ -426,9 +428,12 @@ def channel_raw(ts_sock: str, dm_sock: str, dm_absolute: bool, ops: int) -> list
 @dataclass
 class Timed:
     """The samples of a host run: µs per exchange by kind, and the CPU each exchange
-    cost the toolstack (this process) and the agent (``<kind> cpu ts|agent``)."""
+    cost the toolstack (this process), the agent, the host daemon and xenstored
+    (``<kind> cpu ts|agent|hostd|xs``)."""
 
     agent: int  # the agent's pid
+    hostd: int  # the host daemon's (on cx and ox it relays the agent's ring)
+    xs: int  # the host's xenstored's
     warm: int
     count: int
     res: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
@@ -440,17 +445,19 @@ class Timed:
 
     async def run(self, kind: str, step: Callable[[], Awaitable[object]]) -> None:
         """``step`` timed as one ``kind`` exchange (the first ``warm`` untimed)."""
-        c0, a0, w0 = time.process_time_ns(), sched_ns(self.agent), time.time()
+        pids = (self.agent, self.hostd, self.xs)
+        before, c0, w0 = [sched_ns(p) for p in pids], time.process_time_ns(), time.time()
         t0 = time.perf_counter()
         await step()
         dt = (time.perf_counter() - t0) * 1e6
-        c1, a1 = time.process_time_ns(), sched_ns(self.agent)
+        c1, after = time.process_time_ns(), [sched_ns(p) for p in pids]
         self.seen[kind] += 1
         if self.seen[kind] > self.warm:
             self.windows.setdefault(kind, (w0, time.time()))
             self.res[kind].append(dt)
             self.res[f"{kind} cpu ts"].append((c1 - c0) / 1e3)
-            self.res[f"{kind} cpu agent"].append((a1 - a0) / 1e3)
+            for who, a, b in zip(("agent", "hostd", "xs"), before, after, strict=True):
+                self.res[f"{kind} cpu {who}"].append((b - a) / 1e3)
 
 
 def host_runs(ops: int, cli_runs: int, trace: Path | None = None, xenstored: str = "ours"
@@ -465,7 +472,8 @@ def host_runs(ops: int, cli_runs: int, trace: Path | None = None, xenstored: str
         h.run("create", str(h.config("g", cmdline="--eject-delay=0", devices=False)))
         agent = max(h.domain_pids().items())[1]  # the stubdomain is the newest domain
         # traced: the second of each (steady state: a first one registers watches)
-        t = Timed(agent, 3, ops) if trace is None else Timed(agent, 1, 1)
+        pids = (agent, h.daemon_pid, h.xenstored_pid)
+        t = Timed(*pids, 3, ops) if trace is None else Timed(*pids, 1, 1)
 
         async def go() -> None:
             async with open_session(str(h.dir)) as s:
@@ -642,6 +650,10 @@ ORDERS = (("channel | agent", "floor | dm guest", "libxl order | dm guest"),
            "libxl order continue | dm guest"))
 
 
+#: The processes whose CPU each exchange records (`Timed`), and their column names.
+CPU_OF = {"ts": "toolstack", "agent": "agent", "hostd": "host daemon", "xs": "xenstored"}
+
+
 def libxl_order(got: Samples, daemons: list[str]) -> None:
     """The arithmetic of issue #16 part 3: what libxl's and qemu-trad's order costs
     bare clients, over the floor, and our exchange over that."""
@@ -668,18 +680,21 @@ def libxl_order(got: Samples, daemons: list[str]) -> None:
 
 
 def cpu_table(got: Samples, daemons: list[str]) -> None:
-    """CPU per exchange of the toolstack and the agent, which share CPU 0 with the
-    host daemon: the part of the round trip that is Python."""
-    print(f"CPU per exchange (µs, medians) on CPU {CLIENT_CPU}: the toolstack (this "
-          "process) and the agent (its scheduler run time)")
+    """CPU per exchange of every process in it: the toolstack, the agent and the host
+    daemon share CPU 0, xenstored has CPU 1.  The exchange is a chain of round trips,
+    so their sum is about the wall time: what any of them saves, the exchange saves."""
+    print(f"CPU per exchange (µs, medians): on CPU {CLIENT_CPU} the toolstack (this "
+          "process), the agent and the host daemon (their scheduler run time), on CPU "
+          f"{SERVER_CPU} xenstored; their sum against the wall time")
     rows = []
     for k in ("channel", "save", "continue", "pci-attach"):
-        row: list[object] = [k]
         for d in daemons:
-            row += [f"{med(got[f'{k} cpu {who} | agent'][d]):.0f}" for who in ("ts", "agent")]
-            row.append(f"{med(got[f'{k} | agent'][d]):.0f}")
-        rows.append(row)
-    table(["exchange", *(f"{d} {c}" for d in daemons for c in ("ts", "agent", "wall"))], rows)
+            cpu = [med(got[f"{k} cpu {who} | agent"][d]) for who in CPU_OF]
+            wall = med(got[f"{k} | agent"][d])
+            rows.append([k, d, *(f"{c:.0f}" for c in cpu), f"{sum(cpu):.0f}", f"{wall:.0f}",
+                         ratio(sum(cpu), wall)])
+    table(["exchange", "daemon", *CPU_OF.values(), "sum", "wall", "sum/wall"], rows)
+    print()
 
 
 def floor_verdicts(got: Samples, daemons: list[str]) -> None:
