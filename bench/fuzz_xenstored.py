@@ -6,6 +6,7 @@ Prints how many messages ran and that no crash occurred (an assertion fails othe
 
 from __future__ import annotations
 
+import argparse
 import random
 import sys
 from pathlib import Path
@@ -16,8 +17,11 @@ from tests.xenstored.fuzzlib import message, run_sync
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
-    seed = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("n", nargs="?", type=int, default=20000, help="messages (default 20000)")
+    ap.add_argument("seed", nargs="?", type=int, default=1, help="random seed (default 1)")
+    args = ap.parse_args()
+    n, seed = args.n, args.seed
     rng = random.Random(seed)
     total = reconnects = 0
     while total < n:
