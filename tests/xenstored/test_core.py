@@ -291,6 +291,23 @@ def test_transaction_isolation_and_events_at_commit(h: Harness) -> None:
     assert h.err(d, Op.READ, "/w/t2") == "ENOENT"
 
 
+def test_a_node_a_transaction_found_missing_stays_missing_to_it(h: Harness) -> None:
+    """cx keeps a read in the transaction's own space, a missing node's too: created
+    outside afterwards, it is still missing inside (READ, GET_PERMS), until the
+    transaction writes it itself; the commit then conflicts."""
+    d = h.dom0
+    h.write(d, "/m", "")
+    t = h.start(d)
+    assert h.err(d, Op.READ, "/m/n", tx=t) == "ENOENT"
+    h.write(d, "/m/n", "out")
+    assert h.err(d, Op.READ, "/m/n", tx=t) == "ENOENT"
+    assert h.err(d, Op.GET_PERMS, "/m/n", tx=t) == "ENOENT"
+    h.write(d, "/m/n", "in", tx=t)
+    assert h.ok(d, Op.READ, "/m/n", tx=t) == b"in"
+    assert h.end(d, t) == "EAGAIN"
+    assert h.ok(d, Op.READ, "/m/n") == b"out"
+
+
 def test_transaction_ids_and_errors(h: Harness) -> None:
     d = h.dom0
     t = h.start(d)

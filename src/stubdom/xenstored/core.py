@@ -154,16 +154,15 @@ class View:
             return self.xs.store.get(path)
         if path in self.tx.overlay:
             return self.tx.overlay[path]
-        node = self.tx.snapshot.get(path)
-        if node is not None:
-            return node
+        snapshot = self.tx.snapshot
+        if path in snapshot:
+            return snapshot[path]
         node = self.xs.store.get(path)
         if path not in self.tx.accessed:
             acc = self._accessed(path, node)
             acc.generation = node.generation if node is not None else NO_GENERATION
             acc.check_generation = True
-            if node is not None:
-                self.tx.snapshot[path] = node
+            snapshot[path] = node  # a missing node stays missing to the transaction
         return node
 
     def write(self, path: str, node: Node) -> None:

@@ -41,8 +41,9 @@ class Transaction:
     #: Nodes written (a Node) or deleted (None) inside the transaction.
     overlay: dict[str, Node | None]
     #: Nodes as first read inside the transaction: later reads see this copy (cx copies
-    #: them into the transaction's database), not what others committed since.
-    snapshot: dict[str, Node]
+    #: them into the transaction's database), not what others committed since.  None: the
+    #: node was missing, and stays missing to the transaction (cx finds no copy of it).
+    snapshot: dict[str, Node | None]
     #: Every node touched, in order of first access (events fire in this order).
     accessed: dict[str, Accessed]
     #: A failure inside the transaction (quota, ...) makes END "T" answer ENOMEM.

@@ -52,6 +52,34 @@ case("tx_ta_err",
      S("dom0", "READ", "xenstore-test/1/a", tx="t"),
      S("dom0", "TRANSACTION_END", "T", tx="t"), S("dom0", "READ", "xenstore-test/1/a"))
 
+case("tx_absent_stays_absent",
+     "A node a tx read as missing stays missing to it (cx keeps the read in the tx's own "
+     "space): created outside, a second read in the tx is still ENOENT, a DIRECTORY of its "
+     "parent in the tx does not list it, and the commit gets EAGAIN.",
+     S("dom0", "WRITE", "/ta/p", ""), S("dom0", "TRANSACTION_START", bind="t"),
+     S("dom0", "READ", "/ta/p/n", tx="t"), S("dom0", "DIRECTORY", "/ta/p", tx="t"),
+     S("dom0b", "WRITE", "/ta/p/n", "out"),
+     S("dom0", "READ", "/ta/p/n", tx="t"), S("dom0", "DIRECTORY", "/ta/p", tx="t"),
+     S("dom0", "GET_PERMS", "/ta/p/n", tx="t"), S("dom0", "READ", "/ta/p/n"),
+     S("dom0", "TRANSACTION_END", "T", tx="t"), S("dom0", "READ", "/ta/p/n"))
+
+case("tx_absent_then_written_in_tx",
+     "A node a tx read as missing, then created outside, then written by the tx: the tx "
+     "reads its own value; the commit gets EAGAIN and the outside value stays.",
+     S("dom0", "WRITE", "/ta/q", ""), S("dom0", "TRANSACTION_START", bind="t"),
+     S("dom0", "READ", "/ta/q/n", tx="t"), S("dom0b", "WRITE", "/ta/q/n", "out"),
+     S("dom0", "WRITE", "/ta/q/n", "in", tx="t"), S("dom0", "READ", "/ta/q/n", tx="t"),
+     S("dom0", "TRANSACTION_END", "T", tx="t"), S("dom0", "READ", "/ta/q/n"))
+
+case("tx_absent_guest",
+     "The same for a guest in its own tx (the generated case that found it): absent when "
+     "first read, absent on the second read after dom0 created it.",
+     S("dom0", "WRITE", "/ta/g", ""), S("dom0", "SET_PERMS", "/ta/g", "n0", "b5"),
+     S("g5", "TRANSACTION_START", bind="t"), S("g5", "READ", "/ta/g/b", tx="t"),
+     S("dom0", "WRITE", "/ta/g/b", ""), S("g5", "READ", "/ta/g/b", tx="t"),
+     S("g5", "TRANSACTION_END", "F", tx="t"), S("g5", "READ", "/ta/g/b"),
+     guests=(5,))
+
 case("tx_isolation",
      "Inside a tx reads see its own writes; outside sees the old state until commit.",
      S("dom0", "WRITE", "/ti/a", "a"), S("dom0", "TRANSACTION_START", bind="t"),
