@@ -106,6 +106,14 @@ def op_rm(xs: XenStored, conn: Connection, packet: RawPacket, view: View) -> byt
         raise XsError("ENOENT")
     if path == "/":
         raise XsError("EINVAL")
+    # cx takes the node out of its parent first.  In a transaction whose node was
+    # removed outside since, the parent may be gone (EINVAL) or not list it (corruption
+    # to cx: EIO); either way nothing is removed.
+    parent = view.read(parent_of(path))
+    if parent is None:
+        raise XsError("EINVAL")
+    if path.rpartition("/")[2] not in parent.children:
+        raise XsError("EIO")
     xs.remove_subtree(view, path, node)
     return OK
 

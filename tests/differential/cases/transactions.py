@@ -80,6 +80,24 @@ case("tx_absent_guest",
      S("g5", "TRANSACTION_END", "F", tx="t"), S("g5", "READ", "/ta/g/b"),
      guests=(5,))
 
+case("tx_rm_of_a_node_gone_outside",
+     "A tx writes a node, dom0 removes it outside, the tx removes it: cx finds no such "
+     "child in the parent and answers EIO (the tx's copy of the node is gone all the same); "
+     "the commit gets EAGAIN.",
+     S("dom0", "WRITE", "/tr/n/c", "v"), S("dom0", "TRANSACTION_START", bind="t"),
+     S("dom0", "WRITE", "/tr/n", "in", tx="t"), S("dom0b", "RM", "/tr/n"),
+     S("dom0", "RM", "/tr/n", tx="t"), S("dom0", "READ", "/tr/n", tx="t"),
+     S("dom0", "READ", "/tr/n/c", tx="t"), S("dom0", "DIRECTORY", "/tr", tx="t"),
+     S("dom0", "RM", "/tr/n", tx="t"),
+     S("dom0", "TRANSACTION_END", "T", tx="t"), S("dom0", "DIRECTORY", "/tr"))
+
+case("tx_rm_of_a_node_whose_parent_went_outside",
+     "A tx writes a node, dom0 removes its parent outside, the tx removes the node.",
+     S("dom0", "WRITE", "/tq/p/n", "v"), S("dom0", "TRANSACTION_START", bind="t"),
+     S("dom0", "WRITE", "/tq/p/n", "in", tx="t"), S("dom0b", "RM", "/tq/p"),
+     S("dom0", "RM", "/tq/p/n", tx="t"), S("dom0", "READ", "/tq/p/n", tx="t"),
+     S("dom0", "TRANSACTION_END", "F", tx="t"), S("dom0", "DIRECTORY", "/tq"))
+
 case("tx_isolation",
      "Inside a tx reads see its own writes; outside sees the old state until commit.",
      S("dom0", "WRITE", "/ti/a", "a"), S("dom0", "TRANSACTION_START", bind="t"),
