@@ -591,8 +591,9 @@ class XenStored:
         view.write(parent_path, new_parent)
         return created[-1][1]
 
-    def remove_subtree(self, view: View, path: str, node: Node, conn_fires: bool = True) -> None:
-        """Delete ``path`` and everything below it, post-order, firing cx's watches."""
+    def remove_subtree(self, view: View, path: str, node: Node, parent: Node | None) -> None:
+        """Delete ``path`` and everything below it, post-order, firing cx's watches, and
+        take it out of ``parent`` (as the caller read it: the node at its parent path)."""
         order: list[tuple[str, Node]] = []
         stack: list[tuple[str, Node, bool]] = [(path, node, False)]
         while stack:
@@ -610,15 +611,12 @@ class XenStored:
         for p, n in order:
             view.delete(p, n)
             view.count_entry(n.owner, -1)
-            if conn_fires:
-                parent = parents.get(parent_of(p))
-                view.fire(p, p != path, n, parent.perms if parent is not None else None)
-        parent_path = parent_of(path)
-        parent = view.read(parent_path)
+            above = parents.get(parent_of(p))
+            view.fire(p, p != path, n, above.perms if above is not None else None)
         if parent is not None:
             new_parent = parent.copy()
             new_parent.remove_child(path.rsplit("/", 1)[1])
-            view.write(parent_path, new_parent)
+            view.write(parent_of(path), new_parent)
 
     # -- watches ------------------------------------------------------------------------
 
@@ -746,7 +744,7 @@ class XenStored:
             if node is None:
                 continue
             if node.owner == domid and path != "/":
-                self.remove_subtree(view, path, node)
+                self.remove_subtree(view, path, node, view.read(parent_of(path)))
                 continue
             stack.extend(join(path, c) for c in reversed(node.children))
         for path, exact, n, perms in view.events:

@@ -114,7 +114,7 @@ def op_rm(xs: XenStored, conn: Connection, packet: RawPacket, view: View) -> byt
         raise XsError("EINVAL")
     if path.rpartition("/")[2] not in parent.children:
         raise XsError("EIO")
-    xs.remove_subtree(view, path, node)
+    xs.remove_subtree(view, path, node, parent)
     return OK
 
 
