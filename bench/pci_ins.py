@@ -431,9 +431,9 @@ class Timed:
     cost the toolstack (this process), the agent, the host daemon and xenstored
     (``<kind> cpu ts|agent|hostd|xs``)."""
 
-    agent: int  # the agent's pid
-    hostd: int  # the host daemon's (on cx and ox it relays the agent's ring)
-    xs: int  # the host's xenstored's
+    #: The other processes' pids, by `CPU_OF` key: the agent, the host daemon (on cx
+    #: and ox it relays the agent's ring) and the host's xenstored.
+    pids: dict[str, int]
     warm: int
     count: int
     res: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
@@ -445,19 +445,20 @@ class Timed:
 
     async def run(self, kind: str, step: Callable[[], Awaitable[object]]) -> None:
         """``step`` timed as one ``kind`` exchange (the first ``warm`` untimed)."""
-        pids = (self.agent, self.hostd, self.xs)
-        before, c0, w0 = [sched_ns(p) for p in pids], time.process_time_ns(), time.time()
+        before = {who: sched_ns(pid) for who, pid in self.pids.items()}
+        c0, w0 = time.process_time_ns(), time.time()
         t0 = time.perf_counter()
         await step()
         dt = (time.perf_counter() - t0) * 1e6
-        c1, after = time.process_time_ns(), [sched_ns(p) for p in pids]
+        c1 = time.process_time_ns()
+        after = {who: sched_ns(pid) for who, pid in self.pids.items()}
         self.seen[kind] += 1
         if self.seen[kind] > self.warm:
             self.windows.setdefault(kind, (w0, time.time()))
             self.res[kind].append(dt)
             self.res[f"{kind} cpu ts"].append((c1 - c0) / 1e3)
-            for who, a, b in zip(("agent", "hostd", "xs"), before, after, strict=True):
-                self.res[f"{kind} cpu {who}"].append((b - a) / 1e3)
+            for who, ns in after.items():
+                self.res[f"{kind} cpu {who}"].append((ns - before[who]) / 1e3)
 
 
 def host_runs(ops: int, cli_runs: int, trace: Path | None = None, xenstored: str = "ours"
@@ -472,8 +473,8 @@ def host_runs(ops: int, cli_runs: int, trace: Path | None = None, xenstored: str
         h.run("create", str(h.config("g", cmdline="--eject-delay=0", devices=False)))
         agent = max(h.domain_pids().items())[1]  # the stubdomain is the newest domain
         # traced: the second of each (steady state: a first one registers watches)
-        pids = (agent, h.daemon_pid, h.xenstored_pid)
-        t = Timed(*pids, 3, ops) if trace is None else Timed(*pids, 1, 1)
+        pids = {"agent": agent, "hostd": h.daemon_pid, "xs": h.xenstored_pid}
+        t = Timed(pids, 3, ops) if trace is None else Timed(pids, 1, 1)
 
         async def go() -> None:
             async with open_session(str(h.dir)) as s:
@@ -694,7 +695,6 @@ def cpu_table(got: Samples, daemons: list[str]) -> None:
             rows.append([k, d, *(f"{c:.0f}" for c in cpu), f"{sum(cpu):.0f}", f"{wall:.0f}",
                          ratio(sum(cpu), wall)])
     table(["exchange", "daemon", *CPU_OF.values(), "sum", "wall", "sum/wall"], rows)
-    print()
 
 
 def floor_verdicts(got: Samples, daemons: list[str]) -> None:

@@ -135,7 +135,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -147,10 +146,20 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.cpustat import sched_ns, stat_ns  # noqa: E402
+from bench.hostkit import table  # noqa: E402
 from bench.rawxs import HDR, RawConnection  # noqa: E402
 from bench.tightxs import TightConnection, request, single_ops  # noqa: E402
 from stubdom.usercache import cache_dir  # noqa: E402
-from tests.support.daemons import Daemon, have_cx, have_ox, start_cx, start_ours, start_ox  # noqa: E402
+from tests.support.daemons import (  # noqa: E402
+    Daemon,
+    _wait_for_socket,
+    have_cx,
+    have_ox,
+    short_tmpdir,
+    start_cx,
+    start_ours,
+    start_ox,
+)
 
 READ, WATCH, WRITE, EVENT, ERROR = 2, 4, 11, 15, 16
 SERVER_CPU, CLIENT_CPU = 1, 0
@@ -428,16 +437,12 @@ def build_floor() -> Path | None:
 
 
 def start_floor() -> Daemon:
+    """The floor server in a run directory of its own, as `start_ours` starts ours."""
     assert FLOOR_SERVER is not None
-    run_dir = Path(tempfile.mkdtemp(prefix="floor-", dir="/tmp"))
+    run_dir = short_tmpdir("floor-")
     sock = str(run_dir / "socket")
     proc = subprocess.Popen([str(FLOOR_SERVER), sock])
-    deadline = time.monotonic() + 10
-    while not os.path.exists(sock):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"the floor server did not start (status {proc.poll()})")
-        time.sleep(0.01)
+    _wait_for_socket(sock, proc)
     return Daemon(kind=FLOOR, socket=sock, pid=proc.pid, run_dir=run_dir, proc=proc)
 
 
@@ -451,7 +456,7 @@ def report_floor(setups: list[Setup], names: list[str],
             floor = results.get((s.label, op, FLOOR))
             if not floor:
                 continue
-            row: list[str] = [s.label, op, f"{med(r.us for r in floor):.1f}"]
+            row: list[str] = [f"{s.label} | {op}", f"{med(r.us for r in floor):.1f}"]
             for n in names:
                 rs = results[(s.label, op, n)]
                 over = [a.us / b.us for a, b in zip(rs, floor, strict=True)]
@@ -459,20 +464,13 @@ def report_floor(setups: list[Setup], names: list[str],
                 row += [f"{med(over):.2f} [{spread(over)}]", f"{med(added):+.1f}"]
             rows.append(row)
     if not rows:
-        print("floor server: not built here (no gcc)")
+        print("floor server: not built here (no gcc)\n")
         return
-    heads = ["setup", "op", "floor µs"]
-    for n in names:
-        heads += [f"{n}/floor", f"{n} adds µs"]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
     print("the floor: bench/floor_server.c, an epoll server that answers every request at "
           "once and does nothing else,\nmeasured in the same alternating blocks; each "
           "daemon's wall time over it (median [min..max] of the rounds) and what it adds (µs)")
-    print("  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in
-                    enumerate(zip(heads, widths, strict=True))))
-    for r in rows:
-        print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in
-                        enumerate(zip(r, widths, strict=True))))
+    table(["setup | op", "floor µs",
+           *(h for n in names for h in (f"{n}/floor", f"{n} adds µs"))], rows)
 
 
 def rss_kib(pid: int) -> int:
@@ -614,7 +612,6 @@ def main() -> None:
     met = report(setups, list(starters), results, rounds)
     print()
     report_floor(setups, list(starters), results)
-    print()
     print("memory (VmRSS): empty -> holding 10k nodes and 50k watches (200 conns x 250)")
     for name, (before, after) in mem.items():
         print(f"  {name:<5} {before / 1024:8.1f} MiB -> {after / 1024:8.1f} MiB "
