@@ -189,8 +189,8 @@ async def test_pci_remove_waits_for_the_eject_and_refusals(host: Host) -> None:
     devfn = await ch.pci_insert(B1)
     assert await ch.pci_remove(B1, vdevfn=devfn)
     assert await host.xs.read(proto.state_path(c.stubdom, c.guest)) == b"running"
-    log = await host.wait_log("ejected by the guest")
-    assert "eject of slot" in log
+    log = await host.wait_log("guest ejected slot")  # the backend's lines, not the agent's
+    assert "eject requested" in log
     with pytest.raises(PciRemoveError):
         await ch.exchange(proto.Command.PCI_REM, "0000:09:00.0", proto.State.PCI_REMOVED)
     assert await host.xs.read(proto.parameter_path(c.stubdom, c.guest)) != b"0000:09:00.0"

@@ -9,7 +9,11 @@ Then events are served one at a time, in arrival order.  While paused by a save 
 those three kinds of event are served ([DM-PAUSED]); the guest's ejects wait.
 
 Console 0 is the log: every log record of the process goes there as one line
-(`ConsoleLogHandler`).  For tests, the machine's `DeviceModel.snapshot` is logged as a
+(`ConsoleLogHandler`).  The backend logs what the device model does (an insert, an
+eject, as qemu prints them); the agent adds only what it alone knows, such as a
+refusal, so a command costs its answer no duplicate line.
+
+For tests, the machine's `DeviceModel.snapshot` is logged as a
 ``snapshot saved {json}`` line when a save completes and ``snapshot restored {json}``
 after a ``-loadvm`` start -- on the log, not on any protocol path.
 """
@@ -449,7 +453,6 @@ class Agent:
                 log.warning("pci-ins %s: %s", d.parameter, e.text)
                 await self._write(cmds.pci_insert_failed(e.text, self.compat))
             else:
-                log.info("pci-ins %s: inserted at devfn 0x%02x", d.pci.bdf, devfn)
                 await self._write(cmds.pci_inserted(devfn))
         elif d.action is cmds.Action.PCI_REM:
             assert d.bdf is not None
@@ -459,7 +462,6 @@ class Agent:
                 log.warning("pci-rem %s: %s", d.parameter, e.text)
                 await self._write(cmds.pci_remove_failed(e.text, self.compat))
             else:
-                log.info("pci-rem %s: eject of slot 0x%02x requested", d.bdf, devfn >> 3)
                 self._start_task(self._await_eject(dm, devfn), f"eject 0x{devfn:02x}")
         elif d.action in (cmds.Action.USB_ADD, cmds.Action.USB_DEL):
             assert d.parameter is not None
@@ -475,7 +477,6 @@ class Agent:
     async def _await_eject(self, dm: DeviceModel, devfn: int) -> None:
         await dm.wait_ejected(devfn)
         await self._unpaused.wait()  # nothing but control events while paused
-        log.info("slot 0x%02x ejected by the guest", devfn >> 3)
         await self._write(cmds.pci_removed())
 
     async def _save(self, dm: DeviceModel) -> None:
