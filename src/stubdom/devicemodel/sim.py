@@ -291,8 +291,10 @@ class SimDeviceModel(DeviceModel):
     def _used(self, devfn: int) -> bool:
         return devfn in self._fixed or devfn in self._pt
 
-    def _slot_free(self, slot: int) -> bool:
-        return not any(self._used(slot << 3 | f) for f in range(NR_FUNCS))
+    def _used_slots(self) -> set[int]:
+        """Slots with any function in use, in one pass (a slot-by-slot probe of every
+        function made each insert quadratic in the devices passed through)."""
+        return {d >> 3 for d in self._fixed} | {d >> 3 for d in self._pt}
 
     async def pci_insert(self, req: PciRequest) -> int:
         self._check_live()
@@ -332,10 +334,11 @@ class SimDeviceModel(DeviceModel):
                 self._emit(f"pci-ins: {devfn_text(devfn)} is in use")
                 return -2
             return devfn
+        used = self._used_slots()
         for slot in self._php:
             if self._gfx_passthru and slot == IGD_SLOT:
                 continue
-            if self._slot_free(slot):
+            if slot not in used:
                 return slot << 3
         self._emit("pci-ins: every hot-plug slot is in use")
         return -1
