@@ -20,7 +20,8 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Final, NamedTuple
 
 from stubdom.wire.constants import PAYLOAD_MAX, Op
 from stubdom.wire.packet import HEADER, DecodeError, Packet, PacketDecoder, PayloadTooLong, op_name
@@ -47,16 +48,33 @@ log = logging.getLogger(__name__)
 _ERROR = int(Op.ERROR)
 _WATCH_EVENT = int(Op.WATCH_EVENT)
 _pack_header = HEADER.pack
+#: ``tuple.__new__``: a `Reply` or `WatchEvent` built without a Python-level call.
+_new: Final = tuple.__new__
 
 
-@dataclass(frozen=True, slots=True)
-class WatchEvent:
+class WatchEvent(NamedTuple):
     """A WATCH_EVENT: ``path`` changed (as the server spells it), for watch ``token``.
-    ``seq`` is its place among everything received on the connection (`Reply.seq`)."""
+    ``seq`` is its place among everything received on the connection (`Reply.seq`):
+    where it came, not what it says, so equality leaves it out.
+
+    A named tuple, built in C by the decoder (`_new`): a frozen dataclass costs a
+    Python ``__init__`` per event, four times the time."""
 
     path: str
     token: str
-    seq: int = field(default=0, compare=False)
+    seq: int = 0
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, WatchEvent):
+            return NotImplemented
+        return self[0] == other[0] and self[1] == other[1]
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    def __hash__(self) -> int:
+        return hash((self[0], self[1]))
 
 
 @dataclass(eq=False, slots=True)
@@ -74,14 +92,15 @@ class Request:
         return op_name(self.op)
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(NamedTuple):
     """The server's answer to ``request``: either the same type or ERROR.
 
     ``seq`` numbers replies and watch events in the order they arrived: a server sends
     one connection's packets in the order it made them, so an event with a higher
     ``seq`` than a reply was made after the request was served -- what a read showed is
-    still so as long as no event on that path came after its reply."""
+    still so as long as no event on that path came after its reply.
+
+    A named tuple built in C by the decoder (`_new`), as `WatchEvent`."""
 
     request: Request
     packet: Packet
@@ -187,11 +206,11 @@ class ClientProtocol:
             if op == _WATCH_EVENT:
                 path, _, rest = payload.partition(b"\0")
                 token = rest[:-1] if rest.endswith(b"\0") else rest
-                events.append(WatchEvent(  # as `wire_text`, inline: one event per read
+                events.append(_new(WatchEvent, (  # as `wire_text`, inline
                     path.decode("utf-8", "surrogateescape"),
                     token.decode("utf-8", "surrogateescape"),
                     self.received,
-                ))
+                )))
                 continue
             req = pending.pop(req_id, None)
             if req is None:
@@ -203,7 +222,7 @@ class ClientProtocol:
                 log.debug("dropping reply to abandoned %s req_id=%d", req.op_name, req.req_id)
                 self._orphan(req.op, op, payload)
                 continue
-            events.append(Reply(req, packet, self.received))
+            events.append(_new(Reply, (req, packet, self.received)))
         return events
 
     def orphaned(self, replies: list[Reply]) -> None:
