@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from stubdom.toolstack.locks import SaveMarker, flocked, lock_path, save_marker_path
+from stubdom.toolstack.locks import (
+    GuestLock,
+    SaveMarker,
+    flocked,
+    lock_path,
+    save_marker_path,
+)
 from tests.support.flock import flock_free
 
 
@@ -41,6 +47,31 @@ async def test_a_cancelled_wait_for_the_flock_holds_nothing(lock_dir: Path) -> N
         with pytest.raises(asyncio.CancelledError):
             await waiter
     assert flock_free(path)
+
+
+async def test_a_guest_lock_cancelled_waiting_for_the_flock_holds_neither_lock(
+    lock_dir: Path,
+) -> None:
+    path = lock_path(lock_dir, 5)
+    mine = asyncio.Lock()
+
+    async def take() -> None:
+        async with GuestLock(path, mine):
+            raise AssertionError("got a flock another process holds")
+
+    async with flocked(path):  # as another process would
+        waiter = asyncio.create_task(take())
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert mine.locked()  # in-process lock taken, waiting for the flock
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert not mine.locked()
+    assert flock_free(path)
+    async with GuestLock(path, mine):
+        assert mine.locked() and not flock_free(path)
+    assert not mine.locked() and flock_free(path)
 
 
 def test_a_held_marker_is_a_save_in_progress_of_its_stubdomain_only(

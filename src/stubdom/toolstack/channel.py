@@ -32,9 +32,8 @@ waits on its watches (`stubdom.xenstore.WatchGroup.changed_after`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -71,7 +70,7 @@ from stubdom.toolstack.exchange import (
     insert_answer,
     names_function,
 )
-from stubdom.toolstack.locks import SaveMarker, flocked, lock_path, save_marker_path
+from stubdom.toolstack.locks import GuestLock, SaveMarker, lock_path, save_marker_path
 from stubdom.xenstore import Client, Transaction, WaitTimeout, WatchGroup
 from stubdom.xenstore.pipeline import Batch, pipelined
 
@@ -137,7 +136,10 @@ class ChannelRegistry:
 
     def lock(self, path: Path) -> asyncio.Lock:
         """The in-process lock that goes with the flock on ``path``."""
-        return self._locks.setdefault(path, asyncio.Lock())
+        lock = self._locks.get(path)
+        if lock is None:
+            lock = self._locks[path] = asyncio.Lock()
+        return lock
 
     async def watches(self, key: ChannelKey, paths: Sequence[str]) -> ChannelWatches:
         """The channel's kept watches (its lock is held), registered on first use."""
@@ -398,11 +400,9 @@ class DeviceModelChannel:
 
     # -- the lock ----------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def locked(self) -> AsyncIterator[None]:
+    def locked(self) -> GuestLock:
         """The guest's lock: in-process, then the ``flock`` other processes see."""
-        async with self.channels.lock(self.lock_path), flocked(self.lock_path):
-            yield
+        return GuestLock(self.lock_path, self.channels.lock(self.lock_path))
 
     # -- steps ---------------------------------------------------------------------------
 

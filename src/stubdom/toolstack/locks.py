@@ -14,7 +14,6 @@ import contextlib
 import fcntl
 import logging
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO
 
@@ -43,25 +42,62 @@ def _open_lock_file(path: Path) -> int:
         return os.open(path, flags, 0o600)
 
 
-@contextlib.asynccontextmanager
-async def flocked(path: Path) -> AsyncIterator[None]:
-    """An exclusive ``flock`` on ``path`` (created if missing), polled with LOCK_NB:
-    waiting for it never blocks the event loop, and a cancelled wait holds nothing."""
+class GuestLock:
+    """A guest's lock: the in-process ``lock``, then an exclusive ``flock`` on ``path``
+    (created if missing) that other processes see.  The flock is polled with LOCK_NB:
+    waiting for it never blocks the event loop, and a cancelled wait holds nothing.
+
+    An async context manager written out, not an async generator: every command takes
+    it, and an async generator also costs its loop's bookkeeping on each use."""
+
+    __slots__ = ("_fd", "lock", "path")
+
+    def __init__(self, path: Path, lock: asyncio.Lock | None = None) -> None:
+        self.path = path
+        self.lock = lock
+        self._fd = -1
+
+    async def __aenter__(self) -> None:
+        if self.lock is not None:
+            await self.lock.acquire()
+        try:
+            self._fd = await _flock(self.path)
+        except BaseException:
+            if self.lock is not None:
+                self.lock.release()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        fd, self._fd = self._fd, -1
+        try:
+            os.close(fd)  # releases the flock
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+
+def flocked(path: Path) -> GuestLock:
+    """The ``flock`` on ``path`` alone (`GuestLock` without an in-process lock)."""
+    return GuestLock(path)
+
+
+async def _flock(path: Path) -> int:
+    """The lock file's descriptor, once it holds the flock."""
     fd = _open_lock_file(path)
     try:
         logged = False
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                return fd
             except BlockingIOError:
                 if not logged:
                     log.debug("waiting for %s", path)
                     logged = True
                 await asyncio.sleep(LOCK_POLL)
-        yield
-    finally:
-        os.close(fd)  # releases the flock
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class SaveMarker:
