@@ -26,7 +26,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from stubdom import protocol as proto
@@ -116,16 +116,17 @@ class ConsoleLogHandler(logging.Handler):
             return b""
         return (line.rstrip("\n") + "\n").encode("utf-8", "replace")
 
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
+    def held(self) -> _Hold:
         """Lines logged inside wait until the block ends."""
+        return _Hold(self)
+
+    def _hold(self) -> None:
         self._held += 1
-        try:
-            yield
-        finally:
-            self._held -= 1
-            if not self._held and self.lines:
-                self._ready.set()
+
+    def _unhold(self) -> None:
+        self._held -= 1
+        if not self._held and self.lines:
+            self._ready.set()
 
     def attach(self, console: Console) -> None:
         self.console = console
@@ -185,6 +186,22 @@ class ConsoleLogHandler(logging.Handler):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.console.close(), 10)
             self.console = None
+
+
+class _Hold:
+    """`ConsoleLogHandler.held` as a plain context manager: one is made per event served,
+    where a generator-based one costs a generator and contextlib's wrapper."""
+
+    __slots__ = ("_handler",)
+
+    def __init__(self, handler: ConsoleLogHandler) -> None:
+        self._handler = handler
+
+    def __enter__(self) -> None:
+        self._handler._hold()
+
+    def __exit__(self, *exc: object) -> None:
+        self._handler._unhold()
 
 
 def _snapshot_json(dm: DeviceModel) -> str:
