@@ -289,9 +289,13 @@ def pci_inserted_parameter(devfn: int) -> str:
     return f"0x{devfn:02x}"
 
 
+#: libxl's ``"0x%x"`` (the hex digits after ``0x``; what follows is ignored).
+_VDEVFN = re.compile(r"0x([0-9a-fA-F]+)")
+
+
 def parse_pci_inserted(parameter: str) -> int:
     """libxl's ``sscanf(p, "0x%x", &vdevfn)``; `ValueError` if that fails."""
-    m = re.match(r"0x([0-9a-fA-F]+)", parameter)
+    m = _VDEVFN.match(parameter)
     if m is None:
         raise ValueError(f"wrong format for the vdevfn: {_clip(parameter)}")
     return int(m.group(1), 16)
