@@ -76,11 +76,6 @@ class GuestLock:
                 self.lock.release()
 
 
-def flocked(path: Path) -> GuestLock:
-    """The ``flock`` on ``path`` alone (`GuestLock` without an in-process lock)."""
-    return GuestLock(path)
-
-
 async def _flock(path: Path) -> int:
     """The lock file's descriptor, once it holds the flock."""
     fd = _open_lock_file(path)
