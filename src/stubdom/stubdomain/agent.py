@@ -42,6 +42,7 @@ from stubdom.stubdomain import commands as cmds
 from stubdom.stubdomain.args import AgentOptions, DmArgsError, build_argv, parse_dm_args
 from stubdom.stubdomain.boot import BootError, read_boot_info
 from stubdom.stubdomain.discovery import Discovered, discover, run_pcifront
+from stubdom.stubdomain.eventqueue import EventQueue
 from stubdom.xenstore import (
     RECONNECT,
     Client,
@@ -232,7 +233,7 @@ class Agent:
         self.found = Discovered()
         #: (token, seq, epoch) of each watch event (`stubdom.xenstore.Reply.seq`), or
         #: STOP / CLOSED.
-        self.events: asyncio.Queue[tuple[str, int, int]] = asyncio.Queue()
+        self.events: EventQueue[tuple[str, int, int]] = EventQueue()
         #: Lines logged while an event is served wait for its end (None: not ours).
         self.log_handler: ConsoleLogHandler | None = None
         #: After our RM of ``command``: the seq of the READ before it and the
