@@ -71,7 +71,8 @@ Prints: the round trip per setup and path on each daemon, the median and the spr
 every exchange of every round (p25..p75; min..max under 8 samples, as the CLI's in
 ``--quick``), and the ratios cx/ours and ox/ours of the medians; then each daemon's
 channel and pci-attach (agent) as a multiple of the floor on the same daemon (``dm
-guest``), with the target for ours; then libxl's order over the floor and each exchange
+guest``), with the spread of that ratio round by round (each round's median over the
+same round's floor) and the target for ours, with how many rounds were under it; then libxl's order over the floor and each exchange
 over libxl's order, and the room the target leaves above libxl's order (2x the floor
 minus it) beside the CPU our toolstack and agent spend; then the CPU of each exchange in
 every process it runs through: the toolstack (this process, ``time.process_time``), the
@@ -575,17 +576,23 @@ HOST_KINDS = ["channel", "save", "continue", "pci-attach", "CLI"]
 #: Host runs that failed (their samples are missing from the tables).
 FAILURES: list[str] = []
 Samples = dict[str, dict[str, list[float]]]  # setup -> daemon -> µs of every exchange
+#: setup -> daemon -> round -> the median of that round: a ratio's spread over rounds.
+RoundMedians = dict[str, dict[str, dict[int, float]]]
 
 
-def collect(rounds: int, ops: int, cli_runs: int, daemons: list[str]) -> Samples:
+def collect(rounds: int, ops: int, cli_runs: int, daemons: list[str]
+            ) -> tuple[Samples, RoundMedians]:
     """Every round: each setup on each daemon in turn (`rotated`), then a host on each."""
     got: Samples = collections.defaultdict(lambda: collections.defaultdict(list))
+    by_round: RoundMedians = collections.defaultdict(lambda: collections.defaultdict(dict))
     t_start = time.monotonic()
     turn = 0
     for rnd in range(rounds):
         for label, fn, absolute in SETUPS:
             for name in rotated(daemons, turn):
-                got[label][name] += measure(name, fn, absolute, ops)
+                samples = measure(name, fn, absolute, ops)
+                got[label][name] += samples
+                by_round[label][name][rnd] = med(samples)
             turn += 1
         for name in rotated(daemons, turn):
             try:
@@ -596,14 +603,21 @@ def collect(rounds: int, ops: int, cli_runs: int, daemons: list[str]) -> Samples
                 continue
             for k, v in res.items():
                 got[f"{k} | agent"][name] += v
+                by_round[f"{k} | agent"][name][rnd] = med(v)
         turn += 1
         print(f"# round {rnd + 1}/{rounds} ({time.monotonic() - t_start:.0f}s)",
               file=sys.stderr, flush=True)
-    return got
+    return got, by_round
 
 
-def report(got: Samples, daemons: list[str], args: argparse.Namespace, cli_runs: int,
-           counts: dict[str, dict[str, int]]) -> None:
+def round_ratios(by_round: RoundMedians, k: str, base: str, d: str) -> list[float]:
+    """``k`` over ``base`` on daemon ``d``, round by round (rounds that have both)."""
+    a, b = by_round[k][d], by_round[base][d]
+    return [a[r] / b[r] for r in sorted(a.keys() & b.keys()) if b[r]]
+
+
+def report(got: Samples, by_round: RoundMedians, daemons: list[str], args: argparse.Namespace,
+           cli_runs: int, counts: dict[str, dict[str, int]]) -> None:
     print(f"pci-ins round trip (µs), {args.rounds} round(s) of {args.ops} exchanges per setup "
           f"and daemon (CLI: {cli_runs} runs), the daemons interleaved; xenstored on CPU "
           f"{SERVER_CPU}, clients, relays and agents on CPU {CLIENT_CPU}")
@@ -612,7 +626,8 @@ def report(got: Samples, daemons: list[str], args: argparse.Namespace, cli_runs:
     labels = [k for k, _, _ in SETUPS] + [f"{k} | agent" for k in HOST_KINDS]
     compare("setup | device model", daemons,
             [Figure(k, dict(got[k])) for k in labels if k in got])
-    print("x floor: each daemon's figure over its own floor (dm guest); medians")
+    print("x floor: each daemon's figure over its own floor (dm guest): the medians of all "
+          "exchanges [min..max of the rounds' own ratios]")
     rows = []
     for k, base in (("channel, raw dm | dm guest", "floor | dm guest"),
                     ("channel | agent", "floor | dm guest"),
@@ -621,11 +636,16 @@ def report(got: Samples, daemons: list[str], args: argparse.Namespace, cli_runs:
                     ("pci-attach | agent", "floor | dm guest")):
         row: list[object] = [k]
         for d in daemons:
-            row.append(ratio(med(got[k][d]), med(got[base][d])))
+            rs = round_ratios(by_round, k, base, d)
+            each = f" [{min(rs):.2f}..{max(rs):.2f}]" if len(rs) > 1 else ""
+            row.append(ratio(med(got[k][d]), med(got[base][d])) + each)
         tgt = ""
         if k in TARGETS and "ours" in daemons:
             x = med(got[k]["ours"]) / med(got[base]["ours"])
-            tgt = f"ours <= {TARGET:g}x floor: {verdict(x <= TARGET)}"
+            rs = round_ratios(by_round, k, base, "ours")
+            under = sum(r <= TARGET for r in rs)
+            tgt = (f"ours <= {TARGET:g}x floor: {verdict(x <= TARGET)} "
+                   f"(rounds under: {under}/{len(rs)})")
         rows.append([*row, tgt])
     table(["exchange", *daemons, "target"], rows)
     libxl_order(got, daemons)
@@ -735,8 +755,8 @@ def main() -> None:
         tdir = short_tmpdir("tr-")
         _, windows = host_runs(1, 0, trace=tdir / "trace.jsonl")
         counts = {k: count_trace(tdir / "trace.jsonl", w) for k, w in windows.items()}
-    got = collect(args.rounds, args.ops, cli_runs, daemons)
-    report(got, daemons, args, cli_runs, counts)
+    got, by_round = collect(args.rounds, args.ops, cli_runs, daemons)
+    report(got, by_round, daemons, args, cli_runs, counts)
     print(f"# total {time.monotonic() - t_start:.0f}s", file=sys.stderr)
 
 
