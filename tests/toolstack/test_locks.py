@@ -27,7 +27,7 @@ def lock_dir(tmp_path: Path) -> Iterator[Path]:
 async def test_the_flock_is_held_only_inside(lock_dir: Path) -> None:
     path = lock_path(lock_dir, 5)
     assert path == lock_dir / "dm-5.lock"
-    async with GuestLock(path):
+    async with GuestLock(path, asyncio.Lock()):
         assert not flock_free(path)
     assert flock_free(path)
 
@@ -36,10 +36,10 @@ async def test_a_cancelled_wait_for_the_flock_holds_nothing(lock_dir: Path) -> N
     path = lock_path(lock_dir, 5)
 
     async def take() -> None:
-        async with GuestLock(path):
+        async with GuestLock(path, asyncio.Lock()):
             raise AssertionError("got a lock someone holds")
 
-    async with GuestLock(path):
+    async with GuestLock(path, asyncio.Lock()):
         waiter = asyncio.create_task(take())
         await asyncio.sleep(0)  # let it start (a cancel before that must hold nothing too)
         waiter.cancel()
@@ -58,7 +58,7 @@ async def test_a_guest_lock_cancelled_waiting_for_the_flock_holds_neither_lock(
         async with GuestLock(path, mine):
             raise AssertionError("got a flock another process holds")
 
-    async with GuestLock(path):  # as another process would
+    async with GuestLock(path, asyncio.Lock()):  # another process's
         waiter = asyncio.create_task(take())
         for _ in range(3):
             await asyncio.sleep(0)
@@ -95,6 +95,6 @@ def test_a_held_marker_is_a_save_in_progress_of_its_stubdomain_only(
 
 async def test_the_lock_makes_a_missing_lock_directory(tmp_path: Path) -> None:
     path = lock_path(tmp_path / "run" / "locks", 7)
-    async with GuestLock(path):
+    async with GuestLock(path, asyncio.Lock()):
         assert not flock_free(path)
     assert path.exists() and flock_free(path)

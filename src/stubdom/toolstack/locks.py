@@ -52,19 +52,17 @@ class GuestLock:
 
     __slots__ = ("_fd", "lock", "path")
 
-    def __init__(self, path: Path, lock: asyncio.Lock | None = None) -> None:
+    def __init__(self, path: Path, lock: asyncio.Lock) -> None:
         self.path = path
         self.lock = lock
         self._fd = -1
 
     async def __aenter__(self) -> None:
-        if self.lock is not None:
-            await self.lock.acquire()
+        await self.lock.acquire()
         try:
             self._fd = await _flock(self.path)
         except BaseException:
-            if self.lock is not None:
-                self.lock.release()
+            self.lock.release()
             raise
 
     async def __aexit__(self, *exc: object) -> None:
@@ -72,8 +70,7 @@ class GuestLock:
         try:
             os.close(fd)  # releases the flock
         finally:
-            if self.lock is not None:
-                self.lock.release()
+            self.lock.release()
 
 
 async def _flock(path: Path) -> int:
