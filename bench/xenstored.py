@@ -152,13 +152,13 @@ from bench.tightxs import TightConnection, request, single_ops  # noqa: E402
 from stubdom.usercache import cache_dir  # noqa: E402
 from tests.support.daemons import (  # noqa: E402
     Daemon,
-    _wait_for_socket,
     have_cx,
     have_ox,
     short_tmpdir,
     start_cx,
     start_ours,
     start_ox,
+    wait_for_socket,
 )
 
 READ, WATCH, WRITE, EVENT, ERROR = 2, 4, 11, 15, 16
@@ -442,7 +442,7 @@ def start_floor() -> Daemon:
     run_dir = short_tmpdir("floor-")
     sock = str(run_dir / "socket")
     proc = subprocess.Popen([str(FLOOR_SERVER), sock])
-    _wait_for_socket(sock, proc)
+    wait_for_socket(sock, proc)
     return Daemon(kind=FLOOR, socket=sock, pid=proc.pid, run_dir=run_dir, proc=proc)
 
 

@@ -132,9 +132,11 @@ class Daemon:
                 self.proc.wait(5)
 
 
-def _wait_for_socket(
+def wait_for_socket(
     path: str, proc: subprocess.Popen[bytes] | None, timeout: float = 10.0
 ) -> None:
+    """Until a server accepts connections on ``path`` (an error if ``proc`` exits first
+    or ``timeout`` passes): every daemon, ours, the real ones and the benches' floor."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -163,7 +165,7 @@ def start_ours(run_dir: Path | None = None, *args: str) -> Daemon:
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    _wait_for_socket(sock, proc)
+    wait_for_socket(sock, proc)
     return Daemon("ours", sock, proc.pid, run_dir, proc=proc)
 
 

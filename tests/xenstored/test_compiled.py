@@ -22,7 +22,7 @@ import stubdom
 import stubdom.cli.main
 from stubdom import compiled
 from tests.peers.test_c_tools import run_test_xenstore
-from tests.support.daemons import Daemon, _wait_for_socket, peers_required, short_tmpdir
+from tests.support.daemons import Daemon, peers_required, short_tmpdir, wait_for_socket
 
 SRC = Path(stubdom.__file__).parent.parent
 REPO = SRC.parent
@@ -180,7 +180,7 @@ def start(argv: list[str], run_dir: Path) -> Daemon:
     log = open(run_dir / "xenstored.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen([*argv, "-v", "xenstored", "--socket", sock], stdout=log,
                             stderr=subprocess.STDOUT)
-    _wait_for_socket(sock, proc)
+    wait_for_socket(sock, proc)
     return Daemon("ours", sock, proc.pid, run_dir, proc=proc)
 
 

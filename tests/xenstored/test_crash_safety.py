@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemons import Daemon, _wait_for_socket, short_tmpdir, start_ours
+from tests.support.daemons import Daemon, short_tmpdir, start_ours, wait_for_socket
 from tests.xenstored.test_cli import (
     ERROR,
     HEADER,
@@ -199,7 +199,7 @@ def _serve_and_stop(run_dir: Path, state: Path) -> tuple[Raw, subprocess.Popen[s
         stderr=subprocess.PIPE,
         text=True,
     )
-    _wait_for_socket(sock, proc)
+    wait_for_socket(sock, proc)
     return Raw(sock), proc
 
 
