@@ -72,13 +72,14 @@ every exchange of every round (p25..p75; min..max under 8 samples, as the CLI's 
 ``--quick``), and the ratios cx/ours and ox/ours of the medians; then each daemon's
 channel and pci-attach (agent) as a multiple of the floor on the same daemon (``dm
 guest``), with the spread of that ratio round by round (each round's median over the
-same round's floor) and the target for ours, with how many rounds were under it; then libxl's order over the floor and each exchange
-over libxl's order, and the room the target leaves above libxl's order (2x the floor
-minus it) beside the CPU our toolstack and agent spend; then the CPU of each exchange in
-every process it runs through: the toolstack (this process, ``time.process_time``), the
-agent and the host daemon (their scheduler run time), the three sharing CPU 0, and
-xenstored on CPU 1, with their sum beside the wall time (the exchange is a chain of round
-trips: the sum comes to about the wall time); then the counts.
+same round's floor) and the target for ours, with how many rounds were under it; then
+libxl's order over the floor and each exchange over libxl's order, and the room the
+target leaves above libxl's order (2x the floor minus it) beside the CPU our toolstack
+and agent spend; then the CPU of each exchange in every process it runs through: the
+toolstack (this process, ``time.process_time``), the agent and the host daemon (their
+scheduler run time), the three sharing CPU 0, and xenstored on CPU 1, with their sum
+beside the wall time (the exchange is a chain of round trips: the sum comes to about the
+wall time); then the counts.
 ``--quick``: 1 round of 20 exchanges, 1 CLI run (about 30 s).
 
 Target (ours): each exchange with the agent <= 2x its floor (ours, dm guest).
@@ -635,17 +636,16 @@ def report(got: Samples, by_round: RoundMedians, daemons: list[str], args: argpa
                     ("continue | agent", "floor continue | dm guest"),
                     ("pci-attach | agent", "floor | dm guest")):
         row: list[object] = [k]
-        for d in daemons:
-            rs = round_ratios(by_round, k, base, d)
+        per_round = {d: round_ratios(by_round, k, base, d) for d in daemons}
+        for d, rs in per_round.items():
             each = f" [{min(rs):.2f}..{max(rs):.2f}]" if len(rs) > 1 else ""
             row.append(ratio(med(got[k][d]), med(got[base][d])) + each)
         tgt = ""
         if k in TARGETS and "ours" in daemons:
             x = med(got[k]["ours"]) / med(got[base]["ours"])
-            rs = round_ratios(by_round, k, base, "ours")
-            under = sum(r <= TARGET for r in rs)
+            under = sum(r <= TARGET for r in per_round["ours"])
             tgt = (f"ours <= {TARGET:g}x floor: {verdict(x <= TARGET)} "
-                   f"(rounds under: {under}/{len(rs)})")
+                   f"(rounds under: {under}/{len(per_round['ours'])})")
         rows.append([*row, tgt])
     table(["exchange", *daemons, "target"], rows)
     libxl_order(got, daemons)
