@@ -123,8 +123,9 @@ def dm_version_path(guest: int) -> str:
 
 
 def dm_last_sent_path(guest: int) -> str:
-    """The toolstack's own note of the last command it sent the guest's device model
-    (``"<command> <parameter>"``), in its private area, gone with the domain."""
+    """The toolstack's own note of the last command with a parameter it sent the guest's
+    device model (``"<command> <parameter>"``: the one ``parameter`` answers), in its
+    private area, gone with the domain."""
     return f"/libxl/{guest}/dm-last-sent"
 
 

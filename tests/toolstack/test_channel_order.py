@@ -22,6 +22,7 @@ from stubdom.protocol import (
     target_path,
 )
 from stubdom.toolstack.channel import ChannelRegistry, DeviceModelChannel
+from stubdom.toolstack.exchange import InsertOutcome, PciInsertError
 from stubdom.wire.constants import Op
 from stubdom.wire.paths import domain_path
 from stubdom.xenstore import Client, XenStoreError
@@ -114,16 +115,14 @@ async def test_a_state_changed_by_someone_else_is_read_again(setup: Setup) -> No
 
 async def test_save_and_continue_know_the_state_from_the_last_look(setup: Setup) -> None:
     """``paused`` seen by the look that ended the save is what ``resume`` needs: it
-    sends ``continue`` with no read first, right after the note of the last command
-    (never in its round trip: a failed note must leave no command sent); a second
-    resume knows ``running`` from the look that ended the first one
-    and sends nothing."""
+    sends ``continue`` first thing (no read, and no note: only a command with a
+    parameter is noted); a second resume knows ``running`` from the look that ended
+    the first one and sends nothing."""
     await setup.chan.pci_insert(DEV_A)  # the watches are set
     await setup.chan.save()
     setup.sent.clear()
     assert await setup.chan.resume() is True
-    assert setup.sent[0] == [("WRITE", LAST)]  # libxl: no state to restore
-    assert setup.sent[1] == [("WRITE", CMD)]
+    assert setup.sent[0] == [("WRITE", CMD)]  # libxl: no state to restore
     setup.sent.clear()
     assert await setup.chan.resume() is False
     assert setup.sent == []
@@ -139,8 +138,7 @@ async def test_a_command_without_parameter_reads_a_state_it_does_not_know(
     setup.sent.clear()
     assert await setup.chan.resume() is True
     assert setup.sent[0] == [("READ", STATE)]  # resume's own look before deciding
-    assert setup.sent[1] == [("WRITE", LAST)]
-    assert setup.sent[2] == [("WRITE", CMD)]
+    assert setup.sent[1] == [("WRITE", CMD)]
 
 
 async def test_the_first_command_of_a_channel_reads_the_state(setup: Setup) -> None:
@@ -158,11 +156,25 @@ async def test_a_note_that_cannot_be_written_leaves_no_command_sent(setup: Setup
     """The note of the last command goes before the command, in its own round trip: when
     it fails, the device model never sees the command (no half-done exchange)."""
     await setup.chan.pci_insert(DEV_A)
-    await setup.chan.save()
     await setup.fake.stop()  # nobody consumes a command: the node would stay
     setup.dom0.check_paths = False  # let the daemon refuse it
     setup.chan.last_sent = "/libxl/" + "x" * 3000  # over cx's path limit: EINVAL
     with pytest.raises(XenStoreError):
-        await setup.chan.resume()
+        await setup.chan.pci_insert(DEV_B)
     assert await setup.dom0.read_text(CMD) is None
-    assert setup.fake.commands == ["pci-ins", "save"]
+    assert setup.fake.commands == ["pci-ins"]
+
+
+async def test_save_and_continue_leave_the_note_of_a_refused_insert(setup: Setup) -> None:
+    """``save`` and ``continue`` leave ``parameter`` alone, so they leave the note too:
+    after them, an interrupted attach's refused ``pci-ins`` is still known refused
+    (qemu-trad would never answer the ``pci-rem`` its undoing would send)."""
+    await setup.chan.pci_insert(DEV_A, vdevfn=0x28)
+    with pytest.raises(PciInsertError):
+        await setup.chan.pci_insert(DEV_B, vdevfn=0x28)  # slot 5 is taken
+    await setup.chan.save()
+    assert await setup.chan.resume() is True
+    assert await setup.dom0.read_text(LAST) == (
+        f"pci-ins {pci_ins_parameter(DEV_B, 0x28, False, False)}"
+    )
+    assert await setup.chan.unanswered_insert(DEV_B) is InsertOutcome.REFUSED

@@ -17,9 +17,9 @@ the state, write ``parameter``, write ``command``, wait for the result, read
   ([TIME-STALE]); see `DeviceModelChannel` for the exact rules.
 
 The order is libxl's, in as few round trips as it allows: the parameter (with the
-note of the last command), then the command, one look (``state`` and ``parameter``
-read together) per event that came after the previous look's replies, the state
-written back.  ``state`` as the channel last read or wrote it stands for libxl's reads
+note of the last command that has one), then the command, one look (``state`` and
+``parameter`` read together) per event that came after the previous look's replies,
+the state written back.  ``state`` as the channel last read or wrote it stands for libxl's reads
 of it (the wait for ``running``, the state to restore) while no event on it arrived
 since (`ChannelWatches.known_state`; the watches are kept across commands): a read
 then would show the same.
@@ -291,9 +291,10 @@ class DeviceModelChannel:
     async def unanswered_insert(self, bdf: Bdf) -> InsertOutcome:
         """What the device model made of an interrupted attach's ``pci-ins`` of ``bdf``.
 
-        Known only if that was the last command we sent and the device model took it
-        (``command`` is gone): it answers one command at a time, so ``parameter`` then
-        holds its answer to it -- qemu's refusal text, or the devfn.  A refused function
+        Known only if that was the last command with a parameter we sent (``save`` and
+        ``continue`` leave ``parameter`` alone) and the device model took it (``command``
+        is gone): it answers one command at a time, so ``parameter`` then holds its
+        answer to it -- qemu's refusal text, or the devfn.  A refused function
         needs no ``pci-rem``, which qemu-trad would not answer at all."""
         async with self.locked():
             sent = await self.client.read_text(self.last_sent)
@@ -466,14 +467,19 @@ class DeviceModelChannel:
             """The state to restore (read, unless known: `ChannelWatches.known_state`),
             the note of the last command and the parameter in one round trip, then the
             command, only once those were written (a failed note leaves no command
-            sent).  The first look is what those show."""
+            sent).  A command without a parameter is not noted: its answer is in
+            ``state`` alone, so ``parameter`` still holds the answer the note names
+            (`unanswered_insert`).  The first look is what those show."""
             nonlocal orig
             first = Batch(self.client)
             known = w.known_state(self._state)  # libxl's read, if no event says otherwise
             state = first.read_text(self._state) if known is None else None
-            first.write(self.last_sent, f"{command.value} {parameter or ''}")
-            param = first.write(self._parameter, parameter) if parameter is not None else None
-            await first.send()
+            param = None
+            if parameter is not None:
+                first.write(self.last_sent, f"{command.value} {parameter}")
+                param = first.write(self._parameter, parameter)
+            if state is not None or param is not None:
+                await first.send()
             if state is not None:
                 orig = state.value
                 w.saw_state(orig, state.seq)
