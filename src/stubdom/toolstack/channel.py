@@ -113,7 +113,7 @@ class ChannelWatches:
 
 
 #: (client, stubdom, guest, lock path) of a channel.
-ChannelKey = tuple[Client, int, int, Path]
+ChannelKey = tuple[Client, int, int, str]
 #: What one look at the channel showed, and the `Reply.seq` it read each path at.
 Look = tuple[Snapshot, dict[str, int]]
 
@@ -126,7 +126,7 @@ class ChannelRegistry:
     client share them."""
 
     def __init__(self) -> None:
-        self._locks: dict[Path, asyncio.Lock] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
         self._kept: dict[ChannelKey, ChannelWatches] = {}
 
     @property
@@ -134,7 +134,7 @@ class ChannelRegistry:
         """The watches kept now."""
         return MappingProxyType(self._kept)
 
-    def lock(self, path: Path) -> asyncio.Lock:
+    def lock(self, path: str) -> asyncio.Lock:
         """The in-process lock that goes with the flock on ``path``."""
         lock = self._locks.get(path)
         if lock is None:
@@ -232,7 +232,10 @@ class DeviceModelChannel:
         self._command = command_path(stubdom, guest)
         self._watched = [self._state, self._parameter, RELEASE_DOMAIN]
         #: This channel's entry in the registry's kept watches.
-        self._watches_key: ChannelKey = (client, stubdom, guest, self.lock_path)
+        #: The lock file's path as a string: the lock and kept watches are looked up by it
+        #: on every command, and a `Path` hashes in Python.
+        self._lock_file = str(self.lock_path)
+        self._watches_key: ChannelKey = (client, stubdom, guest, self._lock_file)
 
     # -- public operations ------------------------------------------------------------
 
@@ -250,7 +253,7 @@ class DeviceModelChannel:
         qemu's refusal.  The state is written back whatever happened (libxl)."""
         parameter = pci_ins_parameter(bdf, vdevfn, msitranslate, power_mgmt)
         async with self.locked():
-            await self._prepare(Command.PCI_INS.value)
+            await self._prepare(Command.PCI_INS)
             snap = await self._exchange(
                 Command.PCI_INS, parameter, State.PCI_INSERTED, Restore.ALWAYS
             )
@@ -269,7 +272,7 @@ class DeviceModelChannel:
         func = (vdevfn & 7) if vdevfn is not None else bdf.func
         send = not force and func == 0
         async with self.locked():
-            await self._prepare(Command.PCI_REM.value)
+            await self._prepare(Command.PCI_REM)
             if send:
                 await self._exchange(
                     Command.PCI_REM, pci_rem_parameter(bdf), State.PCI_REMOVED, Restore.ON_SUCCESS
@@ -320,7 +323,7 @@ class DeviceModelChannel:
             if state == State.PAUSED and self._marker.in_progress(self.stubdom):
                 log.info("guest %d: device model already paused by a save", self.guest)
                 return
-            await self._prepare(Command.SAVE.value)
+            await self._prepare(Command.SAVE)
             await self._exchange(Command.SAVE, None, State.PAUSED, Restore.NEVER)
             self._marker.hold(self.stubdom)
             log.info("guest %d: device model saved and paused", self.guest)
@@ -350,7 +353,7 @@ class DeviceModelChannel:
         false); the snapshot that ended the wait."""
         async with self.locked():
             if prepare:
-                await self._prepare(command.value)
+                await self._prepare(command)
             return await self._exchange(command, parameter, expect, restore)
 
     async def logdirty(self, enable: bool) -> None:
@@ -403,7 +406,7 @@ class DeviceModelChannel:
 
     def locked(self) -> GuestLock:
         """The guest's lock: in-process, then the ``flock`` other processes see."""
-        return GuestLock(self.lock_path, self.channels.lock(self.lock_path))
+        return GuestLock(self._lock_file, self.channels.lock(self._lock_file))
 
     # -- steps ---------------------------------------------------------------------------
 
@@ -445,7 +448,7 @@ class DeviceModelChannel:
         async def reset(t: Transaction) -> bool:
             if await t.read_text(self._state) != stale:
                 return False
-            await t.write(self._state, State.RUNNING.value)
+            await t.write(self._state, State.RUNNING)
             return True
 
         if await self.client.retry_transaction(reset):
@@ -476,7 +479,7 @@ class DeviceModelChannel:
             state = first.read_text(self._state) if known is None else None
             param = None
             if parameter is not None:
-                first.write(self.last_sent, f"{command.value} {parameter}")
+                first.write(self.last_sent, f"{command} {parameter}")
                 param = first.write(self._parameter, parameter)
             if state is not None or param is not None:
                 await first.send()
@@ -486,7 +489,7 @@ class DeviceModelChannel:
             else:
                 orig = known
             second = Batch(self.client)
-            sent = second.write(self._command, command.value)
+            sent = second.write(self._command, command)
             await second.send()
             log.debug("guest %d: sent %s %r", self.guest, command, parameter)
             assert w.state_seen is not None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from stubdom.protocol import (
     FAILURE_STATE,
@@ -105,10 +105,11 @@ class PciRemoveError(DeviceModelError):
     """The device model reported ``pci-remove-failed``."""
 
 
-@dataclass(frozen=True)
-class Snapshot:
+class Snapshot(NamedTuple):
     """What one look at the channel showed: ``state``, ``parameter`` (None: absent) and
-    whether the stubdomain is still introduced."""
+    whether the stubdomain is still introduced.  A named tuple, as `Outcome`: a few are
+    made per event the channel waits on, and a frozen dataclass's ``__init__`` costs
+    several times more."""
 
     state: str | None
     parameter: str | None
@@ -129,8 +130,7 @@ class Verdict(enum.Enum):
     FAILED = "failed"
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     verdict: Verdict
     snapshot: Snapshot
     error: DeviceModelError | None = None

@@ -31,14 +31,14 @@ def save_marker_path(lock_dir: Path, guest: int) -> Path:
     return lock_dir / f"dm-{guest}.saved"
 
 
-def _open_lock_file(path: Path) -> int:
+def _open_lock_file(path: str) -> int:
     """The lock file, created (with its directory) if missing: the directory is made
     only when the open says it is missing, not before every command."""
     flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
     try:
         return os.open(path, flags, 0o600)
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         return os.open(path, flags, 0o600)
 
 
@@ -48,19 +48,28 @@ class GuestLock:
     waiting for it never blocks the event loop, and a cancelled wait holds nothing.
 
     An async context manager written out, not an async generator: every command takes
-    it, and an async generator also costs its loop's bookkeeping on each use."""
+    it, and an async generator also costs its loop's bookkeeping on each use.  A flock
+    nobody holds is taken without a coroutine of its own."""
 
     __slots__ = ("_fd", "lock", "path")
 
-    def __init__(self, path: Path, lock: asyncio.Lock) -> None:
-        self.path = path
+    def __init__(self, path: str | Path, lock: asyncio.Lock) -> None:
+        self.path = os.fspath(path)
         self.lock = lock
         self._fd = -1
 
     async def __aenter__(self) -> None:
         await self.lock.acquire()
         try:
-            self._fd = await _flock(self.path)
+            fd = _open_lock_file(self.path)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                await _flock(fd, self.path)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fd = fd
         except BaseException:
             self.lock.release()
             raise
@@ -73,20 +82,18 @@ class GuestLock:
             self.lock.release()
 
 
-async def _flock(path: Path) -> int:
-    """The lock file's descriptor, once it holds the flock."""
-    fd = _open_lock_file(path)
+async def _flock(fd: int, path: str) -> None:
+    """Poll until ``fd`` (``path``, held by another process) holds the flock; closed if
+    the wait fails."""
+    log.debug("waiting for %s", path)
     try:
-        logged = False
         while True:
+            await asyncio.sleep(LOCK_POLL)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return fd
+                return
             except BlockingIOError:
-                if not logged:
-                    log.debug("waiting for %s", path)
-                    logged = True
-                await asyncio.sleep(LOCK_POLL)
+                pass
     except BaseException:
         os.close(fd)
         raise
