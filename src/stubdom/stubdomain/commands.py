@@ -18,7 +18,9 @@ always before ``state`` ([TIME-RESULT-ORDER]).  Two modes:
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from stubdom.devicemodel.base import PciInsertFailed, PciRemoveFailed, PciRequest
 from stubdom.protocol import (
@@ -42,9 +44,10 @@ STATE = "state"
 WITH_PARAMETER = frozenset({Command.PCI_INS, Command.PCI_REM, Command.USB_ADD, Command.USB_DEL})
 
 
-@dataclass(frozen=True)
-class Write:
-    """One xenstore write, ``node`` relative to ``device-model/<G>``."""
+class Write(NamedTuple):
+    """One xenstore write, ``node`` relative to ``device-model/<G>``.  Named tuples, as
+    `Dispatch`: made for every command served, where a frozen dataclass's ``__init__``
+    costs several times more."""
 
     node: str
     value: str
@@ -61,8 +64,7 @@ class Action(enum.Enum):
     USB_DEL = "usb-del"
 
 
-@dataclass(frozen=True)
-class Dispatch:
+class Dispatch(NamedTuple):
     """What to do for one ``command`` value."""
 
     action: Action
@@ -73,7 +75,7 @@ class Dispatch:
     #: Writes to do now instead of calling the device model (a parameter that does not
     #: parse), in order.
     writes: tuple[Write, ...] = ()
-    log: list[str] = field(default_factory=list)
+    log: Sequence[str] = ()
 
 
 def match_command(value: str, compat: bool) -> Command | None:
