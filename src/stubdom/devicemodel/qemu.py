@@ -686,10 +686,12 @@ class QemuDeviceModel(DeviceModel):
     async def pause(self) -> None:
         await self._execute("stop")
         await self._refresh()
+        self._log("qemu: paused")
 
     async def resume(self) -> None:
         await self._execute("cont")
         await self._refresh()
+        self._log("qemu: running")
 
     async def save_state(self) -> bytes:
         """``stop`` (if running) + ``xen-save-devices-state``, wrapped with the hot-plug

@@ -461,8 +461,7 @@ class Agent:
             await dm.resume()
             self.paused = False
             self._unpaused.set()
-            await self._write(cmds.running())
-            log.info("continued")
+            await self._write(cmds.running())  # the backend logged it (no line here)
         elif d.action is cmds.Action.PCI_INS:
             assert d.pci is not None
             try:
