@@ -138,13 +138,14 @@ class Session:
             if not self.target.alive():
                 raise DaemonGone("the daemon died") from None
             return "CLOSED (the daemon closed the connection)"
-        except ChannelTimeout:
+        except ChannelTimeout as e:
             self.conns.pop(actor).close()
             if not self.target.alive():
                 raise DaemonGone("the daemon died") from None
             # Every step of the corpus is answered by cx; waiting on would only multiply
-            # the timeout by the number of remaining steps.
-            raise DaemonGone("no reply within the timeout") from None
+            # the timeout by the number of remaining steps.  The channel's words (a ring's
+            # indexes and status) go into the transcript: they say which side stalled.
+            raise DaemonGone(f"no reply within the timeout: {e}") from None
         text = self.norm.reply(r, req_id=req_id, tx_id=tx_id, bind=bind, control_arg=payload)
         ok = r.type == typ
         if ok and typ == xsraw.T["INTRODUCE"] and args[0].isdigit():

@@ -62,6 +62,9 @@ class Channel:
         length = len(payload) if hdr_len is None else hdr_len
         try:
             self.conn.send(xsraw.HEADER.pack(typ & 0xFFFFFFFF, req_id, tx_id, length) + payload)
+        except TimeoutError as e:  # an OSError too, but a ring left full is no close
+            self.broken = True
+            raise ChannelTimeout(f"{self.name}: {e}") from None
         except OSError as e:
             self.broken = True
             raise ChannelClosed(str(e)) from None
@@ -76,7 +79,7 @@ class Channel:
             raise ChannelClosed(str(e)) from None
         except (TimeoutError, OSError) as e:
             self.broken = True
-            raise ChannelTimeout(str(e)) from None
+            raise ChannelTimeout(f"{self.name}: {e}") from None
         return Reply(t, r, x, body)
 
     def request(self, typ: int, payload: bytes, *, req_id: int = 0, tx_id: int = 0,

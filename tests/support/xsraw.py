@@ -47,6 +47,11 @@ IDX_OFF = 2048  # req_cons, req_prod, rsp_cons, rsp_prod
 REQ_PROD_OFF, RSP_CONS_OFF = 2052, 2056
 STATUS_OFF = 2064  # server_features, connection, error
 PAGE = 4096
+MASK = 0xFFFFFFFF
+# The ring's ``error`` field (xs_wire.h): set by the daemon when it gives up on the ring.
+RING_ERRORS = ["none", "XENSTORE_ERROR_COMM", "XENSTORE_ERROR_RINGIDX", "XENSTORE_ERROR_PROTO"]
+# RingConn accesses the indexes as items of a native uint32 view of the page.
+assert sys.byteorder == "little" and struct.calcsize("@I") == 4, "little-endian uint32s"
 VIRQ_PORT = 1  # the shim's VIRQ_DOM_EXC: "re-check every domain"
 POLL = 0.0005
 
@@ -105,6 +110,11 @@ class SockConn:
         self.s.close()
 
 
+class RingTimeout(TimeoutError):
+    """A ring made no progress in time; the message has the indexes and the status, so a
+    log shows which side stalled without a rerun."""
+
+
 class Kicker:
     """Wakes the daemon: one byte, a port number, to the shim's FIFO ``evtchn``.
 
@@ -129,6 +139,13 @@ class RingConn:
 
     ``kick`` is called after producing requests and, since nothing here waits for the
     daemon's notification, while polling for replies.
+
+    The indexes are read and written as items of a native ``uint32`` view of the page:
+    one aligned 4-byte load or store each.  ``struct.pack_into`` must not be used on
+    them: it zeroes its bytes before writing the value, and a daemon that reads
+    ``rsp_cons`` or ``req_prod`` as 0 in between sees ``prod - cons > 1024`` once the
+    indexes pass 1024, sets ``error`` to XENSTORE_ERROR_RINGIDX and ignores the ring
+    for good (cx: check_indexes in xenstored_domain.c, then ignore_connection).
     """
 
     def __init__(self, ringfile: str, kick: Callable[[], None], timeout: float = 5.0) -> None:
@@ -137,58 +154,87 @@ class RingConn:
             self.m = mmap.mmap(fd, PAGE)
         finally:
             os.close(fd)
+        self.words = memoryview(self.m).cast("I")
         self.kick = kick
         self.timeout = timeout
         self.events: list[Reply] = []
 
     def idx(self) -> tuple[int, int, int, int]:
         """(req_cons, req_prod, rsp_cons, rsp_prod)"""
-        cons, prod, rcons, rprod = struct.unpack_from("<4I", self.m, IDX_OFF)
-        return cons, prod, rcons, rprod
+        w, i = self.words, IDX_OFF // 4
+        return w[i], w[i + 1], w[i + 2], w[i + 3]
 
     def status(self) -> tuple[int, int, int]:
         """(server_features, connection, error)"""
-        features, connection, error = struct.unpack_from("<3I", self.m, STATUS_OFF)
-        return features, connection, error
+        w, i = self.words, STATUS_OFF // 4
+        return w[i], w[i + 1], w[i + 2]
+
+    def _store(self, offset: int, value: int) -> None:
+        """One index, as a single 4-byte store (never seen as 0 or torn by the daemon)."""
+        self.words[offset // 4] = value & MASK
+
+    def describe(self) -> str:
+        """The indexes and the status, with what they say about who stalled."""
+        req_cons, req_prod, rsp_cons, rsp_prod = self.idx()
+        features, connection, error = self.status()
+        unconsumed = (req_prod - req_cons) & MASK
+        unread = (rsp_prod - rsp_cons) & MASK
+        if error:
+            verdict = "the daemon flagged the ring and ignores it"
+        elif unconsumed:
+            verdict = f"the daemon has not consumed {unconsumed} request bytes"
+        elif not unread:
+            verdict = "the daemon consumed every request and produced nothing"
+        else:
+            verdict = f"{unread} response bytes wait unread"
+        name = RING_ERRORS[error] if error < len(RING_ERRORS) else "unknown"
+        return (
+            f"req_cons={req_cons} req_prod={req_prod} rsp_cons={rsp_cons} rsp_prod={rsp_prod}"
+            f" server_features={features} connection={connection} error={error} ({name}):"
+            f" {verdict}"
+        )
 
     def send(self, data: bytes) -> None:
         end = time.monotonic() + self.timeout
         while data:
             cons, prod, _, _ = self.idx()
-            space = RING_SIZE - ((prod - cons) & 0xFFFFFFFF)
+            space = RING_SIZE - ((prod - cons) & MASK)
             if space == 0:
                 if time.monotonic() > end:
-                    raise TimeoutError("request ring full")
+                    raise RingTimeout(f"request ring full for {self.timeout} s: {self.describe()}")
                 self.kick()
                 time.sleep(POLL)
                 continue
             off = prod % RING_SIZE
             n = min(space, len(data), RING_SIZE - off)
             self.m[REQ_OFF + off : REQ_OFF + off + n] = data[:n]
-            struct.pack_into("<I", self.m, REQ_PROD_OFF, (prod + n) & 0xFFFFFFFF)
+            self._store(REQ_PROD_OFF, prod + n)
             data = data[n:]
         self.kick()
 
     def recv_exact(self, n: int, timeout: float | None = None) -> bytes:
-        end = time.monotonic() + (self.timeout if timeout is None else timeout)
+        wait = self.timeout if timeout is None else timeout
+        end = time.monotonic() + wait
         b = b""
         while len(b) < n:
             _, _, cons, prod = self.idx()
-            avail = (prod - cons) & 0xFFFFFFFF
+            avail = (prod - cons) & MASK
             if avail == 0:
                 if time.monotonic() > end:
-                    raise TimeoutError("response ring read timeout")
+                    got = f"{len(b)} of {n} bytes"
+                    raise RingTimeout(f"no response for {wait} s ({got}): {self.describe()}")
                 self.kick()
                 time.sleep(POLL)
                 continue
             off = cons % RING_SIZE
             k = min(avail, n - len(b), RING_SIZE - off)
             b += self.m[RSP_OFF + off : RSP_OFF + off + k]
-            struct.pack_into("<I", self.m, RSP_CONS_OFF, (cons + k) & 0xFFFFFFFF)
+            self._store(RSP_CONS_OFF, cons + k)
         self.kick()
         return b
 
     def close(self) -> None:
+        self.words.release()  # an mmap cannot close while a view of it exists
         self.m.close()
         if isinstance(self.kick, Kicker):
             self.kick.close()
