@@ -40,7 +40,7 @@ FAULTS = (
 
 
 async def crash(why: str) -> None:
-    from stubdom.stubdomain.agent import ConsoleLogHandler
+    from stubdom.stubdomain.consolelog import ConsoleLogHandler
 
     log.critical("fault: %s", why)
     for handler in logging.getLogger().handlers:

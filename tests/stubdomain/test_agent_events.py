@@ -6,14 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator
 
 import pytest
 
 from stubdom import protocol as proto
 from stubdom.devicemodel.sim import SimDeviceModel
-from stubdom.stubdomain.agent import Agent, ConsoleLogHandler
+from stubdom.host.frontend.console import ConsoleClosed
+from stubdom.stubdomain.agent import Agent
 from stubdom.stubdomain.args import AgentOptions
+from stubdom.stubdomain.consolelog import ConsoleLogHandler, LineFormatter
 from stubdom.wire.constants import Op
 from stubdom.xenstore import Client
 from tests.support.daemons import Daemon
@@ -107,18 +110,21 @@ class FakeConsole:
         self.writes: list[bytes] = []
         self.wrote = asyncio.Event()
 
-    async def write(self, data: bytes) -> None:
+    def send(self, data: bytes) -> None:
         self.writes.append(data)
         self.wrote.set()
+
+    async def drain(self) -> None:
+        pass
 
     async def close(self) -> None:
         pass
 
 
 @contextlib.asynccontextmanager
-async def console_log(name: str, linger: float) -> AsyncIterator[
-    tuple[ConsoleLogHandler, FakeConsole, logging.Logger]
-]:
+async def console_log(
+    name: str, linger: float
+) -> AsyncIterator[tuple[ConsoleLogHandler, FakeConsole, logging.Logger]]:
     """A console-0 handler with ``linger`` on a fake console, for logger ``name``;
     closed (what is queued written) on the way out."""
     handler = ConsoleLogHandler()
@@ -168,3 +174,59 @@ async def test_write_now_writes_held_lines_before_it_returns() -> None:
             await handler.write_now()
             assert console.writes == [b"snapshot saved\n"]
     assert console.writes == [b"snapshot saved\n"]
+
+
+async def test_lines_before_the_console_wait_for_it() -> None:
+    handler = ConsoleLogHandler()
+    handler.LINGER = 0  # type: ignore[misc]
+    logger = logging.getLogger("test.early")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info("early")
+        await asyncio.sleep(0)
+        console = FakeConsole()
+        handler.attach(console)  # type: ignore[arg-type]
+        await asyncio.wait_for(console.wrote.wait(), 5)
+        assert console.writes == [b"early\n"]
+    finally:
+        logger.removeHandler(handler)
+        await handler.aclose()
+
+
+class BrokenConsole(FakeConsole):
+    def send(self, data: bytes) -> None:
+        super().send(data)
+        raise ConsoleClosed("console 0 is closed")
+
+
+async def test_a_console_that_failed_gets_no_more_lines_and_keeps_none() -> None:
+    handler = ConsoleLogHandler()
+    handler.LINGER = 0  # type: ignore[misc]
+    console = BrokenConsole()
+    handler.attach(console)  # type: ignore[arg-type]
+    logger = logging.getLogger("test.broken")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info("lost")
+        await asyncio.wait_for(console.wrote.wait(), 5)
+        logger.info("dropped")
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert console.writes == [b"lost\n"] and handler.lines == []
+    finally:
+        logger.removeHandler(handler)
+        await handler.aclose()  # does not raise
+
+
+def test_the_line_format_matches_the_general_formatter() -> None:
+    plain = logging.Formatter("%(levelname)s %(name)s: %(message)s")
+    record = logging.LogRecord("stubdom.x", logging.INFO, __file__, 1, "a %s %d", ("b", 3), None)
+    assert LineFormatter().format(record) == plain.format(record) == "INFO stubdom.x: a b 3"
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        failed = logging.LogRecord("x", logging.ERROR, __file__, 1, "bad", (), sys.exc_info())
+    assert LineFormatter().format(failed) == plain.format(failed)
+    assert "ValueError: boom" in LineFormatter().format(failed)

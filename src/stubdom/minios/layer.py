@@ -27,9 +27,9 @@ from stubdom.host.frontend.console import Console, ConsoleError, connect_console
 from stubdom.minios.proxy import XenstoreProxy
 from stubdom.minios.relay import SaveRelay, feed_restore
 from stubdom.programs import find_program
-from stubdom.stubdomain.agent import ConsoleLogHandler
 from stubdom.stubdomain.args import build_argv, loadvm_argument
 from stubdom.stubdomain.boot import BootError, BootInfo, read_boot_info
+from stubdom.stubdomain.consolelog import ConsoleLogHandler
 from stubdom.stubdomain.discovery import Discovered, discover, run_pcifront
 from stubdom.xenstore import RECONNECT, Client, XenStoreError
 

@@ -9,7 +9,7 @@ Then events are served one at a time, in arrival order.  While paused by a save 
 those three kinds of event are served ([DM-PAUSED]); the guest's ejects wait.
 
 Console 0 is the log: every log record of the process goes there as one line
-(`ConsoleLogHandler`).  The backend logs what the device model does (an insert, an
+(`stubdom.stubdomain.consolelog`).  The backend logs what the device model does (an insert, an
 eject, as qemu prints them); the agent adds only what it alone knows, such as a
 refusal, so a command costs its answer no duplicate line.
 
@@ -36,11 +36,11 @@ from stubdom.devicemodel.base import (
     PciInsertFailed,
     PciRemoveFailed,
 )
-from stubdom.fdio import set_once
-from stubdom.host.frontend.console import Console, ConsoleError, connect_console, open_console
+from stubdom.host.frontend.console import ConsoleError, connect_console, open_console
 from stubdom.stubdomain import commands as cmds
 from stubdom.stubdomain.args import AgentOptions, DmArgsError, build_argv, parse_dm_args
 from stubdom.stubdomain.boot import BootError, read_boot_info
+from stubdom.stubdomain.consolelog import ConsoleLogHandler
 from stubdom.stubdomain.discovery import Discovered, discover, run_pcifront
 from stubdom.stubdomain.eventqueue import EventQueue
 from stubdom.xenstore import (
@@ -69,140 +69,6 @@ EXIT_FATAL = 1
 
 class AgentFatal(Exception):
     """The agent cannot go on; the message is the reason, logged before exiting."""
-
-
-class ConsoleLogHandler(logging.Handler):
-    """Log records as lines on console 0 (Mini-OS sends qemu's stderr there).
-
-    Lines go out in one write per turn of the writer.  While an event is served
-    (`held`) they wait, so the answer to a command is not queued behind a write that
-    wakes dom0's console backend; they follow once the event is done and `LINGER`
-    has passed.  The linger keeps that write, and the backend it wakes, off the
-    toolstack's next step: the toolstack is woken by our answer at that very moment,
-    on a machine where dom0 and the stubdomains may share one CPU."""
-
-    #: Seconds a line waits for others before the write (a command's exchange with
-    #: the toolstack ends within about a millisecond of our answer).
-    LINGER = 0.002
-
-    @classmethod
-    def installed(cls) -> ConsoleLogHandler:
-        """A handler of the root logger, in the line format of every stubdomain log."""
-        handler = cls()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        logging.getLogger().addHandler(handler)
-        return handler
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[logging.LogRecord] = []
-        self.console: Console | None = None
-        self._ready = asyncio.Event()
-        self._held = 0
-        self._closing = False
-        self._task: asyncio.Task[None] | None = None
-        self._lingering: asyncio.Future[None] | None = None
-        self._writing = asyncio.Lock()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        # Formatted when written, after the event: off the answer's path.
-        self.lines.append(record)
-        if not self._held:
-            self._ready.set()
-
-    def _line(self, record: logging.LogRecord) -> bytes:
-        try:
-            line = self.format(record)
-        except Exception:  # pragma: no cover - logging must never raise
-            return b""
-        return (line.rstrip("\n") + "\n").encode("utf-8", "replace")
-
-    def held(self) -> _Hold:
-        """Lines logged inside wait until the block ends."""
-        return _Hold(self)
-
-    def _hold(self) -> None:
-        self._held += 1
-
-    def _unhold(self) -> None:
-        self._held -= 1
-        if not self._held and self.lines:
-            self._ready.set()
-
-    def attach(self, console: Console) -> None:
-        self.console = console
-        self._task = asyncio.get_running_loop().create_task(self._writer(), name="console 0")
-
-    async def _writer(self) -> None:
-        assert self.console is not None
-        while True:
-            await self._ready.wait()
-            await self._linger()
-            self._ready.clear()
-            if self.lines and (self._closing or not self._held):
-                try:
-                    await self._write_lines(self.console)
-                except (ConsoleError, OSError):
-                    return
-            if self._closing and not self.lines:
-                return
-
-    async def _write_lines(self, console: Console) -> None:
-        async with self._writing:  # one write at a time, in the order logged
-            records, self.lines = self.lines, []
-            data = b"".join(self._line(r) for r in records)
-            if data:
-                await console.write(data)
-
-    async def write_now(self) -> None:
-        """Write what is queued before returning, held or not: for lines that must
-        reach dom0 before a state the toolstack may answer by destroying us."""
-        if self.console is not None:
-            with contextlib.suppress(ConsoleError, OSError):
-                await self._write_lines(self.console)
-
-    async def _linger(self) -> None:
-        """`LINGER`, cut short by `aclose`."""
-        if self._closing:
-            return
-        loop = asyncio.get_running_loop()
-        self._lingering = wake = loop.create_future()
-        timer = loop.call_later(self.LINGER, set_once, wake)
-        try:
-            await wake
-        finally:
-            timer.cancel()
-            self._lingering = None
-
-    async def aclose(self) -> None:
-        """Write what is queued, then close console 0 (durable in the log file)."""
-        if self._task is not None:
-            self._closing = True
-            if self._lingering is not None:
-                set_once(self._lingering)
-            self._ready.set()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._task, 10)
-        if self.console is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.console.close(), 10)
-            self.console = None
-
-
-class _Hold:
-    """`ConsoleLogHandler.held` as a plain context manager: one is made per event served,
-    where a generator-based one costs a generator and contextlib's wrapper."""
-
-    __slots__ = ("_handler",)
-
-    def __init__(self, handler: ConsoleLogHandler) -> None:
-        self._handler = handler
-
-    def __enter__(self) -> None:
-        self._handler._hold()
-
-    def __exit__(self, *exc: object) -> None:
-        self._handler._unhold()
 
 
 def _snapshot_json(dm: DeviceModel) -> str:

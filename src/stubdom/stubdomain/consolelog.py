@@ -1,0 +1,157 @@
+"""The stubdomain's log on console 0 (Mini-OS sends qemu's stderr there): every record
+of the process as one ``LEVEL logger: message`` line.
+
+A line costs its process: the record, the formatting and the write.  On the control
+channel's path the toolstack and the agent share a CPU, so the lines wait: while an
+event is served (`ConsoleLogHandler.held`) and then `ConsoleLogHandler.LINGER` more, and
+go out in one write from a timer callback, with no task, lock or future per line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from stubdom.host.frontend.console import Console, ConsoleError
+
+LINE_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+class LineFormatter(logging.Formatter):
+    """`LINE_FORMAT`, built directly for a plain record (the general formatter takes a
+    dozen calls to fill its template); a record with a traceback or stack goes the
+    general way."""
+
+    def __init__(self) -> None:
+        super().__init__(LINE_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info or record.exc_text or record.stack_info:
+            return super().format(record)
+        return f"{record.levelname} {record.name}: {record.getMessage()}"
+
+
+class ConsoleLogHandler(logging.Handler):
+    """Log records as lines on console 0, written after `LINGER` in one write.
+
+    While an event is served (`held`) they wait, so the answer to a command is not
+    queued behind a write that wakes dom0's console backend; they follow once the
+    event is done and `LINGER` has passed.  The linger keeps that write, and the
+    backend it wakes, off the toolstack's next step: the toolstack is woken by our
+    answer at that very moment, on a machine where dom0 and the stubdomains may share
+    one CPU.  Until a console is attached the lines wait; once writing to it failed,
+    they are dropped."""
+
+    #: Seconds a line waits for others before the write (a command's exchange with
+    #: the toolstack ends within about a millisecond of our answer).
+    LINGER = 0.002
+
+    @classmethod
+    def installed(cls) -> ConsoleLogHandler:
+        """A handler of the root logger, in the line format of every stubdomain log."""
+        handler = cls()
+        handler.setFormatter(LineFormatter())
+        logging.getLogger().addHandler(handler)
+        return handler
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[logging.LogRecord] = []
+        self.console: Console | None = None
+        self._held = 0
+        self._failed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Formatted when written, after the event: off the answer's path.
+        if self._failed:
+            return
+        self.lines.append(record)
+        if not self._held and self._timer is None:
+            self._schedule()
+
+    def held(self) -> _Hold:
+        """Lines logged inside wait until the block ends."""
+        return _Hold(self)
+
+    def _hold(self) -> None:
+        self._held += 1
+
+    def _unhold(self) -> None:
+        self._held -= 1
+        if not self._held and self.lines and self._timer is None:
+            self._schedule()
+
+    def attach(self, console: Console) -> None:
+        self.console = console
+        self._loop = asyncio.get_running_loop()
+        if self.lines and not self._held:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        if self._loop is not None:
+            self._timer = self._loop.call_later(self.LINGER, self._linger_over)
+
+    def _linger_over(self) -> None:
+        self._timer = None
+        if not self._held:
+            self._send()
+
+    def _send(self) -> None:
+        """Write every queued line now, in the order logged."""
+        console = self.console
+        if console is None or self._failed or not self.lines:
+            return
+        records, self.lines = self.lines, []
+        data = b"".join([self._line(r) for r in records])
+        try:
+            console.send(data)
+        except (ConsoleError, OSError):
+            self._failed = True
+
+    def _line(self, record: logging.LogRecord) -> bytes:
+        try:
+            line = self.format(record)
+        except Exception:  # pragma: no cover - logging must never raise
+            return b""
+        return (line.rstrip("\n") + "\n").encode("utf-8", "replace")
+
+    async def write_now(self) -> None:
+        """Write what is queued before returning, held or not: for lines that must
+        reach dom0 before a state the toolstack may answer by destroying us."""
+        self._send()
+        if self.console is not None and not self._failed:
+            try:
+                await self.console.drain()
+            except (ConsoleError, OSError):
+                self._failed = True
+
+    async def aclose(self) -> None:
+        """Write what is queued, then close console 0 (durable in the log file)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._send()
+        self._failed = True  # nothing more: the console goes
+        if self.console is not None:
+            with contextlib.suppress(Exception):  # closing the log must not fail the exit
+                await asyncio.wait_for(self.console.close(), 10)
+            self.console = None
+
+
+class _Hold:
+    """`ConsoleLogHandler.held` as a plain context manager: one is made per event served,
+    where a generator-based one costs a generator and contextlib's wrapper."""
+
+    __slots__ = ("_handler",)
+
+    def __init__(self, handler: ConsoleLogHandler) -> None:
+        self._handler = handler
+
+    def __enter__(self) -> None:
+        self._handler._hold()
+
+    def __exit__(self, *exc: object) -> None:
+        self._handler._unhold()
