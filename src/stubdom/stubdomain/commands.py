@@ -147,7 +147,7 @@ def _split_bdf(text: str) -> tuple[int, int, int, int, int, str]:
     bdf, at, vdev = head.partition("@")
     seg_s, bus_s, rest = bdf.split(":", 2)
     dev_s, func_s = rest.split(".", 1)
-    seg, bus, dev, func = (int(x, 16) for x in (seg_s, bus_s, dev_s, func_s))
+    seg, bus, dev, func = int(seg_s, 16), int(bus_s, 16), int(dev_s, 16), int(func_s, 16)
     devfn = int(vdev, 16) if at else AUTO_PHP_SLOT
     if min(seg, bus, dev, func) < 0 or bus > 0xFF or dev > 0x1F or func > 7:
         raise ValueError(text)
@@ -223,9 +223,12 @@ def must_be_atomic(writes: list[Write]) -> bool:
     """Whether ``writes`` go in one transaction: a refusal's text in ``parameter`` is
     already an answer the toolstack acts on (and then writes ``running`` back), so a
     failure state written after it could land on top of that ``running``."""
-    return len(writes) > 1 and any(
-        w.node == STATE and w.value in FAILURE_STATES for w in writes
-    )
+    if len(writes) < 2:
+        return False
+    for w in writes:  # noqa: SIM110 -- a loop: any() would make a generator per command
+        if w.node == STATE and w.value in FAILURE_STATES:
+            return True
+    return False
 
 
 def pci_removed() -> list[Write]:
