@@ -230,3 +230,26 @@ def test_the_line_format_matches_the_general_formatter() -> None:
         failed = logging.LogRecord("x", logging.ERROR, __file__, 1, "bad", (), sys.exc_info())
     assert LineFormatter().format(failed) == plain.format(failed)
     assert "ValueError: boom" in LineFormatter().format(failed)
+
+
+async def test_device_model_output_goes_out_in_order_with_the_records() -> None:
+    handler = ConsoleLogHandler()
+    assert not handler.output("sim: early", "stubdom.x")  # no console: the caller logs it
+    handler.setFormatter(LineFormatter())
+    handler.LINGER = 3600  # type: ignore[misc]
+    console = FakeConsole()
+    handler.attach(console)  # type: ignore[arg-type]
+    logger = logging.getLogger("test.output")
+    logger.addHandler(handler)
+    try:
+        logger.warning("before")
+        assert handler.output("sim: 0000:03:00.0 inserted at devfn 0x28", "stubdom.x")
+        logger.warning("after")
+    finally:
+        logger.removeHandler(handler)
+        await handler.aclose()
+    assert console.writes == [
+        b"WARNING test.output: before\n"
+        b"INFO stubdom.x: sim: 0000:03:00.0 inserted at devfn 0x28\n"
+        b"WARNING test.output: after\n"
+    ]

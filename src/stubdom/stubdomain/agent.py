@@ -152,12 +152,12 @@ class Agent:
             self.dm.name,
         )
         try:
-            await self.dm.start(machine, lambda line: log.info("%s", line), state)
+            await self.dm.start(machine, self._dm_output, state)
         except DeviceModelError as e:
             if state is not None and self.compat:
                 # qemu-trad: "Error while loading savevm file", and runs anyway.
                 log.error("Error while loading savevm file: %s", e)
-                await self.dm.start(machine, lambda line: log.info("%s", line), None)
+                await self.dm.start(machine, self._dm_output, None)
             else:
                 raise AgentFatal(f"the device model did not start: {e}") from None
         if state is not None:
@@ -253,6 +253,13 @@ class Agent:
         if self.log_handler is None:
             return contextlib.nullcontext()
         return self.log_handler.held()
+
+    def _dm_output(self, line: str) -> None:
+        """A line the device model printed: straight to console 0 (no log record on the
+        answer's path), else logged."""
+        handler = self.log_handler
+        if handler is None or not handler.output(line, log.name):
+            log.info("%s", line)
 
     async def _event(self, token: str, seq: int = 0, epoch: int = 0) -> None:
         if token == proto.DM_COMMAND_TOKEN:

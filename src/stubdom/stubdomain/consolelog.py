@@ -57,7 +57,8 @@ class ConsoleLogHandler(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__()
-        self.lines: list[logging.LogRecord] = []
+        #: Records, and the device model's output lines already in the line format.
+        self.lines: list[logging.LogRecord | bytes] = []
         self.console: Console | None = None
         self._held = 0
         self._failed = False
@@ -71,6 +72,17 @@ class ConsoleLogHandler(logging.Handler):
         self.lines.append(record)
         if not self._held and self._timer is None:
             self._schedule()
+
+    def output(self, text: str, name: str) -> bool:
+        """Queue ``text``, a line the device model printed, as logger ``name``'s INFO
+        line, with no log record made (qemu's output is no record of ours: Mini-OS
+        sends it to console 0 as it comes).  False while no console takes lines."""
+        if self.console is None or self._failed:
+            return False
+        self.lines.append(f"INFO {name}: {text}\n".encode("utf-8", "replace"))
+        if not self._held and self._timer is None:
+            self._schedule()
+        return True
 
     def held(self) -> _Hold:
         """Lines logged inside wait until the block ends."""
@@ -105,7 +117,7 @@ class ConsoleLogHandler(logging.Handler):
         if console is None or self._failed or not self.lines:
             return
         records, self.lines = self.lines, []
-        data = b"".join([self._line(r) for r in records])
+        data = b"".join([r if isinstance(r, bytes) else self._line(r) for r in records])
         try:
             console.send(data)
         except (ConsoleError, OSError):
