@@ -253,3 +253,10 @@ async def test_device_model_output_goes_out_in_order_with_the_records() -> None:
         b"INFO stubdom.x: sim: 0000:03:00.0 inserted at devfn 0x28\n"
         b"WARNING test.output: after\n"
     ]
+
+
+async def test_a_line_logged_from_another_thread_is_written_by_the_loop() -> None:
+    async with console_log("test.thread", 0) as (_, console, logger):
+        await asyncio.to_thread(logger.info, "from a thread")
+        await asyncio.wait_for(console.wrote.wait(), 5)
+        assert console.writes == [b"from a thread\n"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 
 from stubdom.host.frontend.console import Console, ConsoleError
 
@@ -63,6 +64,7 @@ class ConsoleLogHandler(logging.Handler):
         self._held = 0
         self._failed = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
         self._timer: asyncio.TimerHandle | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -99,12 +101,24 @@ class ConsoleLogHandler(logging.Handler):
     def attach(self, console: Console) -> None:
         self.console = console
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         if self.lines and not self._held:
             self._schedule()
 
     def _schedule(self) -> None:
-        if self._loop is not None:
-            self._timer = self._loop.call_later(self.LINGER, self._linger_over)
+        loop = self._loop
+        if loop is None:
+            return
+        if threading.get_ident() != self._loop_thread:
+            # A record from another thread: the loop's thread sets the timer.
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to write
+                loop.call_soon_threadsafe(self._schedule_on_loop)
+            return
+        self._timer = loop.call_later(self.LINGER, self._linger_over)
+
+    def _schedule_on_loop(self) -> None:
+        if self._timer is None and not self._held and self.lines:
+            self._schedule()
 
     def _linger_over(self) -> None:
         self._timer = None
