@@ -260,3 +260,18 @@ async def test_a_line_logged_from_another_thread_is_written_by_the_loop() -> Non
         await asyncio.to_thread(logger.info, "from a thread")
         await asyncio.wait_for(console.wrote.wait(), 5)
         assert console.writes == [b"from a thread\n"]
+
+
+def test_without_a_console_no_line_is_kept() -> None:
+    handler = ConsoleLogHandler()
+    logger = logging.getLogger("test.unavailable")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info("before the console failed")
+        assert len(handler.lines) == 1  # waiting for the console
+        handler.unavailable()
+        logger.info("after")
+        assert handler.lines == [] and not handler.output("sim: x", "stubdom.x")
+    finally:
+        logger.removeHandler(handler)

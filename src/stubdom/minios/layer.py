@@ -243,6 +243,7 @@ async def run_layer(words: list[str], client: Client | None = None) -> int:
             handler.attach(console0)
         except (ConsoleError, XenStoreError, OSError) as e:
             console0 = None
+            handler.unavailable()
             log.warning("no console 0 (%s); logging to stderr only", e)
         if not words:
             log.critical("stubdom-minios: fatal: no application: stubdomain_cmdline is empty")

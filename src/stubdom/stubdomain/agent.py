@@ -463,6 +463,7 @@ async def run_agent(
             handler.attach(await connect_console(client, proto.CONSOLE_LOGGING))
             quieted = _stderr_warnings_only(root)
         except (ConsoleError, XenStoreError, OSError) as e:
+            handler.unavailable()
             log.warning("no console %d (%s); logging to stderr only", proto.CONSOLE_LOGGING, e)
         if fatal is not None:
             log.critical("stubdom-dm: fatal: %s", fatal)

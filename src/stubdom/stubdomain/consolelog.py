@@ -105,6 +105,12 @@ class ConsoleLogHandler(logging.Handler):
         if self.lines and not self._held:
             self._schedule()
 
+    def unavailable(self) -> None:
+        """No console 0 will come (it could not be opened): keep no lines, now or later,
+        where they would pile up for the process's whole life."""
+        self._failed = True
+        self.lines.clear()
+
     def _schedule(self) -> None:
         loop = self._loop
         if loop is None:
