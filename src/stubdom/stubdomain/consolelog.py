@@ -69,11 +69,9 @@ class ConsoleLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         # Formatted when written, after the event: off the answer's path.
-        if self._failed:
-            return
-        self.lines.append(record)
-        if not self._held and self._timer is None:
-            self._schedule()
+        if not self._failed:
+            self.lines.append(record)
+            self._wake()
 
     def output(self, text: str, name: str) -> bool:
         """Queue ``text``, a line the device model printed, as logger ``name``'s INFO
@@ -82,8 +80,7 @@ class ConsoleLogHandler(logging.Handler):
         if self.console is None or self._failed:
             return False
         self.lines.append(f"INFO {name}: {text}\n".encode("utf-8", "replace"))
-        if not self._held and self._timer is None:
-            self._schedule()
+        self._wake()
         return True
 
     def held(self) -> _Hold:
@@ -95,15 +92,13 @@ class ConsoleLogHandler(logging.Handler):
 
     def _unhold(self) -> None:
         self._held -= 1
-        if not self._held and self.lines and self._timer is None:
-            self._schedule()
+        self._wake()
 
     def attach(self, console: Console) -> None:
         self.console = console
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        if self.lines and not self._held:
-            self._schedule()
+        self._wake()
 
     def unavailable(self) -> None:
         """No console 0 will come (it could not be opened): keep no lines, now or later,
@@ -111,20 +106,17 @@ class ConsoleLogHandler(logging.Handler):
         self._failed = True
         self.lines.clear()
 
-    def _schedule(self) -> None:
+    def _wake(self) -> None:
+        """Set the linger's timer if lines wait, none is held and no timer is set."""
         loop = self._loop
-        if loop is None:
+        if loop is None or self._held or self._timer is not None or not self.lines:
             return
         if threading.get_ident() != self._loop_thread:
             # A record from another thread: the loop's thread sets the timer.
             with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to write
-                loop.call_soon_threadsafe(self._schedule_on_loop)
+                loop.call_soon_threadsafe(self._wake)
             return
         self._timer = loop.call_later(self.LINGER, self._linger_over)
-
-    def _schedule_on_loop(self) -> None:
-        if self._timer is None and not self._held and self.lines:
-            self._schedule()
 
     def _linger_over(self) -> None:
         self._timer = None

@@ -342,24 +342,21 @@ class Console:
         """Send ``data`` and wait until the socket buffer has room again."""
         with memoryview(data) as whole, whole.cast("B") as view:
             for at in range(0, max(view.nbytes, 1), WRITE_CHUNK):
-                self._transport().write(view[at : at + WRITE_CHUNK])
-                await self._proto.drain()
+                self.send(view[at : at + WRITE_CHUNK])
+                await self.drain()
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes | memoryview) -> None:
         """Queue ``data`` on the socket without waiting: for short writes from a callback
         (a log line), where `write`'s coroutine and drain would cost more than the
         write.  `drain` waits for room, `close` for all of it to arrive."""
-        self._transport().write(data)
+        transport = self._proto.transport
+        if self._closing is not None or self._proto.lost or transport is None:
+            raise ConsoleClosed(f"console {self.n} is closed")
+        transport.write(data)
 
     async def drain(self) -> None:
         """Until the socket buffer has room again."""
         await self._proto.drain()
-
-    def _transport(self) -> asyncio.Transport:
-        transport = self._proto.transport
-        if self._closing is not None or self._proto.lost or transport is None:
-            raise ConsoleClosed(f"console {self.n} is closed")
-        return transport
 
     async def read(self, n: int = 65536) -> bytes:
         """Up to ``n`` bytes; b"" at EOF."""
