@@ -63,9 +63,8 @@ class GuestLock:
         try:
             fd = _open_lock_file(self.path)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                await _flock(fd, self.path)
+                if not _try_flock(fd):
+                    await _wait_for_flock(fd, self.path)
             except BaseException:
                 os.close(fd)
                 raise
@@ -82,21 +81,21 @@ class GuestLock:
             self.lock.release()
 
 
-async def _flock(fd: int, path: str) -> None:
-    """Poll until ``fd`` (``path``, held by another process) holds the flock; closed if
-    the wait fails."""
-    log.debug("waiting for %s", path)
+def _try_flock(fd: int) -> bool:
     try:
-        while True:
-            await asyncio.sleep(LOCK_POLL)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                pass
-    except BaseException:
-        os.close(fd)
-        raise
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+async def _wait_for_flock(fd: int, path: str) -> None:
+    """Poll until ``fd`` (``path``, held by another process) holds the flock."""
+    log.debug("waiting for %s", path)
+    while True:
+        await asyncio.sleep(LOCK_POLL)
+        if _try_flock(fd):
+            return
 
 
 class SaveMarker:
