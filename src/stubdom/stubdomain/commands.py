@@ -223,12 +223,9 @@ def must_be_atomic(writes: list[Write]) -> bool:
     """Whether ``writes`` go in one transaction: a refusal's text in ``parameter`` is
     already an answer the toolstack acts on (and then writes ``running`` back), so a
     failure state written after it could land on top of that ``running``."""
-    if len(writes) < 2:
-        return False
-    for w in writes:  # noqa: SIM110 -- a loop: any() would make a generator per command
-        if w.node == STATE and w.value in FAILURE_STATES:
-            return True
-    return False
+    return len(writes) > 1 and any(
+        w.node == STATE and w.value in FAILURE_STATES for w in writes
+    )
 
 
 def pci_removed() -> list[Write]:

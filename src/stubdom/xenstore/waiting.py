@@ -161,19 +161,10 @@ class WatchGroup:
         that reply has nothing to look at again until then -- not even the events its
         own writes fired, or those that came before its reads were answered."""
         self._raise_closed()
-        while not self._fired_after(seen):
+        while not any(self._last[path] > seq for path, seq in seen.items()):
             self._changed = False
             await self._wait()
             self._raise_closed()
-
-    def _fired_after(self, seen: Mapping[str, int]) -> bool:
-        """Whether an event on a path of ``seen`` came after its reply (a loop: any()
-        would make a generator on each look)."""
-        last = self._last
-        for path, seq in seen.items():  # noqa: SIM110
-            if last[path] > seq:
-                return True
-        return False
 
     def _raise_closed(self) -> None:
         if self._closed is not None:
