@@ -9,9 +9,9 @@ Then events are served one at a time, in arrival order.  While paused by a save 
 those three kinds of event are served ([DM-PAUSED]); the guest's ejects wait.
 
 Console 0 is the log: every log record of the process goes there as one line
-(`stubdom.stubdomain.consolelog`).  The backend logs what the device model does (an insert, an
-eject, as qemu prints them); the agent adds only what it alone knows, such as a
-refusal, so a command costs its answer no duplicate line.
+(`stubdom.stubdomain.consolelog`).  The backend logs what the device model does (an
+insert, an eject, as qemu prints them); the agent adds only what it alone knows, such
+as a refusal, so a command costs its answer no duplicate line.
 
 For tests, the machine's `DeviceModel.snapshot` is logged as a
 ``snapshot saved {json}`` line when a save completes and ``snapshot restored {json}``

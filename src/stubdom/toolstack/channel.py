@@ -19,10 +19,10 @@ the state, write ``parameter``, write ``command``, wait for the result, read
 The order is libxl's, in as few round trips as it allows: the parameter (with the
 note of the last command that has one), then the command, one look (``state`` and
 ``parameter`` read together) per event that came after the previous look's replies,
-the state written back.  ``state`` as the channel last read or wrote it stands for libxl's reads
-of it (the wait for ``running``, the state to restore) while no event on it arrived
-since (`ChannelWatches.known_state`; the watches are kept across commands): a read
-then would show the same.
+the state written back.  ``state`` as the channel last read or wrote it stands for
+libxl's reads of it (the wait for ``running``, the state to restore) while no event on
+it arrived since (`ChannelWatches.known_state`; the watches are kept across
+commands): a read then would show the same.
 
 The decision "succeeded, failed or keep waiting" is the sans-IO
 `stubdom.toolstack.exchange`; `DeviceModelChannel` is the asyncio shell around it, and
