@@ -44,6 +44,7 @@ if TYPE_CHECKING:
         ProtocolError,
         QuotaExceeded,
         ReadOnly,
+        RingUnsupported,
         ServerIOError,
         TooBig,
         TransactionConflict,
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
         WatchEvent,
     )
     from stubdom.xenstore.recovery import DEFAULT_TIMEOUT, RECONNECT
-    from stubdom.xenstore.ringtransport import RingTransport, RingUnsupported
+    from stubdom.xenstore.ringtransport import RingTransport
     from stubdom.xenstore.transport import (
         FdTransport,
         StreamTransport,
@@ -116,7 +117,7 @@ _WHERE: dict[str, str] = {
     "Request": "stubdom.xenstore.protocol",
     "WatchEvent": "stubdom.xenstore.protocol",
     "RingTransport": "stubdom.xenstore.ringtransport",
-    "RingUnsupported": "stubdom.xenstore.ringtransport",
+    "RingUnsupported": "stubdom.xenstore.errors",
     "FdTransport": "stubdom.xenstore.transport",
     "StreamTransport": "stubdom.xenstore.transport",
     "Transport": "stubdom.xenstore.transport",

@@ -197,6 +197,10 @@ class ConnectionClosed(ConnectionError):
     """The connection to the server is gone (EOF, I/O error or `Client.close`)."""
 
 
+class RingUnsupported(OSError):
+    """The server does not offer what was asked of a ring (reconnection)."""
+
+
 class XenStoreTimeout(TimeoutError):
     """No reply to a request, or no watch event, within the allowed time."""
 

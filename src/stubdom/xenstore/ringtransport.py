@@ -45,7 +45,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from stubdom.fdio import set_once
-from stubdom.xenstore.errors import ConnectionClosed, ProtocolError
+from stubdom.xenstore.errors import ConnectionClosed, ProtocolError, RingUnsupported
 from stubdom.xenstore.ring import (
     CONNECTED,
     FEATURE_ERROR,
@@ -69,10 +69,6 @@ NOTIFY_SAFETY_POLL = 0.5
 REKICK = 0.1
 #: `RingTransport.reset`: how long to wait for the server to reset the ring.
 RESET_TIMEOUT = 10.0
-
-
-class RingUnsupported(OSError):
-    """The server does not offer what was asked (ring reconnection)."""
 
 
 def _memory_barrier() -> Callable[[], None]:
