@@ -85,6 +85,9 @@ class Counted:
 def toolstack_child(host_dir: str, n: int) -> None:
     """Warm up, then for each exchange: say its kind, wait for ``go``, run it, say ``end``
     and wait for ``next``."""
+    from stubdom import compiled
+
+    compiled.install()  # as `stubdom pci-attach` (the agent's main installs it too)
     from stubdom.protocol import Bdf
     from stubdom.toolstack import operations as ops_mod
     from stubdom.toolstack.session import open_session

@@ -103,6 +103,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from stubdom import compiled  # noqa: E402
+
+#: The toolstack here loads what ``stubdom pci-attach`` loads: the mypyc build of the
+#: channel's synchronous modules, when ``make venv`` built it (the agent loads it too).
+COMPILED = compiled.install()
+
 from bench.cpustat import sched_ns  # noqa: E402
 from bench.hostkit import (  # noqa: E402
     CLIENT_CPU,
@@ -749,6 +755,8 @@ def main() -> None:
     need_two_cpus()
     os.sched_setaffinity(0, {CLIENT_CPU})
     print(machine_busy())
+    print(f"# toolstack and agent: {'compiled' if COMPILED else 'pure Python'} core "
+          "(stubdom.compiled)")
     t_start = time.monotonic()
     counts: dict[str, dict[str, int]] = {}
     if "ours" in daemons:  # counts, from a traced host (tracing is ours alone)

@@ -1,14 +1,18 @@
-"""An optional mypyc build of xenstored's sans-IO core, and the finder that loads it.
+"""An optional mypyc build of our sans-IO cores, and the finder that loads it.
 
-The core (the packet codec, the tree, watches, transactions, connections and the request
-dispatch) is typed and does no I/O, so mypyc compiles it to C unchanged; that cuts the
-daemon's instructions per request by a sixth to a third.  The build goes to a per-user
-cache, outside the source tree, keyed by a hash of every source it was typed against and
-of the Python it was built for: an edited source changes the key, and the daemon then
-runs pure Python until ``python -m stubdom.compiled build`` (``make venv``) builds again.
-Only ``stubdom xenstored`` calls `install`, before it imports the core; every other
-process, the in-process host and the tests included, stays pure Python.
-``STUBDOM_PURE_PYTHON=1`` forces pure Python.
+Two hot paths are typed and do no I/O, so mypyc compiles them to C unchanged:
+xenstored's request (the packet codec, the tree, watches, transactions, connections and
+the dispatch), which runs a sixth to a third fewer instructions compiled; and the
+control channel's synchronous parts (the client's codec and call table, the
+toolstack's command decisions, the agent's dispatch), about a twelfth of what the
+toolstack and the agent execute per exchange.  The build goes to a per-user cache,
+outside the source tree, keyed by a hash of every source it was typed against and of
+the Python it was built for: an edited source changes the key, and the processes then
+run pure Python until ``python -m stubdom.compiled build`` (``make venv``) builds again.
+`install` is called by ``stubdom xenstored``, by the stubdomain agent and by the verbs
+that talk to a device model (`stubdom.cli.main.CHANNEL_VERBS`), each before it imports a compiled
+module; every other process, the in-process host and the tests included, stays pure
+Python.  ``STUBDOM_PURE_PYTHON=1`` forces pure Python.
 
 This module imports nothing of stubdom's: loading it must not import the core early.
 """
@@ -34,9 +38,15 @@ from stubdom.usercache import cache_dir
 
 log = logging.getLogger(__name__)
 
-#: The compiled modules: the hot path of a request, the epoll shell's turn included
-#: (compiled, it runs a fifth fewer instructions per request: `bench/xsinstr.py`), not
-#: the rarely used requests (CONTROL, domains).
+#: The compiled modules.  xenstored's: the hot path of a request, the epoll shell's turn
+#: included (compiled, it runs a fifth fewer instructions per request:
+#: `bench/xsinstr.py`), not the rarely used requests (CONTROL, domains).  The channel's:
+#: only modules without coroutines.  A coroutine compiled by mypyc loses the exception
+#: it propagates when a cancellation (an `asyncio.timeout` running out) has been
+#: thrown through two compiled frames and the inner one awaits while unwinding (an
+#: UNWATCH in ``__aexit__``): the task dies with "invalid exception object" and its
+#: caller waits for ever.  The agent's console-0 formatter (a `logging.Formatter`
+#: subclass) crashed the garbage collector compiled.  Both stay pure Python.
 MODULES = (
     "stubdom.wire.packet",
     "stubdom.wire.paths",
@@ -47,18 +57,42 @@ MODULES = (
     "stubdom.xenstored.connection",
     "stubdom.xenstored.watches",
     "stubdom.xenstored.transaction",
+    "stubdom.protocol",
+    "stubdom.xenstore.protocol",
+    "stubdom.xenstore.inflight",
+    "stubdom.xenstore.payloads",
+    "stubdom.toolstack.exchange",
+    "stubdom.stubdomain.commands",
 )
-#: The packages whose sources the key covers: the compiled modules import nothing of
-#: stubdom's outside them, and mypyc types (and inlines the constants of) all they import.
+#: The packages whose sources the key covers whole: the xenstored modules import nothing
+#: of stubdom's outside them, and mypyc types (and inlines the constants of) all they
+#: import.
 PACKAGES = ("wire", "xenstored")
-#: The modules outside those packages the shell imports (``stubdom/<name>.py``).
-TOP_MODULES = ("fdio", "ratelimit")
+#: The other sources the key covers (``stubdom/<a>/<b>.py`` for ``a.b``): what the
+#: shell and the channel's modules import outside `PACKAGES`, and themselves.
+MORE_SOURCES = (
+    "fdio",
+    "ratelimit",
+    "protocol",
+    "xenstore.errors",
+    "xenstore.protocol",
+    "xenstore.inflight",
+    "xenstore.payloads",
+    "toolstack.exchange",
+    "stubdomain.commands",
+    "devicemodel.base",
+    "devicemodel.stream",
+)
 OPT_LEVEL = "3"
 ENV_PURE = "STUBDOM_PURE_PYTHON"
 ROOT = Path(__file__).parent
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 #: mypyc's shared library: one per build, holding every module's code.
 GROUP_TAIL = "__mypyc"
+#: A build's directory in the cache: this and the key.
+BUILD_PREFIX = "mypyc-"
+#: Builds kept in the cache (the newest; one per checkout a user switches between).
+KEEP_BUILDS = 3
 
 _SETUP = """\
 import sys
@@ -66,7 +100,7 @@ from setuptools import setup
 from mypyc.build import mypycify
 
 setup(
-    name="stubdom-xenstored-core",
+    name="stubdom-compiled-core",
     ext_modules=mypycify({paths!r}, opt_level={opt!r}, target_dir="c"),
     script_args=["build_ext", "--build-lib", {lib!r}, "--build-temp", "obj"],
 )
@@ -81,7 +115,7 @@ def source_key() -> str:
     """What a build depends on: the sources, the build's recipe and this Python's ABI."""
     digest = hashlib.sha256(f"{MODULES}|{OPT_LEVEL}|{sys.version}|{SUFFIX}".encode())
     sources = [s for package in PACKAGES for s in sorted((ROOT / package).glob("*.py"))]
-    sources += [ROOT / f"{name}.py" for name in TOP_MODULES]
+    sources += [ROOT.joinpath(*name.split(".")).with_suffix(".py") for name in MORE_SOURCES]
     for source in sources:
         digest.update(f"\0{source.relative_to(ROOT)}\0".encode())
         digest.update(source.read_bytes())
@@ -90,7 +124,7 @@ def source_key() -> str:
 
 def build_dir() -> Path:
     """Where the build for the current sources is, or would be."""
-    return cache_dir() / f"xenstored-mypyc-{source_key()}"
+    return cache_dir() / f"{BUILD_PREFIX}{source_key()}"
 
 
 def artefacts(directory: Path) -> dict[str, Path] | None:
@@ -118,7 +152,7 @@ def _failure(output: str) -> CompiledCoreUnavailable:
     lines = output.strip().splitlines() or ["no message"]
     first = next((x for x in lines if "error" in x.lower()), lines[-1]).strip()
     hint = " (install the Debian package python3-dev)" if "Python.h" in output else ""
-    return CompiledCoreUnavailable(f"mypyc build of the xenstored core failed: {first}{hint}")
+    return CompiledCoreUnavailable(f"mypyc build of the stubdom core failed: {first}{hint}")
 
 
 def build() -> Path:
@@ -133,7 +167,7 @@ def build() -> Path:
     _check_tools()
     final.parent.mkdir(parents=True, exist_ok=True)
     paths = [str(ROOT.joinpath(*m.split(".")[1:]).with_suffix(".py")) for m in MODULES]
-    with tempfile.TemporaryDirectory(prefix=".xenstored-mypyc-", dir=final.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=f".{BUILD_PREFIX}", dir=final.parent) as tmp:
         scratch = Path(tmp)
         setup = _SETUP.format(paths=paths, opt=OPT_LEVEL, lib=str(scratch / "lib"))
         (scratch / "setup.py").write_text(setup, encoding="utf-8")
@@ -147,7 +181,20 @@ def build() -> Path:
         except OSError:
             if artefacts(final) is None:  # not a concurrent build that won the rename
                 raise
+    _prune(final.parent)
     return final
+
+
+def _prune(cache: Path) -> None:
+    """Remove all but the `KEEP_BUILDS` newest builds (and those of older releases, named
+    ``xenstored-mypyc-*``): every edit of a keyed source makes a new one.  A process
+    running an old build keeps its mapped files."""
+    builds = sorted((d for d in cache.iterdir()
+                     if d.name.startswith((BUILD_PREFIX, "xenstored-mypyc-")) and d.is_dir()),
+                    key=lambda d: d.stat().st_mtime, reverse=True)
+    for old in builds[KEEP_BUILDS:]:
+        log.info("removing the old build %s", old)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 class CompiledCoreFinder(importlib.abc.MetaPathFinder):
@@ -171,12 +218,15 @@ def install() -> bool:
 
     Returns whether they will; otherwise (forced, no build for these sources, or a core
     already imported, whose objects a compiled core could not take) the core stays pure
-    Python.  Either way one log line says which core the daemon runs, and why.
+    Python.  Either way one log line says which core the process runs, and why; a
+    second call changes nothing.
     """
+    if any(isinstance(f, CompiledCoreFinder) for f in sys.meta_path):
+        return True
     reason = _unusable()
     files = None if reason else artefacts(build_dir())
     if files is None:
-        log.info("xenstored core: pure Python (%s)", reason or _no_build())
+        log.info("stubdom core: pure Python (%s)", reason or _no_build())
         return False
     finder = CompiledCoreFinder(files)
     sys.meta_path.insert(0, finder)
@@ -186,9 +236,9 @@ def install() -> bool:
     except ImportError as e:
         sys.meta_path.remove(finder)
         sys.modules.pop(group, None)
-        log.warning("xenstored core: pure Python (%s does not load: %s)", files[group], e)
+        log.warning("stubdom core: pure Python (%s does not load: %s)", files[group], e)
         return False
-    log.info("xenstored core: compiled by mypyc, from %s", files[group].parent)
+    log.info("stubdom core: compiled by mypyc, from %s", files[group].parent)
     return True
 
 

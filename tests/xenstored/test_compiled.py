@@ -1,9 +1,9 @@
-"""The mypyc build of xenstored's core (`stubdom.compiled`): used only when it matches the
-sources, pure Python otherwise, and the same daemon either way.
+"""The mypyc build of our cores (`stubdom.compiled`): used only when it matches the
+sources, pure Python otherwise, and the same daemon, toolstack and agent either way.
 
 Each check that loads the build runs in a child process: the build is for the daemon,
-and this process's core stays pure Python.  The tests that need a build skip without one,
-and fail in CI, where ``make venv`` must have built it.
+the agent and the channel's verbs, and this process stays pure Python.  The tests that
+need a build skip without one, and fail in CI, where ``make venv`` must have built it.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def where(env: dict[str, str] | None = None, *, cwd: Path = REPO) -> tuple[list[
 def test_install_loads_the_build_for_these_sources(build: Path) -> None:
     files, log = where()
     assert files and all(f.startswith(str(build)) and f.endswith(compiled.SUFFIX) for f in files)
-    assert f"xenstored core: compiled by mypyc, from {build}" in log
+    assert f"stubdom core: compiled by mypyc, from {build}" in log
 
 
 def test_an_edited_source_is_not_run_compiled(build: Path, tmp_path: Path) -> None:
@@ -75,7 +75,7 @@ def test_an_edited_source_is_not_run_compiled(build: Path, tmp_path: Path) -> No
         f.write("# edited\n")
     files, log = where(env, cwd=tmp_path)
     assert files and all(f.startswith(str(copy)) and f.endswith(".py") for f in files), files
-    assert "xenstored core: pure Python (no build for these sources" in log
+    assert "stubdom core: pure Python (no build for these sources" in log
 
 
 def test_pure_python_forced(build: Path) -> None:
@@ -128,8 +128,50 @@ def test_the_key_covers_every_source_the_build_is_typed_against() -> None:
         if module not in seen:
             seen.add(module)
             todo.extend(imports_of(module))
-    packages = {m.split(".")[1] for m in seen}
-    assert packages <= {*compiled.PACKAGES, *compiled.TOP_MODULES}, sorted(seen)
+    keyed = {f"stubdom.{name}" for name in compiled.MORE_SOURCES}
+    outside = {m for m in seen if m.split(".")[1] not in compiled.PACKAGES} - keyed
+    assert not outside, sorted(outside)
+
+
+#: The stubdomain agent's main, its event loop replaced by a print of where the agent's
+#: dispatch was imported from.
+AGENT = (
+    "import sys, stubdom.eventloop as e\n"
+    "def run(coro):\n"
+    "    coro.close()\n"
+    "    import stubdom.stubdomain.commands as c\n"
+    "    print(c.__file__)\n"
+    "    return 0\n"
+    "e.run = run\n"
+    "from stubdom.stubdomain.main import main\n"
+    "sys.exit(main([]))\n"
+)
+#: Where each verb's command leaves the channel's decisions, and whether it loaded the
+#: build's finder at all.
+VERB = (
+    "import sys\n"
+    "from stubdom.cli.main import load_verb\n"
+    "load_verb(sys.argv[1])\n"
+    "import stubdom.toolstack.exchange as x\n"
+    "print(x.__file__, 'stubdom.compiled' in sys.modules)\n"
+)
+
+
+def test_the_agent_runs_compiled(build: Path) -> None:
+    r = subprocess.run([sys.executable, "-c", AGENT], capture_output=True, text=True,
+                       cwd=REPO, timeout=GUARD, check=True)
+    assert r.stdout.strip().startswith(str(build)), r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(("verb", "loads"), [("pci-attach", True), ("save", True),
+                                             ("list", False), ("xenstore", False)])
+def test_the_channels_verbs_run_compiled_and_no_other(build: Path, verb: str,
+                                                      loads: bool) -> None:
+    r = subprocess.run([sys.executable, "-c", VERB, verb], capture_output=True, text=True,
+                       cwd=REPO, timeout=GUARD, check=True)
+    where, finder = r.stdout.split()
+    assert where.startswith(str(build)) is loads, r.stdout + r.stderr
+    assert finder == str(loads)
 
 
 def test_the_finder_answers_for_its_files_only(tmp_path: Path) -> None:
@@ -161,13 +203,18 @@ def test_core_tests_pass_compiled(build: Path) -> None:
     code = (
         "import sys, stubdom.compiled as c\n"
         "assert c.install()\n"
-        "import stubdom.xenstored.core as core\n"
+        "import stubdom.xenstored.core as core, stubdom.stubdomain.commands as cmd\n"
         "assert core.__file__.endswith(c.SUFFIX), core.__file__\n"
+        "assert cmd.__file__.endswith(c.SUFFIX), cmd.__file__\n"
         "import pytest\n"
         "sys.exit(pytest.main(sys.argv[1:]))\n"
     )
     tests = ["tests/xenstored/test_core.py", "tests/xenstored/test_hostile.py",
-             "tests/xenstored/test_fuzz.py", "tests/wire/test_packet.py"]
+             "tests/xenstored/test_fuzz.py", "tests/wire/test_packet.py",
+             # the channel's compiled modules
+             "tests/test_protocol.py", "tests/xenstore/test_protocol.py",
+             "tests/xenstore/test_inflight.py", "tests/toolstack/test_exchange.py",
+             "tests/stubdomain/test_commands.py"]
     r = subprocess.run([sys.executable, "-c", code, "-q", "-p", "no:cacheprovider",
                         "-p", "no:xdist", *tests], capture_output=True, text=True, cwd=REPO,
                        timeout=GUARD * 2, check=False)
@@ -205,7 +252,7 @@ def test_the_daemon_runs_compiled_and_passes_test_xenstore(
     assert compiled_daemon.alive()
     compiled_daemon.stop()
     log = (compiled_daemon.run_dir / "xenstored.log").read_text()
-    assert f"xenstored core: compiled by mypyc, from {build}" in log
+    assert f"stubdom core: compiled by mypyc, from {build}" in log
 
 
 @pytest.mark.xfail(
@@ -221,3 +268,16 @@ def test_the_hosts_command_runs_compiled(build: Path) -> None:
         assert str(build) in maps(d)
     finally:
         d.stop()
+
+
+def test_only_the_newest_builds_are_kept(tmp_path: Path) -> None:
+    """Every edit of a keyed source makes a build: the cache keeps the newest few, and
+    leaves what is not a build alone."""
+    names = [f"{compiled.BUILD_PREFIX}{i:016x}" for i in range(5)] + ["xenstored-mypyc-old"]
+    for age, name in enumerate(reversed(names)):
+        (tmp_path / name).mkdir()
+        os.utime(tmp_path / name, (1000 + age, 1000 + age))
+    (tmp_path / "realxs-shim").mkdir()
+    compiled._prune(tmp_path)
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    assert kept == sorted([*names[:compiled.KEEP_BUILDS], "realxs-shim"])

@@ -137,9 +137,18 @@ VERBS: dict[str, tuple[str, str | None]] = {
 }
 
 
+#: The verbs that run the control channel: they load the mypyc build of its modules
+#: (`stubdom.compiled`, which is not imported for the others: it costs a start-up).
+CHANNEL_VERBS = frozenset({"create", "pci-attach", "pci-detach", "restore", "save"})
+
+
 def load_verb(name: str) -> click.Command:
     """Import the module of verb ``name`` and return its command."""
     module, attr = VERBS[name][0].split(":")
+    if name in CHANNEL_VERBS:
+        from stubdom import compiled
+
+        compiled.install()  # before the verb imports the channel's compiled modules
     command = getattr(importlib.import_module(module), attr)
     if not isinstance(command, click.Command):
         raise TypeError(f"VERBS[{name!r}] names {command!r}, not a click command")

@@ -18,14 +18,13 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
-from stubdom import eventloop
-from stubdom.stubdomain.agent import run_agent
-from stubdom.stubdomain.args import AgentOptions, DmArgsError, split_agent_options
+from stubdom import compiled, eventloop
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from stubdom.devicemodel.base import DeviceModel
+    from stubdom.stubdomain.args import AgentOptions
 
 
 def make_backend(options: AgentOptions, work_dir: Path | None = None) -> DeviceModel:
@@ -54,6 +53,10 @@ def quiet_log_records() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
+    compiled.install()  # before the agent's modules: they may load the mypyc build
+    from stubdom.stubdomain.agent import run_agent
+    from stubdom.stubdomain.args import AgentOptions, DmArgsError, split_agent_options
+
     quiet_log_records()
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
