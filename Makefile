@@ -15,8 +15,9 @@ $(BIN)/stubdom: pyproject.toml
 
 # The real xenstored daemons' shim (stubdom.realxs) is built into the per-user cache
 # when gcc is there; without gcc the venv is still complete, only cx/ox cannot run.
-# So is the mypyc build of our xenstored's core (stubdom.compiled), when gcc and mypyc
-# are there; without them, or if it fails, our xenstored runs pure Python.
+# So is the mypyc build of our sans-IO cores (stubdom.compiled: xenstored's, and the
+# control channel's synchronous modules), when gcc and mypyc are there; without them,
+# or if it fails, our xenstored, agent and toolstack run pure Python.
 venv: $(BIN)/stubdom
 	@if command -v gcc >/dev/null 2>&1; then \
 		$(BIN)/python -m stubdom.realxs.build >/dev/null; \
@@ -25,9 +26,9 @@ venv: $(BIN)/stubdom
 	fi
 	@if command -v gcc >/dev/null 2>&1 && $(BIN)/python -c "import mypyc" 2>/dev/null; then \
 		$(BIN)/python -m stubdom.compiled build >/dev/null \
-			|| echo "xenstored runs pure Python (see the line above)"; \
+			|| echo "xenstored, the agent and the toolstack run pure Python (see the line above)"; \
 	else \
-		echo "no gcc or no mypyc: xenstored runs pure Python (its core is not compiled)"; \
+		echo "no gcc or no mypyc: xenstored, the agent and the toolstack run pure Python"; \
 	fi
 
 demo: venv

@@ -10,9 +10,9 @@ outside the source tree, keyed by a hash of every source it was typed against an
 the Python it was built for: an edited source changes the key, and the processes then
 run pure Python until ``python -m stubdom.compiled build`` (``make venv``) builds again.
 `install` is called by ``stubdom xenstored``, by the stubdomain agent and by the verbs
-that talk to a device model (`stubdom.cli.main.CHANNEL_VERBS`), each before it imports a compiled
-module; every other process, the in-process host and the tests included, stays pure
-Python.  ``STUBDOM_PURE_PYTHON=1`` forces pure Python.
+that talk to a device model (`stubdom.cli.main.CHANNEL_VERBS`), each before it imports
+a compiled module; every other process, the in-process host and the tests included,
+stays pure Python.  ``STUBDOM_PURE_PYTHON=1`` forces pure Python.
 
 This module imports nothing of stubdom's: loading it must not import the core early.
 """
