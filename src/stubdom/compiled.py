@@ -15,21 +15,20 @@ a compiled module; every other process, the in-process host and the tests includ
 stays pure Python.  ``STUBDOM_PURE_PYTHON=1`` forces pure Python.
 
 This module imports nothing of stubdom's: loading it must not import the core early.
+Every agent and channel verb imports it at start-up, so what only a build needs
+(`subprocess`, `tempfile`, `shutil`) is imported by the build, the key needs no
+`hashlib`, and the finder is a plain class: `importlib.abc` alone costs 18-27 ms here,
+for it imports `importlib.resources`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import importlib.abc
 import importlib.machinery
 import importlib.util
 import logging
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -112,14 +111,18 @@ class CompiledCoreUnavailable(Exception):
 
 
 def source_key() -> str:
-    """What a build depends on: the sources, the build's recipe and this Python's ABI."""
-    digest = hashlib.sha256(f"{MODULES}|{OPT_LEVEL}|{sys.version}|{SUFFIX}".encode())
+    """What a build depends on: the sources, the build's recipe and this Python's ABI.
+
+    The hash is the one Python trusts for its hash-checked ``.pyc`` files (PEP 552,
+    `importlib.util.source_hash`, 64 bits): computed at every start of an agent or a
+    channel verb, it must not cost `hashlib`'s import of OpenSSL (2-3 ms here)."""
+    parts = [f"{MODULES}|{OPT_LEVEL}|{sys.version}|{SUFFIX}".encode()]
     sources = [s for package in PACKAGES for s in sorted((ROOT / package).glob("*.py"))]
     sources += [ROOT.joinpath(*name.split(".")).with_suffix(".py") for name in MORE_SOURCES]
     for source in sources:
-        digest.update(f"\0{source.relative_to(ROOT)}\0".encode())
-        digest.update(source.read_bytes())
-    return digest.hexdigest()[:16]
+        parts.append(f"\0{source.relative_to(ROOT)}\0".encode())
+        parts.append(importlib.util.source_hash(source.read_bytes()))
+    return importlib.util.source_hash(b"".join(parts)).hex()
 
 
 def build_dir() -> Path:
@@ -142,6 +145,8 @@ def artefacts(directory: Path) -> dict[str, Path] | None:
 
 
 def _check_tools() -> None:
+    import shutil
+
     if shutil.which(os.environ.get("CC") or "gcc") is None:
         raise CompiledCoreUnavailable("gcc not found: install the Debian package gcc")
     if importlib.util.find_spec("mypyc") is None:
@@ -161,6 +166,9 @@ def build() -> Path:
     The build runs in a scratch directory (mypy's cache and the C files land there) and
     appears in the cache by one rename, so concurrent builds each leave a whole one.
     """
+    import subprocess
+    import tempfile
+
     final = build_dir()
     if artefacts(final) is not None:
         return final
@@ -189,6 +197,8 @@ def _prune(cache: Path) -> None:
     """Remove all but the `KEEP_BUILDS` newest builds (and those of older releases, named
     ``xenstored-mypyc-*``): every edit of a keyed source makes a new one.  A process
     running an old build keeps its mapped files."""
+    import shutil
+
     builds = sorted((d for d in cache.iterdir()
                      if d.name.startswith((BUILD_PREFIX, "xenstored-mypyc-")) and d.is_dir()),
                     key=lambda d: d.stat().st_mtime, reverse=True)
@@ -197,8 +207,9 @@ def _prune(cache: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-class CompiledCoreFinder(importlib.abc.MetaPathFinder):
-    """Finds exactly the modules of one build (and mypyc's shared library) in its files."""
+class CompiledCoreFinder:
+    """Finds exactly the modules of one build (and mypyc's shared library) in its files:
+    a meta path finder is anything with `find_spec`."""
 
     def __init__(self, files: dict[str, Path]) -> None:
         self.files = files
