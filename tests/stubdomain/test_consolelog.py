@@ -11,6 +11,9 @@ from collections.abc import AsyncIterator
 
 from stubdom.host.frontend.console import ConsoleClosed
 from stubdom.stubdomain.consolelog import ConsoleLogHandler, LineFormatter
+from stubdom.xenstore import Client
+from stubdom.xenstored.server import XenStoreServer
+from tests.support.daemons import short_tmpdir
 
 
 class FakeConsole:
@@ -183,3 +186,18 @@ def test_without_a_console_no_line_is_kept() -> None:
         assert handler.lines == [] and not handler.output("sim: x", "stubdom.x")
     finally:
         logger.removeHandler(handler)
+
+
+async def test_a_console_0_that_cannot_be_opened_leaves_no_line_kept() -> None:
+    """`open_console` on a domain without console 0: None, and the handler keeps nothing."""
+    server = XenStoreServer(short_tmpdir("cl-") / "xs")
+    await server.start()
+    client = await Client.connect(str(server.socket_path), timeout=10)
+    handler = ConsoleLogHandler()
+    try:
+        handler.emit(logging.LogRecord("x", logging.INFO, __file__, 1, "waiting", (), None))
+        assert await handler.open_console(client) is None
+        assert handler.lines == [] and not handler.output("sim: x", "stubdom.x")
+    finally:
+        await client.close()
+        await server.close()

@@ -31,7 +31,7 @@ from stubdom.stubdomain.args import build_argv, loadvm_argument
 from stubdom.stubdomain.boot import BootError, BootInfo, read_boot_info
 from stubdom.stubdomain.consolelog import ConsoleLogHandler
 from stubdom.stubdomain.discovery import Discovered, discover, run_pcifront
-from stubdom.xenstore import RECONNECT, Client, XenStoreError
+from stubdom.xenstore import RECONNECT, Client
 
 log = logging.getLogger(__name__)
 
@@ -238,13 +238,7 @@ async def run_layer(words: list[str], client: Client | None = None) -> int:
     root = logging.getLogger()
     layer: Layer | None = None
     try:
-        try:
-            console0 = await connect_console(client, proto.CONSOLE_LOGGING)
-            handler.attach(console0)
-        except (ConsoleError, XenStoreError, OSError) as e:
-            console0 = None
-            handler.unavailable()
-            log.warning("no console 0 (%s); logging to stderr only", e)
+        console0 = await handler.open_console(client)
         if not words:
             log.critical("stubdom-minios: fatal: no application: stubdomain_cmdline is empty")
             return EXIT_CRASH

@@ -459,12 +459,8 @@ async def run_agent(
     root = logging.getLogger()
     quieted: list[tuple[logging.Handler, int]] = []
     try:
-        try:
-            handler.attach(await connect_console(client, proto.CONSOLE_LOGGING))
+        if await handler.open_console(client) is not None:
             quieted = _stderr_warnings_only(root)
-        except (ConsoleError, XenStoreError, OSError) as e:
-            handler.unavailable()
-            log.warning("no console %d (%s); logging to stderr only", proto.CONSOLE_LOGGING, e)
         if fatal is not None:
             log.critical("stubdom-dm: fatal: %s", fatal)
             return EXIT_FATAL

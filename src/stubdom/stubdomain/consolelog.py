@@ -14,7 +14,11 @@ import contextlib
 import logging
 import threading
 
-from stubdom.host.frontend.console import Console, ConsoleError
+from stubdom.host.frontend.console import Console, ConsoleError, connect_console
+from stubdom.protocol import CONSOLE_LOGGING
+from stubdom.xenstore import Client, XenStoreError
+
+log = logging.getLogger(__name__)
 
 LINE_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
@@ -99,6 +103,18 @@ class ConsoleLogHandler(logging.Handler):
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._wake()
+
+    async def open_console(self, client: Client) -> Console | None:
+        """Connect console 0 and attach it; None when it cannot be opened, and then the
+        handler keeps no lines (`unavailable`) and the process logs to stderr only."""
+        try:
+            console = await connect_console(client, CONSOLE_LOGGING)
+        except (ConsoleError, XenStoreError, OSError) as e:
+            self.unavailable()
+            log.warning("no console %d (%s); logging to stderr only", CONSOLE_LOGGING, e)
+            return None
+        self.attach(console)
+        return console
 
     def unavailable(self) -> None:
         """No console 0 will come (it could not be opened): keep no lines, now or later,
