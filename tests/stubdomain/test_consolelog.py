@@ -10,7 +10,7 @@ import sys
 from collections.abc import AsyncIterator
 
 from stubdom.host.frontend.console import ConsoleClosed
-from stubdom.stubdomain.consolelog import ConsoleLogHandler, LineFormatter
+from stubdom.stubdomain.consolelog import LINE_FORMAT, ConsoleLogHandler, LineFormatter
 from stubdom.xenstore import Client
 from stubdom.xenstored.server import XenStoreServer
 from tests.support.daemons import short_tmpdir
@@ -132,7 +132,7 @@ async def test_a_console_that_failed_gets_no_more_lines_and_keeps_none() -> None
 
 
 def test_the_line_format_matches_the_general_formatter() -> None:
-    plain = logging.Formatter("%(levelname)s %(name)s: %(message)s")
+    plain = logging.Formatter(LINE_FORMAT)
     record = logging.LogRecord("stubdom.x", logging.INFO, __file__, 1, "a %s %d", ("b", 3), None)
     assert LineFormatter().format(record) == plain.format(record) == "INFO stubdom.x: a b 3"
     try:

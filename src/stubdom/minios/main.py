@@ -12,13 +12,12 @@ import sys
 
 from stubdom import eventloop
 from stubdom.minios.layer import run_layer
+from stubdom.stubdomain.consolelog import LINE_FORMAT
 
 
 def main(argv: list[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=LINE_FORMAT)
     return eventloop.run(run_layer(words))
 
 

@@ -20,13 +20,18 @@ from stubdom.xenstore import Client, XenStoreError
 
 log = logging.getLogger(__name__)
 
+#: Every stubdomain log line, on console 0 and on stderr alike.
 LINE_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
+def line(level: str, name: str, message: str) -> str:
+    """`LINE_FORMAT` filled in directly (`logging.Formatter` takes a dozen calls)."""
+    return f"{level} {name}: {message}"
+
+
 class LineFormatter(logging.Formatter):
-    """`LINE_FORMAT`, built directly for a plain record (the general formatter takes a
-    dozen calls to fill its template); a record with a traceback or stack goes the
-    general way."""
+    """`LINE_FORMAT`, built directly (`line`) for a plain record; a record with a
+    traceback or stack goes the general way."""
 
     def __init__(self) -> None:
         super().__init__(LINE_FORMAT)
@@ -34,7 +39,7 @@ class LineFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         if record.exc_info or record.exc_text or record.stack_info:
             return super().format(record)
-        return f"{record.levelname} {record.name}: {record.getMessage()}"
+        return line(record.levelname, record.name, record.getMessage())
 
 
 class ConsoleLogHandler(logging.Handler):
@@ -83,7 +88,7 @@ class ConsoleLogHandler(logging.Handler):
         sends it to console 0 as it comes).  False while no console takes lines."""
         if self.console is None or self._failed:
             return False
-        self.lines.append(f"INFO {name}: {text}\n".encode("utf-8", "replace"))
+        self.lines.append((line("INFO", name, text) + "\n").encode("utf-8", "replace"))
         self._wake()
         return True
 
@@ -153,10 +158,10 @@ class ConsoleLogHandler(logging.Handler):
 
     def _line(self, record: logging.LogRecord) -> bytes:
         try:
-            line = self.format(record)
+            text = self.format(record)
         except Exception:  # pragma: no cover - logging must never raise
             return b""
-        return (line.rstrip("\n") + "\n").encode("utf-8", "replace")
+        return (text.rstrip("\n") + "\n").encode("utf-8", "replace")
 
     async def write_now(self) -> None:
         """Write what is queued before returning, held or not: for lines that must

@@ -56,11 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     compiled.install()  # before the agent's modules: they may load the mypyc build
     from stubdom.stubdomain.agent import run_agent
     from stubdom.stubdomain.args import AgentOptions, DmArgsError, split_agent_options
+    from stubdom.stubdomain.consolelog import LINE_FORMAT
 
     quiet_log_records()
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=LINE_FORMAT)
     try:
         options, rest = split_agent_options(words)
     except DmArgsError as e:
