@@ -67,21 +67,9 @@ MODULES = (
 #: of stubdom's outside them, and mypyc types (and inlines the constants of) all they
 #: import.
 PACKAGES = ("wire", "xenstored")
-#: The other sources the key covers (``stubdom/<a>/<b>.py`` for ``a.b``): what the
-#: shell and the channel's modules import outside `PACKAGES`, and themselves.
-MORE_SOURCES = (
-    "fdio",
-    "ratelimit",
-    "protocol",
-    "xenstore.errors",
-    "xenstore.protocol",
-    "xenstore.inflight",
-    "xenstore.payloads",
-    "toolstack.exchange",
-    "stubdomain.commands",
-    "devicemodel.base",
-    "devicemodel.stream",
-)
+#: The other sources the key covers besides `PACKAGES` and the `MODULES` themselves
+#: (``stubdom/<a>/<b>.py`` for ``a.b``): what the shell and the channel's modules import.
+MORE_SOURCES = ("fdio", "ratelimit", "xenstore.errors", "devicemodel.base", "devicemodel.stream")
 OPT_LEVEL = "3"
 ENV_PURE = "STUBDOM_PURE_PYTHON"
 ROOT = Path(__file__).parent
@@ -118,11 +106,18 @@ def source_key() -> str:
     channel verb, it must not cost `hashlib`'s import of OpenSSL (2-3 ms here)."""
     parts = [f"{MODULES}|{OPT_LEVEL}|{sys.version}|{SUFFIX}".encode()]
     sources = [s for package in PACKAGES for s in sorted((ROOT / package).glob("*.py"))]
-    sources += [ROOT.joinpath(*name.split(".")).with_suffix(".py") for name in MORE_SOURCES]
+    outside = [m.removeprefix("stubdom.") for m in MODULES
+               if m.split(".")[1] not in PACKAGES]
+    sources += [_source(name) for name in (*outside, *MORE_SOURCES)]
     for source in sources:
         parts.append(f"\0{source.relative_to(ROOT)}\0".encode())
         parts.append(importlib.util.source_hash(source.read_bytes()))
     return importlib.util.source_hash(b"".join(parts)).hex()
+
+
+def _source(name: str) -> Path:
+    """``stubdom/<a>/<b>.py`` for ``a.b``."""
+    return ROOT.joinpath(*name.split(".")).with_suffix(".py")
 
 
 def build_dir() -> Path:
@@ -174,7 +169,7 @@ def build() -> Path:
         return final
     _check_tools()
     final.parent.mkdir(parents=True, exist_ok=True)
-    paths = [str(ROOT.joinpath(*m.split(".")[1:]).with_suffix(".py")) for m in MODULES]
+    paths = [str(_source(m.removeprefix("stubdom."))) for m in MODULES]
     with tempfile.TemporaryDirectory(prefix=f".{BUILD_PREFIX}", dir=final.parent) as tmp:
         scratch = Path(tmp)
         setup = _SETUP.format(paths=paths, opt=OPT_LEVEL, lib=str(scratch / "lib"))
