@@ -41,8 +41,12 @@ def install(gates: frozenset[str]) -> None:
 
     async def gated_command(agent: Agent) -> None:
         raw = await agent.client.read_optional(proto.dm_relative_path(agent.guest, "command"))
-        if raw is not None:
-            await gate(agent, raw.decode())
+        if raw is None:
+            # Nothing to take.  Going on to the agent's own read here would race: a
+            # command written between the two reads would be taken past its gate.  Its
+            # write fires an event after this read, and that event is gated.
+            return
+        await gate(agent, raw.decode())
         await command_event(agent)
 
     Agent.setup = gated_setup  # type: ignore[method-assign]
