@@ -172,6 +172,8 @@ async def _place_vbds(
 
 #: The state of our pcifront's frontend; the toolstack writes a new device's as 1.
 PCI_STATE = "device/pci/0/state"
+#: Where the toolstack names pciback; our pcifront waits for it to appear.
+PCI_BACKEND = "device/pci/0/backend"
 
 
 def _old_device_gone(state: str | None) -> bool | None:
@@ -185,8 +187,10 @@ async def run_pcifront(client: Client, timeout: float = 30.0) -> None:
     """Mini-OS's pcifront thread: wait for ``device/pci/0``, connect, follow pciback
     through hot-plug reconfigurations; start over if the toolstack removes it."""
     while True:
-        async with client.watch("device") as w:
-            while not await client.exists("device/pci/0/backend"):
+        # Mini-OS watches the backend node itself: a watch on ``device`` would also
+        # wake for every console and disk state change (five per save).
+        async with client.watch(PCI_BACKEND) as w:
+            while not await client.exists(PCI_BACKEND):
                 await w.get()
         try:
             async with Frontend(client, "pci", 0, timeout=timeout) as dev:

@@ -44,7 +44,7 @@ from stubdom.xenstore import (
     XenStoreError,
     XenStoreTimeout,
 )
-from stubdom.xenstore.pipeline import pipelined
+from stubdom.xenstore.pipeline import Batch
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,8 @@ class _Attachment:
     fe: str
     be: str
     has_state: bool
+    #: Our own state when we found it (UNKNOWN without a state node).
+    state: XenbusState = XenbusState.UNKNOWN
     socket_path: str = ""
 
 
@@ -113,13 +115,13 @@ async def _set_state(client: Client, att: _Attachment, state: XenbusState) -> bo
 
 async def _locate(client: Client, n: int) -> _Attachment:
     fe = console_dir(n)
-    try:
-        raw, has_state = await pipelined(client.read(f"{fe}/backend"), client.exists(f"{fe}/state"))
-    except NoEntry:
-        raise ConsoleError(
-            f"console {n}: no frontend directory {fe} (or no backend node)"
-        ) from None
-    return _Attachment(n, fe, raw.decode(), has_state)
+    batch = Batch(client)
+    backend, state = batch.read_text(f"{fe}/backend"), batch.read_text(f"{fe}/state")
+    await batch.send()
+    if backend.value is None:
+        raise ConsoleError(f"console {n}: no frontend directory {fe} (or no backend node)")
+    has_state = state.value is not None
+    return _Attachment(n, fe, backend.value, has_state, XenbusState.parse(state.value))
 
 
 async def _attach(
@@ -130,11 +132,7 @@ async def _attach(
     conn: T | None = None
     try:
         async with asyncio.timeout(timeout), client.watch(att.be) as w:
-            own = (
-                await _read_state(client, f"{att.fe}/state")
-                if att.has_state
-                else XenbusState.UNKNOWN
-            )
+            own = att.state
             if att.has_state and own is not XenbusState.INITIALISING:
                 # A previous session left Closed (or died mid-way): start over.
                 own = XenbusState.INITIALISING
@@ -171,24 +169,22 @@ async def _attach(
 
 
 async def _backend_view(client: Client, att: _Attachment) -> XenbusState:
-    """The backend's state; raises once it can never become usable for this open."""
+    """The backend's state; raises once it can never become usable for this open.
 
-    async def view(t: Transaction) -> tuple[XenbusState, bytes | None, bytes | None]:
-        state, online, error = await pipelined(
-            _read_state(t, f"{att.be}/state"),
-            t.read_optional(f"{att.be}/online"),
-            t.read_optional(f"{att.be}/error"),
-        )
-        return state, online, error
-
-    state, online, error = await client.retry_transaction(view)
-    if online is None:
+    One batch, as Mini-OS reads: no transaction, since any change after these reads
+    fires our watch on the backend directory and we look again."""
+    batch = Batch(client)
+    state = batch.read_text(f"{att.be}/state")
+    online = batch.read_text(f"{att.be}/online")
+    error = batch.read_text(f"{att.be}/error")
+    await batch.send()
+    if online.value is None:
         raise ConsoleError(f"console {att.n}: backend {att.be} is gone")
-    if error:
-        raise ConsoleError(f"console {att.n}: backend failed: {error.decode(errors='replace')}")
-    if online.strip() != b"1":
+    if error.value:
+        raise ConsoleError(f"console {att.n}: backend failed: {error.value}")
+    if online.value.strip() != "1":
         raise ConsoleError(f"console {att.n}: backend {att.be} is being removed")
-    return state
+    return XenbusState.parse(state.value)
 
 
 async def _detach(client: Client, att: _Attachment, timeout: float | None) -> None:
@@ -197,14 +193,18 @@ async def _detach(client: Client, att: _Attachment, timeout: float | None) -> No
         return
     try:
         async with asyncio.timeout(timeout), client.watch(att.be) as w:
-            own = await _read_state(client, f"{att.fe}/state")
+            batch = Batch(client)
+            own_raw, backend_raw = (batch.read_text(f"{att.fe}/state"),
+                                    batch.read_text(f"{att.be}/state"))
+            await batch.send()
+            own, backend = XenbusState.parse(own_raw.value), XenbusState.parse(backend_raw.value)
             while True:
-                backend = await _read_state(client, f"{att.be}/state")
                 new = _HANDSHAKE.next_state(own, backend, closing=True)
                 if new is not None:
                     own = new
                     if not await _set_state(client, att, own):
                         return  # the toolstack removed the device already
+                    backend = await _read_state(client, f"{att.be}/state")
                     continue
                 if own is XenbusState.CLOSED and backend in (
                     XenbusState.CLOSED,
@@ -212,6 +212,7 @@ async def _detach(client: Client, att: _Attachment, timeout: float | None) -> No
                 ):
                     return
                 await w.get()
+                backend = await _read_state(client, f"{att.be}/state")
     except TimeoutError:
         log.warning("console %d: backend did not close within %g s", att.n, timeout or 0)
     except XenStoreError as err:
