@@ -31,6 +31,7 @@ from stubdom.host.frontend.console import ConsoleError, SyncConsole, open_consol
 from stubdom.host.xenbus import XENCONSOLE_LIMIT, XenbusState
 from stubdom.toolstack.devices import DeviceExists, add_console, remove_console
 from stubdom.xenstore import Client, NoEntry, PermissionDenied
+from stubdom.wire import Op
 from stubdom.xenstored.server import XenStoreServer
 from tests.support.daemons import short_tmpdir
 
@@ -191,6 +192,31 @@ async def test_file_console_is_durable_when_close_returns(env: Env) -> None:
     assert path.read_bytes() == payload
     assert await env.dom.read("device/console/1/state") == XenbusState.CLOSED.node()
     assert await env.toolstack.read(f"{console_backend_path(D, 1)}/state") == b"6"
+
+
+async def test_one_watch_and_one_write_per_state_for_an_open_and_close(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The frontend's cost on the save path: a single watch on the backend for the
+    console's whole life (open, the removal monitor, close), and each state it moves
+    to written once, in the handshake's order."""
+    await add_console(env.toolstack, D, 1, f"file:{env.files / 'save'}")
+    sent: list[tuple[int, bytes]] = []
+    roundtrips = env.dom.roundtrips
+
+    async def counted(requests: list[tuple[int, bytes, str | None]], **kw: object) -> object:
+        sent.extend((op, payload) for op, payload, _ in requests)
+        return await roundtrips(requests, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(env.dom, "roundtrips", counted)
+    async with open_console(env.dom, 1) as con:
+        await con.write(b"state")
+    ops = [op for op, _ in sent]
+    assert ops.count(Op.WATCH) == 1 and ops.count(Op.UNWATCH) == 1
+    node = b"device/console/1/state\0"
+    states = [p.removeprefix(node) for op, p in sent if op == Op.WRITE and p.startswith(node)]
+    assert states == [b"3", b"4", b"5", b"6"]  # (libxl wrote Initialising)
+    assert (env.files / "save").read_bytes() == b"state"
 
 
 async def test_file_truncated_at_init_then_appended_across_reconnects(env: Env) -> None:

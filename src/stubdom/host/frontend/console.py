@@ -41,10 +41,11 @@ from stubdom.xenstore import (
     ConnectionClosed,
     NoEntry,
     Transaction,
+    Watch,
     XenStoreError,
     XenStoreTimeout,
 )
-from stubdom.xenstore.pipeline import Batch
+from stubdom.xenstore.pipeline import Batch, pipelined
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class _Attachment:
     #: Our own state when we found it (UNKNOWN without a state node).
     state: XenbusState = XenbusState.UNKNOWN
     socket_path: str = ""
+    watch: Watch | None = None
 
 
 _HANDSHAKE = FrontendHandshake()
@@ -102,10 +104,13 @@ async def _set_state(client: Client, att: _Attachment, state: XenbusState) -> bo
     """Write our state only while the frontend directory exists (never recreate it)."""
 
     async def write(t: Transaction) -> bool:
-        if not await t.exists(f"{att.fe}/backend"):
-            return False
-        await t.write(f"{att.fe}/state", state.node())
-        return True
+        # Both in one round trip; an abort undoes the write if the directory is gone.
+        there, _ = await pipelined(
+            t.exists(f"{att.fe}/backend"), t.write(f"{att.fe}/state", state.node())
+        )
+        if not there:
+            await t.abort()
+        return there
 
     written = await client.retry_transaction(write)
     if written:
@@ -127,18 +132,23 @@ async def _locate(client: Client, n: int) -> _Attachment:
 async def _attach(
     client: Client, n: int, connect: Callable[[str], Awaitable[T]], timeout: float | None
 ) -> tuple[_Attachment, T]:
-    """Find console ``n``, wait for its backend, ``connect`` to its socket, go Connected."""
+    """Find console ``n``, wait for its backend, ``connect`` to its socket, go Connected.
+
+    The watch on the backend set here stays for the console's life (``att.watch``): the
+    open console's monitor and `_detach` use it, and `_detach` stops it."""
     att = await _locate(client, n)
     conn: T | None = None
+    w = att.watch = client.watch(att.be)
     try:
-        async with asyncio.timeout(timeout), client.watch(att.be) as w:
+        async with asyncio.timeout(timeout):
+            await w.start()
             own = att.state
             if att.has_state and own is not XenbusState.INITIALISING:
                 # A previous session left Closed (or died mid-way): start over.
                 own = XenbusState.INITIALISING
                 await _set_state(client, att, own)
+            backend = await _backend_view(client, att)
             while True:
-                backend = await _backend_view(client, att)
                 if conn is None and backend in (XenbusState.INIT_WAIT, XenbusState.CONNECTED):
                     raw = await client.read_optional(f"{att.be}/socket")
                     if raw:
@@ -154,18 +164,27 @@ async def _attach(
                         if new is not None and new is not XenbusState.CLOSING:
                             own = new
                             await _set_state(client, att, own)
-                            continue
+                            continue  # (the watch holds any change since the view)
                         if own is XenbusState.CONNECTED:
                             return att, conn
                 await w.get()
+                backend = await _backend_view(client, att)
     except TimeoutError:
         _discard(conn)
+        await _stop_watch(att)
         raise ConsoleError(
             f"console {n}: backend {att.be} not ready within {timeout:g} s"
         ) from None
     except BaseException:
         _discard(conn)
+        await _stop_watch(att)
         raise
+
+
+async def _stop_watch(att: _Attachment) -> None:
+    if att.watch is not None:
+        with contextlib.suppress(XenStoreError, ConnectionClosed, XenStoreTimeout):
+            await att.watch.stop()
 
 
 async def _backend_view(client: Client, att: _Attachment) -> XenbusState:
@@ -188,11 +207,20 @@ async def _backend_view(client: Client, att: _Attachment) -> XenbusState:
 
 
 async def _detach(client: Client, att: _Attachment, timeout: float | None) -> None:
-    """The xenbus half of closing: Closing, then Closed once the backend follows."""
-    if not att.has_state:
-        return
+    """The xenbus half of closing: Closing, then Closed once the backend follows; then
+    the watch `_attach` set goes."""
     try:
-        async with asyncio.timeout(timeout), client.watch(att.be) as w:
+        if att.has_state and att.watch is not None:
+            await _close_handshake(client, att, att.watch, timeout)
+    finally:
+        await _stop_watch(att)
+
+
+async def _close_handshake(
+    client: Client, att: _Attachment, w: Watch, timeout: float | None
+) -> None:
+    try:
+        async with asyncio.timeout(timeout):
             batch = Batch(client)
             own_raw, backend_raw = (batch.read_text(f"{att.fe}/state"),
                                     batch.read_text(f"{att.be}/state"))
@@ -204,7 +232,6 @@ async def _detach(client: Client, att: _Attachment, timeout: float | None) -> No
                     own = new
                     if not await _set_state(client, att, own):
                         return  # the toolstack removed the device already
-                    backend = await _read_state(client, f"{att.be}/state")
                     continue
                 if own is XenbusState.CLOSED and backend in (
                     XenbusState.CLOSED,
@@ -414,20 +441,23 @@ class Console:
 
     async def _watch_backend(self) -> None:
         """Close when the backend goes away or closes under us (device removal)."""
+        w = self._att.watch
+        if w is None:
+            return
+        be = self._att.be
         try:
-            async with self.client.watch(self._att.be) as w:
-                async for _ in w:
-                    state = await _read_state(self.client, f"{self._att.be}/state")
-                    online = await self.client.read_optional(f"{self._att.be}/online")
-                    if (
-                        state in (XenbusState.CLOSING, XenbusState.CLOSED)
-                        or online is None
-                        or online != b"1"
-                    ):
-                        log.info("console %d: backend closing, closing too", self.n)
-                        if self._closing is None:
-                            self._closing = asyncio.get_running_loop().create_task(self._close())
-                        return
+            async for _ in w:
+                batch = Batch(self.client)
+                state, online = batch.read_text(f"{be}/state"), batch.read_text(f"{be}/online")
+                await batch.send()
+                if (
+                    XenbusState.parse(state.value) in (XenbusState.CLOSING, XenbusState.CLOSED)
+                    or online.value != "1"
+                ):
+                    log.info("console %d: backend closing, closing too", self.n)
+                    if self._closing is None:
+                        self._closing = asyncio.get_running_loop().create_task(self._close())
+                    return
         except (ConnectionClosed, XenStoreError, XenStoreTimeout) as err:
             log.debug("console %d: backend monitor ended: %s", self.n, err)
 
