@@ -93,6 +93,21 @@ def test_exchange_stub_death_and_timeout_messages() -> None:
     assert "\n" not in str(err)
 
 
+def test_an_answer_seen_with_the_death_is_taken() -> None:
+    """A stub that writes ``paused`` and dies at once (its save image is complete) has
+    answered, even when the look finds the death as well; without the answer the death
+    is the error, and a plain wait takes no old state for an answer."""
+    save = CommandExchange(G, State.PAUSED, Command.SAVE)
+    assert save.observe(Snapshot("paused", None, stub_alive=False)).verdict is Verdict.DONE
+    ins = CommandExchange(G, State.PCI_INSERTED, Command.PCI_INS, "0000:03:00.0")
+    out = ins.observe(Snapshot("pci-inserted", "0x18", stub_alive=False))
+    assert out.verdict is Verdict.DONE
+    out = ins.observe(Snapshot("pci-inserted", "garbage", stub_alive=False))
+    assert out.error is not None and not isinstance(out.error, DeviceModelDied)
+    wait = CommandExchange(G, State.RUNNING).observe(Snapshot("running", None, stub_alive=False))
+    assert isinstance(wait.error, DeviceModelDied)
+
+
 def test_a_timeout_without_a_state_node_says_so_in_words() -> None:
     ex = CommandExchange(G, State.PCI_INSERTED, Command.PCI_INS, "x")
     ex.observe(Snapshot(None, "x"))
