@@ -56,7 +56,7 @@ from stubdom.xenstore import (
     XenStoreError,
     XenStoreTimeout,
 )
-from stubdom.xenstore.pipeline import pipelined
+from stubdom.xenstore.pipeline import Batch, pipelined
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +182,9 @@ class ConsoleDevice:
     """One console of one domain: its data path and its side of the handshake.
 
     All xenstore decisions run in the device's own task, one `_step` at a time, so
-    watch events only ever "kick" it; each step reads and writes in one transaction
-    so a concurrent toolstack write (removal) is never overwritten with a stale state.
+    watch events only ever "kick" it; a step that writes reads and writes in one
+    transaction so a concurrent toolstack write (removal) is never overwritten with a
+    stale state.
     """
 
     def __init__(self, backend: ConsoleBackend, domid: int, n: int) -> None:
@@ -200,6 +201,8 @@ class ConsoleDevice:
         self._announced = False  # we moved the backend past Initialising
         self._kick = asyncio.Event()
         self._kick.set()
+        #: The frontend changed since the last step: it likely calls for a write.
+        self._frontend_moved = False
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[Any]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -233,7 +236,8 @@ class ConsoleDevice:
                 while self.exit is None:
                     await self._kick.wait()
                     self._kick.clear()
-                    await self._step()
+                    moved, self._frontend_moved = self._frontend_moved, False
+                    await self._step(glance=not moved)
             finally:
                 forward.cancel()
                 await asyncio.gather(forward, return_exceptions=True)
@@ -249,6 +253,7 @@ class ConsoleDevice:
 
     async def _forward(self, watch: Watch) -> None:
         async for _ in watch:
+            self._frontend_moved = True
             self.kick()
 
     # -- setup and teardown ------------------------------------------------------------
@@ -351,45 +356,73 @@ class ConsoleDevice:
 
     # -- the handshake -----------------------------------------------------------------
 
-    async def _frontend_state(self, t: Transaction) -> XenbusState:
-        try:
-            return XenbusState.parse(await t.read(f"{self.fe}/state"))
-        except NoEntry:
+    def _frontend(self, raw: str | None) -> XenbusState:
+        if raw is None:
             # Console 0: no state node (read-only directory); a live connection is it.
             return XenbusState.CONNECTED if self._conns else XenbusState.UNKNOWN
+        return XenbusState.parse(raw)
 
-    async def _step(self) -> None:
+    def _next(
+        self, raw_own: str, raw_online: str, frontend: XenbusState
+    ) -> tuple[_Exit | None, XenbusState, bool, bool]:
+        """What one view of the nodes calls for: (exit, our state, online, whether our
+        state node must be written)."""
+        own = XenbusState.parse(raw_own)
+        online = raw_online.strip() == "1"
+        if own is XenbusState.INITIALISING and self._announced:
+            return _Exit.RESTART, own, online, False
+        if self.failed is not None:
+            return None, XenbusState.CLOSED, online, own is not XenbusState.CLOSED
+        start = own
+        for _ in range(8):  # follow the transitions this view allows, e.g. Closing->Closed
+            new = self.backend.handshake.next_state(own, frontend, online, ready=True)
+            if new is None:
+                break
+            own = new
+        return None, own, online, own is not start
+
+    async def _glance(self) -> tuple[XenbusState, bool] | None:
+        """A step that changes nothing, decided on one batch of plain reads: most events
+        are our own state writes coming back.  None: something is to be done, which a
+        transaction then decides and does (a concurrent change fires another event)."""
+        batch = Batch(self.client)
+        own = batch.read_text(f"{self.be}/state")
+        online = batch.read_text(f"{self.be}/online")
+        frontend = batch.read_text(f"{self.fe}/state")
+        await batch.send()
+        if own.value is None or online.value is None:
+            return None
+        exit_, state, is_online, write = self._next(
+            own.value, online.value, self._frontend(frontend.value)
+        )
+        return None if exit_ is not None or write else (state, is_online)
+
+    async def _step(self, glance: bool = True) -> None:
+        """One look at the handshake: a `_glance` first unless the frontend moved."""
+
         async def decide(t: Transaction) -> tuple[_Exit | None, XenbusState, bool]:
-            try:
-                raw_own, raw_online, frontend = await pipelined(
-                    t.read(f"{self.be}/state"),
-                    t.read(f"{self.be}/online"),
-                    self._frontend_state(t),
-                )
-            except NoEntry:
+            raw_own, raw_online, raw_frontend = await pipelined(
+                t.read_text(f"{self.be}/state"),
+                t.read_text(f"{self.be}/online"),
+                t.read_text(f"{self.fe}/state"),
+            )
+            if raw_own is None or raw_online is None:
                 return _Exit.GONE, XenbusState.UNKNOWN, False
-            own = XenbusState.parse(raw_own)
-            online = raw_online.strip() == b"1"
-            if own is XenbusState.INITIALISING and self._announced:
-                return _Exit.RESTART, own, online
-            if self.failed is not None:
-                if own is not XenbusState.CLOSED:
-                    await t.write(f"{self.be}/state", XenbusState.CLOSED.node())
-                return None, XenbusState.CLOSED, online
-            start = own
-            for _ in range(8):  # follow the transitions this view allows, e.g. Closing->Closed
-                new = self.backend.handshake.next_state(own, frontend, online, ready=True)
-                if new is None:
-                    break
-                own = new
-            if own is not start:
+            exit_, own, online, write = self._next(
+                raw_own, raw_online, self._frontend(raw_frontend)
+            )
+            if write:
                 await t.write(f"{self.be}/state", own.node())
-            return None, own, online
+            return exit_, own, online
 
-        exit_, own, online = await self.client.retry_transaction(decide)
-        if exit_ is not None:
-            self.exit = exit_
-            return
+        seen = await self._glance() if glance else None
+        if seen is not None:
+            own, online = seen
+        else:
+            exit_, own, online = await self.client.retry_transaction(decide)
+            if exit_ is not None:
+                self.exit = exit_
+                return
         if own is not XenbusState.INITIALISING:
             self._announced = True
         if own is XenbusState.CLOSED and not online and self._server is not None:

@@ -13,8 +13,9 @@ on disk (the save stream of console 1 depends on it).
 
 Console 0's directory is read-only for the domain (libxl), so it has no frontend
 ``state``: the frontend only connects, and the backend treats the connection as the
-frontend's state.  Consoles n > 0 walk `FrontendHandshake`: Initialised once connected,
-Connected once the backend is, Closing/Closed on close.
+frontend's state.  Consoles n > 0 go from Initialising to Connected once connected to
+the socket (as Mini-OS's consfront, which skips Initialised), are open once the backend
+is Connected too, and walk `FrontendHandshake`'s Closing/Closed on close.
 
 `open_console` is the asyncio API; `SyncConsole` is a blocking one for plain programs
 (the stubdomain agent writes the save stream to console 1 and reads the restore
@@ -142,33 +143,40 @@ async def _attach(
     try:
         async with asyncio.timeout(timeout):
             await w.start()
+            await w.get()  # the initial event, which follows the reply at once: the
+            # first look below sees all it could announce
             own = att.state
             if att.has_state and own is not XenbusState.INITIALISING:
                 # A previous session left Closed (or died mid-way): start over.
                 own = XenbusState.INITIALISING
                 await _set_state(client, att, own)
-            backend = await _backend_view(client, att)
+            backend, socket_path = await _backend_view(client, att)
             while True:
-                if conn is None and backend in (XenbusState.INIT_WAIT, XenbusState.CONNECTED):
-                    raw = await client.read_optional(f"{att.be}/socket")
-                    if raw:
-                        att.socket_path = raw.decode()
-                        conn = await connect(att.socket_path)
-                        log.debug("console %d: connected to %s", n, att.socket_path)
+                if conn is None and socket_path and backend in (
+                    XenbusState.INIT_WAIT,
+                    XenbusState.CONNECTED,
+                ):
+                    att.socket_path = socket_path
+                    conn = await connect(socket_path)
+                    log.debug("console %d: connected to %s", n, socket_path)
                 if conn is not None:
                     if not att.has_state:
                         if backend is XenbusState.CONNECTED:
                             return att, conn
                     else:
                         new = _HANDSHAKE.next_state(own, backend)
+                        if new is XenbusState.INITIALISED:
+                            # Mini-OS's consfront says Connected as soon as its side
+                            # is set up, and then waits for the backend's.
+                            new = XenbusState.CONNECTED
                         if new is not None and new is not XenbusState.CLOSING:
                             own = new
                             await _set_state(client, att, own)
                             continue  # (the watch holds any change since the view)
-                        if own is XenbusState.CONNECTED:
+                        if own is XenbusState.CONNECTED and backend is XenbusState.CONNECTED:
                             return att, conn
                 await w.get()
-                backend = await _backend_view(client, att)
+                backend, socket_path = await _backend_view(client, att)
     except TimeoutError:
         _discard(conn)
         await _stop_watch(att)
@@ -187,8 +195,9 @@ async def _stop_watch(att: _Attachment) -> None:
             await att.watch.stop()
 
 
-async def _backend_view(client: Client, att: _Attachment) -> XenbusState:
-    """The backend's state; raises once it can never become usable for this open.
+async def _backend_view(client: Client, att: _Attachment) -> tuple[XenbusState, str | None]:
+    """The backend's state and socket; raises once it can never become usable for
+    this open.
 
     One batch, as Mini-OS reads: no transaction, since any change after these reads
     fires our watch on the backend directory and we look again."""
@@ -196,6 +205,7 @@ async def _backend_view(client: Client, att: _Attachment) -> XenbusState:
     state = batch.read_text(f"{att.be}/state")
     online = batch.read_text(f"{att.be}/online")
     error = batch.read_text(f"{att.be}/error")
+    socket_path = batch.read_text(f"{att.be}/socket")
     await batch.send()
     if online.value is None:
         raise ConsoleError(f"console {att.n}: backend {att.be} is gone")
@@ -203,7 +213,7 @@ async def _backend_view(client: Client, att: _Attachment) -> XenbusState:
         raise ConsoleError(f"console {att.n}: backend failed: {error.value}")
     if online.value.strip() != "1":
         raise ConsoleError(f"console {att.n}: backend {att.be} is being removed")
-    return XenbusState.parse(state.value)
+    return XenbusState.parse(state.value), socket_path.value
 
 
 async def _detach(client: Client, att: _Attachment, timeout: float | None) -> None:
