@@ -23,7 +23,11 @@ request per round trip as libxenstore sends them (libxl: the pre-wait's read of
 ``state``, the read of the state to restore, then after the command a read of ``state``
 at once and after each event, and for pci-ins the read of ``parameter``; qemu-trad: the
 read of ``command`` before its rm and, for pci-ins, of ``parameter``): what C programs in
-libxl's order pay on the same daemon.  Against them:
+libxl's order pay on the same daemon.  ``libxl + consfront order save`` adds what the
+protocol's save makes a Mini-OS device model do between the rm and ``paused``: open
+console 1 for the state and close it again, Mini-OS's consfront requests one per round
+trip, with a backend that costs nothing (`consfront_save`): a lower bound of the save's
+order, which the floor leaves out.  Against them:
 
 - ``channel``: `DeviceModelChannel.pci_insert` (toolstack/channel.py) with the real
   ``stubdom-dm`` agent (sim backend) on a real ``stubdom host``: the whole exchange, the
@@ -131,6 +135,7 @@ from bench.rawxs import RawConnection  # noqa: E402
 from stubdom.protocol import Bdf  # noqa: E402
 from stubdom.toolstack.channel import ChannelRegistry, DeviceModelChannel  # noqa: E402
 from stubdom.toolstack.session import Session  # noqa: E402
+from stubdom.wire.constants import Op  # noqa: E402
 from stubdom.xenstore import Client  # noqa: E402
 from tests.support.daemons import (  # noqa: E402
     Daemon,
@@ -140,8 +145,7 @@ from tests.support.daemons import (  # noqa: E402
     start_ox,
 )
 
-OPS = {"READ": 2, "WATCH": 4, "RM": 13, "WRITE": 11, "EVENT": 15, "ERROR": 16,
-       "INTRODUCE": 8, "SET_PERMS": 14}
+OPS = {op.name: int(op) for op in Op} | {"EVENT": int(Op.WATCH_EVENT)}
 GUEST, STUB = 1, 2
 PARAM = "0000:03:00.0,msitranslate=0,power_mgmt=0"
 TARGET = 2.0
@@ -161,11 +165,11 @@ class Raw(RawConnection):
         super().__init__(path)
         self.events: collections.deque[str] = collections.deque()
 
-    def rpc(self, op: str, *args: str) -> bytes:
+    def rpc(self, op: str, *args: str, tx: int = 0) -> bytes:
         payload = b"".join(a.encode() + b"\0" for a in args)
         if op == "WRITE":  # the value has no NUL
             payload = payload[:-1]
-        self.send(OPS[op], payload)
+        self.send(OPS[op], payload, tx)
         while True:
             rop, body = self._packet()
             if rop != OPS["EVENT"]:
@@ -209,7 +213,7 @@ def dm_helper(sock: str, mode: str, absolute: bool, kind: str = "pci-ins") -> No
     print("ready", flush=True)
     while True:
         dm.event()
-        if mode in ("answer", "libxl"):
+        if mode in ("answer", "libxl", "consfront"):
             try:
                 dm.rpc("READ", f"{d}/command")
             except RuntimeError:  # ENOENT: the event of our own rm
@@ -219,18 +223,64 @@ def dm_helper(sock: str, mode: str, absolute: bool, kind: str = "pci-ins") -> No
             dm.event()  # our rm's event
         if mode == "libxl" and kind == "pci-ins":  # qemu-trad reads the argument
             dm.rpc("READ", f"{d}/parameter")
+        if mode == "consfront" and kind == "save":
+            consfront_save(dm, absolute)
         for node, value in ANSWERS[kind]:
             dm.rpc("WRITE", f"{d}/{node}", value)
 
 
+#: Console 1 of the stubdomain (its frontend, relative to its home) and its backend.
+CONSOLE_FE = "device/console/1"
+CONSOLE_BE = f"/local/domain/0/backend/console/{STUB}/1"
+
+
+def consfront_save(dm: Raw, absolute: bool) -> None:
+    """What Mini-OS's consfront asks of xenstore to open console 1 for the saved state
+    and close it again (``init_consfront``, ``free_consfront``), one request per round
+    trip, with a backend that costs nothing: it is Connected beforehand, and the wait for
+    its Closing is left out.  A lower bound of what the protocol's save makes the
+    device model do that the floor leaves out."""
+    fe = f"/local/domain/{STUB}/{CONSOLE_FE}" if absolute else CONSOLE_FE
+    dm.rpc("READ", f"{fe}/backend-id")
+    tx = int(dm.rpc("TRANSACTION_START", "").rstrip(b"\0"))
+    for node, value in (("ring-ref", "8"), ("port", "3"), ("protocol", "x86_64-abi")):
+        dm.rpc("WRITE", f"{fe}/{node}", value, tx=tx)
+    switch_state(dm, f"{fe}/state", "4", tx)
+    dm.rpc("TRANSACTION_END", "T", tx=tx)
+    backend = dm.rpc("READ", f"{fe}/backend").decode()
+    dm.rpc("WATCH", f"{backend}/state", "be")
+    dm.event()  # its initial event
+    dm.rpc("READ", f"{backend}/state")  # Connected: no wait
+    for state in ("5", "6"):  # Closing, (the backend's Closing, not waited for) Closed
+        tx = int(dm.rpc("TRANSACTION_START", "").rstrip(b"\0"))
+        switch_state(dm, f"{fe}/state", state, tx)
+        dm.rpc("TRANSACTION_END", "T", tx=tx)
+        if state == "5":
+            dm.rpc("READ", f"{backend}/state")
+    dm.rpc("UNWATCH", f"{backend}/state", "be")
+
+
+def switch_state(dm: Raw, path: str, state: str, tx: int) -> None:
+    """Mini-OS's ``xenbus_switch_state`` inside ``tx``: read, then write if it differs."""
+    if dm.rpc("READ", path, tx=tx).rstrip(b"\0").decode() != state:
+        dm.rpc("WRITE", path, state, tx=tx)
+
+
 def prepare_daemon(sock: str) -> None:
-    """dom0 introduces the stubdomain and makes its device-model directory, ``running``."""
+    """dom0 introduces the stubdomain and makes its device-model directory, ``running``,
+    and its console 1 (`consfront_save`), the backend already Connected."""
     r = Raw(sock)
     r.rpc("INTRODUCE", str(STUB), "0", str(STUB + 1))
     d = dm_dir(True)
     r.rpc("WRITE", f"{d}/state", "running")
     r.rpc("SET_PERMS", d, f"n{STUB}", f"r{GUEST}")
     r.rpc("SET_PERMS", f"{d}/state", f"n{STUB}", f"r{GUEST}")
+    fe = f"/local/domain/{STUB}/{CONSOLE_FE}"
+    for path, value, owner in ((f"{CONSOLE_BE}/state", "4", 0), (f"{fe}/backend-id", "0", STUB),
+                               (f"{fe}/backend", CONSOLE_BE, STUB), (f"{fe}/state", "1", STUB)):
+        r.rpc("WRITE", path, value)
+        r.rpc("SET_PERMS", path, f"n{owner}", f"r{STUB}" if owner == 0 else "r0")
+    r.rpc("SET_PERMS", fe, f"n{STUB}")
     r.close()
 
 
@@ -376,10 +426,12 @@ def libxl_pci_ins(ts: Raw, d: str) -> None:
     ts.events.clear()  # the events of our own writes, already read past
 
 
-def floor_libxl(kind: str) -> Callable[[str, str, bool, int], list[float]]:
+def floor_libxl(kind: str, mode: str = "libxl") -> Callable[[str, str, bool, int], list[float]]:
     """``kind`` in libxl's and qemu-trad's order with bare blocking clients: every read
     they make, one request per round trip (`libxl_pci_ins`; save and continue: write
-    ``command``, then read ``state`` after each event until the result)."""
+    ``command``, then read ``state`` after each event until the result); with ``mode``
+    consfront, the device model's save also opens and closes console 1 as Mini-OS does
+    (`consfront_save`)."""
     result = dict(ANSWERS[kind])["state"]
 
     def plain(ts: Raw, d: str) -> None:
@@ -395,7 +447,7 @@ def floor_libxl(kind: str) -> Callable[[str, str, bool, int], list[float]]:
 
     def run(ts_sock: str, dm_sock: str, dm_absolute: bool, ops: int) -> list[float]:
         return timed_floor(ts_sock, dm_sock, dm_absolute, ops, kind, watched, exchange,
-                           mode="libxl")
+                           mode=mode)
 
     return run
 
@@ -575,6 +627,7 @@ SETUPS: list[tuple[str, Callable[[str, str, bool, int], list[float]], bool]] = [
     ("floor continue | dm guest", floor_plain("continue"), False),
     ("libxl order | dm guest", floor_libxl("pci-ins"), False),
     ("libxl order save | dm guest", floor_libxl("save"), False),
+    ("libxl + consfront order save | dm guest", floor_libxl("save", "consfront"), False),
     ("libxl order continue | dm guest", floor_libxl("continue"), False),
     ("channel, raw dm | dm dom0", channel_raw, True),
     ("channel, raw dm | dm guest", channel_raw, False),
@@ -673,6 +726,7 @@ def report(got: Samples, by_round: RoundMedians, daemons: list[str], args: argpa
 #: (exchange, its floor, libxl's order of it with bare clients)
 ORDERS = (("channel | agent", "floor | dm guest", "libxl order | dm guest"),
           ("save | agent", "floor save | dm guest", "libxl order save | dm guest"),
+          ("save | agent", "floor save | dm guest", "libxl + consfront order save | dm guest"),
           ("continue | agent", "floor continue | dm guest",
            "libxl order continue | dm guest"))
 
@@ -688,7 +742,7 @@ def libxl_order(got: Samples, daemons: list[str]) -> None:
           "request per round trip) over the floor, and each exchange over it; medians")
     rows = []
     for k, base, order in ORDERS:
-        row: list[object] = [k]
+        row: list[object] = [f"{k.split(' | ')[0]} / {order.split(' | ')[0]}"]
         for d in daemons:
             row += [ratio(med(got[order][d]), med(got[base][d])),
                     ratio(med(got[k][d]), med(got[order][d]))]
@@ -702,7 +756,8 @@ def libxl_order(got: Samples, daemons: list[str]) -> None:
             kind = k.split(" | ")[0]
             room = TARGET * med(got[base]["ours"]) - med(got[order]["ours"])
             cpu = sum(med(got[f"{kind} cpu {who} | agent"]["ours"]) for who in ("ts", "agent"))
-            print(f"  {kind}: room {room:.0f}, toolstack + agent CPU {cpu:.0f}")
+            left = f"room {room:.0f}" if room > 0 else "no room: the order alone is past it"
+            print(f"  {kind} / {order.split(' | ')[0]}: {left}, toolstack + agent CPU {cpu:.0f}")
         print()
 
 
