@@ -1,7 +1,10 @@
 """The bare-client orders `bench/pci_ins.py` measures against are what they say.
 
-Each replay runs in a child process (importing the bench loads the compiled core),
-against our xenstored."""
+Each replay runs in a child process (importing the bench loads the compiled core).
+
+On ours alone: what is checked is the bench's own bare client, not a daemon (the
+bench runs it on cx and ox itself; the daemons' answers to such requests are compared
+by tests/differential)."""
 
 from __future__ import annotations
 
