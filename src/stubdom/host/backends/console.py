@@ -412,7 +412,9 @@ class ConsoleDevice:
                 raw_own, raw_online, self._frontend(raw_frontend)
             )
             if write:
-                await t.write(f"{self.be}/state", own.node())
+                # The commit goes with the write, one round trip: had the write failed,
+                # the commit would carry nothing, and the write's error is raised.
+                await pipelined(t.write(f"{self.be}/state", own.node()), t.commit())
             return exit_, own, online
 
         seen = await self._glance() if glance else None
