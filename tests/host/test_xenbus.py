@@ -17,9 +17,10 @@ def run(
     online: bool = True,
     closing: bool = False,
     ready: bool = True,
+    skip_initialised: bool = False,
 ) -> list[tuple[XenbusState, XenbusState]]:
     """Let both sides react until nothing changes; the trace of (backend, frontend)."""
-    be, fe = BackendHandshake(), FrontendHandshake()
+    be, fe = BackendHandshake(), FrontendHandshake(skip_initialised=skip_initialised)
     trace = [(backend, frontend)]
     for _ in range(20):
         nb = be.next_state(backend, frontend, online, ready)
@@ -39,6 +40,14 @@ def test_connect() -> None:
     assert trace[-1] == (XenbusState.CONNECTED, XenbusState.CONNECTED)
     backends = [b for b, _ in trace]
     assert backends.index(XenbusState.INIT_WAIT) < backends.index(XenbusState.CONNECTED)
+
+
+def test_connect_as_consfront_skips_initialised() -> None:
+    trace = run(XenbusState.INITIALISING, XenbusState.INITIALISING, skip_initialised=True)
+    assert trace[-1] == (XenbusState.CONNECTED, XenbusState.CONNECTED)
+    assert XenbusState.INITIALISED not in [f for _, f in trace]
+    assert XenbusState.INITIALISED in [f for _, f in run(XenbusState.INITIALISING,
+                                                         XenbusState.INITIALISING)]
 
 
 def test_backend_waits_until_set_up() -> None:

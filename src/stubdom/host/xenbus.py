@@ -122,7 +122,14 @@ class BackendHandshake:
 
 
 class FrontendHandshake:
-    """The frontend half: what a Mini-OS or Linux frontend writes as the backend moves."""
+    """The frontend half: what a Mini-OS or Linux frontend writes as the backend moves.
+
+    ``skip_initialised``: Connected straight from Initialising once the backend waits,
+    as Mini-OS's consfront does (it then waits for the backend's Connected); other
+    frontends say Initialised first."""
+
+    def __init__(self, *, skip_initialised: bool = False) -> None:
+        self.skip_initialised = skip_initialised
 
     def next_state(
         self, own: XenbusState, backend: XenbusState, closing: bool = False
@@ -139,7 +146,7 @@ class FrontendHandshake:
             XenbusState.INIT_WAIT,
             XenbusState.CONNECTED,
         ):
-            return XenbusState.INITIALISED
+            return XenbusState.CONNECTED if self.skip_initialised else XenbusState.INITIALISED
         # A backend past Connected (pciback reconfiguring for a hot-plug that came
         # before we saw it connect) has connected too: catch up, then follow it.
         if own is XenbusState.INITIALISED and backend in (

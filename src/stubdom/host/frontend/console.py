@@ -13,9 +13,9 @@ on disk (the save stream of console 1 depends on it).
 
 Console 0's directory is read-only for the domain (libxl), so it has no frontend
 ``state``: the frontend only connects, and the backend treats the connection as the
-frontend's state.  Consoles n > 0 go from Initialising to Connected once connected to
-the socket (as Mini-OS's consfront, which skips Initialised), are open once the backend
-is Connected too, and walk `FrontendHandshake`'s Closing/Closed on close.
+frontend's state.  Consoles n > 0 walk `FrontendHandshake` as Mini-OS's consfront does:
+Connected once connected to the socket (no Initialised step), open once the backend is
+Connected too, Closing/Closed on close.
 
 `open_console` is the asyncio API; `SyncConsole` is a blocking one for plain programs
 (the stubdomain agent writes the save stream to console 1 and reads the restore
@@ -91,7 +91,7 @@ class _Attachment:
     watch: Watch | None = None
 
 
-_HANDSHAKE = FrontendHandshake()
+_HANDSHAKE = FrontendHandshake(skip_initialised=True)
 
 
 async def _read_state(client: Client | Transaction, path: str) -> XenbusState:
@@ -165,10 +165,6 @@ async def _attach(
                             return att, conn
                     else:
                         new = _HANDSHAKE.next_state(own, backend)
-                        if new is XenbusState.INITIALISED:
-                            # Mini-OS's consfront says Connected as soon as its side
-                            # is set up, and then waits for the backend's.
-                            new = XenbusState.CONNECTED
                         if new is not None and new is not XenbusState.CLOSING:
                             own = new
                             await _set_state(client, att, own)
