@@ -363,10 +363,13 @@ class ConsoleDevice:
         return XenbusState.parse(raw)
 
     def _next(
-        self, raw_own: str, raw_online: str, frontend: XenbusState
+        self, raw_own: str | None, raw_online: str | None, raw_frontend: str | None
     ) -> tuple[_Exit | None, XenbusState, bool, bool]:
-        """What one view of the nodes calls for: (exit, our state, online, whether our
-        state node must be written)."""
+        """What one view of the nodes (None: absent) calls for: (exit, our state,
+        online, whether our state node must be written)."""
+        if raw_own is None or raw_online is None:
+            return _Exit.GONE, XenbusState.UNKNOWN, False, False
+        frontend = self._frontend(raw_frontend)
         own = XenbusState.parse(raw_own)
         online = raw_online.strip() == "1"
         if own is XenbusState.INITIALISING and self._announced:
@@ -390,11 +393,7 @@ class ConsoleDevice:
         online = batch.read_text(f"{self.be}/online")
         frontend = batch.read_text(f"{self.fe}/state")
         await batch.send()
-        if own.value is None or online.value is None:
-            return None
-        exit_, state, is_online, write = self._next(
-            own.value, online.value, self._frontend(frontend.value)
-        )
+        exit_, state, is_online, write = self._next(own.value, online.value, frontend.value)
         return None if exit_ is not None or write else (state, is_online)
 
     async def _step(self, glance: bool = True) -> None:
@@ -406,11 +405,7 @@ class ConsoleDevice:
                 t.read_text(f"{self.be}/online"),
                 t.read_text(f"{self.fe}/state"),
             )
-            if raw_own is None or raw_online is None:
-                return _Exit.GONE, XenbusState.UNKNOWN, False
-            exit_, own, online, write = self._next(
-                raw_own, raw_online, self._frontend(raw_frontend)
-            )
+            exit_, own, online, write = self._next(raw_own, raw_online, raw_frontend)
             if write:
                 # The commit goes with the write, one round trip: had the write failed,
                 # the commit would carry nothing, and the write's error is raised.
