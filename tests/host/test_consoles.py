@@ -97,6 +97,19 @@ async def gone(client: Client, path: str) -> bool:
     return not await client.exists(path)
 
 
+def recorded(client: Client, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bytes]]:
+    """(op, payload) of every request ``client`` sends from now on."""
+    sent: list[tuple[int, bytes]] = []
+    roundtrips = client.roundtrips
+
+    async def counted(requests: list[tuple[int, bytes, str | None]], **kw: object) -> object:
+        sent.extend((op, payload) for op, payload, _ in requests)
+        return await roundtrips(requests, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(client, "roundtrips", counted)
+    return sent
+
+
 def perms(ps: list[object]) -> list[str]:
     return [str(p) for p in ps]
 
@@ -201,14 +214,7 @@ async def test_one_watch_and_one_write_per_state_for_an_open_and_close(
     console's whole life (open, the removal monitor, close), and each state it moves
     to written once, in the handshake's order."""
     await add_console(env.toolstack, D, 1, f"file:{env.files / 'save'}")
-    sent: list[tuple[int, bytes]] = []
-    roundtrips = env.dom.roundtrips
-
-    async def counted(requests: list[tuple[int, bytes, str | None]], **kw: object) -> object:
-        sent.extend((op, payload) for op, payload, _ in requests)
-        return await roundtrips(requests, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(env.dom, "roundtrips", counted)
+    sent = recorded(env.dom, monkeypatch)
     async with open_console(env.dom, 1) as con:
         await con.write(b"state")
     ops = [op for op, _ in sent]
@@ -229,14 +235,7 @@ async def test_the_backend_opens_a_transaction_only_to_write_its_state(
     await add_console(env.toolstack, D, 1, f"file:{env.files / 'save'}")
     be = console_backend_path(D, 1)
     await wait_state(env.toolstack, be, XenbusState.INIT_WAIT)
-    sent: list[tuple[int, bytes]] = []
-    roundtrips = env.backend.client.roundtrips
-
-    async def counted(requests: list[tuple[int, bytes, str | None]], **kw: object) -> object:
-        sent.extend((op, payload) for op, payload, _ in requests)
-        return await roundtrips(requests, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(env.backend.client, "roundtrips", counted)
+    sent = recorded(env.backend.client, monkeypatch)
     for _ in range(2):
         async with open_console(env.dom, 1) as con:
             await con.write(b"state")
