@@ -177,6 +177,10 @@ class Raw(RawConnection):
                     raise RuntimeError(f"{op} {args}: {body!r}")
                 return body
 
+    def start(self) -> int:
+        """TRANSACTION_START: the new transaction's id."""
+        return int(self.rpc("TRANSACTION_START", "").rstrip(b"\0"))
+
     def event(self) -> str:
         while not self.events:
             rop, _ = self._packet()
@@ -242,7 +246,7 @@ def consfront_save(dm: Raw, absolute: bool) -> None:
     device model do that the floor leaves out."""
     fe = f"/local/domain/{STUB}/{CONSOLE_FE}" if absolute else CONSOLE_FE
     dm.rpc("READ", f"{fe}/backend-id")
-    tx = int(dm.rpc("TRANSACTION_START", "").rstrip(b"\0"))
+    tx = dm.start()
     for node, value in (("ring-ref", "8"), ("port", "3"), ("protocol", "x86_64-abi")):
         dm.rpc("WRITE", f"{fe}/{node}", value, tx=tx)
     switch_state(dm, f"{fe}/state", "4", tx)
@@ -252,7 +256,7 @@ def consfront_save(dm: Raw, absolute: bool) -> None:
     dm.event()  # its initial event
     dm.rpc("READ", f"{backend}/state")  # Connected: no wait
     for state in ("5", "6"):  # Closing, (the backend's Closing, not waited for) Closed
-        tx = int(dm.rpc("TRANSACTION_START", "").rstrip(b"\0"))
+        tx = dm.start()
         switch_state(dm, f"{fe}/state", state, tx)
         dm.rpc("TRANSACTION_END", "T", tx=tx)
         if state == "5":
