@@ -625,6 +625,56 @@ async def test_lock_is_held_across_the_whole_exchange(env: Env) -> None:
     assert await asyncio.wait_for(task, SLOW) == 0x20
 
 
+SAVER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    from stubdom.toolstack.channel import ChannelRegistry, DeviceModelChannel
+    from stubdom.xenstore import Client
+
+    async def main():
+        sock, lock_dir = sys.argv[1:3]
+        async with await Client.connect(sock) as xs:
+            ch = DeviceModelChannel(xs, 6, 5, Path(lock_dir), timeout=30,
+                                    channels=ChannelRegistry())
+            await ch.save()
+            print("saved", flush=True)
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_a_command_after_another_toolstack_held_the_lock_reads_the_state(
+    env: Env,
+) -> None:
+    """What a channel knows of ``state`` between its commands is only as fresh as the
+    events it has read.  Another toolstack's command can leave events still on their
+    way (held back here: our connection reads nothing meanwhile); the next command
+    then must not trust what it knew, but find the other's save."""
+    fake = await env.fake()
+    ch = env.channel()
+    await ch.pci_insert(DEV_A)  # state known: running
+    reading = env.dom0._transport._transport  # type: ignore[attr-defined]
+    reading.pause_reading()
+    saver = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", SAVER, env.socket, str(env.lock_dir), cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert saver.stdout is not None
+        assert await asyncio.wait_for(saver.stdout.readline(), 60) == b"saved\n"
+        reading.resume_reading()  # the events come in with the next turn of the loop
+        with pytest.raises(DeviceModelError, match="paused by a save; resume it first"):
+            await ch.pci_insert(DEV_B)
+        assert fake.commands == ["pci-ins", "save"]
+    finally:
+        reading.resume_reading()
+        saver.kill()
+        await saver.wait()
+
+
 # -- the fake as a separate program (Mini-OS style) ---------------------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,6 +72,30 @@ async def test_a_guest_lock_cancelled_waiting_for_the_flock_holds_neither_lock(
     async with GuestLock(path, mine):
         assert mine.locked() and not flock_free(path)
     assert not mine.locked() and flock_free(path)
+
+
+async def test_each_hold_finds_the_stamp_the_one_before_left(lock_dir: Path) -> None:
+    path = lock_path(lock_dir, 5)
+    mine = asyncio.Lock()
+    first, second = GuestLock(path, mine), GuestLock(path, mine)
+    assert first.stamp != second.stamp  # no two holds leave the same
+    async with first:
+        assert first.previous == b""  # a new lock file
+        assert path.read_bytes() == first.stamp
+    async with second:
+        assert second.previous == first.stamp
+    assert path.read_bytes() == second.stamp
+
+
+async def test_a_lock_file_that_cannot_be_stamped_fails_the_hold(lock_dir: Path) -> None:
+    path = lock_path(lock_dir, 5)
+    lock_dir.mkdir()
+    os.mkfifo(path)  # opens read-write, but takes no pread
+    mine = asyncio.Lock()
+    with pytest.raises(OSError, match="cannot stamp the lock file"):
+        async with GuestLock(path, mine):
+            raise AssertionError("held a lock it could not stamp")
+    assert not mine.locked()
 
 
 def test_a_held_marker_is_a_save_in_progress_of_its_stubdomain_only(

@@ -94,6 +94,8 @@ class ChannelWatches:
     alive_as_of: int | None = None
     #: The last value of ``state`` we read or wrote, and the `Reply.seq` of that reply.
     state_seen: tuple[str | None, int] | None = None
+    #: The stamp our last hold of the guest's lock left in it (`GuestLock.stamp`).
+    stamp: bytes = b""
 
     @property
     def releases(self) -> int:
@@ -101,6 +103,16 @@ class ChannelWatches:
 
     def saw_state(self, value: str | None, seq: int) -> None:
         self.state_seen = (value, seq)
+
+    def held_under(self, lock: GuestLock) -> None:
+        """Now under ``lock``: if another hold came between our last one and this,
+        forget what we knew of ``state``.  That holder's changes fired events at us,
+        but they may still be on their way (unread, or not even sent yet): only a
+        read shows what it left."""
+        if self.stamp != lock.stamp:
+            if lock.previous != self.stamp:
+                self.state_seen = None
+            self.stamp = lock.stamp
 
     def known_state(self, path: str) -> str | None:
         """``state`` (at ``path``) as last read or written, if no event on it came
@@ -236,6 +248,8 @@ class DeviceModelChannel:
         #: on every command, and a `Path` hashes in Python.
         self._lock_file = str(self.lock_path)
         self._watches_key: ChannelKey = (client, stubdom, guest, self._lock_file)
+        #: The hold of the guest's lock the current command runs under.
+        self._held = GuestLock(self._lock_file, self.channels.lock(self._lock_file))
 
     # -- public operations ------------------------------------------------------------
 
@@ -406,7 +420,8 @@ class DeviceModelChannel:
 
     def locked(self) -> GuestLock:
         """The guest's lock: in-process, then the ``flock`` other processes see."""
-        return GuestLock(self._lock_file, self.channels.lock(self._lock_file))
+        held = self._held = GuestLock(self._lock_file, self.channels.lock(self._lock_file))
+        return held
 
     # -- steps ---------------------------------------------------------------------------
 
@@ -606,8 +621,10 @@ class DeviceModelChannel:
         raise error from None
 
     async def _watches(self) -> ChannelWatches:
-        """This channel's kept watches (the lock is held)."""
-        return await self.channels.watches(self._watches_key, self._watched)
+        """This channel's kept watches (the lock is held: `ChannelWatches.held_under`)."""
+        w = await self.channels.watches(self._watches_key, self._watched)
+        w.held_under(self._held)
+        return w
 
     async def _alive(self, w: ChannelWatches, fresh: bool = False) -> bool:
         """`_stub_alive`, asked only if @releaseDomain fired since the stubdomain was

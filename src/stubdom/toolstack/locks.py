@@ -2,9 +2,11 @@
 
 ``<lock_dir>/dm-<G>.lock`` is flocked around each command to guest G's device model:
 libxl takes no lock, and two commands written close together merge into one
-([ts.serialised]).  ``<lock_dir>/dm-<G>.saved`` marks a save in progress: it names the
-stubdomain and stays flocked while the process that saved lives, so a marker nobody
-holds is a dead toolstack's, not a reason to refuse a command.
+([ts.serialised]).  Each hold also leaves a stamp in it, so the next holder knows whether
+the hold before its own was its own (`GuestLock.previous`).  ``<lock_dir>/dm-<G>.saved``
+marks a save in progress: it names the stubdomain and stays flocked while the process
+that saved lives, so a marker nobody holds is a dead toolstack's, not a reason to refuse
+a command.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import itertools
 import logging
 import os
 from pathlib import Path
@@ -21,6 +24,15 @@ log = logging.getLogger(__name__)
 
 #: How often a process waiting for another process's flock retries (local lock only).
 LOCK_POLL = 0.02
+
+#: Numbers this process's holds of any guest lock.
+_holds = itertools.count(1)
+
+
+def new_stamp() -> bytes:
+    """A stamp no other hold leaves: our pid and this hold's number, fixed width (it
+    is written over the last one, with no truncate)."""
+    return b"%10d %20d\n" % (os.getpid(), next(_holds))
 
 
 def lock_path(lock_dir: Path, guest: int) -> Path:
@@ -47,16 +59,25 @@ class GuestLock:
     (created if missing) that other processes see.  The flock is polled with LOCK_NB:
     waiting for it never blocks the event loop, and a cancelled wait holds nothing.
 
+    Once held, the lock file's stamp is read into ``previous`` and ``stamp`` written
+    over it, before anything is done under the lock: a stamp that cannot be written
+    fails the hold.  So whoever finds the stamp it left knows that no one held the lock
+    since.
+
     An async context manager written out, not an async generator: every command takes
     it, and an async generator also costs its loop's bookkeeping on each use.  A flock
     nobody holds is taken without a coroutine of its own."""
 
-    __slots__ = ("_fd", "lock", "path")
+    __slots__ = ("_fd", "lock", "path", "previous", "stamp")
 
     def __init__(self, path: str | Path, lock: asyncio.Lock) -> None:
         self.path = os.fspath(path)
         self.lock = lock
         self._fd = -1
+        #: The stamp the hold before this one left (empty: none).
+        self.previous = b""
+        #: The stamp this hold leaves.
+        self.stamp = new_stamp()
 
     async def __aenter__(self) -> None:
         await self.lock.acquire()
@@ -65,6 +86,7 @@ class GuestLock:
             try:
                 if not _try_flock(fd):
                     await _wait_for_flock(fd, self.path)
+                self._restamp(fd)
             except BaseException:
                 os.close(fd)
                 raise
@@ -72,6 +94,13 @@ class GuestLock:
         except BaseException:
             self.lock.release()
             raise
+
+    def _restamp(self, fd: int) -> None:
+        try:
+            self.previous = os.pread(fd, 64, 0)
+            os.pwrite(fd, self.stamp, 0)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot stamp the lock file: {e.strerror}", self.path) from e
 
     async def __aexit__(self, *exc: object) -> None:
         fd, self._fd = self._fd, -1
