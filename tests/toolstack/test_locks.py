@@ -15,6 +15,7 @@ from stubdom.toolstack.locks import (
     GuestLock,
     SaveMarker,
     lock_path,
+    new_stamp,
     save_marker_path,
 )
 from tests.support.flock import flock_free
@@ -74,17 +75,19 @@ async def test_a_guest_lock_cancelled_waiting_for_the_flock_holds_neither_lock(
     assert not mine.locked() and flock_free(path)
 
 
-async def test_each_hold_finds_the_stamp_the_one_before_left(lock_dir: Path) -> None:
+async def test_each_hold_finds_the_stamp_of_the_last_holder(lock_dir: Path) -> None:
     path = lock_path(lock_dir, 5)
     mine = asyncio.Lock()
-    first, second = GuestLock(path, mine), GuestLock(path, mine)
-    assert first.stamp != second.stamp  # no two holds leave the same
-    async with first:
-        assert first.previous == b""  # a new lock file
-        assert path.read_bytes() == first.stamp
-    async with second:
-        assert second.previous == first.stamp
-    assert path.read_bytes() == second.stamp
+    x, y = new_stamp(), new_stamp()
+    assert x != y and len(x) == len(y)  # fixed width: written over, never truncated
+    found = []
+    for holder in (x, x, y, x):
+        held = GuestLock(path, mine, holder)
+        async with held:
+            assert path.read_bytes() == holder
+        found.append(held.previous)
+    assert found == [b"", x, x, y]  # b"": a new lock file
+    assert GuestLock(path, mine).stamp not in (x, y)  # no stamp given: a fresh one
 
 
 async def test_a_lock_file_that_cannot_be_stamped_fails_the_hold(lock_dir: Path) -> None:

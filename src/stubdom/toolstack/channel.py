@@ -70,7 +70,13 @@ from stubdom.toolstack.exchange import (
     insert_answer,
     names_function,
 )
-from stubdom.toolstack.locks import GuestLock, SaveMarker, lock_path, save_marker_path
+from stubdom.toolstack.locks import (
+    GuestLock,
+    SaveMarker,
+    lock_path,
+    new_stamp,
+    save_marker_path,
+)
 from stubdom.xenstore import Client, Transaction, WaitTimeout, WatchGroup
 from stubdom.xenstore.pipeline import Batch, pipelined
 
@@ -94,8 +100,8 @@ class ChannelWatches:
     alive_as_of: int | None = None
     #: The last value of ``state`` we read or wrote, and the `Reply.seq` of that reply.
     state_seen: tuple[str | None, int] | None = None
-    #: The stamp our last hold of the guest's lock left in it (`GuestLock.stamp`).
-    stamp: bytes = b""
+    #: The hold of the guest's lock we last looked at these under (`held_under`).
+    hold: GuestLock | None = None
 
     @property
     def releases(self) -> int:
@@ -105,14 +111,14 @@ class ChannelWatches:
         self.state_seen = (value, seq)
 
     def held_under(self, lock: GuestLock) -> None:
-        """Now under ``lock``: if another hold came between our last one and this,
-        forget what we knew of ``state``.  That holder's changes fired events at us,
-        but they may still be on their way (unread, or not even sent yet): only a
+        """Now under ``lock``: if another holder came between our last hold and this
+        one, forget what we knew of ``state``.  That holder's changes fired events at
+        us, but they may still be on their way (unread, or not even sent yet): only a
         read shows what it left."""
-        if self.stamp != lock.stamp:
-            if lock.previous != self.stamp:
+        if self.hold is not lock:
+            self.hold = lock
+            if lock.previous != lock.stamp:
                 self.state_seen = None
-            self.stamp = lock.stamp
 
     def known_state(self, path: str) -> str | None:
         """``state`` (at ``path``) as last read or written, if no event on it came
@@ -140,11 +146,20 @@ class ChannelRegistry:
     def __init__(self) -> None:
         self._locks: dict[str, asyncio.Lock] = {}
         self._kept: dict[ChannelKey, ChannelWatches] = {}
+        self._stamps: dict[ChannelKey, bytes] = {}
 
     @property
     def kept(self) -> Mapping[ChannelKey, ChannelWatches]:
         """The watches kept now."""
         return MappingProxyType(self._kept)
+
+    def stamp(self, key: ChannelKey) -> bytes:
+        """The name the channel ``key`` holds guest locks under (`GuestLock.stamp`):
+        one per channel key, as what it knows of ``state`` is kept per key."""
+        stamp = self._stamps.get(key)
+        if stamp is None:
+            stamp = self._stamps[key] = new_stamp()
+        return stamp
 
     def lock(self, path: str) -> asyncio.Lock:
         """The in-process lock that goes with the flock on ``path``."""
@@ -172,6 +187,8 @@ class ChannelRegistry:
     async def forget(self, guest: int) -> None:
         """Remove the watches kept for ``guest``: its domains are going, and no later
         command would find them dead and remove them."""
+        for key in [k for k in self._stamps if k[2] == guest]:
+            del self._stamps[key]
         for key in [k for k in self._kept if k[2] == guest]:
             await self._kept.pop(key).group.stop()
 
@@ -248,7 +265,8 @@ class DeviceModelChannel:
         #: on every command, and a `Path` hashes in Python.
         self._lock_file = str(self.lock_path)
         self._watches_key: ChannelKey = (client, stubdom, guest, self._lock_file)
-        #: The hold of the guest's lock the current command runs under.
+        #: The hold of the guest's lock the current command runs under (this one, never
+        #: taken, until the first).
         self._held = GuestLock(self._lock_file, self.channels.lock(self._lock_file))
 
     # -- public operations ------------------------------------------------------------
@@ -420,7 +438,10 @@ class DeviceModelChannel:
 
     def locked(self) -> GuestLock:
         """The guest's lock: in-process, then the ``flock`` other processes see."""
-        held = self._held = GuestLock(self._lock_file, self.channels.lock(self._lock_file))
+        held = self._held = GuestLock(
+            self._lock_file, self.channels.lock(self._lock_file),
+            self.channels.stamp(self._watches_key),
+        )
         return held
 
     # -- steps ---------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 ``<lock_dir>/dm-<G>.lock`` is flocked around each command to guest G's device model:
 libxl takes no lock, and two commands written close together merge into one
-([ts.serialised]).  Each hold also leaves a stamp in it, so the next holder knows whether
-the hold before its own was its own (`GuestLock.previous`).  ``<lock_dir>/dm-<G>.saved``
+([ts.serialised]).  The lock file also names its last holder (`GuestLock.stamp`), so a
+holder knows whether anyone else held it since.  ``<lock_dir>/dm-<G>.saved``
 marks a save in progress: it names the stubdomain and stays flocked while the process
 that saved lives, so a marker nobody holds is a dead toolstack's, not a reason to refuse
 a command.
@@ -25,14 +25,8 @@ log = logging.getLogger(__name__)
 #: How often a process waiting for another process's flock retries (local lock only).
 LOCK_POLL = 0.02
 
-#: Numbers this process's holds of any guest lock.
-_holds = itertools.count(1)
-
-
-def new_stamp() -> bytes:
-    """A stamp no other hold leaves: our pid and this hold's number, fixed width (it
-    is written over the last one, with no truncate)."""
-    return b"%10d %20d\n" % (os.getpid(), next(_holds))
+#: Numbers the holders this process names (`new_stamp`).
+_holders = itertools.count(1)
 
 
 def lock_path(lock_dir: Path, guest: int) -> Path:
@@ -41,6 +35,12 @@ def lock_path(lock_dir: Path, guest: int) -> Path:
 
 def save_marker_path(lock_dir: Path, guest: int) -> Path:
     return lock_dir / f"dm-{guest}.saved"
+
+
+def new_stamp() -> bytes:
+    """A name for a holder of guest locks that no other holder has: our pid and a
+    number, fixed width (it is written over the last one, with no truncate)."""
+    return b"%10d %20d\n" % (os.getpid(), next(_holders))
 
 
 def _open_lock_file(path: str) -> int:
@@ -59,10 +59,11 @@ class GuestLock:
     (created if missing) that other processes see.  The flock is polled with LOCK_NB:
     waiting for it never blocks the event loop, and a cancelled wait holds nothing.
 
-    Once held, the lock file's stamp is read into ``previous`` and ``stamp`` written
-    over it, before anything is done under the lock: a stamp that cannot be written
-    fails the hold.  So whoever finds the stamp it left knows that no one held the lock
-    since.
+    ``stamp`` names the holder.  Once held, the lock file's stamp is read into
+    ``previous``, and ours written over it unless it is ours already, before anything
+    is done under the lock (a stamp that cannot be written fails the hold).  So a
+    holder that finds its own stamp knows no one else held the lock since its last
+    hold; a holder's consecutive holds write nothing.
 
     An async context manager written out, not an async generator: every command takes
     it, and an async generator also costs its loop's bookkeeping on each use.  A flock
@@ -70,14 +71,14 @@ class GuestLock:
 
     __slots__ = ("_fd", "lock", "path", "previous", "stamp")
 
-    def __init__(self, path: str | Path, lock: asyncio.Lock) -> None:
+    def __init__(self, path: str | Path, lock: asyncio.Lock, stamp: bytes | None = None) -> None:
         self.path = os.fspath(path)
         self.lock = lock
         self._fd = -1
-        #: The stamp the hold before this one left (empty: none).
+        #: The stamp the last holder left (empty: none).
         self.previous = b""
-        #: The stamp this hold leaves.
-        self.stamp = new_stamp()
+        #: Our holder's (a fresh one if not given).
+        self.stamp = new_stamp() if stamp is None else stamp
 
     async def __aenter__(self) -> None:
         await self.lock.acquire()
@@ -98,7 +99,8 @@ class GuestLock:
     def _restamp(self, fd: int) -> None:
         try:
             self.previous = os.pread(fd, 64, 0)
-            os.pwrite(fd, self.stamp, 0)
+            if self.previous != self.stamp:
+                os.pwrite(fd, self.stamp, 0)
         except OSError as e:
             raise OSError(e.errno, f"cannot stamp the lock file: {e.strerror}", self.path) from e
 
