@@ -4,6 +4,7 @@ watches standing in for a read only while no event says it changed."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from stubdom.protocol import (
 )
 from stubdom.toolstack.channel import ChannelRegistry, DeviceModelChannel
 from stubdom.toolstack.exchange import InsertOutcome, PciInsertError
+from stubdom.toolstack.locks import GuestLock
 from stubdom.wire.constants import Op
 from stubdom.wire.paths import domain_path
 from stubdom.xenstore import Client, XenStoreError
@@ -111,6 +113,24 @@ async def test_a_state_changed_by_someone_else_is_read_again(setup: Setup) -> No
     await setup.chan.pci_insert(DEV_B)
     assert setup.sent[0] == [("READ", STATE)]
     assert await setup.dom0.read(STATE) == b"running"
+
+
+async def test_a_hold_of_the_lock_by_another_holder_makes_the_state_read_again(
+    setup: Setup,
+) -> None:
+    """Another holder of the guest's lock in between (another toolstack process: its
+    own stamp, and no write of ours to compare events against): the state is read
+    before the command, even with no event seen.  The next command, after our own
+    hold, knows it again."""
+    await setup.chan.pci_insert(DEV_A)
+    async with GuestLock(setup.chan.lock_path, asyncio.Lock()):  # a stamp of its own
+        pass
+    setup.sent.clear()
+    await setup.chan.pci_insert(DEV_B)
+    assert setup.sent[0] == [("READ", STATE)]
+    setup.sent.clear()
+    await setup.chan.pci_insert(parse_bdf("0000:05:00.0"))
+    assert setup.sent[0] == [("WRITE", LAST), ("WRITE", PARAM)]
 
 
 async def test_save_and_continue_know_the_state_from_the_last_look(setup: Setup) -> None:
