@@ -40,7 +40,6 @@ from stubdom.xenstore import (
     RECONNECT,
     Client,
     ConnectionClosed,
-    NoEntry,
     Transaction,
     Watch,
     XenStoreError,
@@ -92,13 +91,6 @@ class _Attachment:
 
 
 _HANDSHAKE = FrontendHandshake(skip_initialised=True)
-
-
-async def _read_state(client: Client | Transaction, path: str) -> XenbusState:
-    try:
-        return XenbusState.parse(await client.read(path))
-    except NoEntry:
-        return XenbusState.UNKNOWN
 
 
 async def _set_state(client: Client, att: _Attachment, state: XenbusState) -> bool:
@@ -245,7 +237,7 @@ async def _close_handshake(
                 ):
                     return
                 await w.get()
-                backend = await _read_state(client, f"{att.be}/state")
+                backend = XenbusState.parse(await client.read_optional(f"{att.be}/state"))
     except TimeoutError:
         log.warning("console %d: backend did not close within %g s", att.n, timeout or 0)
     except XenStoreError as err:
