@@ -80,12 +80,10 @@ async def test_each_hold_finds_the_stamp_of_the_last_holder(lock_dir: Path) -> N
     mine = asyncio.Lock()
     x, y = new_stamp(), new_stamp()
     assert x != y and len(x) == len(y)  # fixed width: written over, never truncated
-    found = []
+    found: list[bytes] = []  # by `taken`, once per hold
     for holder in (x, x, y, x):
-        held = GuestLock(path, mine, holder)
-        async with held:
+        async with GuestLock(path, mine, holder, lambda lock: found.append(lock.previous)):
             assert path.read_bytes() == holder
-        found.append(held.previous)
     assert found == [b"", x, x, y]  # b"": a new lock file
     assert GuestLock(path, mine).stamp not in (x, y)  # no stamp given: a fresh one
 

@@ -32,6 +32,7 @@ waits on its watches (`stubdom.xenstore.WatchGroup.changed_after`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -100,8 +101,6 @@ class ChannelWatches:
     alive_as_of: int | None = None
     #: The last value of ``state`` we read or wrote, and the `Reply.seq` of that reply.
     state_seen: tuple[str | None, int] | None = None
-    #: The hold of the guest's lock we last looked at these under (`held_under`).
-    hold: GuestLock | None = None
 
     @property
     def releases(self) -> int:
@@ -109,16 +108,6 @@ class ChannelWatches:
 
     def saw_state(self, value: str | None, seq: int) -> None:
         self.state_seen = (value, seq)
-
-    def held_under(self, lock: GuestLock) -> None:
-        """Now under ``lock``: if another holder came between our last hold and this
-        one, forget what we knew of ``state``.  That holder's changes fired events at
-        us, but they may still be on their way (unread, or not even sent yet): only a
-        read shows what it left."""
-        if self.hold is not lock:
-            self.hold = lock
-            if lock.previous != lock.stamp:
-                self.state_seen = None
 
     def known_state(self, path: str) -> str | None:
         """``state`` (at ``path``) as last read or written, if no event on it came
@@ -153,13 +142,23 @@ class ChannelRegistry:
         """The watches kept now."""
         return MappingProxyType(self._kept)
 
-    def stamp(self, key: ChannelKey) -> bytes:
-        """The name the channel ``key`` holds guest locks under (`GuestLock.stamp`):
-        one per channel key, as what it knows of ``state`` is kept per key."""
+    def hold(self, key: ChannelKey) -> GuestLock:
+        """The guest's lock for one command of the channel ``key``, under the key's own
+        stamp (`GuestLock.stamp`: one per key, as what it knows of ``state`` is kept per
+        key).  If another holder came between the key's last hold and this one, what
+        its kept watches knew of ``state`` is forgotten once the lock is taken: that
+        holder's changes fired events at us, but they may still be on their way
+        (unread, or not even sent yet), and only a read shows what it left."""
         stamp = self._stamps.get(key)
         if stamp is None:
             stamp = self._stamps[key] = new_stamp()
-        return stamp
+        path = key[3]
+        return GuestLock(path, self.lock(path), stamp, functools.partial(self._taken, key))
+
+    def _taken(self, key: ChannelKey, lock: GuestLock) -> None:
+        kept = self._kept.get(key)
+        if kept is not None and lock.previous != lock.stamp:
+            kept.state_seen = None
 
     def lock(self, path: str) -> asyncio.Lock:
         """The in-process lock that goes with the flock on ``path``."""
@@ -265,9 +264,6 @@ class DeviceModelChannel:
         #: on every command, and a `Path` hashes in Python.
         self._lock_file = str(self.lock_path)
         self._watches_key: ChannelKey = (client, stubdom, guest, self._lock_file)
-        #: The hold of the guest's lock the current command runs under (this one, never
-        #: taken, until the first).
-        self._held = GuestLock(self._lock_file, self.channels.lock(self._lock_file))
 
     # -- public operations ------------------------------------------------------------
 
@@ -438,11 +434,7 @@ class DeviceModelChannel:
 
     def locked(self) -> GuestLock:
         """The guest's lock: in-process, then the ``flock`` other processes see."""
-        held = self._held = GuestLock(
-            self._lock_file, self.channels.lock(self._lock_file),
-            self.channels.stamp(self._watches_key),
-        )
-        return held
+        return self.channels.hold(self._watches_key)
 
     # -- steps ---------------------------------------------------------------------------
 
@@ -642,10 +634,8 @@ class DeviceModelChannel:
         raise error from None
 
     async def _watches(self) -> ChannelWatches:
-        """This channel's kept watches (the lock is held: `ChannelWatches.held_under`)."""
-        w = await self.channels.watches(self._watches_key, self._watched)
-        w.held_under(self._held)
-        return w
+        """This channel's kept watches (the lock is held)."""
+        return await self.channels.watches(self._watches_key, self._watched)
 
     async def _alive(self, w: ChannelWatches, fresh: bool = False) -> bool:
         """`_stub_alive`, asked only if @releaseDomain fired since the stubdomain was

@@ -17,6 +17,7 @@ import fcntl
 import itertools
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -63,18 +64,26 @@ class GuestLock:
     ``previous``, and ours written over it unless it is ours already, before anything
     is done under the lock (a stamp that cannot be written fails the hold).  So a
     holder that finds its own stamp knows no one else held the lock since its last
-    hold; a holder's consecutive holds write nothing.
+    hold; a holder's consecutive holds write nothing.  ``taken`` is called then, once
+    per hold, with the lock.
 
     An async context manager written out, not an async generator: every command takes
     it, and an async generator also costs its loop's bookkeeping on each use.  A flock
     nobody holds is taken without a coroutine of its own."""
 
-    __slots__ = ("_fd", "lock", "path", "previous", "stamp")
+    __slots__ = ("_fd", "_taken", "lock", "path", "previous", "stamp")
 
-    def __init__(self, path: str | Path, lock: asyncio.Lock, stamp: bytes | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        lock: asyncio.Lock,
+        stamp: bytes | None = None,
+        taken: Callable[[GuestLock], None] | None = None,
+    ) -> None:
         self.path = os.fspath(path)
         self.lock = lock
         self._fd = -1
+        self._taken = taken
         #: The stamp the last holder left (empty: none).
         self.previous = b""
         #: Our holder's (a fresh one if not given).
@@ -88,6 +97,8 @@ class GuestLock:
                 if not _try_flock(fd):
                     await _wait_for_flock(fd, self.path)
                 self._restamp(fd)
+                if self._taken is not None:
+                    self._taken(self)
             except BaseException:
                 os.close(fd)
                 raise
