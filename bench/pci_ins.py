@@ -27,7 +27,10 @@ libxl's order pay on the same daemon.  ``libxl + consfront order save`` adds wha
 protocol's save makes a Mini-OS device model do between the rm and ``paused``: open
 console 1 for the state and close it again, Mini-OS's consfront requests one per round
 trip, with a backend that costs nothing (`consfront_save`): a lower bound of the save's
-order, which the floor leaves out.  Against them:
+order, which the floor leaves out.  ``our order``: the requests our own toolstack and
+agent make for pci-ins and continue, batched as they batch them, with bare clients
+(`bare_order`): blocking ones, and bare asyncio ones on the event loop our processes
+run (``asyncio``), the floor of any asyncio program in our order.  Against them:
 
 - ``channel``: `DeviceModelChannel.pci_insert` (toolstack/channel.py) with the real
   ``stubdom-dm`` agent (sim backend) on a real ``stubdom host``: the whole exchange, the
@@ -77,8 +80,8 @@ every exchange of every round (p25..p75; min..max under 8 samples, as the CLI's 
 channel and pci-attach (agent) as a multiple of the floor on the same daemon (``dm
 guest``), with the spread of that ratio round by round (each round's median over the
 same round's floor) and the target for ours, with how many rounds were under it; then
-libxl's order over the floor and each exchange over libxl's order, and the room the
-target leaves above libxl's order (2x the floor minus it) beside the CPU our toolstack
+each order (libxl's, ours) over the floor and each exchange over the order, and the room
+the target leaves above each order (2x the floor minus it) beside the CPU our toolstack
 and agent spend; then the CPU of each exchange in every process it runs through: the
 toolstack (this process, ``time.process_time``), the agent and the host daemon (their
 scheduler run time), the three sharing CPU 0, and xenstored on CPU 1, with their sum
@@ -113,6 +116,7 @@ from stubdom import compiled  # noqa: E402
 #: channel's synchronous modules, when ``make venv`` built it (the agent loads it too).
 COMPILED = compiled.install()
 
+from bench import bare_order  # noqa: E402
 from bench.cpustat import sched_ns  # noqa: E402
 from bench.hostkit import (  # noqa: E402
     CLIENT_CPU,
@@ -177,6 +181,19 @@ class Raw(RawConnection):
                     raise RuntimeError(f"{op} {args}: {body!r}")
                 return body
 
+    def sendall(self, data: bytes) -> None:
+        """Requests packed already (a batch), sent at once."""
+        self.s.sendall(data)
+
+    def replies(self, n: int) -> list[tuple[int, bytes]]:
+        """The next ``n`` replies (the events among them are kept)."""
+        out = []
+        while len(out) < n:
+            rop, body = self._packet()
+            if rop != OPS["EVENT"]:
+                out.append((rop, body))
+        return out
+
     def start(self) -> int:
         """TRANSACTION_START: the new transaction's id."""
         return int(self.rpc("TRANSACTION_START", "").rstrip(b"\0"))
@@ -209,12 +226,19 @@ ANSWERS = {
 def dm_helper(sock: str, mode: str, absolute: bool, kind: str = "pci-ins") -> None:
     """Answer every ``kind`` command for ever: ``floor`` uses the events alone, ``answer``
     reads the command first as a real device model must (the channel's own reads and
-    restores fire events we cannot count on)."""
+    restores fire events we cannot count on); ``libxl`` and ``consfront`` in qemu-trad's
+    order, ``ours`` and ``ours-aio`` in our agent's (`bare_order`)."""
     d = dm_dir(absolute)
+    if mode == "ours-aio":
+        run_loop(bare_order.dm_asyncio(sock, OPS, d, ANSWERS[kind],
+                                       lambda: print("ready", flush=True)))
+        return
     dm = Raw(sock)
     dm.rpc("WATCH", f"{d}/command", "dc")
     dm.event()  # the initial event
     print("ready", flush=True)
+    if mode == "ours":
+        bare_order.dm_blocking(dm, OPS, d, ANSWERS[kind])
     while True:
         dm.event()
         if mode in ("answer", "libxl", "consfront"):
@@ -456,6 +480,28 @@ def floor_libxl(kind: str, mode: str = "libxl") -> Callable[[str, str, bool, int
     return run
 
 
+def floor_ours(kind: str, aio: bool) -> Callable[[str, str, bool, int], list[float]]:
+    """``kind`` in our toolstack's and agent's order with bare clients (`bare_order`):
+    blocking, or asyncio (``aio``) on both sides."""
+    result = dict(ANSWERS[kind])["state"]
+
+    def blocking(ts_sock: str, dm_sock: str, dm_absolute: bool, ops: int) -> list[float]:
+        exchange = bare_order.exchange_blocking(OPS, kind, PARAM, result)
+        return timed_floor(ts_sock, dm_sock, dm_absolute, ops, kind, ["state", "parameter"],
+                           exchange, mode="ours")
+
+    def asyncio_(ts_sock: str, dm_sock: str, dm_absolute: bool, ops: int) -> list[float]:
+        helper = start_helper(dm_sock, "ours-aio", dm_absolute, kind)
+        try:
+            return run_loop(bare_order.timed_asyncio(ts_sock, OPS, dm_dir(True), kind, PARAM,
+                                                     result, ops, ops // 10))
+        finally:
+            helper.kill()
+            helper.wait()
+
+    return asyncio_ if aio else blocking
+
+
 async def channel_loop(client: Client, lock_dir: Path, ops: int) -> list[float]:
     """µs per `DeviceModelChannel.pci_insert` (the raw device model takes any function)."""
     chan = DeviceModelChannel(client, STUB, GUEST, lock_dir, channels=ChannelRegistry())
@@ -633,6 +679,10 @@ SETUPS: list[tuple[str, Callable[[str, str, bool, int], list[float]], bool]] = [
     ("libxl order save | dm guest", floor_libxl("save"), False),
     ("libxl + consfront order save | dm guest", floor_libxl("save", "consfront"), False),
     ("libxl order continue | dm guest", floor_libxl("continue"), False),
+    ("our order | dm guest", floor_ours("pci-ins", aio=False), False),
+    ("our order, asyncio | dm guest", floor_ours("pci-ins", aio=True), False),
+    ("our order continue | dm guest", floor_ours("continue", aio=False), False),
+    ("our order continue, asyncio | dm guest", floor_ours("continue", aio=True), False),
     ("channel, raw dm | dm dom0", channel_raw, True),
     ("channel, raw dm | dm guest", channel_raw, False),
 ]
@@ -732,7 +782,12 @@ ORDERS = (("channel | agent", "floor | dm guest", "libxl order | dm guest"),
           ("save | agent", "floor save | dm guest", "libxl order save | dm guest"),
           ("save | agent", "floor save | dm guest", "libxl + consfront order save | dm guest"),
           ("continue | agent", "floor continue | dm guest",
-           "libxl order continue | dm guest"))
+           "libxl order continue | dm guest"),
+          ("channel | agent", "floor | dm guest", "our order | dm guest"),
+          ("channel | agent", "floor | dm guest", "our order, asyncio | dm guest"),
+          ("continue | agent", "floor continue | dm guest", "our order continue | dm guest"),
+          ("continue | agent", "floor continue | dm guest",
+           "our order continue, asyncio | dm guest"))
 
 
 #: The processes whose CPU each exchange records (`Timed`), and their column names.
@@ -740,10 +795,12 @@ CPU_OF = {"ts": "toolstack", "agent": "agent", "hostd": "host daemon", "xs": "xe
 
 
 def libxl_order(got: Samples, daemons: list[str]) -> None:
-    """The arithmetic of issue #16 part 3: what libxl's and qemu-trad's order costs
-    bare clients, over the floor, and our exchange over that."""
-    print("libxl's order with bare clients (every read libxl and qemu-trad make, one "
-          "request per round trip) over the floor, and each exchange over it; medians")
+    """The arithmetic of issue #16 part 3: what libxl's and qemu-trad's order, and our
+    own (`bare_order`), cost bare clients, over the floor, and our exchange over that."""
+    print("each order with bare clients over the floor, and each exchange over it; medians. "
+          "libxl order: every read libxl and qemu-trad make, one request per round trip; "
+          "our order: our toolstack's and agent's requests, batched as they batch them, "
+          "with blocking clients or (asyncio) the bare asyncio clients of our event loop")
     rows = []
     for k, base, order in ORDERS:
         row: list[object] = [f"{k.split(' | ')[0]} / {order.split(' | ')[0]}"]
@@ -754,7 +811,7 @@ def libxl_order(got: Samples, daemons: list[str]) -> None:
     table(["exchange", *(f"{d} {c}" for d in daemons for c in ("order/floor", "x order"))],
           rows)
     if "ours" in daemons:
-        print(f"the room {TARGET:g}x the floor leaves above libxl's order with bare clients, "
+        print(f"the room {TARGET:g}x the floor leaves above each order with bare clients, "
               "against the CPU our toolstack and agent spend on the exchange (ours, µs):")
         for k, base, order in ORDERS:
             kind = k.split(" | ")[0]
