@@ -8,6 +8,7 @@ by tests/differential)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemons import Daemon, start_ours
+from tests.support.daemons import Daemon, short_tmpdir, start_ours
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,3 +59,61 @@ def test_consfront_save_opens_and_closes_console_1_as_mini_os(
                ("state", "ring-ref", "port", "protocol")])
     """)
     assert out.splitlines() == ["['6', '8', '3', 'x86_64-abi']"]
+
+
+#: Our order (`bench/bare_order.py`), per exchange, as our channel and agent send it
+#: (tests/toolstack/test_channel_order.py; `Agent._take_command`): the toolstack's
+#: requests, then the device model's.
+DM = "/local/domain/2/device-model/1"
+OUR_ORDER = {
+    "pci-ins": (
+        [("WRITE", "/libxl/1/dm-last-sent"), ("WRITE", f"{DM}/parameter"),
+         ("WRITE", f"{DM}/command"), ("READ", f"{DM}/state"), ("READ", f"{DM}/parameter"),
+         ("WRITE", f"{DM}/state")],
+        [("READ", "device-model/1/command"), ("RM", "device-model/1/command"),
+         ("READ", "device-model/1/parameter"), ("WRITE", "device-model/1/parameter"),
+         ("WRITE", "device-model/1/state")],
+    ),
+    "continue": (
+        [("WRITE", f"{DM}/command"), ("READ", f"{DM}/state"), ("READ", f"{DM}/parameter")],
+        [("READ", "device-model/1/command"), ("RM", "device-model/1/command"),
+         ("READ", "device-model/1/parameter"), ("WRITE", "device-model/1/state")],
+    ),
+}
+
+
+def requests_by_connection(trace: Path) -> dict[tuple[int, int], list[tuple[str, str]]]:
+    """(domain, connection) -> the (type, path) of each request it sent but WATCH."""
+    out: dict[tuple[int, int], list[tuple[str, str]]] = {}
+    for line in trace.read_text().splitlines():
+        r = json.loads(line)
+        if r["dir"] == "in" and r["type"] != "WATCH":
+            out.setdefault((r["dom"], r["conn"]), []).append(
+                (r["type"], r["payload"].split("\0")[0]))
+    return out
+
+
+@pytest.mark.parametrize("aio", [False, True], ids=["blocking", "asyncio"])
+@pytest.mark.parametrize("kind", ["pci-ins", "continue"])
+def test_our_order_replays_the_requests_of_our_channel_and_agent(kind: str, aio: bool) -> None:
+    """Two exchanges, each answered (a lost answer would hang the child until the
+    timeout), in exactly the order of our toolstack's and agent's requests."""
+    run_dir = short_tmpdir("ord-")
+    trace = run_dir / "trace.jsonl"
+    d = start_ours(run_dir, "--trace", str(trace))
+    try:
+        out = run(f"""
+            import sys
+            sys.path.insert(0, "bench")
+            import pci_ins as b
+            b.prepare_daemon({d.socket!r})
+            fn = b.floor_ours({kind!r}, aio={aio!r})
+            print(len(fn({d.socket!r}, {d.socket + '.d/2'!r}, False, 2)))
+        """)
+    finally:
+        d.stop()
+    assert out.split() == ["2"]
+    conns = requests_by_connection(trace)
+    toolstack, dm = OUR_ORDER[kind]
+    assert conns[max(k for k in conns if k[0] == 0)] == toolstack * 2
+    assert [reqs for k, reqs in conns.items() if k[0] == 2] == [dm * 2]
