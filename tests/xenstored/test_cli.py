@@ -114,8 +114,8 @@ def stop(d: Daemon) -> int:
 def test_help() -> None:
     r = cli("xenstored", "--help")
     assert r.returncode == 0
-    for opt in ("--socket", "--state-dir", "--trace", "--daemon", "-E", "-S", "-W", "-t",
-                "-A", "-M", "-Q", "-q", "XENSTORED_PATH"):
+    for opt in ("--socket", "--state-dir", "--trace", "--daemon", "--poll-us", "-E", "-S",
+                "-W", "-t", "-A", "-M", "-Q", "-q", "XENSTORED_PATH"):
         assert opt in r.stdout, opt
     top = cli("--help")
     assert top.returncode == 0 and "xenstored" in top.stdout
@@ -147,6 +147,21 @@ def test_serves_then_stops_cleanly_on_signal(run_dir: Path, sig: signal.Signals)
     assert not guest_sock.exists(), "domain sockets must be removed on exit"
     log = (run_dir / "xenstored.log").read_text()
     assert "Traceback" not in log, log
+
+
+@pytest.mark.parametrize("poll_us", ["0", "200"])
+def test_serves_a_burst_with_or_without_polling(run_dir: Path, poll_us: str) -> None:
+    """``--poll-us 0`` sleeps at once; otherwise the daemon polls before it sleeps.
+    Either way every request of a burst is answered, and so is one after a pause."""
+    d = start_ours(run_dir, "--poll-us", poll_us)
+    c = raw(d)
+    for i in range(50):
+        c.write("/burst", str(i).encode())
+        assert c.ok(READ, b"/burst\0") == str(i).encode()
+    time.sleep(0.05)  # a spell past any window: the daemon sleeps (not a synchronisation)
+    assert c.ok(READ, b"/burst\0") == b"49"
+    c.close()
+    assert stop(d) == 0
 
 
 def test_stale_socket_file_is_replaced(run_dir: Path) -> None:
@@ -335,6 +350,7 @@ def error_lines(stderr: str) -> list[str]:
         (["-q", "nodes=5"], "nodes"),
         (["-E", "many"], "many"),
         (["-M", "5000"], "path-max"),  # the protocol ceiling is 2048
+        (["--poll-us", "-1"], "--poll-us"),
     ],
 )
 def test_bad_quota_flags(run_dir: Path, args: list[str], named: str) -> None:

@@ -64,6 +64,16 @@ def _quota_pairs(values: tuple[str, ...], option: str) -> list[tuple[str, int]]:
     help="Append one JSON line per packet in and out to this file.",
 )
 @click.option("--daemon", is_flag=True, help="Detach, print the daemon's pid, and return.")
+@click.option(
+    "--poll-us",
+    type=click.IntRange(min=0),
+    default=200,
+    show_default=True,
+    envvar="STUBDOM_XENSTORED_POLL_US",
+    help="Poll for input up to this many µs before sleeping, the window adapted to the "
+    "traffic as the kernel's haltpoll does (0: sleep at once; also "
+    "$STUBDOM_XENSTORED_POLL_US, which the daemon of `stubdom host up` sees too).",
+)
 @click.option("-E", "--entry-nb", type=int, help="Nodes per domain (cx -E; default 1000).")
 @click.option("-S", "--entry-size", type=int, help="Max. node size (cx -S; default 2048).")
 @click.option("-W", "--watch-nb", type=int, help="Watches per domain (cx -W; default 128).")
@@ -92,6 +102,7 @@ def xenstored(
     journal_compact_at: int | None,
     trace_file: str | None,
     daemon: bool,
+    poll_us: int,
     entry_nb: int | None,
     entry_size: int | None,
     watch_nb: int | None,
@@ -109,6 +120,7 @@ def xenstored(
     _check_socket_path(socket_path)
     compiled.install()
     from stubdom.xenstored.core import XenStored
+    from stubdom.xenstored.pollwindow import PollWindow
     from stubdom.xenstored.server import XenStoreServer
 
     limits = {
@@ -123,7 +135,8 @@ def xenstored(
     durable = _open_state(core, state_dir, journal_compact_at) if state_dir is not None else None
     trace = _open_trace(trace_file) if trace_file else None
     ready_fd = _daemonize() if daemon else None
-    server = XenStoreServer(socket_path, core, trace, durable)
+    window = PollWindow(poll_us * 1000) if poll_us else None
+    server = XenStoreServer(socket_path, core, trace, durable, poll_window=window)
     try:
         started = _serve(server, ready_fd)
     finally:
