@@ -8,10 +8,13 @@ machine hits all alike.  Per round and checkout: ``create`` (returns once the st
 wrote ``running`` and the guest is unpaused), ``pci-attach`` of one function, then an
 untimed ``pci-detach`` and ``destroy``.
 
-    .venv/bin/python bench/user_walltime.py [--rounds 10] [CHECKOUT ...]
+    .venv/bin/python bench/user_walltime.py [--rounds 10] [CHECKOUT[,NAME=VALUE...] ...]
 
-With no CHECKOUT, the one this file is in.  Prints the medians, the p25..p75 spread and
-each checkout's ratio to the first.  Nothing is pinned: a user's shell is not.
+With no CHECKOUT, the one this file is in.  ``NAME=VALUE`` after a checkout goes into the
+environment of its commands (and so of its host and xenstored), e.g. ``.`` against
+``.,STUBDOM_XENSTORED_POLL_US=0`` compares a setting within one checkout.  Prints the
+medians, the p25..p75 spread and each checkout's ratio to the first.  Nothing is pinned:
+a user's shell is not.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ VERBS = ("create", "pci-attach")
 @dataclass
 class Checkout:
     root: Path
+    #: Added to the environment of its commands.
+    extra: dict[str, str] = field(default_factory=dict)
     dir: Path = field(init=False)
     times: dict[str, list[float]] = field(default_factory=lambda: {v: [] for v in VERBS})
 
@@ -46,7 +51,7 @@ class Checkout:
         return str(self.root / ".venv" / "bin" / "stubdom")
 
     def run(self, *args: str) -> float:
-        env = {**os.environ, "STUBDOM_HOST_DIR": str(self.dir)}
+        env = {**os.environ, **self.extra, "STUBDOM_HOST_DIR": str(self.dir)}
         t0 = time.perf_counter()
         r = subprocess.run([self.stubdom, *args], env=env, capture_output=True, text=True,
                            timeout=GUARD)
@@ -54,6 +59,10 @@ class Checkout:
         if r.returncode != 0:
             raise SystemExit(f"{self.root}: stubdom {' '.join(args)} failed: {r.stderr.strip()}")
         return dt
+
+    @property
+    def label(self) -> str:
+        return ",".join([self.root.name, *(f"{k}={v}" for k, v in self.extra.items())])
 
     def config(self) -> Path:
         disk = self.dir / "g.img"
@@ -91,7 +100,7 @@ def quartiles(xs: list[float]) -> str:
 
 def report(checkouts: list[Checkout], rounds: int) -> None:
     print(f"wall time from the shell, ms: medians (p25..p75) over {rounds} rounds")
-    head = f"{'verb':<12}" + "".join(f"{c.root.name:>28}" for c in checkouts)
+    head = f"{'verb':<12}" + "".join(f"{c.label:>36}" for c in checkouts)
     print(head)
     for verb in VERBS:
         base = statistics.median(checkouts[0].times[verb])
@@ -101,16 +110,28 @@ def report(checkouts: list[Checkout], rounds: int) -> None:
             cell = f"{m * 1e3:.0f} ({quartiles(c.times[verb])})"
             if c is not checkouts[0]:
                 cell += f" {m / base:.2f}x"
-            cells.append(f"{cell:>28}")
+            cells.append(f"{cell:>36}")
         print(f"{verb:<12}" + "".join(cells))
+
+
+def checkout(arg: str) -> Checkout:
+    """``PATH[,NAME=VALUE...]``."""
+    path, *pairs = arg.split(",")
+    extra = {}
+    for pair in pairs:
+        name, eq, value = pair.partition("=")
+        if not eq or not name:
+            raise SystemExit(f"{pair!r}: expected NAME=VALUE after the checkout {path}")
+        extra[name] = value
+    return Checkout(Path(path).resolve(), extra)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=10)
-    ap.add_argument("checkouts", nargs="*", type=Path, default=[HERE])
+    ap.add_argument("checkouts", nargs="*", default=[str(HERE)])
     args = ap.parse_args()
-    checkouts = [Checkout(p.resolve()) for p in args.checkouts]
+    checkouts = [checkout(a) for a in args.checkouts]
     try:
         for c in checkouts:
             c.run("host", "up")
