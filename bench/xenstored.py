@@ -61,10 +61,12 @@ server (bench/floor_server.c, built with gcc into the per-user cache), an epoll 
 C that answers each request at once with a fixed reply and keeps no store.  Its round
 trip is what the machine costs (the wake-ups of client and server, the copies); a
 daemon's figure over it is what the daemon adds.  Apart, on this 2-CPU KVM guest, a
-do-nothing server takes 47-50 µs per request and both ours and cx add 0.4-3 µs to it
-(the cross-CPU wake-ups are the rest), so there ours/cx sits at 1.00 within the
-spread of the blocks and the target is met or missed by noise; beside, where a wake-up
-is cheap, the daemons' own work shows (ours adds 3-4 µs per request, cx 12).
+do-nothing server takes 42-50 µs per request and cx adds 0.4-3 µs to it (the cross-CPU
+wake-ups are the rest); beside, where a wake-up is cheap, the daemons' own work shows
+(ours adds 3-6 µs per request, cx 12).  The floor server sleeps as soon as it has
+answered; ours polls a while first (``stubdom xenstored --poll-us``), so apart it needs
+no wake-up while the client keeps sending, and its figure is under the floor's (about
+0.42 of it): a negative "adds".
 
 Last, the resident memory (VmRSS) of each daemon holding 10k nodes and 50k watches.
 
