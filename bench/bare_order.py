@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import struct
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-HDR = struct.Struct("<IIII")
+from bench.rawxs import HDR
+from stubdom.wire.constants import Op
+
+#: Message types by name, and ``EVENT`` for a watch event (bench/pci_ins.py uses it too).
+OPS = {op.name: int(op) for op in Op} | {"EVENT": int(Op.WATCH_EVENT)}
 #: The toolstack's note of the command it sent (`stubdom.protocol.dm_last_sent_path`).
 NOTE = "/libxl/1/dm-last-sent"
 
@@ -43,61 +46,57 @@ class Blocking(Protocol):
     def replies(self, n: int) -> list[tuple[int, bytes]]: ...
 
 
-class Ops(Protocol):
-    def __getitem__(self, name: str) -> int: ...
-
-
-def packet(ops: Ops, op: str, *args: str, value: str | None = None) -> bytes:
+def packet(op: str, *args: str, value: str | None = None) -> bytes:
     body = b"".join(a.encode() + b"\0" for a in args)
     if value is not None:
         body += value.encode()
-    return HDR.pack(ops[op], 0, 0, len(body)) + body
+    return HDR.pack(OPS[op], 0, 0, len(body)) + body
 
 
-def take_command(ops: Ops, d: str) -> bytes:
+def take_command(d: str) -> bytes:
     """The agent's one round trip on a command event (`Agent._take_command`)."""
-    return (packet(ops, "READ", f"{d}/command") + packet(ops, "RM", f"{d}/command")
-            + packet(ops, "READ", f"{d}/parameter"))
+    return (packet("READ", f"{d}/command") + packet("RM", f"{d}/command")
+            + packet("READ", f"{d}/parameter"))
 
 
-def answer(ops: Ops, d: str, writes: Sequence[tuple[str, str]]) -> bytes:
-    return b"".join(packet(ops, "WRITE", f"{d}/{n}", value=v) for n, v in writes)
+def answer(d: str, writes: Sequence[tuple[str, str]]) -> bytes:
+    return b"".join(packet("WRITE", f"{d}/{n}", value=v) for n, v in writes)
 
 
-def look(ops: Ops, d: str) -> bytes:
+def look(d: str) -> bytes:
     """The toolstack's look after an event (`DeviceModelChannel._look`)."""
-    return packet(ops, "READ", f"{d}/state") + packet(ops, "READ", f"{d}/parameter")
+    return packet("READ", f"{d}/state") + packet("READ", f"{d}/parameter")
 
 
-def first(ops: Ops, kind: str, param: str, d: str) -> bytes | None:
+def first(kind: str, param: str, d: str) -> bytes | None:
     """The note and the parameter, before the command (pci-ins only)."""
     if kind != "pci-ins":
         return None
-    return (packet(ops, "WRITE", NOTE, value=f"{kind} {param}")
-            + packet(ops, "WRITE", f"{d}/parameter", value=param))
+    return (packet("WRITE", NOTE, value=f"{kind} {param}")
+            + packet("WRITE", f"{d}/parameter", value=param))
 
 
 # -- blocking -------------------------------------------------------------------------------
 
 
-def dm_blocking(dm: Blocking, ops: Ops, d: str, writes: Sequence[tuple[str, str]]) -> None:
+def dm_blocking(dm: Blocking, d: str, writes: Sequence[tuple[str, str]]) -> None:
     """Answer every command for ever, in the agent's order (the watch is set).  The
     event of our own rm is passed over unread, as the agent does (it comes before any
     later command's)."""
     while True:
         dm.event()
-        dm.sendall(take_command(ops, d))
-        if dm.replies(3)[0][0] == ops["ERROR"]:
+        dm.sendall(take_command(d))
+        if dm.replies(3)[0][0] == OPS["ERROR"]:
             continue
-        dm.sendall(answer(ops, d, writes))
+        dm.sendall(answer(d, writes))
         dm.replies(len(writes))
         dm.event()  # our rm's
 
 
-def exchange_blocking(ops: Ops, kind: str, param: str, result: str
+def exchange_blocking(kind: str, param: str, result: str
                       ) -> Callable[[Blocking, str], None]:
     def exchange(ts: Blocking, d: str) -> None:
-        pre = first(ops, kind, param, d)
+        pre = first(kind, param, d)
         if pre is not None:
             ts.sendall(pre)
             ts.replies(2)
@@ -105,7 +104,7 @@ def exchange_blocking(ops: Ops, kind: str, param: str, result: str
         while True:
             while ts.event() != f"{d}/state":
                 pass
-            ts.sendall(look(ops, d))
+            ts.sendall(look(d))
             if ts.replies(2)[0][1] == result.encode():
                 break
         if kind == "pci-ins":
@@ -124,8 +123,7 @@ class BareProtocol(asyncio.Protocol):
     """Frames packets; each reply completes the oldest waiting future, each event goes
     to a queue (its path)."""
 
-    def __init__(self, event_op: int) -> None:
-        self.event_op = event_op
+    def __init__(self) -> None:
         self.buf = b""
         self.waiting: collections.deque[asyncio.Future[tuple[int, bytes]]] = (
             collections.deque())
@@ -142,7 +140,7 @@ class BareProtocol(asyncio.Protocol):
             if len(buf) < 16 + n:
                 break
             body, buf = buf[16:16 + n], buf[16 + n:]
-            if op == self.event_op:
+            if op == OPS["EVENT"]:
                 self.events.put_nowait(body.split(b"\0")[0].decode())
             else:
                 self.waiting.popleft().set_result((op, body))
@@ -162,50 +160,50 @@ class BareProtocol(asyncio.Protocol):
             self.events.get_nowait()
 
 
-async def connect(sock: str, ops: Ops) -> BareProtocol:
+async def connect(sock: str) -> BareProtocol:
     loop = asyncio.get_running_loop()
-    _, p = await loop.create_unix_connection(lambda: BareProtocol(ops["EVENT"]), sock)
+    _, p = await loop.create_unix_connection(BareProtocol, sock)
     return p
 
 
-async def watch(p: BareProtocol, ops: Ops, paths: Sequence[str]) -> None:
+async def watch(p: BareProtocol, paths: Sequence[str]) -> None:
     for path in paths:
-        await p.batch(packet(ops, "WATCH", path, "t"), 1)
+        await p.batch(packet("WATCH", path, "t"), 1)
         await p.events.get()  # the initial event
 
 
-async def dm_asyncio(sock: str, ops: Ops, d: str, writes: Sequence[tuple[str, str]],
+async def dm_asyncio(sock: str, d: str, writes: Sequence[tuple[str, str]],
                      ready: Callable[[], None]) -> None:
-    dm = await connect(sock, ops)
-    await watch(dm, ops, [f"{d}/command"])
+    dm = await connect(sock)
+    await watch(dm, [f"{d}/command"])
     ready()
     while True:
         await dm.events.get()
-        if (await dm.batch(take_command(ops, d), 3))[0][0] == ops["ERROR"]:
+        if (await dm.batch(take_command(d), 3))[0][0] == OPS["ERROR"]:
             continue
-        await dm.batch(answer(ops, d, writes), len(writes))
+        await dm.batch(answer(d, writes), len(writes))
         await dm.events.get()  # our rm's (`dm_blocking`)
 
 
-async def timed_asyncio(sock: str, ops: Ops, d: str, kind: str, param: str, result: str,
+async def timed_asyncio(sock: str, d: str, kind: str, param: str, result: str,
                         count: int, warm: int) -> list[float]:
     """µs per exchange in our order with the bare asyncio toolstack."""
-    ts = await connect(sock, ops)
-    await watch(ts, ops, [f"{d}/state", f"{d}/parameter"])
+    ts = await connect(sock)
+    await watch(ts, [f"{d}/state", f"{d}/parameter"])
     out = []
     for i in range(count + warm):
         t0 = time.perf_counter()
-        pre = first(ops, kind, param, d)
+        pre = first(kind, param, d)
         if pre is not None:
             await ts.batch(pre, 2)
-        await ts.batch(packet(ops, "WRITE", f"{d}/command", value=kind), 1)
+        await ts.batch(packet("WRITE", f"{d}/command", value=kind), 1)
         while True:
             while await ts.events.get() != f"{d}/state":
                 pass
-            if (await ts.batch(look(ops, d), 2))[0][1] == result.encode():
+            if (await ts.batch(look(d), 2))[0][1] == result.encode():
                 break
         if kind == "pci-ins":
-            await ts.batch(packet(ops, "WRITE", f"{d}/state", value="running"), 1)
+            await ts.batch(packet("WRITE", f"{d}/state", value="running"), 1)
             while await ts.events.get() != f"{d}/state":  # our write's
                 pass
         ts.drop_events()  # parameter's

@@ -139,7 +139,6 @@ from bench.rawxs import RawConnection  # noqa: E402
 from stubdom.protocol import Bdf  # noqa: E402
 from stubdom.toolstack.channel import ChannelRegistry, DeviceModelChannel  # noqa: E402
 from stubdom.toolstack.session import Session  # noqa: E402
-from stubdom.wire.constants import Op  # noqa: E402
 from stubdom.xenstore import Client  # noqa: E402
 from tests.support.daemons import (  # noqa: E402
     Daemon,
@@ -149,7 +148,7 @@ from tests.support.daemons import (  # noqa: E402
     start_ox,
 )
 
-OPS = {op.name: int(op) for op in Op} | {"EVENT": int(Op.WATCH_EVENT)}
+OPS = bare_order.OPS
 GUEST, STUB = 1, 2
 PARAM = "0000:03:00.0,msitranslate=0,power_mgmt=0"
 TARGET = 2.0
@@ -230,7 +229,7 @@ def dm_helper(sock: str, mode: str, absolute: bool, kind: str = "pci-ins") -> No
     order, ``ours`` and ``ours-aio`` in our agent's (`bare_order`)."""
     d = dm_dir(absolute)
     if mode == "ours-aio":
-        run_loop(bare_order.dm_asyncio(sock, OPS, d, ANSWERS[kind],
+        run_loop(bare_order.dm_asyncio(sock, d, ANSWERS[kind],
                                        lambda: print("ready", flush=True)))
         return
     dm = Raw(sock)
@@ -238,7 +237,8 @@ def dm_helper(sock: str, mode: str, absolute: bool, kind: str = "pci-ins") -> No
     dm.event()  # the initial event
     print("ready", flush=True)
     if mode == "ours":
-        bare_order.dm_blocking(dm, OPS, d, ANSWERS[kind])
+        bare_order.dm_blocking(dm, d, ANSWERS[kind])  # for ever
+        return
     while True:
         dm.event()
         if mode in ("answer", "libxl", "consfront"):
@@ -486,14 +486,14 @@ def floor_ours(kind: str, aio: bool) -> Callable[[str, str, bool, int], list[flo
     result = dict(ANSWERS[kind])["state"]
 
     def blocking(ts_sock: str, dm_sock: str, dm_absolute: bool, ops: int) -> list[float]:
-        exchange = bare_order.exchange_blocking(OPS, kind, PARAM, result)
+        exchange = bare_order.exchange_blocking(kind, PARAM, result)
         return timed_floor(ts_sock, dm_sock, dm_absolute, ops, kind, ["state", "parameter"],
                            exchange, mode="ours")
 
     def asyncio_(ts_sock: str, dm_sock: str, dm_absolute: bool, ops: int) -> list[float]:
         helper = start_helper(dm_sock, "ours-aio", dm_absolute, kind)
         try:
-            return run_loop(bare_order.timed_asyncio(ts_sock, OPS, dm_dir(True), kind, PARAM,
+            return run_loop(bare_order.timed_asyncio(ts_sock, dm_dir(True), kind, PARAM,
                                                      result, ops, ops // 10))
         finally:
             helper.kill()
