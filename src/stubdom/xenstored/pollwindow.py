@@ -40,8 +40,7 @@ class PollWindow:
         began the next one."""
         if spell_ns <= self.window:
             return  # caught by the poll
-        if spell_ns <= self.limit:
-            grown = self.window * GROW if self.window else GROW_START_NS
-            self.window = min(max(grown, GROW_START_NS), self.limit)
+        if spell_ns <= self.limit:  # never under the first window, never over the limit
+            self.window = min(max(self.window * GROW, GROW_START_NS), self.limit)
         else:
             self.window //= SHRINK
