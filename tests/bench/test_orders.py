@@ -8,7 +8,6 @@ by tests/differential)."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from stubdom.trace.model import load_trace
 from tests.support.daemons import Daemon, short_tmpdir, start_ours
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,33 +63,30 @@ def test_consfront_save_opens_and_closes_console_1_as_mini_os(
 
 #: Our order (`bench/bare_order.py`), per exchange, as our channel and agent send it
 #: (tests/toolstack/test_channel_order.py; `Agent._take_command`): the toolstack's
-#: requests, then the device model's.
+#: requests, then the device model's (absolute paths, as the trace model gives them).
 DM = "/local/domain/2/device-model/1"
 OUR_ORDER = {
     "pci-ins": (
         [("WRITE", "/libxl/1/dm-last-sent"), ("WRITE", f"{DM}/parameter"),
          ("WRITE", f"{DM}/command"), ("READ", f"{DM}/state"), ("READ", f"{DM}/parameter"),
          ("WRITE", f"{DM}/state")],
-        [("READ", "device-model/1/command"), ("RM", "device-model/1/command"),
-         ("READ", "device-model/1/parameter"), ("WRITE", "device-model/1/parameter"),
-         ("WRITE", "device-model/1/state")],
+        [("READ", f"{DM}/command"), ("RM", f"{DM}/command"), ("READ", f"{DM}/parameter"),
+         ("WRITE", f"{DM}/parameter"), ("WRITE", f"{DM}/state")],
     ),
     "continue": (
         [("WRITE", f"{DM}/command"), ("READ", f"{DM}/state"), ("READ", f"{DM}/parameter")],
-        [("READ", "device-model/1/command"), ("RM", "device-model/1/command"),
-         ("READ", "device-model/1/parameter"), ("WRITE", "device-model/1/state")],
+        [("READ", f"{DM}/command"), ("RM", f"{DM}/command"), ("READ", f"{DM}/parameter"),
+         ("WRITE", f"{DM}/state")],
     ),
 }
 
 
-def requests_by_connection(trace: Path) -> dict[tuple[int, int], list[tuple[str, str]]]:
-    """(domain, connection) -> the (type, path) of each request it sent but WATCH."""
-    out: dict[tuple[int, int], list[tuple[str, str]]] = {}
-    for line in trace.read_text().splitlines():
-        r = json.loads(line)
-        if r["dir"] == "in" and r["type"] != "WATCH":
-            out.setdefault((r["dom"], r["conn"]), []).append(
-                (r["type"], r["payload"].split("\0")[0]))
+def requests_by_connection(trace: Path) -> dict[tuple[int, int], list[tuple[str, str | None]]]:
+    """(domain, connection) -> the (type, path) of each read and write it sent."""
+    out: dict[tuple[int, int], list[tuple[str, str | None]]] = {}
+    for ev in load_trace(trace):
+        if ev.kind in ("read", "write"):
+            out.setdefault((ev.dom, ev.conn), []).append((ev.op, ev.path))
     return out
 
 
