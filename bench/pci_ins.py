@@ -18,19 +18,26 @@ that is 6 writes and 6 watch events.  The floors of ``save`` -> ``paused`` and
     toolstack  event state
 
 that is 3 writes and 3 watch events.  Beside each floor, ``libxl order``: the same
-exchange with bare blocking clients that make every read libxl and qemu-trad make, one
-request per round trip as libxenstore sends them (libxl: the pre-wait's read of
-``state``, the read of the state to restore, then after the command a read of ``state``
-at once and after each event, and for pci-ins the read of ``parameter``; qemu-trad: the
-read of ``command`` before its rm and, for pci-ins, of ``parameter``): what C programs in
-libxl's order pay on the same daemon.  ``libxl + consfront order save`` adds what the
-protocol's save makes a Mini-OS device model do between the rm and ``paused``: open
-console 1 for the state and close it again, Mini-OS's consfront requests one per round
-trip, with a backend that costs nothing (`consfront_save`): a lower bound of the save's
-order, which the floor leaves out.  ``our order``: the requests our own toolstack and
-agent make for pci-ins and continue, batched as they batch them, with bare clients
-(`bare_order`): blocking ones, and bare asyncio ones on the event loop our processes
-run (``asyncio``), the floor of any asyncio program in our order.  Against them:
+exchange with bare blocking clients that send every request libxl 4.17 and qemu-trad
+send, one per round trip as libxenstore sends them.  libxl: the read of
+``/libxl/<G>/dm-version``; for every path into the device model's directory the
+stubdomain's id anew (``libxl_get_stubdom_id``: GET_DOMAIN_PATH, then a read); for
+pci-ins the pre-wait for ``running`` (an xswait: a watch of its own, a read after its
+first event, the unwatch), the read of the state to restore, ``parameter``; the command;
+the wait for the answer (save and pci-ins: a new connection with its own watch, a read
+at once and after each event, the unwatch and the close; continue: an xswait on the
+main connection); for pci-ins the read of ``parameter`` and the state written back.
+qemu-trad: the read of ``command`` before its rm and, for pci-ins, of ``parameter``.
+That is what C programs in libxl's order pay on the same daemon, less libxenstore's
+reader thread, which a watch starts and every reply then passes through.
+``libxl + consfront order save`` adds what the protocol's save makes a Mini-OS device
+model do between the rm and ``paused``: open console 1 for the state and close it again,
+Mini-OS's consfront requests one per round trip, with a backend that costs nothing
+(`consfront_save`): a lower bound of the save's order, which the floor leaves out.
+``our order``: the requests our own toolstack and agent make for pci-ins and continue,
+batched as they batch them, with bare clients (`bare_order`): blocking ones, and bare
+asyncio ones on the event loop our processes run (``asyncio``), the floor of any asyncio
+program in our order.  Against them:
 
 - ``channel``: `DeviceModelChannel.pci_insert` (toolstack/channel.py) with the real
   ``stubdom-dm`` agent (sim backend) on a real ``stubdom host``: the whole exchange, the
@@ -169,6 +176,7 @@ class Raw(RawConnection):
 
     def __init__(self, path: str) -> None:
         super().__init__(path)
+        self.path = path
         self.events: collections.deque[str] = collections.deque()
 
     def rpc(self, op: str, *args: str, tx: int = 0) -> bytes:
@@ -312,6 +320,8 @@ def prepare_daemon(sock: str) -> None:
         r.rpc("WRITE", path, value)
         r.rpc("SET_PERMS", path, f"n{owner}", f"r{STUB}" if owner == 0 else "r0")
     r.rpc("SET_PERMS", fe, f"n{STUB}")
+    for path, value in LIBXL_NODES:  # what libxl looks up on every command
+        r.rpc("WRITE", path, value)
     r.close()
 
 
@@ -374,11 +384,12 @@ def measure(name: str, fn: Callable[[str, str, bool, int], list[float]], absolut
 
 def timed_floor(ts_sock: str, dm_sock: str, dm_absolute: bool, ops: int, kind: str,
                 watched: list[str], exchange: Callable[[Raw, str], None],
-                mode: str = "floor") -> list[float]:
+                mode: str = "floor", state_before: str | None = None) -> list[float]:
     """µs per bare exchange (one sample per op, a tenth more untimed first): the raw
     device model (`dm_helper` in ``mode``) answers ``kind``; the toolstack watches
     ``watched`` (nodes of the device-model directory) and runs ``exchange`` on that
-    directory."""
+    directory, after writing ``state_before`` to ``state`` untimed if given (for an
+    exchange that reads ``state`` until the answer is there)."""
     helper = start_helper(dm_sock, mode, dm_absolute, kind)
     d = dm_dir(True)
     ts = Raw(ts_sock)
@@ -389,6 +400,9 @@ def timed_floor(ts_sock: str, dm_sock: str, dm_absolute: bool, ops: int, kind: s
     out = []
     try:
         for i in range(ops + ops // 10):
+            if state_before is not None:
+                ts.rpc("WRITE", f"{d}/state", state_before)
+                ts.events.clear()
             t0 = time.perf_counter()
             exchange(ts, d)
             if i >= ops // 10:
@@ -438,47 +452,105 @@ def floor_plain(kind: str) -> Callable[[str, str, bool, int], list[float]]:
 # -- libxl's order with bare clients: what a C toolstack and device model would pay ------
 
 
-def libxl_wait(ts: Raw, d: str, want: str) -> None:
-    """libxl's xswait on ``state`` (its watch already set): read it after each event."""
-    while ts.rpc("READ", f"{d}/state").decode() != want:
-        while ts.event() != f"{d}/state":
+#: What libxl reads on each command besides the device model's directory: which device
+#: model the guest runs, and its stubdomain (`libxl_get_stubdom_id`).
+LIBXL_NODES = ((f"/libxl/{GUEST}/dm-version", "qemu-xen-traditional"),
+               (f"/local/domain/{GUEST}/image/device-model-domid", str(STUB)))
+
+
+def libxl_stubdom_id(ts: Raw) -> None:
+    """``libxl_get_stubdom_id``: the guest's home (GET_DOMAIN_PATH), then its
+    ``image/device-model-domid``; libxl calls it anew for every path it builds."""
+    home = ts.rpc("GET_DOMAIN_PATH", str(GUEST)).rstrip(b"\0").decode()
+    ts.rpc("READ", f"{home}/image/device-model-domid")
+
+
+def libxl_xswait(ts: Raw, path: str, done: Callable[[str], bool]) -> None:
+    """libxl's asynchronous xswait on its own connection: a watch of its own, a read
+    after each event (the first comes with the watch), the unwatch once ``done``."""
+    ts.rpc("WATCH", path, "xswait")
+    while True:
+        while ts.event() != path:
             pass
+        if done(ts.rpc("READ", path).decode()):
+            break
+    ts.rpc("UNWATCH", path, "xswait")
+
+
+def libxl_sync_wait(ts: Raw, path: str, done: Callable[[str], bool]) -> None:
+    """``libxl__wait_for_device_model_deprecated``: the stubdomain's id, then
+    ``libxl__xenstore_child_wait_deprecated`` on a new connection: watch, read, and
+    after each event (the watch's own first) read again until ``done``; unwatch, close.
+    (libxenstore also starts a reader thread on the first watch and joins it on close,
+    which bare clients do not: a lower bound.)"""
+    libxl_stubdom_id(ts)
+    w = Raw(ts.path)
+    try:
+        w.rpc("WATCH", path, path)
+        while not done(w.rpc("READ", path).decode()):
+            while w.event() != path:
+                pass
+        w.rpc("UNWATCH", path, path)
+    finally:
+        w.close()
+
+
+def libxl_cmd(ts: Raw, d: str, cmd: str) -> None:
+    """``libxl__qemu_traditional_cmd``: the stubdomain's id, then ``command``."""
+    libxl_stubdom_id(ts)
+    ts.rpc("WRITE", f"{d}/command", cmd)
 
 
 def libxl_pci_ins(ts: Raw, d: str) -> None:
-    """libxl_pci.c's pci-ins, one request per round trip as libxenstore sends them."""
-    libxl_wait(ts, d, "running")  # the pre-wait for running
+    """libxl_pci.c's pci-ins of a guest with a stubdomain, from ``do_pci_add``'s
+    qemu-trad branch on, one request per round trip as libxenstore sends them."""
+    ts.rpc("READ", LIBXL_NODES[0][0])  # libxl__device_model_version_running
+    libxl_stubdom_id(ts)  # the xswait's path
+    libxl_xswait(ts, f"{d}/state", lambda v: v == "running")  # check_qemu_running
+    libxl_stubdom_id(ts)  # qemu_pci_add_xenstore
     orig = ts.rpc("READ", f"{d}/state").decode()
     ts.rpc("WRITE", f"{d}/parameter", PARAM)
-    ts.rpc("WRITE", f"{d}/command", "pci-ins")
-    libxl_wait(ts, d, "pci-inserted")
+    libxl_cmd(ts, d, "pci-ins")
+    libxl_sync_wait(ts, f"{d}/state", lambda v: v == "pci-inserted")  # pci_ins_check
     ts.rpc("READ", f"{d}/parameter")
     ts.rpc("WRITE", f"{d}/state", orig)
-    ts.events.clear()  # the events of our own writes, already read past
+    ts.events.clear()
+
+
+def libxl_save(ts: Raw, d: str) -> None:
+    """``libxl__domain_suspend_device_model``, qemu-trad: the command, then the
+    synchronous wait for ``paused``."""
+    ts.rpc("READ", LIBXL_NODES[0][0])
+    libxl_cmd(ts, d, "save")
+    libxl_sync_wait(ts, f"{d}/state", lambda v: v == "paused")
+    ts.events.clear()
+
+
+def libxl_continue(ts: Raw, d: str) -> None:
+    """``libxl__dm_resume``, qemu-trad: the state read (``continue`` goes only if it is
+    ``paused``), the command, then an xswatch read after each event until ``running``,
+    unwatched when done."""
+    ts.rpc("READ", LIBXL_NODES[0][0])
+    libxl_stubdom_id(ts)
+    ts.rpc("READ", f"{d}/state")
+    libxl_cmd(ts, d, "continue")
+    libxl_xswait(ts, f"{d}/state", lambda v: v == "running")
+    ts.events.clear()
 
 
 def floor_libxl(kind: str, mode: str = "libxl") -> Callable[[str, str, bool, int], list[float]]:
-    """``kind`` in libxl's and qemu-trad's order with bare blocking clients: every read
-    they make, one request per round trip (`libxl_pci_ins`; save and continue: write
-    ``command``, then read ``state`` after each event until the result); with ``mode``
-    consfront, the device model's save also opens and closes console 1 as Mini-OS does
-    (`consfront_save`)."""
-    result = dict(ANSWERS[kind])["state"]
-
-    def plain(ts: Raw, d: str) -> None:
-        ts.rpc("WRITE", f"{d}/command", kind)
-        ts.rpc("READ", f"{d}/state")  # xswait's first look, before the answer
-        while ts.event() != f"{d}/state":  # (the floor's state never changes: wait for
-            pass  # the answer's event, as the floor does, before the look that ends it)
-        ts.rpc("READ", f"{d}/state") == result.encode() or sys.exit("wrong state")
-        ts.events.clear()
-
-    exchange = libxl_pci_ins if kind == "pci-ins" else plain
-    watched = ["state", "parameter"] if kind == "pci-ins" else ["state"]
+    """``kind`` in libxl's and qemu-trad's order with bare blocking clients: every
+    request they make, one per round trip (`libxl_pci_ins`, `libxl_save`,
+    `libxl_continue`); with ``mode`` consfront, the device model's save also opens and
+    closes console 1 as Mini-OS does (`consfront_save`)."""
+    exchange = {"pci-ins": libxl_pci_ins, "save": libxl_save, "continue": libxl_continue}[kind]
+    # The floor's device model answers with the same state every time: put the one
+    # before the answer back first (pci-ins restores its own).
+    before = {"save": "running", "continue": "paused"}.get(kind)
 
     def run(ts_sock: str, dm_sock: str, dm_absolute: bool, ops: int) -> list[float]:
-        return timed_floor(ts_sock, dm_sock, dm_absolute, ops, kind, watched, exchange,
-                           mode=mode)
+        return timed_floor(ts_sock, dm_sock, dm_absolute, ops, kind, [], exchange, mode=mode,
+                           state_before=before)
 
     return run
 
@@ -815,7 +887,7 @@ def libxl_order(got: Samples, daemons: list[str]) -> None:
     """The arithmetic of issue #16 part 3: what libxl's and qemu-trad's order, and our
     own (`bare_order`), cost bare clients, over the floor, and our exchange over that."""
     print("each order with bare clients over the floor, and each exchange over it; medians. "
-          "libxl order: every read libxl and qemu-trad make, one request per round trip; "
+          "libxl order: every request libxl and qemu-trad send, one per round trip; "
           "our order: our toolstack's and agent's requests, batched as they batch them, "
           "with blocking clients or (asyncio) the bare asyncio clients of our event loop")
     rows = []

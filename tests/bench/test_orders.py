@@ -81,11 +81,14 @@ OUR_ORDER = {
 }
 
 
-def requests_by_connection(trace: Path) -> dict[tuple[int, int], list[tuple[str, str | None]]]:
-    """(domain, connection) -> the (type, path) of each read and write it sent."""
+def requests_by_connection(
+    trace: Path, kinds: tuple[str, ...] = ("read", "write")
+) -> dict[tuple[int, int], list[tuple[str, str | None]]]:
+    """(domain, connection) -> the (type, path) of each request of ``kinds`` it sent
+    (the trace model's kinds; a request of kind ``other`` has no path)."""
     out: dict[tuple[int, int], list[tuple[str, str | None]]] = {}
     for ev in load_trace(trace):
-        if ev.kind in ("read", "write"):
+        if ev.kind in kinds:
             out.setdefault((ev.dom, ev.conn), []).append((ev.op, ev.path))
     return out
 
@@ -114,3 +117,63 @@ def test_our_order_replays_the_requests_of_our_channel_and_agent(kind: str, aio:
     toolstack, dm = OUR_ORDER[kind]
     assert conns[max(k for k in conns if k[0] == 0)] == toolstack * 2
     assert [reqs for k, reqs in conns.items() if k[0] == 2] == [dm * 2]
+
+
+#: libxl's order (bench/pci_ins.py `libxl_pci_ins`, `libxl_save`, `libxl_continue`):
+#: the toolstack's main connection, then the connection of each synchronous wait
+#: (consecutive reads of `state` count as one: how many a wait makes depends on when the
+#: answer comes).  Before save and continue the bench puts the state back untimed.
+STUBDOM_ID = [("GET_DOMAIN_PATH", None), ("READ", "/local/domain/1/image/device-model-domid")]
+DM_VERSION = [("READ", "/libxl/1/dm-version")]
+WAIT = [("WATCH", f"{DM}/state"), ("READ", f"{DM}/state"), ("UNWATCH", f"{DM}/state")]
+RESET = [("WRITE", f"{DM}/state")]
+LIBXL_ORDER = {
+    "pci-ins": (
+        [*DM_VERSION, *STUBDOM_ID, *WAIT, *STUBDOM_ID, ("READ", f"{DM}/state"),
+         ("WRITE", f"{DM}/parameter"), *STUBDOM_ID, ("WRITE", f"{DM}/command"), *STUBDOM_ID,
+         ("READ", f"{DM}/parameter"), ("WRITE", f"{DM}/state")],
+        [WAIT],
+    ),
+    "continue": (
+        [*RESET, *DM_VERSION, *STUBDOM_ID, ("READ", f"{DM}/state"), *STUBDOM_ID,
+         ("WRITE", f"{DM}/command"), *WAIT],
+        [],
+    ),
+    "save": (
+        [*RESET, *DM_VERSION, *STUBDOM_ID, ("WRITE", f"{DM}/command"), *STUBDOM_ID],
+        [WAIT],
+    ),
+}
+
+
+def collapsed(reqs: list[tuple[str, str | None]]) -> list[tuple[str, str | None]]:
+    return [r for i, r in enumerate(reqs) if r[0] != "READ" or i == 0 or r != reqs[i - 1]]
+
+
+@pytest.mark.parametrize("kind", ["pci-ins", "continue", "save"])
+def test_libxl_order_replays_the_requests_of_libxl(kind: str) -> None:
+    """Two exchanges in libxl's order: its main connection's requests, and a new
+    connection for each synchronous wait, as `libxl__xenstore_child_wait_deprecated`
+    opens one."""
+    run_dir = short_tmpdir("ord-")
+    trace = run_dir / "trace.jsonl"
+    d = start_ours(run_dir, "--trace", str(trace))
+    try:
+        out = run(f"""
+            import sys
+            sys.path.insert(0, "bench")
+            import pci_ins as b
+            b.prepare_daemon({d.socket!r})
+            fn = b.floor_libxl({kind!r})
+            print(len(fn({d.socket!r}, {d.socket + '.d/2'!r}, False, 2)))
+        """)
+    finally:
+        d.stop()
+    assert out.split() == ["2"]
+    main, waits = LIBXL_ORDER[kind]
+    dom0 = {k: [(op, None if op == "GET_DOMAIN_PATH" else path) for op, path in reqs]
+            for k, reqs in requests_by_connection(trace, ("read", "write", "watch", "other")
+                                                  ).items() if k[0] == 0}
+    ts = next(k for k, reqs in dom0.items() if ("WRITE", f"{DM}/command") in reqs)
+    assert collapsed(dom0[ts]) == main * 2
+    assert [collapsed(r) for k, r in sorted(dom0.items()) if k > ts] == waits * 2
