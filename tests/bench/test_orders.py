@@ -81,6 +81,26 @@ OUR_ORDER = {
 }
 
 
+def traced_replay(setup: str) -> Path:
+    """The trace of two exchanges of ``bench/pci_ins.py``'s ``setup`` (a call that makes
+    the setup's runner) on ours, the device model as the stubdomain."""
+    run_dir = short_tmpdir("ord-")
+    trace = run_dir / "trace.jsonl"
+    d = start_ours(run_dir, "--trace", str(trace))
+    try:
+        out = run(f"""
+            import sys
+            sys.path.insert(0, "bench")
+            import pci_ins as b
+            b.prepare_daemon({d.socket!r})
+            print(len(b.{setup}({d.socket!r}, {d.socket + '.d/2'!r}, False, 2)))
+        """)
+    finally:
+        d.stop()
+    assert out.split() == ["2"]
+    return trace
+
+
 def requests_by_connection(
     trace: Path, kinds: tuple[str, ...] = ("read", "write")
 ) -> dict[tuple[int, int], list[tuple[str, str | None]]]:
@@ -98,22 +118,7 @@ def requests_by_connection(
 def test_our_order_replays_the_requests_of_our_channel_and_agent(kind: str, aio: bool) -> None:
     """Two exchanges, each answered (a lost answer would hang the child until the
     timeout), in exactly the order of our toolstack's and agent's requests."""
-    run_dir = short_tmpdir("ord-")
-    trace = run_dir / "trace.jsonl"
-    d = start_ours(run_dir, "--trace", str(trace))
-    try:
-        out = run(f"""
-            import sys
-            sys.path.insert(0, "bench")
-            import pci_ins as b
-            b.prepare_daemon({d.socket!r})
-            fn = b.floor_ours({kind!r}, aio={aio!r})
-            print(len(fn({d.socket!r}, {d.socket + '.d/2'!r}, False, 2)))
-        """)
-    finally:
-        d.stop()
-    assert out.split() == ["2"]
-    conns = requests_by_connection(trace)
+    conns = requests_by_connection(traced_replay(f"floor_ours({kind!r}, aio={aio!r})"))
     toolstack, dm = OUR_ORDER[kind]
     assert conns[max(k for k in conns if k[0] == 0)] == toolstack * 2
     assert [reqs for k, reqs in conns.items() if k[0] == 2] == [dm * 2]
@@ -155,21 +160,7 @@ def test_libxl_order_replays_the_requests_of_libxl(kind: str) -> None:
     """Two exchanges in libxl's order: its main connection's requests, and a new
     connection for each synchronous wait, as `libxl__xenstore_child_wait_deprecated`
     opens one."""
-    run_dir = short_tmpdir("ord-")
-    trace = run_dir / "trace.jsonl"
-    d = start_ours(run_dir, "--trace", str(trace))
-    try:
-        out = run(f"""
-            import sys
-            sys.path.insert(0, "bench")
-            import pci_ins as b
-            b.prepare_daemon({d.socket!r})
-            fn = b.floor_libxl({kind!r})
-            print(len(fn({d.socket!r}, {d.socket + '.d/2'!r}, False, 2)))
-        """)
-    finally:
-        d.stop()
-    assert out.split() == ["2"]
+    trace = traced_replay(f"floor_libxl({kind!r})")
     main, waits = LIBXL_ORDER[kind]
     dom0 = {k: [(op, None if op == "GET_DOMAIN_PATH" else path) for op, path in reqs]
             for k, reqs in requests_by_connection(trace, ("read", "write", "watch", "other")
