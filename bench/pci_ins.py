@@ -466,7 +466,7 @@ def libxl_stubdom_id(ts: Raw) -> None:
 
 
 def libxl_xswait(ts: Raw, path: str, done: Callable[[str], bool]) -> None:
-    """libxl's asynchronous xswait on its own connection: a watch of its own, a read
+    """libxl's asynchronous xswait, on its main connection: a watch of its own, a read
     after each event (the first comes with the watch), the unwatch once ``done``."""
     ts.rpc("WATCH", path, "xswait")
     while True:
