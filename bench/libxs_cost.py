@@ -15,11 +15,12 @@ thread), reads, unwatches and closes (joining it).  Through ctypes, on each daem
 - ``wait``: ``xs_open``, ``xs_watch``, ``xs_read``, ``xs_unwatch``, ``xs_close``, the
   node already holding what is waited for;
 
-and beside each, the same requests from the bare client (``bench.pci_ins.Raw``, which
-has no thread: its read is the same watching or not).  Each
-daemon on CPU 1, the client on CPU 0; within a round the daemons take turns (the first
-rotates), and the table gives the medians of the rounds' medians.  If the library costs
-more than the bare client, the replay is a lower bound of libxl's order.
+and beside each, the same requests from the bare client of bench/pci_ins.py (``Raw``,
+which has no thread: its read is the same watching or not; its wait is the replay's own,
+``libxl_child_wait``).  Each daemon on CPU 1, the client on CPU 0; within a round the
+daemons take turns (the first rotates), and the table gives the medians of the rounds'
+medians.  If the library costs more than the bare client, the replay is a lower bound
+of libxl's order.
 
     .venv/bin/python bench/libxs_cost.py [--rounds 10] [--n 1000] [--xenstored ours,cx,ox]
 """
@@ -40,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.hostkit import med, need_two_cpus, rotated, table, xenstoreds  # noqa: E402
-from bench.pci_ins import STARTS, Raw, pinned  # noqa: E402
+from bench.pci_ins import STARTS, Raw, libxl_child_wait, pinned  # noqa: E402
 
 NODE = b"/libxs-cost"
 KINDS = ("read", "read, watching", "wait")
@@ -80,14 +81,6 @@ def xs_wait() -> None:
     LIB.xs_close(h)
 
 
-def raw_wait(sock: str) -> None:
-    w = Raw(sock)
-    w.rpc("WATCH", NODE.decode(), NODE.decode())
-    w.rpc("READ", NODE.decode())
-    w.rpc("UNWATCH", NODE.decode(), NODE.decode())
-    w.close()
-
-
 def timed(fn: Callable[[], object], n: int) -> float:
     """Median µs of ``n`` calls (a tenth more first, untimed)."""
     out = []
@@ -112,7 +105,8 @@ def one_daemon(name: str, n: int) -> dict[tuple[str, str], float]:
                ("read", "bare"): timed(lambda: raw.rpc("READ", NODE.decode()), n),
                ("read, watching", "libxenstore"): timed(lambda: xs_read(watching), n),
                ("wait", "libxenstore"): timed(xs_wait, n),
-               ("wait", "bare"): timed(lambda: raw_wait(d.socket), n)}
+               ("wait", "bare"): timed(lambda: libxl_child_wait(d.socket, NODE.decode(),
+                                                                lambda _: True), n)}
         got[("read, watching", "bare")] = got[("read", "bare")]
         LIB.xs_close(plain)
         LIB.xs_close(watching)

@@ -478,13 +478,18 @@ def libxl_xswait(ts: Raw, path: str, done: Callable[[str], bool]) -> None:
 
 
 def libxl_sync_wait(ts: Raw, path: str, done: Callable[[str], bool]) -> None:
-    """``libxl__wait_for_device_model_deprecated``: the stubdomain's id, then
-    ``libxl__xenstore_child_wait_deprecated`` on a new connection: watch, read, and
+    """``libxl__wait_for_device_model_deprecated``: the stubdomain's id, then the child
+    wait (`libxl_child_wait`)."""
+    libxl_stubdom_id(ts)
+    libxl_child_wait(ts.path, path, done)
+
+
+def libxl_child_wait(sock: str, path: str, done: Callable[[str], bool]) -> None:
+    """``libxl__xenstore_child_wait_deprecated``, on a new connection: watch, read, and
     after each event (the watch's own first) read again until ``done``; unwatch, close.
     (libxenstore also starts a reader thread on the first watch and joins it on close,
-    which bare clients do not: a lower bound.)"""
-    libxl_stubdom_id(ts)
-    w = Raw(ts.path)
+    which bare clients do not: a lower bound, bench/libxs_cost.py.)"""
+    w = Raw(sock)
     try:
         w.rpc("WATCH", path, path)
         while not done(w.rpc("READ", path).decode()):

@@ -162,9 +162,8 @@ def test_libxl_order_replays_the_requests_of_libxl(kind: str) -> None:
     opens one."""
     trace = traced_replay(f"floor_libxl({kind!r})")
     main, waits = LIBXL_ORDER[kind]
-    dom0 = {k: [(op, None if op == "GET_DOMAIN_PATH" else path) for op, path in reqs]
-            for k, reqs in requests_by_connection(trace, ("read", "write", "watch", "other")
-                                                  ).items() if k[0] == 0}
+    every = requests_by_connection(trace, ("read", "write", "watch", "other"))
+    dom0 = {k: reqs for k, reqs in every.items() if k[0] == 0}
     ts = next(k for k, reqs in dom0.items() if ("WRITE", f"{DM}/command") in reqs)
     assert collapsed(dom0[ts]) == main * 2
     assert [collapsed(r) for k, r in sorted(dom0.items()) if k > ts] == waits * 2
